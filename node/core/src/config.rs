@@ -1,0 +1,216 @@
+//! Cluster and node configuration for the core: sizes, timeouts, limits and the
+//! static namespace table. Every limit the core enforces lives here, so one value
+//! is enforced identically in every region.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{GroupId, NodeId, ReplicationMode};
+
+/// A namespace (project + environment) and where it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceSpec {
+    pub name: String,
+    /// The home group, which is also the home region (group `g` is homed in region `g`).
+    pub home: GroupId,
+    pub mode: ReplicationMode,
+}
+
+/// Which planted bugs are switched on. All off in production; the simulator's
+/// mutant test turns them on one at a time to prove the checkers can fail.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mutants {
+    /// Lease as long as the followers' promise, with no drift factor and no margin.
+    pub lease_without_drift_margin: bool,
+    /// Answer a vote before (and without) persisting it.
+    pub vote_not_persisted: bool,
+    /// In quorum mode, acknowledge once the leader alone persisted the entry.
+    pub ack_before_quorum: bool,
+    /// Followers accept appends from a leader of an older term.
+    pub stale_leader_append_accepted: bool,
+    /// A new leader serves linearizable reads before its no-op entry commits.
+    pub read_before_noop_commit: bool,
+}
+
+impl Mutants {
+    pub fn any(&self) -> bool {
+        self.lease_without_drift_margin
+            || self.vote_not_persisted
+            || self.ack_before_quorum
+            || self.stale_leader_append_accepted
+            || self.read_before_noop_commit
+    }
+
+    /// Names accepted by `Mutants::by_name`, in a stable order.
+    pub const NAMES: [&'static str; 5] = [
+        "lease-without-drift-margin",
+        "vote-not-persisted",
+        "ack-before-quorum",
+        "stale-leader-append-accepted",
+        "read-before-noop-commit",
+    ];
+
+    pub fn by_name(name: &str) -> Option<Mutants> {
+        let mut m = Mutants::default();
+        match name {
+            "lease-without-drift-margin" => m.lease_without_drift_margin = true,
+            "vote-not-persisted" => m.vote_not_persisted = true,
+            "ack-before-quorum" => m.ack_before_quorum = true,
+            "stale-leader-append-accepted" => m.stale_leader_append_accepted = true,
+            "read-before-noop-commit" => m.read_before_noop_commit = true,
+            _ => return None,
+        }
+        Some(m)
+    }
+}
+
+/// Configuration shared by every node of a cluster. Times are microseconds of a
+/// node's monotonic clock (suffix `_us`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Number of regions; one node and one home group per region.
+    pub regions: u8,
+    /// Minimum election timeout. A follower that heard from a leader promises not
+    /// to vote for anyone else for this long (its local clock): the basis of leases.
+    pub election_timeout_us: u64,
+    pub heartbeat_interval_us: u64,
+    /// Maximum clock rate error between any node's clock and true time, in parts
+    /// per million. Leases shrink by this factor on both sides.
+    pub clock_drift_max_ppm: u64,
+    /// Extra safety taken off every lease.
+    pub lease_margin_us: u64,
+    /// How long the home region must look healthy before leadership returns to it.
+    pub home_return_delay_us: u64,
+    /// A client request not answered by then gets `Timeout` (writes: outcome unknown).
+    pub request_timeout_us: u64,
+    /// How long a read that carries a revision token may wait for it to apply.
+    pub token_wait_max_us: u64,
+    /// Periodic metadata (automerge) sync.
+    pub meta_sync_interval_us: u64,
+    /// Take a snapshot and compact the log after this many applied entries.
+    pub compact_after_entries: u64,
+    pub snapshot_chunk_bytes: usize,
+    pub append_entries_max: usize,
+    pub append_bytes_max: usize,
+    pub message_bytes_max: usize,
+    pub key_bytes_max: usize,
+    pub value_bytes_max: usize,
+    pub txn_ops_max: usize,
+    /// Versions kept per key (the current one included).
+    pub history_versions_max: usize,
+    /// Change events kept per group for watch resumption.
+    pub watch_history_max: usize,
+    pub watchers_max: usize,
+    pub pending_requests_max: usize,
+    /// Entries appended but not committed, per group, before writes get `Overloaded`.
+    pub uncommitted_entries_max: u64,
+    pub namespaces: Vec<NamespaceSpec>,
+    pub mutants: Mutants,
+}
+
+impl Config {
+    /// Defaults for a WAN deployment of `regions` regions with one quorum and one
+    /// async namespace homed in each region.
+    pub fn new(regions: u8) -> Config {
+        let mut namespaces = Vec::new();
+        for g in 0..regions {
+            namespaces.push(NamespaceSpec {
+                name: format!("r{g}-quorum"),
+                home: g,
+                mode: ReplicationMode::Quorum,
+            });
+            namespaces.push(NamespaceSpec {
+                name: format!("r{g}-async"),
+                home: g,
+                mode: ReplicationMode::Async { rpo_budget_us: 2_000_000 },
+            });
+        }
+        Config {
+            regions,
+            election_timeout_us: 1_000_000,
+            heartbeat_interval_us: 150_000,
+            clock_drift_max_ppm: 20_000,
+            lease_margin_us: 50_000,
+            home_return_delay_us: 5_000_000,
+            request_timeout_us: 5_000_000,
+            token_wait_max_us: 2_000_000,
+            meta_sync_interval_us: 1_000_000,
+            compact_after_entries: 1_000,
+            snapshot_chunk_bytes: 64 * 1024,
+            append_entries_max: 256,
+            append_bytes_max: 1 << 20,
+            message_bytes_max: 4 << 20,
+            key_bytes_max: 1024,
+            value_bytes_max: 1 << 20,
+            txn_ops_max: 128,
+            history_versions_max: 16,
+            watch_history_max: 10_000,
+            watchers_max: 10_000,
+            pending_requests_max: 10_000,
+            uncommitted_entries_max: 10_000,
+            namespaces,
+            mutants: Mutants::default(),
+        }
+    }
+
+    /// Check the configuration; the shell refuses to start on an error.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=32).contains(&self.regions) {
+            return Err(format!("regions must be 1..=32, got {}", self.regions));
+        }
+        if self.heartbeat_interval_us * 3 > self.election_timeout_us {
+            return Err("heartbeat_interval_us must be at most a third of election_timeout_us".into());
+        }
+        if self.clock_drift_max_ppm >= 200_000 {
+            return Err("clock_drift_max_ppm must be below 200000".into());
+        }
+        if self.lease_duration_us() == 0 {
+            return Err("lease_margin_us leaves no lease at all".into());
+        }
+        if self.snapshot_chunk_bytes + 4096 > self.message_bytes_max
+            || self.append_bytes_max + self.value_bytes_max + 4096 > self.message_bytes_max * 2
+        {
+            return Err("message_bytes_max too small for snapshot chunks or appends".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for ns in &self.namespaces {
+            if ns.home >= self.regions {
+                return Err(format!("namespace {} has home {} but there are {} regions", ns.name, ns.home, self.regions));
+            }
+            if !names.insert(ns.name.as_str()) {
+                return Err(format!("namespace {} defined twice", ns.name));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn majority(&self) -> usize {
+        self.regions as usize / 2 + 1
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = NodeId> {
+        0..self.regions
+    }
+
+    /// The leader's lease, measured on its own clock from the send time of an
+    /// acknowledged heartbeat round. Followers promise `election_timeout_us` of
+    /// their clock; in true time that lasts at least ET/(1+ρ). The leader's lease
+    /// of L local lasts at most L/(1-ρ) true; L = ET(1-ρ)/(1+ρ) - margin keeps it
+    /// strictly inside the promise while every clock stays within ρ.
+    pub fn lease_duration_us(&self) -> u64 {
+        if self.mutants.lease_without_drift_margin {
+            return self.election_timeout_us;
+        }
+        let rho = self.clock_drift_max_ppm;
+        let scaled = (self.election_timeout_us as u128 * (1_000_000 - rho) as u128 / (1_000_000 + rho) as u128) as u64;
+        scaled.saturating_sub(self.lease_margin_us)
+    }
+
+    /// An upper bound on the true time that `local_us` of a node's clock can span.
+    pub fn true_upper_us(&self, local_us: u64) -> u64 {
+        (local_us as u128 * 1_000_000 / (1_000_000 - self.clock_drift_max_ppm) as u128) as u64
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&NamespaceSpec> {
+        self.namespaces.iter().find(|n| n.name == name)
+    }
+}

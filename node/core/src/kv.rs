@@ -1,0 +1,223 @@
+//! The KV state machine of one home group: namespaces, keys with per-key
+//! versions and bounded history, the group's revision, and a bounded ring of
+//! recent changes that watches resume from. Applying is deterministic: the
+//! leader already resolved every condition, so followers replay exact effects.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::rng::fnv1a;
+use crate::storage::WriteEffect;
+use crate::types::KeyValue;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyState {
+    pub value: Option<Vec<u8>>,
+    pub version: u64,
+    pub mod_revision: u64,
+    /// Older versions, oldest first: (revision, version, value).
+    pub history: VecDeque<(u64, u64, Option<Vec<u8>>)>,
+}
+
+/// One change, as watches deliver it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub revision: u64,
+    pub ns: String,
+    pub kv: KeyValue,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Persisted {
+    revision: u64,
+    namespaces: BTreeMap<String, BTreeMap<String, KeyState>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct GroupSm {
+    state: Persisted,
+    /// Recent changes, oldest first; every change with revision > `changes_floor`
+    /// is here.
+    changes: VecDeque<Change>,
+    changes_floor: u64,
+    changes_max: usize,
+    history_max: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("effect at revision {got} but the state machine expects {expected}")]
+    RevisionGap { expected: u64, got: u64 },
+    #[error("corrupt snapshot: {0}")]
+    CorruptSnapshot(String),
+}
+
+impl GroupSm {
+    pub fn new(namespaces: impl IntoIterator<Item = String>, history_max: usize, changes_max: usize) -> GroupSm {
+        let mut state = Persisted::default();
+        for ns in namespaces {
+            state.namespaces.insert(ns, BTreeMap::new());
+        }
+        GroupSm { state, changes: VecDeque::new(), changes_floor: 0, changes_max, history_max: history_max.max(1) }
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.state.revision
+    }
+
+    pub fn has_namespace(&self, ns: &str) -> bool {
+        self.state.namespaces.contains_key(ns)
+    }
+
+    pub fn get(&self, ns: &str, key: &str) -> KeyValue {
+        let ks = self.state.namespaces.get(ns).and_then(|n| n.get(key));
+        match ks {
+            Some(k) => KeyValue { key: key.to_string(), value: k.value.clone(), version: k.version, mod_revision: k.mod_revision },
+            None => KeyValue { key: key.to_string(), value: None, version: 0, mod_revision: 0 },
+        }
+    }
+
+    /// Version history of a key, oldest first, the current version last.
+    pub fn history(&self, ns: &str, key: &str) -> Vec<KeyValue> {
+        let Some(k) = self.state.namespaces.get(ns).and_then(|n| n.get(key)) else { return Vec::new() };
+        let mut out: Vec<KeyValue> = k
+            .history
+            .iter()
+            .map(|(rev, ver, val)| KeyValue { key: key.to_string(), value: val.clone(), version: *ver, mod_revision: *rev })
+            .collect();
+        out.push(KeyValue { key: key.to_string(), value: k.value.clone(), version: k.version, mod_revision: k.mod_revision });
+        out
+    }
+
+    /// Current live keys under `prefix`, in key order.
+    pub fn scan(&self, ns: &str, prefix: &str) -> Vec<KeyValue> {
+        let Some(n) = self.state.namespaces.get(ns) else { return Vec::new() };
+        n.range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, s)| s.value.is_some())
+            .map(|(k, s)| KeyValue { key: k.clone(), value: s.value.clone(), version: s.version, mod_revision: s.mod_revision })
+            .collect()
+    }
+
+    /// Apply one write effect. Returns the changes it made.
+    pub fn apply(&mut self, w: &WriteEffect) -> Result<Vec<Change>, ApplyError> {
+        let expected = self.state.revision + 1;
+        if w.revision != expected {
+            return Err(ApplyError::RevisionGap { expected, got: w.revision });
+        }
+        self.state.revision = w.revision;
+        let ns = self.state.namespaces.entry(w.ns.clone()).or_default();
+        let mut out = Vec::with_capacity(w.keys.len());
+        for k in &w.keys {
+            let st = ns.entry(k.key.clone()).or_default();
+            debug_assert!(k.version > st.version, "versions only grow");
+            if st.version > 0 {
+                st.history.push_back((st.mod_revision, st.version, st.value.take()));
+                while st.history.len() + 1 > self.history_max {
+                    st.history.pop_front();
+                }
+            }
+            st.value = k.value.clone();
+            st.version = k.version;
+            st.mod_revision = w.revision;
+            out.push(Change {
+                revision: w.revision,
+                ns: w.ns.clone(),
+                kv: KeyValue { key: k.key.clone(), value: k.value.clone(), version: k.version, mod_revision: w.revision },
+            });
+        }
+        for c in &out {
+            self.changes.push_back(c.clone());
+        }
+        while self.changes.len() > self.changes_max {
+            if let Some(c) = self.changes.pop_front() {
+                self.changes_floor = c.revision;
+            }
+        }
+        // A revision's changes leave the ring together, so watchers never see half of one.
+        while self.changes.front().is_some_and(|c| c.revision <= self.changes_floor) {
+            self.changes.pop_front();
+        }
+        Ok(out)
+    }
+
+    /// Changes in `ns` under `prefix` with revision > `after`, or None if some
+    /// of them are no longer retained (the watcher must resync).
+    pub fn changes_since(&self, ns: &str, prefix: &str, after: u64) -> Option<Vec<Change>> {
+        if after < self.changes_floor {
+            return None;
+        }
+        let start = self.changes.partition_point(|c| c.revision <= after);
+        Some(
+            self.changes
+                .range(start..)
+                .filter(|c| c.ns == ns && c.kv.key.starts_with(prefix))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Invariant: plain maps, strings and integers always encode.
+        postcard::to_allocvec(&self.state).unwrap_or_default()
+    }
+
+    /// Replace the state with a snapshot. History before it is no longer
+    /// available to watches (they resync).
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), ApplyError> {
+        let state: Persisted = postcard::from_bytes(data).map_err(|e| ApplyError::CorruptSnapshot(e.to_string()))?;
+        self.state = state;
+        self.changes.clear();
+        self.changes_floor = self.state.revision;
+        Ok(())
+    }
+
+    /// A digest of the whole state: equal digests, equal data.
+    pub fn digest(&self) -> u64 {
+        fnv1a(&self.encode())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::KeyEffect;
+
+    fn put(rev: u64, key: &str, v: &str, version: u64) -> WriteEffect {
+        WriteEffect {
+            ns: "n".into(),
+            revision: rev,
+            request_id: rev,
+            keys: vec![KeyEffect { key: key.into(), value: Some(v.as_bytes().to_vec()), version }],
+        }
+    }
+
+    #[test]
+    fn apply_history_and_gaps() {
+        let mut sm = GroupSm::new(["n".to_string()], 2, 3);
+        sm.apply(&put(1, "a", "1", 1)).unwrap();
+        sm.apply(&put(2, "a", "2", 2)).unwrap();
+        sm.apply(&put(3, "a", "3", 3)).unwrap();
+        assert_eq!(sm.history("n", "a").len(), 2, "history bounded to 2 versions");
+        assert_eq!(sm.get("n", "a").version, 3);
+        assert!(matches!(sm.apply(&put(5, "a", "x", 4)), Err(ApplyError::RevisionGap { .. })));
+        sm.apply(&put(4, "b", "1", 1)).unwrap();
+        // ring holds 3 changes: revisions 2..=4; asking from 0 needs revision 1.
+        assert!(sm.changes_since("n", "", 0).is_none());
+        assert_eq!(sm.changes_since("n", "", 1).unwrap().len(), 3);
+        assert_eq!(sm.changes_since("n", "b", 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn snapshot_roundtrip_and_corruption() {
+        let mut sm = GroupSm::new(["n".to_string()], 4, 10);
+        sm.apply(&put(1, "a", "1", 1)).unwrap();
+        let data = sm.encode();
+        let mut other = GroupSm::new(["n".to_string()], 4, 10);
+        other.restore(&data).unwrap();
+        assert_eq!(other.digest(), sm.digest());
+        assert!(other.changes_since("n", "", 0).is_none(), "watch history is gone after a snapshot");
+        assert!(other.restore(&[0xff, 0xff, 0xff]).is_err());
+    }
+}

@@ -1,0 +1,1843 @@
+//! One region's node: every home group's protocol state (Raft with PreVote,
+//! check-quorum, leases, leadership transfer, lease preference, snapshots), the
+//! group state machines, client request routing, watches and the metadata
+//! document. Sans-IO: `handle_*` inputs with `now` (the node's monotonic clock,
+//! microseconds), `drain_actions` outputs. Effects that must follow durability
+//! (vote replies, append acks, acknowledgements) are deferred until storage
+//! reports the persist batch complete; storage completes batches in order.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::config::Config;
+use crate::kv::{Change, GroupSm};
+use crate::log::Log;
+use crate::meta::MetaDoc;
+use crate::rng::{fnv1a, Rng};
+use crate::storage::{Durable, Entry, EntryData, KeyEffect, Snapshot, StorageOp, WriteEffect};
+use crate::types::*;
+use crate::wire::{Channel, Msg, RaftMsg, WireError};
+
+/// What the node asks its shell to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Send { to: NodeId, channel: Channel, bytes: Vec<u8> },
+    /// Persist `ops` in order, then call `handle_persisted(id)`. Batches complete
+    /// in id order. `sync`: fsync before completing.
+    Persist { id: u64, sync: bool, ops: Vec<StorageOp> },
+    Reply { req: RequestId, resp: ClientResponse },
+    /// Call `handle_timeout` at this local time (replaces any earlier timer).
+    SetTimer { at_us: u64 },
+    Observe(Observation),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("message from unknown peer {0}")]
+    UnknownPeer(u8),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("out-of-protocol message: {0}")]
+    OutOfProtocol(&'static str),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InitError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("durable state has {got} groups, the cluster has {want}")]
+    GroupCount { got: usize, want: usize },
+    #[error("corrupt durable state: {0}")]
+    Corrupt(String),
+}
+
+/// Counters of rejected input; never reset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub peer_malformed: u64,
+    pub peer_oversized: u64,
+    pub peer_out_of_protocol: u64,
+    pub meta_errors: u64,
+    pub apply_errors: u64,
+    pub client_rejected: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Local(RequestId),
+    Remote(NodeId, RequestId),
+}
+
+#[derive(Clone, Debug)]
+enum Deferred {
+    Send(NodeId, Msg),
+    LogDurable { group: GroupId, index: u64, term: u64 },
+    Respond(Origin, ClientResponse),
+    MetaReady,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Peer {
+    match_index: u64,
+    /// Highest index sent (pipelining).
+    sent_index: u64,
+    acked_round: u64,
+    last_heard_us: u64,
+    last_echo_us: u64,
+    /// Snapshot being sent: (snapshot index, bytes acknowledged).
+    snap_progress: Option<(u64, u64)>,
+}
+
+#[derive(Clone, Debug)]
+enum ReadWhat {
+    Get { ns: String, key: String, overlay: bool },
+    Conflict,
+}
+
+#[derive(Clone, Debug)]
+struct PendingRead {
+    origin: Origin,
+    min_index: u64,
+    round: u64,
+    deadline_us: u64,
+    what: ReadWhat,
+}
+
+#[derive(Clone, Debug)]
+struct PendingWrite {
+    origin: Origin,
+    resp: ClientResponse,
+    ack_on_durable: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Transfer {
+    to: NodeId,
+    deadline_us: u64,
+    timeout_now_sent: bool,
+}
+
+struct Group {
+    term: u64,
+    vote: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    log: Log,
+    commit: u64,
+    applied: u64,
+    durable_index: u64,
+    election_deadline_us: u64,
+    /// When this node last heard from a leader it accepted (its promise).
+    leader_contact_us: Option<u64>,
+    leader_transferring_to: Option<NodeId>,
+    votes: BTreeSet<NodeId>,
+    /// Latest local snapshot (sent to lagging followers).
+    snapshot: Option<Snapshot>,
+    /// Snapshot being received: (index, term, total, bytes so far).
+    snap_recv: Option<(u64, u64, u64, Vec<u8>)>,
+    /// Local time before which everything committed is applied here (bounded reads).
+    fresh_as_of_us: Option<u64>,
+    // Leader state.
+    peers: Vec<Peer>,
+    round: u64,
+    rounds: VecDeque<(u64, u64)>,
+    lease_min_round: u64,
+    lease_expiry_us: u64,
+    next_heartbeat_us: u64,
+    noop_index: u64,
+    transfer: Option<Transfer>,
+    home_healthy_since_us: Option<u64>,
+    pending_reads: Vec<PendingRead>,
+    pending_writes: BTreeMap<u64, PendingWrite>,
+    /// Async-acknowledged entries not yet committed: (index, ack time).
+    async_acked: VecDeque<(u64, u64)>,
+    /// Effects proposed but not applied: (ns, key) -> (version, value, index).
+    overlay: BTreeMap<(String, String), (u64, Option<Vec<u8>>, u64)>,
+    overlay_revision: u64,
+    heartbeat_now: bool,
+}
+
+struct Watcher {
+    ns: String,
+    prefix: String,
+    group: GroupId,
+    last_revision: u64,
+}
+
+struct TokenWait {
+    req: RequestId,
+    group: GroupId,
+    revision: u64,
+    deadline_us: u64,
+    ns: String,
+    key: String,
+    consistency: Consistency,
+}
+
+pub struct Node {
+    id: NodeId,
+    cfg: Config,
+    rng: Rng,
+    now: u64,
+    groups: Vec<Group>,
+    sms: Vec<GroupSm>,
+    ns_index: BTreeMap<String, (GroupId, ReplicationMode)>,
+    meta: MetaDoc,
+    meta_ready: bool,
+    next_meta_sync_us: u64,
+    out: Vec<Action>,
+    step_ops: Vec<StorageOp>,
+    step_sync: bool,
+    next_persist_id: u64,
+    completed_persist: u64,
+    deferred: VecDeque<(u64, Deferred)>,
+    pending: BTreeMap<RequestId, u64>,
+    deadlines: BTreeSet<(u64, RequestId)>,
+    token_waits: Vec<TokenWait>,
+    watchers: BTreeMap<RequestId, Watcher>,
+    timer_at: Option<u64>,
+    halted: bool,
+    stats: Stats,
+}
+
+impl Node {
+    /// Start (or restart) node `id` from what its storage holds. A fresh node
+    /// passes `Durable::new(regions)`.
+    pub fn new(cfg: Config, id: NodeId, durable: Durable, now: u64, seed: u64) -> Result<Node, InitError> {
+        cfg.validate().map_err(InitError::Config)?;
+        if id >= cfg.regions {
+            return Err(InitError::Config(format!("node id {id} but {} regions", cfg.regions)));
+        }
+        if durable.groups.len() != cfg.regions as usize {
+            return Err(InitError::GroupCount { got: durable.groups.len(), want: cfg.regions as usize });
+        }
+        let mut rng = Rng::new(seed ^ ((id as u64) << 56) ^ durable.incarnation);
+        let incarnation = durable.incarnation + 1;
+        let meta = MetaDoc::load(&durable.meta_chunks, id, incarnation, cfg.regions)
+            .map_err(|e| InitError::Corrupt(e.to_string()))?;
+        let mut ns_index = BTreeMap::new();
+        for ns in &cfg.namespaces {
+            ns_index.insert(ns.name.clone(), (ns.home, ns.mode));
+        }
+        let mut groups = Vec::new();
+        let mut sms = Vec::new();
+        for (gi, dg) in durable.groups.iter().enumerate() {
+            let names = cfg.namespaces.iter().filter(|n| n.home as usize == gi).map(|n| n.name.clone());
+            let mut sm = GroupSm::new(names, cfg.history_versions_max, cfg.watch_history_max);
+            let (si, st) = match &dg.snapshot {
+                Some(s) => {
+                    sm.restore(&s.data).map_err(|e| InitError::Corrupt(format!("group {gi} snapshot: {e}")))?;
+                    (s.index, s.term)
+                }
+                None => (0, 0),
+            };
+            for (k, e) in dg.entries.iter().enumerate() {
+                if e.index != si + 1 + k as u64 || e.term > dg.term {
+                    return Err(InitError::Corrupt(format!("group {gi} log entry {} out of place", e.index)));
+                }
+            }
+            let log = Log::new(si, st, dg.entries.clone());
+            let last = log.last_index();
+            let et = cfg.election_timeout_us;
+            groups.push(Group {
+                term: dg.term,
+                vote: dg.vote,
+                role: Role::Follower,
+                leader: None,
+                log,
+                commit: si,
+                applied: si,
+                durable_index: last,
+                election_deadline_us: now + rng.range(et, 2 * et),
+                // A restarted node forgot whom it promised: keep every promise it
+                // might have made by refusing votes for one election timeout.
+                leader_contact_us: Some(now),
+                leader_transferring_to: None,
+                votes: BTreeSet::new(),
+                snapshot: dg.snapshot.clone(),
+                snap_recv: None,
+                fresh_as_of_us: None,
+                peers: vec![Peer::default(); cfg.regions as usize],
+                round: 0,
+                rounds: VecDeque::new(),
+                lease_min_round: 0,
+                lease_expiry_us: 0,
+                next_heartbeat_us: 0,
+                noop_index: 0,
+                transfer: None,
+                home_healthy_since_us: None,
+                pending_reads: Vec::new(),
+                pending_writes: BTreeMap::new(),
+                async_acked: VecDeque::new(),
+                overlay: BTreeMap::new(),
+                overlay_revision: sm.revision(),
+                heartbeat_now: false,
+            });
+            sms.push(sm);
+        }
+        let mut node = Node {
+            id,
+            rng,
+            now,
+            groups,
+            sms,
+            ns_index,
+            meta,
+            meta_ready: false,
+            next_meta_sync_us: now + cfg.meta_sync_interval_us,
+            out: Vec::new(),
+            step_ops: Vec::new(),
+            step_sync: false,
+            next_persist_id: 1,
+            completed_persist: 0,
+            deferred: VecDeque::new(),
+            pending: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            token_waits: Vec::new(),
+            watchers: BTreeMap::new(),
+            timer_at: None,
+            halted: false,
+            stats: Stats::default(),
+            cfg,
+        };
+        node.persist(StorageOp::Incarnation { incarnation }, true);
+        if durable.meta_chunks.is_empty() {
+            let bytes = node.meta.take_unsaved();
+            if !bytes.is_empty() {
+                node.persist(StorageOp::MetaChunk { bytes }, true);
+            }
+        }
+        node.defer(Deferred::MetaReady);
+        if node.cfg.regions == 1 {
+            node.groups[0].election_deadline_us = now;
+        }
+        node.finish_step();
+        Ok(node)
+    }
+
+    // ----- introspection (shell, simulator, tests) -----
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn is_halted(&self) -> bool {
+        self.halted
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    pub fn leader_of(&self, g: GroupId) -> Option<NodeId> {
+        self.groups.get(g as usize).and_then(|g| g.leader)
+    }
+    pub fn term_of(&self, g: GroupId) -> u64 {
+        self.groups.get(g as usize).map_or(0, |g| g.term)
+    }
+    pub fn is_leader(&self, g: GroupId) -> bool {
+        self.groups.get(g as usize).is_some_and(|g| g.role == Role::Leader)
+    }
+    /// The local time until which this node holds a valid lease on `g`, if it does now.
+    pub fn lease_expiry_us(&self, g: GroupId) -> Option<u64> {
+        let gr = self.groups.get(g as usize)?;
+        (!self.halted && self.lease_valid(gr)).then_some(gr.lease_expiry_us)
+    }
+    pub fn applied_revision(&self, g: GroupId) -> u64 {
+        self.sms.get(g as usize).map_or(0, |s| s.revision())
+    }
+    pub fn commit_index(&self, g: GroupId) -> u64 {
+        self.groups.get(g as usize).map_or(0, |g| g.commit)
+    }
+    pub fn state_digest(&self, g: GroupId) -> u64 {
+        self.sms.get(g as usize).map_or(0, |s| s.digest())
+    }
+    pub fn read_local(&self, ns: &str, key: &str) -> Option<KeyValue> {
+        let (g, _) = self.ns_index.get(ns)?;
+        Some(self.sms[*g as usize].get(ns, key))
+    }
+    pub fn history(&self, ns: &str, key: &str) -> Vec<KeyValue> {
+        match self.ns_index.get(ns) {
+            Some((g, _)) => self.sms[*g as usize].history(ns, key),
+            None => Vec::new(),
+        }
+    }
+    pub fn meta_heads(&mut self) -> Vec<String> {
+        self.meta.heads().iter().map(|h| h.to_string()).collect()
+    }
+    pub fn meta_label(&self, key: &str) -> Option<String> {
+        self.meta.label(key)
+    }
+
+    /// Take the actions produced so far.
+    pub fn drain_actions(&mut self, into: &mut Vec<Action>) {
+        into.append(&mut self.out);
+    }
+
+    // ----- inputs -----
+
+    pub fn handle_message(&mut self, now: u64, from: NodeId, bytes: &[u8]) -> Result<(), PeerError> {
+        self.now = now.max(self.now);
+        if self.halted {
+            return Ok(());
+        }
+        let res = self.on_message(from, bytes);
+        if let Err(e) = &res {
+            match e {
+                PeerError::Wire(WireError::Oversized(_)) => self.stats.peer_oversized += 1,
+                PeerError::Wire(WireError::Malformed(_)) => self.stats.peer_malformed += 1,
+                _ => self.stats.peer_out_of_protocol += 1,
+            }
+        }
+        self.finish_step();
+        res
+    }
+
+    pub fn handle_client(&mut self, now: u64, req: RequestId, request: ClientRequest) {
+        self.now = now.max(self.now);
+        if self.halted {
+            self.out.push(Action::Reply { req, resp: ClientResponse::Error(ErrorCode::Halted) });
+            return;
+        }
+        self.on_client(req, request);
+        self.finish_step();
+    }
+
+    pub fn handle_timeout(&mut self, now: u64) {
+        self.now = now.max(self.now);
+        if self.halted {
+            return;
+        }
+        self.on_timeout();
+        self.finish_step();
+    }
+
+    /// Storage finished persist batch `id` (and so every earlier one).
+    pub fn handle_persisted(&mut self, now: u64, id: u64) {
+        self.now = now.max(self.now);
+        if self.halted {
+            return;
+        }
+        debug_assert!(id < self.next_persist_id, "completion for a batch never issued");
+        self.completed_persist = self.completed_persist.max(id);
+        self.finish_step();
+    }
+
+    /// Storage failed (for example an fsync error). Nothing after this point may
+    /// be acknowledged: the node stops; the operator restarts it from disk.
+    pub fn handle_storage_failed(&mut self, now: u64) {
+        self.now = now.max(self.now);
+        if self.halted {
+            return;
+        }
+        self.halted = true;
+        self.out.clear();
+        self.deferred.clear();
+        self.step_ops.clear();
+        self.out.push(Action::Observe(Observation::Halted));
+    }
+
+    /// The reliable channel to `peer` was (re-)established.
+    pub fn handle_peer_reset(&mut self, now: u64, peer: NodeId) {
+        self.now = now.max(self.now);
+        if self.halted || peer >= self.cfg.regions || peer == self.id {
+            return;
+        }
+        self.meta.reset_peer(peer);
+        self.meta_send(peer);
+        self.finish_step();
+    }
+
+    // ----- step plumbing -----
+
+    fn persist(&mut self, op: StorageOp, sync: bool) {
+        self.step_ops.push(op);
+        self.step_sync |= sync;
+    }
+
+    fn defer(&mut self, d: Deferred) {
+        self.deferred.push_back((self.next_persist_id, d));
+    }
+
+    fn send(&mut self, to: NodeId, msg: Msg) {
+        let channel = msg.channel();
+        self.out.push(Action::Send { to, channel, bytes: msg.encode() });
+    }
+
+    fn finish_step(&mut self) {
+        loop {
+            if !self.step_ops.is_empty() {
+                let ops = std::mem::take(&mut self.step_ops);
+                self.out.push(Action::Persist { id: self.next_persist_id, sync: self.step_sync, ops });
+                self.step_sync = false;
+                self.next_persist_id += 1;
+            } else {
+                // Nothing new to persist: effects of this step wait only for the
+                // batches already issued.
+                let prev = self.next_persist_id - 1;
+                for (tag, _) in self.deferred.iter_mut().rev() {
+                    if *tag < self.next_persist_id {
+                        break;
+                    }
+                    *tag = prev;
+                }
+            }
+            let mut released = false;
+            while self.deferred.front().is_some_and(|(t, _)| *t <= self.completed_persist) {
+                if let Some((_, d)) = self.deferred.pop_front() {
+                    self.release(d);
+                    released = true;
+                }
+                if self.halted {
+                    return;
+                }
+            }
+            let hb: Vec<usize> = (0..self.groups.len()).filter(|&g| self.groups[g].heartbeat_now).collect();
+            for g in &hb {
+                self.heartbeat(*g);
+            }
+            if !released && hb.is_empty() && self.step_ops.is_empty() {
+                break;
+            }
+        }
+        let next = self.next_deadline();
+        if next != self.timer_at {
+            self.timer_at = next;
+            if let Some(at_us) = next {
+                self.out.push(Action::SetTimer { at_us });
+            }
+        }
+    }
+
+    fn release(&mut self, d: Deferred) {
+        match d {
+            Deferred::Send(to, msg) => self.send(to, msg),
+            Deferred::Respond(origin, resp) => self.respond(origin, resp),
+            Deferred::LogDurable { group, index, term } => {
+                let g = group as usize;
+                if self.groups[g].log.term_at(index) == Some(term) {
+                    let gr = &mut self.groups[g];
+                    gr.durable_index = gr.durable_index.max(index);
+                    if gr.role == Role::Leader {
+                        self.ack_durable_async(g);
+                        self.maybe_commit(g);
+                    }
+                }
+            }
+            Deferred::MetaReady => {
+                self.meta_ready = true;
+                for p in 0..self.cfg.regions {
+                    if p != self.id {
+                        self.meta_send(p);
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        let mut t = u64::MAX;
+        for g in &self.groups {
+            if g.role == Role::Leader {
+                t = t.min(g.next_heartbeat_us);
+                if let Some(tr) = &g.transfer {
+                    t = t.min(tr.deadline_us);
+                }
+                for r in &g.pending_reads {
+                    t = t.min(r.deadline_us);
+                }
+            } else {
+                t = t.min(g.election_deadline_us);
+            }
+        }
+        if let Some((d, _)) = self.deadlines.first() {
+            t = t.min(*d);
+        }
+        for w in &self.token_waits {
+            t = t.min(w.deadline_us);
+        }
+        t = t.min(self.next_meta_sync_us);
+        (t != u64::MAX).then_some(t)
+    }
+
+    fn respond(&mut self, origin: Origin, resp: ClientResponse) {
+        match origin {
+            Origin::Local(req) => {
+                if let Some(deadline) = self.pending.remove(&req) {
+                    self.deadlines.remove(&(deadline, req));
+                    self.out.push(Action::Reply { req, resp });
+                }
+            }
+            Origin::Remote(node, id) => self.send(node, Msg::ForwardReply { id, resp }),
+        }
+    }
+
+    // ----- timers -----
+
+    fn on_timeout(&mut self) {
+        let now = self.now;
+        for g in 0..self.groups.len() {
+            if self.groups[g].role == Role::Leader {
+                if let Some(tr) = &self.groups[g].transfer {
+                    if now >= tr.deadline_us {
+                        // Transfer failed: take the lease up again, counting only
+                        // rounds sent without the transfer flag.
+                        let gr = &mut self.groups[g];
+                        gr.transfer = None;
+                        gr.lease_min_round = gr.round + 1;
+                    }
+                }
+                if now >= self.groups[g].next_heartbeat_us {
+                    self.leader_tick(g);
+                }
+                let gr = &mut self.groups[g];
+                let expired: Vec<PendingRead> = {
+                    let (keep, gone): (Vec<_>, Vec<_>) = gr.pending_reads.drain(..).partition(|r| r.deadline_us > now);
+                    gr.pending_reads = keep;
+                    gone
+                };
+                for r in expired {
+                    self.respond(r.origin, ClientResponse::Error(ErrorCode::Timeout));
+                }
+            } else if now >= self.groups[g].election_deadline_us {
+                self.election_timeout(g);
+            }
+        }
+        while let Some(&(d, req)) = self.deadlines.first() {
+            if d > now {
+                break;
+            }
+            self.respond(Origin::Local(req), ClientResponse::Error(ErrorCode::Timeout));
+        }
+        let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.token_waits).into_iter().partition(|w| w.deadline_us <= now);
+        self.token_waits = keep;
+        for w in expired {
+            self.respond(Origin::Local(w.req), ClientResponse::Error(ErrorCode::TokenWaitTimeout));
+        }
+        if now >= self.next_meta_sync_us {
+            self.next_meta_sync_us = now + self.cfg.meta_sync_interval_us;
+            if self.meta_ready {
+                for p in 0..self.cfg.regions {
+                    if p != self.id {
+                        self.meta_send(p);
+                    }
+                }
+            }
+        }
+    }
+
+    fn reset_election_timer(&mut self, g: usize) {
+        let et = self.cfg.election_timeout_us;
+        self.groups[g].election_deadline_us = self.now + self.rng.range(et, 2 * et);
+    }
+
+    fn election_timeout(&mut self, g: usize) {
+        self.reset_election_timer(g);
+        let gr = &mut self.groups[g];
+        gr.leader = None;
+        gr.role = Role::PreCandidate;
+        gr.votes.clear();
+        gr.votes.insert(self.id);
+        let (term, last_index, last_term) = (gr.term + 1, gr.log.last_index(), gr.log.last_term());
+        if self.cfg.majority() == 1 {
+            self.campaign(g, false);
+            return;
+        }
+        for p in 0..self.cfg.regions {
+            if p != self.id {
+                self.send(p, Msg::Raft { group: g as GroupId, term, body: RaftMsg::PreVote { last_index, last_term } });
+            }
+        }
+    }
+
+    fn campaign(&mut self, g: usize, transfer: bool) {
+        self.reset_election_timer(g);
+        let id = self.id;
+        let gr = &mut self.groups[g];
+        gr.role = Role::Candidate;
+        gr.term += 1;
+        gr.vote = Some(id);
+        gr.leader = None;
+        gr.votes.clear();
+        gr.votes.insert(id);
+        let (term, last_index, last_term) = (gr.term, gr.log.last_index(), gr.log.last_term());
+        // The new term and the self-vote are durable before any request uses them.
+        self.persist(StorageOp::HardState { group: g as GroupId, term, vote: Some(id) }, true);
+        if self.cfg.majority() == 1 {
+            self.become_leader(g);
+            return;
+        }
+        for p in 0..self.cfg.regions {
+            if p != self.id {
+                let msg = Msg::Raft { group: g as GroupId, term, body: RaftMsg::Vote { last_index, last_term, transfer } };
+                self.defer(Deferred::Send(p, msg));
+            }
+        }
+    }
+
+    fn become_follower(&mut self, g: usize, term: u64, leader: Option<NodeId>) {
+        let gr = &mut self.groups[g];
+        if term > gr.term {
+            gr.term = term;
+            gr.vote = None;
+            self.persist(StorageOp::HardState { group: g as GroupId, term, vote: None }, true);
+        }
+        let gr = &mut self.groups[g];
+        let was_leader = gr.role == Role::Leader;
+        gr.role = Role::Follower;
+        gr.leader = leader;
+        gr.votes.clear();
+        if was_leader {
+            gr.lease_expiry_us = 0;
+            gr.transfer = None;
+            gr.overlay.clear();
+            gr.async_acked.clear();
+            gr.home_healthy_since_us = None;
+            let writes = std::mem::take(&mut gr.pending_writes);
+            let reads = std::mem::take(&mut gr.pending_reads);
+            for (_, w) in writes {
+                self.respond(w.origin, ClientResponse::Error(ErrorCode::Indeterminate));
+            }
+            for r in reads {
+                self.respond(r.origin, ClientResponse::Error(ErrorCode::Unavailable));
+            }
+        }
+        self.reset_election_timer(g);
+    }
+
+    fn become_leader(&mut self, g: usize) {
+        let now = self.now;
+        let id = self.id;
+        let gr = &mut self.groups[g];
+        debug_assert_eq!(gr.vote, Some(id), "a leader voted for itself in its term");
+        gr.role = Role::Leader;
+        gr.leader = Some(id);
+        gr.transfer = None;
+        gr.home_healthy_since_us = None;
+        let last = gr.log.last_index();
+        for p in gr.peers.iter_mut() {
+            *p = Peer { match_index: 0, sent_index: last, acked_round: 0, last_heard_us: now, last_echo_us: 0, snap_progress: None };
+        }
+        gr.rounds.clear();
+        gr.lease_min_round = gr.round + 1;
+        gr.lease_expiry_us = 0;
+        // Rebuild the overlay from entries this leader's log holds beyond the state machine.
+        gr.overlay.clear();
+        gr.overlay_revision = self.sms[g].revision();
+        for e in gr.log.iter_from(gr.applied + 1) {
+            if let EntryData::Write(w) = &e.data {
+                gr.overlay_revision = w.revision;
+                for k in &w.keys {
+                    gr.overlay.insert((w.ns.clone(), k.key.clone()), (k.version, k.value.clone(), e.index));
+                }
+            }
+        }
+        let term = gr.term;
+        let index = self.append_local(g, EntryData::Noop);
+        self.groups[g].noop_index = index;
+        self.out.push(Action::Observe(Observation::BecameLeader { group: g as GroupId, term }));
+        self.heartbeat(g);
+    }
+
+    /// Leader: append to the local log, persist, and count it once durable.
+    fn append_local(&mut self, g: usize, data: EntryData) -> u64 {
+        let gr = &mut self.groups[g];
+        let index = gr.log.last_index() + 1;
+        let entry = Entry { index, term: gr.term, data };
+        gr.log.push(entry.clone());
+        let term = gr.term;
+        self.persist(StorageOp::Append { group: g as GroupId, first_index: index, entries: vec![entry] }, true);
+        self.defer(Deferred::LogDurable { group: g as GroupId, index, term });
+        index
+    }
+
+    fn leader_tick(&mut self, g: usize) {
+        let now = self.now;
+        let et = self.cfg.election_timeout_us;
+        let majority = self.cfg.majority();
+        let id = self.id;
+        let gr = &self.groups[g];
+        // Check-quorum: a leader that has not heard from a majority for an
+        // election timeout steps down (its lease expired before that).
+        let heard = (0..self.cfg.regions).filter(|&p| p == id || now.saturating_sub(gr.peers[p as usize].last_heard_us) < et).count();
+        if heard < majority {
+            let term = gr.term;
+            self.become_follower(g, term, None);
+            return;
+        }
+        // Lease preference: hand leadership back to the home region once it
+        // has looked healthy for long enough.
+        let home = g as NodeId;
+        if home != id && gr.transfer.is_none() {
+            let healthy = now.saturating_sub(gr.peers[g].last_heard_us) < 2 * self.cfg.heartbeat_interval_us;
+            let gr = &mut self.groups[g];
+            if healthy {
+                let since = *gr.home_healthy_since_us.get_or_insert(now);
+                if now - since >= self.cfg.home_return_delay_us {
+                    self.start_transfer(g, home);
+                }
+            } else {
+                gr.home_healthy_since_us = None;
+            }
+        }
+        self.heartbeat(g);
+    }
+
+    fn start_transfer(&mut self, g: usize, to: NodeId) {
+        let now = self.now;
+        let et = self.cfg.election_timeout_us;
+        let gr = &mut self.groups[g];
+        if gr.role != Role::Leader || to == self.id || gr.transfer.is_some() {
+            return;
+        }
+        gr.transfer = Some(Transfer { to, deadline_us: now + et, timeout_now_sent: false });
+        gr.lease_expiry_us = 0;
+        gr.lease_min_round = u64::MAX;
+        gr.home_healthy_since_us = None;
+        self.maybe_timeout_now(g);
+        self.groups[g].heartbeat_now = true;
+    }
+
+    fn maybe_timeout_now(&mut self, g: usize) {
+        let gr = &mut self.groups[g];
+        let last = gr.log.last_index();
+        let term = gr.term;
+        if let Some(tr) = &mut gr.transfer {
+            if !tr.timeout_now_sent && gr.peers[tr.to as usize].match_index == last {
+                tr.timeout_now_sent = true;
+                let to = tr.to;
+                self.send(to, Msg::Raft { group: g as GroupId, term, body: RaftMsg::TimeoutNow });
+            }
+        }
+    }
+
+    /// Leader: start a heartbeat round to every peer (resending anything unacknowledged).
+    fn heartbeat(&mut self, g: usize) {
+        let now = self.now;
+        let gr = &mut self.groups[g];
+        gr.heartbeat_now = false;
+        if gr.role != Role::Leader {
+            return;
+        }
+        gr.round += 1;
+        gr.rounds.push_back((gr.round, now));
+        while gr.rounds.len() > 64 {
+            gr.rounds.pop_front();
+        }
+        gr.next_heartbeat_us = now + self.cfg.heartbeat_interval_us;
+        for p in 0..self.cfg.regions {
+            if p != self.id {
+                let from = self.groups[g].peers[p as usize].match_index + 1;
+                self.send_append(g, p, from);
+            }
+        }
+    }
+
+    fn send_append(&mut self, g: usize, p: NodeId, from: u64) {
+        let lease_ok = self.lease_valid(&self.groups[g]) && self.noop_committed(&self.groups[g]);
+        let gr = &mut self.groups[g];
+        let term = gr.term;
+        let round = gr.round;
+        let transferring_to = gr.transfer.as_ref().map(|t| t.to);
+        if from <= gr.log.snap_index {
+            let Some(snap) = &gr.snapshot else { return };
+            let peer = &mut gr.peers[p as usize];
+            let offset = match peer.snap_progress {
+                Some((i, off)) if i == snap.index => off,
+                _ => 0,
+            };
+            peer.snap_progress = Some((snap.index, offset));
+            let end = (offset as usize + self.cfg.snapshot_chunk_bytes).min(snap.data.len());
+            let msg = RaftMsg::Snapshot {
+                index: snap.index,
+                term: snap.term,
+                offset,
+                total: snap.data.len() as u64,
+                data: snap.data[offset as usize..end].to_vec(),
+                round,
+            };
+            self.send(p, Msg::Raft { group: g as GroupId, term, body: msg });
+            return;
+        }
+        let entries = gr.log.slice(from, self.cfg.append_entries_max, self.cfg.append_bytes_max);
+        let prev_index = from - 1;
+        let Some(prev_term) = gr.log.term_at(prev_index) else { return };
+        let peer = &mut gr.peers[p as usize];
+        peer.sent_index = prev_index + entries.len() as u64;
+        let msg = RaftMsg::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit: gr.commit,
+            round,
+            transferring_to,
+            echo_us: peer.last_echo_us,
+            lease_ok,
+        };
+        self.send(p, Msg::Raft { group: g as GroupId, term, body: msg });
+    }
+
+    fn lease_valid(&self, gr: &Group) -> bool {
+        gr.role == Role::Leader && gr.transfer.is_none() && self.now < gr.lease_expiry_us
+    }
+
+    fn noop_committed(&self, gr: &Group) -> bool {
+        self.cfg.mutants.read_before_noop_commit || (gr.noop_index > 0 && gr.commit >= gr.noop_index)
+    }
+
+    /// The highest round a majority (this node included) acknowledged.
+    fn majority_round(&self, g: usize) -> u64 {
+        let gr = &self.groups[g];
+        let mut acked: Vec<u64> =
+            (0..self.cfg.regions).map(|p| if p == self.id { gr.round } else { gr.peers[p as usize].acked_round }).collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        acked[self.cfg.majority() - 1]
+    }
+
+    fn update_lease(&mut self, g: usize) {
+        let r = self.majority_round(g);
+        let dur = self.cfg.lease_duration_us();
+        let gr = &mut self.groups[g];
+        if r < gr.lease_min_round || gr.transfer.is_some() {
+            return;
+        }
+        if let Some(&(_, sent)) = gr.rounds.iter().find(|(rr, _)| *rr == r) {
+            gr.lease_expiry_us = gr.lease_expiry_us.max(sent + dur);
+        }
+    }
+
+    fn maybe_commit(&mut self, g: usize) {
+        let id = self.id;
+        let gr = &self.groups[g];
+        if gr.role != Role::Leader {
+            return;
+        }
+        let mut m: Vec<u64> =
+            (0..self.cfg.regions).map(|p| if p == id { gr.durable_index } else { gr.peers[p as usize].match_index }).collect();
+        m.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = m[self.cfg.majority() - 1];
+        // Only entries of the current term commit by counting (Raft §5.4.2).
+        if candidate > gr.commit && gr.log.term_at(candidate) == Some(gr.term) {
+            self.groups[g].commit = candidate;
+            self.apply_committed(g);
+        }
+        self.serve_reads(g);
+    }
+
+    fn ack_durable_async(&mut self, g: usize) {
+        let now = self.now;
+        let gr = &mut self.groups[g];
+        let durable = gr.durable_index;
+        let ready: Vec<u64> =
+            gr.pending_writes.range(..=durable).filter(|(_, w)| w.ack_on_durable).map(|(i, _)| *i).collect();
+        for i in ready {
+            if let Some(w) = self.groups[g].pending_writes.remove(&i) {
+                if i > self.groups[g].commit {
+                    self.groups[g].async_acked.push_back((i, now));
+                }
+                self.respond(w.origin, w.resp);
+            }
+        }
+    }
+
+    fn apply_committed(&mut self, g: usize) {
+        while self.groups[g].applied < self.groups[g].commit {
+            let index = self.groups[g].applied + 1;
+            let Some(entry) = self.groups[g].log.get(index).cloned() else {
+                debug_assert!(false, "committed entry {index} missing from the log");
+                break;
+            };
+            self.groups[g].applied = index;
+            if let EntryData::Write(w) = &entry.data {
+                match self.sms[g].apply(w) {
+                    Ok(changes) => {
+                        let digest = fnv1a(&postcard::to_allocvec(w).unwrap_or_default());
+                        self.out.push(Action::Observe(Observation::Applied {
+                            group: g as GroupId,
+                            revision: w.revision,
+                            request_id: w.request_id,
+                            digest,
+                        }));
+                        let gr = &mut self.groups[g];
+                        for k in &w.keys {
+                            let key = (w.ns.clone(), k.key.clone());
+                            if gr.overlay.get(&key).is_some_and(|(_, _, i)| *i <= index) {
+                                gr.overlay.remove(&key);
+                            }
+                        }
+                        self.notify_watchers(g as GroupId, &changes, w.revision);
+                    }
+                    Err(_) => {
+                        // The log disagrees with the state machine: a safety bug.
+                        // Stop rather than serve divergent data.
+                        self.stats.apply_errors += 1;
+                        self.handle_storage_failed(self.now);
+                        return;
+                    }
+                }
+            }
+            if let Some(w) = self.groups[g].pending_writes.remove(&index) {
+                self.respond(w.origin, w.resp);
+            }
+        }
+        let gr = &mut self.groups[g];
+        while gr.async_acked.front().is_some_and(|(i, _)| *i <= gr.commit) {
+            gr.async_acked.pop_front();
+        }
+        self.check_token_waits(g as GroupId);
+        self.maybe_compact(g);
+    }
+
+    fn maybe_compact(&mut self, g: usize) {
+        let gr = &self.groups[g];
+        if gr.applied - gr.log.snap_index < self.cfg.compact_after_entries {
+            return;
+        }
+        let index = gr.applied;
+        let Some(term) = gr.log.term_at(index) else { return };
+        let snapshot = Snapshot { index, term, data: self.sms[g].encode() };
+        let gr = &mut self.groups[g];
+        gr.log.compact_to(index, term);
+        gr.snapshot = Some(snapshot.clone());
+        self.persist(StorageOp::Snapshot { group: g as GroupId, snapshot }, true);
+    }
+
+    fn serve_reads(&mut self, g: usize) {
+        let gr = &self.groups[g];
+        if gr.pending_reads.is_empty() || !self.noop_committed(gr) {
+            return;
+        }
+        let lease = self.lease_valid(gr);
+        let round = self.majority_round(g);
+        let commit = gr.commit;
+        let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.groups[g].pending_reads)
+            .into_iter()
+            .partition(|r| commit >= r.min_index && (lease || round >= r.round));
+        self.groups[g].pending_reads = keep;
+        for r in ready {
+            let resp = self.read_now(g, &r.what);
+            self.respond(r.origin, resp);
+        }
+    }
+
+    fn read_now(&self, g: usize, what: &ReadWhat) -> ClientResponse {
+        let token = RevisionToken { group: g as GroupId, revision: self.sms[g].revision() };
+        match what {
+            ReadWhat::Conflict => ClientResponse::Conflict { token },
+            ReadWhat::Get { ns, key, overlay } => {
+                let gr = &self.groups[g];
+                if *overlay {
+                    if let Some((version, value, _)) = gr.overlay.get(&(ns.clone(), key.clone())) {
+                        let kv = KeyValue { key: key.clone(), value: value.clone(), version: *version, mod_revision: 0 };
+                        let token = RevisionToken { group: g as GroupId, revision: gr.overlay_revision };
+                        return ClientResponse::Value { kv, token };
+                    }
+                }
+                ClientResponse::Value { kv: self.sms[g].get(ns, key), token }
+            }
+        }
+    }
+
+    // ----- peer messages -----
+
+    fn on_message(&mut self, from: NodeId, bytes: &[u8]) -> Result<(), PeerError> {
+        if from >= self.cfg.regions || from == self.id {
+            return Err(PeerError::UnknownPeer(from));
+        }
+        let msg = Msg::decode(bytes, self.cfg.message_bytes_max)?;
+        match msg {
+            Msg::Raft { group, term, body } => {
+                if group >= self.cfg.regions {
+                    return Err(PeerError::OutOfProtocol("group out of range"));
+                }
+                self.on_raft(group as usize, from, term, body)
+            }
+            Msg::Forward { id, req } => {
+                self.on_forward(from, id, req);
+                Ok(())
+            }
+            Msg::ForwardReply { id, resp } => {
+                self.respond(Origin::Local(id), resp);
+                Ok(())
+            }
+            Msg::Meta { sync } => {
+                match self.meta.receive(from, &sync) {
+                    Ok(changed) => {
+                        if changed {
+                            let bytes = self.meta.take_unsaved();
+                            if !bytes.is_empty() {
+                                // Merged from a peer: re-fetchable, so no fsync needed.
+                                self.persist(StorageOp::MetaChunk { bytes }, false);
+                            }
+                            for p in 0..self.cfg.regions {
+                                if p != self.id && p != from {
+                                    self.meta_send(p);
+                                }
+                            }
+                        }
+                        self.meta_send(from);
+                    }
+                    Err(_) => self.stats.meta_errors += 1,
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn meta_send(&mut self, p: NodeId) {
+        if let Some(sync) = self.meta.sync_message(p) {
+            self.send(p, Msg::Meta { sync });
+        }
+    }
+
+    fn on_raft(&mut self, g: usize, from: NodeId, term: u64, body: RaftMsg) -> Result<(), PeerError> {
+        if let RaftMsg::Append { prev_index, entries, .. } = &body {
+            if entries.len() > self.cfg.append_entries_max {
+                return Err(PeerError::OutOfProtocol("too many entries"));
+            }
+            for (k, e) in entries.iter().enumerate() {
+                if e.index != prev_index + 1 + k as u64 || e.term > term {
+                    return Err(PeerError::OutOfProtocol("entries out of place"));
+                }
+            }
+        }
+        if let RaftMsg::Snapshot { offset, total, data, .. } = &body {
+            if offset.saturating_add(data.len() as u64) > *total || data.len() > self.cfg.snapshot_chunk_bytes {
+                return Err(PeerError::OutOfProtocol("bad snapshot chunk"));
+            }
+        }
+        let my_term = self.groups[g].term;
+        match body {
+            RaftMsg::PreVote { last_index, last_term } => {
+                let granted = term > my_term && self.log_ok(g, last_index, last_term) && !self.in_promise(g);
+                let t = if granted { term } else { my_term };
+                self.send(from, Msg::Raft { group: g as GroupId, term: t, body: RaftMsg::PreVoteResp { granted } });
+                return Ok(());
+            }
+            RaftMsg::PreVoteResp { granted } => {
+                let gr = &mut self.groups[g];
+                if gr.role == Role::PreCandidate && granted && term == gr.term + 1 {
+                    gr.votes.insert(from);
+                    if gr.votes.len() >= self.cfg.majority() {
+                        self.campaign(g, false);
+                    }
+                } else if !granted && term > gr.term {
+                    self.become_follower(g, term, None);
+                }
+                return Ok(());
+            }
+            RaftMsg::Vote { last_index, last_term, transfer } => {
+                if term > my_term {
+                    let forced = transfer && self.groups[g].leader_transferring_to == Some(from);
+                    if self.in_promise(g) && !forced {
+                        // Leader stickiness: ignore, keep the promise (and the term).
+                        return Ok(());
+                    }
+                    self.become_follower(g, term, None);
+                }
+                let gr = &self.groups[g];
+                let granted = term == gr.term
+                    && (gr.vote.is_none() || gr.vote == Some(from))
+                    && self.log_ok(g, last_index, last_term);
+                let reply = Msg::Raft { group: g as GroupId, term: self.groups[g].term, body: RaftMsg::VoteResp { granted } };
+                if granted {
+                    self.groups[g].vote = Some(from);
+                    self.reset_election_timer(g);
+                    if self.cfg.mutants.vote_not_persisted {
+                        self.send(from, reply);
+                        return Ok(());
+                    }
+                    let t = self.groups[g].term;
+                    self.persist(StorageOp::HardState { group: g as GroupId, term: t, vote: Some(from) }, true);
+                }
+                // Votes are durable before they are answered.
+                self.defer(Deferred::Send(from, reply));
+                return Ok(());
+            }
+            _ => {}
+        }
+        // Every other message: a higher term demotes us; a lower one is stale.
+        if term > my_term {
+            let leader = matches!(body, RaftMsg::Append { .. } | RaftMsg::Snapshot { .. } | RaftMsg::TimeoutNow).then_some(from);
+            self.become_follower(g, term, leader);
+        } else if term < my_term {
+            let stale_accepted = self.cfg.mutants.stale_leader_append_accepted && matches!(body, RaftMsg::Append { .. });
+            if !stale_accepted {
+                if matches!(body, RaftMsg::Append { .. } | RaftMsg::Snapshot { .. }) {
+                    // Tell the stale leader about the newer term (fencing).
+                    let last_index = self.groups[g].log.last_index();
+                    let resp = RaftMsg::AppendResp { success: false, match_index: 0, last_index, round: 0, echo_us: 0 };
+                    self.send(from, Msg::Raft { group: g as GroupId, term: my_term, body: resp });
+                }
+                return Ok(());
+            }
+        }
+        match body {
+            RaftMsg::VoteResp { granted } => {
+                let gr = &mut self.groups[g];
+                if gr.role == Role::Candidate && granted && term == gr.term {
+                    gr.votes.insert(from);
+                    if gr.votes.len() >= self.cfg.majority() {
+                        self.become_leader(g);
+                    }
+                }
+            }
+            RaftMsg::Append { prev_index, prev_term, entries, commit, round, transferring_to, echo_us, lease_ok } => {
+                self.on_append(g, from, term, prev_index, prev_term, entries, commit, round, transferring_to, echo_us, lease_ok)
+            }
+            RaftMsg::AppendResp { success, match_index, last_index, round, echo_us } => {
+                self.on_append_resp(g, from, term, success, match_index, last_index, round, echo_us)
+            }
+            RaftMsg::Snapshot { index, term: sterm, offset, total, data, round } => {
+                self.on_snapshot(g, from, term, index, sterm, offset, total, data, round)?
+            }
+            RaftMsg::SnapshotResp { index, received, done, round } => {
+                let gr = &mut self.groups[g];
+                if gr.role != Role::Leader || term != gr.term {
+                    return Ok(());
+                }
+                let peer = &mut gr.peers[from as usize];
+                peer.last_heard_us = self.now;
+                peer.acked_round = peer.acked_round.max(round);
+                if done {
+                    peer.snap_progress = None;
+                    peer.match_index = peer.match_index.max(index);
+                    let next = peer.match_index + 1;
+                    self.send_append(g, from, next);
+                    self.maybe_commit(g);
+                } else if let Some((i, _)) = peer.snap_progress {
+                    if i == index {
+                        peer.snap_progress = Some((i, received));
+                        self.send_append(g, from, index);
+                    }
+                }
+                self.update_lease(g);
+            }
+            RaftMsg::TimeoutNow => {
+                let gr = &self.groups[g];
+                if gr.role == Role::Follower && gr.leader == Some(from) && term == gr.term {
+                    self.campaign(g, true);
+                }
+            }
+            RaftMsg::PreVote { .. } | RaftMsg::PreVoteResp { .. } | RaftMsg::Vote { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn log_ok(&self, g: usize, last_index: u64, last_term: u64) -> bool {
+        let gr = &self.groups[g];
+        (last_term, last_index) >= (gr.log.last_term(), gr.log.last_index())
+    }
+
+    /// Whether this node promised a leader not to help elect another one.
+    fn in_promise(&self, g: usize) -> bool {
+        let gr = &self.groups[g];
+        gr.role == Role::Leader
+            || gr.leader_contact_us.is_some_and(|c| self.now < c + self.cfg.election_timeout_us)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_append(
+        &mut self,
+        g: usize,
+        from: NodeId,
+        term: u64,
+        prev_index: u64,
+        prev_term: u64,
+        entries: Vec<Entry>,
+        commit: u64,
+        round: u64,
+        transferring_to: Option<NodeId>,
+        echo_us: u64,
+        lease_ok: bool,
+    ) {
+        let now = self.now;
+        let stale = term < self.groups[g].term;
+        if !stale {
+            if self.groups[g].role != Role::Follower {
+                self.become_follower(g, term, Some(from));
+            }
+            self.reset_election_timer(g);
+            let gr = &mut self.groups[g];
+            gr.leader = Some(from);
+            gr.leader_contact_us = Some(now);
+            gr.leader_transferring_to = transferring_to;
+        }
+        let gr = &mut self.groups[g];
+        let reply_term = gr.term;
+        let mut success = false;
+        let mut match_index = 0;
+        // Entries at or below the snapshot are committed and so already match.
+        let (prev_index, prev_term, entries) = if prev_index < gr.log.snap_index {
+            let skip = (gr.log.snap_index - prev_index) as usize;
+            if skip > entries.len() {
+                (gr.log.snap_index, gr.log.snap_term, Vec::new())
+            } else {
+                let rest: Vec<Entry> = entries.into_iter().skip(skip).collect();
+                (gr.log.snap_index, gr.log.snap_term, rest)
+            }
+        } else {
+            (prev_index, prev_term, entries)
+        };
+        if gr.log.term_at(prev_index) == Some(prev_term) {
+            success = true;
+            match_index = prev_index + entries.len() as u64;
+            let mut first_new = None;
+            for (k, e) in entries.iter().enumerate() {
+                match gr.log.term_at(e.index) {
+                    Some(t) if t == e.term => continue,
+                    Some(_) => {
+                        debug_assert!(e.index > gr.commit || self.cfg.mutants.any(), "never truncate committed entries");
+                        gr.log.truncate_from(e.index);
+                        gr.durable_index = gr.durable_index.min(e.index - 1);
+                        first_new = Some(k);
+                        break;
+                    }
+                    None => {
+                        first_new = Some(k);
+                        break;
+                    }
+                }
+            }
+            if let Some(k) = first_new {
+                let new: Vec<Entry> = entries[k..].to_vec();
+                let first_index = new[0].index;
+                for e in &new {
+                    gr.log.push(e.clone());
+                }
+                let last = gr.log.last_index();
+                let t = gr.log.last_term();
+                self.persist(StorageOp::Append { group: g as GroupId, first_index, entries: new }, true);
+                self.defer(Deferred::LogDurable { group: g as GroupId, index: last, term: t });
+            }
+            let gr = &mut self.groups[g];
+            let new_commit = commit.min(match_index);
+            if new_commit > gr.commit {
+                gr.commit = new_commit;
+                self.apply_committed(g);
+            }
+            let gr = &mut self.groups[g];
+            if lease_ok && !stale && gr.applied >= commit {
+                gr.fresh_as_of_us = Some(gr.fresh_as_of_us.map_or(echo_us, |f| f.max(echo_us)));
+            }
+        }
+        let last_index = self.groups[g].log.last_index();
+        let resp = RaftMsg::AppendResp { success, match_index, last_index, round, echo_us: now };
+        // Acknowledge only what is durable.
+        self.defer(Deferred::Send(from, Msg::Raft { group: g as GroupId, term: reply_term, body: resp }));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_append_resp(
+        &mut self,
+        g: usize,
+        from: NodeId,
+        term: u64,
+        success: bool,
+        match_index: u64,
+        last_index: u64,
+        round: u64,
+        echo_us: u64,
+    ) {
+        let now = self.now;
+        let gr = &mut self.groups[g];
+        if gr.role != Role::Leader || term != gr.term {
+            return;
+        }
+        let my_last = gr.log.last_index();
+        let peer = &mut gr.peers[from as usize];
+        peer.last_heard_us = now;
+        peer.acked_round = peer.acked_round.max(round);
+        peer.last_echo_us = peer.last_echo_us.max(echo_us);
+        if success {
+            if match_index > my_last {
+                self.stats.peer_out_of_protocol += 1;
+                return;
+            }
+            peer.match_index = peer.match_index.max(match_index);
+            if peer.match_index >= peer.sent_index && peer.match_index < my_last && peer.snap_progress.is_none() {
+                let next = peer.match_index + 1;
+                self.send_append(g, from, next);
+            }
+        } else if round > 0 {
+            // Log mismatch: back off to what the follower has and resend.
+            let next = (last_index + 1).min(peer.sent_index).max(peer.match_index + 1);
+            peer.sent_index = next - 1;
+            self.send_append(g, from, next);
+        }
+        self.update_lease(g);
+        self.maybe_commit(g);
+        self.maybe_timeout_now(g);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_snapshot(
+        &mut self,
+        g: usize,
+        from: NodeId,
+        term: u64,
+        index: u64,
+        sterm: u64,
+        offset: u64,
+        total: u64,
+        data: Vec<u8>,
+        round: u64,
+    ) -> Result<(), PeerError> {
+        let now = self.now;
+        if self.groups[g].role != Role::Follower {
+            self.become_follower(g, term, Some(from));
+        }
+        self.reset_election_timer(g);
+        let gr = &mut self.groups[g];
+        gr.leader = Some(from);
+        gr.leader_contact_us = Some(now);
+        let reply = |received: u64, done: bool| Msg::Raft {
+            group: g as GroupId,
+            term,
+            body: RaftMsg::SnapshotResp { index, received, done, round },
+        };
+        if index <= gr.commit {
+            self.defer(Deferred::Send(from, reply(total, true)));
+            return Ok(());
+        }
+        let buf = match gr.snap_recv.take() {
+            Some((i, t, tot, mut buf)) if i == index && t == sterm && tot == total && buf.len() as u64 == offset => {
+                buf.extend_from_slice(&data);
+                buf
+            }
+            other if offset == 0 => {
+                drop(other);
+                data
+            }
+            other => {
+                let have = other.as_ref().filter(|(i, ..)| *i == index).map_or(0, |(_, _, _, b)| b.len() as u64);
+                gr.snap_recv = other;
+                self.send(from, reply(have, false));
+                return Ok(());
+            }
+        };
+        if (buf.len() as u64) < total {
+            let have = buf.len() as u64;
+            gr.snap_recv = Some((index, sterm, total, buf));
+            self.send(from, reply(have, false));
+            return Ok(());
+        }
+        if let Err(_e) = self.sms[g].restore(&buf) {
+            return Err(PeerError::OutOfProtocol("undecodable snapshot"));
+        }
+        let gr = &mut self.groups[g];
+        gr.log.compact_to(index, sterm);
+        gr.commit = gr.commit.max(index);
+        gr.applied = index;
+        gr.durable_index = gr.durable_index.max(index).min(gr.log.last_index());
+        let snapshot = Snapshot { index, term: sterm, data: buf };
+        gr.snapshot = Some(snapshot.clone());
+        self.persist(StorageOp::Snapshot { group: g as GroupId, snapshot }, true);
+        self.defer(Deferred::Send(from, reply(total, true)));
+        // Watchers of this group lost their history: resync them.
+        let ids: Vec<RequestId> = self.watchers.iter().filter(|(_, w)| w.group as usize == g).map(|(id, _)| *id).collect();
+        let rev = self.sms[g].revision();
+        for id in ids {
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.last_revision = rev;
+                let snapshot = self.sms[g].scan(&w.ns, &w.prefix);
+                self.out.push(Action::Reply { req: id, resp: ClientResponse::WatchResync { snapshot, revision: rev } });
+            }
+        }
+        self.apply_committed(g);
+        Ok(())
+    }
+
+    // ----- client requests -----
+
+    fn validate(&self, req: &ClientRequest) -> Result<(), ErrorCode> {
+        let ns_ok = |ns: &str| self.ns_index.contains_key(ns);
+        let key_ok = |k: &str| {
+            if k.len() > self.cfg.key_bytes_max {
+                Err(ErrorCode::KeyTooLong)
+            } else if k.is_empty() {
+                Err(ErrorCode::InvalidRequest)
+            } else {
+                Ok(())
+            }
+        };
+        match req {
+            ClientRequest::Get { ns, key, .. } => {
+                if !ns_ok(ns) {
+                    return Err(ErrorCode::UnknownNamespace);
+                }
+                key_ok(key)
+            }
+            ClientRequest::Write { ns, compares, ops, .. } => {
+                if !ns_ok(ns) {
+                    return Err(ErrorCode::UnknownNamespace);
+                }
+                if ops.is_empty() {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                if ops.len() + compares.len() > self.cfg.txn_ops_max {
+                    return Err(ErrorCode::TooManyOps);
+                }
+                let mut seen = BTreeSet::new();
+                for op in ops {
+                    key_ok(op.key())?;
+                    if !seen.insert(op.key()) {
+                        return Err(ErrorCode::InvalidRequest);
+                    }
+                    if let WriteOp::Put { value, .. } = op {
+                        if value.len() > self.cfg.value_bytes_max {
+                            return Err(ErrorCode::ValueTooLarge);
+                        }
+                    }
+                }
+                for c in compares {
+                    key_ok(&c.key)?;
+                }
+                Ok(())
+            }
+            ClientRequest::Watch { ns, prefix, .. } => {
+                if !ns_ok(ns) {
+                    return Err(ErrorCode::UnknownNamespace);
+                }
+                if prefix.len() > self.cfg.key_bytes_max {
+                    return Err(ErrorCode::KeyTooLong);
+                }
+                Ok(())
+            }
+            ClientRequest::TransferLeader { group, to } => {
+                if *group >= self.cfg.regions || *to >= self.cfg.regions {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                Ok(())
+            }
+            ClientRequest::Meta(_) | ClientRequest::MetaGranted { .. } | ClientRequest::CancelWatch { .. } => Ok(()),
+        }
+    }
+
+    fn on_client(&mut self, req: RequestId, request: ClientRequest) {
+        if let Err(code) = self.validate(&request) {
+            self.stats.client_rejected += 1;
+            self.out.push(Action::Reply { req, resp: ClientResponse::Error(code) });
+            return;
+        }
+        match request {
+            ClientRequest::Watch { ns, prefix, start_revision } => self.watch(req, ns, prefix, start_revision),
+            ClientRequest::CancelWatch { watch } => {
+                let resp = if self.watchers.remove(&watch).is_some() {
+                    ClientResponse::Done
+                } else {
+                    ClientResponse::Error(ErrorCode::UnknownWatch)
+                };
+                self.out.push(Action::Reply { req, resp });
+            }
+            ClientRequest::MetaGranted { principal, permission } => {
+                let g = self.meta.granted(&principal, &permission);
+                self.out.push(Action::Reply { req, resp: ClientResponse::Granted(g) });
+            }
+            other => {
+                if self.pending.len() >= self.cfg.pending_requests_max {
+                    self.out.push(Action::Reply { req, resp: ClientResponse::Error(ErrorCode::Overloaded) });
+                    return;
+                }
+                let deadline = self.now + self.cfg.request_timeout_us;
+                self.pending.insert(req, deadline);
+                self.deadlines.insert((deadline, req));
+                self.on_request(Origin::Local(req), other);
+            }
+        }
+    }
+
+    fn on_forward(&mut self, from: NodeId, id: RequestId, req: ClientRequest) {
+        let origin = Origin::Remote(from, id);
+        if let Err(code) = self.validate(&req) {
+            self.respond(origin, ClientResponse::Error(code));
+            return;
+        }
+        match &req {
+            ClientRequest::Write { ns, .. } | ClientRequest::Get { ns, .. } => {
+                let g = self.ns_index[ns].0 as usize;
+                if self.groups[g].role != Role::Leader {
+                    // One hop only: the sender retries with fresher leader information.
+                    self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+                    return;
+                }
+            }
+            ClientRequest::TransferLeader { .. } => {}
+            _ => {
+                self.respond(origin, ClientResponse::Error(ErrorCode::InvalidRequest));
+                return;
+            }
+        }
+        self.on_request(origin, req);
+    }
+
+    fn forward_or_fail(&mut self, g: usize, origin: Origin, req: ClientRequest) {
+        match (origin, self.groups[g].leader) {
+            (Origin::Local(id), Some(l)) if l != self.id => self.send(l, Msg::Forward { id, req }),
+            _ => self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable)),
+        }
+    }
+
+    fn on_request(&mut self, origin: Origin, req: ClientRequest) {
+        match req {
+            ClientRequest::Get { ns, key, consistency, token } => {
+                let (g, mode) = self.ns_index[&ns];
+                let gi = g as usize;
+                if let (Some(t), Origin::Local(id)) = (token, origin) {
+                    if t.group == g && t.revision > self.sms[gi].revision() && consistency != Consistency::Linearizable {
+                        let deadline_us = self.now + self.cfg.token_wait_max_us;
+                        self.token_waits.push(TokenWait { req: id, group: g, revision: t.revision, deadline_us, ns, key, consistency });
+                        return;
+                    }
+                }
+                self.get(gi, origin, ns, key, consistency, matches!(mode, ReplicationMode::Async { .. }));
+            }
+            ClientRequest::Write { ns, request_id, compares, ops } => {
+                let (g, mode) = self.ns_index[&ns];
+                let gi = g as usize;
+                if self.groups[gi].role == Role::Leader {
+                    self.leader_write(gi, origin, ns, request_id, compares, ops, mode);
+                } else {
+                    self.forward_or_fail(gi, origin, ClientRequest::Write { ns, request_id, compares, ops });
+                }
+            }
+            ClientRequest::TransferLeader { group, to } => {
+                let gi = group as usize;
+                if self.groups[gi].role == Role::Leader {
+                    if to != self.id {
+                        self.start_transfer(gi, to);
+                    }
+                    self.respond(origin, ClientResponse::Done);
+                } else {
+                    self.forward_or_fail(gi, origin, ClientRequest::TransferLeader { group, to });
+                }
+            }
+            ClientRequest::Meta(op) => {
+                if !self.meta_ready {
+                    self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+                    return;
+                }
+                match self.meta.apply(&op) {
+                    Ok(()) => {
+                        let bytes = self.meta.take_unsaved();
+                        self.persist(StorageOp::MetaChunk { bytes }, true);
+                        self.defer(Deferred::Respond(origin, ClientResponse::Done));
+                        for p in 0..self.cfg.regions {
+                            if p != self.id {
+                                self.meta_send(p);
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        self.stats.meta_errors += 1;
+                        self.respond(origin, ClientResponse::Error(ErrorCode::InvalidRequest));
+                    }
+                }
+            }
+            ClientRequest::Watch { .. } | ClientRequest::CancelWatch { .. } | ClientRequest::MetaGranted { .. } => {
+                self.respond(origin, ClientResponse::Error(ErrorCode::InvalidRequest));
+            }
+        }
+    }
+
+    fn get(&mut self, g: usize, origin: Origin, ns: String, key: String, consistency: Consistency, is_async: bool) {
+        let local = || ReadWhat::Get { ns: ns.clone(), key: key.clone(), overlay: false };
+        match consistency {
+            Consistency::Stale => {
+                let resp = self.read_now(g, &local());
+                self.respond(origin, resp);
+            }
+            Consistency::Bounded { staleness_us } => {
+                let gr = &self.groups[g];
+                let fresh = if gr.role == Role::Leader {
+                    self.lease_valid(gr) && self.noop_committed(gr)
+                } else {
+                    gr.fresh_as_of_us.is_some_and(|f| self.cfg.true_upper_us(self.now.saturating_sub(f)) <= staleness_us)
+                };
+                if fresh {
+                    let resp = self.read_now(g, &local());
+                    self.respond(origin, resp);
+                } else {
+                    self.get(g, origin, ns, key, Consistency::Linearizable, is_async);
+                }
+            }
+            Consistency::Linearizable => {
+                if self.groups[g].role == Role::Leader {
+                    let what = ReadWhat::Get { ns, key, overlay: is_async };
+                    self.leader_read(g, origin, what, 0);
+                } else {
+                    let req = ClientRequest::Get { ns, key, consistency, token: None };
+                    self.forward_or_fail(g, origin, req);
+                }
+            }
+        }
+    }
+
+    /// Leader: serve at once under a valid lease, else after a quorum round.
+    fn leader_read(&mut self, g: usize, origin: Origin, what: ReadWhat, min_index: u64) {
+        let deadline_us = self.now + self.cfg.request_timeout_us;
+        let lease = self.lease_valid(&self.groups[g]);
+        let gr = &mut self.groups[g];
+        let min_index = min_index.max(gr.commit);
+        let round = if lease { 0 } else { gr.round + 1 };
+        if !lease {
+            gr.heartbeat_now = true;
+        }
+        gr.pending_reads.push(PendingRead { origin, min_index, round, deadline_us, what });
+        self.serve_reads(g);
+    }
+
+    fn overlay_version(&self, g: usize, ns: &str, key: &str) -> (u64, u64) {
+        match self.groups[g].overlay.get(&(ns.to_string(), key.to_string())) {
+            Some((v, _, i)) => (*v, *i),
+            None => (self.sms[g].get(ns, key).version, 0),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn leader_write(
+        &mut self,
+        g: usize,
+        origin: Origin,
+        ns: String,
+        request_id: u64,
+        compares: Vec<Compare>,
+        ops: Vec<WriteOp>,
+        mode: ReplicationMode,
+    ) {
+        let now = self.now;
+        let gr = &self.groups[g];
+        if gr.transfer.is_some() {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+            return;
+        }
+        if gr.log.last_index() - gr.commit >= self.cfg.uncommitted_entries_max {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Overloaded));
+            return;
+        }
+        if let ReplicationMode::Async { rpo_budget_us } = mode {
+            if gr.async_acked.front().is_some_and(|(_, t)| now.saturating_sub(*t) > rpo_budget_us) {
+                self.respond(origin, ClientResponse::Error(ErrorCode::RpoBudgetExceeded));
+                return;
+            }
+        }
+        let mut conflict_index = None;
+        for c in &compares {
+            let (v, i) = self.overlay_version(g, &ns, &c.key);
+            if v != c.version {
+                conflict_index = Some(conflict_index.unwrap_or(0).max(i));
+            }
+        }
+        if let Some(min_index) = conflict_index {
+            // A failed compare is a read: answer only once what it saw is committed.
+            self.leader_read(g, origin, ReadWhat::Conflict, min_index);
+            return;
+        }
+        let mut keys: Vec<KeyEffect> = ops
+            .into_iter()
+            .map(|op| {
+                let (v, _) = self.overlay_version(g, &ns, op.key());
+                match op {
+                    WriteOp::Put { key, value } => KeyEffect { key, value: Some(value), version: v + 1 },
+                    WriteOp::Delete { key } => KeyEffect { key, value: None, version: v + 1 },
+                }
+            })
+            .collect();
+        let versions: Vec<u64> = keys.iter().map(|k| k.version).collect();
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        let gr = &mut self.groups[g];
+        gr.overlay_revision += 1;
+        let revision = gr.overlay_revision;
+        let index = gr.log.last_index() + 1;
+        for k in &keys {
+            gr.overlay.insert((ns.clone(), k.key.clone()), (k.version, k.value.clone(), index));
+        }
+        let effect = WriteEffect { ns, revision, request_id, keys };
+        let appended = self.append_local(g, EntryData::Write(effect));
+        debug_assert_eq!(appended, index);
+        let ack_on_durable = matches!(mode, ReplicationMode::Async { .. }) || self.cfg.mutants.ack_before_quorum;
+        let resp = ClientResponse::Written { versions, token: RevisionToken { group: g as GroupId, revision } };
+        self.groups[g].pending_writes.insert(index, PendingWrite { origin, resp, ack_on_durable });
+        for p in 0..self.cfg.regions {
+            let peer = &self.groups[g].peers[p as usize];
+            if p != self.id && peer.sent_index + 1 == index && peer.snap_progress.is_none() {
+                self.send_append(g, p, index);
+            }
+        }
+    }
+
+    fn check_token_waits(&mut self, g: GroupId) {
+        let rev = self.sms[g as usize].revision();
+        if !self.token_waits.iter().any(|w| w.group == g && w.revision <= rev) {
+            return;
+        }
+        let (ready, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.token_waits).into_iter().partition(|w| w.group == g && w.revision <= rev);
+        self.token_waits = keep;
+        for w in ready {
+            let is_async = matches!(self.ns_index[&w.ns].1, ReplicationMode::Async { .. });
+            self.get(g as usize, Origin::Local(w.req), w.ns, w.key, w.consistency, is_async);
+        }
+    }
+
+    // ----- watches -----
+
+    fn watch(&mut self, req: RequestId, ns: String, prefix: String, start: Option<u64>) {
+        if self.watchers.len() >= self.cfg.watchers_max {
+            self.out.push(Action::Reply { req, resp: ClientResponse::Error(ErrorCode::Overloaded) });
+            return;
+        }
+        let g = self.ns_index[&ns].0;
+        let sm = &self.sms[g as usize];
+        let rev = sm.revision();
+        let start = start.unwrap_or(rev);
+        let last_revision = match sm.changes_since(&ns, &prefix, start) {
+            Some(changes) => {
+                for (revision, events) in group_by_revision(changes) {
+                    self.out.push(Action::Reply { req, resp: ClientResponse::WatchEvents { events, revision } });
+                }
+                rev.max(start)
+            }
+            None => {
+                let snapshot = sm.scan(&ns, &prefix);
+                self.out.push(Action::Reply { req, resp: ClientResponse::WatchResync { snapshot, revision: rev } });
+                rev
+            }
+        };
+        // An empty batch confirms the watch is live at `last_revision`.
+        self.out.push(Action::Reply { req, resp: ClientResponse::WatchEvents { events: Vec::new(), revision: last_revision } });
+        self.watchers.insert(req, Watcher { ns, prefix, group: g, last_revision });
+    }
+
+    fn notify_watchers(&mut self, g: GroupId, changes: &[Change], revision: u64) {
+        for (id, w) in self.watchers.iter_mut() {
+            if w.group != g || revision <= w.last_revision {
+                continue;
+            }
+            w.last_revision = revision;
+            let events: Vec<KeyValue> =
+                changes.iter().filter(|c| c.ns == w.ns && c.kv.key.starts_with(&w.prefix)).map(|c| c.kv.clone()).collect();
+            if !events.is_empty() {
+                self.out.push(Action::Reply { req: *id, resp: ClientResponse::WatchEvents { events, revision } });
+            }
+        }
+    }
+}
+
+fn group_by_revision(changes: Vec<Change>) -> Vec<(u64, Vec<KeyValue>)> {
+    let mut out: Vec<(u64, Vec<KeyValue>)> = Vec::new();
+    for c in changes {
+        match out.last_mut() {
+            Some((r, evs)) if *r == c.revision => evs.push(c.kv),
+            _ => out.push((c.revision, vec![c.kv])),
+        }
+    }
+    out
+}

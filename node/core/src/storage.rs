@@ -1,0 +1,141 @@
+//! What the core asks storage to persist, and the durable state it is rebuilt
+//! from after a restart. `Durable::apply` is the reference semantics of every
+//! storage operation: the simulator's disk uses it directly, and every real
+//! storage engine must behave the same (the conformance suite checks it).
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::GroupId;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub index: u64,
+    pub term: u64,
+    pub data: EntryData,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryData {
+    /// Committed by every new leader before it serves.
+    Noop,
+    /// A write, evaluated by the leader that proposed it: the exact effects.
+    Write(WriteEffect),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteEffect {
+    pub ns: String,
+    pub revision: u64,
+    pub request_id: u64,
+    /// Sorted by key, one per key.
+    pub keys: Vec<KeyEffect>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEffect {
+    pub key: String,
+    /// None: deleted.
+    pub value: Option<Vec<u8>>,
+    pub version: u64,
+}
+
+impl Entry {
+    pub fn size_bytes(&self) -> usize {
+        match &self.data {
+            EntryData::Noop => 24,
+            EntryData::Write(w) => {
+                48 + w.ns.len() + w.keys.iter().map(|k| 16 + k.key.len() + k.value.as_ref().map_or(0, |v| v.len())).sum::<usize>()
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub index: u64,
+    pub term: u64,
+    /// The encoded state machine of the group (see `kv::GroupSm::encode`).
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StorageOp {
+    HardState { group: GroupId, term: u64, vote: Option<u8> },
+    /// Remove entries from `first_index` on, then append `entries` (which start there).
+    Append { group: GroupId, first_index: u64, entries: Vec<Entry> },
+    /// Keep `snapshot`; drop log entries up to its index (the whole log if the
+    /// entry at its index has another term).
+    Snapshot { group: GroupId, snapshot: Snapshot },
+    /// One incremental save of the metadata document.
+    MetaChunk { bytes: Vec<u8> },
+    /// The incarnation of this process; metadata actor ids derive from it.
+    Incarnation { incarnation: u64 },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableGroup {
+    pub term: u64,
+    pub vote: Option<u8>,
+    pub snapshot: Option<Snapshot>,
+    /// Contiguous, starting right after the snapshot's index (or at 1).
+    pub entries: Vec<Entry>,
+}
+
+/// Everything a node has on disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Durable {
+    pub incarnation: u64,
+    pub groups: Vec<DurableGroup>,
+    pub meta_chunks: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    #[error("group {0} out of range")]
+    BadGroup(GroupId),
+    #[error("append at index {first} leaves a gap after {last}")]
+    Gap { first: u64, last: u64 },
+}
+
+impl Durable {
+    pub fn new(regions: u8) -> Durable {
+        Durable { incarnation: 0, groups: vec![DurableGroup::default(); regions as usize], meta_chunks: Vec::new() }
+    }
+
+    pub fn apply(&mut self, op: &StorageOp) -> Result<(), StorageError> {
+        match op {
+            StorageOp::HardState { group, term, vote } => {
+                let g = self.groups.get_mut(*group as usize).ok_or(StorageError::BadGroup(*group))?;
+                g.term = *term;
+                g.vote = *vote;
+            }
+            StorageOp::Append { group, first_index, entries } => {
+                let g = self.groups.get_mut(*group as usize).ok_or(StorageError::BadGroup(*group))?;
+                let base = g.snapshot.as_ref().map_or(0, |s| s.index);
+                let last = base + g.entries.len() as u64;
+                if *first_index > last + 1 || *first_index <= base {
+                    return Err(StorageError::Gap { first: *first_index, last });
+                }
+                g.entries.truncate((*first_index - base - 1) as usize);
+                g.entries.extend(entries.iter().cloned());
+            }
+            StorageOp::Snapshot { group, snapshot } => {
+                let g = self.groups.get_mut(*group as usize).ok_or(StorageError::BadGroup(*group))?;
+                let base = g.snapshot.as_ref().map_or(0, |s| s.index);
+                if snapshot.index <= base {
+                    return Ok(());
+                }
+                let pos = (snapshot.index - base - 1) as usize;
+                if g.entries.get(pos).is_some_and(|e| e.term == snapshot.term) {
+                    g.entries.drain(..=pos);
+                } else {
+                    g.entries.clear();
+                }
+                g.snapshot = Some(snapshot.clone());
+            }
+            StorageOp::MetaChunk { bytes } => self.meta_chunks.push(bytes.clone()),
+            StorageOp::Incarnation { incarnation } => self.incarnation = *incarnation,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+//! The core's public vocabulary: ids, client requests and responses, stable
+//! error codes, revision tokens and observations.
+
+use serde::{Deserialize, Serialize};
+
+/// A region's node. Region `i` runs node `i`.
+pub type NodeId = u8;
+/// A home group; group `g` is homed in region `g`.
+pub type GroupId = u8;
+/// Identifies one client request at the node it arrived at (chosen by the shell).
+pub type RequestId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicationMode {
+    /// Acknowledged once a majority of regions persisted the entry (RPO 0).
+    Quorum,
+    /// Acknowledged once the leader persisted it; writes are refused while the
+    /// oldest acknowledged-but-unreplicated entry is older than the budget.
+    Async { rpo_budget_us: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// At the leaseholder (or after a quorum check).
+    Linearizable,
+    /// Local if the local state is provably no staler than this; otherwise at the leader.
+    Bounded { staleness_us: u64 },
+    /// Local state, whatever it is.
+    Stale,
+}
+
+/// Returned with every response; passing it back gives read-your-writes in any region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RevisionToken {
+    pub group: GroupId,
+    pub revision: u64,
+}
+
+impl std::fmt::Display for RevisionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.group, self.revision)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+impl WriteOp {
+    pub fn key(&self) -> &str {
+        match self {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
+        }
+    }
+}
+
+/// A condition of a write: the key's version must equal `version` (0: never written).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: String,
+    pub version: u64,
+}
+
+/// Metadata edits (replicated through the automerge document).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaOp {
+    SetLabel { key: String, value: String },
+    Grant { principal: String, permission: String },
+    Revoke { principal: String, permission: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    Get { ns: String, key: String, consistency: Consistency, token: Option<RevisionToken> },
+    /// Put, delete, compare-and-set and transactions: all compares must hold, then
+    /// all ops apply atomically at one revision. `request_id` is the caller's
+    /// unique id for the write (carried in the log for tracing and idempotency).
+    Write { ns: String, request_id: u64, compares: Vec<Compare>, ops: Vec<WriteOp> },
+    /// Changes under `prefix` with a revision above `start_revision` (None: from now).
+    Watch { ns: String, prefix: String, start_revision: Option<u64> },
+    CancelWatch { watch: RequestId },
+    Meta(MetaOp),
+    MetaGranted { principal: String, permission: String },
+    TransferLeader { group: GroupId, to: NodeId },
+}
+
+/// Stable error codes; their names are part of the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ErrorCode {
+    #[error("no leader is known for the group, retry later")]
+    Unavailable,
+    #[error("the request timed out; a write's outcome is unknown")]
+    Timeout,
+    #[error("leadership changed before the write committed; its outcome is unknown")]
+    Indeterminate,
+    #[error("unknown namespace")]
+    UnknownNamespace,
+    #[error("key too long")]
+    KeyTooLong,
+    #[error("value too large")]
+    ValueTooLarge,
+    #[error("too many operations in one transaction")]
+    TooManyOps,
+    #[error("invalid request")]
+    InvalidRequest,
+    #[error("async replication is behind its RPO budget; write refused")]
+    RpoBudgetExceeded,
+    #[error("too many requests in flight")]
+    Overloaded,
+    #[error("the revision token did not apply locally in time")]
+    TokenWaitTimeout,
+    #[error("the node stopped after a storage failure")]
+    Halted,
+    #[error("unknown watch")]
+    UnknownWatch,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    /// Per-key version: number of mutations of this key, 0 if never written.
+    pub version: u64,
+    pub mod_revision: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    Value { kv: KeyValue, token: RevisionToken },
+    /// The write applied; resulting version of each op's key, in op order.
+    Written { versions: Vec<u64>, token: RevisionToken },
+    /// A compare failed; nothing was written.
+    Conflict { token: RevisionToken },
+    /// Watch: changes in revision order (one revision may hold several keys).
+    WatchEvents { events: Vec<KeyValue>, revision: u64 },
+    /// Watch: the requested history was compacted; here is the state at `revision`,
+    /// deltas follow from `revision + 1`.
+    WatchResync { snapshot: Vec<KeyValue>, revision: u64 },
+    Granted(bool),
+    Done,
+    Error(ErrorCode),
+}
+
+/// What the core tells its shell and the simulator about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observation {
+    BecameLeader { group: GroupId, term: u64 },
+    /// An entry applied to the state machine of `group` at `revision`.
+    Applied { group: GroupId, revision: u64, request_id: u64, digest: u64 },
+    /// Storage failed: the node stopped and will not acknowledge anything.
+    Halted,
+}

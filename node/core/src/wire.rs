@@ -1,0 +1,88 @@
+//! Peer-to-peer messages and their encoding (postcard). Decoding checks size and
+//! shape before anything reaches the protocol, so a peer speaking garbage gets an
+//! error and a counter, never a panic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::Entry;
+use crate::types::{ClientRequest, ClientResponse, GroupId, RequestId};
+
+/// Which ordered channel a message travels on. The transport gives `Meta` a
+/// reliable ordered stream; `Raft` tolerates loss, duplication and reordering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Channel {
+    Raft,
+    Meta,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    Raft { group: GroupId, term: u64, body: RaftMsg },
+    /// A client request forwarded to the leader of its group.
+    Forward { id: RequestId, req: ClientRequest },
+    ForwardReply { id: RequestId, resp: ClientResponse },
+    /// One automerge sync message.
+    Meta { sync: Vec<u8> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftMsg {
+    /// Asks whether an election at `term` (the sender's term + 1) would succeed.
+    PreVote { last_index: u64, last_term: u64 },
+    PreVoteResp { granted: bool },
+    Vote { last_index: u64, last_term: u64, transfer: bool },
+    VoteResp { granted: bool },
+    Append {
+        prev_index: u64,
+        prev_term: u64,
+        entries: Vec<Entry>,
+        commit: u64,
+        /// Heartbeat round, echoed back; leases are counted in rounds.
+        round: u64,
+        /// Set while the leader is handing leadership to this node.
+        transferring_to: Option<u8>,
+        /// The follower's own clock reading from its last response (bounded staleness).
+        echo_us: u64,
+        /// The leader held a valid lease and had committed its no-op when sending.
+        lease_ok: bool,
+    },
+    AppendResp { success: bool, match_index: u64, last_index: u64, round: u64, echo_us: u64 },
+    Snapshot { index: u64, term: u64, offset: u64, total: u64, data: Vec<u8>, round: u64 },
+    SnapshotResp { index: u64, received: u64, done: bool, round: u64 },
+    TimeoutNow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("message of {0} bytes exceeds the limit")]
+    Oversized(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl Msg {
+    pub fn channel(&self) -> Channel {
+        match self {
+            Msg::Meta { .. } => Channel::Meta,
+            _ => Channel::Raft,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Invariant: every field type is serializable to postcard's alloc Vec and
+        // encoding into a growable Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8], max: usize) -> Result<Msg, WireError> {
+        if bytes.len() > max {
+            return Err(WireError::Oversized(bytes.len()));
+        }
+        let (msg, rest): (Msg, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(WireError::Malformed(format!("{} trailing bytes", rest.len())));
+        }
+        Ok(msg)
+    }
+}
