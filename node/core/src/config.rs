@@ -100,6 +100,8 @@ pub struct Config {
     /// Change events kept per group for watch resumption.
     pub watch_history_max: usize,
     pub watchers_max: usize,
+    /// Write request ids remembered per group for idempotent retries.
+    pub idempotency_ids_max: usize,
     pub pending_requests_max: usize,
     /// Entries appended but not committed, per group, before writes get `Overloaded`.
     pub uncommitted_entries_max: u64,
@@ -145,6 +147,7 @@ impl Config {
             history_versions_max: 16,
             watch_history_max: 10_000,
             watchers_max: 10_000,
+            idempotency_ids_max: 100_000,
             pending_requests_max: 10_000,
             uncommitted_entries_max: 10_000,
             namespaces,

@@ -32,6 +32,9 @@ pub struct Change {
 struct Persisted {
     revision: u64,
     namespaces: BTreeMap<String, BTreeMap<String, KeyState>>,
+    /// Results of recent writes by request id (idempotency), oldest first in `request_order`.
+    requests: BTreeMap<u64, (u64, Vec<u64>)>,
+    request_order: VecDeque<u64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -43,6 +46,7 @@ pub struct GroupSm {
     changes_floor: u64,
     changes_max: usize,
     history_max: usize,
+    requests_max: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,16 +58,28 @@ pub enum ApplyError {
 }
 
 impl GroupSm {
-    pub fn new(namespaces: impl IntoIterator<Item = String>, history_max: usize, changes_max: usize) -> GroupSm {
+    pub fn new(namespaces: impl IntoIterator<Item = String>, history_max: usize, changes_max: usize, requests_max: usize) -> GroupSm {
         let mut state = Persisted::default();
         for ns in namespaces {
             state.namespaces.insert(ns, BTreeMap::new());
         }
-        GroupSm { state, changes: VecDeque::new(), changes_floor: 0, changes_max, history_max: history_max.max(1) }
+        GroupSm {
+            state,
+            changes: VecDeque::new(),
+            changes_floor: 0,
+            changes_max,
+            history_max: history_max.max(1),
+            requests_max: requests_max.max(1),
+        }
     }
 
     pub fn revision(&self) -> u64 {
         self.state.revision
+    }
+
+    /// The revision and versions a write with this request id produced, if remembered.
+    pub fn request_result(&self, request_id: u64) -> Option<&(u64, Vec<u64>)> {
+        self.state.requests.get(&request_id)
     }
 
     pub fn has_namespace(&self, ns: &str) -> bool {
@@ -126,6 +142,15 @@ impl GroupSm {
                 ns: w.ns.clone(),
                 kv: KeyValue { key: k.key.clone(), value: k.value.clone(), version: k.version, mod_revision: w.revision },
             });
+        }
+        if w.request_id != 0 {
+            self.state.requests.insert(w.request_id, (w.revision, w.reply_versions.clone()));
+            self.state.request_order.push_back(w.request_id);
+            while self.state.request_order.len() > self.requests_max {
+                if let Some(old) = self.state.request_order.pop_front() {
+                    self.state.requests.remove(&old);
+                }
+            }
         }
         for c in &out {
             self.changes.push_back(c.clone());
@@ -190,12 +215,13 @@ mod tests {
             revision: rev,
             request_id: rev,
             keys: vec![KeyEffect { key: key.into(), value: Some(v.as_bytes().to_vec()), version }],
+            reply_versions: vec![version],
         }
     }
 
     #[test]
     fn apply_history_and_gaps() {
-        let mut sm = GroupSm::new(["n".to_string()], 2, 3);
+        let mut sm = GroupSm::new(["n".to_string()], 2, 3, 10);
         sm.apply(&put(1, "a", "1", 1)).unwrap();
         sm.apply(&put(2, "a", "2", 2)).unwrap();
         sm.apply(&put(3, "a", "3", 3)).unwrap();
@@ -211,10 +237,10 @@ mod tests {
 
     #[test]
     fn snapshot_roundtrip_and_corruption() {
-        let mut sm = GroupSm::new(["n".to_string()], 4, 10);
+        let mut sm = GroupSm::new(["n".to_string()], 4, 10, 10);
         sm.apply(&put(1, "a", "1", 1)).unwrap();
         let data = sm.encode();
-        let mut other = GroupSm::new(["n".to_string()], 4, 10);
+        let mut other = GroupSm::new(["n".to_string()], 4, 10, 10);
         other.restore(&data).unwrap();
         assert_eq!(other.digest(), sm.digest());
         assert!(other.changes_since("n", "", 0).is_none(), "watch history is gone after a snapshot");

@@ -112,7 +112,9 @@ struct PendingRead {
 
 #[derive(Clone, Debug)]
 struct PendingWrite {
-    origin: Origin,
+    /// Everyone waiting for this write (a retried request joins the first).
+    origins: Vec<Origin>,
+    request_id: u64,
     resp: ClientResponse,
     ack_on_durable: bool,
 }
@@ -156,6 +158,8 @@ struct Group {
     home_healthy_since_us: Option<u64>,
     pending_reads: Vec<PendingRead>,
     pending_writes: BTreeMap<u64, PendingWrite>,
+    /// request id -> log index of a pending write.
+    pending_by_request: BTreeMap<u64, u64>,
     /// Async-acknowledged entries not yet committed: (index, ack time).
     async_acked: VecDeque<(u64, u64)>,
     /// Effects proposed but not applied: (ns, key) -> (version, value, index).
@@ -230,7 +234,7 @@ impl Node {
         let mut sms = Vec::new();
         for (gi, dg) in durable.groups.iter().enumerate() {
             let names = cfg.namespaces.iter().filter(|n| n.home as usize == gi).map(|n| n.name.clone());
-            let mut sm = GroupSm::new(names, cfg.history_versions_max, cfg.watch_history_max);
+            let mut sm = GroupSm::new(names, cfg.history_versions_max, cfg.watch_history_max, cfg.idempotency_ids_max);
             let (si, st) = match &dg.snapshot {
                 Some(s) => {
                     sm.restore(&s.data).map_err(|e| InitError::Corrupt(format!("group {gi} snapshot: {e}")))?;
@@ -275,6 +279,7 @@ impl Node {
                 home_healthy_since_us: None,
                 pending_reads: Vec::new(),
                 pending_writes: BTreeMap::new(),
+                pending_by_request: BTreeMap::new(),
                 async_acked: VecDeque::new(),
                 overlay: BTreeMap::new(),
                 overlay_revision: sm.revision(),
@@ -701,9 +706,12 @@ impl Node {
             gr.async_acked.clear();
             gr.home_healthy_since_us = None;
             let writes = std::mem::take(&mut gr.pending_writes);
+            gr.pending_by_request.clear();
             let reads = std::mem::take(&mut gr.pending_reads);
             for (_, w) in writes {
-                self.respond(w.origin, ClientResponse::Error(ErrorCode::Indeterminate));
+                for o in w.origins {
+                    self.respond(o, ClientResponse::Error(ErrorCode::Indeterminate));
+                }
             }
             for r in reads {
                 self.respond(r.origin, ClientResponse::Error(ErrorCode::Unavailable));
@@ -731,11 +739,23 @@ impl Node {
         // Rebuild the overlay from entries this leader's log holds beyond the state machine.
         gr.overlay.clear();
         gr.overlay_revision = self.sms[g].revision();
+        gr.pending_writes.clear();
+        gr.pending_by_request.clear();
         for e in gr.log.iter_from(gr.applied + 1) {
             if let EntryData::Write(w) = &e.data {
                 gr.overlay_revision = w.revision;
                 for k in &w.keys {
                     gr.overlay.insert((w.ns.clone(), k.key.clone()), (k.version, k.value.clone(), e.index));
+                }
+                if w.request_id != 0 {
+                    // A retry of this write may still arrive: it joins this entry.
+                    let ack_on_durable = matches!(self.ns_index.get(&w.ns), Some((_, ReplicationMode::Async { .. })));
+                    let resp = ClientResponse::Written {
+                        versions: w.reply_versions.clone(),
+                        token: RevisionToken { group: g as GroupId, revision: w.revision },
+                    };
+                    gr.pending_writes.insert(e.index, PendingWrite { origins: Vec::new(), request_id: w.request_id, resp, ack_on_durable });
+                    gr.pending_by_request.insert(w.request_id, e.index);
                 }
             }
         }
@@ -939,10 +959,13 @@ impl Node {
             gr.pending_writes.range(..=durable).filter(|(_, w)| w.ack_on_durable).map(|(i, _)| *i).collect();
         for i in ready {
             if let Some(w) = self.groups[g].pending_writes.remove(&i) {
+                self.groups[g].pending_by_request.remove(&w.request_id);
                 if i > self.groups[g].commit {
                     self.groups[g].async_acked.push_back((i, now));
                 }
-                self.respond(w.origin, w.resp);
+                for o in w.origins {
+                    self.respond(o, w.resp.clone());
+                }
             }
         }
     }
@@ -964,6 +987,8 @@ impl Node {
                             revision: w.revision,
                             request_id: w.request_id,
                             digest,
+                            ns: w.ns.clone(),
+                            keys: w.keys.iter().map(|k| (k.key.clone(), k.version, k.value.is_some())).collect(),
                         }));
                         let gr = &mut self.groups[g];
                         for k in &w.keys {
@@ -984,7 +1009,10 @@ impl Node {
                 }
             }
             if let Some(w) = self.groups[g].pending_writes.remove(&index) {
-                self.respond(w.origin, w.resp);
+                self.groups[g].pending_by_request.remove(&w.request_id);
+                for o in w.origins {
+                    self.respond(o, w.resp.clone());
+                }
             }
         }
         let gr = &mut self.groups[g];
@@ -1728,6 +1756,22 @@ impl Node {
                 return;
             }
         }
+        if request_id != 0 {
+            // Idempotency: a retried or duplicated write never applies twice.
+            if let Some((revision, versions)) = self.sms[g].request_result(request_id) {
+                let resp = ClientResponse::Written { versions: versions.clone(), token: RevisionToken { group: g as GroupId, revision: *revision } };
+                self.respond(origin, resp);
+                return;
+            }
+            if let Some(index) = self.groups[g].pending_by_request.get(&request_id).copied() {
+                if let Some(w) = self.groups[g].pending_writes.get_mut(&index) {
+                    if !w.origins.contains(&origin) {
+                        w.origins.push(origin);
+                    }
+                }
+                return;
+            }
+        }
         let mut conflict_index = None;
         for c in &compares {
             let (v, i) = self.overlay_version(g, &ns, &c.key);
@@ -1759,12 +1803,15 @@ impl Node {
         for k in &keys {
             gr.overlay.insert((ns.clone(), k.key.clone()), (k.version, k.value.clone(), index));
         }
-        let effect = WriteEffect { ns, revision, request_id, keys };
+        let effect = WriteEffect { ns, revision, request_id, keys, reply_versions: versions.clone() };
         let appended = self.append_local(g, EntryData::Write(effect));
         debug_assert_eq!(appended, index);
         let ack_on_durable = matches!(mode, ReplicationMode::Async { .. }) || self.cfg.mutants.ack_before_quorum;
         let resp = ClientResponse::Written { versions, token: RevisionToken { group: g as GroupId, revision } };
-        self.groups[g].pending_writes.insert(index, PendingWrite { origin, resp, ack_on_durable });
+        self.groups[g].pending_writes.insert(index, PendingWrite { origins: vec![origin], request_id, resp, ack_on_durable });
+        if request_id != 0 {
+            self.groups[g].pending_by_request.insert(request_id, index);
+        }
         for p in 0..self.cfg.regions {
             let peer = &self.groups[g].peers[p as usize];
             if p != self.id && peer.sent_index + 1 == index && peer.snap_progress.is_none() {

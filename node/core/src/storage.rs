@@ -26,9 +26,12 @@ pub enum EntryData {
 pub struct WriteEffect {
     pub ns: String,
     pub revision: u64,
+    /// The caller's id for the write; 0: none. Non-zero ids are idempotent.
     pub request_id: u64,
     /// Sorted by key, one per key.
     pub keys: Vec<KeyEffect>,
+    /// The resulting version of each op's key, in the request's op order.
+    pub reply_versions: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -148,7 +148,15 @@ pub enum ClientResponse {
 pub enum Observation {
     BecameLeader { group: GroupId, term: u64 },
     /// An entry applied to the state machine of `group` at `revision`.
-    Applied { group: GroupId, revision: u64, request_id: u64, digest: u64 },
+    Applied {
+        group: GroupId,
+        revision: u64,
+        request_id: u64,
+        digest: u64,
+        ns: String,
+        /// (key, version, value present) for every key the entry wrote.
+        keys: Vec<(String, u64, bool)>,
+    },
     /// Storage failed: the node stopped and will not acknowledge anything.
     Halted,
 }

@@ -1,0 +1,194 @@
+//! What a run records for the checkers: every client operation with invocation
+//! and completion in true (simulator) time, what each node applied (the oracle),
+//! lease intervals, leader elections, watch deliveries and fault episodes.
+
+use std::collections::BTreeMap;
+
+use meridian_core::{ClientResponse, Compare, Consistency, ErrorCode, GroupId, KeyValue, NodeId, WriteOp};
+
+#[derive(Clone, Debug)]
+pub enum OpKind {
+    Get { key: String, consistency: Consistency },
+    Write { request_id: u64, compares: Vec<Compare>, ops: Vec<WriteOp> },
+    Meta,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Pending,
+    Done(ClientResponse),
+    /// The node the client talked to crashed before answering.
+    Lost,
+}
+
+#[derive(Clone, Debug)]
+pub struct OpRecord {
+    pub client: usize,
+    pub region: NodeId,
+    pub ns: String,
+    pub group: GroupId,
+    pub is_async: bool,
+    pub kind: OpKind,
+    pub invoke_us: u64,
+    pub complete_us: Option<u64>,
+    pub outcome: Outcome,
+}
+
+impl OpRecord {
+    /// A write whose effect may or may not have happened.
+    pub fn indeterminate(&self) -> bool {
+        match &self.outcome {
+            Outcome::Pending | Outcome::Lost => true,
+            Outcome::Done(ClientResponse::Error(c)) => matches!(c, ErrorCode::Timeout | ErrorCode::Indeterminate),
+            _ => false,
+        }
+    }
+}
+
+/// One applied entry, as the first node to apply it reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub request_id: u64,
+    pub digest: u64,
+    pub ns: String,
+    /// (key, version, value present)
+    pub keys: Vec<(String, u64, bool)>,
+    pub first_node: NodeId,
+    pub at_us: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchRec {
+    /// (Re)registered from this revision (None: from now).
+    Start { from: Option<u64>, at_us: u64 },
+    Events { revision: u64, events: Vec<KeyValue> },
+    Resync { revision: u64, snapshot: Vec<KeyValue> },
+    /// The connection dropped (node crashed).
+    Disconnected { at_us: u64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct WatchLog {
+    pub client: usize,
+    pub region: NodeId,
+    pub ns: String,
+    pub group: GroupId,
+    pub prefix: String,
+    pub recs: Vec<WatchRec>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpisodeKind {
+    Crash,
+    Isolate,
+    OneWayIn,
+    OneWayOut,
+    Asymmetric,
+    Pause,
+    FsyncFail,
+}
+
+impl EpisodeKind {
+    /// Faults after which the other regions must take over the region's groups.
+    pub fn takes_region_out(self) -> bool {
+        !matches!(self, EpisodeKind::Asymmetric)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Episode {
+    pub kind: EpisodeKind,
+    pub region: NodeId,
+    pub start_us: u64,
+    pub end_us: u64,
+    /// Groups whose leader was in `region` when the episode started.
+    pub led_groups: Vec<GroupId>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    pub regions: u8,
+    pub ops: Vec<OpRecord>,
+    /// group -> revision -> applied entry
+    pub applied: Vec<BTreeMap<u64, Applied>>,
+    /// Disagreements seen while recording `applied`: (group, revision, first, other node).
+    pub applied_conflicts: Vec<(GroupId, u64, NodeId, NodeId)>,
+    /// group -> node -> closed intervals [start, end] of true time holding a valid lease.
+    pub leases: Vec<Vec<Vec<(u64, u64)>>>,
+    /// (group, term, node, at)
+    pub elections: Vec<(GroupId, u64, NodeId, u64)>,
+    pub watches: Vec<WatchLog>,
+    pub episodes: Vec<Episode>,
+    pub clock_drift_max_ppm: u64,
+    pub rpo_budget_us: BTreeMap<String, u64>,
+    pub rto_bound_us: u64,
+}
+
+impl History {
+    pub fn new(regions: u8) -> History {
+        History {
+            regions,
+            applied: vec![BTreeMap::new(); regions as usize],
+            leases: vec![vec![Vec::new(); regions as usize]; regions as usize],
+            ..History::default()
+        }
+    }
+
+    pub fn record_applied(&mut self, group: GroupId, revision: u64, node: NodeId, a: Applied) {
+        let map = &mut self.applied[group as usize];
+        match map.get(&revision) {
+            Some(prev) if prev.digest != a.digest => {
+                self.applied_conflicts.push((group, revision, prev.first_node, node));
+            }
+            Some(_) => {}
+            None => {
+                map.insert(revision, a);
+            }
+        }
+    }
+
+    pub fn record_lease(&mut self, group: GroupId, node: NodeId, start: u64, end: u64) {
+        let v = &mut self.leases[group as usize][node as usize];
+        match v.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => v.push((start, end)),
+        }
+    }
+
+    /// A node lost its lease at `at` (crash): cut its current interval there.
+    pub fn end_lease(&mut self, node: NodeId, at: u64) {
+        for g in self.leases.iter_mut() {
+            if let Some(last) = g[node as usize].last_mut() {
+                if last.1 > at && last.0 <= at {
+                    last.1 = at;
+                }
+            }
+        }
+    }
+
+    /// request_id -> (group, revision) of entries that applied.
+    pub fn applied_by_request(&self) -> BTreeMap<u64, (GroupId, u64)> {
+        let mut m = BTreeMap::new();
+        for (g, revs) in self.applied.iter().enumerate() {
+            for (rev, a) in revs {
+                m.insert(a.request_id, (g as GroupId, *rev));
+            }
+        }
+        m
+    }
+}
+
+/// A property that failed, with what the report needs.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub property: &'static str,
+    pub detail: String,
+    /// True time around which the failure shows (for the trace excerpt).
+    pub at_us: Option<u64>,
+}
+
+impl Violation {
+    pub fn new(property: &'static str, at_us: Option<u64>, detail: impl Into<String>) -> Violation {
+        Violation { property, detail: detail.into(), at_us }
+    }
+}
