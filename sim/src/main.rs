@@ -43,6 +43,9 @@ struct Args {
     /// Print one line per seed.
     #[arg(long)]
     verbose: bool,
+    /// Print the whole readable trace of each seed (use with one seed).
+    #[arg(long)]
+    dump_trace: bool,
 }
 
 fn parse_seeds(s: &str) -> Result<Vec<u64>> {
@@ -107,7 +110,14 @@ fn main() -> Result<()> {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&seed) = seeds.get(i) else { break };
-                let (r, _) = run_seed(options(&args, seed, mutants));
+                let mut o = options(&args, seed, mutants);
+                o.trace = args.dump_trace;
+                let (r, w) = run_seed(o);
+                if args.dump_trace {
+                    for (t, l) in &w.trace {
+                        println!("t={t:>10}us {l}");
+                    }
+                }
                 if args.check_determinism {
                     let (r2, _) = run_seed(options(&args, seed, mutants));
                     if r2.trace_hash != r.trace_hash {

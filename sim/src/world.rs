@@ -44,7 +44,7 @@ impl Options {
             fault_end_us: 45_000_000,
             clients_stop_us: 50_000_000,
             ops_per_sec: 100,
-            clients_per_region: 4,
+            clients_per_region: 10,
             faults: true,
             mutants: Mutants::default(),
             rto_bound_us: 10_000_000,
@@ -197,6 +197,7 @@ pub struct World {
     pub restart_errors: Vec<String>,
     current_episode: Option<usize>,
     actions: Vec<Action>,
+    last_describe_s: u64,
 }
 
 fn mix(h: u64, x: u64) -> u64 {
@@ -289,6 +290,7 @@ impl World {
             restart_errors: Vec::new(),
             current_episode: None,
             actions: Vec::new(),
+            last_describe_s: u64::MAX,
             opts,
         };
         for i in 0..n {
@@ -609,13 +611,10 @@ impl World {
         self.client_request(region, req, request);
     }
 
+    /// Client requests go through the queue (at the current instant) so a node
+    /// is never stepped while the actions of another step are being processed.
     fn client_request(&mut self, n: NodeId, req: RequestId, request: ClientRequest) {
-        let sn = &mut self.nodes[n as usize];
-        if sn.paused {
-            sn.paused_events.push(Ev::ClientReq { node: n, req, request });
-            return;
-        }
-        self.with_node(n, |node, now| node.handle_client(now, req, request));
+        self.schedule(self.now, Ev::ClientReq { node: n, req, request });
     }
 
     fn issue_op(&mut self, c: usize) {
@@ -896,6 +895,17 @@ impl World {
             self.now = item.at;
             self.events += 1;
             self.trace_hash = mix(mix(self.trace_hash, item.at), item.seq);
+            if self.opts.trace && item.at / 1_000_000 != self.last_describe_s {
+                self.last_describe_s = item.at / 1_000_000;
+                for n in 0..self.opts.regions {
+                    if let Some(x) = &self.nodes[n as usize].node {
+                        for g in 0..self.opts.regions {
+                            let d = x.describe_group(g);
+                            self.trace.push((self.now, format!("node {n} group {g}: {d}")));
+                        }
+                    }
+                }
+            }
             self.dispatch(item.ev);
         }
         self.now = self.opts.duration_us;

@@ -374,6 +374,26 @@ impl Node {
             None => Vec::new(),
         }
     }
+    /// One line about a group's protocol state, for status pages and traces.
+    pub fn describe_group(&self, g: GroupId) -> String {
+        let Some(gr) = self.groups.get(g as usize) else { return String::new() };
+        format!(
+            "{:?} term {} vote {:?} leader {:?} last {}/{} commit {} applied {} durable {} election_in {}us contact_age {:?}us lease_left {}us",
+            gr.role,
+            gr.term,
+            gr.vote,
+            gr.leader,
+            gr.log.last_index(),
+            gr.log.last_term(),
+            gr.commit,
+            gr.applied,
+            gr.durable_index,
+            gr.election_deadline_us as i64 - self.now as i64,
+            gr.leader_contact_us.map(|c| self.now.saturating_sub(c)),
+            gr.lease_expiry_us.saturating_sub(self.now),
+        )
+    }
+
     pub fn meta_heads(&mut self) -> Vec<String> {
         self.meta.heads().iter().map(|h| h.to_string()).collect()
     }
@@ -420,6 +440,8 @@ impl Node {
         if self.halted {
             return;
         }
+        // The shell's timer fired and is gone: always arm a new one.
+        self.timer_at = None;
         self.on_timeout();
         self.finish_step();
     }

@@ -13,6 +13,9 @@ use meridian_core::ClientResponse;
 use crate::history::{History, OpKind, Outcome, Violation};
 
 pub const PROPERTY: &str = "durability";
+/// Writes acknowledged this long before a fault started may still be in flight
+/// to the followers when it strikes; their loss belongs to that fault.
+const ATTRIBUTION_SLACK_US: u64 = 1_000_000;
 
 #[derive(Clone, Debug, Default)]
 pub struct Report {
@@ -57,23 +60,28 @@ pub fn check(h: &History) -> Result<Report, Violation> {
     let drift = h.clock_drift_max_ppm;
     for (g, mut times) in lost {
         times.sort();
-        let mut start = 0;
-        for i in 0..times.len() {
-            let last_of_cluster = i + 1 == times.len() || times[i + 1].0 - times[i].0 > 2 * times[i].1.max(1);
-            if last_of_cluster {
-                let span = times[i].0 - times[start].0;
-                let budget = times[start..=i].iter().map(|t| t.1).max().unwrap_or(0);
-                let allowed = budget * 1_000_000 / (1_000_000 - drift) + 1_000;
-                if span > allowed {
-                    return Err(Violation::new(
-                        PROPERTY,
-                        Some(times[start].0),
-                        format!("group {g}: async writes acknowledged over {span}us were lost; budget {budget}us"),
-                    ));
-                }
-                rep.rpo_samples_us.push(span);
-                start = i + 1;
+        // Attribute each loss to the fault that caused it: the last episode that
+        // started before (or just after, while replication was in flight) the ack.
+        let mut by_cause: BTreeMap<Option<usize>, Vec<(u64, u64)>> = BTreeMap::new();
+        for t in times {
+            let cause = h.episodes.iter().rposition(|e| e.start_us <= t.0 + ATTRIBUTION_SLACK_US);
+            by_cause.entry(cause).or_default().push(t);
+        }
+        for (cause, times) in by_cause {
+            let span = times.last().map_or(0, |l| l.0) - times.first().map_or(0, |f| f.0);
+            let budget = times.iter().map(|t| t.1).max().unwrap_or(0);
+            let allowed = budget * 1_000_000 / (1_000_000 - drift) + 1_000;
+            if span > allowed {
+                return Err(Violation::new(
+                    PROPERTY,
+                    times.first().map(|t| t.0),
+                    format!(
+                        "group {g}: async writes acknowledged over {span}us were lost in one failure (episode {cause:?}); budget {budget}us; lost acks at {:?}",
+                        times.iter().map(|t| t.0).collect::<Vec<_>>()
+                    ),
+                ));
             }
+            rep.rpo_samples_us.push(span);
         }
     }
     let clusters = rep.rpo_samples_us.len();
@@ -123,5 +131,15 @@ mod tests {
         assert_eq!(rep.rpo_samples_us, vec![500_000]);
         write(&mut h, 3, true, 3, 2_900_000);
         assert!(check(&h).is_err(), "lost span 1.9 s over a 1 s budget");
+        // The same losses split over two faults are two samples within budget.
+        h.episodes.push(crate::history::Episode {
+            kind: crate::history::EpisodeKind::Crash,
+            region: 0,
+            start_us: 2_500_000,
+            end_us: 3_000_000,
+            led_groups: vec![0],
+        });
+        let rep = check(&h).unwrap();
+        assert_eq!(rep.async_lost, 3);
     }
 }
