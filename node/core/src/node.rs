@@ -166,6 +166,8 @@ struct Group {
     overlay: BTreeMap<(String, String), (u64, Option<Vec<u8>>, u64)>,
     overlay_revision: u64,
     heartbeat_now: bool,
+    /// The current candidacy was started by a leadership transfer.
+    campaign_transfer: bool,
 }
 
 struct Watcher {
@@ -284,6 +286,7 @@ impl Node {
                 overlay: BTreeMap::new(),
                 overlay_revision: sm.revision(),
                 heartbeat_now: false,
+                campaign_transfer: false,
             });
             sms.push(sm);
         }
@@ -582,6 +585,9 @@ impl Node {
                 }
             } else {
                 t = t.min(g.election_deadline_us);
+                if matches!(g.role, Role::PreCandidate | Role::Candidate) {
+                    t = t.min(g.next_heartbeat_us);
+                }
             }
         }
         if let Some((d, _)) = self.deadlines.first() {
@@ -635,6 +641,8 @@ impl Node {
                 }
             } else if now >= self.groups[g].election_deadline_us {
                 self.election_timeout(g);
+            } else if matches!(self.groups[g].role, Role::PreCandidate | Role::Candidate) && now >= self.groups[g].next_heartbeat_us {
+                self.resend_vote_requests(g);
             }
         }
         while let Some(&(d, req)) = self.deadlines.first() {
@@ -670,6 +678,7 @@ impl Node {
         let gr = &mut self.groups[g];
         gr.leader = None;
         gr.role = Role::PreCandidate;
+        gr.next_heartbeat_us = self.now + self.cfg.heartbeat_interval_us;
         gr.votes.clear();
         gr.votes.insert(self.id);
         let (term, last_index, last_term) = (gr.term + 1, gr.log.last_index(), gr.log.last_term());
@@ -684,11 +693,34 @@ impl Node {
         }
     }
 
+    /// Candidates ask again, every heartbeat interval, the peers that have not
+    /// answered: one lost message must not cost a whole election timeout.
+    /// Answers are idempotent (a voter grants the same candidate again).
+    fn resend_vote_requests(&mut self, g: usize) {
+        let gr = &mut self.groups[g];
+        gr.next_heartbeat_us = self.now + self.cfg.heartbeat_interval_us;
+        let (role, last_index, last_term) = (gr.role, gr.log.last_index(), gr.log.last_term());
+        let missing: Vec<NodeId> = (0..self.cfg.regions).filter(|p| *p != self.id && !gr.votes.contains(p)).collect();
+        for p in missing {
+            let gr = &self.groups[g];
+            if role == Role::PreCandidate {
+                let msg = Msg::Raft { group: g as GroupId, term: gr.term + 1, body: RaftMsg::PreVote { last_index, last_term } };
+                self.send(p, msg);
+            } else {
+                let transfer = gr.campaign_transfer;
+                let msg = Msg::Raft { group: g as GroupId, term: gr.term, body: RaftMsg::Vote { last_index, last_term, transfer } };
+                self.defer(Deferred::Send(p, msg));
+            }
+        }
+    }
+
     fn campaign(&mut self, g: usize, transfer: bool) {
         self.reset_election_timer(g);
         let id = self.id;
         let gr = &mut self.groups[g];
         gr.role = Role::Candidate;
+        gr.campaign_transfer = transfer;
+        gr.next_heartbeat_us = self.now + self.cfg.heartbeat_interval_us;
         gr.term += 1;
         gr.vote = Some(id);
         gr.leader = None;

@@ -1,5 +1,6 @@
 //! Bounded staleness: a `bounded(b)` read invoked at t reflects every write to
-//! its key that was acknowledged (and committed) before t - b.
+//! its key that was committed and acknowledged before t - b. (Async writes are
+//! acknowledged before they commit; for them the commit time counts.)
 
 use std::collections::BTreeMap;
 
@@ -16,11 +17,11 @@ pub fn check(h: &History) -> Result<usize, Violation> {
     let mut acks: BTreeMap<(&str, &str), Vec<(u64, u64)>> = BTreeMap::new();
     for r in &h.ops {
         if let (OpKind::Write { request_id, ops, .. }, Outcome::Done(ClientResponse::Written { versions, .. })) = (&r.kind, &r.outcome) {
-            if !applied.contains_key(request_id) {
-                continue;
-            }
+            let Some((g, rev)) = applied.get(request_id) else { continue };
+            let committed_at = h.applied[*g as usize][rev].at_us;
+            let at = r.complete_us.unwrap_or(u64::MAX).max(committed_at);
             for (op, v) in ops.iter().zip(versions) {
-                acks.entry((r.ns.as_str(), op.key())).or_default().push((r.complete_us.unwrap_or(u64::MAX), *v));
+                acks.entry((r.ns.as_str(), op.key())).or_default().push((at, *v));
             }
         }
     }
