@@ -198,6 +198,7 @@ pub struct World {
     current_episode: Option<usize>,
     actions: Vec<Action>,
     last_describe_s: u64,
+    seen_rev: BTreeMap<(NodeId, GroupId), u64>,
 }
 
 fn mix(h: u64, x: u64) -> u64 {
@@ -291,6 +292,7 @@ impl World {
             current_episode: None,
             actions: Vec::new(),
             last_describe_s: u64::MAX,
+            seen_rev: BTreeMap::new(),
             opts,
         };
         for i in 0..n {
@@ -456,6 +458,20 @@ impl World {
             }
         }
         self.actions = actions;
+        if self.opts.trace {
+            if let Some(node) = self.nodes[n as usize].node.as_ref() {
+                for g in 0..self.opts.regions {
+                    let rev = node.applied_revision(g);
+                    let key = (n, g);
+                    let last = self.seen_rev.get(&key).copied().unwrap_or(0);
+                    if rev != last && rev != last + 1 {
+                        let line = format!("node {n} group {g}: revision jumped {last} -> {rev} (commit {})", node.commit_index(g));
+                        self.trace.push((self.now, line));
+                    }
+                    self.seen_rev.insert(key, rev);
+                }
+            }
+        }
         // Record the node's lease belief from now on.
         let Some(node) = self.nodes[n as usize].node.as_ref() else { return };
         let clock = self.nodes[n as usize].clock;
@@ -526,6 +542,9 @@ impl World {
 
     fn client_idle(&mut self, c: usize) {
         self.clients[c].busy = false;
+        if self.now >= self.opts.clients_stop_us {
+            self.clients[c].backlog = 0;
+        }
         if self.clients[c].backlog > 0 {
             self.clients[c].backlog -= 1;
             self.issue_op(c);
@@ -909,6 +928,16 @@ impl World {
             self.dispatch(item.ev);
         }
         self.now = self.opts.duration_us;
+        if self.opts.trace {
+            for n in 0..self.opts.regions {
+                if let Some(x) = &self.nodes[n as usize].node {
+                    for g in 0..self.opts.regions {
+                        let line = format!("END node {n} group {g} log {:?}", x.log_summary(g));
+                        self.trace.push((self.now, line));
+                    }
+                }
+            }
+        }
     }
 
     pub fn node_stats(&self) -> Vec<Option<Stats>> {

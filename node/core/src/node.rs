@@ -397,6 +397,15 @@ impl Node {
         )
     }
 
+    /// (index, term, revision of a write) of every log entry held, for debugging.
+    pub fn log_summary(&self, g: GroupId) -> Vec<(u64, u64, Option<u64>)> {
+        let Some(gr) = self.groups.get(g as usize) else { return Vec::new() };
+        gr.log
+            .iter_from(gr.log.snap_index + 1)
+            .map(|e| (e.index, e.term, if let EntryData::Write(w) = &e.data { Some(w.revision) } else { None }))
+            .collect()
+    }
+
     pub fn meta_heads(&mut self) -> Vec<String> {
         self.meta.heads().iter().map(|h| h.to_string()).collect()
     }
