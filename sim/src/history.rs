@@ -117,6 +117,8 @@ pub struct History {
     pub leases: Vec<Vec<Vec<(u64, u64)>>>,
     /// (group, term, node, at)
     pub elections: Vec<(GroupId, u64, NodeId, u64)>,
+    /// Granted votes seen on the wire: (group, term, voter, candidate, at).
+    pub votes: Vec<(GroupId, u64, NodeId, NodeId, u64)>,
     pub watches: Vec<WatchLog>,
     pub episodes: Vec<Episode>,
     pub clock_drift_max_ppm: u64,

@@ -10,6 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use meridian_core::rng::{fnv1a, Rng};
+use meridian_core::wire::RaftMsg;
 use meridian_core::*;
 
 use crate::history::*;
@@ -59,6 +60,9 @@ impl Options {
         cfg.compact_after_entries = 150;
         cfg.watch_history_max = 64;
         cfg.snapshot_chunk_bytes = 4 * 1024;
+        // A wide drift bound (clocks drift across all of it): leases that ignore
+        // drift then have a real window in which to overlap.
+        cfg.clock_drift_max_ppm = 100_000;
         cfg.mutants = self.mutants;
         cfg
     }
@@ -98,6 +102,7 @@ enum Ev {
     ClientArrive { client: usize },
     ClientReq { node: NodeId, req: RequestId, request: ClientRequest },
     PeerReset { node: NodeId, peer: NodeId },
+    Restart { node: NodeId },
     Heal { region: NodeId, kind: EpisodeKind },
     NextEpisode,
     Garbage,
@@ -199,6 +204,8 @@ pub struct World {
     actions: Vec<Action>,
     last_describe_s: u64,
     seen_rev: BTreeMap<(NodeId, GroupId), u64>,
+    pending_crash: Option<NodeId>,
+    vote_crash_armed: bool,
 }
 
 fn mix(h: u64, x: u64) -> u64 {
@@ -293,6 +300,8 @@ impl World {
             actions: Vec::new(),
             last_describe_s: u64::MAX,
             seen_rev: BTreeMap::new(),
+            pending_crash: None,
+            vote_crash_armed: false,
             opts,
         };
         for i in 0..n {
@@ -491,6 +500,10 @@ impl World {
             // Storage failed: the node stopped; the operator restarts it.
             self.crash(n);
         }
+        if self.pending_crash == Some(n) {
+            self.pending_crash = None;
+            self.crash(n);
+        }
     }
 
     fn observe(&mut self, n: NodeId, o: Observation) {
@@ -522,6 +535,16 @@ impl World {
                 self.schedule(at, Ev::Deliver { to, from, bytes, meta_epoch: Some(epoch) });
             }
             Channel::Raft => {
+                if bytes.len() < 24 {
+                    if let Ok(Msg::Raft { group, term, body: RaftMsg::VoteResp { granted: true } }) = Msg::decode(&bytes, 64) {
+                        self.history.votes.push((group, term, from, to, self.now));
+                        if self.vote_crash_armed {
+                            // Crash the voter right after it granted a vote: the
+                            // moment an unpersisted vote would be forgotten.
+                            self.crash_after_vote(from);
+                        }
+                    }
+                }
                 if self.cut[f][t] || self.rng.chance(self.loss) {
                     return;
                 }
@@ -754,7 +777,10 @@ impl World {
         self.current_episode = Some(self.history.episodes.len() - 1);
         let r = region as usize;
         match kind {
-            EpisodeKind::Crash => self.crash(region),
+            EpisodeKind::Crash => {
+                self.crash(region);
+                self.vote_crash_armed = self.rng.chance(0.5);
+            }
             EpisodeKind::Isolate => {
                 for o in 0..n as usize {
                     if o != r {
@@ -780,6 +806,18 @@ impl World {
         self.schedule(end, Ev::Heal { region, kind });
     }
 
+    /// Part of a crash episode: crash a voter right after it grants a vote (the
+    /// moment an unpersisted vote would be forgotten) and restart it quickly,
+    /// while the election it voted in may still be running.
+    fn crash_after_vote(&mut self, n: NodeId) {
+        self.vote_crash_armed = false;
+        let dur = self.rng.range(50_000, 600_000);
+        self.note(|| format!("FAULT crash-after-vote region {n} for {dur}us"));
+        // The vote reply is already on the wire; the node dies right after this step.
+        self.pending_crash = Some(n);
+        self.schedule(self.now + dur, Ev::Restart { node: n });
+    }
+
     fn heal(&mut self, region: NodeId, kind: EpisodeKind) {
         self.note(|| format!("HEAL {kind:?} region {region}"));
         let n = self.opts.regions as usize;
@@ -789,6 +827,7 @@ impl World {
             }
         }
         let r = region as usize;
+        self.vote_crash_armed = false;
         self.nodes[r].fail_next_sync = false;
         if self.nodes[r].paused {
             self.nodes[r].paused = false;
@@ -900,6 +939,11 @@ impl World {
             }
             Ev::PeerReset { node, peer } => self.with_node(node, |x, now| x.handle_peer_reset(now, peer)),
             Ev::Heal { region, kind } => self.heal(region, kind),
+            Ev::Restart { node } => {
+                if self.nodes[node as usize].node.is_none() {
+                    self.start_node(node);
+                }
+            }
             Ev::NextEpisode => self.next_episode(),
             Ev::Garbage => self.garbage(),
         }

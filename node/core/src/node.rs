@@ -1652,10 +1652,20 @@ impl Node {
             return;
         }
         match &req {
-            ClientRequest::Write { ns, .. } | ClientRequest::Get { ns, .. } => {
+            ClientRequest::Write { ns, request_id, .. } => {
                 let g = self.ns_index[ns].0 as usize;
                 if self.groups[g].role != Role::Leader {
-                    // One hop only: the sender retries with fresher leader information.
+                    // One hop only. "Unavailable" promises the write did not
+                    // happen, so first look for it: a duplicate of this message
+                    // may have been appended while this node led.
+                    let resp = self.lookup_write(g, *request_id);
+                    self.respond(origin, resp);
+                    return;
+                }
+            }
+            ClientRequest::Get { ns, .. } => {
+                let g = self.ns_index[ns].0 as usize;
+                if self.groups[g].role != Role::Leader {
                     self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
                     return;
                 }
@@ -1667,6 +1677,24 @@ impl Node {
             }
         }
         self.on_request(origin, req);
+    }
+
+    /// What a non-leader can say about a write it is asked to perform: its result
+    /// if it applied, "outcome unknown" if it sits uncommitted in the log, else
+    /// "unavailable" (it never reached this node's log, so it did not commit here).
+    fn lookup_write(&self, g: usize, request_id: u64) -> ClientResponse {
+        if request_id != 0 {
+            if let Some((revision, versions)) = self.sms[g].request_result(request_id) {
+                let token = RevisionToken { group: g as GroupId, revision: *revision };
+                return ClientResponse::Written { versions: versions.clone(), token };
+            }
+            let gr = &self.groups[g];
+            let in_log = gr.log.iter_from(gr.applied + 1).any(|e| matches!(&e.data, EntryData::Write(w) if w.request_id == request_id));
+            if in_log {
+                return ClientResponse::Error(ErrorCode::Indeterminate);
+            }
+        }
+        ClientResponse::Error(ErrorCode::Unavailable)
     }
 
     fn forward_or_fail(&mut self, g: usize, origin: Origin, req: ClientRequest) {
@@ -1803,22 +1831,8 @@ impl Node {
         ops: Vec<WriteOp>,
         mode: ReplicationMode,
     ) {
-        let now = self.now;
-        let gr = &self.groups[g];
-        if gr.transfer.is_some() {
-            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
-            return;
-        }
-        if gr.log.last_index() - gr.commit >= self.cfg.uncommitted_entries_max {
-            self.respond(origin, ClientResponse::Error(ErrorCode::Overloaded));
-            return;
-        }
-        if let ReplicationMode::Async { rpo_budget_us } = mode {
-            if gr.async_acked.front().is_some_and(|(_, t)| now.saturating_sub(*t) > rpo_budget_us) {
-                self.respond(origin, ClientResponse::Error(ErrorCode::RpoBudgetExceeded));
-                return;
-            }
-        }
+        // Idempotency first: a duplicate must learn the first copy's fate, not
+        // a refusal that claims nothing happened.
         if request_id != 0 {
             // Idempotency: a retried or duplicated write never applies twice.
             if let Some((revision, versions)) = self.sms[g].request_result(request_id) {
@@ -1832,6 +1846,22 @@ impl Node {
                         w.origins.push(origin);
                     }
                 }
+                return;
+            }
+        }
+        let now = self.now;
+        let gr = &self.groups[g];
+        if gr.transfer.is_some() {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+            return;
+        }
+        if gr.log.last_index() - gr.commit >= self.cfg.uncommitted_entries_max {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Overloaded));
+            return;
+        }
+        if let ReplicationMode::Async { rpo_budget_us } = mode {
+            if gr.async_acked.front().is_some_and(|(_, t)| now.saturating_sub(*t) > rpo_budget_us) {
+                self.respond(origin, ClientResponse::Error(ErrorCode::RpoBudgetExceeded));
                 return;
             }
         }

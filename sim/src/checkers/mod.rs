@@ -10,4 +10,5 @@ pub mod lease_safety;
 pub mod linearizability;
 pub mod rto;
 pub mod state_machine_safety;
+pub mod vote_safety;
 pub mod watch_completeness;
