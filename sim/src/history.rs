@@ -119,6 +119,9 @@ pub struct History {
     pub elections: Vec<(GroupId, u64, NodeId, u64)>,
     /// Granted votes seen on the wire: (group, term, voter, candidate, at).
     pub votes: Vec<(GroupId, u64, NodeId, NodeId, u64)>,
+    /// Replies sent while what they promise was not yet on the node's disk:
+    /// (what, group, node, at).
+    pub undurable_replies: Vec<(&'static str, GroupId, NodeId, u64)>,
     pub watches: Vec<WatchLog>,
     pub episodes: Vec<Episode>,
     pub clock_drift_max_ppm: u64,

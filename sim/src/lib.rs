@@ -74,6 +74,7 @@ pub fn run_seed(opts: Options) -> (RunResult, World) {
         r.lease_intervals = lease_safety::check(h)?;
         election_safety::check(h)?;
         vote_safety::check(h)?;
+        durable_before_reply::check(h)?;
         state_machine_safety::check(h, apply_errors)?;
         r.durability = durability::check(h)?;
         r.rpo_us = r.durability.rpo_samples_us.clone();

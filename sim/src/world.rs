@@ -535,8 +535,20 @@ impl World {
                 self.schedule(at, Ev::Deliver { to, from, bytes, meta_epoch: Some(epoch) });
             }
             Channel::Raft => {
-                if bytes.len() < 24 {
-                    if let Ok(Msg::Raft { group, term, body: RaftMsg::VoteResp { granted: true } }) = Msg::decode(&bytes, 64) {
+                if bytes.len() < 48 {
+                    let msg = Msg::decode(&bytes, 64);
+                    if let Ok(Msg::Raft { group, term, body: RaftMsg::AppendResp { success: true, match_index, .. } }) = &msg {
+                        let d = &self.nodes[f].durable.groups[*group as usize];
+                        let snap = d.snapshot.as_ref().map_or(0, |s| s.index);
+                        if d.term < *term || *match_index > snap + d.entries.len() as u64 {
+                            self.history.undurable_replies.push(("an append acknowledgement", *group, from, self.now));
+                        }
+                    }
+                    if let Ok(Msg::Raft { group, term, body: RaftMsg::VoteResp { granted: true } }) = msg {
+                        let d = &self.nodes[f].durable.groups[group as usize];
+                        if d.term != term || d.vote != Some(to) {
+                            self.history.undurable_replies.push(("a granted vote", group, from, self.now));
+                        }
                         self.history.votes.push((group, term, from, to, self.now));
                         if self.vote_crash_armed {
                             // Crash the voter right after it granted a vote: the

@@ -7,6 +7,7 @@ pub mod convergence;
 pub mod durability;
 pub mod election_safety;
 pub mod lease_safety;
+pub mod durable_before_reply;
 pub mod linearizability;
 pub mod rto;
 pub mod state_machine_safety;
