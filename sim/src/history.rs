@@ -115,6 +115,8 @@ pub struct History {
     pub applied_conflicts: Vec<(GroupId, u64, NodeId, NodeId)>,
     /// group -> node -> closed intervals [start, end] of true time holding a valid lease.
     pub leases: Vec<Vec<Vec<(u64, u64)>>>,
+    /// Leases that outlived the promises of a majority: (group, leader, at, detail).
+    pub uncovered_leases: Vec<(GroupId, NodeId, u64, String)>,
     /// (group, term, node, at)
     pub elections: Vec<(GroupId, u64, NodeId, u64)>,
     /// Granted votes seen on the wire: (group, term, voter, candidate, at).

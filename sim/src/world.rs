@@ -206,6 +206,8 @@ pub struct World {
     seen_rev: BTreeMap<(NodeId, GroupId), u64>,
     pending_crash: Option<NodeId>,
     vote_crash_armed: bool,
+    /// (group, follower, leader, term) -> round -> true end of the promise made on it.
+    promises: BTreeMap<(GroupId, NodeId, NodeId, u64), BTreeMap<u64, u64>>,
 }
 
 fn mix(h: u64, x: u64) -> u64 {
@@ -235,7 +237,17 @@ impl World {
         for _ in 0..n {
             let clock = Clock {
                 offset_us: rng.range(0, 1 << 40),
-                drift_ppm: if opts.faults { rng.range(0, (2 * rho + 1) as u64) as i64 - rho } else { 0 },
+                // Clocks sit at either edge of the bound as often as inside it:
+                // the edges are where lease arithmetic is tested.
+                drift_ppm: if !opts.faults {
+                    0
+                } else {
+                    match rng.range(0, 3) {
+                        0 => -rho,
+                        1 => rho,
+                        _ => rng.range(0, (2 * rho + 1) as u64) as i64 - rho,
+                    }
+                },
             };
             nodes.push(SimNode {
                 node: None,
@@ -302,6 +314,7 @@ impl World {
             seen_rev: BTreeMap::new(),
             pending_crash: None,
             vote_crash_armed: false,
+            promises: BTreeMap::new(),
             opts,
         };
         for i in 0..n {
@@ -486,7 +499,33 @@ impl World {
         let clock = self.nodes[n as usize].clock;
         for g in 0..self.opts.regions {
             match node.lease_expiry_us(g) {
-                Some(e) => self.history.record_lease(g, n, self.now, clock.to_true(e)),
+                Some(e) => {
+                    let end = clock.to_true(e);
+                    if let Some((term, round)) = node.lease_basis(g) {
+                        // The lease must end before the promises of a majority
+                        // (this node included) that received round >= `round`.
+                        let mut covered = 1;
+                        let mut worst = Vec::new();
+                        for f in 0..self.opts.regions {
+                            if f == n {
+                                continue;
+                            }
+                            let promise = self
+                                .promises
+                                .get(&(g, f, n, term))
+                                .and_then(|m| m.range(round..).take(8).map(|(_, e)| *e).min());
+                            match promise {
+                                Some(p) if p >= end => covered += 1,
+                                other => worst.push((f, other)),
+                            }
+                        }
+                        if covered < self.cfg.majority() {
+                            let detail = format!("lease of term {term} round {round} ends at t={end}us; short promises {worst:?}");
+                            self.history.uncovered_leases.push((g, n, self.now, detail));
+                        }
+                    }
+                    self.history.record_lease(g, n, self.now, end);
+                }
                 None => {
                     if let Some(last) = self.history.leases[g as usize][n as usize].last_mut() {
                         if last.1 > self.now {
@@ -515,6 +554,11 @@ impl World {
             Observation::Applied { group, revision, request_id, digest, ns, keys } => {
                 let a = Applied { request_id, digest, ns, keys, first_node: n, at_us: self.now };
                 self.history.record_applied(group, revision, n, a);
+            }
+            Observation::Promised { group, leader, term, round } => {
+                let end = self.nodes[n as usize].clock.to_true(self.local(n) + self.cfg.election_timeout_us);
+                let m = self.promises.entry((group, n, leader, term)).or_default();
+                m.insert(round, end);
             }
             Observation::Halted => self.note(|| format!("node {n} halted")),
         }

@@ -166,6 +166,10 @@ struct Group {
     overlay: BTreeMap<(String, String), (u64, Option<Vec<u8>>, u64)>,
     overlay_revision: u64,
     heartbeat_now: bool,
+    /// The round the current lease is counted from.
+    lease_round: u64,
+    /// Latest (leader, term, round) this follower promised on.
+    promised: (NodeId, u64, u64),
     /// The current candidacy was started by a leadership transfer.
     campaign_transfer: bool,
 }
@@ -286,6 +290,8 @@ impl Node {
                 overlay: BTreeMap::new(),
                 overlay_revision: sm.revision(),
                 heartbeat_now: false,
+                lease_round: 0,
+                promised: (0, 0, 0),
                 campaign_transfer: false,
             });
             sms.push(sm);
@@ -358,6 +364,12 @@ impl Node {
         let gr = self.groups.get(g as usize)?;
         (!self.halted && self.lease_valid(gr)).then_some(gr.lease_expiry_us)
     }
+    /// (term, heartbeat round) the current lease is counted from, if it holds one.
+    pub fn lease_basis(&self, g: GroupId) -> Option<(u64, u64)> {
+        let gr = self.groups.get(g as usize)?;
+        self.lease_expiry_us(g).map(|_| (gr.term, gr.lease_round))
+    }
+
     pub fn applied_revision(&self, g: GroupId) -> u64 {
         self.sms.get(g as usize).map_or(0, |s| s.revision())
     }
@@ -992,7 +1004,10 @@ impl Node {
             return;
         }
         if let Some(&(_, sent)) = gr.rounds.iter().find(|(rr, _)| *rr == r) {
-            gr.lease_expiry_us = gr.lease_expiry_us.max(sent + dur);
+            if sent + dur > gr.lease_expiry_us {
+                gr.lease_expiry_us = sent + dur;
+                gr.lease_round = r;
+            }
         }
     }
 
@@ -1322,6 +1337,15 @@ impl Node {
         Ok(())
     }
 
+    fn note_promise(&mut self, g: usize, leader: NodeId, term: u64, round: u64) {
+        let gr = &mut self.groups[g];
+        let (l, t, r) = gr.promised;
+        if (l, t) != (leader, term) || round > r {
+            gr.promised = (leader, term, round);
+            self.out.push(Action::Observe(Observation::Promised { group: g as GroupId, leader, term, round }));
+        }
+    }
+
     fn log_ok(&self, g: usize, last_index: u64, last_term: u64) -> bool {
         let gr = &self.groups[g];
         (last_term, last_index) >= (gr.log.last_term(), gr.log.last_index())
@@ -1360,6 +1384,7 @@ impl Node {
             gr.leader = Some(from);
             gr.leader_contact_us = Some(now);
             gr.leader_transferring_to = transferring_to;
+            self.note_promise(g, from, term, round);
         }
         let gr = &mut self.groups[g];
         let reply_term = gr.term;
@@ -1489,6 +1514,8 @@ impl Node {
         let gr = &mut self.groups[g];
         gr.leader = Some(from);
         gr.leader_contact_us = Some(now);
+        self.note_promise(g, from, term, round);
+        let gr = &mut self.groups[g];
         let reply = |received: u64, done: bool| Msg::Raft {
             group: g as GroupId,
             term,

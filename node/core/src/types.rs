@@ -157,6 +157,10 @@ pub enum Observation {
         /// (key, version, value present) for every key the entry wrote.
         keys: Vec<(String, u64, bool)>,
     },
+    /// A follower received heartbeat round `round` of `leader`'s `term` for the
+    /// first time: it promises not to help elect anyone else for one election
+    /// timeout of its clock from now.
+    Promised { group: GroupId, leader: NodeId, term: u64, round: u64 },
     /// Storage failed: the node stopped and will not acknowledge anything.
     Halted,
 }
