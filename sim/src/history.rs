@@ -4,12 +4,21 @@
 
 use std::collections::BTreeMap;
 
-use meridian_core::{ClientResponse, Compare, Consistency, ErrorCode, GroupId, KeyValue, NodeId, WriteOp};
+use meridian_core::{
+    ClientResponse, Compare, Consistency, ErrorCode, GroupId, KeyValue, NodeId, WriteOp,
+};
 
 #[derive(Clone, Debug)]
 pub enum OpKind {
-    Get { key: String, consistency: Consistency },
-    Write { request_id: u64, compares: Vec<Compare>, ops: Vec<WriteOp> },
+    Get {
+        key: String,
+        consistency: Consistency,
+    },
+    Write {
+        request_id: u64,
+        compares: Vec<Compare>,
+        ops: Vec<WriteOp>,
+    },
     Meta,
 }
 
@@ -39,7 +48,9 @@ impl OpRecord {
     pub fn indeterminate(&self) -> bool {
         match &self.outcome {
             Outcome::Pending | Outcome::Lost => true,
-            Outcome::Done(ClientResponse::Error(c)) => matches!(c, ErrorCode::Timeout | ErrorCode::Indeterminate),
+            Outcome::Done(ClientResponse::Error(c)) => {
+                matches!(c, ErrorCode::Timeout | ErrorCode::Indeterminate)
+            }
             _ => false,
         }
     }
@@ -61,8 +72,14 @@ pub struct Applied {
 pub enum WatchRec {
     /// (Re)registered from this revision (None: from now).
     Start { from: Option<u64>, at_us: u64 },
-    Events { revision: u64, events: Vec<KeyValue> },
-    Resync { revision: u64, snapshot: Vec<KeyValue> },
+    Events {
+        revision: u64,
+        events: Vec<KeyValue>,
+    },
+    Resync {
+        revision: u64,
+        snapshot: Vec<KeyValue>,
+    },
     /// The connection dropped (node crashed).
     Disconnected { at_us: u64 },
 }
@@ -145,7 +162,8 @@ impl History {
         let map = &mut self.applied[group as usize];
         match map.get(&revision) {
             Some(prev) if prev.digest != a.digest => {
-                self.applied_conflicts.push((group, revision, prev.first_node, node));
+                self.applied_conflicts
+                    .push((group, revision, prev.first_node, node));
             }
             Some(_) => {}
             None => {
@@ -196,6 +214,10 @@ pub struct Violation {
 
 impl Violation {
     pub fn new(property: &'static str, at_us: Option<u64>, detail: impl Into<String>) -> Violation {
-        Violation { property, detail: detail.into(), at_us }
+        Violation {
+            property,
+            detail: detail.into(),
+            at_us,
+        }
     }
 }

@@ -44,8 +44,18 @@ pub fn run_seed(opts: Options) -> (RunResult, World) {
     let wall = start.elapsed();
     let finals = w.finals();
     let h = &w.history;
-    let apply_errors: u64 = w.node_stats().iter().flatten().map(|s| s.apply_errors).sum();
-    let garbage_rejected: u64 = w.node_stats().iter().flatten().map(|s| s.peer_malformed).sum();
+    let apply_errors: u64 = w
+        .node_stats()
+        .iter()
+        .flatten()
+        .map(|s| s.apply_errors)
+        .sum();
+    let garbage_rejected: u64 = w
+        .node_stats()
+        .iter()
+        .flatten()
+        .map(|s| s.peer_malformed)
+        .sum();
     let mut r = RunResult {
         seed,
         trace_hash: w.trace_hash,

@@ -13,7 +13,10 @@ use meridian_core::Mutants;
 use meridian_sim::{run_seed, Options, RunResult};
 
 #[derive(Parser, Debug)]
-#[command(name = "meridian-sim", about = "Deterministic fault simulator for Meridian's replication core")]
+#[command(
+    name = "meridian-sim",
+    about = "Deterministic fault simulator for Meridian's replication core"
+)]
 struct Args {
     /// Seeds to run: `N`, `A..B` or `A..=B`.
     #[arg(long, default_value = "1..=20")]
@@ -74,7 +77,8 @@ fn options(args: &Args, seed: u64, mutants: Mutants) -> Options {
 
 fn hist(samples: &[u64]) -> Histogram<u64> {
     // Invariant: bounds are constants that hdrhistogram accepts.
-    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+    let mut h =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
     for s in samples {
         h.saturating_record((*s).max(1));
     }
@@ -96,7 +100,10 @@ fn main() -> Result<()> {
     let mutants = match &args.mutant {
         Some(name) => match Mutants::by_name(name) {
             Some(m) => m,
-            None => bail!("unknown mutant {name}; known: {}", Mutants::NAMES.join(", ")),
+            None => bail!(
+                "unknown mutant {name}; known: {}",
+                Mutants::NAMES.join(", ")
+            ),
         },
         None => Mutants::default(),
     };
@@ -150,33 +157,110 @@ fn main() -> Result<()> {
     let events = sum(&|r| r.events);
     let ops = sum(&|r| r.ops_completed as u64);
     let seed_wall: f64 = results.iter().map(|r| r.wall.as_secs_f64()).sum();
-    let rto: Vec<u64> = results.iter().flat_map(|r| r.rto_us.iter().copied()).collect();
-    let rpo: Vec<u64> = results.iter().flat_map(|r| r.rpo_us.iter().copied()).collect();
+    let rto: Vec<u64> = results
+        .iter()
+        .flat_map(|r| r.rto_us.iter().copied())
+        .collect();
+    let rpo: Vec<u64> = results
+        .iter()
+        .flat_map(|r| r.rpo_us.iter().copied())
+        .collect();
     let (hr, hp) = (hist(&rto), hist(&rpo));
     println!();
-    println!("meridian-sim summary ({} regions, {} ops/s, faults {}, mutant {})", args.regions, args.ops_per_sec, if args.no_faults { "off" } else { "all on" }, args.mutant.as_deref().unwrap_or("none"));
+    println!(
+        "meridian-sim summary ({} regions, {} ops/s, faults {}, mutant {})",
+        args.regions,
+        args.ops_per_sec,
+        if args.no_faults { "off" } else { "all on" },
+        args.mutant.as_deref().unwrap_or("none")
+    );
     println!("| measure | value |");
     println!("|---|---|");
-    println!("| seeds | {} ({} passed, {} failed) |", results.len(), results.len() - failed.len(), failed.len());
+    println!(
+        "| seeds | {} ({} passed, {} failed) |",
+        results.len(),
+        results.len() - failed.len(),
+        failed.len()
+    );
     println!("| simulated time | {:.0} s |", sim_us as f64 / 1e6);
     println!("| events | {events} |");
     println!("| client operations completed | {ops} |");
-    println!("| acknowledged writes checked (quorum / async) | {} / {} |", sum(&|r| r.durability.quorum_acked as u64), sum(&|r| r.durability.async_acked as u64));
-    println!("| async writes lost (within budget) | {} |", sum(&|r| r.durability.async_lost as u64));
-    println!("| linearizability: keys / operations checked | {} / {} |", sum(&|r| r.lin_keys as u64), sum(&|r| r.lin_ops as u64));
-    println!("| watch events checked | {} |", sum(&|r| r.watch_events as u64));
-    println!("| bounded reads checked | {} |", sum(&|r| r.bounded_reads as u64));
-    println!("| lease intervals checked | {} |", sum(&|r| r.lease_intervals as u64));
+    println!(
+        "| acknowledged writes checked (quorum / async) | {} / {} |",
+        sum(&|r| r.durability.quorum_acked as u64),
+        sum(&|r| r.durability.async_acked as u64)
+    );
+    println!(
+        "| async writes lost (within budget) | {} |",
+        sum(&|r| r.durability.async_lost as u64)
+    );
+    println!(
+        "| linearizability: keys / operations checked | {} / {} |",
+        sum(&|r| r.lin_keys as u64),
+        sum(&|r| r.lin_ops as u64)
+    );
+    println!(
+        "| watch events checked | {} |",
+        sum(&|r| r.watch_events as u64)
+    );
+    println!(
+        "| bounded reads checked | {} |",
+        sum(&|r| r.bounded_reads as u64)
+    );
+    println!(
+        "| lease intervals checked | {} |",
+        sum(&|r| r.lease_intervals as u64)
+    );
     println!("| fault episodes | {} |", sum(&|r| r.episodes as u64));
-    println!("| garbage peer messages rejected | {} |", sum(&|r| r.garbage_rejected));
-    println!("| events per second (per thread) | {:.0} |", events as f64 / seed_wall);
-    println!("| simulated / wall time, per thread | {:.0}x |", sim_us as f64 / 1e6 / seed_wall);
-    println!("| simulated / wall time, whole run ({} threads) | {:.0}x |", args.jobs, sim_us as f64 / 1e6 / wall_total.as_secs_f64());
-    println!("| RTO p50 / p99 / max ({} samples) | {} / {} / {} |", rto.len(), ms(hr.value_at_quantile(0.5)), ms(hr.value_at_quantile(0.99)), ms(hr.max()));
-    println!("| RPO p50 / p99 / max ({} samples) | {} / {} / {} |", rpo.len(), ms(if rpo.iter().all(|&x| x == 0) { 0 } else { hp.value_at_quantile(0.5) }), ms(if rpo.iter().all(|&x| x == 0) { 0 } else { hp.value_at_quantile(0.99) }), ms(*rpo.iter().max().unwrap_or(&0)));
+    println!(
+        "| garbage peer messages rejected | {} |",
+        sum(&|r| r.garbage_rejected)
+    );
+    println!(
+        "| events per second (per thread) | {:.0} |",
+        events as f64 / seed_wall
+    );
+    println!(
+        "| simulated / wall time, per thread | {:.0}x |",
+        sim_us as f64 / 1e6 / seed_wall
+    );
+    println!(
+        "| simulated / wall time, whole run ({} threads) | {:.0}x |",
+        args.jobs,
+        sim_us as f64 / 1e6 / wall_total.as_secs_f64()
+    );
+    println!(
+        "| RTO p50 / p99 / max ({} samples) | {} / {} / {} |",
+        rto.len(),
+        ms(hr.value_at_quantile(0.5)),
+        ms(hr.value_at_quantile(0.99)),
+        ms(hr.max())
+    );
+    println!(
+        "| RPO p50 / p99 / max ({} samples) | {} / {} / {} |",
+        rpo.len(),
+        ms(if rpo.iter().all(|&x| x == 0) {
+            0
+        } else {
+            hp.value_at_quantile(0.5)
+        }),
+        ms(if rpo.iter().all(|&x| x == 0) {
+            0
+        } else {
+            hp.value_at_quantile(0.99)
+        }),
+        ms(*rpo.iter().max().unwrap_or(&0))
+    );
     println!("| wall time | {:.1} s |", wall_total.as_secs_f64());
     if args.check_determinism {
-        println!("| determinism | {} |", if mismatches.is_empty() { format!("{} seeds ran twice, identical trace hashes", results.len()) } else { format!("{} seeds differ", mismatches.len()) });
+        println!(
+            "| determinism | {} |",
+            if mismatches.is_empty() {
+                format!("{} seeds ran twice, identical trace hashes", results.len())
+            } else {
+                format!("{} seeds differ", mismatches.len())
+            }
+        );
     }
     for (seed, a, b) in &mismatches {
         println!("NONDETERMINISM: seed {seed}: trace hash {a:016x} then {b:016x}");
@@ -191,12 +275,24 @@ fn main() -> Result<()> {
         o.trace = true;
         let (_, w) = run_seed(o);
         let at = v.at_us.unwrap_or(w.now);
-        let lines: Vec<&(u64, String)> = w.trace.iter().filter(|(t, _)| *t + 3_000_000 >= at && *t <= at + 500_000).collect();
-        println!("trace excerpt ({} lines around t={}us):", lines.len().min(60), at);
+        let lines: Vec<&(u64, String)> = w
+            .trace
+            .iter()
+            .filter(|(t, _)| *t + 3_000_000 >= at && *t <= at + 500_000)
+            .collect();
+        println!(
+            "trace excerpt ({} lines around t={}us):",
+            lines.len().min(60),
+            at
+        );
         for (t, l) in lines.iter().rev().take(60).rev() {
             println!("  t={t:>10}us {l}");
         }
-        let m = args.mutant.as_ref().map(|m| format!(" --mutant {m}")).unwrap_or_default();
+        let m = args
+            .mutant
+            .as_ref()
+            .map(|m| format!(" --mutant {m}"))
+            .unwrap_or_default();
         println!(
             "replay: cargo run --release -p meridian-sim -- --seeds {} --duration-s {} --regions {} --ops-per-sec {}{}{m}",
             r.seed,
@@ -207,7 +303,11 @@ fn main() -> Result<()> {
         );
     }
     println!();
-    println!("{} passed, {} failed", results.len() - failed.len(), failed.len());
+    println!(
+        "{} passed, {} failed",
+        results.len() - failed.len(),
+        failed.len()
+    );
     if !failed.is_empty() || !mismatches.is_empty() {
         std::process::exit(1);
     }

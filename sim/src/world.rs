@@ -96,14 +96,43 @@ impl Clock {
 
 #[derive(Clone, Debug)]
 enum Ev {
-    Deliver { to: NodeId, from: NodeId, bytes: Vec<u8>, meta_epoch: Option<u64> },
-    Timer { node: NodeId, gen: u64 },
-    Disk { node: NodeId, inc: u64, id: u64, sync: bool, ops: Vec<StorageOp>, fail: bool },
-    ClientArrive { client: usize },
-    ClientReq { node: NodeId, req: RequestId, request: ClientRequest },
-    PeerReset { node: NodeId, peer: NodeId },
-    Restart { node: NodeId },
-    Heal { region: NodeId, kind: EpisodeKind },
+    Deliver {
+        to: NodeId,
+        from: NodeId,
+        bytes: Vec<u8>,
+        meta_epoch: Option<u64>,
+    },
+    Timer {
+        node: NodeId,
+        gen: u64,
+    },
+    Disk {
+        node: NodeId,
+        inc: u64,
+        id: u64,
+        sync: bool,
+        ops: Vec<StorageOp>,
+        fail: bool,
+    },
+    ClientArrive {
+        client: usize,
+    },
+    ClientReq {
+        node: NodeId,
+        req: RequestId,
+        request: ClientRequest,
+    },
+    PeerReset {
+        node: NodeId,
+        peer: NodeId,
+    },
+    Restart {
+        node: NodeId,
+    },
+    Heal {
+        region: NodeId,
+        kind: EpisodeKind,
+    },
     NextEpisode,
     Garbage,
 }
@@ -112,9 +141,10 @@ impl Ev {
     fn target(&self) -> Option<NodeId> {
         match self {
             Ev::Deliver { to, .. } => Some(*to),
-            Ev::Timer { node, .. } | Ev::Disk { node, .. } | Ev::ClientReq { node, .. } | Ev::PeerReset { node, .. } => {
-                Some(*node)
-            }
+            Ev::Timer { node, .. }
+            | Ev::Disk { node, .. }
+            | Ev::ClientReq { node, .. }
+            | Ev::PeerReset { node, .. } => Some(*node),
             _ => None,
         }
     }
@@ -228,7 +258,11 @@ impl World {
             }
         }
         let (loss, dup, reorder) = if opts.faults {
-            (rng.range(0, 40) as f64 / 1000.0, rng.range(0, 20) as f64 / 1000.0, rng.range(0, 50) as f64 / 1000.0)
+            (
+                rng.range(0, 40) as f64 / 1000.0,
+                rng.range(0, 20) as f64 / 1000.0,
+                rng.range(0, 50) as f64 / 1000.0,
+            )
         } else {
             (0.0, 0.0, 0.0)
         };
@@ -338,7 +372,11 @@ impl World {
 
     fn schedule(&mut self, at: u64, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse(QItem { at: at.max(self.now), seq: self.seq, ev }));
+        self.queue.push(Reverse(QItem {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev,
+        }));
     }
 
     fn note(&mut self, s: impl FnOnce() -> String) {
@@ -362,7 +400,8 @@ impl World {
         match Node::new(self.cfg.clone(), n, sn.durable.clone(), local, seed) {
             Ok(node) => sn.node = Some(node),
             Err(e) => {
-                self.restart_errors.push(format!("node {n} failed to start: {e}"));
+                self.restart_errors
+                    .push(format!("node {n} failed to start: {e}"));
                 return;
             }
         }
@@ -396,7 +435,9 @@ impl World {
             .reqs
             .iter()
             .filter(|(_, o)| match o {
-                Owner::Op { client, .. } | Owner::Watch { client } => self.clients[*client].region == n,
+                Owner::Op { client, .. } | Owner::Watch { client } => {
+                    self.clients[*client].region == n
+                }
             })
             .map(|(r, o)| (*r, o.clone()))
             .collect();
@@ -409,7 +450,9 @@ impl World {
                 }
                 Owner::Watch { client } => {
                     if let Some(w) = self.clients[client].watch {
-                        self.history.watches[w].recs.push(WatchRec::Disconnected { at_us: self.now });
+                        self.history.watches[w]
+                            .recs
+                            .push(WatchRec::Disconnected { at_us: self.now });
                     }
                     self.clients[client].watch_req = None;
                 }
@@ -424,7 +467,10 @@ impl World {
         let n = self.opts.regions as usize;
         for a in 0..n {
             for b in a + 1..n {
-                let up = !self.cut[a][b] && !self.cut[b][a] && self.nodes[a].node.is_some() && self.nodes[b].node.is_some();
+                let up = !self.cut[a][b]
+                    && !self.cut[b][a]
+                    && self.nodes[a].node.is_some()
+                    && self.nodes[b].node.is_some();
                 if up != self.meta_up[a][b] {
                     self.meta_up[a][b] = up;
                     self.meta_up[b][a] = up;
@@ -432,7 +478,10 @@ impl World {
                     self.meta_epoch[b][a] += 1;
                     if up {
                         for (x, y) in [(a, b), (b, a)] {
-                            self.dispatch(Ev::PeerReset { node: x as NodeId, peer: y as NodeId });
+                            self.dispatch(Ev::PeerReset {
+                                node: x as NodeId,
+                                peer: y as NodeId,
+                            });
                         }
                     }
                 }
@@ -453,7 +502,9 @@ impl World {
         let mut actions = std::mem::take(&mut self.actions);
         let local_now = self.local(n);
         {
-            let Some(node) = self.nodes[n as usize].node.as_mut() else { return };
+            let Some(node) = self.nodes[n as usize].node.as_mut() else {
+                return;
+            };
             node.drain_actions(&mut actions);
         }
         for a in actions.drain(..) {
@@ -466,14 +517,28 @@ impl World {
                     sn.disk_busy_until = at;
                     let fail = sync && std::mem::take(&mut sn.fail_next_sync);
                     let inc = sn.inc;
-                    self.schedule(at, Ev::Disk { node: n, inc, id, sync, ops, fail });
+                    self.schedule(
+                        at,
+                        Ev::Disk {
+                            node: n,
+                            inc,
+                            id,
+                            sync,
+                            ops,
+                            fail,
+                        },
+                    );
                 }
                 Action::Reply { req, resp } => self.on_reply(req, resp),
                 Action::SetTimer { at_us } => {
                     let sn = &mut self.nodes[n as usize];
                     sn.timer_gen += 1;
                     let gen = sn.timer_gen;
-                    let at = if at_us <= local_now { self.now } else { sn.clock.to_true(at_us) };
+                    let at = if at_us <= local_now {
+                        self.now
+                    } else {
+                        sn.clock.to_true(at_us)
+                    };
                     self.schedule(at, Ev::Timer { node: n, gen });
                 }
                 Action::Observe(o) => self.observe(n, o),
@@ -487,7 +552,10 @@ impl World {
                     let key = (n, g);
                     let last = self.seen_rev.get(&key).copied().unwrap_or(0);
                     if rev != last && rev != last + 1 {
-                        let line = format!("node {n} group {g}: revision jumped {last} -> {rev} (commit {})", node.commit_index(g));
+                        let line = format!(
+                            "node {n} group {g}: revision jumped {last} -> {rev} (commit {})",
+                            node.commit_index(g)
+                        );
                         self.trace.push((self.now, line));
                     }
                     self.seen_rev.insert(key, rev);
@@ -495,7 +563,9 @@ impl World {
             }
         }
         // Record the node's lease belief from now on.
-        let Some(node) = self.nodes[n as usize].node.as_ref() else { return };
+        let Some(node) = self.nodes[n as usize].node.as_ref() else {
+            return;
+        };
         let clock = self.nodes[n as usize].clock;
         for g in 0..self.opts.regions {
             match node.lease_expiry_us(g) {
@@ -551,12 +621,33 @@ impl World {
                 self.note(|| format!("node {n} leads group {group} in term {term}"));
                 self.history.elections.push((group, term, n, self.now));
             }
-            Observation::Applied { group, revision, request_id, digest, ns, keys } => {
-                let a = Applied { request_id, digest, ns, keys, first_node: n, at_us: self.now };
+            Observation::Applied {
+                group,
+                revision,
+                request_id,
+                digest,
+                ns,
+                keys,
+            } => {
+                let a = Applied {
+                    request_id,
+                    digest,
+                    ns,
+                    keys,
+                    first_node: n,
+                    at_us: self.now,
+                };
                 self.history.record_applied(group, revision, n, a);
             }
-            Observation::Promised { group, leader, term, round } => {
-                let end = self.nodes[n as usize].clock.to_true(self.local(n) + self.cfg.election_timeout_us);
+            Observation::Promised {
+                group,
+                leader,
+                term,
+                round,
+            } => {
+                let end = self.nodes[n as usize]
+                    .clock
+                    .to_true(self.local(n) + self.cfg.election_timeout_us);
                 let m = self.promises.entry((group, n, leader, term)).or_default();
                 m.insert(round, end);
             }
@@ -576,22 +667,55 @@ impl World {
                 let at = (self.now + lat + jitter).max(self.meta_last[f][t]);
                 self.meta_last[f][t] = at;
                 let epoch = self.meta_epoch[f][t];
-                self.schedule(at, Ev::Deliver { to, from, bytes, meta_epoch: Some(epoch) });
+                self.schedule(
+                    at,
+                    Ev::Deliver {
+                        to,
+                        from,
+                        bytes,
+                        meta_epoch: Some(epoch),
+                    },
+                );
             }
             Channel::Raft => {
                 if bytes.len() < 48 {
                     let msg = Msg::decode(&bytes, 64);
-                    if let Ok(Msg::Raft { group, term, body: RaftMsg::AppendResp { success: true, match_index, .. } }) = &msg {
+                    if let Ok(Msg::Raft {
+                        group,
+                        term,
+                        body:
+                            RaftMsg::AppendResp {
+                                success: true,
+                                match_index,
+                                ..
+                            },
+                    }) = &msg
+                    {
                         let d = &self.nodes[f].durable.groups[*group as usize];
                         let snap = d.snapshot.as_ref().map_or(0, |s| s.index);
                         if d.term < *term || *match_index > snap + d.entries.len() as u64 {
-                            self.history.undurable_replies.push(("an append acknowledgement", *group, from, self.now));
+                            self.history.undurable_replies.push((
+                                "an append acknowledgement",
+                                *group,
+                                from,
+                                self.now,
+                            ));
                         }
                     }
-                    if let Ok(Msg::Raft { group, term, body: RaftMsg::VoteResp { granted: true } }) = msg {
+                    if let Ok(Msg::Raft {
+                        group,
+                        term,
+                        body: RaftMsg::VoteResp { granted: true },
+                    }) = msg
+                    {
                         let d = &self.nodes[f].durable.groups[group as usize];
                         if d.term != term || d.vote != Some(to) {
-                            self.history.undurable_replies.push(("a granted vote", group, from, self.now));
+                            self.history.undurable_replies.push((
+                                "a granted vote",
+                                group,
+                                from,
+                                self.now,
+                            ));
                         }
                         self.history.votes.push((group, term, from, to, self.now));
                         if self.vote_crash_armed {
@@ -610,9 +734,25 @@ impl World {
                 }
                 if self.rng.chance(self.dup) {
                     let extra = self.rng.range(0, lat + 1);
-                    self.schedule(self.now + delay + extra, Ev::Deliver { to, from, bytes: bytes.clone(), meta_epoch: None });
+                    self.schedule(
+                        self.now + delay + extra,
+                        Ev::Deliver {
+                            to,
+                            from,
+                            bytes: bytes.clone(),
+                            meta_epoch: None,
+                        },
+                    );
                 }
-                self.schedule(self.now + delay, Ev::Deliver { to, from, bytes, meta_epoch: None });
+                self.schedule(
+                    self.now + delay,
+                    Ev::Deliver {
+                        to,
+                        from,
+                        bytes,
+                        meta_epoch: None,
+                    },
+                );
             }
         }
     }
@@ -631,7 +771,9 @@ impl World {
     }
 
     fn on_reply(&mut self, req: RequestId, resp: ClientResponse) {
-        let Some(owner) = self.reqs.get(&req).cloned() else { return };
+        let Some(owner) = self.reqs.get(&req).cloned() else {
+            return;
+        };
         match owner {
             Owner::Op { client, op } => {
                 self.reqs.remove(&req);
@@ -640,13 +782,15 @@ impl World {
                 let cl = &mut self.clients[client];
                 match (&rec.kind, &resp) {
                     (OpKind::Get { key, .. }, ClientResponse::Value { kv, token }) => {
-                        cl.versions.insert((rec.ns.clone(), key.clone()), kv.version);
+                        cl.versions
+                            .insert((rec.ns.clone(), key.clone()), kv.version);
                         let t = cl.tokens.entry(token.group).or_insert(*token);
                         t.revision = t.revision.max(token.revision);
                     }
                     (OpKind::Write { ops, .. }, ClientResponse::Written { versions, token }) => {
                         for (o, v) in ops.iter().zip(versions) {
-                            cl.versions.insert((rec.ns.clone(), o.key().to_string()), *v);
+                            cl.versions
+                                .insert((rec.ns.clone(), o.key().to_string()), *v);
                         }
                         let t = cl.tokens.entry(token.group).or_insert(*token);
                         t.revision = t.revision.max(token.revision);
@@ -662,7 +806,9 @@ impl World {
                 self.client_idle(client);
             }
             Owner::Watch { client } => {
-                let Some(w) = self.clients[client].watch else { return };
+                let Some(w) = self.clients[client].watch else {
+                    return;
+                };
                 let rec = match resp {
                     ClientResponse::WatchEvents { events, revision } => {
                         self.clients[client].watch_cursor = Some(revision);
@@ -691,8 +837,19 @@ impl World {
             Some(w) => w,
             None => {
                 let spec = self.rng.pick(&self.cfg.namespaces).clone();
-                let prefix = if self.rng.chance(0.5) { String::new() } else { format!("k{}", self.rng.range(0, 3)) };
-                self.history.watches.push(WatchLog { client: c, region, ns: spec.name, group: spec.home, prefix, recs: Vec::new() });
+                let prefix = if self.rng.chance(0.5) {
+                    String::new()
+                } else {
+                    format!("k{}", self.rng.range(0, 3))
+                };
+                self.history.watches.push(WatchLog {
+                    client: c,
+                    region,
+                    ns: spec.name,
+                    group: spec.home,
+                    prefix,
+                    recs: Vec::new(),
+                });
                 let w = self.history.watches.len() - 1;
                 self.clients[c].watch = Some(w);
                 w
@@ -704,15 +861,29 @@ impl World {
         self.reqs.insert(req, Owner::Watch { client: c });
         self.clients[c].watch_req = Some(req);
         let log = &mut self.history.watches[w];
-        log.recs.push(WatchRec::Start { from, at_us: self.now });
-        let request = ClientRequest::Watch { ns: log.ns.clone(), prefix: log.prefix.clone(), start_revision: from };
+        log.recs.push(WatchRec::Start {
+            from,
+            at_us: self.now,
+        });
+        let request = ClientRequest::Watch {
+            ns: log.ns.clone(),
+            prefix: log.prefix.clone(),
+            start_revision: from,
+        };
         self.client_request(region, req, request);
     }
 
     /// Client requests go through the queue (at the current instant) so a node
     /// is never stepped while the actions of another step are being processed.
     fn client_request(&mut self, n: NodeId, req: RequestId, request: ClientRequest) {
-        self.schedule(self.now, Ev::ClientReq { node: n, req, request });
+        self.schedule(
+            self.now,
+            Ev::ClientReq {
+                node: n,
+                req,
+                request,
+            },
+        );
     }
 
     fn issue_op(&mut self, c: usize) {
@@ -733,21 +904,45 @@ impl World {
         let value = |k: &str| format!("c{c}-{seq}-{k}").into_bytes();
         let request_id = ((c as u64) << 40) | seq;
         let roll = self.rng.range(0, 100);
-        let known = |cl: &Client, k: &str| cl.versions.get(&(ns.clone(), k.to_string())).copied().unwrap_or(0);
+        let known = |cl: &Client, k: &str| {
+            cl.versions
+                .get(&(ns.clone(), k.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
         let (kind, request) = if roll < 45 {
             let k = key(&mut self.rng);
             let consistency = match roll {
                 0..=19 => Consistency::Linearizable,
-                20..=32 => Consistency::Bounded { staleness_us: self.rng.range(200_000, 3_000_000) },
+                20..=32 => Consistency::Bounded {
+                    staleness_us: self.rng.range(200_000, 3_000_000),
+                },
                 _ => Consistency::Stale,
             };
             let token = self.clients[c].tokens.get(&spec.home).copied();
-            (OpKind::Get { key: k.clone(), consistency }, ClientRequest::Get { ns: ns.clone(), key: k, consistency, token })
+            (
+                OpKind::Get {
+                    key: k.clone(),
+                    consistency,
+                },
+                ClientRequest::Get {
+                    ns: ns.clone(),
+                    key: k,
+                    consistency,
+                    token,
+                },
+            )
         } else if roll < 97 {
             let (compares, ops) = match roll {
                 45..=69 => {
                     let k = key(&mut self.rng);
-                    (vec![], vec![WriteOp::Put { value: value(&k), key: k }])
+                    (
+                        vec![],
+                        vec![WriteOp::Put {
+                            value: value(&k),
+                            key: k,
+                        }],
+                    )
                 }
                 70..=82 => {
                     let k = key(&mut self.rng);
@@ -755,28 +950,79 @@ impl World {
                     if self.rng.chance(0.2) {
                         v = v.saturating_sub(1);
                     }
-                    (vec![Compare { key: k.clone(), version: v }], vec![WriteOp::Put { value: value(&k), key: k }])
+                    (
+                        vec![Compare {
+                            key: k.clone(),
+                            version: v,
+                        }],
+                        vec![WriteOp::Put {
+                            value: value(&k),
+                            key: k,
+                        }],
+                    )
                 }
-                83..=87 => (vec![], vec![WriteOp::Delete { key: key(&mut self.rng) }]),
+                83..=87 => (
+                    vec![],
+                    vec![WriteOp::Delete {
+                        key: key(&mut self.rng),
+                    }],
+                ),
                 _ => {
                     let a = key(&mut self.rng);
                     let mut b = key(&mut self.rng);
                     while b == a {
                         b = key(&mut self.rng);
                     }
-                    let cmp = if self.rng.chance(0.5) { vec![Compare { key: a.clone(), version: known(&self.clients[c], &a) }] } else { vec![] };
-                    (cmp, vec![WriteOp::Put { value: value(&a), key: a }, WriteOp::Put { value: value(&b), key: b }])
+                    let cmp = if self.rng.chance(0.5) {
+                        vec![Compare {
+                            key: a.clone(),
+                            version: known(&self.clients[c], &a),
+                        }]
+                    } else {
+                        vec![]
+                    };
+                    (
+                        cmp,
+                        vec![
+                            WriteOp::Put {
+                                value: value(&a),
+                                key: a,
+                            },
+                            WriteOp::Put {
+                                value: value(&b),
+                                key: b,
+                            },
+                        ],
+                    )
                 }
             };
             (
-                OpKind::Write { request_id, compares: compares.clone(), ops: ops.clone() },
-                ClientRequest::Write { ns: ns.clone(), request_id, compares, ops },
+                OpKind::Write {
+                    request_id,
+                    compares: compares.clone(),
+                    ops: ops.clone(),
+                },
+                ClientRequest::Write {
+                    ns: ns.clone(),
+                    request_id,
+                    compares,
+                    ops,
+                },
             )
         } else {
             let op = match self.rng.range(0, 3) {
-                0 => MetaOp::SetLabel { key: format!("l{}", self.rng.range(0, 3)), value: format!("c{c}-{seq}") },
-                1 => MetaOp::Grant { principal: format!("p{}", self.rng.range(0, 2)), permission: "write".into() },
-                _ => MetaOp::Revoke { principal: format!("p{}", self.rng.range(0, 2)), permission: "write".into() },
+                0 => MetaOp::SetLabel {
+                    key: format!("l{}", self.rng.range(0, 3)),
+                    value: format!("c{c}-{seq}"),
+                },
+                1 => MetaOp::Grant {
+                    principal: format!("p{}", self.rng.range(0, 2)),
+                    permission: "write".into(),
+                },
+                _ => MetaOp::Revoke {
+                    principal: format!("p{}", self.rng.range(0, 2)),
+                    permission: "write".into(),
+                },
             };
             (OpKind::Meta, ClientRequest::Meta(op))
         };
@@ -817,10 +1063,24 @@ impl World {
         ];
         let kind = *self.rng.pick(&kinds);
         // Prefer regions that lead something, so failovers are exercised.
-        let leaders: Vec<NodeId> =
-            (0..n).filter(|&r| self.nodes[r as usize].node.as_ref().is_some_and(|x| (0..n).any(|g| x.is_leader(g)))).collect();
-        let region = if !leaders.is_empty() && self.rng.chance(0.8) { *self.rng.pick(&leaders) } else { self.rng.range(0, n as u64) as NodeId };
-        let max = if kind == EpisodeKind::Pause { 6_000_000 } else { 14_000_000 };
+        let leaders: Vec<NodeId> = (0..n)
+            .filter(|&r| {
+                self.nodes[r as usize]
+                    .node
+                    .as_ref()
+                    .is_some_and(|x| (0..n).any(|g| x.is_leader(g)))
+            })
+            .collect();
+        let region = if !leaders.is_empty() && self.rng.chance(0.8) {
+            *self.rng.pick(&leaders)
+        } else {
+            self.rng.range(0, n as u64) as NodeId
+        };
+        let max = if kind == EpisodeKind::Pause {
+            6_000_000
+        } else {
+            14_000_000
+        };
         let dur = self.rng.range(1_000_000, max);
         let end = (self.now + dur).min(self.opts.fault_end_us);
         let led_groups: Vec<GroupId> = match &self.nodes[region as usize].node {
@@ -829,7 +1089,13 @@ impl World {
         };
         let dur = end - self.now;
         self.note(|| format!("FAULT {kind:?} region {region} for {dur}us"));
-        self.history.episodes.push(Episode { kind, region, start_us: self.now, end_us: end, led_groups });
+        self.history.episodes.push(Episode {
+            kind,
+            region,
+            start_us: self.now,
+            end_us: end,
+            led_groups,
+        });
         self.current_episode = Some(self.history.episodes.len() - 1);
         let r = region as usize;
         match kind {
@@ -845,8 +1111,12 @@ impl World {
                     }
                 }
             }
-            EpisodeKind::OneWayIn => (0..n as usize).filter(|&o| o != r).for_each(|o| self.cut[o][r] = true),
-            EpisodeKind::OneWayOut => (0..n as usize).filter(|&o| o != r).for_each(|o| self.cut[r][o] = true),
+            EpisodeKind::OneWayIn => (0..n as usize)
+                .filter(|&o| o != r)
+                .for_each(|o| self.cut[o][r] = true),
+            EpisodeKind::OneWayOut => (0..n as usize)
+                .filter(|&o| o != r)
+                .for_each(|o| self.cut[r][o] = true),
             EpisodeKind::Asymmetric => {
                 let mut o = self.rng.range(0, n as u64) as usize;
                 if o == r {
@@ -937,7 +1207,12 @@ impl World {
             }
         }
         match ev {
-            Ev::Deliver { to, from, bytes, meta_epoch } => {
+            Ev::Deliver {
+                to,
+                from,
+                bytes,
+                meta_epoch,
+            } => {
                 if let Some(e) = meta_epoch {
                     if e != self.meta_epoch[from as usize][to as usize] {
                         return;
@@ -953,7 +1228,14 @@ impl World {
                     self.with_node(node, |x, now| x.handle_timeout(now));
                 }
             }
-            Ev::Disk { node, inc, id, sync, ops, fail } => {
+            Ev::Disk {
+                node,
+                inc,
+                id,
+                sync,
+                ops,
+                fail,
+            } => {
                 let sn = &mut self.nodes[node as usize];
                 if sn.inc != inc || sn.node.is_none() {
                     return;
@@ -968,7 +1250,8 @@ impl World {
                     let vol = std::mem::take(&mut sn.volatile);
                     for op in vol.iter().chain(ops.iter()) {
                         if let Err(e) = sn.durable.apply(op) {
-                            self.restart_errors.push(format!("node {node}: storage op rejected: {e}"));
+                            self.restart_errors
+                                .push(format!("node {node}: storage op rejected: {e}"));
                         }
                     }
                 } else {
@@ -993,7 +1276,9 @@ impl World {
                     self.with_node(node, |x, now| x.handle_client(now, req, request));
                 }
             }
-            Ev::PeerReset { node, peer } => self.with_node(node, |x, now| x.handle_peer_reset(now, peer)),
+            Ev::PeerReset { node, peer } => {
+                self.with_node(node, |x, now| x.handle_peer_reset(now, peer))
+            }
             Ev::Heal { region, kind } => self.heal(region, kind),
             Ev::Restart { node } => {
                 if self.nodes[node as usize].node.is_none() {
@@ -1020,7 +1305,8 @@ impl World {
                     if let Some(x) = &self.nodes[n as usize].node {
                         for g in 0..self.opts.regions {
                             let d = x.describe_group(g);
-                            self.trace.push((self.now, format!("node {n} group {g}: {d}")));
+                            self.trace
+                                .push((self.now, format!("node {n} group {g}: {d}")));
                         }
                     }
                 }
@@ -1041,7 +1327,10 @@ impl World {
     }
 
     pub fn node_stats(&self) -> Vec<Option<Stats>> {
-        self.nodes.iter().map(|n| n.node.as_ref().map(|x| x.stats().clone())).collect()
+        self.nodes
+            .iter()
+            .map(|n| n.node.as_ref().map(|x| x.stats().clone()))
+            .collect()
     }
 
     pub fn finals(&mut self) -> Vec<crate::checkers::convergence::NodeFinal> {

@@ -123,7 +123,9 @@ impl Config {
             namespaces.push(NamespaceSpec {
                 name: format!("r{g}-async"),
                 home: g,
-                mode: ReplicationMode::Async { rpo_budget_us: 2_000_000 },
+                mode: ReplicationMode::Async {
+                    rpo_budget_us: 2_000_000,
+                },
             });
         }
         Config {
@@ -161,7 +163,9 @@ impl Config {
             return Err(format!("regions must be 1..=32, got {}", self.regions));
         }
         if self.heartbeat_interval_us * 3 > self.election_timeout_us {
-            return Err("heartbeat_interval_us must be at most a third of election_timeout_us".into());
+            return Err(
+                "heartbeat_interval_us must be at most a third of election_timeout_us".into(),
+            );
         }
         if self.clock_drift_max_ppm >= 200_000 {
             return Err("clock_drift_max_ppm must be below 200000".into());
@@ -177,7 +181,10 @@ impl Config {
         let mut names = std::collections::BTreeSet::new();
         for ns in &self.namespaces {
             if ns.home >= self.regions {
-                return Err(format!("namespace {} has home {} but there are {} regions", ns.name, ns.home, self.regions));
+                return Err(format!(
+                    "namespace {} has home {} but there are {} regions",
+                    ns.name, ns.home, self.regions
+                ));
             }
             if !names.insert(ns.name.as_str()) {
                 return Err(format!("namespace {} defined twice", ns.name));
@@ -204,7 +211,8 @@ impl Config {
             return self.election_timeout_us;
         }
         let rho = self.clock_drift_max_ppm;
-        let scaled = (self.election_timeout_us as u128 * (1_000_000 - rho) as u128 / (1_000_000 + rho) as u128) as u64;
+        let scaled = (self.election_timeout_us as u128 * (1_000_000 - rho) as u128
+            / (1_000_000 + rho) as u128) as u64;
         scaled.saturating_sub(self.lease_margin_us)
     }
 

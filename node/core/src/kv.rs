@@ -58,7 +58,12 @@ pub enum ApplyError {
 }
 
 impl GroupSm {
-    pub fn new(namespaces: impl IntoIterator<Item = String>, history_max: usize, changes_max: usize, requests_max: usize) -> GroupSm {
+    pub fn new(
+        namespaces: impl IntoIterator<Item = String>,
+        history_max: usize,
+        changes_max: usize,
+        requests_max: usize,
+    ) -> GroupSm {
         let mut state = Persisted::default();
         for ns in namespaces {
             state.namespaces.insert(ns, BTreeMap::new());
@@ -89,30 +94,59 @@ impl GroupSm {
     pub fn get(&self, ns: &str, key: &str) -> KeyValue {
         let ks = self.state.namespaces.get(ns).and_then(|n| n.get(key));
         match ks {
-            Some(k) => KeyValue { key: key.to_string(), value: k.value.clone(), version: k.version, mod_revision: k.mod_revision },
-            None => KeyValue { key: key.to_string(), value: None, version: 0, mod_revision: 0 },
+            Some(k) => KeyValue {
+                key: key.to_string(),
+                value: k.value.clone(),
+                version: k.version,
+                mod_revision: k.mod_revision,
+            },
+            None => KeyValue {
+                key: key.to_string(),
+                value: None,
+                version: 0,
+                mod_revision: 0,
+            },
         }
     }
 
     /// Version history of a key, oldest first, the current version last.
     pub fn history(&self, ns: &str, key: &str) -> Vec<KeyValue> {
-        let Some(k) = self.state.namespaces.get(ns).and_then(|n| n.get(key)) else { return Vec::new() };
+        let Some(k) = self.state.namespaces.get(ns).and_then(|n| n.get(key)) else {
+            return Vec::new();
+        };
         let mut out: Vec<KeyValue> = k
             .history
             .iter()
-            .map(|(rev, ver, val)| KeyValue { key: key.to_string(), value: val.clone(), version: *ver, mod_revision: *rev })
+            .map(|(rev, ver, val)| KeyValue {
+                key: key.to_string(),
+                value: val.clone(),
+                version: *ver,
+                mod_revision: *rev,
+            })
             .collect();
-        out.push(KeyValue { key: key.to_string(), value: k.value.clone(), version: k.version, mod_revision: k.mod_revision });
+        out.push(KeyValue {
+            key: key.to_string(),
+            value: k.value.clone(),
+            version: k.version,
+            mod_revision: k.mod_revision,
+        });
         out
     }
 
     /// Current live keys under `prefix`, in key order.
     pub fn scan(&self, ns: &str, prefix: &str) -> Vec<KeyValue> {
-        let Some(n) = self.state.namespaces.get(ns) else { return Vec::new() };
+        let Some(n) = self.state.namespaces.get(ns) else {
+            return Vec::new();
+        };
         n.range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(_, s)| s.value.is_some())
-            .map(|(k, s)| KeyValue { key: k.clone(), value: s.value.clone(), version: s.version, mod_revision: s.mod_revision })
+            .map(|(k, s)| KeyValue {
+                key: k.clone(),
+                value: s.value.clone(),
+                version: s.version,
+                mod_revision: s.mod_revision,
+            })
             .collect()
     }
 
@@ -120,7 +154,10 @@ impl GroupSm {
     pub fn apply(&mut self, w: &WriteEffect) -> Result<Vec<Change>, ApplyError> {
         let expected = self.state.revision + 1;
         if w.revision != expected {
-            return Err(ApplyError::RevisionGap { expected, got: w.revision });
+            return Err(ApplyError::RevisionGap {
+                expected,
+                got: w.revision,
+            });
         }
         self.state.revision = w.revision;
         let ns = self.state.namespaces.entry(w.ns.clone()).or_default();
@@ -129,7 +166,8 @@ impl GroupSm {
             let st = ns.entry(k.key.clone()).or_default();
             debug_assert!(k.version > st.version, "versions only grow");
             if st.version > 0 {
-                st.history.push_back((st.mod_revision, st.version, st.value.take()));
+                st.history
+                    .push_back((st.mod_revision, st.version, st.value.take()));
                 while st.history.len() + 1 > self.history_max {
                     st.history.pop_front();
                 }
@@ -140,11 +178,18 @@ impl GroupSm {
             out.push(Change {
                 revision: w.revision,
                 ns: w.ns.clone(),
-                kv: KeyValue { key: k.key.clone(), value: k.value.clone(), version: k.version, mod_revision: w.revision },
+                kv: KeyValue {
+                    key: k.key.clone(),
+                    value: k.value.clone(),
+                    version: k.version,
+                    mod_revision: w.revision,
+                },
             });
         }
         if w.request_id != 0 {
-            self.state.requests.insert(w.request_id, (w.revision, w.reply_versions.clone()));
+            self.state
+                .requests
+                .insert(w.request_id, (w.revision, w.reply_versions.clone()));
             self.state.request_order.push_back(w.request_id);
             while self.state.request_order.len() > self.requests_max {
                 if let Some(old) = self.state.request_order.pop_front() {
@@ -161,7 +206,11 @@ impl GroupSm {
             }
         }
         // A revision's changes leave the ring together, so watchers never see half of one.
-        while self.changes.front().is_some_and(|c| c.revision <= self.changes_floor) {
+        while self
+            .changes
+            .front()
+            .is_some_and(|c| c.revision <= self.changes_floor)
+        {
             self.changes.pop_front();
         }
         Ok(out)
@@ -191,7 +240,8 @@ impl GroupSm {
     /// Replace the state with a snapshot. History before it is no longer
     /// available to watches (they resync).
     pub fn restore(&mut self, data: &[u8]) -> Result<(), ApplyError> {
-        let state: Persisted = postcard::from_bytes(data).map_err(|e| ApplyError::CorruptSnapshot(e.to_string()))?;
+        let state: Persisted =
+            postcard::from_bytes(data).map_err(|e| ApplyError::CorruptSnapshot(e.to_string()))?;
         self.state = state;
         self.changes.clear();
         self.changes_floor = self.state.revision;
@@ -214,7 +264,11 @@ mod tests {
             ns: "n".into(),
             revision: rev,
             request_id: rev,
-            keys: vec![KeyEffect { key: key.into(), value: Some(v.as_bytes().to_vec()), version }],
+            keys: vec![KeyEffect {
+                key: key.into(),
+                value: Some(v.as_bytes().to_vec()),
+                version,
+            }],
             reply_versions: vec![version],
         }
     }
@@ -225,9 +279,16 @@ mod tests {
         sm.apply(&put(1, "a", "1", 1)).unwrap();
         sm.apply(&put(2, "a", "2", 2)).unwrap();
         sm.apply(&put(3, "a", "3", 3)).unwrap();
-        assert_eq!(sm.history("n", "a").len(), 2, "history bounded to 2 versions");
+        assert_eq!(
+            sm.history("n", "a").len(),
+            2,
+            "history bounded to 2 versions"
+        );
         assert_eq!(sm.get("n", "a").version, 3);
-        assert!(matches!(sm.apply(&put(5, "a", "x", 4)), Err(ApplyError::RevisionGap { .. })));
+        assert!(matches!(
+            sm.apply(&put(5, "a", "x", 4)),
+            Err(ApplyError::RevisionGap { .. })
+        ));
         sm.apply(&put(4, "b", "1", 1)).unwrap();
         // ring holds 3 changes: revisions 2..=4; asking from 0 needs revision 1.
         assert!(sm.changes_since("n", "", 0).is_none());
@@ -243,7 +304,10 @@ mod tests {
         let mut other = GroupSm::new(["n".to_string()], 4, 10, 10);
         other.restore(&data).unwrap();
         assert_eq!(other.digest(), sm.digest());
-        assert!(other.changes_since("n", "", 0).is_none(), "watch history is gone after a snapshot");
+        assert!(
+            other.changes_since("n", "", 0).is_none(),
+            "watch history is gone after a snapshot"
+        );
         assert!(other.restore(&[0xff, 0xff, 0xff]).is_err());
     }
 }

@@ -13,7 +13,11 @@ pub struct Log {
 
 impl Log {
     pub fn new(snap_index: u64, snap_term: u64, entries: Vec<Entry>) -> Log {
-        Log { snap_index, snap_term, entries: entries.into() }
+        Log {
+            snap_index,
+            snap_term,
+            entries: entries.into(),
+        }
     }
 
     pub fn last_index(&self) -> u64 {
@@ -31,7 +35,9 @@ impl Log {
         if index < self.snap_index {
             return None;
         }
-        self.entries.get((index - self.snap_index - 1) as usize).map(|e| e.term)
+        self.entries
+            .get((index - self.snap_index - 1) as usize)
+            .map(|e| e.term)
     }
 
     pub fn get(&self, index: u64) -> Option<&Entry> {
@@ -66,7 +72,8 @@ impl Log {
     /// Remove every entry at `index` and after.
     pub fn truncate_from(&mut self, index: u64) {
         debug_assert!(index > self.snap_index, "never truncate into the snapshot");
-        self.entries.truncate((index.saturating_sub(self.snap_index + 1)) as usize);
+        self.entries
+            .truncate((index.saturating_sub(self.snap_index + 1)) as usize);
     }
 
     /// Forget entries up to `index` (now covered by a snapshot with `term`).

@@ -53,7 +53,12 @@ fn str_of(v: Option<(Value<'_>, automerge::ObjId)>) -> Option<String> {
 
 impl MetaDoc {
     /// Load from the saved chunks (possibly none) as `region`'s `incarnation`.
-    pub fn load(chunks: &[Vec<u8>], region: NodeId, incarnation: u64, regions: u8) -> Result<MetaDoc, MetaError> {
+    pub fn load(
+        chunks: &[Vec<u8>],
+        region: NodeId,
+        incarnation: u64,
+        regions: u8,
+    ) -> Result<MetaDoc, MetaError> {
         let mut doc = if chunks.is_empty() {
             AutoCommit::new()
         } else {
@@ -62,7 +67,12 @@ impl MetaDoc {
         };
         doc.set_actor(actor(region, incarnation));
         let saved_heads = doc.get_heads();
-        Ok(MetaDoc { doc, peers: (0..regions).map(|_| sync::State::new()).collect(), saved_heads, next_id: 0 })
+        Ok(MetaDoc {
+            doc,
+            peers: (0..regions).map(|_| sync::State::new()).collect(),
+            saved_heads,
+            next_id: 0,
+        })
     }
 
     fn id(&mut self) -> String {
@@ -71,16 +81,24 @@ impl MetaDoc {
     }
 
     fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
-        self.doc.keys(ROOT).filter(|k| k.starts_with(prefix)).collect()
+        self.doc
+            .keys(ROOT)
+            .filter(|k| k.starts_with(prefix))
+            .collect()
     }
 
     pub fn apply(&mut self, op: &MetaOp) -> Result<(), MetaError> {
         let err = |e: automerge::AutomergeError| MetaError::Edit(e.to_string());
         match op {
             MetaOp::SetLabel { key, value } => {
-                self.doc.put(ROOT, format!("label/{key}"), value.as_str()).map_err(err)?;
+                self.doc
+                    .put(ROOT, format!("label/{key}"), value.as_str())
+                    .map_err(err)?;
             }
-            MetaOp::Grant { principal, permission } => {
+            MetaOp::Grant {
+                principal,
+                permission,
+            } => {
                 let perm = format!("{principal}|{permission}");
                 let seen: Vec<String> = self
                     .keys_with_prefix(&format!("revoke/{perm}#"))
@@ -88,11 +106,18 @@ impl MetaDoc {
                     .filter_map(|k| k.rsplit_once('#').map(|(_, id)| id.to_string()))
                     .collect();
                 let id = self.id();
-                self.doc.put(ROOT, format!("grant/{perm}#{id}"), seen.join(",")).map_err(err)?;
+                self.doc
+                    .put(ROOT, format!("grant/{perm}#{id}"), seen.join(","))
+                    .map_err(err)?;
             }
-            MetaOp::Revoke { principal, permission } => {
+            MetaOp::Revoke {
+                principal,
+                permission,
+            } => {
                 let id = self.id();
-                self.doc.put(ROOT, format!("revoke/{principal}|{permission}#{id}"), "1").map_err(err)?;
+                self.doc
+                    .put(ROOT, format!("revoke/{principal}|{permission}#{id}"), "1")
+                    .map_err(err)?;
             }
         }
         self.doc.commit();
@@ -110,11 +135,14 @@ impl MetaDoc {
             .into_iter()
             .filter_map(|k| k.rsplit_once('#').map(|(_, id)| id.to_string()))
             .collect();
-        self.keys_with_prefix(&format!("grant/{perm}#")).into_iter().any(|k| {
-            let seen = str_of(self.doc.get(ROOT, k.as_str()).ok().flatten()).unwrap_or_default();
-            let seen: Vec<&str> = seen.split(',').collect();
-            revokes.iter().all(|r| seen.contains(&r.as_str()))
-        })
+        self.keys_with_prefix(&format!("grant/{perm}#"))
+            .into_iter()
+            .any(|k| {
+                let seen =
+                    str_of(self.doc.get(ROOT, k.as_str()).ok().flatten()).unwrap_or_default();
+                let seen: Vec<&str> = seen.split(',').collect();
+                revokes.iter().all(|r| seen.contains(&r.as_str()))
+            })
     }
 
     /// Bytes to persist since the last call (empty: nothing new).
@@ -133,7 +161,10 @@ impl MetaDoc {
     /// The next sync message for `peer`, if any.
     pub fn sync_message(&mut self, peer: NodeId) -> Option<Vec<u8>> {
         let state = self.peers.get_mut(peer as usize)?;
-        self.doc.sync().generate_sync_message(state).map(|m| m.encode())
+        self.doc
+            .sync()
+            .generate_sync_message(state)
+            .map(|m| m.encode())
     }
 
     /// Take a sync message from `peer`. Returns whether the document changed.
@@ -185,19 +216,41 @@ mod tests {
 
     #[test]
     fn revoke_wins_over_concurrent_grant_and_later_grant_counts() {
-        let mut docs: Vec<MetaDoc> = (0..2).map(|r| MetaDoc::load(&[], r, 1, 2).unwrap()).collect();
-        docs[0].apply(&MetaOp::Grant { principal: "ann".into(), permission: "write:prod".into() }).unwrap();
+        let mut docs: Vec<MetaDoc> = (0..2)
+            .map(|r| MetaDoc::load(&[], r, 1, 2).unwrap())
+            .collect();
+        docs[0]
+            .apply(&MetaOp::Grant {
+                principal: "ann".into(),
+                permission: "write:prod".into(),
+            })
+            .unwrap();
         sync_all(&mut docs);
         assert!(docs[1].granted("ann", "write:prod"));
         // Concurrent: region 0 grants again while region 1 revokes.
-        docs[0].apply(&MetaOp::Grant { principal: "ann".into(), permission: "write:prod".into() }).unwrap();
-        docs[1].apply(&MetaOp::Revoke { principal: "ann".into(), permission: "write:prod".into() }).unwrap();
+        docs[0]
+            .apply(&MetaOp::Grant {
+                principal: "ann".into(),
+                permission: "write:prod".into(),
+            })
+            .unwrap();
+        docs[1]
+            .apply(&MetaOp::Revoke {
+                principal: "ann".into(),
+                permission: "write:prod".into(),
+            })
+            .unwrap();
         sync_all(&mut docs);
         assert!(!docs[0].granted("ann", "write:prod"), "revocation wins");
         assert!(!docs[1].granted("ann", "write:prod"));
         assert_eq!(docs[0].heads(), docs[1].heads());
         // A grant made after seeing the revocation counts.
-        docs[1].apply(&MetaOp::Grant { principal: "ann".into(), permission: "write:prod".into() }).unwrap();
+        docs[1]
+            .apply(&MetaOp::Grant {
+                principal: "ann".into(),
+                permission: "write:prod".into(),
+            })
+            .unwrap();
         sync_all(&mut docs);
         assert!(docs[0].granted("ann", "write:prod"));
     }
@@ -205,9 +258,17 @@ mod tests {
     #[test]
     fn reload_from_chunks_and_garbage_sync() {
         let mut d = MetaDoc::load(&[], 0, 1, 3).unwrap();
-        d.apply(&MetaOp::SetLabel { key: "owner".into(), value: "team-a".into() }).unwrap();
+        d.apply(&MetaOp::SetLabel {
+            key: "owner".into(),
+            value: "team-a".into(),
+        })
+        .unwrap();
         let c1 = d.take_unsaved();
-        d.apply(&MetaOp::SetLabel { key: "tier".into(), value: "1".into() }).unwrap();
+        d.apply(&MetaOp::SetLabel {
+            key: "tier".into(),
+            value: "1".into(),
+        })
+        .unwrap();
         let c2 = d.take_unsaved();
         assert!(d.take_unsaved().is_empty());
         let r = MetaDoc::load(&[c1, c2], 0, 2, 3).unwrap();

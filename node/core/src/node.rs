@@ -20,13 +20,26 @@ use crate::wire::{Channel, Msg, RaftMsg, WireError};
 /// What the node asks its shell to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    Send { to: NodeId, channel: Channel, bytes: Vec<u8> },
+    Send {
+        to: NodeId,
+        channel: Channel,
+        bytes: Vec<u8>,
+    },
     /// Persist `ops` in order, then call `handle_persisted(id)`. Batches complete
     /// in id order. `sync`: fsync before completing.
-    Persist { id: u64, sync: bool, ops: Vec<StorageOp> },
-    Reply { req: RequestId, resp: ClientResponse },
+    Persist {
+        id: u64,
+        sync: bool,
+        ops: Vec<StorageOp>,
+    },
+    Reply {
+        req: RequestId,
+        resp: ClientResponse,
+    },
     /// Call `handle_timeout` at this local time (replaces any earlier timer).
-    SetTimer { at_us: u64 },
+    SetTimer {
+        at_us: u64,
+    },
     Observe(Observation),
 }
 
@@ -78,7 +91,11 @@ enum Origin {
 #[derive(Clone, Debug)]
 enum Deferred {
     Send(NodeId, Msg),
-    LogDurable { group: GroupId, index: u64, term: u64 },
+    LogDurable {
+        group: GroupId,
+        index: u64,
+        term: u64,
+    },
     Respond(Origin, ClientResponse),
     MetaReady,
 }
@@ -97,7 +114,11 @@ struct Peer {
 
 #[derive(Clone, Debug)]
 enum ReadWhat {
-    Get { ns: String, key: String, overlay: bool },
+    Get {
+        ns: String,
+        key: String,
+        overlay: bool,
+    },
     Conflict,
 }
 
@@ -220,13 +241,25 @@ pub struct Node {
 impl Node {
     /// Start (or restart) node `id` from what its storage holds. A fresh node
     /// passes `Durable::new(regions)`.
-    pub fn new(cfg: Config, id: NodeId, durable: Durable, now: u64, seed: u64) -> Result<Node, InitError> {
+    pub fn new(
+        cfg: Config,
+        id: NodeId,
+        durable: Durable,
+        now: u64,
+        seed: u64,
+    ) -> Result<Node, InitError> {
         cfg.validate().map_err(InitError::Config)?;
         if id >= cfg.regions {
-            return Err(InitError::Config(format!("node id {id} but {} regions", cfg.regions)));
+            return Err(InitError::Config(format!(
+                "node id {id} but {} regions",
+                cfg.regions
+            )));
         }
         if durable.groups.len() != cfg.regions as usize {
-            return Err(InitError::GroupCount { got: durable.groups.len(), want: cfg.regions as usize });
+            return Err(InitError::GroupCount {
+                got: durable.groups.len(),
+                want: cfg.regions as usize,
+            });
         }
         let mut rng = Rng::new(seed ^ ((id as u64) << 56) ^ durable.incarnation);
         let incarnation = durable.incarnation + 1;
@@ -239,18 +272,31 @@ impl Node {
         let mut groups = Vec::new();
         let mut sms = Vec::new();
         for (gi, dg) in durable.groups.iter().enumerate() {
-            let names = cfg.namespaces.iter().filter(|n| n.home as usize == gi).map(|n| n.name.clone());
-            let mut sm = GroupSm::new(names, cfg.history_versions_max, cfg.watch_history_max, cfg.idempotency_ids_max);
+            let names = cfg
+                .namespaces
+                .iter()
+                .filter(|n| n.home as usize == gi)
+                .map(|n| n.name.clone());
+            let mut sm = GroupSm::new(
+                names,
+                cfg.history_versions_max,
+                cfg.watch_history_max,
+                cfg.idempotency_ids_max,
+            );
             let (si, st) = match &dg.snapshot {
                 Some(s) => {
-                    sm.restore(&s.data).map_err(|e| InitError::Corrupt(format!("group {gi} snapshot: {e}")))?;
+                    sm.restore(&s.data)
+                        .map_err(|e| InitError::Corrupt(format!("group {gi} snapshot: {e}")))?;
                     (s.index, s.term)
                 }
                 None => (0, 0),
             };
             for (k, e) in dg.entries.iter().enumerate() {
                 if e.index != si + 1 + k as u64 || e.term > dg.term {
-                    return Err(InitError::Corrupt(format!("group {gi} log entry {} out of place", e.index)));
+                    return Err(InitError::Corrupt(format!(
+                        "group {gi} log entry {} out of place",
+                        e.index
+                    )));
                 }
             }
             let log = Log::new(si, st, dg.entries.clone());
@@ -357,7 +403,9 @@ impl Node {
         self.groups.get(g as usize).map_or(0, |g| g.term)
     }
     pub fn is_leader(&self, g: GroupId) -> bool {
-        self.groups.get(g as usize).is_some_and(|g| g.role == Role::Leader)
+        self.groups
+            .get(g as usize)
+            .is_some_and(|g| g.role == Role::Leader)
     }
     /// The local time until which this node holds a valid lease on `g`, if it does now.
     pub fn lease_expiry_us(&self, g: GroupId) -> Option<u64> {
@@ -391,7 +439,9 @@ impl Node {
     }
     /// One line about a group's protocol state, for status pages and traces.
     pub fn describe_group(&self, g: GroupId) -> String {
-        let Some(gr) = self.groups.get(g as usize) else { return String::new() };
+        let Some(gr) = self.groups.get(g as usize) else {
+            return String::new();
+        };
         format!(
             "{:?} term {} vote {:?} leader {:?} last {}/{} commit {} applied {} durable {} election_in {}us contact_age {:?}us lease_left {}us",
             gr.role,
@@ -411,10 +461,22 @@ impl Node {
 
     /// (index, term, revision of a write) of every log entry held, for debugging.
     pub fn log_summary(&self, g: GroupId) -> Vec<(u64, u64, Option<u64>)> {
-        let Some(gr) = self.groups.get(g as usize) else { return Vec::new() };
+        let Some(gr) = self.groups.get(g as usize) else {
+            return Vec::new();
+        };
         gr.log
             .iter_from(gr.log.snap_index + 1)
-            .map(|e| (e.index, e.term, if let EntryData::Write(w) = &e.data { Some(w.revision) } else { None }))
+            .map(|e| {
+                (
+                    e.index,
+                    e.term,
+                    if let EntryData::Write(w) = &e.data {
+                        Some(w.revision)
+                    } else {
+                        None
+                    },
+                )
+            })
             .collect()
     }
 
@@ -432,7 +494,12 @@ impl Node {
 
     // ----- inputs -----
 
-    pub fn handle_message(&mut self, now: u64, from: NodeId, bytes: &[u8]) -> Result<(), PeerError> {
+    pub fn handle_message(
+        &mut self,
+        now: u64,
+        from: NodeId,
+        bytes: &[u8],
+    ) -> Result<(), PeerError> {
         self.now = now.max(self.now);
         if self.halted {
             return Ok(());
@@ -452,7 +519,10 @@ impl Node {
     pub fn handle_client(&mut self, now: u64, req: RequestId, request: ClientRequest) {
         self.now = now.max(self.now);
         if self.halted {
-            self.out.push(Action::Reply { req, resp: ClientResponse::Error(ErrorCode::Halted) });
+            self.out.push(Action::Reply {
+                req,
+                resp: ClientResponse::Error(ErrorCode::Halted),
+            });
             return;
         }
         self.on_client(req, request);
@@ -476,7 +546,10 @@ impl Node {
         if self.halted {
             return;
         }
-        debug_assert!(id < self.next_persist_id, "completion for a batch never issued");
+        debug_assert!(
+            id < self.next_persist_id,
+            "completion for a batch never issued"
+        );
         self.completed_persist = self.completed_persist.max(id);
         self.finish_step();
     }
@@ -519,14 +592,22 @@ impl Node {
 
     fn send(&mut self, to: NodeId, msg: Msg) {
         let channel = msg.channel();
-        self.out.push(Action::Send { to, channel, bytes: msg.encode() });
+        self.out.push(Action::Send {
+            to,
+            channel,
+            bytes: msg.encode(),
+        });
     }
 
     fn finish_step(&mut self) {
         loop {
             if !self.step_ops.is_empty() {
                 let ops = std::mem::take(&mut self.step_ops);
-                self.out.push(Action::Persist { id: self.next_persist_id, sync: self.step_sync, ops });
+                self.out.push(Action::Persist {
+                    id: self.next_persist_id,
+                    sync: self.step_sync,
+                    ops,
+                });
                 self.step_sync = false;
                 self.next_persist_id += 1;
             } else {
@@ -541,7 +622,11 @@ impl Node {
                 }
             }
             let mut released = false;
-            while self.deferred.front().is_some_and(|(t, _)| *t <= self.completed_persist) {
+            while self
+                .deferred
+                .front()
+                .is_some_and(|(t, _)| *t <= self.completed_persist)
+            {
                 if let Some((_, d)) = self.deferred.pop_front() {
                     self.release(d);
                     released = true;
@@ -550,7 +635,9 @@ impl Node {
                     return;
                 }
             }
-            let hb: Vec<usize> = (0..self.groups.len()).filter(|&g| self.groups[g].heartbeat_now).collect();
+            let hb: Vec<usize> = (0..self.groups.len())
+                .filter(|&g| self.groups[g].heartbeat_now)
+                .collect();
             for g in &hb {
                 self.heartbeat(*g);
             }
@@ -653,7 +740,10 @@ impl Node {
                 }
                 let gr = &mut self.groups[g];
                 let expired: Vec<PendingRead> = {
-                    let (keep, gone): (Vec<_>, Vec<_>) = gr.pending_reads.drain(..).partition(|r| r.deadline_us > now);
+                    let (keep, gone): (Vec<_>, Vec<_>) = gr
+                        .pending_reads
+                        .drain(..)
+                        .partition(|r| r.deadline_us > now);
                     gr.pending_reads = keep;
                     gone
                 };
@@ -662,7 +752,9 @@ impl Node {
                 }
             } else if now >= self.groups[g].election_deadline_us {
                 self.election_timeout(g);
-            } else if matches!(self.groups[g].role, Role::PreCandidate | Role::Candidate) && now >= self.groups[g].next_heartbeat_us {
+            } else if matches!(self.groups[g].role, Role::PreCandidate | Role::Candidate)
+                && now >= self.groups[g].next_heartbeat_us
+            {
                 self.resend_vote_requests(g);
             }
         }
@@ -670,12 +762,20 @@ impl Node {
             if d > now {
                 break;
             }
-            self.respond(Origin::Local(req), ClientResponse::Error(ErrorCode::Timeout));
+            self.respond(
+                Origin::Local(req),
+                ClientResponse::Error(ErrorCode::Timeout),
+            );
         }
-        let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.token_waits).into_iter().partition(|w| w.deadline_us <= now);
+        let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.token_waits)
+            .into_iter()
+            .partition(|w| w.deadline_us <= now);
         self.token_waits = keep;
         for w in expired {
-            self.respond(Origin::Local(w.req), ClientResponse::Error(ErrorCode::TokenWaitTimeout));
+            self.respond(
+                Origin::Local(w.req),
+                ClientResponse::Error(ErrorCode::TokenWaitTimeout),
+            );
         }
         if now >= self.next_meta_sync_us {
             self.next_meta_sync_us = now + self.cfg.meta_sync_interval_us;
@@ -709,7 +809,17 @@ impl Node {
         }
         for p in 0..self.cfg.regions {
             if p != self.id {
-                self.send(p, Msg::Raft { group: g as GroupId, term, body: RaftMsg::PreVote { last_index, last_term } });
+                self.send(
+                    p,
+                    Msg::Raft {
+                        group: g as GroupId,
+                        term,
+                        body: RaftMsg::PreVote {
+                            last_index,
+                            last_term,
+                        },
+                    },
+                );
             }
         }
     }
@@ -721,15 +831,32 @@ impl Node {
         let gr = &mut self.groups[g];
         gr.next_heartbeat_us = self.now + self.cfg.heartbeat_interval_us;
         let (role, last_index, last_term) = (gr.role, gr.log.last_index(), gr.log.last_term());
-        let missing: Vec<NodeId> = (0..self.cfg.regions).filter(|p| *p != self.id && !gr.votes.contains(p)).collect();
+        let missing: Vec<NodeId> = (0..self.cfg.regions)
+            .filter(|p| *p != self.id && !gr.votes.contains(p))
+            .collect();
         for p in missing {
             let gr = &self.groups[g];
             if role == Role::PreCandidate {
-                let msg = Msg::Raft { group: g as GroupId, term: gr.term + 1, body: RaftMsg::PreVote { last_index, last_term } };
+                let msg = Msg::Raft {
+                    group: g as GroupId,
+                    term: gr.term + 1,
+                    body: RaftMsg::PreVote {
+                        last_index,
+                        last_term,
+                    },
+                };
                 self.send(p, msg);
             } else {
                 let transfer = gr.campaign_transfer;
-                let msg = Msg::Raft { group: g as GroupId, term: gr.term, body: RaftMsg::Vote { last_index, last_term, transfer } };
+                let msg = Msg::Raft {
+                    group: g as GroupId,
+                    term: gr.term,
+                    body: RaftMsg::Vote {
+                        last_index,
+                        last_term,
+                        transfer,
+                    },
+                };
                 self.defer(Deferred::Send(p, msg));
             }
         }
@@ -749,14 +876,29 @@ impl Node {
         gr.votes.insert(id);
         let (term, last_index, last_term) = (gr.term, gr.log.last_index(), gr.log.last_term());
         // The new term and the self-vote are durable before any request uses them.
-        self.persist(StorageOp::HardState { group: g as GroupId, term, vote: Some(id) }, true);
+        self.persist(
+            StorageOp::HardState {
+                group: g as GroupId,
+                term,
+                vote: Some(id),
+            },
+            true,
+        );
         if self.cfg.majority() == 1 {
             self.become_leader(g);
             return;
         }
         for p in 0..self.cfg.regions {
             if p != self.id {
-                let msg = Msg::Raft { group: g as GroupId, term, body: RaftMsg::Vote { last_index, last_term, transfer } };
+                let msg = Msg::Raft {
+                    group: g as GroupId,
+                    term,
+                    body: RaftMsg::Vote {
+                        last_index,
+                        last_term,
+                        transfer,
+                    },
+                };
                 self.defer(Deferred::Send(p, msg));
             }
         }
@@ -767,7 +909,14 @@ impl Node {
         if term > gr.term {
             gr.term = term;
             gr.vote = None;
-            self.persist(StorageOp::HardState { group: g as GroupId, term, vote: None }, true);
+            self.persist(
+                StorageOp::HardState {
+                    group: g as GroupId,
+                    term,
+                    vote: None,
+                },
+                true,
+            );
         }
         let gr = &mut self.groups[g];
         let was_leader = gr.role == Role::Leader;
@@ -806,7 +955,14 @@ impl Node {
         gr.home_healthy_since_us = None;
         let last = gr.log.last_index();
         for p in gr.peers.iter_mut() {
-            *p = Peer { match_index: 0, sent_index: last, acked_round: 0, last_heard_us: now, last_echo_us: 0, snap_progress: None };
+            *p = Peer {
+                match_index: 0,
+                sent_index: last,
+                acked_round: 0,
+                last_heard_us: now,
+                last_echo_us: 0,
+                snap_progress: None,
+            };
         }
         gr.rounds.clear();
         gr.lease_min_round = gr.round + 1;
@@ -820,16 +976,33 @@ impl Node {
             if let EntryData::Write(w) = &e.data {
                 gr.overlay_revision = w.revision;
                 for k in &w.keys {
-                    gr.overlay.insert((w.ns.clone(), k.key.clone()), (k.version, k.value.clone(), e.index));
+                    gr.overlay.insert(
+                        (w.ns.clone(), k.key.clone()),
+                        (k.version, k.value.clone(), e.index),
+                    );
                 }
                 if w.request_id != 0 {
                     // A retry of this write may still arrive: it joins this entry.
-                    let ack_on_durable = matches!(self.ns_index.get(&w.ns), Some((_, ReplicationMode::Async { .. })));
+                    let ack_on_durable = matches!(
+                        self.ns_index.get(&w.ns),
+                        Some((_, ReplicationMode::Async { .. }))
+                    );
                     let resp = ClientResponse::Written {
                         versions: w.reply_versions.clone(),
-                        token: RevisionToken { group: g as GroupId, revision: w.revision },
+                        token: RevisionToken {
+                            group: g as GroupId,
+                            revision: w.revision,
+                        },
                     };
-                    gr.pending_writes.insert(e.index, PendingWrite { origins: Vec::new(), request_id: w.request_id, resp, ack_on_durable });
+                    gr.pending_writes.insert(
+                        e.index,
+                        PendingWrite {
+                            origins: Vec::new(),
+                            request_id: w.request_id,
+                            resp,
+                            ack_on_durable,
+                        },
+                    );
                     gr.pending_by_request.insert(w.request_id, e.index);
                 }
             }
@@ -837,7 +1010,10 @@ impl Node {
         let term = gr.term;
         let index = self.append_local(g, EntryData::Noop);
         self.groups[g].noop_index = index;
-        self.out.push(Action::Observe(Observation::BecameLeader { group: g as GroupId, term }));
+        self.out.push(Action::Observe(Observation::BecameLeader {
+            group: g as GroupId,
+            term,
+        }));
         self.heartbeat(g);
     }
 
@@ -845,11 +1021,26 @@ impl Node {
     fn append_local(&mut self, g: usize, data: EntryData) -> u64 {
         let gr = &mut self.groups[g];
         let index = gr.log.last_index() + 1;
-        let entry = Entry { index, term: gr.term, data };
+        let entry = Entry {
+            index,
+            term: gr.term,
+            data,
+        };
         gr.log.push(entry.clone());
         let term = gr.term;
-        self.persist(StorageOp::Append { group: g as GroupId, first_index: index, entries: vec![entry] }, true);
-        self.defer(Deferred::LogDurable { group: g as GroupId, index, term });
+        self.persist(
+            StorageOp::Append {
+                group: g as GroupId,
+                first_index: index,
+                entries: vec![entry],
+            },
+            true,
+        );
+        self.defer(Deferred::LogDurable {
+            group: g as GroupId,
+            index,
+            term,
+        });
         index
     }
 
@@ -861,7 +1052,9 @@ impl Node {
         let gr = &self.groups[g];
         // Check-quorum: a leader that has not heard from a majority for an
         // election timeout steps down (its lease expired before that).
-        let heard = (0..self.cfg.regions).filter(|&p| p == id || now.saturating_sub(gr.peers[p as usize].last_heard_us) < et).count();
+        let heard = (0..self.cfg.regions)
+            .filter(|&p| p == id || now.saturating_sub(gr.peers[p as usize].last_heard_us) < et)
+            .count();
         if heard < majority {
             let term = gr.term;
             self.become_follower(g, term, None);
@@ -871,7 +1064,8 @@ impl Node {
         // has looked healthy for long enough.
         let home = g as NodeId;
         if home != id && gr.transfer.is_none() {
-            let healthy = now.saturating_sub(gr.peers[g].last_heard_us) < 2 * self.cfg.heartbeat_interval_us;
+            let healthy =
+                now.saturating_sub(gr.peers[g].last_heard_us) < 2 * self.cfg.heartbeat_interval_us;
             let gr = &mut self.groups[g];
             if healthy {
                 let since = *gr.home_healthy_since_us.get_or_insert(now);
@@ -892,7 +1086,11 @@ impl Node {
         if gr.role != Role::Leader || to == self.id || gr.transfer.is_some() {
             return;
         }
-        gr.transfer = Some(Transfer { to, deadline_us: now + et, timeout_now_sent: false });
+        gr.transfer = Some(Transfer {
+            to,
+            deadline_us: now + et,
+            timeout_now_sent: false,
+        });
         gr.lease_expiry_us = 0;
         gr.lease_min_round = u64::MAX;
         gr.home_healthy_since_us = None;
@@ -908,7 +1106,14 @@ impl Node {
             if !tr.timeout_now_sent && gr.peers[tr.to as usize].match_index == last {
                 tr.timeout_now_sent = true;
                 let to = tr.to;
-                self.send(to, Msg::Raft { group: g as GroupId, term, body: RaftMsg::TimeoutNow });
+                self.send(
+                    to,
+                    Msg::Raft {
+                        group: g as GroupId,
+                        term,
+                        body: RaftMsg::TimeoutNow,
+                    },
+                );
             }
         }
     }
@@ -958,12 +1163,23 @@ impl Node {
                 data: snap.data[offset as usize..end].to_vec(),
                 round,
             };
-            self.send(p, Msg::Raft { group: g as GroupId, term, body: msg });
+            self.send(
+                p,
+                Msg::Raft {
+                    group: g as GroupId,
+                    term,
+                    body: msg,
+                },
+            );
             return;
         }
-        let entries = gr.log.slice(from, self.cfg.append_entries_max, self.cfg.append_bytes_max);
+        let entries = gr
+            .log
+            .slice(from, self.cfg.append_entries_max, self.cfg.append_bytes_max);
         let prev_index = from - 1;
-        let Some(prev_term) = gr.log.term_at(prev_index) else { return };
+        let Some(prev_term) = gr.log.term_at(prev_index) else {
+            return;
+        };
         let peer = &mut gr.peers[p as usize];
         peer.sent_index = prev_index + entries.len() as u64;
         let msg = RaftMsg::Append {
@@ -976,7 +1192,14 @@ impl Node {
             echo_us: peer.last_echo_us,
             lease_ok,
         };
-        self.send(p, Msg::Raft { group: g as GroupId, term, body: msg });
+        self.send(
+            p,
+            Msg::Raft {
+                group: g as GroupId,
+                term,
+                body: msg,
+            },
+        );
     }
 
     fn lease_valid(&self, gr: &Group) -> bool {
@@ -984,14 +1207,22 @@ impl Node {
     }
 
     fn noop_committed(&self, gr: &Group) -> bool {
-        self.cfg.mutants.read_before_noop_commit || (gr.noop_index > 0 && gr.commit >= gr.noop_index)
+        self.cfg.mutants.read_before_noop_commit
+            || (gr.noop_index > 0 && gr.commit >= gr.noop_index)
     }
 
     /// The highest round a majority (this node included) acknowledged.
     fn majority_round(&self, g: usize) -> u64 {
         let gr = &self.groups[g];
-        let mut acked: Vec<u64> =
-            (0..self.cfg.regions).map(|p| if p == self.id { gr.round } else { gr.peers[p as usize].acked_round }).collect();
+        let mut acked: Vec<u64> = (0..self.cfg.regions)
+            .map(|p| {
+                if p == self.id {
+                    gr.round
+                } else {
+                    gr.peers[p as usize].acked_round
+                }
+            })
+            .collect();
         acked.sort_unstable_by(|a, b| b.cmp(a));
         acked[self.cfg.majority() - 1]
     }
@@ -1017,8 +1248,15 @@ impl Node {
         if gr.role != Role::Leader {
             return;
         }
-        let mut m: Vec<u64> =
-            (0..self.cfg.regions).map(|p| if p == id { gr.durable_index } else { gr.peers[p as usize].match_index }).collect();
+        let mut m: Vec<u64> = (0..self.cfg.regions)
+            .map(|p| {
+                if p == id {
+                    gr.durable_index
+                } else {
+                    gr.peers[p as usize].match_index
+                }
+            })
+            .collect();
         m.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = m[self.cfg.majority() - 1];
         // Only entries of the current term commit by counting (Raft §5.4.2).
@@ -1033,8 +1271,12 @@ impl Node {
         let now = self.now;
         let gr = &mut self.groups[g];
         let durable = gr.durable_index;
-        let ready: Vec<u64> =
-            gr.pending_writes.range(..=durable).filter(|(_, w)| w.ack_on_durable).map(|(i, _)| *i).collect();
+        let ready: Vec<u64> = gr
+            .pending_writes
+            .range(..=durable)
+            .filter(|(_, w)| w.ack_on_durable)
+            .map(|(i, _)| *i)
+            .collect();
         for i in ready {
             if let Some(w) = self.groups[g].pending_writes.remove(&i) {
                 self.groups[g].pending_by_request.remove(&w.request_id);
@@ -1066,7 +1308,11 @@ impl Node {
                             request_id: w.request_id,
                             digest,
                             ns: w.ns.clone(),
-                            keys: w.keys.iter().map(|k| (k.key.clone(), k.version, k.value.is_some())).collect(),
+                            keys: w
+                                .keys
+                                .iter()
+                                .map(|k| (k.key.clone(), k.version, k.value.is_some()))
+                                .collect(),
                         }));
                         let gr = &mut self.groups[g];
                         for k in &w.keys {
@@ -1103,16 +1349,28 @@ impl Node {
 
     fn maybe_compact(&mut self, g: usize) {
         let gr = &self.groups[g];
-        if gr.applied - gr.log.snap_index < self.cfg.compact_after_entries {
+        if gr.applied.saturating_sub(gr.log.snap_index) < self.cfg.compact_after_entries {
             return;
         }
         let index = gr.applied;
-        let Some(term) = gr.log.term_at(index) else { return };
-        let snapshot = Snapshot { index, term, data: self.sms[g].encode() };
+        let Some(term) = gr.log.term_at(index) else {
+            return;
+        };
+        let snapshot = Snapshot {
+            index,
+            term,
+            data: self.sms[g].encode(),
+        };
         let gr = &mut self.groups[g];
         gr.log.compact_to(index, term);
         gr.snapshot = Some(snapshot.clone());
-        self.persist(StorageOp::Snapshot { group: g as GroupId, snapshot }, true);
+        self.persist(
+            StorageOp::Snapshot {
+                group: g as GroupId,
+                snapshot,
+            },
+            true,
+        );
     }
 
     fn serve_reads(&mut self, g: usize) {
@@ -1134,19 +1392,33 @@ impl Node {
     }
 
     fn read_now(&self, g: usize, what: &ReadWhat) -> ClientResponse {
-        let token = RevisionToken { group: g as GroupId, revision: self.sms[g].revision() };
+        let token = RevisionToken {
+            group: g as GroupId,
+            revision: self.sms[g].revision(),
+        };
         match what {
             ReadWhat::Conflict => ClientResponse::Conflict { token },
             ReadWhat::Get { ns, key, overlay } => {
                 let gr = &self.groups[g];
                 if *overlay {
                     if let Some((version, value, _)) = gr.overlay.get(&(ns.clone(), key.clone())) {
-                        let kv = KeyValue { key: key.clone(), value: value.clone(), version: *version, mod_revision: 0 };
-                        let token = RevisionToken { group: g as GroupId, revision: gr.overlay_revision };
+                        let kv = KeyValue {
+                            key: key.clone(),
+                            value: value.clone(),
+                            version: *version,
+                            mod_revision: 0,
+                        };
+                        let token = RevisionToken {
+                            group: g as GroupId,
+                            revision: gr.overlay_revision,
+                        };
                         return ClientResponse::Value { kv, token };
                     }
                 }
-                ClientResponse::Value { kv: self.sms[g].get(ns, key), token }
+                ClientResponse::Value {
+                    kv: self.sms[g].get(ns, key),
+                    token,
+                }
             }
         }
     }
@@ -1203,8 +1475,19 @@ impl Node {
         }
     }
 
-    fn on_raft(&mut self, g: usize, from: NodeId, term: u64, body: RaftMsg) -> Result<(), PeerError> {
-        if let RaftMsg::Append { prev_index, entries, .. } = &body {
+    fn on_raft(
+        &mut self,
+        g: usize,
+        from: NodeId,
+        term: u64,
+        body: RaftMsg,
+    ) -> Result<(), PeerError> {
+        if let RaftMsg::Append {
+            prev_index,
+            entries,
+            ..
+        } = &body
+        {
             if entries.len() > self.cfg.append_entries_max {
                 return Err(PeerError::OutOfProtocol("too many entries"));
             }
@@ -1214,17 +1497,36 @@ impl Node {
                 }
             }
         }
-        if let RaftMsg::Snapshot { offset, total, data, .. } = &body {
-            if offset.saturating_add(data.len() as u64) > *total || data.len() > self.cfg.snapshot_chunk_bytes {
+        if let RaftMsg::Snapshot {
+            offset,
+            total,
+            data,
+            ..
+        } = &body
+        {
+            if offset.saturating_add(data.len() as u64) > *total
+                || data.len() > self.cfg.snapshot_chunk_bytes
+            {
                 return Err(PeerError::OutOfProtocol("bad snapshot chunk"));
             }
         }
         let my_term = self.groups[g].term;
         match body {
-            RaftMsg::PreVote { last_index, last_term } => {
-                let granted = term > my_term && self.log_ok(g, last_index, last_term) && !self.in_promise(g);
+            RaftMsg::PreVote {
+                last_index,
+                last_term,
+            } => {
+                let granted =
+                    term > my_term && self.log_ok(g, last_index, last_term) && !self.in_promise(g);
                 let t = if granted { term } else { my_term };
-                self.send(from, Msg::Raft { group: g as GroupId, term: t, body: RaftMsg::PreVoteResp { granted } });
+                self.send(
+                    from,
+                    Msg::Raft {
+                        group: g as GroupId,
+                        term: t,
+                        body: RaftMsg::PreVoteResp { granted },
+                    },
+                );
                 return Ok(());
             }
             RaftMsg::PreVoteResp { granted } => {
@@ -1239,7 +1541,11 @@ impl Node {
                 }
                 return Ok(());
             }
-            RaftMsg::Vote { last_index, last_term, transfer } => {
+            RaftMsg::Vote {
+                last_index,
+                last_term,
+                transfer,
+            } => {
                 if term > my_term {
                     let forced = transfer && self.groups[g].leader_transferring_to == Some(from);
                     if self.in_promise(g) && !forced {
@@ -1252,7 +1558,11 @@ impl Node {
                 let granted = term == gr.term
                     && (gr.vote.is_none() || gr.vote == Some(from))
                     && self.log_ok(g, last_index, last_term);
-                let reply = Msg::Raft { group: g as GroupId, term: self.groups[g].term, body: RaftMsg::VoteResp { granted } };
+                let reply = Msg::Raft {
+                    group: g as GroupId,
+                    term: self.groups[g].term,
+                    body: RaftMsg::VoteResp { granted },
+                };
                 if granted {
                     self.groups[g].vote = Some(from);
                     self.reset_election_timer(g);
@@ -1261,7 +1571,14 @@ impl Node {
                         return Ok(());
                     }
                     let t = self.groups[g].term;
-                    self.persist(StorageOp::HardState { group: g as GroupId, term: t, vote: Some(from) }, true);
+                    self.persist(
+                        StorageOp::HardState {
+                            group: g as GroupId,
+                            term: t,
+                            vote: Some(from),
+                        },
+                        true,
+                    );
                 }
                 // Votes are durable before they are answered.
                 self.defer(Deferred::Send(from, reply));
@@ -1271,16 +1588,34 @@ impl Node {
         }
         // Every other message: a higher term demotes us; a lower one is stale.
         if term > my_term {
-            let leader = matches!(body, RaftMsg::Append { .. } | RaftMsg::Snapshot { .. } | RaftMsg::TimeoutNow).then_some(from);
+            let leader = matches!(
+                body,
+                RaftMsg::Append { .. } | RaftMsg::Snapshot { .. } | RaftMsg::TimeoutNow
+            )
+            .then_some(from);
             self.become_follower(g, term, leader);
         } else if term < my_term {
-            let stale_accepted = self.cfg.mutants.stale_leader_append_accepted && matches!(body, RaftMsg::Append { .. });
+            let stale_accepted = self.cfg.mutants.stale_leader_append_accepted
+                && matches!(body, RaftMsg::Append { .. });
             if !stale_accepted {
                 if matches!(body, RaftMsg::Append { .. } | RaftMsg::Snapshot { .. }) {
                     // Tell the stale leader about the newer term (fencing).
                     let last_index = self.groups[g].log.last_index();
-                    let resp = RaftMsg::AppendResp { success: false, match_index: 0, last_index, round: 0, echo_us: 0 };
-                    self.send(from, Msg::Raft { group: g as GroupId, term: my_term, body: resp });
+                    let resp = RaftMsg::AppendResp {
+                        success: false,
+                        match_index: 0,
+                        last_index,
+                        round: 0,
+                        echo_us: 0,
+                    };
+                    self.send(
+                        from,
+                        Msg::Raft {
+                            group: g as GroupId,
+                            term: my_term,
+                            body: resp,
+                        },
+                    );
                 }
                 return Ok(());
             }
@@ -1295,16 +1630,58 @@ impl Node {
                     }
                 }
             }
-            RaftMsg::Append { prev_index, prev_term, entries, commit, round, transferring_to, echo_us, lease_ok } => {
-                self.on_append(g, from, term, prev_index, prev_term, entries, commit, round, transferring_to, echo_us, lease_ok)
-            }
-            RaftMsg::AppendResp { success, match_index, last_index, round, echo_us } => {
-                self.on_append_resp(g, from, term, success, match_index, last_index, round, echo_us)
-            }
-            RaftMsg::Snapshot { index, term: sterm, offset, total, data, round } => {
-                self.on_snapshot(g, from, term, index, sterm, offset, total, data, round)?
-            }
-            RaftMsg::SnapshotResp { index, received, done, round } => {
+            RaftMsg::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+                round,
+                transferring_to,
+                echo_us,
+                lease_ok,
+            } => self.on_append(
+                g,
+                from,
+                term,
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+                round,
+                transferring_to,
+                echo_us,
+                lease_ok,
+            ),
+            RaftMsg::AppendResp {
+                success,
+                match_index,
+                last_index,
+                round,
+                echo_us,
+            } => self.on_append_resp(
+                g,
+                from,
+                term,
+                success,
+                match_index,
+                last_index,
+                round,
+                echo_us,
+            ),
+            RaftMsg::Snapshot {
+                index,
+                term: sterm,
+                offset,
+                total,
+                data,
+                round,
+            } => self.on_snapshot(g, from, term, index, sterm, offset, total, data, round)?,
+            RaftMsg::SnapshotResp {
+                index,
+                received,
+                done,
+                round,
+            } => {
                 let gr = &mut self.groups[g];
                 if gr.role != Role::Leader || term != gr.term {
                     return Ok(());
@@ -1342,7 +1719,12 @@ impl Node {
         let (l, t, r) = gr.promised;
         if (l, t) != (leader, term) || round > r {
             gr.promised = (leader, term, round);
-            self.out.push(Action::Observe(Observation::Promised { group: g as GroupId, leader, term, round }));
+            self.out.push(Action::Observe(Observation::Promised {
+                group: g as GroupId,
+                leader,
+                term,
+                round,
+            }));
         }
     }
 
@@ -1355,7 +1737,9 @@ impl Node {
     fn in_promise(&self, g: usize) -> bool {
         let gr = &self.groups[g];
         gr.role == Role::Leader
-            || gr.leader_contact_us.is_some_and(|c| self.now < c + self.cfg.election_timeout_us)
+            || gr
+                .leader_contact_us
+                .is_some_and(|c| self.now < c + self.cfg.election_timeout_us)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1410,7 +1794,10 @@ impl Node {
                 match gr.log.term_at(e.index) {
                     Some(t) if t == e.term => continue,
                     Some(_) => {
-                        debug_assert!(e.index > gr.commit || self.cfg.mutants.any(), "never truncate committed entries");
+                        debug_assert!(
+                            e.index > gr.commit || self.cfg.mutants.any(),
+                            "never truncate committed entries"
+                        );
                         gr.log.truncate_from(e.index);
                         gr.durable_index = gr.durable_index.min(e.index - 1);
                         first_new = Some(k);
@@ -1430,8 +1817,19 @@ impl Node {
                 }
                 let last = gr.log.last_index();
                 let t = gr.log.last_term();
-                self.persist(StorageOp::Append { group: g as GroupId, first_index, entries: new }, true);
-                self.defer(Deferred::LogDurable { group: g as GroupId, index: last, term: t });
+                self.persist(
+                    StorageOp::Append {
+                        group: g as GroupId,
+                        first_index,
+                        entries: new,
+                    },
+                    true,
+                );
+                self.defer(Deferred::LogDurable {
+                    group: g as GroupId,
+                    index: last,
+                    term: t,
+                });
             }
             let gr = &mut self.groups[g];
             let new_commit = commit.min(match_index);
@@ -1445,9 +1843,22 @@ impl Node {
             }
         }
         let last_index = self.groups[g].log.last_index();
-        let resp = RaftMsg::AppendResp { success, match_index, last_index, round, echo_us: now };
+        let resp = RaftMsg::AppendResp {
+            success,
+            match_index,
+            last_index,
+            round,
+            echo_us: now,
+        };
         // Acknowledge only what is durable.
-        self.defer(Deferred::Send(from, Msg::Raft { group: g as GroupId, term: reply_term, body: resp }));
+        self.defer(Deferred::Send(
+            from,
+            Msg::Raft {
+                group: g as GroupId,
+                term: reply_term,
+                body: resp,
+            },
+        ));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1478,13 +1889,18 @@ impl Node {
                 return;
             }
             peer.match_index = peer.match_index.max(match_index);
-            if peer.match_index >= peer.sent_index && peer.match_index < my_last && peer.snap_progress.is_none() {
+            if peer.match_index >= peer.sent_index
+                && peer.match_index < my_last
+                && peer.snap_progress.is_none()
+            {
                 let next = peer.match_index + 1;
                 self.send_append(g, from, next);
             }
         } else if round > 0 {
             // Log mismatch: back off to what the follower has and resend.
-            let next = (last_index + 1).min(peer.sent_index).max(peer.match_index + 1);
+            let next = (last_index + 1)
+                .min(peer.sent_index)
+                .max(peer.match_index + 1);
             peer.sent_index = next - 1;
             self.send_append(g, from, next);
         }
@@ -1519,14 +1935,21 @@ impl Node {
         let reply = |received: u64, done: bool| Msg::Raft {
             group: g as GroupId,
             term,
-            body: RaftMsg::SnapshotResp { index, received, done, round },
+            body: RaftMsg::SnapshotResp {
+                index,
+                received,
+                done,
+                round,
+            },
         };
         if index <= gr.commit {
             self.defer(Deferred::Send(from, reply(total, true)));
             return Ok(());
         }
         let buf = match gr.snap_recv.take() {
-            Some((i, t, tot, mut buf)) if i == index && t == sterm && tot == total && buf.len() as u64 == offset => {
+            Some((i, t, tot, mut buf))
+                if i == index && t == sterm && tot == total && buf.len() as u64 == offset =>
+            {
                 buf.extend_from_slice(&data);
                 buf
             }
@@ -1535,7 +1958,10 @@ impl Node {
                 data
             }
             other => {
-                let have = other.as_ref().filter(|(i, ..)| *i == index).map_or(0, |(_, _, _, b)| b.len() as u64);
+                let have = other
+                    .as_ref()
+                    .filter(|(i, ..)| *i == index)
+                    .map_or(0, |(_, _, _, b)| b.len() as u64);
                 gr.snap_recv = other;
                 self.send(from, reply(have, false));
                 return Ok(());
@@ -1555,18 +1981,39 @@ impl Node {
         gr.commit = gr.commit.max(index);
         gr.applied = index;
         gr.durable_index = gr.durable_index.max(index).min(gr.log.last_index());
-        let snapshot = Snapshot { index, term: sterm, data: buf };
+        let snapshot = Snapshot {
+            index,
+            term: sterm,
+            data: buf,
+        };
         gr.snapshot = Some(snapshot.clone());
-        self.persist(StorageOp::Snapshot { group: g as GroupId, snapshot }, true);
+        self.persist(
+            StorageOp::Snapshot {
+                group: g as GroupId,
+                snapshot,
+            },
+            true,
+        );
         self.defer(Deferred::Send(from, reply(total, true)));
         // Watchers of this group lost their history: resync them.
-        let ids: Vec<RequestId> = self.watchers.iter().filter(|(_, w)| w.group as usize == g).map(|(id, _)| *id).collect();
+        let ids: Vec<RequestId> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.group as usize == g)
+            .map(|(id, _)| *id)
+            .collect();
         let rev = self.sms[g].revision();
         for id in ids {
             if let Some(w) = self.watchers.get_mut(&id) {
                 w.last_revision = rev;
                 let snapshot = self.sms[g].scan(&w.ns, &w.prefix);
-                self.out.push(Action::Reply { req: id, resp: ClientResponse::WatchResync { snapshot, revision: rev } });
+                self.out.push(Action::Reply {
+                    req: id,
+                    resp: ClientResponse::WatchResync {
+                        snapshot,
+                        revision: rev,
+                    },
+                });
             }
         }
         self.apply_committed(g);
@@ -1593,7 +2040,9 @@ impl Node {
                 }
                 key_ok(key)
             }
-            ClientRequest::Write { ns, compares, ops, .. } => {
+            ClientRequest::Write {
+                ns, compares, ops, ..
+            } => {
                 if !ns_ok(ns) {
                     return Err(ErrorCode::UnknownNamespace);
                 }
@@ -1635,18 +2084,27 @@ impl Node {
                 }
                 Ok(())
             }
-            ClientRequest::Meta(_) | ClientRequest::MetaGranted { .. } | ClientRequest::CancelWatch { .. } => Ok(()),
+            ClientRequest::Meta(_)
+            | ClientRequest::MetaGranted { .. }
+            | ClientRequest::CancelWatch { .. } => Ok(()),
         }
     }
 
     fn on_client(&mut self, req: RequestId, request: ClientRequest) {
         if let Err(code) = self.validate(&request) {
             self.stats.client_rejected += 1;
-            self.out.push(Action::Reply { req, resp: ClientResponse::Error(code) });
+            self.out.push(Action::Reply {
+                req,
+                resp: ClientResponse::Error(code),
+            });
             return;
         }
         match request {
-            ClientRequest::Watch { ns, prefix, start_revision } => self.watch(req, ns, prefix, start_revision),
+            ClientRequest::Watch {
+                ns,
+                prefix,
+                start_revision,
+            } => self.watch(req, ns, prefix, start_revision),
             ClientRequest::CancelWatch { watch } => {
                 let resp = if self.watchers.remove(&watch).is_some() {
                     ClientResponse::Done
@@ -1655,13 +2113,22 @@ impl Node {
                 };
                 self.out.push(Action::Reply { req, resp });
             }
-            ClientRequest::MetaGranted { principal, permission } => {
+            ClientRequest::MetaGranted {
+                principal,
+                permission,
+            } => {
                 let g = self.meta.granted(&principal, &permission);
-                self.out.push(Action::Reply { req, resp: ClientResponse::Granted(g) });
+                self.out.push(Action::Reply {
+                    req,
+                    resp: ClientResponse::Granted(g),
+                });
             }
             other => {
                 if self.pending.len() >= self.cfg.pending_requests_max {
-                    self.out.push(Action::Reply { req, resp: ClientResponse::Error(ErrorCode::Overloaded) });
+                    self.out.push(Action::Reply {
+                        req,
+                        resp: ClientResponse::Error(ErrorCode::Overloaded),
+                    });
                     return;
                 }
                 let deadline = self.now + self.cfg.request_timeout_us;
@@ -1712,11 +2179,20 @@ impl Node {
     fn lookup_write(&self, g: usize, request_id: u64) -> ClientResponse {
         if request_id != 0 {
             if let Some((revision, versions)) = self.sms[g].request_result(request_id) {
-                let token = RevisionToken { group: g as GroupId, revision: *revision };
-                return ClientResponse::Written { versions: versions.clone(), token };
+                let token = RevisionToken {
+                    group: g as GroupId,
+                    revision: *revision,
+                };
+                return ClientResponse::Written {
+                    versions: versions.clone(),
+                    token,
+                };
             }
             let gr = &self.groups[g];
-            let in_log = gr.log.iter_from(gr.applied + 1).any(|e| matches!(&e.data, EntryData::Write(w) if w.request_id == request_id));
+            let in_log = gr
+                .log
+                .iter_from(gr.applied + 1)
+                .any(|e| matches!(&e.data, EntryData::Write(w) if w.request_id == request_id));
             if in_log {
                 return ClientResponse::Error(ErrorCode::Indeterminate);
             }
@@ -1733,25 +2209,62 @@ impl Node {
 
     fn on_request(&mut self, origin: Origin, req: ClientRequest) {
         match req {
-            ClientRequest::Get { ns, key, consistency, token } => {
+            ClientRequest::Get {
+                ns,
+                key,
+                consistency,
+                token,
+            } => {
                 let (g, mode) = self.ns_index[&ns];
                 let gi = g as usize;
                 if let (Some(t), Origin::Local(id)) = (token, origin) {
-                    if t.group == g && t.revision > self.sms[gi].revision() && consistency != Consistency::Linearizable {
+                    if t.group == g
+                        && t.revision > self.sms[gi].revision()
+                        && consistency != Consistency::Linearizable
+                    {
                         let deadline_us = self.now + self.cfg.token_wait_max_us;
-                        self.token_waits.push(TokenWait { req: id, group: g, revision: t.revision, deadline_us, ns, key, consistency });
+                        self.token_waits.push(TokenWait {
+                            req: id,
+                            group: g,
+                            revision: t.revision,
+                            deadline_us,
+                            ns,
+                            key,
+                            consistency,
+                        });
                         return;
                     }
                 }
-                self.get(gi, origin, ns, key, consistency, matches!(mode, ReplicationMode::Async { .. }));
+                self.get(
+                    gi,
+                    origin,
+                    ns,
+                    key,
+                    consistency,
+                    matches!(mode, ReplicationMode::Async { .. }),
+                );
             }
-            ClientRequest::Write { ns, request_id, compares, ops } => {
+            ClientRequest::Write {
+                ns,
+                request_id,
+                compares,
+                ops,
+            } => {
                 let (g, mode) = self.ns_index[&ns];
                 let gi = g as usize;
                 if self.groups[gi].role == Role::Leader {
                     self.leader_write(gi, origin, ns, request_id, compares, ops, mode);
                 } else {
-                    self.forward_or_fail(gi, origin, ClientRequest::Write { ns, request_id, compares, ops });
+                    self.forward_or_fail(
+                        gi,
+                        origin,
+                        ClientRequest::Write {
+                            ns,
+                            request_id,
+                            compares,
+                            ops,
+                        },
+                    );
                 }
             }
             ClientRequest::TransferLeader { group, to } => {
@@ -1787,14 +2300,28 @@ impl Node {
                     }
                 }
             }
-            ClientRequest::Watch { .. } | ClientRequest::CancelWatch { .. } | ClientRequest::MetaGranted { .. } => {
+            ClientRequest::Watch { .. }
+            | ClientRequest::CancelWatch { .. }
+            | ClientRequest::MetaGranted { .. } => {
                 self.respond(origin, ClientResponse::Error(ErrorCode::InvalidRequest));
             }
         }
     }
 
-    fn get(&mut self, g: usize, origin: Origin, ns: String, key: String, consistency: Consistency, is_async: bool) {
-        let local = || ReadWhat::Get { ns: ns.clone(), key: key.clone(), overlay: false };
+    fn get(
+        &mut self,
+        g: usize,
+        origin: Origin,
+        ns: String,
+        key: String,
+        consistency: Consistency,
+        is_async: bool,
+    ) {
+        let local = || ReadWhat::Get {
+            ns: ns.clone(),
+            key: key.clone(),
+            overlay: false,
+        };
         match consistency {
             Consistency::Stale => {
                 let resp = self.read_now(g, &local());
@@ -1805,7 +2332,9 @@ impl Node {
                 let fresh = if gr.role == Role::Leader {
                     self.lease_valid(gr) && self.noop_committed(gr)
                 } else {
-                    gr.fresh_as_of_us.is_some_and(|f| self.cfg.true_upper_us(self.now.saturating_sub(f)) <= staleness_us)
+                    gr.fresh_as_of_us.is_some_and(|f| {
+                        self.cfg.true_upper_us(self.now.saturating_sub(f)) <= staleness_us
+                    })
                 };
                 if fresh {
                     let resp = self.read_now(g, &local());
@@ -1816,10 +2345,19 @@ impl Node {
             }
             Consistency::Linearizable => {
                 if self.groups[g].role == Role::Leader {
-                    let what = ReadWhat::Get { ns, key, overlay: is_async };
+                    let what = ReadWhat::Get {
+                        ns,
+                        key,
+                        overlay: is_async,
+                    };
                     self.leader_read(g, origin, what, 0);
                 } else {
-                    let req = ClientRequest::Get { ns, key, consistency, token: None };
+                    let req = ClientRequest::Get {
+                        ns,
+                        key,
+                        consistency,
+                        token: None,
+                    };
                     self.forward_or_fail(g, origin, req);
                 }
             }
@@ -1836,12 +2374,21 @@ impl Node {
         if !lease {
             gr.heartbeat_now = true;
         }
-        gr.pending_reads.push(PendingRead { origin, min_index, round, deadline_us, what });
+        gr.pending_reads.push(PendingRead {
+            origin,
+            min_index,
+            round,
+            deadline_us,
+            what,
+        });
         self.serve_reads(g);
     }
 
     fn overlay_version(&self, g: usize, ns: &str, key: &str) -> (u64, u64) {
-        match self.groups[g].overlay.get(&(ns.to_string(), key.to_string())) {
+        match self.groups[g]
+            .overlay
+            .get(&(ns.to_string(), key.to_string()))
+        {
             Some((v, _, i)) => (*v, *i),
             None => (self.sms[g].get(ns, key).version, 0),
         }
@@ -1863,7 +2410,13 @@ impl Node {
         if request_id != 0 {
             // Idempotency: a retried or duplicated write never applies twice.
             if let Some((revision, versions)) = self.sms[g].request_result(request_id) {
-                let resp = ClientResponse::Written { versions: versions.clone(), token: RevisionToken { group: g as GroupId, revision: *revision } };
+                let resp = ClientResponse::Written {
+                    versions: versions.clone(),
+                    token: RevisionToken {
+                        group: g as GroupId,
+                        revision: *revision,
+                    },
+                };
                 self.respond(origin, resp);
                 return;
             }
@@ -1882,12 +2435,16 @@ impl Node {
             self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
             return;
         }
-        if gr.log.last_index() - gr.commit >= self.cfg.uncommitted_entries_max {
+        if gr.log.last_index().saturating_sub(gr.commit) >= self.cfg.uncommitted_entries_max {
             self.respond(origin, ClientResponse::Error(ErrorCode::Overloaded));
             return;
         }
         if let ReplicationMode::Async { rpo_budget_us } = mode {
-            if gr.async_acked.front().is_some_and(|(_, t)| now.saturating_sub(*t) > rpo_budget_us) {
+            if gr
+                .async_acked
+                .front()
+                .is_some_and(|(_, t)| now.saturating_sub(*t) > rpo_budget_us)
+            {
                 self.respond(origin, ClientResponse::Error(ErrorCode::RpoBudgetExceeded));
                 return;
             }
@@ -1909,8 +2466,16 @@ impl Node {
             .map(|op| {
                 let (v, _) = self.overlay_version(g, &ns, op.key());
                 match op {
-                    WriteOp::Put { key, value } => KeyEffect { key, value: Some(value), version: v + 1 },
-                    WriteOp::Delete { key } => KeyEffect { key, value: None, version: v + 1 },
+                    WriteOp::Put { key, value } => KeyEffect {
+                        key,
+                        value: Some(value),
+                        version: v + 1,
+                    },
+                    WriteOp::Delete { key } => KeyEffect {
+                        key,
+                        value: None,
+                        version: v + 1,
+                    },
                 }
             })
             .collect();
@@ -1921,14 +2486,38 @@ impl Node {
         let revision = gr.overlay_revision;
         let index = gr.log.last_index() + 1;
         for k in &keys {
-            gr.overlay.insert((ns.clone(), k.key.clone()), (k.version, k.value.clone(), index));
+            gr.overlay.insert(
+                (ns.clone(), k.key.clone()),
+                (k.version, k.value.clone(), index),
+            );
         }
-        let effect = WriteEffect { ns, revision, request_id, keys, reply_versions: versions.clone() };
+        let effect = WriteEffect {
+            ns,
+            revision,
+            request_id,
+            keys,
+            reply_versions: versions.clone(),
+        };
         let appended = self.append_local(g, EntryData::Write(effect));
         debug_assert_eq!(appended, index);
-        let ack_on_durable = matches!(mode, ReplicationMode::Async { .. }) || self.cfg.mutants.ack_before_quorum;
-        let resp = ClientResponse::Written { versions, token: RevisionToken { group: g as GroupId, revision } };
-        self.groups[g].pending_writes.insert(index, PendingWrite { origins: vec![origin], request_id, resp, ack_on_durable });
+        let ack_on_durable =
+            matches!(mode, ReplicationMode::Async { .. }) || self.cfg.mutants.ack_before_quorum;
+        let resp = ClientResponse::Written {
+            versions,
+            token: RevisionToken {
+                group: g as GroupId,
+                revision,
+            },
+        };
+        self.groups[g].pending_writes.insert(
+            index,
+            PendingWrite {
+                origins: vec![origin],
+                request_id,
+                resp,
+                ack_on_durable,
+            },
+        );
         if request_id != 0 {
             self.groups[g].pending_by_request.insert(request_id, index);
         }
@@ -1942,15 +2531,27 @@ impl Node {
 
     fn check_token_waits(&mut self, g: GroupId) {
         let rev = self.sms[g as usize].revision();
-        if !self.token_waits.iter().any(|w| w.group == g && w.revision <= rev) {
+        if !self
+            .token_waits
+            .iter()
+            .any(|w| w.group == g && w.revision <= rev)
+        {
             return;
         }
-        let (ready, keep): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.token_waits).into_iter().partition(|w| w.group == g && w.revision <= rev);
+        let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.token_waits)
+            .into_iter()
+            .partition(|w| w.group == g && w.revision <= rev);
         self.token_waits = keep;
         for w in ready {
             let is_async = matches!(self.ns_index[&w.ns].1, ReplicationMode::Async { .. });
-            self.get(g as usize, Origin::Local(w.req), w.ns, w.key, w.consistency, is_async);
+            self.get(
+                g as usize,
+                Origin::Local(w.req),
+                w.ns,
+                w.key,
+                w.consistency,
+                is_async,
+            );
         }
     }
 
@@ -1958,7 +2559,10 @@ impl Node {
 
     fn watch(&mut self, req: RequestId, ns: String, prefix: String, start: Option<u64>) {
         if self.watchers.len() >= self.cfg.watchers_max {
-            self.out.push(Action::Reply { req, resp: ClientResponse::Error(ErrorCode::Overloaded) });
+            self.out.push(Action::Reply {
+                req,
+                resp: ClientResponse::Error(ErrorCode::Overloaded),
+            });
             return;
         }
         let g = self.ns_index[&ns].0;
@@ -1968,19 +2572,42 @@ impl Node {
         let last_revision = match sm.changes_since(&ns, &prefix, start) {
             Some(changes) => {
                 for (revision, events) in group_by_revision(changes) {
-                    self.out.push(Action::Reply { req, resp: ClientResponse::WatchEvents { events, revision } });
+                    self.out.push(Action::Reply {
+                        req,
+                        resp: ClientResponse::WatchEvents { events, revision },
+                    });
                 }
                 rev.max(start)
             }
             None => {
                 let snapshot = sm.scan(&ns, &prefix);
-                self.out.push(Action::Reply { req, resp: ClientResponse::WatchResync { snapshot, revision: rev } });
+                self.out.push(Action::Reply {
+                    req,
+                    resp: ClientResponse::WatchResync {
+                        snapshot,
+                        revision: rev,
+                    },
+                });
                 rev
             }
         };
         // An empty batch confirms the watch is live at `last_revision`.
-        self.out.push(Action::Reply { req, resp: ClientResponse::WatchEvents { events: Vec::new(), revision: last_revision } });
-        self.watchers.insert(req, Watcher { ns, prefix, group: g, last_revision });
+        self.out.push(Action::Reply {
+            req,
+            resp: ClientResponse::WatchEvents {
+                events: Vec::new(),
+                revision: last_revision,
+            },
+        });
+        self.watchers.insert(
+            req,
+            Watcher {
+                ns,
+                prefix,
+                group: g,
+                last_revision,
+            },
+        );
     }
 
     fn notify_watchers(&mut self, g: GroupId, changes: &[Change], revision: u64) {
@@ -1989,10 +2616,16 @@ impl Node {
                 continue;
             }
             w.last_revision = revision;
-            let events: Vec<KeyValue> =
-                changes.iter().filter(|c| c.ns == w.ns && c.kv.key.starts_with(&w.prefix)).map(|c| c.kv.clone()).collect();
+            let events: Vec<KeyValue> = changes
+                .iter()
+                .filter(|c| c.ns == w.ns && c.kv.key.starts_with(&w.prefix))
+                .map(|c| c.kv.clone())
+                .collect();
             if !events.is_empty() {
-                self.out.push(Action::Reply { req: *id, resp: ClientResponse::WatchEvents { events, revision } });
+                self.out.push(Action::Reply {
+                    req: *id,
+                    resp: ClientResponse::WatchEvents { events, revision },
+                });
             }
         }
     }

@@ -47,7 +47,11 @@ impl Entry {
         match &self.data {
             EntryData::Noop => 24,
             EntryData::Write(w) => {
-                48 + w.ns.len() + w.keys.iter().map(|k| 16 + k.key.len() + k.value.as_ref().map_or(0, |v| v.len())).sum::<usize>()
+                48 + w.ns.len()
+                    + w.keys
+                        .iter()
+                        .map(|k| 16 + k.key.len() + k.value.as_ref().map_or(0, |v| v.len()))
+                        .sum::<usize>()
             }
         }
     }
@@ -63,9 +67,17 @@ pub struct Snapshot {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StorageOp {
-    HardState { group: GroupId, term: u64, vote: Option<u8> },
+    HardState {
+        group: GroupId,
+        term: u64,
+        vote: Option<u8>,
+    },
     /// Remove entries from `first_index` on, then append `entries` (which start there).
-    Append { group: GroupId, first_index: u64, entries: Vec<Entry> },
+    Append {
+        group: GroupId,
+        first_index: u64,
+        entries: Vec<Entry>,
+    },
     /// Keep `snapshot`; drop log entries up to its index (the whole log if the
     /// entry at its index has another term).
     Snapshot { group: GroupId, snapshot: Snapshot },
@@ -102,28 +114,48 @@ pub enum StorageError {
 
 impl Durable {
     pub fn new(regions: u8) -> Durable {
-        Durable { incarnation: 0, groups: vec![DurableGroup::default(); regions as usize], meta_chunks: Vec::new() }
+        Durable {
+            incarnation: 0,
+            groups: vec![DurableGroup::default(); regions as usize],
+            meta_chunks: Vec::new(),
+        }
     }
 
     pub fn apply(&mut self, op: &StorageOp) -> Result<(), StorageError> {
         match op {
             StorageOp::HardState { group, term, vote } => {
-                let g = self.groups.get_mut(*group as usize).ok_or(StorageError::BadGroup(*group))?;
+                let g = self
+                    .groups
+                    .get_mut(*group as usize)
+                    .ok_or(StorageError::BadGroup(*group))?;
                 g.term = *term;
                 g.vote = *vote;
             }
-            StorageOp::Append { group, first_index, entries } => {
-                let g = self.groups.get_mut(*group as usize).ok_or(StorageError::BadGroup(*group))?;
+            StorageOp::Append {
+                group,
+                first_index,
+                entries,
+            } => {
+                let g = self
+                    .groups
+                    .get_mut(*group as usize)
+                    .ok_or(StorageError::BadGroup(*group))?;
                 let base = g.snapshot.as_ref().map_or(0, |s| s.index);
                 let last = base + g.entries.len() as u64;
                 if *first_index > last + 1 || *first_index <= base {
-                    return Err(StorageError::Gap { first: *first_index, last });
+                    return Err(StorageError::Gap {
+                        first: *first_index,
+                        last,
+                    });
                 }
                 g.entries.truncate((*first_index - base - 1) as usize);
                 g.entries.extend(entries.iter().cloned());
             }
             StorageOp::Snapshot { group, snapshot } => {
-                let g = self.groups.get_mut(*group as usize).ok_or(StorageError::BadGroup(*group))?;
+                let g = self
+                    .groups
+                    .get_mut(*group as usize)
+                    .ok_or(StorageError::BadGroup(*group))?;
                 let base = g.snapshot.as_ref().map_or(0, |s| s.index);
                 if snapshot.index <= base {
                     return Ok(());

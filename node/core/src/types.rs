@@ -66,24 +66,55 @@ pub struct Compare {
 /// Metadata edits (replicated through the automerge document).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaOp {
-    SetLabel { key: String, value: String },
-    Grant { principal: String, permission: String },
-    Revoke { principal: String, permission: String },
+    SetLabel {
+        key: String,
+        value: String,
+    },
+    Grant {
+        principal: String,
+        permission: String,
+    },
+    Revoke {
+        principal: String,
+        permission: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
-    Get { ns: String, key: String, consistency: Consistency, token: Option<RevisionToken> },
+    Get {
+        ns: String,
+        key: String,
+        consistency: Consistency,
+        token: Option<RevisionToken>,
+    },
     /// Put, delete, compare-and-set and transactions: all compares must hold, then
     /// all ops apply atomically at one revision. `request_id` is the caller's
     /// unique id for the write (carried in the log for tracing and idempotency).
-    Write { ns: String, request_id: u64, compares: Vec<Compare>, ops: Vec<WriteOp> },
+    Write {
+        ns: String,
+        request_id: u64,
+        compares: Vec<Compare>,
+        ops: Vec<WriteOp>,
+    },
     /// Changes under `prefix` with a revision above `start_revision` (None: from now).
-    Watch { ns: String, prefix: String, start_revision: Option<u64> },
-    CancelWatch { watch: RequestId },
+    Watch {
+        ns: String,
+        prefix: String,
+        start_revision: Option<u64>,
+    },
+    CancelWatch {
+        watch: RequestId,
+    },
     Meta(MetaOp),
-    MetaGranted { principal: String, permission: String },
-    TransferLeader { group: GroupId, to: NodeId },
+    MetaGranted {
+        principal: String,
+        permission: String,
+    },
+    TransferLeader {
+        group: GroupId,
+        to: NodeId,
+    },
 }
 
 /// Stable error codes; their names are part of the API.
@@ -128,16 +159,30 @@ pub struct KeyValue {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
-    Value { kv: KeyValue, token: RevisionToken },
+    Value {
+        kv: KeyValue,
+        token: RevisionToken,
+    },
     /// The write applied; resulting version of each op's key, in op order.
-    Written { versions: Vec<u64>, token: RevisionToken },
+    Written {
+        versions: Vec<u64>,
+        token: RevisionToken,
+    },
     /// A compare failed; nothing was written.
-    Conflict { token: RevisionToken },
+    Conflict {
+        token: RevisionToken,
+    },
     /// Watch: changes in revision order (one revision may hold several keys).
-    WatchEvents { events: Vec<KeyValue>, revision: u64 },
+    WatchEvents {
+        events: Vec<KeyValue>,
+        revision: u64,
+    },
     /// Watch: the requested history was compacted; here is the state at `revision`,
     /// deltas follow from `revision + 1`.
-    WatchResync { snapshot: Vec<KeyValue>, revision: u64 },
+    WatchResync {
+        snapshot: Vec<KeyValue>,
+        revision: u64,
+    },
     Granted(bool),
     Done,
     Error(ErrorCode),
@@ -146,7 +191,10 @@ pub enum ClientResponse {
 /// What the core tells its shell and the simulator about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observation {
-    BecameLeader { group: GroupId, term: u64 },
+    BecameLeader {
+        group: GroupId,
+        term: u64,
+    },
     /// An entry applied to the state machine of `group` at `revision`.
     Applied {
         group: GroupId,
@@ -160,7 +208,12 @@ pub enum Observation {
     /// A follower received heartbeat round `round` of `leader`'s `term` for the
     /// first time: it promises not to help elect anyone else for one election
     /// timeout of its clock from now.
-    Promised { group: GroupId, leader: NodeId, term: u64, round: u64 },
+    Promised {
+        group: GroupId,
+        leader: NodeId,
+        term: u64,
+        round: u64,
+    },
     /// Storage failed: the node stopped and will not acknowledge anything.
     Halted,
 }

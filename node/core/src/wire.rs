@@ -17,21 +17,44 @@ pub enum Channel {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
-    Raft { group: GroupId, term: u64, body: RaftMsg },
+    Raft {
+        group: GroupId,
+        term: u64,
+        body: RaftMsg,
+    },
     /// A client request forwarded to the leader of its group.
-    Forward { id: RequestId, req: ClientRequest },
-    ForwardReply { id: RequestId, resp: ClientResponse },
+    Forward {
+        id: RequestId,
+        req: ClientRequest,
+    },
+    ForwardReply {
+        id: RequestId,
+        resp: ClientResponse,
+    },
     /// One automerge sync message.
-    Meta { sync: Vec<u8> },
+    Meta {
+        sync: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RaftMsg {
     /// Asks whether an election at `term` (the sender's term + 1) would succeed.
-    PreVote { last_index: u64, last_term: u64 },
-    PreVoteResp { granted: bool },
-    Vote { last_index: u64, last_term: u64, transfer: bool },
-    VoteResp { granted: bool },
+    PreVote {
+        last_index: u64,
+        last_term: u64,
+    },
+    PreVoteResp {
+        granted: bool,
+    },
+    Vote {
+        last_index: u64,
+        last_term: u64,
+        transfer: bool,
+    },
+    VoteResp {
+        granted: bool,
+    },
     Append {
         prev_index: u64,
         prev_term: u64,
@@ -46,9 +69,27 @@ pub enum RaftMsg {
         /// The leader held a valid lease and had committed its no-op when sending.
         lease_ok: bool,
     },
-    AppendResp { success: bool, match_index: u64, last_index: u64, round: u64, echo_us: u64 },
-    Snapshot { index: u64, term: u64, offset: u64, total: u64, data: Vec<u8>, round: u64 },
-    SnapshotResp { index: u64, received: u64, done: bool, round: u64 },
+    AppendResp {
+        success: bool,
+        match_index: u64,
+        last_index: u64,
+        round: u64,
+        echo_us: u64,
+    },
+    Snapshot {
+        index: u64,
+        term: u64,
+        offset: u64,
+        total: u64,
+        data: Vec<u8>,
+        round: u64,
+    },
+    SnapshotResp {
+        index: u64,
+        received: u64,
+        done: bool,
+        round: u64,
+    },
     TimeoutNow,
 }
 
@@ -81,7 +122,10 @@ impl Msg {
         let (msg, rest): (Msg, &[u8]) =
             postcard::take_from_bytes(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(WireError::Malformed(format!("{} trailing bytes", rest.len())));
+            return Err(WireError::Malformed(format!(
+                "{} trailing bytes",
+                rest.len()
+            )));
         }
         Ok(msg)
     }

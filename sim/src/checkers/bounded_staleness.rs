@@ -16,12 +16,22 @@ pub fn check(h: &History) -> Result<usize, Violation> {
     // (ns, key) -> (ack time, version) of committed acknowledged writes, sorted by time.
     let mut acks: BTreeMap<(&str, &str), Vec<(u64, u64)>> = BTreeMap::new();
     for r in &h.ops {
-        if let (OpKind::Write { request_id, ops, .. }, Outcome::Done(ClientResponse::Written { versions, .. })) = (&r.kind, &r.outcome) {
-            let Some((g, rev)) = applied.get(request_id) else { continue };
+        if let (
+            OpKind::Write {
+                request_id, ops, ..
+            },
+            Outcome::Done(ClientResponse::Written { versions, .. }),
+        ) = (&r.kind, &r.outcome)
+        {
+            let Some((g, rev)) = applied.get(request_id) else {
+                continue;
+            };
             let committed_at = h.applied[*g as usize][rev].at_us;
             let at = r.complete_us.unwrap_or(u64::MAX).max(committed_at);
             for (op, v) in ops.iter().zip(versions) {
-                acks.entry((r.ns.as_str(), op.key())).or_default().push((at, *v));
+                acks.entry((r.ns.as_str(), op.key()))
+                    .or_default()
+                    .push((at, *v));
             }
         }
     }
@@ -36,11 +46,20 @@ pub fn check(h: &History) -> Result<usize, Violation> {
     }
     let mut checked = 0;
     for r in &h.ops {
-        let (OpKind::Get { key, consistency: Consistency::Bounded { staleness_us } }, Outcome::Done(ClientResponse::Value { kv, .. })) = (&r.kind, &r.outcome) else {
+        let (
+            OpKind::Get {
+                key,
+                consistency: Consistency::Bounded { staleness_us },
+            },
+            Outcome::Done(ClientResponse::Value { kv, .. }),
+        ) = (&r.kind, &r.outcome)
+        else {
             continue;
         };
         checked += 1;
-        let Some(list) = acks.get(&(r.ns.as_str(), key.as_str())) else { continue };
+        let Some(list) = acks.get(&(r.ns.as_str(), key.as_str())) else {
+            continue;
+        };
         let horizon = r.invoke_us.saturating_sub(*staleness_us);
         let i = list.partition_point(|(t, _)| *t < horizon);
         if i > 0 && list[i - 1].1 > kv.version {
@@ -72,20 +91,56 @@ mod tests {
             ns: "n".into(),
             group: 0,
             is_async: false,
-            kind: OpKind::Write { request_id: 1, compares: vec![], ops: vec![WriteOp::Put { key: "k".into(), value: vec![1] }] },
+            kind: OpKind::Write {
+                request_id: 1,
+                compares: vec![],
+                ops: vec![WriteOp::Put {
+                    key: "k".into(),
+                    value: vec![1],
+                }],
+            },
             invoke_us: 0,
             complete_us: Some(100),
-            outcome: Outcome::Done(ClientResponse::Written { versions: vec![1], token: RevisionToken { group: 0, revision: 1 } }),
+            outcome: Outcome::Done(ClientResponse::Written {
+                versions: vec![1],
+                token: RevisionToken {
+                    group: 0,
+                    revision: 1,
+                },
+            }),
         };
         h.ops.push(w.clone());
-        h.record_applied(0, 1, 0, Applied { request_id: 1, digest: 1, ns: "n".into(), keys: vec![], first_node: 0, at_us: 50 });
+        h.record_applied(
+            0,
+            1,
+            0,
+            Applied {
+                request_id: 1,
+                digest: 1,
+                ns: "n".into(),
+                keys: vec![],
+                first_node: 0,
+                at_us: 50,
+            },
+        );
         let read = |invoke_us: u64, version: u64| OpRecord {
-            kind: OpKind::Get { key: "k".into(), consistency: Consistency::Bounded { staleness_us: 1000 } },
+            kind: OpKind::Get {
+                key: "k".into(),
+                consistency: Consistency::Bounded { staleness_us: 1000 },
+            },
             invoke_us,
             complete_us: Some(invoke_us + 1),
             outcome: Outcome::Done(ClientResponse::Value {
-                kv: KeyValue { key: "k".into(), value: None, version, mod_revision: 0 },
-                token: RevisionToken { group: 0, revision: 0 },
+                kv: KeyValue {
+                    key: "k".into(),
+                    value: None,
+                    version,
+                    mod_revision: 0,
+                },
+                token: RevisionToken {
+                    group: 0,
+                    revision: 0,
+                },
             }),
             ..w.clone()
         };

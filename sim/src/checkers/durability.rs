@@ -31,10 +31,16 @@ pub fn check(h: &History) -> Result<Report, Violation> {
     // group -> lost acknowledgement times, with the namespace's budget
     let mut lost: BTreeMap<u8, Vec<(u64, u64)>> = BTreeMap::new();
     for r in &h.ops {
-        let (OpKind::Write { request_id, .. }, Outcome::Done(ClientResponse::Written { token, .. })) = (&r.kind, &r.outcome) else {
+        let (
+            OpKind::Write { request_id, .. },
+            Outcome::Done(ClientResponse::Written { token, .. }),
+        ) = (&r.kind, &r.outcome)
+        else {
             continue;
         };
-        let ok = h.applied[token.group as usize].get(&token.revision).is_some_and(|a| a.request_id == *request_id);
+        let ok = h.applied[token.group as usize]
+            .get(&token.revision)
+            .is_some_and(|a| a.request_id == *request_id);
         let at = r.complete_us.unwrap_or(0);
         if r.is_async {
             rep.async_acked += 1;
@@ -64,7 +70,10 @@ pub fn check(h: &History) -> Result<Report, Violation> {
         // started before (or just after, while replication was in flight) the ack.
         let mut by_cause: BTreeMap<Option<usize>, Vec<(u64, u64)>> = BTreeMap::new();
         for t in times {
-            let cause = h.episodes.iter().rposition(|e| e.start_us <= t.0 + ATTRIBUTION_SLACK_US);
+            let cause = h
+                .episodes
+                .iter()
+                .rposition(|e| e.start_us <= t.0 + ATTRIBUTION_SLACK_US);
             by_cause.entry(cause).or_default().push(t);
         }
         for (cause, times) in by_cause {
@@ -85,8 +94,13 @@ pub fn check(h: &History) -> Result<Report, Violation> {
         }
     }
     let clusters = rep.rpo_samples_us.len();
-    let episodes = h.episodes.iter().filter(|e| e.kind.takes_region_out()).count();
-    rep.rpo_samples_us.extend(std::iter::repeat_n(0, episodes.saturating_sub(clusters)));
+    let episodes = h
+        .episodes
+        .iter()
+        .filter(|e| e.kind.takes_region_out())
+        .count();
+    rep.rpo_samples_us
+        .extend(std::iter::repeat_n(0, episodes.saturating_sub(clusters)));
     Ok(rep)
 }
 
@@ -103,10 +117,20 @@ mod tests {
             ns: if is_async { "a".into() } else { "q".into() },
             group: 0,
             is_async,
-            kind: OpKind::Write { request_id, compares: vec![], ops: vec![] },
+            kind: OpKind::Write {
+                request_id,
+                compares: vec![],
+                ops: vec![],
+            },
             invoke_us: at - 1,
             complete_us: Some(at),
-            outcome: Outcome::Done(ClientResponse::Written { versions: vec![1], token: RevisionToken { group: 0, revision: rev } }),
+            outcome: Outcome::Done(ClientResponse::Written {
+                versions: vec![1],
+                token: RevisionToken {
+                    group: 0,
+                    revision: rev,
+                },
+            }),
         });
     }
 
@@ -114,7 +138,19 @@ mod tests {
     fn lost_quorum_write_fails() {
         let mut h = History::new(3);
         write(&mut h, 1, false, 1, 10);
-        h.record_applied(0, 1, 0, Applied { request_id: 1, digest: 1, ns: "q".into(), keys: vec![], first_node: 0, at_us: 5 });
+        h.record_applied(
+            0,
+            1,
+            0,
+            Applied {
+                request_id: 1,
+                digest: 1,
+                ns: "q".into(),
+                keys: vec![],
+                first_node: 0,
+                at_us: 5,
+            },
+        );
         assert_eq!(check(&h).unwrap().quorum_acked, 1);
         write(&mut h, 2, false, 2, 20); // never applied anywhere
         assert_eq!(check(&h).unwrap_err().property, PROPERTY);
@@ -135,7 +171,7 @@ mod tests {
         h.episodes.push(crate::history::Episode {
             kind: crate::history::EpisodeKind::Crash,
             region: 0,
-            start_us: 2_500_000,
+            start_us: 2_700_000,
             end_us: 3_000_000,
             led_groups: vec![0],
         });

@@ -9,9 +9,11 @@ pub const PROPERTY: &str = "durable before reply";
 
 pub fn check(h: &History) -> Result<(), Violation> {
     match h.undurable_replies.first() {
-        Some(&(what, g, n, at)) => {
-            Err(Violation::new(PROPERTY, Some(at), format!("node {n} sent {what} for group {g} before it was durable")))
-        }
+        Some(&(what, g, n, at)) => Err(Violation::new(
+            PROPERTY,
+            Some(at),
+            format!("node {n} sent {what} for group {g} before it was durable"),
+        )),
         None => Ok(()),
     }
 }

@@ -11,7 +11,11 @@ pub fn check(h: &History) -> Result<usize, Violation> {
     for &(g, term, node, at) in &h.elections {
         match seen.get(&(g, term)) {
             Some(&other) if other != node => {
-                return Err(Violation::new(PROPERTY, Some(at), format!("group {g} term {term}: leaders {other} and {node}")));
+                return Err(Violation::new(
+                    PROPERTY,
+                    Some(at),
+                    format!("group {g} term {term}: leaders {other} and {node}"),
+                ));
             }
             _ => {
                 seen.insert((g, term), node);

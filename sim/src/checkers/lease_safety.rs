@@ -9,7 +9,11 @@ pub const PROPERTY: &str = "lease safety";
 /// Returns how many lease intervals were checked.
 pub fn check(h: &History) -> Result<usize, Violation> {
     if let Some((g, n, at, detail)) = h.uncovered_leases.first() {
-        return Err(Violation::new(PROPERTY, Some(*at), format!("group {g}: node {n}'s lease outlives its majority's promises: {detail}")));
+        return Err(Violation::new(
+            PROPERTY,
+            Some(*at),
+            format!("group {g}: node {n}'s lease outlives its majority's promises: {detail}"),
+        ));
     }
     let mut checked = 0;
     for (g, nodes) in h.leases.iter().enumerate() {

@@ -61,21 +61,57 @@ pub fn partition(h: &History) -> Result<BTreeMap<(String, String), Vec<KeyOp>>, 
             continue;
         }
         let mut push = |key: &str, op: LOp, ret: u64| {
-            keys.entry((r.ns.clone(), key.to_string())).or_default().push(KeyOp { op, call_us: r.invoke_us, ret_us: ret, record: i });
+            keys.entry((r.ns.clone(), key.to_string()))
+                .or_default()
+                .push(KeyOp {
+                    op,
+                    call_us: r.invoke_us,
+                    ret_us: ret,
+                    record: i,
+                });
         };
         match (&r.kind, &r.outcome) {
-            (OpKind::Get { key, consistency: Consistency::Linearizable }, Outcome::Done(ClientResponse::Value { kv, .. })) => {
+            (
+                OpKind::Get {
+                    key,
+                    consistency: Consistency::Linearizable,
+                },
+                Outcome::Done(ClientResponse::Value { kv, .. }),
+            ) => {
                 let ret = r.complete_us.unwrap_or(OPEN);
-                push(key, LOp::Read { version: kv.version, value: value_id(kv.value.as_deref()) }, ret);
+                push(
+                    key,
+                    LOp::Read {
+                        version: kv.version,
+                        value: value_id(kv.value.as_deref()),
+                    },
+                    ret,
+                );
             }
-            (OpKind::Write { compares, ops, .. }, Outcome::Done(ClientResponse::Written { versions, .. })) => {
+            (
+                OpKind::Write { compares, ops, .. },
+                Outcome::Done(ClientResponse::Written { versions, .. }),
+            ) => {
                 let ret = r.complete_us.unwrap_or(OPEN);
                 write_ops(r, compares, ops, Some(versions), ret, &mut push)?;
             }
-            (OpKind::Write { compares, .. }, Outcome::Done(ClientResponse::Conflict { .. })) if compares.len() == 1 => {
-                push(&compares[0].key, LOp::VersionIsNot(compares[0].version), r.complete_us.unwrap_or(OPEN));
+            (OpKind::Write { compares, .. }, Outcome::Done(ClientResponse::Conflict { .. }))
+                if compares.len() == 1 =>
+            {
+                push(
+                    &compares[0].key,
+                    LOp::VersionIsNot(compares[0].version),
+                    r.complete_us.unwrap_or(OPEN),
+                );
             }
-            (OpKind::Write { request_id, compares, ops }, _) if r.indeterminate() => {
+            (
+                OpKind::Write {
+                    request_id,
+                    compares,
+                    ops,
+                },
+                _,
+            ) if r.indeterminate() => {
                 if let Some((g, rev)) = applied.get(request_id) {
                     let a = &h.applied[*g as usize][rev];
                     let versions: Vec<u64> = ops
@@ -86,7 +122,10 @@ pub fn partition(h: &History) -> Result<BTreeMap<(String, String), Vec<KeyOp>>, 
                 }
             }
             (OpKind::Write { request_id, .. }, Outcome::Done(ClientResponse::Error(code))) => {
-                if applied.contains_key(request_id) && *code != ErrorCode::Timeout && *code != ErrorCode::Indeterminate {
+                if applied.contains_key(request_id)
+                    && *code != ErrorCode::Timeout
+                    && *code != ErrorCode::Indeterminate
+                {
                     return Err(Violation::new(
                         PROPERTY,
                         r.complete_us,
@@ -108,7 +147,9 @@ fn write_ops(
     ret: u64,
     push: &mut impl FnMut(&str, LOp, u64),
 ) -> Result<(), Violation> {
-    let Some(versions) = versions else { return Ok(()) };
+    let Some(versions) = versions else {
+        return Ok(());
+    };
     for (op, v) in ops.iter().zip(versions) {
         let value = match op {
             WriteOp::Put { value, .. } => value_id(Some(value)),
@@ -117,7 +158,14 @@ fn write_ops(
         push(op.key(), LOp::Write { version: *v, value }, ret);
         if let Some(c) = compares.iter().find(|c| c.key == op.key()) {
             if c.version + 1 != *v {
-                return Err(Violation::new(PROPERTY, r.complete_us, format!("compare on {} expected {} but wrote version {v}", c.key, c.version)));
+                return Err(Violation::new(
+                    PROPERTY,
+                    r.complete_us,
+                    format!(
+                        "compare on {} expected {} but wrote version {v}",
+                        c.key, c.version
+                    ),
+                ));
             }
         }
     }
@@ -246,19 +294,41 @@ pub fn check(h: &History) -> Result<(usize, usize), Violation> {
             }
             let culprit = hi - 1;
             let mut lines = Vec::new();
-            for (i, o) in sorted.iter().enumerate().skip(culprit.saturating_sub(10)).take(14) {
-                let ret = if o.ret_us == OPEN { "open".to_string() } else { o.ret_us.to_string() };
-                let mark = if i == culprit { " <- cannot be placed" } else { "" };
-                lines.push(format!("  [{} .. {}] {:?} (client {}){mark}", o.call_us, ret, o.op, h.ops[o.record].client));
+            for (i, o) in sorted
+                .iter()
+                .enumerate()
+                .skip(culprit.saturating_sub(10))
+                .take(14)
+            {
+                let ret = if o.ret_us == OPEN {
+                    "open".to_string()
+                } else {
+                    o.ret_us.to_string()
+                };
+                let mark = if i == culprit {
+                    " <- cannot be placed"
+                } else {
+                    ""
+                };
+                lines.push(format!(
+                    "  [{} .. {}] {:?} (client {}){mark}",
+                    o.call_us, ret, o.op, h.ops[o.record].client
+                ));
             }
             let what = match bad {
-                Some(_) => format!("no linearization once {:?} (invoked at {}us) is included", sorted[culprit].op, sorted[culprit].call_us),
+                Some(_) => format!(
+                    "no linearization once {:?} (invoked at {}us) is included",
+                    sorted[culprit].op, sorted[culprit].call_us
+                ),
                 None => "search budget exhausted (inconclusive counts as failure)".to_string(),
             };
             return Err(Violation::new(
                 PROPERTY,
                 Some(sorted[culprit].call_us),
-                format!("{ns}/{key}: {what}; operations around it:\n{}", lines.join("\n")),
+                format!(
+                    "{ns}/{key}: {what}; operations around it:\n{}",
+                    lines.join("\n")
+                ),
             ));
         }
     }
@@ -270,19 +340,59 @@ mod tests {
     use super::*;
 
     fn op(op: LOp, call_us: u64, ret_us: u64) -> KeyOp {
-        KeyOp { op, call_us, ret_us, record: 0 }
+        KeyOp {
+            op,
+            call_us,
+            ret_us,
+            record: 0,
+        }
     }
 
     #[test]
     fn sequential_and_concurrent_histories_pass() {
         let ops = vec![
-            op(LOp::Write { version: 1, value: 7 }, 0, 10),
-            op(LOp::Read { version: 1, value: 7 }, 11, 20),
+            op(
+                LOp::Write {
+                    version: 1,
+                    value: 7,
+                },
+                0,
+                10,
+            ),
+            op(
+                LOp::Read {
+                    version: 1,
+                    value: 7,
+                },
+                11,
+                20,
+            ),
             // Concurrent write and read: the read may see either value.
-            op(LOp::Write { version: 2, value: 9 }, 21, 40),
-            op(LOp::Read { version: 1, value: 7 }, 22, 30),
+            op(
+                LOp::Write {
+                    version: 2,
+                    value: 9,
+                },
+                21,
+                40,
+            ),
+            op(
+                LOp::Read {
+                    version: 1,
+                    value: 7,
+                },
+                22,
+                30,
+            ),
             op(LOp::VersionIsNot(5), 41, 50),
-            op(LOp::Write { version: 3, value: 1 }, 45, OPEN),
+            op(
+                LOp::Write {
+                    version: 3,
+                    value: 1,
+                },
+                45,
+                OPEN,
+            ),
         ];
         assert!(check_key(&ops).is_ok());
     }
@@ -290,19 +400,74 @@ mod tests {
     #[test]
     fn stale_read_after_acknowledged_write_fails() {
         let ops = vec![
-            op(LOp::Write { version: 1, value: 7 }, 0, 10),
-            op(LOp::Write { version: 2, value: 9 }, 11, 20),
-            op(LOp::Read { version: 1, value: 7 }, 21, 30),
+            op(
+                LOp::Write {
+                    version: 1,
+                    value: 7,
+                },
+                0,
+                10,
+            ),
+            op(
+                LOp::Write {
+                    version: 2,
+                    value: 9,
+                },
+                11,
+                20,
+            ),
+            op(
+                LOp::Read {
+                    version: 1,
+                    value: 7,
+                },
+                21,
+                30,
+            ),
         ];
         assert!(check_key(&ops).is_err());
     }
 
     #[test]
     fn read_from_the_future_and_lost_update_fail() {
-        let future = vec![op(LOp::Read { version: 1, value: 7 }, 0, 5), op(LOp::Write { version: 1, value: 7 }, 6, 10)];
+        let future = vec![
+            op(
+                LOp::Read {
+                    version: 1,
+                    value: 7,
+                },
+                0,
+                5,
+            ),
+            op(
+                LOp::Write {
+                    version: 1,
+                    value: 7,
+                },
+                6,
+                10,
+            ),
+        ];
         assert!(check_key(&future).is_err());
         // Two writes both claiming version 1.
-        let dup = vec![op(LOp::Write { version: 1, value: 7 }, 0, 5), op(LOp::Write { version: 1, value: 8 }, 6, 10)];
+        let dup = vec![
+            op(
+                LOp::Write {
+                    version: 1,
+                    value: 7,
+                },
+                0,
+                5,
+            ),
+            op(
+                LOp::Write {
+                    version: 1,
+                    value: 8,
+                },
+                6,
+                10,
+            ),
+        ];
         assert!(check_key(&dup).is_err());
     }
 }

@@ -5,9 +5,9 @@
 pub mod bounded_staleness;
 pub mod convergence;
 pub mod durability;
+pub mod durable_before_reply;
 pub mod election_safety;
 pub mod lease_safety;
-pub mod durable_before_reply;
 pub mod linearizability;
 pub mod rto;
 pub mod state_machine_safety;

@@ -17,7 +17,15 @@ pub fn check(h: &History) -> Result<Vec<u64>, Violation> {
                 .ops
                 .iter()
                 .filter(|r| !r.is_async && r.group == g && r.invoke_us >= ep.start_us)
-                .filter(|r| matches!((&r.kind, &r.outcome), (OpKind::Write { .. }, Outcome::Done(ClientResponse::Written { .. }))))
+                .filter(|r| {
+                    matches!(
+                        (&r.kind, &r.outcome),
+                        (
+                            OpKind::Write { .. },
+                            Outcome::Done(ClientResponse::Written { .. })
+                        )
+                    )
+                })
                 .filter_map(|r| r.complete_us)
                 .filter(|&c| c <= ep.end_us)
                 .min();
@@ -57,17 +65,33 @@ mod tests {
     fn slow_recovery_fails() {
         let mut h = History::new(3);
         h.rto_bound_us = 5_000_000;
-        h.episodes.push(Episode { kind: EpisodeKind::Crash, region: 0, start_us: 1_000_000, end_us: 20_000_000, led_groups: vec![0] });
+        h.episodes.push(Episode {
+            kind: EpisodeKind::Crash,
+            region: 0,
+            start_us: 1_000_000,
+            end_us: 20_000_000,
+            led_groups: vec![0],
+        });
         let mut w = OpRecord {
             client: 1,
             region: 1,
             ns: "q".into(),
             group: 0,
             is_async: false,
-            kind: OpKind::Write { request_id: 1, compares: vec![], ops: vec![] },
+            kind: OpKind::Write {
+                request_id: 1,
+                compares: vec![],
+                ops: vec![],
+            },
             invoke_us: 2_000_000,
             complete_us: Some(3_000_000),
-            outcome: Outcome::Done(ClientResponse::Written { versions: vec![], token: RevisionToken { group: 0, revision: 1 } }),
+            outcome: Outcome::Done(ClientResponse::Written {
+                versions: vec![],
+                token: RevisionToken {
+                    group: 0,
+                    revision: 1,
+                },
+            }),
         };
         h.ops.push(w.clone());
         assert_eq!(check(&h).unwrap(), vec![2_000_000]);

@@ -15,7 +15,9 @@ pub fn check(h: &History) -> Result<usize, Violation> {
                 return Err(Violation::new(
                     PROPERTY,
                     Some(at),
-                    format!("node {voter} voted for {c} and for {candidate} in group {g} term {term}"),
+                    format!(
+                        "node {voter} voted for {c} and for {candidate} in group {g} term {term}"
+                    ),
                 ));
             }
             _ => {
