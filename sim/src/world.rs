@@ -75,12 +75,12 @@ struct Clock {
 }
 
 impl Clock {
-    fn local(&self, t: u64) -> u64 {
+    fn local(self, t: u64) -> u64 {
         let d = (t as i128 * self.drift_ppm as i128 / 1_000_000) as i64;
         (self.offset_us as i64 + t as i64 + d) as u64
     }
     /// The earliest true time at which the local clock reads at least `l`.
-    fn to_true(&self, l: u64) -> u64 {
+    fn to_true(self, l: u64) -> u64 {
         if l <= self.offset_us {
             return 0;
         }
@@ -250,12 +250,11 @@ impl World {
         let mut rng = Rng::new(opts.seed);
         let n = opts.regions as usize;
         let mut latency_us = vec![vec![0; n]; n];
-        for i in 0..n {
-            for j in i + 1..n {
-                let l = rng.range(5_000, 150_001);
-                latency_us[i][j] = l;
-                latency_us[j][i] = l;
-            }
+        // Symmetric one-way latencies, drawn once per pair.
+        for (i, j) in (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))) {
+            let l = rng.range(5_000, 150_001);
+            latency_us[i][j] = l;
+            latency_us[j][i] = l;
         }
         let (loss, dup, reorder) = if opts.faults {
             (

@@ -184,7 +184,7 @@ struct Group {
     /// Async-acknowledged entries not yet committed: (index, ack time).
     async_acked: VecDeque<(u64, u64)>,
     /// Effects proposed but not applied: (ns, key) -> (version, value, index).
-    overlay: BTreeMap<(String, String), (u64, Option<Vec<u8>>, u64)>,
+    overlay: BTreeMap<(String, String), Pending>,
     overlay_revision: u64,
     heartbeat_now: bool,
     /// The round the current lease is counted from.
@@ -194,6 +194,9 @@ struct Group {
     /// The current candidacy was started by a leadership transfer.
     campaign_transfer: bool,
 }
+
+/// A proposed, not yet applied, value of a key: (version, value, log index).
+type Pending = (u64, Option<Vec<u8>>, u64);
 
 struct Watcher {
     ns: String,

@@ -121,17 +121,16 @@ pub fn partition(h: &History) -> Result<BTreeMap<(String, String), Vec<KeyOp>>, 
                     write_ops(r, compares, ops, Some(&versions), OPEN, &mut push)?;
                 }
             }
-            (OpKind::Write { request_id, .. }, Outcome::Done(ClientResponse::Error(code))) => {
+            (OpKind::Write { request_id, .. }, Outcome::Done(ClientResponse::Error(code)))
                 if applied.contains_key(request_id)
                     && *code != ErrorCode::Timeout
-                    && *code != ErrorCode::Indeterminate
-                {
-                    return Err(Violation::new(
-                        PROPERTY,
-                        r.complete_us,
-                        format!("write {request_id} was refused with {code:?} but applied"),
-                    ));
-                }
+                    && *code != ErrorCode::Indeterminate =>
+            {
+                return Err(Violation::new(
+                    PROPERTY,
+                    r.complete_us,
+                    format!("write {request_id} was refused with {code:?} but applied"),
+                ));
             }
             _ => {}
         }
