@@ -40,3 +40,17 @@ fn same_seed_same_trace() {
     let c = run_seed(Options::standard(9)).0;
     assert_ne!(a.trace_hash, c.trace_hash, "different seeds must differ");
 }
+
+#[test]
+fn leadership_returns_home_when_healthy() {
+    for seed in 1..=3 {
+        let mut o = Options::standard(seed);
+        o.faults = false;
+        let (r, w) = run_seed(o);
+        assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
+        for g in 0..3u8 {
+            let last = w.history.elections.iter().rev().find(|e| e.0 == g).expect("group has had a leader");
+            assert_eq!(last.2, g, "seed {seed}: group {g} ends led by region {} instead of its home", last.2);
+        }
+    }
+}
