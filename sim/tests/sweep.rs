@@ -49,8 +49,18 @@ fn leadership_returns_home_when_healthy() {
         let (r, w) = run_seed(o);
         assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
         for g in 0..3u8 {
-            let last = w.history.elections.iter().rev().find(|e| e.0 == g).expect("group has had a leader");
-            assert_eq!(last.2, g, "seed {seed}: group {g} ends led by region {} instead of its home", last.2);
+            let last = w
+                .history
+                .elections
+                .iter()
+                .rev()
+                .find(|e| e.0 == g)
+                .expect("group has had a leader");
+            assert_eq!(
+                last.2, g,
+                "seed {seed}: group {g} ends led by region {} instead of its home",
+                last.2
+            );
         }
     }
 }
