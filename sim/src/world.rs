@@ -238,6 +238,7 @@ pub struct World {
     vote_crash_armed: bool,
     /// (group, follower, leader, term) -> round -> true end of the promise made on it.
     promises: BTreeMap<(GroupId, NodeId, NodeId, u64), BTreeMap<u64, u64>>,
+    lease_checked: BTreeMap<(NodeId, GroupId), u64>,
 }
 
 fn mix(h: u64, x: u64) -> u64 {
@@ -348,6 +349,7 @@ impl World {
             pending_crash: None,
             vote_crash_armed: false,
             promises: BTreeMap::new(),
+            lease_checked: BTreeMap::new(),
             opts,
         };
         for i in 0..n {
@@ -570,7 +572,9 @@ impl World {
             match node.lease_expiry_us(g) {
                 Some(e) => {
                     let end = clock.to_true(e);
-                    if let Some((term, round)) = node.lease_basis(g) {
+                    // Only a lease that moved needs its coverage checked again.
+                    let moved = self.lease_checked.insert((n, g), e) != Some(e);
+                    if let Some((term, round)) = node.lease_basis(g).filter(|_| moved) {
                         // The lease must end before the promises of a majority
                         // (this node included) that received round >= `round`.
                         let mut covered = 1;
