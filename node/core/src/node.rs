@@ -674,11 +674,7 @@ impl Node {
             }
             Deferred::MetaReady => {
                 self.meta_ready = true;
-                for p in 0..self.cfg.regions {
-                    if p != self.id {
-                        self.meta_send(p);
-                    }
-                }
+                self.meta_send_all(None);
             }
         }
     }
@@ -783,11 +779,7 @@ impl Node {
         if now >= self.next_meta_sync_us {
             self.next_meta_sync_us = now + self.cfg.meta_sync_interval_us;
             if self.meta_ready {
-                for p in 0..self.cfg.regions {
-                    if p != self.id {
-                        self.meta_send(p);
-                    }
-                }
+                self.meta_send_all(None);
             }
         }
     }
@@ -1281,14 +1273,19 @@ impl Node {
             .map(|(i, _)| *i)
             .collect();
         for i in ready {
-            if let Some(w) = self.groups[g].pending_writes.remove(&i) {
-                self.groups[g].pending_by_request.remove(&w.request_id);
-                if i > self.groups[g].commit {
-                    self.groups[g].async_acked.push_back((i, now));
-                }
-                for o in w.origins {
-                    self.respond(o, w.resp.clone());
-                }
+            if i > self.groups[g].commit && self.groups[g].pending_writes.contains_key(&i) {
+                self.groups[g].async_acked.push_back((i, now));
+            }
+            self.finish_pending_write(g, i);
+        }
+    }
+
+    /// Answer everyone waiting on the pending write at `index`, if any.
+    fn finish_pending_write(&mut self, g: usize, index: u64) {
+        if let Some(w) = self.groups[g].pending_writes.remove(&index) {
+            self.groups[g].pending_by_request.remove(&w.request_id);
+            for o in w.origins {
+                self.respond(o, w.resp.clone());
             }
         }
     }
@@ -1335,12 +1332,7 @@ impl Node {
                     }
                 }
             }
-            if let Some(w) = self.groups[g].pending_writes.remove(&index) {
-                self.groups[g].pending_by_request.remove(&w.request_id);
-                for o in w.origins {
-                    self.respond(o, w.resp.clone());
-                }
-            }
+            self.finish_pending_write(g, index);
         }
         let gr = &mut self.groups[g];
         while gr.async_acked.front().is_some_and(|(i, _)| *i <= gr.commit) {
@@ -1457,17 +1449,22 @@ impl Node {
                                 // Merged from a peer: re-fetchable, so no fsync needed.
                                 self.persist(StorageOp::MetaChunk { bytes }, false);
                             }
-                            for p in 0..self.cfg.regions {
-                                if p != self.id && p != from {
-                                    self.meta_send(p);
-                                }
-                            }
+                            self.meta_send_all(Some(from));
                         }
                         self.meta_send(from);
                     }
                     Err(_) => self.stats.meta_errors += 1,
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// Offer a sync message to every peer but `except`.
+    fn meta_send_all(&mut self, except: Option<NodeId>) {
+        for p in 0..self.cfg.regions {
+            if p != self.id && Some(p) != except {
+                self.meta_send(p);
             }
         }
     }
@@ -2291,11 +2288,7 @@ impl Node {
                         let bytes = self.meta.take_unsaved();
                         self.persist(StorageOp::MetaChunk { bytes }, true);
                         self.defer(Deferred::Respond(origin, ClientResponse::Done));
-                        for p in 0..self.cfg.regions {
-                            if p != self.id {
-                                self.meta_send(p);
-                            }
-                        }
+                        self.meta_send_all(None);
                     }
                     Err(_) => {
                         self.stats.meta_errors += 1;
@@ -2408,10 +2401,9 @@ impl Node {
         ops: Vec<WriteOp>,
         mode: ReplicationMode,
     ) {
-        // Idempotency first: a duplicate must learn the first copy's fate, not
-        // a refusal that claims nothing happened.
+        // Idempotency first: a retried or duplicated write never applies twice,
+        // and learns the first copy's fate, not a refusal claiming nothing happened.
         if request_id != 0 {
-            // Idempotency: a retried or duplicated write never applies twice.
             if let Some((revision, versions)) = self.sms[g].request_result(request_id) {
                 let resp = ClientResponse::Written {
                     versions: versions.clone(),
