@@ -95,6 +95,8 @@ pub struct Config {
     pub key_bytes_max: usize,
     pub value_bytes_max: usize,
     pub txn_ops_max: usize,
+    /// Keys returned by one List page at most (larger limits are clamped).
+    pub list_keys_max: usize,
     /// Versions kept per key (the current one included).
     pub history_versions_max: usize,
     /// Change events kept per group for watch resumption.
@@ -146,6 +148,7 @@ impl Config {
             key_bytes_max: 1024,
             value_bytes_max: 1 << 20,
             txn_ops_max: 128,
+            list_keys_max: 1000,
             history_versions_max: 16,
             watch_history_max: 10_000,
             watchers_max: 10_000,

@@ -150,6 +150,41 @@ impl GroupSm {
             .collect()
     }
 
+    /// Up to `limit` live keys under `prefix` after `start_after`, in key
+    /// order, and whether more follow.
+    pub fn list(
+        &self,
+        ns: &str,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> (Vec<KeyValue>, bool) {
+        let Some(n) = self.state.namespaces.get(ns) else {
+            return (Vec::new(), false);
+        };
+        let start = if start_after.as_bytes() >= prefix.as_bytes() {
+            std::ops::Bound::Excluded(start_after.to_string())
+        } else {
+            std::ops::Bound::Included(prefix.to_string())
+        };
+        let mut live = n
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, s)| s.value.is_some());
+        let out: Vec<KeyValue> = live
+            .by_ref()
+            .take(limit)
+            .map(|(k, s)| KeyValue {
+                key: k.clone(),
+                value: s.value.clone(),
+                version: s.version,
+                mod_revision: s.mod_revision,
+            })
+            .collect();
+        let more = live.next().is_some();
+        (out, more)
+    }
+
     /// Apply one write effect. Returns the changes it made.
     pub fn apply(&mut self, w: &WriteEffect) -> Result<Vec<Change>, ApplyError> {
         let expected = self.state.revision + 1;
@@ -294,6 +329,27 @@ mod tests {
         assert!(sm.changes_since("n", "", 0).is_none());
         assert_eq!(sm.changes_since("n", "", 1).unwrap().len(), 3);
         assert_eq!(sm.changes_since("n", "b", 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn list_pages_by_prefix_and_skips_deleted() {
+        let mut sm = GroupSm::new(["n".to_string()], 2, 10, 10);
+        for (i, k) in ["a/1", "a/2", "a/3", "a/4", "b/1"].iter().enumerate() {
+            sm.apply(&put(i as u64 + 1, k, "v", 1)).unwrap();
+        }
+        let mut del = put(6, "a/2", "", 2);
+        del.keys[0].value = None;
+        sm.apply(&del).unwrap();
+        let (page, more) = sm.list("n", "a/", "", 2);
+        let keys: Vec<_> = page.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(keys, ["a/1", "a/3"], "deleted a/2 is skipped");
+        assert!(more);
+        let (page, more) = sm.list("n", "a/", "a/3", 2);
+        let keys: Vec<_> = page.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(keys, ["a/4"]);
+        assert!(!more, "b/1 is outside the prefix");
+        let (page, _) = sm.list("n", "", "", 10);
+        assert_eq!(page.len(), 4);
     }
 
     #[test]

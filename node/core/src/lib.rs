@@ -19,7 +19,7 @@ pub mod types;
 pub mod wire;
 
 pub use config::{Config, Mutants, NamespaceSpec};
-pub use node::{Action, InitError, Node, PeerError, Stats};
+pub use node::{Action, GroupStatus, InitError, Node, PeerError, Stats};
 pub use storage::{Durable, StorageOp};
 pub use types::*;
 pub use wire::{Channel, Msg};

@@ -63,6 +63,22 @@ pub enum InitError {
     Corrupt(String),
 }
 
+/// What `Node::group_status` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub role: &'static str,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    pub applied_revision: u64,
+    /// Left of this node's lease on the group, if it holds one now.
+    pub lease_remaining_us: Option<u64>,
+    /// (follower, highest index known replicated there); leaders only.
+    pub followers: Vec<(NodeId, u64)>,
+}
+
 /// Counters of rejected input; never reset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -114,9 +130,10 @@ struct Peer {
 
 #[derive(Clone, Debug)]
 enum ReadWhat {
-    Get {
+    Query {
         ns: String,
-        key: String,
+        query: ReadQuery,
+        /// Async namespaces read proposed-but-unapplied effects at the leader.
         overlay: bool,
     },
     Conflict,
@@ -211,7 +228,7 @@ struct TokenWait {
     revision: u64,
     deadline_us: u64,
     ns: String,
-    key: String,
+    query: ReadQuery,
     consistency: Consistency,
 }
 
@@ -440,6 +457,39 @@ impl Node {
             None => Vec::new(),
         }
     }
+    /// A group's state as this node sees it, for status pages.
+    pub fn group_status(&self, g: GroupId) -> Option<GroupStatus> {
+        let gr = self.groups.get(g as usize)?;
+        let leading = gr.role == Role::Leader;
+        Some(GroupStatus {
+            role: match gr.role {
+                Role::Follower => "follower",
+                Role::PreCandidate => "pre-candidate",
+                Role::Candidate => "candidate",
+                Role::Leader => "leader",
+            },
+            leader: gr.leader,
+            term: gr.term,
+            commit_index: gr.commit,
+            applied_index: gr.applied,
+            last_index: gr.log.last_index(),
+            applied_revision: self.sms[g as usize].revision(),
+            lease_remaining_us: self
+                .lease_expiry_us(g)
+                .map(|e| e.saturating_sub(self.now)),
+            followers: if leading {
+                gr.peers
+                    .iter()
+                    .enumerate()
+                    .filter(|(p, _)| *p != self.id as usize)
+                    .map(|(p, peer)| (p as NodeId, peer.match_index))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
     /// One line about a group's protocol state, for status pages and traces.
     pub fn describe_group(&self, g: GroupId) -> String {
         let Some(gr) = self.groups.get(g as usize) else {
@@ -1393,7 +1443,11 @@ impl Node {
         };
         match what {
             ReadWhat::Conflict => ClientResponse::Conflict { token },
-            ReadWhat::Get { ns, key, overlay } => {
+            ReadWhat::Query {
+                ns,
+                query: ReadQuery::Get { key },
+                overlay,
+            } => {
                 let gr = &self.groups[g];
                 if *overlay {
                     if let Some((version, value, _)) = gr.overlay.get(&(ns.clone(), key.clone())) {
@@ -1415,6 +1469,73 @@ impl Node {
                     token,
                 }
             }
+            ReadWhat::Query {
+                ns,
+                query:
+                    ReadQuery::List {
+                        prefix,
+                        start_after,
+                        limit,
+                    },
+                overlay,
+            } => {
+                let limit = (*limit as usize).clamp(1, self.cfg.list_keys_max);
+                let gr = &self.groups[g];
+                let pending: Vec<(&String, &Pending)> = if *overlay {
+                    gr.overlay
+                        .iter()
+                        .filter(|((n, k), _)| {
+                            n == ns && k.starts_with(prefix.as_str()) && k > start_after
+                        })
+                        .map(|((_, k), p)| (k, p))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                if pending.is_empty() {
+                    let (kvs, more) = self.sms[g].list(ns, prefix, start_after, limit);
+                    return ClientResponse::List { kvs, more, token };
+                }
+                // Merge the proposed effects over the applied state: read enough
+                // applied keys that deleting every overlaid one still fills a page.
+                let (applied, applied_more) =
+                    self.sms[g].list(ns, prefix, start_after, limit + pending.len());
+                let mut merged: BTreeMap<String, KeyValue> =
+                    applied.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+                for (k, (version, value, _)) in pending {
+                    match value {
+                        Some(v) => {
+                            merged.insert(
+                                k.clone(),
+                                KeyValue {
+                                    key: k.clone(),
+                                    value: Some(v.clone()),
+                                    version: *version,
+                                    mod_revision: 0,
+                                },
+                            );
+                        }
+                        None => {
+                            merged.remove(k);
+                        }
+                    }
+                }
+                let more = applied_more || merged.len() > limit;
+                let kvs: Vec<KeyValue> = merged.into_values().take(limit).collect();
+                let token = RevisionToken {
+                    group: g as GroupId,
+                    revision: gr.overlay_revision.max(token.revision),
+                };
+                ClientResponse::List { kvs, more, token }
+            }
+            ReadWhat::Query {
+                ns,
+                query: ReadQuery::History { key },
+                ..
+            } => ClientResponse::History {
+                versions: self.sms[g].history(ns, key),
+                token,
+            },
         }
     }
 
@@ -2034,11 +2155,30 @@ impl Node {
             }
         };
         match req {
-            ClientRequest::Get { ns, key, .. } => {
+            ClientRequest::Get { ns, key, .. } | ClientRequest::History { ns, key, .. } => {
                 if !ns_ok(ns) {
                     return Err(ErrorCode::UnknownNamespace);
                 }
                 key_ok(key)
+            }
+            ClientRequest::List {
+                ns,
+                prefix,
+                start_after,
+                limit,
+                ..
+            } => {
+                if !ns_ok(ns) {
+                    return Err(ErrorCode::UnknownNamespace);
+                }
+                if prefix.len() > self.cfg.key_bytes_max || start_after.len() > self.cfg.key_bytes_max
+                {
+                    return Err(ErrorCode::KeyTooLong);
+                }
+                if *limit == 0 {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                Ok(())
             }
             ClientRequest::Write {
                 ns, compares, ops, ..
@@ -2157,7 +2297,9 @@ impl Node {
                     return;
                 }
             }
-            ClientRequest::Get { ns, .. } => {
+            ClientRequest::Get { ns, .. }
+            | ClientRequest::List { ns, .. }
+            | ClientRequest::History { ns, .. } => {
                 let g = self.ns_index[ns].0 as usize;
                 if self.groups[g].role != Role::Leader {
                     self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
@@ -2209,12 +2351,11 @@ impl Node {
 
     fn on_request(&mut self, origin: Origin, req: ClientRequest) {
         match req {
-            ClientRequest::Get {
-                ns,
-                key,
-                consistency,
-                token,
-            } => {
+            ClientRequest::Get { .. } | ClientRequest::List { .. } | ClientRequest::History { .. } => {
+                let Some((ns, query, consistency, token)) = req.as_read() else {
+                    return;
+                };
+                let ns = ns.to_string();
                 let (g, mode) = self.ns_index[&ns];
                 let gi = g as usize;
                 if let (Some(t), Origin::Local(id)) = (token, origin) {
@@ -2229,17 +2370,17 @@ impl Node {
                             revision: t.revision,
                             deadline_us,
                             ns,
-                            key,
+                            query,
                             consistency,
                         });
                         return;
                     }
                 }
-                self.get(
+                self.read(
                     gi,
                     origin,
                     ns,
-                    key,
+                    query,
                     consistency,
                     matches!(mode, ReplicationMode::Async { .. }),
                 );
@@ -2304,18 +2445,18 @@ impl Node {
         }
     }
 
-    fn get(
+    fn read(
         &mut self,
         g: usize,
         origin: Origin,
         ns: String,
-        key: String,
+        query: ReadQuery,
         consistency: Consistency,
         is_async: bool,
     ) {
-        let local = || ReadWhat::Get {
+        let local = || ReadWhat::Query {
             ns: ns.clone(),
-            key: key.clone(),
+            query: query.clone(),
             overlay: false,
         };
         match consistency {
@@ -2336,24 +2477,19 @@ impl Node {
                     let resp = self.read_now(g, &local());
                     self.respond(origin, resp);
                 } else {
-                    self.get(g, origin, ns, key, Consistency::Linearizable, is_async);
+                    self.read(g, origin, ns, query, Consistency::Linearizable, is_async);
                 }
             }
             Consistency::Linearizable => {
                 if self.groups[g].role == Role::Leader {
-                    let what = ReadWhat::Get {
+                    let what = ReadWhat::Query {
                         ns,
-                        key,
+                        query,
                         overlay: is_async,
                     };
                     self.leader_read(g, origin, what, 0);
                 } else {
-                    let req = ClientRequest::Get {
-                        ns,
-                        key,
-                        consistency,
-                        token: None,
-                    };
+                    let req = ClientRequest::read(ns, query, consistency, None);
                     self.forward_or_fail(g, origin, req);
                 }
             }
@@ -2539,11 +2675,11 @@ impl Node {
         self.token_waits = keep;
         for w in ready {
             let is_async = matches!(self.ns_index[&w.ns].1, ReplicationMode::Async { .. });
-            self.get(
+            self.read(
                 g as usize,
                 Origin::Local(w.req),
                 w.ns,
-                w.key,
+                w.query,
                 w.consistency,
                 is_async,
             );

@@ -174,3 +174,41 @@ impl Durable {
         Ok(())
     }
 }
+
+/// What a storage engine gives the shell. `Durable` itself is the reference
+/// engine (the simulator's disk); the region node's RocksDB engine passes the
+/// same conformance suite (`node/tests/storage_conformance.rs`).
+pub trait Storage {
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Apply `ops` in order. With `sync`, everything written so far is durable
+    /// (fsynced) when this returns Ok. An op that `Durable::apply` rejects is
+    /// rejected here too, and nothing of its batch is applied.
+    fn write(&mut self, ops: &[StorageOp], sync: bool) -> Result<(), Self::Error>;
+    /// Everything durable, as the core restarts from it.
+    fn load(&self) -> Result<Durable, Self::Error>;
+}
+
+impl Storage for Durable {
+    type Error = StorageError;
+    fn write(&mut self, ops: &[StorageOp], _sync: bool) -> Result<(), StorageError> {
+        // All-or-nothing: only a multi-op batch can fail half-way, so only then
+        // pay for a copy to roll back to.
+        if ops.len() > 1 {
+            let before = self.clone();
+            for op in ops {
+                if let Err(e) = self.apply(op) {
+                    *self = before;
+                    return Err(e);
+                }
+            }
+            return Ok(());
+        }
+        for op in ops {
+            self.apply(op)?;
+        }
+        Ok(())
+    }
+    fn load(&self) -> Result<Durable, StorageError> {
+        Ok(self.clone())
+    }
+}

@@ -48,6 +48,79 @@ pub enum WriteOp {
     Delete { key: String },
 }
 
+impl ClientRequest {
+    /// The parts of a read request, or None for other requests.
+    pub fn as_read(&self) -> Option<(&str, ReadQuery, Consistency, Option<RevisionToken>)> {
+        match self {
+            ClientRequest::Get {
+                ns,
+                key,
+                consistency,
+                token,
+            } => Some((ns, ReadQuery::Get { key: key.clone() }, *consistency, *token)),
+            ClientRequest::List {
+                ns,
+                prefix,
+                start_after,
+                limit,
+                consistency,
+                token,
+            } => Some((
+                ns,
+                ReadQuery::List {
+                    prefix: prefix.clone(),
+                    start_after: start_after.clone(),
+                    limit: *limit,
+                },
+                *consistency,
+                *token,
+            )),
+            ClientRequest::History {
+                ns,
+                key,
+                consistency,
+                token,
+            } => Some((ns, ReadQuery::History { key: key.clone() }, *consistency, *token)),
+            _ => None,
+        }
+    }
+
+    /// The request that reads `query` of `ns`.
+    pub fn read(
+        ns: String,
+        query: ReadQuery,
+        consistency: Consistency,
+        token: Option<RevisionToken>,
+    ) -> ClientRequest {
+        match query {
+            ReadQuery::Get { key } => ClientRequest::Get {
+                ns,
+                key,
+                consistency,
+                token,
+            },
+            ReadQuery::List {
+                prefix,
+                start_after,
+                limit,
+            } => ClientRequest::List {
+                ns,
+                prefix,
+                start_after,
+                limit,
+                consistency,
+                token,
+            },
+            ReadQuery::History { key } => ClientRequest::History {
+                ns,
+                key,
+                consistency,
+                token,
+            },
+        }
+    }
+}
+
 impl WriteOp {
     pub fn key(&self) -> &str {
         match self {
@@ -80,9 +153,43 @@ pub enum MetaOp {
     },
 }
 
+/// What a read asks for. All three share one consistency path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadQuery {
+    Get {
+        key: String,
+    },
+    /// Live keys under `prefix` in key order, after `start_after` (exclusive,
+    /// "" from the start), at most `limit` of them.
+    List {
+        prefix: String,
+        start_after: String,
+        limit: u32,
+    },
+    /// Retained versions of one key, oldest first, the current one last.
+    History {
+        key: String,
+    },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
     Get {
+        ns: String,
+        key: String,
+        consistency: Consistency,
+        token: Option<RevisionToken>,
+    },
+    /// List by prefix, with pagination (see `ReadQuery::List`).
+    List {
+        ns: String,
+        prefix: String,
+        start_after: String,
+        limit: u32,
+        consistency: Consistency,
+        token: Option<RevisionToken>,
+    },
+    History {
         ns: String,
         key: String,
         consistency: Consistency,
@@ -161,6 +268,16 @@ pub struct KeyValue {
 pub enum ClientResponse {
     Value {
         kv: KeyValue,
+        token: RevisionToken,
+    },
+    /// A page of a listing; `more`: further keys match after the last one.
+    List {
+        kvs: Vec<KeyValue>,
+        more: bool,
+        token: RevisionToken,
+    },
+    History {
+        versions: Vec<KeyValue>,
         token: RevisionToken,
     },
     /// The write applied; resulting version of each op's key, in op order.
