@@ -1,0 +1,423 @@
+//! The region node's TOML configuration: parsing (unknown fields are errors),
+//! validation with messages that name the bad setting, and translation into the
+//! core's `Config`. Every setting is documented here and in `docs/config.md`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use meridian_core::config::{Config as CoreConfig, NamespaceSpec};
+use meridian_core::types::ReplicationMode;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// One region node's configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's region: one of `regions[].name`.
+    pub region: String,
+    /// Where this node keeps its RocksDB database. Created if missing.
+    pub data_dir: PathBuf,
+    pub tls: TlsConfig,
+    /// Every region of the cluster, in the same order on every node (the order
+    /// gives region ids). Between 1 and 32; an odd count is recommended.
+    pub regions: Vec<RegionEntry>,
+    /// Namespaces and their home regions. Default: for each region `R`, `R`
+    /// (quorum) and `R-async` (async, 2 s RPO budget).
+    #[serde(default)]
+    pub namespaces: Vec<NamespaceEntry>,
+    #[serde(default)]
+    pub cluster: ClusterTuning,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the cluster CA: peers must present a certificate it signed.
+    pub ca_cert: PathBuf,
+    /// PEM certificate of this region (its DNS name is `<region>.meridian`).
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionEntry {
+    /// Region name: letters, digits and '-', at most 32 characters.
+    pub name: String,
+    /// QUIC address other regions reach this region's node at (UDP).
+    pub peer: SocketAddr,
+    /// gRPC address clients reach this region at (TCP).
+    pub grpc: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceEntry {
+    pub name: String,
+    /// Home region name: the group homed there serves the namespace's writes.
+    pub home: String,
+    /// "quorum" (acknowledged once a majority of regions has it: RPO 0) or
+    /// "async" (acknowledged by the home region alone, within `rpo_budget_ms`).
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Async only: writes are refused once unreplicated data is this old.
+    #[serde(default = "default_rpo_budget_ms")]
+    pub rpo_budget_ms: u64,
+}
+
+fn default_mode() -> String {
+    "quorum".into()
+}
+fn default_rpo_budget_ms() -> u64 {
+    2_000
+}
+
+/// Protocol tuning. Must be identical on every node of a cluster.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterTuning {
+    /// Minimum election timeout; also the followers' lease promise.
+    pub election_timeout_ms: u64,
+    /// Leader heartbeat; at most a third of the election timeout.
+    pub heartbeat_interval_ms: u64,
+    /// Bound on any clock's rate error (parts per million). Leases shrink by it.
+    pub clock_drift_max_ppm: u64,
+    /// Safety margin taken off every lease.
+    pub lease_margin_ms: u64,
+    /// How long a home region must look healthy before leadership returns to it.
+    pub home_return_delay_ms: u64,
+    /// Requests not answered by then fail with TIMEOUT.
+    pub request_timeout_ms: u64,
+    /// Largest key, in bytes.
+    pub key_bytes_max: usize,
+    /// Largest value, in bytes.
+    pub value_bytes_max: usize,
+    /// Most operations (plus compares) in one transaction.
+    pub txn_ops_max: usize,
+    /// Versions kept per key.
+    pub history_versions_max: usize,
+    /// Take a snapshot and compact a group's log after this many entries.
+    pub compact_after_entries: u64,
+    /// Largest peer message, in bytes (frames above it are rejected).
+    pub message_bytes_max: usize,
+}
+
+impl Default for ClusterTuning {
+    fn default() -> Self {
+        let c = CoreConfig::new(1);
+        ClusterTuning {
+            election_timeout_ms: c.election_timeout_us / 1000,
+            heartbeat_interval_ms: c.heartbeat_interval_us / 1000,
+            clock_drift_max_ppm: c.clock_drift_max_ppm,
+            lease_margin_ms: c.lease_margin_us / 1000,
+            home_return_delay_ms: c.home_return_delay_us / 1000,
+            request_timeout_ms: c.request_timeout_us / 1000,
+            key_bytes_max: c.key_bytes_max,
+            value_bytes_max: c.value_bytes_max,
+            txn_ops_max: c.txn_ops_max,
+            history_versions_max: c.history_versions_max,
+            compact_after_entries: c.compact_after_entries,
+            message_bytes_max: c.message_bytes_max,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "human" or "json".
+    pub format: String,
+    /// A tracing filter, e.g. "info" or "meridian_node=debug".
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "human".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = NodeConfig::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        // Relative paths are relative to the config file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.tls.ca_cert,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parse and validate TOML text.
+    pub fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn region_names(&self) -> String {
+        self.regions
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The id of region `name`, if the cluster has it.
+    pub fn region_id(&self, name: &str) -> Option<u8> {
+        self.regions
+            .iter()
+            .position(|r| r.name == name)
+            .map(|i| i as u8)
+    }
+
+    /// This node's region id.
+    pub fn id(&self) -> u8 {
+        // validate() checked that `region` is one of `regions`.
+        self.region_id(&self.region).unwrap_or(0)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.regions.is_empty() || self.regions.len() > 32 {
+            return bad(format!(
+                "regions: need 1 to 32 regions, got {}",
+                self.regions.len()
+            ));
+        }
+        let mut names = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for r in &self.regions {
+            if !valid_name(&r.name) {
+                return bad(format!(
+                    "regions: name {:?} must be 1-32 letters, digits or '-'",
+                    r.name
+                ));
+            }
+            if !names.insert(r.name.clone()) {
+                return bad(format!("regions: region {:?} listed twice", r.name));
+            }
+            for a in [r.peer, r.grpc] {
+                if !addrs.insert(a) {
+                    return bad(format!("regions: address {a} used twice"));
+                }
+            }
+        }
+        if self.region_id(&self.region).is_none() {
+            return bad(format!(
+                "region: unknown region {:?}; the cluster's regions are: {}",
+                self.region,
+                self.region_names()
+            ));
+        }
+        let mut ns_names = BTreeSet::new();
+        for ns in &self.namespaces {
+            if !valid_name(&ns.name.replace(['_', '.', '/'], "-")) || ns.name.len() > 128 {
+                return bad(format!(
+                    "namespaces: name {:?} must be 1-128 letters, digits, '-', '_', '.', '/'",
+                    ns.name
+                ));
+            }
+            if !ns_names.insert(ns.name.clone()) {
+                return bad(format!("namespaces: {:?} defined twice", ns.name));
+            }
+            if self.region_id(&ns.home).is_none() {
+                return bad(format!(
+                    "namespaces: {:?} has unknown home region {:?}; the cluster's regions are: {}",
+                    ns.name,
+                    ns.home,
+                    self.region_names()
+                ));
+            }
+            if ns.mode != "quorum" && ns.mode != "async" {
+                return bad(format!(
+                    "namespaces: {:?} mode must be \"quorum\" or \"async\", got {:?}",
+                    ns.name, ns.mode
+                ));
+            }
+            if ns.mode == "async" && ns.rpo_budget_ms == 0 {
+                return bad(format!(
+                    "namespaces: {:?} rpo_budget_ms must be above 0",
+                    ns.name
+                ));
+            }
+        }
+        if self.log.format != "human" && self.log.format != "json" {
+            return bad(format!(
+                "log.format must be \"human\" or \"json\", got {:?}",
+                self.log.format
+            ));
+        }
+        self.core_config()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("cluster: {e}")))
+    }
+
+    /// The namespaces in effect (the defaults if none are configured).
+    pub fn namespace_entries(&self) -> Vec<NamespaceEntry> {
+        if !self.namespaces.is_empty() {
+            return self.namespaces.clone();
+        }
+        let mut out = Vec::new();
+        for r in &self.regions {
+            out.push(NamespaceEntry {
+                name: r.name.clone(),
+                home: r.name.clone(),
+                mode: "quorum".into(),
+                rpo_budget_ms: default_rpo_budget_ms(),
+            });
+            out.push(NamespaceEntry {
+                name: format!("{}-async", r.name),
+                home: r.name.clone(),
+                mode: "async".into(),
+                rpo_budget_ms: default_rpo_budget_ms(),
+            });
+        }
+        out
+    }
+
+    /// The core's configuration (identical on every node given identical files).
+    pub fn core_config(&self) -> CoreConfig {
+        let t = &self.cluster;
+        let mut c = CoreConfig::new(self.regions.len() as u8);
+        c.election_timeout_us = t.election_timeout_ms * 1000;
+        c.heartbeat_interval_us = t.heartbeat_interval_ms * 1000;
+        c.clock_drift_max_ppm = t.clock_drift_max_ppm;
+        c.lease_margin_us = t.lease_margin_ms * 1000;
+        c.home_return_delay_us = t.home_return_delay_ms * 1000;
+        c.request_timeout_us = t.request_timeout_ms * 1000;
+        c.key_bytes_max = t.key_bytes_max;
+        c.value_bytes_max = t.value_bytes_max;
+        c.txn_ops_max = t.txn_ops_max;
+        c.history_versions_max = t.history_versions_max;
+        c.compact_after_entries = t.compact_after_entries;
+        c.message_bytes_max = t.message_bytes_max;
+        c.namespaces = self
+            .namespace_entries()
+            .into_iter()
+            .map(|n| NamespaceSpec {
+                home: self.region_id(&n.home).unwrap_or(0),
+                mode: if n.mode == "async" {
+                    ReplicationMode::Async {
+                        rpo_budget_us: n.rpo_budget_ms * 1000,
+                    }
+                } else {
+                    ReplicationMode::Quorum
+                },
+                name: n.name,
+            })
+            .collect();
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+region = "eu"
+data_dir = "data/eu"
+[tls]
+ca_cert = "ca.pem"
+cert = "eu.pem"
+key = "eu-key.pem"
+[[regions]]
+name = "eu"
+peer = "127.0.0.1:7101"
+grpc = "127.0.0.1:7001"
+[[regions]]
+name = "us"
+peer = "127.0.0.1:7102"
+grpc = "127.0.0.1:7002"
+[[regions]]
+name = "ap"
+peer = "127.0.0.1:7103"
+grpc = "127.0.0.1:7003"
+"#;
+
+    #[test]
+    fn good_config_parses_with_default_namespaces() {
+        let c = NodeConfig::parse(GOOD).expect("valid");
+        assert_eq!(c.id(), 0);
+        let core = c.core_config();
+        assert_eq!(core.regions, 3);
+        let names: Vec<_> = core.namespaces.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["eu", "eu-async", "us", "us-async", "ap", "ap-async"]);
+        assert_eq!(core.namespaces[2].home, 1);
+    }
+
+    #[test]
+    fn unknown_region_is_a_clear_error() {
+        let text = GOOD.replace("region = \"eu\"", "region = \"mars\"");
+        let e = NodeConfig::parse(&text).expect_err("must fail").to_string();
+        assert!(e.contains("unknown region \"mars\""), "{e}");
+        assert!(e.contains("eu, us, ap"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_a_clear_error() {
+        let text = format!("{GOOD}\n[cluster]\nelection_timout_ms = 5\n");
+        let e = NodeConfig::parse(&text).expect_err("must fail").to_string();
+        assert!(e.contains("election_timout_ms"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let text = format!("{GOOD}\n[cluster]\nheartbeat_interval_ms = 900\n");
+        let e = NodeConfig::parse(&text).expect_err("must fail").to_string();
+        assert!(e.contains("heartbeat_interval"), "{e}");
+        let text = format!("{GOOD}\n[[namespaces]]\nname = \"x\"\nhome = \"moon\"\n");
+        let e = NodeConfig::parse(&text).expect_err("must fail").to_string();
+        assert!(e.contains("unknown home region \"moon\""), "{e}");
+        let text = GOOD.replace("7102", "7101");
+        let e = NodeConfig::parse(&text).expect_err("must fail").to_string();
+        assert!(e.contains("used twice"), "{e}");
+    }
+}

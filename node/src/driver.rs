@@ -1,0 +1,325 @@
+//! The driver: one task owns the core `Node` and is the only code that calls
+//! it. It reads the monotonic clock, feeds the core its inputs (client
+//! requests, peer messages, timer expiry, storage completions) and carries out
+//! the actions it emits: sends go to the transport, persist batches to the
+//! storage thread, replies to the waiting gRPC calls.
+//!
+//! The storage thread does group commit: it takes every persist batch that is
+//! waiting, writes them as one RocksDB WriteBatch (fsynced if any needs it) and
+//! then reports the last one complete; batches complete in id order, as the
+//! core requires. An fsync failure halts the node: it acknowledges nothing more.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use meridian_core::node::{Action, Node};
+use meridian_core::storage::{Storage, StorageOp};
+use meridian_core::types::{ClientRequest, ClientResponse, GroupId, Observation, RequestId};
+use meridian_core::GroupStatus;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::storage::RocksStorage;
+use crate::transport::{PeerEvent, Transport};
+
+/// Queued inputs from gRPC handlers before they wait (backpressure).
+pub const INPUT_QUEUE_MAX: usize = 16_384;
+/// Watch events buffered per watcher before it is dropped as too slow.
+pub const WATCH_BUFFER_MAX: usize = 4_096;
+/// Persist batches merged into one RocksDB write at most.
+const GROUP_COMMIT_BATCHES_MAX: usize = 256;
+
+/// Where the answer to a client request goes.
+pub enum ReplyTo {
+    Once(oneshot::Sender<ClientResponse>),
+    /// Watches: every event; dropped (and the watch cancelled) when full or closed.
+    Stream(mpsc::Sender<ClientResponse>),
+}
+
+pub enum Input {
+    Client {
+        req: RequestId,
+        request: ClientRequest,
+        reply: ReplyTo,
+    },
+    /// Forget a watch whose client went away.
+    CancelWatch { req: RequestId },
+    Status { reply: oneshot::Sender<NodeStatus> },
+}
+
+pub enum StorageDone {
+    Persisted(u64),
+    Failed(String),
+}
+
+/// The node's view of the cluster, for the admin API.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub groups: Vec<GroupStatus>,
+    pub connected: Vec<bool>,
+    pub halted: bool,
+    pub namespaces: Vec<String>,
+    pub peer_rejected: u64,
+}
+
+struct PersistJob {
+    id: u64,
+    sync: bool,
+    ops: Vec<StorageOp>,
+}
+
+/// Run the storage thread: group commit over `jobs`, completions to `done`.
+fn storage_thread(
+    mut store: RocksStorage,
+    jobs: std::sync::mpsc::Receiver<PersistJob>,
+    done: mpsc::UnboundedSender<StorageDone>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut last_id = first.id;
+        let mut sync = first.sync;
+        let mut ops = first.ops;
+        let mut merged = 1;
+        while merged < GROUP_COMMIT_BATCHES_MAX {
+            match jobs.try_recv() {
+                Ok(j) => {
+                    last_id = j.id;
+                    sync |= j.sync;
+                    ops.extend(j.ops);
+                    merged += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        match store.write(&ops, sync) {
+            Ok(()) => {
+                if done.send(StorageDone::Persisted(last_id)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = done.send(StorageDone::Failed(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+pub struct Driver {
+    node: Node,
+    start: Instant,
+    transport: Arc<Transport>,
+    persist: std::sync::mpsc::Sender<PersistJob>,
+    pending: BTreeMap<RequestId, oneshot::Sender<ClientResponse>>,
+    watches: BTreeMap<RequestId, mpsc::Sender<ClientResponse>>,
+    timer_at_us: Option<u64>,
+    names: Vec<String>,
+    actions: Vec<Action>,
+}
+
+impl Driver {
+    /// Build the driver around a node started from `store`'s contents.
+    pub fn new(
+        node: Node,
+        start: Instant,
+        store: RocksStorage,
+        transport: Arc<Transport>,
+        names: Vec<String>,
+    ) -> (Driver, mpsc::UnboundedReceiver<StorageDone>) {
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("meridian-storage".into())
+            .spawn(move || storage_thread(store, jobs_rx, done_tx))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start storage thread"));
+        (
+            Driver {
+                node,
+                start,
+                transport,
+                persist: jobs_tx,
+                pending: BTreeMap::new(),
+                watches: BTreeMap::new(),
+                timer_at_us: None,
+                names,
+                actions: Vec::new(),
+            },
+            done_rx,
+        )
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// The loop: returns when every input sender is gone.
+    pub async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        mut peers: mpsc::Receiver<PeerEvent>,
+        mut storage: mpsc::UnboundedReceiver<StorageDone>,
+    ) {
+        self.dispatch();
+        loop {
+            let timer = self.timer_at_us.map(|at| {
+                self.start + std::time::Duration::from_micros(at)
+            });
+            let sleep = async {
+                match timer {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                d = storage.recv() => match d {
+                    Some(StorageDone::Persisted(id)) => {
+                        let now = self.now();
+                        self.node.handle_persisted(now, id);
+                    }
+                    Some(StorageDone::Failed(e)) => {
+                        tracing::error!(error = %e, "storage failed: the node halts and acknowledges nothing more; restart it from disk");
+                        let now = self.now();
+                        self.node.handle_storage_failed(now);
+                    }
+                    None => {
+                        let now = self.now();
+                        self.node.handle_storage_failed(now);
+                    }
+                },
+                p = peers.recv() => match p {
+                    Some(PeerEvent::Message { from, bytes }) => {
+                        let now = self.now();
+                        if let Err(e) = self.node.handle_message(now, from, &bytes) {
+                            tracing::debug!(peer = from, error = %e, "rejected peer message");
+                        }
+                    }
+                    Some(PeerEvent::Reset { peer }) => {
+                        let now = self.now();
+                        self.node.handle_peer_reset(now, peer);
+                    }
+                    None => return,
+                },
+                i = inputs.recv() => match i {
+                    Some(input) => self.on_input(input),
+                    None => return,
+                },
+                _ = sleep => {
+                    self.timer_at_us = None;
+                    let now = self.now();
+                    self.node.handle_timeout(now);
+                }
+            }
+            self.dispatch();
+        }
+    }
+
+    fn on_input(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Client {
+                req,
+                request,
+                reply,
+            } => {
+                match reply {
+                    ReplyTo::Once(tx) => {
+                        self.pending.insert(req, tx);
+                    }
+                    ReplyTo::Stream(tx) => {
+                        self.watches.insert(req, tx);
+                    }
+                }
+                self.node.handle_client(now, req, request);
+            }
+            Input::CancelWatch { req } => {
+                if self.watches.remove(&req).is_some() {
+                    // The reply to the cancel itself goes nowhere.
+                    self.node
+                        .handle_client(now, u64::MAX - req, ClientRequest::CancelWatch { watch: req });
+                }
+            }
+            Input::Status { reply } => {
+                let regions = self.names.len() as GroupId;
+                let groups = (0..regions)
+                    .filter_map(|g| self.node.group_status(g))
+                    .collect();
+                let connected = (0..regions)
+                    .map(|p| self.transport.is_connected(p))
+                    .collect();
+                let stats = self.node.stats();
+                let _ = reply.send(NodeStatus {
+                    groups,
+                    connected,
+                    halted: self.node.is_halted(),
+                    namespaces: self
+                        .node
+                        .config()
+                        .namespaces
+                        .iter()
+                        .map(|n| n.name.clone())
+                        .collect(),
+                    peer_rejected: stats.peer_malformed
+                        + stats.peer_oversized
+                        + stats.peer_out_of_protocol,
+                });
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        let mut actions = std::mem::take(&mut self.actions);
+        self.node.drain_actions(&mut actions);
+        let mut cancel = Vec::new();
+        for a in actions.drain(..) {
+            match a {
+                Action::Send { to, bytes, .. } => self.transport.send(to, bytes),
+                Action::Persist { id, sync, ops } => {
+                    if self.persist.send(PersistJob { id, sync, ops }).is_err() {
+                        tracing::error!("storage thread is gone");
+                    }
+                }
+                Action::Reply { req, resp } => {
+                    if let Some(tx) = self.pending.remove(&req) {
+                        let _ = tx.send(resp);
+                    } else if let Some(tx) = self.watches.get(&req) {
+                        let end = matches!(resp, ClientResponse::Error(_));
+                        if tx.try_send(resp).is_err() || end {
+                            self.watches.remove(&req);
+                            if !end {
+                                cancel.push(req);
+                            }
+                        }
+                    }
+                }
+                Action::SetTimer { at_us } => self.timer_at_us = Some(at_us),
+                Action::Observe(o) => match o {
+                    Observation::BecameLeader { group, term } => {
+                        tracing::info!(
+                            group = %self.names.get(group as usize).map_or("?", |s| s.as_str()),
+                            term,
+                            "this region now leads the group"
+                        );
+                    }
+                    Observation::Halted => {
+                        tracing::error!("node halted after a storage failure");
+                    }
+                    _ => {}
+                },
+            }
+        }
+        self.actions = actions;
+        if !cancel.is_empty() {
+            let now = self.now();
+            for req in cancel {
+                tracing::info!(watch = req, "watch dropped: its client is too slow or gone");
+                self.node.handle_client(
+                    now,
+                    u64::MAX - req,
+                    ClientRequest::CancelWatch { watch: req },
+                );
+            }
+            self.dispatch();
+        }
+    }
+}

@@ -1,0 +1,561 @@
+//! The gRPC API (tonic): translates `meridian.v1` requests into core client
+//! requests, hands them to the driver and maps the answers back, with core
+//! error codes mapped to gRPC status codes and stable reasons (documented in
+//! `proto/meridian/v1/meridian.proto`).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::Stream;
+use meridian_core::types::{
+    ClientRequest, ClientResponse, Compare as CoreCompare, Consistency as CoreConsistency,
+    ErrorCode, KeyValue as CoreKv, RevisionToken as CoreToken, WriteOp,
+};
+use meridian_proto::v1::admin_server::Admin;
+use meridian_proto::v1::kv_server::Kv;
+use meridian_proto::v1::*;
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Code, Request, Response, Status};
+
+use crate::config::RegionEntry;
+use crate::driver::{Input, ReplyTo, WATCH_BUFFER_MAX};
+
+/// Default and maximum page size of List.
+const LIST_LIMIT_DEFAULT: u32 = 100;
+const LIST_LIMIT_MAX: u32 = 1000;
+/// Core pages a filtered List scans at most before returning a short page
+/// (with a continuation token), so one call's work is bounded.
+const LIST_SCAN_PAGES_MAX: usize = 20;
+
+/// The stable reason and gRPC code of a core error.
+pub fn error_status(code: ErrorCode) -> Status {
+    let (c, reason) = match code {
+        ErrorCode::Unavailable => (Code::Unavailable, "UNAVAILABLE"),
+        ErrorCode::Timeout => (Code::DeadlineExceeded, "TIMEOUT"),
+        ErrorCode::Indeterminate => (Code::Unknown, "INDETERMINATE"),
+        ErrorCode::UnknownNamespace => (Code::NotFound, "UNKNOWN_NAMESPACE"),
+        ErrorCode::KeyTooLong => (Code::InvalidArgument, "KEY_TOO_LONG"),
+        ErrorCode::ValueTooLarge => (Code::InvalidArgument, "VALUE_TOO_LARGE"),
+        ErrorCode::TooManyOps => (Code::InvalidArgument, "TOO_MANY_OPS"),
+        ErrorCode::InvalidRequest => (Code::InvalidArgument, "INVALID_REQUEST"),
+        ErrorCode::RpoBudgetExceeded => (Code::Unavailable, "RPO_BUDGET_EXCEEDED"),
+        ErrorCode::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
+        ErrorCode::TokenWaitTimeout => (Code::Unavailable, "TOKEN_WAIT_TIMEOUT"),
+        ErrorCode::Halted => (Code::Unavailable, "HALTED"),
+        ErrorCode::UnknownWatch => (Code::NotFound, "UNKNOWN_WATCH"),
+    };
+    status(c, reason, &code.to_string())
+}
+
+/// A status carrying a stable reason in its message and metadata.
+pub fn status(code: Code, reason: &str, message: &str) -> Status {
+    let mut s = Status::new(code, format!("[{reason}] {message}"));
+    if let Ok(v) = reason.parse() {
+        s.metadata_mut()
+            .insert(meridian_proto::REASON_METADATA_KEY, v);
+    }
+    s
+}
+
+fn invalid(message: &str) -> Status {
+    status(Code::InvalidArgument, "INVALID_REQUEST", message)
+}
+
+fn unexpected(resp: &ClientResponse) -> Status {
+    status(
+        Code::Internal,
+        "INTERNAL",
+        &format!("unexpected response from the core: {resp:?}"),
+    )
+}
+
+/// The gRPC services of one region.
+#[derive(Clone)]
+pub struct Api {
+    inputs: mpsc::Sender<Input>,
+    next_req: Arc<AtomicU64>,
+    regions: Arc<Vec<RegionEntry>>,
+    /// Home group of each namespace (watch events carry it).
+    ns_home: Arc<std::collections::BTreeMap<String, u8>>,
+    me: u8,
+}
+
+fn token(t: CoreToken) -> Option<RevisionToken> {
+    Some(RevisionToken {
+        group: t.group as u32,
+        revision: t.revision,
+    })
+}
+
+fn kv(k: CoreKv, keys_only: bool) -> KeyValue {
+    KeyValue {
+        deleted: k.value.is_none() && k.version > 0,
+        key: k.key,
+        value: if keys_only {
+            Vec::new()
+        } else {
+            k.value.unwrap_or_default()
+        },
+        version: k.version,
+        mod_revision: k.mod_revision,
+    }
+}
+
+fn read_opts(r: Option<ReadOptions>) -> Result<(CoreConsistency, Option<CoreToken>), Status> {
+    let r = r.unwrap_or_default();
+    let c = match Consistency::try_from(r.consistency) {
+        Ok(Consistency::Linearizable) => CoreConsistency::Linearizable,
+        Ok(Consistency::Bounded) => {
+            let ms = if r.max_staleness_ms == 0 {
+                1000
+            } else {
+                r.max_staleness_ms
+            };
+            CoreConsistency::Bounded {
+                staleness_us: ms.saturating_mul(1000),
+            }
+        }
+        Ok(Consistency::Stale) => CoreConsistency::Stale,
+        Err(_) => return Err(invalid("unknown consistency level")),
+    };
+    let t = r.token.map(|t| CoreToken {
+        group: t.group.min(255) as u8,
+        revision: t.revision,
+    });
+    Ok((c, t))
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+/// Cancels the core's watch when the gRPC stream is dropped (client gone).
+struct WatchGuard {
+    inputs: mpsc::Sender<Input>,
+    req: u64,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let _ = self.inputs.try_send(Input::CancelWatch { req: self.req });
+    }
+}
+
+impl Api {
+    pub fn new(
+        inputs: mpsc::Sender<Input>,
+        regions: Vec<RegionEntry>,
+        ns_home: std::collections::BTreeMap<String, u8>,
+        me: u8,
+    ) -> Api {
+        Api {
+            ns_home: Arc::new(ns_home),
+            inputs,
+            // Request ids only need to be unique within this process.
+            next_req: Arc::new(AtomicU64::new(1)),
+            regions: Arc::new(regions),
+            me,
+        }
+    }
+
+    fn req_id(&self) -> u64 {
+        self.next_req.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn call(&self, request: ClientRequest) -> Result<ClientResponse, Status> {
+        let (tx, rx) = oneshot::channel();
+        let input = Input::Client {
+            req: self.req_id(),
+            request,
+            reply: ReplyTo::Once(tx),
+        };
+        self.inputs
+            .send(input)
+            .await
+            .map_err(|_| status(Code::Unavailable, "SHUTTING_DOWN", "the node is stopping"))?;
+        match rx.await {
+            Ok(ClientResponse::Error(code)) => Err(error_status(code)),
+            Ok(r) => Ok(r),
+            Err(_) => Err(status(
+                Code::Unavailable,
+                "SHUTTING_DOWN",
+                "the node stopped before answering",
+            )),
+        }
+    }
+
+    async fn write(
+        &self,
+        ns: String,
+        request_id: u64,
+        compares: Vec<CoreCompare>,
+        ops: Vec<WriteOp>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let resp = self
+            .call(ClientRequest::Write {
+                ns,
+                request_id,
+                compares,
+                ops,
+            })
+            .await?;
+        match resp {
+            ClientResponse::Written { versions, token: t } => Ok(Response::new(WriteResponse {
+                succeeded: true,
+                versions,
+                token: token(t),
+            })),
+            ClientResponse::Conflict { token: t } => Ok(Response::new(WriteResponse {
+                succeeded: false,
+                versions: Vec::new(),
+                token: token(t),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for Api {
+    async fn get(&self, r: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let r = r.into_inner();
+        let (consistency, tok) = read_opts(r.read)?;
+        let resp = self
+            .call(ClientRequest::Get {
+                ns: r.namespace,
+                key: r.key,
+                consistency,
+                token: tok,
+            })
+            .await?;
+        match resp {
+            ClientResponse::Value { kv: k, token: t } => Ok(Response::new(GetResponse {
+                found: k.value.is_some(),
+                kv: Some(kv(k, false)),
+                token: token(t),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn list(&self, r: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let r = r.into_inner();
+        let (consistency, tok) = read_opts(r.read)?;
+        let limit = match r.limit {
+            0 => LIST_LIMIT_DEFAULT,
+            n => n.min(LIST_LIMIT_MAX),
+        };
+        let mut out = Vec::new();
+        let mut after = r.page_token.clone();
+        let mut last_token = None;
+        let mut next = String::new();
+        for _ in 0..LIST_SCAN_PAGES_MAX {
+            let want = limit - out.len() as u32;
+            let resp = self
+                .call(ClientRequest::List {
+                    ns: r.namespace.clone(),
+                    prefix: r.prefix.clone(),
+                    start_after: after.clone(),
+                    limit: want,
+                    consistency,
+                    token: tok,
+                })
+                .await?;
+            let ClientResponse::List { kvs, more, token: t } = resp else {
+                return Err(unexpected(&resp));
+            };
+            last_token = token(t);
+            if let Some(k) = kvs.last() {
+                after = k.key.clone();
+            }
+            for k in kvs {
+                if r.key_contains.is_empty() || k.key.contains(&r.key_contains) {
+                    out.push(kv(k, r.keys_only));
+                }
+            }
+            if !more {
+                next.clear();
+                break;
+            }
+            next = after.clone();
+            if out.len() as u32 >= limit {
+                break;
+            }
+        }
+        Ok(Response::new(ListResponse {
+            kvs: out,
+            next_page_token: next,
+            token: last_token,
+        }))
+    }
+
+    async fn put(&self, r: Request<PutRequest>) -> Result<Response<WriteResponse>, Status> {
+        let r = r.into_inner();
+        self.write(
+            r.namespace,
+            r.request_id,
+            Vec::new(),
+            vec![WriteOp::Put {
+                key: r.key,
+                value: r.value,
+            }],
+        )
+        .await
+    }
+
+    async fn delete(&self, r: Request<DeleteRequest>) -> Result<Response<WriteResponse>, Status> {
+        let r = r.into_inner();
+        self.write(
+            r.namespace,
+            r.request_id,
+            Vec::new(),
+            vec![WriteOp::Delete { key: r.key }],
+        )
+        .await
+    }
+
+    async fn compare_and_set(
+        &self,
+        r: Request<CompareAndSetRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let r = r.into_inner();
+        let op = if r.delete {
+            WriteOp::Delete { key: r.key.clone() }
+        } else {
+            WriteOp::Put {
+                key: r.key.clone(),
+                value: r.value,
+            }
+        };
+        self.write(
+            r.namespace,
+            r.request_id,
+            vec![CoreCompare {
+                key: r.key,
+                version: r.expected_version,
+            }],
+            vec![op],
+        )
+        .await
+    }
+
+    async fn txn(&self, r: Request<TxnRequest>) -> Result<Response<WriteResponse>, Status> {
+        let r = r.into_inner();
+        let mut ops = Vec::new();
+        for o in r.ops {
+            match o.op {
+                Some(op::Op::Put(p)) => ops.push(WriteOp::Put {
+                    key: p.key,
+                    value: p.value,
+                }),
+                Some(op::Op::Delete(k)) => ops.push(WriteOp::Delete { key: k }),
+                None => return Err(invalid("a transaction operation has neither put nor delete")),
+            }
+        }
+        let compares = r
+            .compares
+            .into_iter()
+            .map(|c| CoreCompare {
+                key: c.key,
+                version: c.version,
+            })
+            .collect();
+        self.write(r.namespace, r.request_id, compares, ops).await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, r: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let r = r.into_inner();
+        let group = u32::from(self.ns_home.get(&r.namespace).copied().unwrap_or(0));
+        let req = self.req_id();
+        let (tx, mut rx) = mpsc::channel(WATCH_BUFFER_MAX);
+        self.inputs
+            .send(Input::Client {
+                req,
+                request: ClientRequest::Watch {
+                    ns: r.namespace,
+                    prefix: r.prefix,
+                    start_revision: r.start_revision,
+                },
+                reply: ReplyTo::Stream(tx),
+            })
+            .await
+            .map_err(|_| status(Code::Unavailable, "SHUTTING_DOWN", "the node is stopping"))?;
+        let guard = WatchGuard {
+            inputs: self.inputs.clone(),
+            req,
+        };
+        let stream = async_stream(move |out: mpsc::Sender<Result<WatchResponse, Status>>| async move {
+            let _guard = guard;
+            loop {
+                let item = tokio::select! {
+                    m = rx.recv() => m,
+                    _ = out.closed() => return,
+                };
+                let msg = match item {
+                    Some(ClientResponse::WatchEvents { events, revision }) => Ok(WatchResponse {
+                        events: events.into_iter().map(|k| kv(k, false)).collect(),
+                        revision,
+                        resync: false,
+                        group,
+                    }),
+                    Some(ClientResponse::WatchResync { snapshot, revision }) => Ok(WatchResponse {
+                        events: snapshot.into_iter().map(|k| kv(k, false)).collect(),
+                        revision,
+                        resync: true,
+                        group,
+                    }),
+                    Some(ClientResponse::Error(code)) => Err(error_status(code)),
+                    Some(other) => Err(unexpected(&other)),
+                    None => Err(status(
+                        Code::ResourceExhausted,
+                        "SLOW_CONSUMER",
+                        "the watch fell too far behind or the node stopped; resume from the last revision",
+                    )),
+                };
+                let end = msg.is_err();
+                if out.send(msg).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn history(
+        &self,
+        r: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        let r = r.into_inner();
+        let (consistency, tok) = read_opts(r.read)?;
+        let resp = self
+            .call(ClientRequest::History {
+                ns: r.namespace,
+                key: r.key,
+                consistency,
+                token: tok,
+            })
+            .await?;
+        match resp {
+            ClientResponse::History { versions, token: t } => {
+                Ok(Response::new(HistoryResponse {
+                    versions: versions.into_iter().map(|k| kv(k, false)).collect(),
+                    token: token(t),
+                }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// A stream fed by a task: `f` gets the sending half.
+fn async_stream<F, Fut>(f: F) -> WatchStream
+where
+    F: FnOnce(mpsc::Sender<Result<WatchResponse, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl Admin for Api {
+    async fn ping(&self, _r: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        Ok(Response::new(PingResponse {
+            region: self.regions[self.me as usize].name.clone(),
+            region_id: self.me as u32,
+        }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _r: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.inputs
+            .send(Input::Status { reply: tx })
+            .await
+            .map_err(|_| status(Code::Unavailable, "SHUTTING_DOWN", "the node is stopping"))?;
+        let s = rx
+            .await
+            .map_err(|_| status(Code::Unavailable, "SHUTTING_DOWN", "the node is stopping"))?;
+        let name = |i: usize| self.regions.get(i).map_or("?", |r| r.name.as_str()).to_string();
+        let regions = self
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| RegionStatus {
+                id: i as u32,
+                name: r.name.clone(),
+                grpc_address: r.grpc.to_string(),
+                peer_address: r.peer.to_string(),
+                connected: s.connected.get(i).copied().unwrap_or(false),
+            })
+            .collect();
+        let groups = s
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, st)| GroupStatus {
+                group: g as u32,
+                home_region: name(g),
+                leader: st.leader.map(u32::from),
+                leader_name: st.leader.map(|l| name(l as usize)).unwrap_or_default(),
+                term: st.term,
+                commit_index: st.commit_index,
+                last_index: st.last_index,
+                applied_revision: st.applied_revision,
+                lease_remaining_ms: st.lease_remaining_us.map(|u| u / 1000),
+                local_lag_entries: st.commit_index.saturating_sub(st.applied_index),
+                followers: st
+                    .followers
+                    .iter()
+                    .map(|(p, m)| FollowerProgress {
+                        region: *p as u32,
+                        match_index: *m,
+                        lag_entries: st.last_index.saturating_sub(*m),
+                    })
+                    .collect(),
+                role: st.role.to_string(),
+            })
+            .collect();
+        Ok(Response::new(ClusterStatusResponse {
+            answered_by: name(self.me as usize),
+            regions,
+            groups,
+            namespaces: s.namespaces,
+        }))
+    }
+
+    async fn transfer_lease(
+        &self,
+        r: Request<TransferLeaseRequest>,
+    ) -> Result<Response<TransferLeaseResponse>, Status> {
+        let r = r.into_inner();
+        let Some(to) = self.regions.iter().position(|x| x.name == r.to_region) else {
+            return Err(status(
+                Code::InvalidArgument,
+                "UNKNOWN_REGION",
+                &format!("no region named {:?}", r.to_region),
+            ));
+        };
+        if r.group as usize >= self.regions.len() {
+            return Err(status(
+                Code::InvalidArgument,
+                "UNKNOWN_REGION",
+                &format!("no group {}", r.group),
+            ));
+        }
+        match self
+            .call(ClientRequest::TransferLeader {
+                group: r.group as u8,
+                to: to as u8,
+            })
+            .await?
+        {
+            ClientResponse::Done => Ok(Response::new(TransferLeaseResponse {})),
+            other => Err(unexpected(&other)),
+        }
+    }
+}

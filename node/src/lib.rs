@@ -1,0 +1,15 @@
+//! The region node: the thin IO shell around `meridian-core`. It owns the
+//! RocksDB storage engine, the QUIC peer transport with mutual TLS, the gRPC
+//! API and the driver loop that feeds the core its inputs (with the time) and
+//! carries out its actions.
+
+pub mod config;
+pub mod driver;
+pub mod grpc;
+pub mod server;
+pub mod storage;
+pub mod tls;
+pub mod transport;
+
+pub use config::NodeConfig;
+pub use server::{start, RunningNode, StartError};

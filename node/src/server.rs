@@ -1,0 +1,178 @@
+//! Starting and stopping a region node: open storage (refusing a corrupt data
+//! directory), restart the core from it, bring up the QUIC transport and the
+//! gRPC server (with the standard health service and server reflection), and
+//! run the driver until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use meridian_core::node::Node;
+use meridian_core::storage::Storage;
+use meridian_proto::v1::admin_server::AdminServer;
+use meridian_proto::v1::kv_server::KvServer;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::NodeConfig;
+use crate::driver::{Driver, INPUT_QUEUE_MAX};
+use crate::grpc::Api;
+use crate::storage::RocksStorage;
+use crate::tls::TlsMaterial;
+use crate::transport::{PeerInfo, Transport};
+
+/// Peer events queued for the driver before the transport waits.
+const PEER_EVENTS_MAX: usize = 16_384;
+/// Headroom above the largest value for the rest of a gRPC request.
+const GRPC_HEADROOM_BYTES: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StoreError),
+    #[error("cannot start the core: {0}")]
+    Core(#[from] meridian_core::InitError),
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    #[error("cannot listen for gRPC on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// A running region node.
+pub struct RunningNode {
+    pub region: String,
+    pub grpc_addr: SocketAddr,
+    pub peer_addr: Option<SocketAddr>,
+    shutdown: Option<oneshot::Sender<()>>,
+    grpc: JoinHandle<()>,
+    driver: JoinHandle<()>,
+    transport: Arc<Transport>,
+}
+
+impl RunningNode {
+    /// Stop serving, close peer connections and wait for the driver to finish.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.grpc).await;
+        self.transport.close();
+        self.driver.abort();
+        let _ = (&mut self.driver).await;
+    }
+
+    /// Resolves when the gRPC server ends.
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.grpc).await;
+    }
+}
+
+pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
+    let me = cfg.id();
+    let tls = TlsMaterial::load(&cfg.tls.ca_cert, &cfg.tls.cert, &cfg.tls.key)?;
+    let regions = cfg.regions.len() as u8;
+    let store = RocksStorage::open(&cfg.data_dir, regions, me)?;
+    let durable = store.load()?;
+    let core = cfg.core_config();
+    let start = Instant::now();
+    // The core is deterministic given its seed; production seeds it randomly.
+    let seed: u64 = rand::random();
+    let node = Node::new(core.clone(), me, durable, 0, seed)?;
+    tracing::info!(
+        region = %cfg.region,
+        data_dir = %cfg.data_dir.display(),
+        "storage opened and verified"
+    );
+
+    let (peer_tx, peer_rx) = mpsc::channel(PEER_EVENTS_MAX);
+    let peers: Vec<PeerInfo> = cfg
+        .regions
+        .iter()
+        .map(|r| PeerInfo {
+            name: r.name.clone(),
+            addr: r.peer,
+        })
+        .collect();
+    let transport = Arc::new(Transport::start(
+        me,
+        peers,
+        &tls,
+        core.message_bytes_max,
+        peer_tx,
+    )?);
+    let names: Vec<String> = cfg.regions.iter().map(|r| r.name.clone()).collect();
+    let (driver, storage_rx) = Driver::new(node, start, store, transport.clone(), names);
+    let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE_MAX);
+    let driver = tokio::spawn(driver.run(input_rx, peer_rx, storage_rx));
+
+    let ns_home = core
+        .namespaces
+        .iter()
+        .map(|n| (n.name.clone(), n.home))
+        .collect();
+    let api = Api::new(input_tx, cfg.regions.clone(), ns_home, me);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<KvServer<Api>>().await;
+    health_reporter.set_serving::<AdminServer<Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+    let grpc_addr = cfg.regions[me as usize].grpc;
+    let listener = tokio::net::TcpListener::bind(grpc_addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: grpc_addr,
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().unwrap_or(grpc_addr);
+    let max_msg = core.value_bytes_max + GRPC_HEADROOM_BYTES;
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            KvServer::new(api.clone())
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(64 << 20),
+        )
+        .add_service(AdminServer::new(api))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let region = cfg.region.clone();
+    let grpc = tokio::spawn(async move {
+        let res = router
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = shutdown_rx.await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+    tracing::info!(region = %region, grpc = %grpc_addr, peer = ?transport.local_addr(), "region node serving");
+    Ok(RunningNode {
+        region,
+        grpc_addr,
+        peer_addr: transport.local_addr(),
+        shutdown: Some(shutdown_tx),
+        grpc,
+        driver,
+        transport,
+    })
+}

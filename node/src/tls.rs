@@ -1,0 +1,204 @@
+//! Certificates and TLS for the inter-region transport. `meridian certs`
+//! creates a development cluster CA and one certificate per region (rcgen);
+//! each region's certificate names it as `<region>.meridian`. Both sides of
+//! every QUIC connection present a certificate and verify the other's against
+//! the cluster CA (mutual TLS), and the region a peer claims must be the one
+//! its certificate names.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// ALPN protocol of the peer transport; a peer speaking anything else is refused.
+pub const ALPN: &[u8] = b"meridian-peer/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Pem { path: PathBuf, reason: String },
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("tls verifier: {0}")]
+    Verifier(String),
+}
+
+/// The DNS name in region `name`'s certificate.
+pub fn region_dns_name(name: &str) -> String {
+    format!("{name}.meridian")
+}
+
+/// Write `ca.pem`, `ca-key.pem` and `<region>.pem`, `<region>-key.pem` for
+/// every region into `dir`. An existing CA there is reused, so regions can be
+/// added later; existing region files are overwritten.
+pub fn generate_dev_certs(dir: &Path, regions: &[String]) -> Result<Vec<PathBuf>, TlsError> {
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let write = |name: &str, text: &str| -> Result<PathBuf, TlsError> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|source| TlsError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Meridian development cluster CA");
+    ca_params.distinguished_name = dn;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key_path = dir.join("ca-key.pem");
+    let ca_cert_path = dir.join("ca.pem");
+    let ca_key = if ca_key_path.exists() && ca_cert_path.exists() {
+        let text = read(&ca_key_path)?;
+        KeyPair::from_pem(&text)?
+    } else {
+        let key = KeyPair::generate()?;
+        let cert = ca_params.self_signed(&key)?;
+        write("ca.pem", &cert.pem())?;
+        write("ca-key.pem", &key.serialize_pem())?;
+        key
+    };
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut out = vec![ca_cert_path];
+    for r in regions {
+        let mut p = CertificateParams::new(vec![region_dns_name(r)])?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, region_dns_name(r));
+        p.distinguished_name = dn;
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &issuer)?;
+        out.push(write(&format!("{r}.pem"), &cert.pem())?);
+        out.push(write(&format!("{r}-key.pem"), &key.serialize_pem())?);
+    }
+    Ok(out)
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let text = read(path)?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut text.as_bytes()).collect();
+    let certs = certs.map_err(|e| TlsError::Pem {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: "no certificate in file".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let text = read(path)?;
+    rustls_pemfile::private_key(&mut text.as_bytes())
+        .map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .ok_or_else(|| TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: "no private key in file".into(),
+        })
+}
+
+/// This region's TLS material, loaded once.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub ca: Arc<rustls::RootCertStore>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl TlsMaterial {
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMaterial, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in load_certs(ca)? {
+            roots.add(c).map_err(|e| TlsError::Pem {
+                path: ca.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(TlsMaterial {
+            ca: Arc::new(roots),
+            chain: load_certs(cert)?,
+            key: Arc::new(load_key(key)?),
+        })
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// Server side: present our certificate, require one signed by the CA.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(self.ca.clone(), Self::provider())
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Self::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(cfg)
+    }
+
+    /// Client side: verify the server against the CA (and its region name),
+    /// present our own certificate.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Self::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.ca.clone())
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(cfg)
+    }
+}
+
+/// Is a (CA-verified) peer certificate issued to region `name`?
+pub fn cert_is_for_region(cert: &CertificateDer<'_>, name: &str) -> bool {
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    let Ok(server_name) = rustls::pki_types::ServerName::try_from(region_dns_name(name)) else {
+        return false;
+    };
+    ee.verify_is_valid_for_subject_name(&server_name).is_ok()
+}

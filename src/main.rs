@@ -1,0 +1,592 @@
+//! The `meridian` binary: runs a region node (`serve`), a local 3-region
+//! cluster (`dev`), creates development certificates (`certs`), and is the
+//! command-line client (`get`, `put`, `list`, `watch`, `cluster status`, ...)
+//! built on the Rust client library in `meridian-proto`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use meridian_node::NodeConfig;
+use meridian_proto::client::{Client, ClientOptions};
+use meridian_proto::v1::{Consistency, KeyValue, ListRequest};
+
+const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+
+#[derive(Parser)]
+#[command(name = "meridian", version, about = "Meridian: a geo-replicated configuration store")]
+struct Cli {
+    /// gRPC addresses of the regions (the client picks the nearest healthy one).
+    #[arg(long, global = true, env = "MERIDIAN_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// Namespace to operate on.
+    #[arg(long, short = 'n', global = true, env = "MERIDIAN_NS", default_value = "eu")]
+    ns: String,
+    /// Output format of client commands.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Human)]
+    output: Output,
+    /// Log format (also settable in the node's config file).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReadLevel {
+    Linearizable,
+    Bounded,
+    Stale,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one region node.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a 3-region cluster on loopback (regions eu, us, ap) until Ctrl-C.
+    Dev {
+        /// Where the regions keep their data, configs and certificates.
+        #[arg(long, default_value = "meridian-dev")]
+        dir: PathBuf,
+        /// gRPC ports are base+1..=base+3, peer (QUIC) ports base+101..=base+103.
+        #[arg(long, default_value_t = 7000)]
+        base_port: u16,
+        /// Delete the data of a previous run first.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Create a development CA and a certificate per region.
+    Certs {
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Region names, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        regions: Vec<String>,
+    },
+    /// Read a key.
+    Get {
+        key: String,
+        #[arg(long, value_enum, default_value_t = ReadLevel::Linearizable)]
+        consistency: ReadLevel,
+        /// For --consistency bounded.
+        #[arg(long, default_value_t = 1000)]
+        max_staleness_ms: u64,
+    },
+    /// Write a key ("-" reads the value from stdin).
+    Put { key: String, value: String },
+    /// Delete a key.
+    Delete { key: String },
+    /// Write only if the key's version is EXPECTED (0: absent).
+    Cas {
+        key: String,
+        expected_version: u64,
+        value: String,
+    },
+    /// List live keys under a prefix.
+    List {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Only keys containing this substring.
+        #[arg(long)]
+        contains: Option<String>,
+        #[arg(long)]
+        keys_only: bool,
+        /// Follow page tokens to the end.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print changes under a prefix as they happen (resumes across failures).
+    Watch {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Start after this revision (default: from now).
+        #[arg(long)]
+        from_revision: Option<u64>,
+        /// Exit after this many change events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Show the retained versions of a key.
+    History { key: String },
+    /// Cluster administration.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Regions, groups, leaders, leases and replication lag.
+    Status,
+    /// Move a group's leadership (and lease) to another region.
+    TransferLease {
+        /// The group, by its home region's name or its number.
+        #[arg(long)]
+        group: String,
+        /// Region that should hold the lease.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+fn init_logs(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == LogFormat::Json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Serve { ref config } => {
+            let cfg = NodeConfig::load(config)?;
+            let fmt = cli.log_format.unwrap_or(if cfg.log.format == "json" {
+                LogFormat::Json
+            } else {
+                LogFormat::Human
+            });
+            init_logs(fmt, &cfg.log.level);
+            let mut node = meridian_node::start(cfg).await?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("stopping");
+                    node.stop().await;
+                }
+                _ = node.wait() => bail!("the gRPC server stopped"),
+            }
+            Ok(())
+        }
+        Cmd::Dev {
+            ref dir,
+            base_port,
+            fresh,
+        } => {
+            init_logs(cli.log_format.unwrap_or(LogFormat::Human), "info");
+            dev(dir, base_port, fresh).await
+        }
+        Cmd::Certs {
+            ref out,
+            ref regions,
+        } => {
+            let files = meridian_node::tls::generate_dev_certs(out, regions)?;
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            Ok(())
+        }
+        _ => client_command(cli).await,
+    }
+}
+
+const DEV_REGIONS: [&str; 3] = ["eu", "us", "ap"];
+
+/// Write the dev cluster's certificates and configs under `dir`.
+pub fn dev_configs(dir: &Path, base_port: u16) -> Result<Vec<PathBuf>> {
+    let certs = dir.join("certs");
+    if !certs.join("ca.pem").exists() {
+        let names: Vec<String> = DEV_REGIONS.iter().map(|s| s.to_string()).collect();
+        meridian_node::tls::generate_dev_certs(&certs, &names)?;
+    }
+    let mut regions = String::new();
+    for (i, r) in DEV_REGIONS.iter().enumerate() {
+        let i = i as u16;
+        regions.push_str(&format!(
+            "[[regions]]\nname = \"{r}\"\npeer = \"127.0.0.1:{}\"\ngrpc = \"127.0.0.1:{}\"\n\n",
+            base_port + 101 + i,
+            base_port + 1 + i
+        ));
+    }
+    let mut out = Vec::new();
+    for r in DEV_REGIONS {
+        let text = format!(
+            "# Region {r} of the local development cluster (written by `meridian dev`).\n\
+             region = \"{r}\"\ndata_dir = \"data/{r}\"\n\n[tls]\nca_cert = \"certs/ca.pem\"\n\
+             cert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n\n{regions}"
+        );
+        let path = dir.join(format!("{r}.toml"));
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+async fn dev(dir: &Path, base_port: u16, fresh: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if fresh {
+        let data = dir.join("data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data)
+                .with_context(|| format!("removing {}", data.display()))?;
+        }
+    }
+    let configs = dev_configs(dir, base_port)?;
+    let mut nodes = Vec::new();
+    for path in &configs {
+        let cfg = NodeConfig::load(path)?;
+        nodes.push(
+            meridian_node::start(cfg)
+                .await
+                .with_context(|| format!("starting the region of {}", path.display()))?,
+        );
+    }
+    let endpoints: Vec<String> = nodes.iter().map(|n| n.grpc_addr.to_string()).collect();
+    println!();
+    println!("Meridian dev cluster: 3 regions on loopback, data in {}", dir.display());
+    for n in &nodes {
+        println!("  region {:<3} gRPC {}", n.region, n.grpc_addr);
+    }
+    println!();
+    println!("Try it (in another terminal):");
+    let ep = if base_port == 7000 {
+        String::new()
+    } else {
+        format!(" --endpoints {}", endpoints.join(","))
+    };
+    println!("  meridian{ep} put app/feature-x on        # namespace eu (homed in eu)");
+    println!("  meridian{ep} get app/feature-x");
+    println!("  meridian{ep} -n us put svc/timeout-ms 250  # namespace us (homed in us)");
+    println!("  meridian{ep} watch app/                    # prints every change");
+    println!("  meridian{ep} cluster status");
+    println!();
+    println!("Namespaces: eu, us, ap (quorum) and eu-async, us-async, ap-async. Ctrl-C stops.");
+    tokio::signal::ctrl_c().await?;
+    println!("stopping");
+    for n in nodes {
+        n.stop().await;
+    }
+    Ok(())
+}
+
+fn consistency(l: ReadLevel) -> Consistency {
+    match l {
+        ReadLevel::Linearizable => Consistency::Linearizable,
+        ReadLevel::Bounded => Consistency::Bounded,
+        ReadLevel::Stale => Consistency::Stale,
+    }
+}
+
+fn kv_json(k: &KeyValue) -> serde_json::Value {
+    serde_json::json!({
+        "key": k.key,
+        "value": String::from_utf8_lossy(&k.value),
+        "version": k.version,
+        "mod_revision": k.mod_revision,
+        "deleted": k.deleted,
+    })
+}
+
+fn token_str(t: &Option<meridian_proto::v1::RevisionToken>) -> String {
+    t.as_ref()
+        .map(|t| format!("{}:{}", t.group, t.revision))
+        .unwrap_or_default()
+}
+
+async fn client_command(cli: Cli) -> Result<()> {
+    init_logs(cli.log_format.unwrap_or(LogFormat::Human), "warn");
+    let opts = ClientOptions {
+        connect_timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&cli.endpoints, opts).await?;
+    let ns = cli.ns.as_str();
+    let json = cli.output == Output::Json;
+    match cli.cmd {
+        Cmd::Get {
+            key,
+            consistency: c,
+            max_staleness_ms,
+        } => {
+            let r = client
+                .get_with(ns, &key, consistency(c), max_staleness_ms)
+                .await?;
+            let kv = r.kv.unwrap_or_default();
+            if json {
+                let mut v = kv_json(&kv);
+                v["found"] = r.found.into();
+                v["token"] = token_str(&r.token).into();
+                println!("{v}");
+            } else if r.found {
+                println!("{}", String::from_utf8_lossy(&kv.value));
+                eprintln!(
+                    "(version {}, revision {}, token {})",
+                    kv.version,
+                    kv.mod_revision,
+                    token_str(&r.token)
+                );
+            } else {
+                bail!("key {key:?} not found in namespace {ns:?}");
+            }
+        }
+        Cmd::Put { key, value } => {
+            let value = if value == "-" {
+                let mut v = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+                v
+            } else {
+                value.into_bytes()
+            };
+            let r = client.put(ns, &key, &value).await?;
+            print_write(json, &r);
+        }
+        Cmd::Delete { key } => {
+            let r = client.delete(ns, &key).await?;
+            print_write(json, &r);
+        }
+        Cmd::Cas {
+            key,
+            expected_version,
+            value,
+        } => {
+            let r = client
+                .compare_and_set(ns, &key, expected_version, Some(value.as_bytes()))
+                .await?;
+            print_write(json, &r);
+            if !r.succeeded {
+                bail!("version of {key:?} is not {expected_version}; nothing written");
+            }
+        }
+        Cmd::List {
+            prefix,
+            limit,
+            contains,
+            keys_only,
+            all,
+        } => {
+            let mut page = String::new();
+            loop {
+                let r = client
+                    .list(ListRequest {
+                        namespace: ns.into(),
+                        prefix: prefix.clone(),
+                        page_token: page.clone(),
+                        limit,
+                        key_contains: contains.clone().unwrap_or_default(),
+                        keys_only,
+                        read: None,
+                    })
+                    .await?;
+                for k in &r.kvs {
+                    if json {
+                        println!("{}", kv_json(k));
+                    } else if keys_only {
+                        println!("{}", k.key);
+                    } else {
+                        println!("{} = {}", k.key, String::from_utf8_lossy(&k.value));
+                    }
+                }
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                if !all {
+                    eprintln!("(more: --all, or continue after {:?})", r.next_page_token);
+                    break;
+                }
+                page = r.next_page_token;
+            }
+        }
+        Cmd::Watch {
+            prefix,
+            from_revision,
+            count,
+        } => {
+            let mut rx = client.watch(ns, &prefix, from_revision);
+            let mut seen = 0u64;
+            while let Some(ev) = rx.recv().await {
+                let ev = ev?;
+                for k in &ev.events {
+                    if json {
+                        let mut v = kv_json(k);
+                        v["revision"] = ev.revision.into();
+                        v["resync"] = ev.resync.into();
+                        println!("{v}");
+                    } else if k.deleted {
+                        println!("[{}] DELETE {}", ev.revision, k.key);
+                    } else {
+                        println!(
+                            "[{}] PUT {} = {}",
+                            ev.revision,
+                            k.key,
+                            String::from_utf8_lossy(&k.value)
+                        );
+                    }
+                    seen += 1;
+                }
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+        }
+        Cmd::History { key } => {
+            let r = client
+                .history(ns, &key, Consistency::Linearizable)
+                .await?;
+            for k in &r.versions {
+                if json {
+                    println!("{}", kv_json(k));
+                } else if k.deleted {
+                    println!("v{} @{}  (deleted)", k.version, k.mod_revision);
+                } else {
+                    println!(
+                        "v{} @{}  {}",
+                        k.version,
+                        k.mod_revision,
+                        String::from_utf8_lossy(&k.value)
+                    );
+                }
+            }
+        }
+        Cmd::Cluster { cmd } => match cmd {
+            ClusterCmd::Status => {
+                let s = client.cluster_status().await?;
+                if json {
+                    println!("{}", status_json(&s));
+                } else {
+                    print_status(&s);
+                }
+            }
+            ClusterCmd::TransferLease { group, to } => {
+                let s = client.cluster_status().await?;
+                let g = match group.parse::<u32>() {
+                    Ok(g) => g,
+                    Err(_) => s
+                        .regions
+                        .iter()
+                        .find(|r| r.name == group)
+                        .map(|r| r.id)
+                        .with_context(|| format!("no region named {group:?}"))?,
+                };
+                client.transfer_lease(g, &to).await?;
+                println!("lease of group {g} transferring to {to}");
+            }
+        },
+        Cmd::Serve { .. } | Cmd::Dev { .. } | Cmd::Certs { .. } => {}
+    }
+    Ok(())
+}
+
+fn print_write(json: bool, r: &meridian_proto::v1::WriteResponse) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "succeeded": r.succeeded,
+                "versions": r.versions,
+                "token": token_str(&r.token),
+            })
+        );
+    } else if r.succeeded {
+        println!(
+            "OK version {} token {}",
+            r.versions.first().copied().unwrap_or(0),
+            token_str(&r.token)
+        );
+    } else {
+        println!("CONFLICT token {}", token_str(&r.token));
+    }
+}
+
+fn status_json(s: &meridian_proto::v1::ClusterStatusResponse) -> serde_json::Value {
+    serde_json::json!({
+        "answered_by": s.answered_by,
+        "regions": s.regions.iter().map(|r| serde_json::json!({
+            "id": r.id, "name": r.name, "grpc": r.grpc_address, "peer": r.peer_address,
+            "connected": r.connected,
+        })).collect::<Vec<_>>(),
+        "groups": s.groups.iter().map(|g| serde_json::json!({
+            "group": g.group, "home": g.home_region, "leader": g.leader_name,
+            "term": g.term, "commit_index": g.commit_index, "last_index": g.last_index,
+            "applied_revision": g.applied_revision, "lease_remaining_ms": g.lease_remaining_ms,
+            "local_lag_entries": g.local_lag_entries, "role": g.role,
+            "followers": g.followers.iter().map(|f| serde_json::json!({
+                "region": f.region, "match_index": f.match_index, "lag_entries": f.lag_entries,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "namespaces": s.namespaces,
+    })
+}
+
+fn print_status(s: &meridian_proto::v1::ClusterStatusResponse) {
+    println!("answered by region {}", s.answered_by);
+    println!("regions:");
+    for r in &s.regions {
+        println!(
+            "  {:<8} grpc {:<21} peer {:<21} {}",
+            r.name,
+            r.grpc_address,
+            r.peer_address,
+            if r.connected { "connected" } else { "UNREACHABLE" }
+        );
+    }
+    println!("groups:");
+    for g in &s.groups {
+        let lease = g
+            .lease_remaining_ms
+            .map(|m| format!("lease {m} ms"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {:<8} leader {:<8} term {:<4} commit {:<7} revision {:<7} lag {:<4} {} ({} here)",
+            g.home_region,
+            if g.leader_name.is_empty() { "?" } else { &g.leader_name },
+            g.term,
+            g.commit_index,
+            g.applied_revision,
+            g.local_lag_entries,
+            lease,
+            g.role
+        );
+        for f in &g.followers {
+            let name = s
+                .regions
+                .get(f.region as usize)
+                .map_or("?", |r| r.name.as_str());
+            println!(
+                "           follower {:<8} match {:<7} behind {}",
+                name, f.match_index, f.lag_entries
+            );
+        }
+    }
+    println!("namespaces: {}", s.namespaces.join(", "));
+}

@@ -1,0 +1,177 @@
+//! Test harness: three real `meridian serve` processes on loopback, each with
+//! its own RocksDB directory, certificates from one development CA, and free
+//! ports. Processes are killed (SIGKILL) when the harness is dropped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meridian_proto::client::{Client, ClientOptions};
+
+pub const REGIONS: [&str; 3] = ["eu", "us", "ap"];
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_meridian")
+}
+
+fn free_port() -> u16 {
+    // Bind both TCP and UDP on the same port so gRPC and QUIC can use it.
+    loop {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let port = t.local_addr().expect("addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub grpc: Vec<String>,
+    pub configs: Vec<PathBuf>,
+    procs: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    /// Write certificates and configs; start nothing yet.
+    pub fn new(extra_toml: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(bin())
+            .args(["certs", "--out"])
+            .arg(dir.path().join("certs"))
+            .args(["--regions", "eu,us,ap"])
+            .output()
+            .expect("run meridian certs");
+        assert!(out.status.success(), "meridian certs failed: {out:?}");
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let mut regions = String::new();
+        for (i, r) in REGIONS.iter().enumerate() {
+            regions.push_str(&format!(
+                "[[regions]]\nname = \"{r}\"\ngrpc = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n",
+                ports[i].0, ports[i].1
+            ));
+        }
+        let mut configs = Vec::new();
+        for r in REGIONS {
+            let text = format!(
+                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n{regions}{extra_toml}"
+            );
+            let p = dir.path().join(format!("{r}.toml"));
+            std::fs::write(&p, text).expect("write config");
+            configs.push(p);
+        }
+        Cluster {
+            grpc: ports
+                .iter()
+                .map(|(g, _)| format!("127.0.0.1:{g}"))
+                .collect(),
+            dir,
+            configs,
+            procs: vec![None, None, None],
+        }
+    }
+
+    pub fn start(&mut self, i: usize) {
+        assert!(self.procs[i].is_none(), "region {i} already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("log file");
+        let child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&self.configs[i])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn meridian serve");
+        self.procs[i] = Some(child);
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..3 {
+            self.start(i);
+        }
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("{}.log", REGIONS[i]))
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("reap");
+        }
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join("data").join(REGIONS[i])
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A client that knows only region `i`.
+    pub async fn client_for(&self, i: usize) -> Client {
+        Client::connect(&[self.grpc[i].clone()], fast_opts())
+            .await
+            .expect("client")
+    }
+
+    /// A client that knows every region.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.grpc, fast_opts()).await.expect("client")
+    }
+
+    /// Wait until region `i` answers and sees a leader for every group.
+    pub async fn wait_ready(&self, i: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        let c = self.client_for(i).await;
+        loop {
+            if let Ok(s) = c.cluster_status().await {
+                if s.groups.iter().all(|g| g.leader.is_some()) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "region {} not ready within {within:?}; log:\n{}",
+                REGIONS[i],
+                self.log(i)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+pub fn fast_opts() -> ClientOptions {
+    ClientOptions {
+        connect_timeout: Duration::from_millis(500),
+        attempt_timeout: Duration::from_secs(6),
+        attempts_max: 12,
+        backoff_base: Duration::from_millis(25),
+        backoff_max: Duration::from_millis(500),
+        probe_interval: Duration::from_secs(2),
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self.procs.iter_mut() {
+            if let Some(mut c) = p.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
