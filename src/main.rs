@@ -15,13 +15,23 @@ use meridian_proto::v1::{Consistency, KeyValue, ListRequest};
 const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 
 #[derive(Parser)]
-#[command(name = "meridian", version, about = "Meridian: a geo-replicated configuration store")]
+#[command(
+    name = "meridian",
+    version,
+    about = "Meridian: a geo-replicated configuration store"
+)]
 struct Cli {
     /// gRPC addresses of the regions (the client picks the nearest healthy one).
     #[arg(long, global = true, env = "MERIDIAN_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, value_delimiter = ',')]
     endpoints: Vec<String>,
     /// Namespace to operate on.
-    #[arg(long, short = 'n', global = true, env = "MERIDIAN_NS", default_value = "eu")]
+    #[arg(
+        long,
+        short = 'n',
+        global = true,
+        env = "MERIDIAN_NS",
+        default_value = "eu"
+    )]
     ns: String,
     /// Output format of client commands.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Human)]
@@ -163,7 +173,10 @@ fn init_logs(format: LogFormat, level: &str) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -274,7 +287,10 @@ async fn dev(dir: &Path, base_port: u16, fresh: bool) -> Result<()> {
     }
     let endpoints: Vec<String> = nodes.iter().map(|n| n.grpc_addr.to_string()).collect();
     println!();
-    println!("Meridian dev cluster: 3 regions on loopback, data in {}", dir.display());
+    println!(
+        "Meridian dev cluster: 3 regions on loopback, data in {}",
+        dir.display()
+    );
     for n in &nodes {
         println!("  region {:<3} gRPC {}", n.region, n.grpc_addr);
     }
@@ -460,9 +476,7 @@ async fn client_command(cli: Cli) -> Result<()> {
             }
         }
         Cmd::History { key } => {
-            let r = client
-                .history(ns, &key, Consistency::Linearizable)
-                .await?;
+            let r = client.history(ns, &key, Consistency::Linearizable).await?;
             for k in &r.versions {
                 if json {
                     println!("{}", kv_json(k));
@@ -557,7 +571,11 @@ fn print_status(s: &meridian_proto::v1::ClusterStatusResponse) {
             r.name,
             r.grpc_address,
             r.peer_address,
-            if r.connected { "connected" } else { "UNREACHABLE" }
+            if r.connected {
+                "connected"
+            } else {
+                "UNREACHABLE"
+            }
         );
     }
     println!("groups:");
@@ -569,7 +587,11 @@ fn print_status(s: &meridian_proto::v1::ClusterStatusResponse) {
         println!(
             "  {:<8} leader {:<8} term {:<4} commit {:<7} revision {:<7} lag {:<4} {} ({} here)",
             g.home_region,
-            if g.leader_name.is_empty() { "?" } else { &g.leader_name },
+            if g.leader_name.is_empty() {
+                "?"
+            } else {
+                &g.leader_name
+            },
             g.term,
             g.commit_index,
             g.applied_revision,

@@ -131,7 +131,10 @@ async fn malformed_and_oversized_requests_get_clear_errors_and_lose_nothing() {
         .await
         .expect("get");
     assert_eq!(r.kv.expect("kv").value, b"safe");
-    let r = client.get("eu", "big", Consistency::Linearizable).await.expect("get");
+    let r = client
+        .get("eu", "big", Consistency::Linearizable)
+        .await
+        .expect("get");
     assert!(!r.found, "the refused value must not exist");
 }
 
@@ -155,7 +158,8 @@ fn unknown_region_in_config_is_a_clear_error() {
         "stderr: {err}"
     );
     // Unknown field: named in the error.
-    let text = std::fs::read_to_string(&c.configs[0]).expect("read") + "\n[cluster]\nelection_timeout = 5\n";
+    let text = std::fs::read_to_string(&c.configs[0]).expect("read")
+        + "\n[cluster]\nelection_timeout = 5\n";
     std::fs::write(&bad, text).expect("write");
     let out = Command::new(common::bin())
         .args(["serve", "--config"])
@@ -164,7 +168,10 @@ fn unknown_region_in_config_is_a_clear_error() {
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown field `election_timeout`"), "stderr: {err}");
+    assert!(
+        err.contains("unknown field `election_timeout`"),
+        "stderr: {err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -175,7 +182,13 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
         c.wait_ready(i, READY).await;
     }
     let client = c.client_for(1).await;
-    assert!(client.put("us", "before", b"1").await.expect("put").succeeded);
+    assert!(
+        client
+            .put("us", "before", b"1")
+            .await
+            .expect("put")
+            .succeeded
+    );
 
     // Replace region eu by an impostor: same name and ports, but its
     // certificate (and CA) come from another `meridian certs` run.
@@ -214,10 +227,22 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
     // The impostor cannot join: us still reports eu unreachable, keeps serving,
     // and the data is intact.
     let s = client.cluster_status().await.expect("status");
-    assert!(!s.regions[0].connected, "the impostor must not be connected");
-    assert!(client.put("us", "after", b"2").await.expect("put").succeeded);
+    assert!(
+        !s.regions[0].connected,
+        "the impostor must not be connected"
+    );
+    assert!(
+        client
+            .put("us", "after", b"2")
+            .await
+            .expect("put")
+            .succeeded
+    );
     for k in ["before", "after"] {
-        let r = client.get("us", k, Consistency::Linearizable).await.expect("get");
+        let r = client
+            .get("us", k, Consistency::Linearizable)
+            .await
+            .expect("get");
         assert!(r.found, "{k} lost");
     }
     let _ = REGIONS;

@@ -36,7 +36,10 @@ async fn write_in_one_region_is_read_and_watched_in_the_others() {
 
     let w = eu.put("eu", "cfg/flag", b"on").await.expect("put in eu");
     assert!(w.succeeded);
-    let w2 = us.put("eu", "cfg/limit", b"42").await.expect("put in us (forwarded)");
+    let w2 = us
+        .put("eu", "cfg/limit", b"42")
+        .await
+        .expect("put in us (forwarded)");
     assert!(w2.succeeded);
 
     let got = us
@@ -46,9 +49,16 @@ async fn write_in_one_region_is_read_and_watched_in_the_others() {
     assert!(got.found);
     assert_eq!(got.kv.expect("kv").value, b"on");
     let got = ap
-        .get("eu", "cfg/limit", Consistency::Bounded)
+        .get("eu", "cfg/limit", Consistency::Linearizable)
         .await
-        .expect("bounded get in ap");
+        .expect("linearizable get in ap");
+    assert_eq!(got.kv.expect("kv").value, b"42");
+    // Read-your-writes: a stale read in us carries the token of us's own
+    // write, so it waits until that write has applied there.
+    let got = us
+        .get("eu", "cfg/limit", Consistency::Stale)
+        .await
+        .expect("stale get with token in us");
     assert_eq!(got.kv.expect("kv").value, b"42");
 
     let mut seen = BTreeMap::new();
@@ -87,6 +97,41 @@ async fn write_in_one_region_is_read_and_watched_in_the_others() {
     assert_eq!(vals, [b"on".to_vec(), b"off".to_vec()]);
 }
 
+/// Every live key under `prefix` in `ns`, paging through List.
+async fn list_all(
+    client: &meridian_proto::client::Client,
+    ns: &str,
+    prefix: &str,
+    consistency: Consistency,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut page = String::new();
+    loop {
+        let r = client
+            .list(meridian_proto::v1::ListRequest {
+                namespace: ns.into(),
+                prefix: prefix.into(),
+                page_token: page.clone(),
+                limit: 1000,
+                read: Some(meridian_proto::v1::ReadOptions {
+                    consistency: consistency as i32,
+                    max_staleness_ms: 0,
+                    token: None,
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        for k in r.kvs {
+            out.insert(k.key, k.value);
+        }
+        if r.next_page_token.is_empty() {
+            return out;
+        }
+        page = r.next_page_token;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_of_the_leader_under_load_loses_no_acknowledged_write() {
     let mut c = Cluster::new("");
@@ -107,7 +152,9 @@ async fn kill9_of_the_leader_under_load_loses_no_acknowledged_write() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 
-    let acked: Arc<Mutex<BTreeMap<String, (String, Instant)>>> = Arc::default();
+    // key -> (value, when the write began, when it was acknowledged)
+    type Acked = BTreeMap<String, (String, Instant, Instant)>;
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..4 {
@@ -126,7 +173,7 @@ async fn kill9_of_the_leader_under_load_loses_no_acknowledged_write() {
                         acked
                             .lock()
                             .expect("lock")
-                            .insert(key, (value, started));
+                            .insert(key, (value, started, Instant::now()));
                     }
                     _ => failed += 1,
                 }
@@ -137,7 +184,10 @@ async fn kill9_of_the_leader_under_load_loses_no_acknowledged_write() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = acked.lock().expect("lock").len();
-    assert!(before > 20, "only {before} writes acknowledged before the kill");
+    assert!(
+        before > 20,
+        "only {before} writes acknowledged before the kill"
+    );
 
     let killed_at = Instant::now();
     c.kill9(leader);
@@ -148,16 +198,14 @@ async fn kill9_of_the_leader_under_load_loses_no_acknowledged_write() {
         failed += w.await.expect("writer");
     }
     let acked = acked.lock().expect("lock").clone();
-    // RTO: from the kill to the first acknowledgement of a write begun after it.
+    // RTO: from the kill to the first acknowledgement of a write begun after
+    // it (every such write went through a new leader).
     let first_after = acked
         .values()
-        .filter(|(_, started)| *started > killed_at)
-        .map(|(_, started)| *started)
+        .filter(|(_, started, _)| *started > killed_at)
+        .map(|(_, _, acked_at)| *acked_at)
         .min();
-    let resumed = acked
-        .values()
-        .filter(|(_, s)| *s > killed_at)
-        .count();
+    let resumed = acked.values().filter(|(_, s, _)| *s > killed_at).count();
     let first_after = first_after.expect("writes resumed after the kill");
     let rto = first_after.duration_since(killed_at);
 
@@ -169,15 +217,26 @@ async fn kill9_of_the_leader_under_load_loses_no_acknowledged_write() {
     let reader = meridian_proto::client::Client::connect(&survivors, common::fast_opts())
         .await
         .expect("client");
-    for (k, (v, _)) in &acked {
+    let live = list_all(&reader, "eu", "load/", Consistency::Linearizable).await;
+    for (k, (v, _, _)) in &acked {
+        let got = live
+            .get(k)
+            .unwrap_or_else(|| panic!("acknowledged write {k} lost"));
+        assert_eq!(got, v.as_bytes(), "{k}");
+    }
+    // Spot-check single-key linearizable reads too.
+    for (k, (v, _, _)) in acked.iter().step_by(997) {
         let r = reader
             .get("eu", k, Consistency::Linearizable)
             .await
             .unwrap_or_else(|e| panic!("read {k}: {e}"));
-        assert!(r.found, "acknowledged write {k} lost");
         assert_eq!(r.kv.expect("kv").value, v.as_bytes(), "{k}");
     }
 
+    eprintln!(
+        "verified {} acknowledged writes after the kill; restarting",
+        acked.len()
+    );
     // The killed region restarts and catches up.
     c.start(leader);
     c.wait_ready(leader, READY).await;
@@ -188,6 +247,7 @@ async fn kill9_of_the_leader_under_load_loses_no_acknowledged_write() {
         .token
         .expect("token")
         .revision;
+    eprintln!("restarted; waiting for revision {newest}");
     let back = c.client_for(leader).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -195,15 +255,19 @@ async fn kill9_of_the_leader_under_load_loses_no_acknowledged_write() {
         if s.groups[0].applied_revision >= newest {
             break;
         }
-        assert!(Instant::now() < deadline, "restarted region did not catch up");
+        assert!(
+            Instant::now() < deadline,
+            "restarted region did not catch up"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for (k, (v, _)) in &acked {
-        let r = back
-            .get("eu", k, Consistency::Stale)
-            .await
-            .expect("stale read at the restarted region");
-        assert_eq!(r.kv.expect("kv").value, v.as_bytes(), "{k} at the restarted region");
+    eprintln!("caught up; reading at the restarted region");
+    let local = list_all(&back, "eu", "load/", Consistency::Stale).await;
+    for (k, (v, _, _)) in &acked {
+        let got = local
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} missing at the restarted region"));
+        assert_eq!(got, v.as_bytes(), "{k} at the restarted region");
     }
     println!(
         "kill -9 of region {} (leader of group eu): RTO {} ms (bound {} ms); verified {} acknowledged writes ({} acknowledged after the kill, {} not acknowledged); restarted region caught up to revision {}",

@@ -158,9 +158,7 @@ impl Default for LogConfig {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 32
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 impl NodeConfig {
@@ -389,7 +387,10 @@ grpc = "127.0.0.1:7003"
         let core = c.core_config();
         assert_eq!(core.regions, 3);
         let names: Vec<_> = core.namespaces.iter().map(|n| n.name.as_str()).collect();
-        assert_eq!(names, ["eu", "eu-async", "us", "us-async", "ap", "ap-async"]);
+        assert_eq!(
+            names,
+            ["eu", "eu-async", "us", "us-async", "ap", "ap-async"]
+        );
         assert_eq!(core.namespaces[2].home, 1);
     }
 

@@ -43,8 +43,12 @@ pub enum Input {
         reply: ReplyTo,
     },
     /// Forget a watch whose client went away.
-    CancelWatch { req: RequestId },
-    Status { reply: oneshot::Sender<NodeStatus> },
+    CancelWatch {
+        req: RequestId,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
+    },
 }
 
 pub enum StorageDone {
@@ -161,9 +165,9 @@ impl Driver {
     ) {
         self.dispatch();
         loop {
-            let timer = self.timer_at_us.map(|at| {
-                self.start + std::time::Duration::from_micros(at)
-            });
+            let timer = self
+                .timer_at_us
+                .map(|at| self.start + std::time::Duration::from_micros(at));
             let sleep = async {
                 match timer {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -235,8 +239,11 @@ impl Driver {
             Input::CancelWatch { req } => {
                 if self.watches.remove(&req).is_some() {
                     // The reply to the cancel itself goes nowhere.
-                    self.node
-                        .handle_client(now, u64::MAX - req, ClientRequest::CancelWatch { watch: req });
+                    self.node.handle_client(
+                        now,
+                        u64::MAX - req,
+                        ClientRequest::CancelWatch { watch: req },
+                    );
                 }
             }
             Input::Status { reply } => {

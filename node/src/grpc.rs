@@ -260,7 +260,12 @@ impl Kv for Api {
                     token: tok,
                 })
                 .await?;
-            let ClientResponse::List { kvs, more, token: t } = resp else {
+            let ClientResponse::List {
+                kvs,
+                more,
+                token: t,
+            } = resp
+            else {
                 return Err(unexpected(&resp));
             };
             last_token = token(t);
@@ -348,7 +353,11 @@ impl Kv for Api {
                     value: p.value,
                 }),
                 Some(op::Op::Delete(k)) => ops.push(WriteOp::Delete { key: k }),
-                None => return Err(invalid("a transaction operation has neither put nor delete")),
+                None => {
+                    return Err(invalid(
+                        "a transaction operation has neither put nor delete",
+                    ))
+                }
             }
         }
         let compares = r
@@ -385,14 +394,15 @@ impl Kv for Api {
             inputs: self.inputs.clone(),
             req,
         };
-        let stream = async_stream(move |out: mpsc::Sender<Result<WatchResponse, Status>>| async move {
-            let _guard = guard;
-            loop {
-                let item = tokio::select! {
-                    m = rx.recv() => m,
-                    _ = out.closed() => return,
-                };
-                let msg = match item {
+        let stream = async_stream(
+            move |out: mpsc::Sender<Result<WatchResponse, Status>>| async move {
+                let _guard = guard;
+                loop {
+                    let item = tokio::select! {
+                        m = rx.recv() => m,
+                        _ = out.closed() => return,
+                    };
+                    let msg = match item {
                     Some(ClientResponse::WatchEvents { events, revision }) => Ok(WatchResponse {
                         events: events.into_iter().map(|k| kv(k, false)).collect(),
                         revision,
@@ -413,12 +423,13 @@ impl Kv for Api {
                         "the watch fell too far behind or the node stopped; resume from the last revision",
                     )),
                 };
-                let end = msg.is_err();
-                if out.send(msg).await.is_err() || end {
-                    return;
+                    let end = msg.is_err();
+                    if out.send(msg).await.is_err() || end {
+                        return;
+                    }
                 }
-            }
-        });
+            },
+        );
         Ok(Response::new(stream))
     }
 
@@ -437,12 +448,10 @@ impl Kv for Api {
             })
             .await?;
         match resp {
-            ClientResponse::History { versions, token: t } => {
-                Ok(Response::new(HistoryResponse {
-                    versions: versions.into_iter().map(|k| kv(k, false)).collect(),
-                    token: token(t),
-                }))
-            }
+            ClientResponse::History { versions, token: t } => Ok(Response::new(HistoryResponse {
+                versions: versions.into_iter().map(|k| kv(k, false)).collect(),
+                token: token(t),
+            })),
             other => Err(unexpected(&other)),
         }
     }
@@ -480,7 +489,12 @@ impl Admin for Api {
         let s = rx
             .await
             .map_err(|_| status(Code::Unavailable, "SHUTTING_DOWN", "the node is stopping"))?;
-        let name = |i: usize| self.regions.get(i).map_or("?", |r| r.name.as_str()).to_string();
+        let name = |i: usize| {
+            self.regions
+                .get(i)
+                .map_or("?", |r| r.name.as_str())
+                .to_string()
+        };
         let regions = self
             .regions
             .iter()

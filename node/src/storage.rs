@@ -239,7 +239,11 @@ impl RocksStorage {
             }
         };
         match op {
-            StorageOp::HardState { group: g, term, vote } => {
+            StorageOp::HardState {
+                group: g,
+                term,
+                vote,
+            } => {
                 group(*g, idx)?;
                 let k = key_h(*g);
                 batch.put(&k, seal(&k, &enc(&(*term, *vote))));
@@ -399,9 +403,9 @@ impl Storage for RocksStorage {
         for (g, dg) in d.groups.iter().enumerate() {
             check_group(g, dg).map_err(|r| self.corrupt(r))?;
             if !hard_seen[g] && (!dg.entries.is_empty() || dg.snapshot.is_some()) {
-                return Err(self.corrupt(format!(
-                    "group {g} has log or snapshot but no hard state"
-                )));
+                return Err(
+                    self.corrupt(format!("group {g} has log or snapshot but no hard state"))
+                );
             }
         }
         Ok(d)

@@ -69,9 +69,14 @@ pub struct PeerFrame {
 /// What the transport delivers to the node's driver.
 #[derive(Debug)]
 pub enum PeerEvent {
-    Message { from: u8, bytes: Vec<u8> },
+    Message {
+        from: u8,
+        bytes: Vec<u8>,
+    },
     /// A new outbound connection to `peer` is up.
-    Reset { peer: u8 },
+    Reset {
+        peer: u8,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -370,10 +375,7 @@ async fn accept_loop(
                         read_stream(recv, from, &name, regions, frame_bytes_max, &events).await
                     {
                         tracing::warn!(peer = %name, %reason, "closing peer connection");
-                        conn.close(
-                            quinn::VarInt::from_u32(CLOSE_BAD_FRAME),
-                            reason.as_bytes(),
-                        );
+                        conn.close(quinn::VarInt::from_u32(CLOSE_BAD_FRAME), reason.as_bytes());
                     }
                 });
             }
@@ -393,10 +395,7 @@ fn identify(conn: &quinn::Connection, names: &[String]) -> Option<u8> {
         .map(|i| i as u8)
 }
 
-async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    max: usize,
-) -> Result<Option<Vec<u8>>, String> {
+async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<Vec<u8>>, String> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
@@ -443,10 +442,7 @@ async fn read_stream(
     while let Some(buf) = read_frame(&mut recv, frame_max).await? {
         let f = PeerFrame::decode(buf.as_slice()).map_err(|e| format!("bad frame: {e}"))?;
         if events
-            .send(PeerEvent::Message {
-                from,
-                bytes: f.msg,
-            })
+            .send(PeerEvent::Message { from, bytes: f.msg })
             .await
             .is_err()
         {

@@ -63,9 +63,7 @@ fn random_op(rng: &mut Rng, model: &Durable) -> StorageOp {
                 _ => last + 1,
             };
             let n = rng.range(0, 6);
-            let entries = (0..n)
-                .map(|i| entry(rng, first + i, dg.term))
-                .collect();
+            let entries = (0..n).map(|i| entry(rng, first + i, dg.term)).collect();
             StorageOp::Append {
                 group: g,
                 first_index: first,
@@ -142,7 +140,10 @@ fn run_conformance(seed: u64, steps: usize) {
             assert_eq!(rocks.load().expect("load"), model, "after reopen");
         }
     }
-    assert!(rejected > 0, "seed {seed}: the sequence never tried an invalid op");
+    assert!(
+        rejected > 0,
+        "seed {seed}: the sequence never tried an invalid op"
+    );
     assert!(
         model.groups.iter().any(|g| g.snapshot.is_some()),
         "seed {seed}: the sequence never snapshotted"
@@ -206,7 +207,10 @@ fn flipped_byte_in_a_value_is_detected() {
         db.put(&key, v).expect("put");
     }
     let e = open_err(&path, 0);
-    assert!(e.contains("corrupt data directory") && e.contains("checksum"), "{e}");
+    assert!(
+        e.contains("corrupt data directory") && e.contains("checksum"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -285,9 +285,9 @@ impl Client {
                 tokio::time::sleep(self.backoff(attempt)).await;
             }
         }
-        Err(ClientError::from_status(last.unwrap_or_else(|| {
-            Status::unavailable("no attempt made")
-        })))
+        Err(ClientError::from_status(
+            last.unwrap_or_else(|| Status::unavailable("no attempt made")),
+        ))
     }
 
     fn note_token(&self, ns: &str, token: Option<&RevisionToken>) {
@@ -387,7 +387,12 @@ impl Client {
         rand::rng().random_range(1..u64::MAX)
     }
 
-    pub async fn put(&self, ns: &str, key: &str, value: &[u8]) -> Result<WriteResponse, ClientError> {
+    pub async fn put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<WriteResponse, ClientError> {
         let req = PutRequest {
             namespace: ns.into(),
             key: key.into(),

@@ -130,7 +130,9 @@ impl Cluster {
 
     /// A client that knows every region.
     pub async fn client(&self) -> Client {
-        Client::connect(&self.grpc, fast_opts()).await.expect("client")
+        Client::connect(&self.grpc, fast_opts())
+            .await
+            .expect("client")
     }
 
     /// Wait until region `i` answers and sees a leader for every group.

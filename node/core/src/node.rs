@@ -252,6 +252,10 @@ pub struct Node {
     pending: BTreeMap<RequestId, u64>,
     deadlines: BTreeSet<(u64, RequestId)>,
     token_waits: Vec<TokenWait>,
+    /// Requests forwarded to a group's leader: id -> (group, leader, is_write).
+    /// If the group's leader changes first, they are answered at once rather
+    /// than at their timeout, so clients retry elsewhere sooner (lower RTO).
+    forwarded: BTreeMap<RequestId, (GroupId, NodeId, bool)>,
     watchers: BTreeMap<RequestId, Watcher>,
     timer_at: Option<u64>,
     halted: bool,
@@ -381,6 +385,7 @@ impl Node {
             pending: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             token_waits: Vec::new(),
+            forwarded: BTreeMap::new(),
             watchers: BTreeMap::new(),
             timer_at: None,
             halted: false,
@@ -474,9 +479,7 @@ impl Node {
             applied_index: gr.applied,
             last_index: gr.log.last_index(),
             applied_revision: self.sms[g as usize].revision(),
-            lease_remaining_us: self
-                .lease_expiry_us(g)
-                .map(|e| e.saturating_sub(self.now)),
+            lease_remaining_us: self.lease_expiry_us(g).map(|e| e.saturating_sub(self.now)),
             followers: if leading {
                 gr.peers
                     .iter()
@@ -760,6 +763,7 @@ impl Node {
     fn respond(&mut self, origin: Origin, resp: ClientResponse) {
         match origin {
             Origin::Local(req) => {
+                self.forwarded.remove(&req);
                 if let Some(deadline) = self.pending.remove(&req) {
                     self.deadlines.remove(&(deadline, req));
                     self.out.push(Action::Reply { req, resp });
@@ -834,6 +838,27 @@ impl Node {
         }
     }
 
+    /// Group `g`'s leader changed: answer requests forwarded to another node.
+    /// A write's outcome is unknown (its id makes a retry safe); a read did
+    /// nothing.
+    fn fail_stale_forwards(&mut self, g: usize) {
+        let leader = self.groups[g].leader;
+        let stale: Vec<(RequestId, bool)> = self
+            .forwarded
+            .iter()
+            .filter(|(_, (fg, to, _))| *fg as usize == g && Some(*to) != leader)
+            .map(|(id, (_, _, w))| (*id, *w))
+            .collect();
+        for (id, is_write) in stale {
+            let code = if is_write {
+                ErrorCode::Indeterminate
+            } else {
+                ErrorCode::Unavailable
+            };
+            self.respond(Origin::Local(id), ClientResponse::Error(code));
+        }
+    }
+
     fn reset_election_timer(&mut self, g: usize) {
         let et = self.cfg.election_timeout_us;
         self.groups[g].election_deadline_us = self.now + self.rng.range(et, 2 * et);
@@ -844,6 +869,8 @@ impl Node {
         let gr = &mut self.groups[g];
         gr.leader = None;
         gr.role = Role::PreCandidate;
+        self.fail_stale_forwards(g);
+        let gr = &mut self.groups[g];
         gr.next_heartbeat_us = self.now + self.cfg.heartbeat_interval_us;
         gr.votes.clear();
         gr.votes.insert(self.id);
@@ -986,6 +1013,7 @@ impl Node {
                 self.respond(r.origin, ClientResponse::Error(ErrorCode::Unavailable));
             }
         }
+        self.fail_stale_forwards(g);
         self.reset_election_timer(g);
     }
 
@@ -2171,7 +2199,8 @@ impl Node {
                 if !ns_ok(ns) {
                     return Err(ErrorCode::UnknownNamespace);
                 }
-                if prefix.len() > self.cfg.key_bytes_max || start_after.len() > self.cfg.key_bytes_max
+                if prefix.len() > self.cfg.key_bytes_max
+                    || start_after.len() > self.cfg.key_bytes_max
                 {
                     return Err(ErrorCode::KeyTooLong);
                 }
@@ -2344,14 +2373,20 @@ impl Node {
 
     fn forward_or_fail(&mut self, g: usize, origin: Origin, req: ClientRequest) {
         match (origin, self.groups[g].leader) {
-            (Origin::Local(id), Some(l)) if l != self.id => self.send(l, Msg::Forward { id, req }),
+            (Origin::Local(id), Some(l)) if l != self.id => {
+                let is_write = matches!(req, ClientRequest::Write { .. });
+                self.forwarded.insert(id, (g as GroupId, l, is_write));
+                self.send(l, Msg::Forward { id, req });
+            }
             _ => self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable)),
         }
     }
 
     fn on_request(&mut self, origin: Origin, req: ClientRequest) {
         match req {
-            ClientRequest::Get { .. } | ClientRequest::List { .. } | ClientRequest::History { .. } => {
+            ClientRequest::Get { .. }
+            | ClientRequest::List { .. }
+            | ClientRequest::History { .. } => {
                 let Some((ns, query, consistency, token)) = req.as_read() else {
                     return;
                 };

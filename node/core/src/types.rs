@@ -57,7 +57,12 @@ impl ClientRequest {
                 key,
                 consistency,
                 token,
-            } => Some((ns, ReadQuery::Get { key: key.clone() }, *consistency, *token)),
+            } => Some((
+                ns,
+                ReadQuery::Get { key: key.clone() },
+                *consistency,
+                *token,
+            )),
             ClientRequest::List {
                 ns,
                 prefix,
@@ -80,7 +85,12 @@ impl ClientRequest {
                 key,
                 consistency,
                 token,
-            } => Some((ns, ReadQuery::History { key: key.clone() }, *consistency, *token)),
+            } => Some((
+                ns,
+                ReadQuery::History { key: key.clone() },
+                *consistency,
+                *token,
+            )),
             _ => None,
         }
     }
