@@ -272,7 +272,7 @@ async fn dial_loop(
         let conn = match conn {
             Ok(c) => c,
             Err(e) => {
-                if attempt % 20 == 0 {
+                if attempt.is_multiple_of(20) {
                     tracing::warn!(peer = %info.name, addr = %info.addr, error = %e, "peer connection failed; retrying with backoff");
                 }
                 // Drop what queued up while the link is down: Raft resends and
