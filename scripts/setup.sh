@@ -27,4 +27,17 @@ else
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang libclang-dev >/dev/null
 fi
+# The test that proves a foreign gRPC client works (tests/foreign_client.rs)
+# uses Python's grpcio with stubs generated from proto/ at run time.
+if command -v python3 >/dev/null 2>&1; then
+  if python3 -c "import grpc, grpc_tools, grpc_reflection" >/dev/null 2>&1; then
+    echo "setup: python grpcio already installed"
+  else
+    echo "setup: installing python grpcio, grpcio-tools, grpcio-reflection (for tests/foreign_client.rs)"
+    python3 -m pip install --quiet grpcio grpcio-tools grpcio-reflection 2>/dev/null \
+      || python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools grpcio-reflection
+  fi
+else
+  echo "setup: WARNING: no python3; tests/foreign_client.rs will fail until python3 with grpcio is installed" >&2
+fi
 echo "setup: done"
