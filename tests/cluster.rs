@@ -318,3 +318,88 @@ async fn stop_and_restart_all_three_keeps_every_write() {
         assert_eq!(r.kv.expect("kv").value, key.as_bytes());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_resumes_in_another_region_without_losing_changes() {
+    let mut c = Cluster::new("");
+    c.start_all();
+    for i in 0..3 {
+        c.wait_ready(i, READY).await;
+    }
+    // The watcher knows us and ap; writes go to eu (the home of namespace eu).
+    let watcher = meridian_proto::client::Client::connect(
+        &[c.grpc[1].clone(), c.grpc[2].clone()],
+        common::fast_opts(),
+    )
+    .await
+    .expect("client");
+    let writer = c.client_for(0).await;
+    let rev = writer
+        .get("eu", "w/none", Consistency::Linearizable)
+        .await
+        .expect("get")
+        .token
+        .expect("token")
+        .revision;
+    let mut rx = watcher.watch("eu", "w/", Some(rev));
+    for i in 0..50 {
+        writer
+            .put("eu", &format!("w/{i:03}"), b"x")
+            .await
+            .expect("put");
+    }
+    // Kill the region the watch is connected to (the watcher's first choice).
+    let first = watcher.preference()[0].0.clone();
+    let victim = (1..3)
+        .find(|i| first.ends_with(&c.grpc[*i]))
+        .expect("victim is us or ap");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last_rev = 0;
+    let mut recv = |seen: &mut std::collections::BTreeSet<String>,
+                    ev: meridian_proto::v1::WatchResponse| {
+        // An empty response acknowledges the watch at its start revision.
+        if !ev.events.is_empty() {
+            assert!(
+                ev.revision > last_rev,
+                "revisions go forward: {} after {last_rev}: {ev:?}",
+                ev.revision
+            );
+        }
+        last_rev = last_rev.max(ev.revision);
+        for k in ev.events {
+            seen.insert(k.key);
+        }
+    };
+    while seen.len() < 50 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("events before the kill")
+            .expect("open")
+            .expect("ok");
+        recv(&mut seen, ev);
+    }
+    c.kill9(victim);
+    for i in 50..100 {
+        writer
+            .put("eu", &format!("w/{i:03}"), b"x")
+            .await
+            .expect("put");
+    }
+    while seen.len() < 100 {
+        let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("events resume in the other region")
+            .expect("open")
+            .expect("ok");
+        recv(&mut seen, ev);
+    }
+    assert_eq!(
+        seen.len(),
+        100,
+        "every change delivered exactly once per key"
+    );
+    println!(
+        "watch moved from region {} and delivered all 100 changes",
+        REGIONS[victim]
+    );
+}
