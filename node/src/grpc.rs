@@ -10,7 +10,7 @@ use std::sync::Arc;
 use futures::Stream;
 use meridian_core::types::{
     ClientRequest, ClientResponse, Compare as CoreCompare, Consistency as CoreConsistency,
-    ErrorCode, KeyValue as CoreKv, RevisionToken as CoreToken, WriteOp,
+    ErrorCode, KeyValue as CoreKv, ReadQuery, RevisionToken as CoreToken, WriteOp,
 };
 use meridian_proto::v1::admin_server::Admin;
 use meridian_proto::v1::kv_server::Kv;
@@ -56,6 +56,11 @@ pub fn status(code: Code, reason: &str, message: &str) -> Status {
             .insert(meridian_proto::REASON_METADATA_KEY, v);
     }
     s
+}
+
+/// The driver is gone: the node is shutting down.
+fn stopping() -> Status {
+    status(Code::Unavailable, "SHUTTING_DOWN", "the node is stopping")
 }
 
 fn invalid(message: &str) -> Status {
@@ -168,19 +173,29 @@ impl Api {
             request,
             reply: ReplyTo::Once(tx),
         };
-        self.inputs
-            .send(input)
-            .await
-            .map_err(|_| status(Code::Unavailable, "SHUTTING_DOWN", "the node is stopping"))?;
+        self.inputs.send(input).await.map_err(|_| stopping())?;
         match rx.await {
             Ok(ClientResponse::Error(code)) => Err(error_status(code)),
             Ok(r) => Ok(r),
-            Err(_) => Err(status(
-                Code::Unavailable,
-                "SHUTTING_DOWN",
-                "the node stopped before answering",
-            )),
+            Err(_) => Err(stopping()),
         }
+    }
+
+    /// One read of `ns` through the core's consistency path.
+    async fn read(
+        &self,
+        ns: String,
+        query: ReadQuery,
+        read: Option<ReadOptions>,
+    ) -> Result<ClientResponse, Status> {
+        let (consistency, token) = read_opts(read)?;
+        self.call(ClientRequest::Read {
+            ns,
+            query,
+            consistency,
+            token,
+        })
+        .await
     }
 
     async fn write(
@@ -218,14 +233,8 @@ impl Api {
 impl Kv for Api {
     async fn get(&self, r: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let r = r.into_inner();
-        let (consistency, tok) = read_opts(r.read)?;
         let resp = self
-            .call(ClientRequest::Get {
-                ns: r.namespace,
-                key: r.key,
-                consistency,
-                token: tok,
-            })
+            .read(r.namespace, ReadQuery::Get { key: r.key }, r.read)
             .await?;
         match resp {
             ClientResponse::Value { kv: k, token: t } => Ok(Response::new(GetResponse {
@@ -239,7 +248,6 @@ impl Kv for Api {
 
     async fn list(&self, r: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let r = r.into_inner();
-        let (consistency, tok) = read_opts(r.read)?;
         let limit = match r.limit {
             0 => LIST_LIMIT_DEFAULT,
             n => n.min(LIST_LIMIT_MAX),
@@ -250,16 +258,12 @@ impl Kv for Api {
         let mut next = String::new();
         for _ in 0..LIST_SCAN_PAGES_MAX {
             let want = limit - out.len() as u32;
-            let resp = self
-                .call(ClientRequest::List {
-                    ns: r.namespace.clone(),
-                    prefix: r.prefix.clone(),
-                    start_after: after.clone(),
-                    limit: want,
-                    consistency,
-                    token: tok,
-                })
-                .await?;
+            let query = ReadQuery::List {
+                prefix: r.prefix.clone(),
+                start_after: after.clone(),
+                limit: want,
+            };
+            let resp = self.read(r.namespace.clone(), query, r.read).await?;
             let ClientResponse::List {
                 kvs,
                 more,
@@ -389,7 +393,7 @@ impl Kv for Api {
                 reply: ReplyTo::Stream(tx),
             })
             .await
-            .map_err(|_| status(Code::Unavailable, "SHUTTING_DOWN", "the node is stopping"))?;
+            .map_err(|_| stopping())?;
         let guard = WatchGuard {
             inputs: self.inputs.clone(),
             req,
@@ -438,14 +442,8 @@ impl Kv for Api {
         r: Request<HistoryRequest>,
     ) -> Result<Response<HistoryResponse>, Status> {
         let r = r.into_inner();
-        let (consistency, tok) = read_opts(r.read)?;
         let resp = self
-            .call(ClientRequest::History {
-                ns: r.namespace,
-                key: r.key,
-                consistency,
-                token: tok,
-            })
+            .read(r.namespace, ReadQuery::History { key: r.key }, r.read)
             .await?;
         match resp {
             ClientResponse::History { versions, token: t } => Ok(Response::new(HistoryResponse {
@@ -485,10 +483,8 @@ impl Admin for Api {
         self.inputs
             .send(Input::Status { reply: tx })
             .await
-            .map_err(|_| status(Code::Unavailable, "SHUTTING_DOWN", "the node is stopping"))?;
-        let s = rx
-            .await
-            .map_err(|_| status(Code::Unavailable, "SHUTTING_DOWN", "the node is stopping"))?;
+            .map_err(|_| stopping())?;
+        let s = rx.await.map_err(|_| stopping())?;
         let name = |i: usize| {
             self.regions
                 .get(i)

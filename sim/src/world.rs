@@ -928,9 +928,9 @@ impl World {
                     key: k.clone(),
                     consistency,
                 },
-                ClientRequest::Get {
+                ClientRequest::Read {
                     ns: ns.clone(),
-                    key: k,
+                    query: ReadQuery::Get { key: k },
                     consistency,
                     token,
                 },

@@ -2183,22 +2183,20 @@ impl Node {
             }
         };
         match req {
-            ClientRequest::Get { ns, key, .. } | ClientRequest::History { ns, key, .. } => {
-                if !ns_ok(ns) {
-                    return Err(ErrorCode::UnknownNamespace);
-                }
-                key_ok(key)
-            }
-            ClientRequest::List {
-                ns,
-                prefix,
-                start_after,
-                limit,
+            ClientRequest::Read { ns, .. } if !ns_ok(ns) => Err(ErrorCode::UnknownNamespace),
+            ClientRequest::Read {
+                query: ReadQuery::Get { key } | ReadQuery::History { key },
+                ..
+            } => key_ok(key),
+            ClientRequest::Read {
+                query:
+                    ReadQuery::List {
+                        prefix,
+                        start_after,
+                        limit,
+                    },
                 ..
             } => {
-                if !ns_ok(ns) {
-                    return Err(ErrorCode::UnknownNamespace);
-                }
                 if prefix.len() > self.cfg.key_bytes_max
                     || start_after.len() > self.cfg.key_bytes_max
                 {
@@ -2326,9 +2324,7 @@ impl Node {
                     return;
                 }
             }
-            ClientRequest::Get { ns, .. }
-            | ClientRequest::List { ns, .. }
-            | ClientRequest::History { ns, .. } => {
+            ClientRequest::Read { ns, .. } => {
                 let g = self.ns_index[ns].0 as usize;
                 if self.groups[g].role != Role::Leader {
                     self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
@@ -2384,13 +2380,12 @@ impl Node {
 
     fn on_request(&mut self, origin: Origin, req: ClientRequest) {
         match req {
-            ClientRequest::Get { .. }
-            | ClientRequest::List { .. }
-            | ClientRequest::History { .. } => {
-                let Some((ns, query, consistency, token)) = req.as_read() else {
-                    return;
-                };
-                let ns = ns.to_string();
+            ClientRequest::Read {
+                ns,
+                query,
+                consistency,
+                token,
+            } => {
                 let (g, mode) = self.ns_index[&ns];
                 let gi = g as usize;
                 if let (Some(t), Origin::Local(id)) = (token, origin) {
@@ -2524,7 +2519,12 @@ impl Node {
                     };
                     self.leader_read(g, origin, what, 0);
                 } else {
-                    let req = ClientRequest::read(ns, query, consistency, None);
+                    let req = ClientRequest::Read {
+                        ns,
+                        query,
+                        consistency,
+                        token: None,
+                    };
                     self.forward_or_fail(g, origin, req);
                 }
             }

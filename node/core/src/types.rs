@@ -48,89 +48,6 @@ pub enum WriteOp {
     Delete { key: String },
 }
 
-impl ClientRequest {
-    /// The parts of a read request, or None for other requests.
-    pub fn as_read(&self) -> Option<(&str, ReadQuery, Consistency, Option<RevisionToken>)> {
-        match self {
-            ClientRequest::Get {
-                ns,
-                key,
-                consistency,
-                token,
-            } => Some((
-                ns,
-                ReadQuery::Get { key: key.clone() },
-                *consistency,
-                *token,
-            )),
-            ClientRequest::List {
-                ns,
-                prefix,
-                start_after,
-                limit,
-                consistency,
-                token,
-            } => Some((
-                ns,
-                ReadQuery::List {
-                    prefix: prefix.clone(),
-                    start_after: start_after.clone(),
-                    limit: *limit,
-                },
-                *consistency,
-                *token,
-            )),
-            ClientRequest::History {
-                ns,
-                key,
-                consistency,
-                token,
-            } => Some((
-                ns,
-                ReadQuery::History { key: key.clone() },
-                *consistency,
-                *token,
-            )),
-            _ => None,
-        }
-    }
-
-    /// The request that reads `query` of `ns`.
-    pub fn read(
-        ns: String,
-        query: ReadQuery,
-        consistency: Consistency,
-        token: Option<RevisionToken>,
-    ) -> ClientRequest {
-        match query {
-            ReadQuery::Get { key } => ClientRequest::Get {
-                ns,
-                key,
-                consistency,
-                token,
-            },
-            ReadQuery::List {
-                prefix,
-                start_after,
-                limit,
-            } => ClientRequest::List {
-                ns,
-                prefix,
-                start_after,
-                limit,
-                consistency,
-                token,
-            },
-            ReadQuery::History { key } => ClientRequest::History {
-                ns,
-                key,
-                consistency,
-                token,
-            },
-        }
-    }
-}
-
 impl WriteOp {
     pub fn key(&self) -> &str {
         match self {
@@ -184,24 +101,11 @@ pub enum ReadQuery {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
-    Get {
+    /// Get, List or History, at the consistency asked for; with a token,
+    /// first wait (bounded) until it has applied here.
+    Read {
         ns: String,
-        key: String,
-        consistency: Consistency,
-        token: Option<RevisionToken>,
-    },
-    /// List by prefix, with pagination (see `ReadQuery::List`).
-    List {
-        ns: String,
-        prefix: String,
-        start_after: String,
-        limit: u32,
-        consistency: Consistency,
-        token: Option<RevisionToken>,
-    },
-    History {
-        ns: String,
-        key: String,
+        query: ReadQuery,
         consistency: Consistency,
         token: Option<RevisionToken>,
     },
