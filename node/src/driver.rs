@@ -238,12 +238,7 @@ impl Driver {
             }
             Input::CancelWatch { req } => {
                 if self.watches.remove(&req).is_some() {
-                    // The reply to the cancel itself goes nowhere.
-                    self.node.handle_client(
-                        now,
-                        u64::MAX - req,
-                        ClientRequest::CancelWatch { watch: req },
-                    );
+                    self.cancel_watch(now, req);
                 }
             }
             Input::Status { reply } => {
@@ -274,13 +269,23 @@ impl Driver {
         }
     }
 
+    /// Tell the core to forget watch `req`. The reply to the cancel itself
+    /// goes to an id no request uses, so nowhere.
+    fn cancel_watch(&mut self, now: u64, req: RequestId) {
+        self.node.handle_client(
+            now,
+            u64::MAX - req,
+            ClientRequest::CancelWatch { watch: req },
+        );
+    }
+
     fn dispatch(&mut self) {
         let mut actions = std::mem::take(&mut self.actions);
         self.node.drain_actions(&mut actions);
         let mut cancel = Vec::new();
         for a in actions.drain(..) {
             match a {
-                Action::Send { to, bytes, .. } => self.transport.send(to, bytes),
+                Action::Send { to, channel, bytes } => self.transport.send(to, channel, bytes),
                 Action::Persist { id, sync, ops } => {
                     if self.persist.send(PersistJob { id, sync, ops }).is_err() {
                         tracing::error!("storage thread is gone");
@@ -320,11 +325,7 @@ impl Driver {
             let now = self.now();
             for req in cancel {
                 tracing::info!(watch = req, "watch dropped: its client is too slow or gone");
-                self.node.handle_client(
-                    now,
-                    u64::MAX - req,
-                    ClientRequest::CancelWatch { watch: req },
-                );
+                self.cancel_watch(now, req);
             }
             self.dispatch();
         }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use meridian_core::node::Node;
-use meridian_core::storage::Storage;
 use meridian_proto::v1::admin_server::AdminServer;
 use meridian_proto::v1::kv_server::KvServer;
 use tokio::sync::{mpsc, oneshot};
@@ -78,8 +77,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     let me = cfg.id();
     let tls = TlsMaterial::load(&cfg.tls.ca_cert, &cfg.tls.cert, &cfg.tls.key)?;
     let regions = cfg.regions.len() as u8;
-    let store = RocksStorage::open(&cfg.data_dir, regions, me)?;
-    let durable = store.load()?;
+    let (store, durable) = RocksStorage::open_loaded(&cfg.data_dir, regions, me)?;
     let core = cfg.core_config();
     let start = Instant::now();
     // The core is deterministic given its seed; production seeds it randomly.

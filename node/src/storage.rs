@@ -118,6 +118,16 @@ impl RocksStorage {
     /// cluster. An existing directory that is not a complete Meridian database,
     /// or one of another node, is an error: nothing is created over it.
     pub fn open(dir: &Path, regions: u8, region: u8) -> Result<RocksStorage, StoreError> {
+        Self::open_loaded(dir, regions, region).map(|(s, _)| s)
+    }
+
+    /// `open`, also returning the verified contents it had to read anyway (the
+    /// node restarts from them without reading the database a second time).
+    pub fn open_loaded(
+        dir: &Path,
+        regions: u8,
+        region: u8,
+    ) -> Result<(RocksStorage, Durable), StoreError> {
         let io = |source| StoreError::Io {
             dir: dir.to_path_buf(),
             source,
@@ -193,7 +203,7 @@ impl RocksStorage {
             };
         }
         s.next_meta_seq = d.meta_chunks.len() as u64;
-        Ok(s)
+        Ok((s, d))
     }
 
     /// Flush memtables to SST files (tests and orderly shutdown).

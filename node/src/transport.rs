@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_core::wire::Channel;
 use prost::Message;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rand::Rng;
@@ -98,14 +99,12 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
 }
 
-/// Which stream a core message travels on: its group's, metadata or forwarding.
-/// Reads the postcard encoding's first bytes (variant index 0 = `Msg::Raft`,
-/// then the group byte); only the stream choice depends on it, not correctness.
-pub fn stream_of(bytes: &[u8], regions: u8) -> u8 {
-    match bytes {
-        [0, g, ..] if *g < regions => *g,
-        [3, ..] => regions,
-        _ => regions + 1,
+/// The stream a channel travels on: its group's, then metadata, then forwards.
+pub fn stream_of(channel: Channel, regions: u8) -> u8 {
+    match channel {
+        Channel::Group(g) => g,
+        Channel::Meta => regions,
+        Channel::Forward => regions + 1,
     }
 }
 
@@ -209,12 +208,12 @@ impl Transport {
     }
 
     /// Queue a core message for `to`. Never blocks: a full queue drops it.
-    pub fn send(&self, to: u8, bytes: Vec<u8>) {
+    pub fn send(&self, to: u8, channel: Channel, bytes: Vec<u8>) {
         let Some(Some(q)) = self.queues.get(to as usize) else {
             return;
         };
-        let stream = stream_of(&bytes, self.regions);
-        if q.try_send(Outgoing { stream, bytes }).is_err() && stream == self.regions {
+        let stream = stream_of(channel, self.regions);
+        if q.try_send(Outgoing { stream, bytes }).is_err() && channel == Channel::Meta {
             self.meta_dropped[to as usize].store(true, Ordering::Relaxed);
         }
     }
@@ -464,10 +463,13 @@ mod tests {
             term: 7,
             body: RaftMsg::PreVoteResp { granted: true },
         };
-        assert_eq!(stream_of(&raft.encode(), 3), 2);
+        assert_eq!(stream_of(raft.channel(), 3), 2);
         let meta = Msg::Meta { sync: vec![1, 2] };
-        assert_eq!(stream_of(&meta.encode(), 3), 3);
-        assert_eq!(stream_of(&[], 3), 4);
-        assert_eq!(stream_of(&[0, 200], 3), 4);
+        assert_eq!(stream_of(meta.channel(), 3), 3);
+        let fwd = Msg::ForwardReply {
+            id: 1,
+            resp: meridian_core::ClientResponse::Done,
+        };
+        assert_eq!(stream_of(fwd.channel(), 3), 4);
     }
 }

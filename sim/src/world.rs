@@ -680,7 +680,7 @@ impl World {
                     },
                 );
             }
-            Channel::Raft => {
+            Channel::Group(_) | Channel::Forward => {
                 if bytes.len() < 48 {
                     let msg = Msg::decode(&bytes, 64);
                     if let Ok(Msg::Raft {

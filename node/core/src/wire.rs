@@ -7,11 +7,15 @@ use serde::{Deserialize, Serialize};
 use crate::storage::Entry;
 use crate::types::{ClientRequest, ClientResponse, GroupId, RequestId};
 
-/// Which ordered channel a message travels on. The transport gives `Meta` a
-/// reliable ordered stream; `Raft` tolerates loss, duplication and reordering.
+/// Which channel a message travels on. The transport gives `Meta` a reliable
+/// ordered stream; `Group` (one group's Raft traffic) and `Forward` (forwarded
+/// client requests and replies) tolerate loss, duplication and reordering.
+/// Carrying the group lets a transport keep one stream per group, so one
+/// group's snapshot never delays another's heartbeats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Channel {
-    Raft,
+    Group(GroupId),
+    Forward,
     Meta,
 }
 
@@ -104,8 +108,9 @@ pub enum WireError {
 impl Msg {
     pub fn channel(&self) -> Channel {
         match self {
+            Msg::Raft { group, .. } => Channel::Group(*group),
+            Msg::Forward { .. } | Msg::ForwardReply { .. } => Channel::Forward,
             Msg::Meta { .. } => Channel::Meta,
-            _ => Channel::Raft,
         }
     }
 
