@@ -13,8 +13,6 @@ use meridian_proto::v1::Consistency;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Code;
 
-const READY: Duration = Duration::from_secs(30);
-
 /// Sends raw bytes as a gRPC message body and returns the raw reply: lets
 /// the test speak garbage on a real gRPC connection.
 #[derive(Default)]
@@ -73,11 +71,7 @@ async fn raw_call(addr: &str, path: &'static str, body: Vec<u8>) -> Result<Vec<u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_and_oversized_requests_get_clear_errors_and_lose_nothing() {
-    let mut c = Cluster::new("");
-    c.start_all();
-    for i in 0..3 {
-        c.wait_ready(i, READY).await;
-    }
+    let c = Cluster::running().await;
     let client = c.client_for(1).await;
     let w = client.put("eu", "keep", b"safe").await.expect("put");
     assert!(w.succeeded);
@@ -138,6 +132,17 @@ async fn malformed_and_oversized_requests_get_clear_errors_and_lose_nothing() {
     assert!(!r.found, "the refused value must not exist");
 }
 
+/// Run `meridian serve` on `config`, which must fail; its stderr.
+fn serve_fails(config: &std::path::Path) -> String {
+    let out = Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(config)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn unknown_region_in_config_is_a_clear_error() {
     let c = Cluster::new("");
@@ -146,13 +151,7 @@ fn unknown_region_in_config_is_a_clear_error() {
         .replacen("region = \"eu\"", "region = \"mars\"", 1);
     let bad = c.dir().join("mars.toml");
     std::fs::write(&bad, text).expect("write");
-    let out = Command::new(common::bin())
-        .args(["serve", "--config"])
-        .arg(&bad)
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_fails(&bad);
     assert!(
         err.contains("unknown region \"mars\"") && err.contains("eu, us, ap"),
         "stderr: {err}"
@@ -161,13 +160,7 @@ fn unknown_region_in_config_is_a_clear_error() {
     let text = std::fs::read_to_string(&c.configs[0]).expect("read")
         + "\n[cluster]\nelection_timeout = 5\n";
     std::fs::write(&bad, text).expect("write");
-    let out = Command::new(common::bin())
-        .args(["serve", "--config"])
-        .arg(&bad)
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_fails(&bad);
     assert!(
         err.contains("unknown field `election_timeout`"),
         "stderr: {err}"
@@ -176,11 +169,7 @@ fn unknown_region_in_config_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
-    let mut c = Cluster::new("");
-    c.start_all();
-    for i in 0..3 {
-        c.wait_ready(i, READY).await;
-    }
+    let mut c = Cluster::running().await;
     let client = c.client_for(1).await;
     assert!(
         client

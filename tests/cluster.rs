@@ -17,11 +17,7 @@ const RTO_BOUND: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn write_in_one_region_is_read_and_watched_in_the_others() {
-    let mut c = Cluster::new("");
-    c.start_all();
-    for i in 0..3 {
-        c.wait_ready(i, READY).await;
-    }
+    let c = Cluster::running().await;
     let eu = c.client_for(0).await;
     let us = c.client_for(1).await;
     let ap = c.client_for(2).await;
@@ -134,11 +130,7 @@ async fn list_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_of_the_leader_under_load_loses_no_acknowledged_write() {
-    let mut c = Cluster::new("");
-    c.start_all();
-    for i in 0..3 {
-        c.wait_ready(i, READY).await;
-    }
+    let mut c = Cluster::running().await;
     let admin = c.client().await;
     // Group 0 (namespace eu) is led by its home region once healthy.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -284,11 +276,7 @@ async fn kill9_of_the_leader_under_load_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stop_and_restart_all_three_keeps_every_write() {
-    let mut c = Cluster::new("");
-    c.start_all();
-    for i in 0..3 {
-        c.wait_ready(i, READY).await;
-    }
+    let mut c = Cluster::running().await;
     let client = c.client().await;
     let mut written = Vec::new();
     for i in 0..60 {
@@ -321,11 +309,7 @@ async fn stop_and_restart_all_three_keeps_every_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watch_resumes_in_another_region_without_losing_changes() {
-    let mut c = Cluster::new("");
-    c.start_all();
-    for i in 0..3 {
-        c.wait_ready(i, READY).await;
-    }
+    let mut c = Cluster::running().await;
     // The watcher knows us and ap; writes go to eu (the home of namespace eu).
     let watcher = meridian_proto::client::Client::connect(
         &[c.grpc[1].clone(), c.grpc[2].clone()],

@@ -6,7 +6,6 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_generated_from_the_proto_lists_services_puts_and_gets() {
@@ -20,11 +19,7 @@ async fn a_client_generated_from_the_proto_lists_services_puts_and_gets() {
              grpcio-reflection. Run `bash scripts/setup.sh`. Probe result: {other:?}"
         ),
     }
-    let mut c = common::Cluster::new("");
-    c.start_all();
-    for i in 0..3 {
-        c.wait_ready(i, Duration::from_secs(30)).await;
-    }
+    let c = common::Cluster::running().await;
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new("python3")
         .arg(format!("{root}/tests/python/grpc_check.py"))

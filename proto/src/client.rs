@@ -109,8 +109,15 @@ pub struct Client {
 /// Writes always carry an idempotency id, so even an unknown outcome may be retried.
 fn retryable(status: &Status) -> bool {
     match crate::reason_of(status).as_deref() {
-        Some("UNAVAILABLE" | "TIMEOUT" | "INDETERMINATE" | "OVERLOADED" | "TOKEN_WAIT_TIMEOUT")
-        | Some("HALTED" | "RPO_BUDGET_EXCEEDED") => true,
+        Some(
+            "UNAVAILABLE"
+            | "TIMEOUT"
+            | "INDETERMINATE"
+            | "OVERLOADED"
+            | "TOKEN_WAIT_TIMEOUT"
+            | "HALTED"
+            | "RPO_BUDGET_EXCEEDED",
+        ) => true,
         Some(_) => false,
         // No reason: the failure came from the transport, not a node.
         None => matches!(

@@ -73,6 +73,16 @@ impl Cluster {
         }
     }
 
+    /// A new cluster with every region started and ready.
+    pub async fn running() -> Cluster {
+        let mut c = Cluster::new("");
+        c.start_all();
+        for i in 0..3 {
+            c.wait_ready(i, Duration::from_secs(30)).await;
+        }
+        c
+    }
+
     pub fn start(&mut self, i: usize) {
         assert!(self.procs[i].is_none(), "region {i} already running");
         let log = std::fs::OpenOptions::new()
