@@ -44,6 +44,7 @@ pub fn error_status(code: ErrorCode) -> Status {
         ErrorCode::TokenWaitTimeout => (Code::Unavailable, "TOKEN_WAIT_TIMEOUT"),
         ErrorCode::Halted => (Code::Unavailable, "HALTED"),
         ErrorCode::UnknownWatch => (Code::NotFound, "UNKNOWN_WATCH"),
+        ErrorCode::ScanTooLarge => (Code::ResourceExhausted, "SCAN_TOO_LARGE"),
     };
     status(c, reason, &code.to_string())
 }
@@ -210,7 +211,9 @@ impl Api {
                 ns,
                 request_id,
                 compares,
+                ns_revision: None,
                 ops,
+                meta: meridian_core::types::ChangeMeta::default(),
             })
             .await?;
         match resp {

@@ -30,6 +30,15 @@ fn entry(rng: &mut Rng, index: u64, term: u64) -> Entry {
                 })
                 .collect(),
             reply_versions: vec![1; n as usize],
+            meta: meridian_core::types::ChangeMeta {
+                author: format!("author-{}", rng.range(0, 3)),
+                message: "conformance".into(),
+                time_ms: rng.next_u64() >> 20,
+            },
+            retention: meridian_core::storage::Retention {
+                versions_max: rng.range(0, 5) as u32,
+                age_ms_max: rng.range(0, 2),
+            },
         })
     };
     Entry { index, term, data }

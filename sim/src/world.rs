@@ -1009,7 +1009,15 @@ impl World {
                     ns: ns.clone(),
                     request_id,
                     compares,
+                    ns_revision: None,
                     ops,
+                    // Wall-clock time as the receiving node's (skewed) clock
+                    // would stamp it: the leader keeps a group's times monotonic.
+                    meta: ChangeMeta {
+                        author: format!("client-{c}"),
+                        message: String::new(),
+                        time_ms: self.nodes[region as usize].clock.local(self.now) / 1000,
+                    },
                 },
             )
         } else {

@@ -97,6 +97,9 @@ pub struct Config {
     pub txn_ops_max: usize,
     /// Keys returned by one List page at most (larger limits are clamped).
     pub list_keys_max: usize,
+    /// Keys one Scan returns at most; a larger match is refused (`ScanTooLarge`)
+    /// rather than truncated, because a scan stands for a whole subtree.
+    pub scan_keys_max: usize,
     /// Versions kept per key (the current one included).
     pub history_versions_max: usize,
     /// Change events kept per group for watch resumption.
@@ -149,6 +152,7 @@ impl Config {
             value_bytes_max: 1 << 20,
             txn_ops_max: 128,
             list_keys_max: 1000,
+            scan_keys_max: 200_000,
             history_versions_max: 16,
             watch_history_max: 10_000,
             watchers_max: 10_000,

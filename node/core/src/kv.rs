@@ -9,15 +9,54 @@ use serde::{Deserialize, Serialize};
 
 use crate::rng::fnv1a;
 use crate::storage::WriteEffect;
-use crate::types::KeyValue;
+use crate::types::{AsOf, ChangeMeta, KeyValue};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyState {
     pub value: Option<Vec<u8>>,
     pub version: u64,
     pub mod_revision: u64,
-    /// Older versions, oldest first: (revision, version, value).
-    pub history: VecDeque<(u64, u64, Option<Vec<u8>>)>,
+    pub meta: ChangeMeta,
+    /// Older versions, oldest first.
+    pub history: VecDeque<OldVersion>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OldVersion {
+    pub revision: u64,
+    pub version: u64,
+    pub value: Option<Vec<u8>>,
+    pub meta: ChangeMeta,
+}
+
+impl KeyState {
+    fn current(&self, key: &str) -> KeyValue {
+        KeyValue {
+            key: key.to_string(),
+            value: self.value.clone(),
+            version: self.version,
+            mod_revision: self.mod_revision,
+            meta: self.meta.clone(),
+        }
+    }
+
+    /// The newest version for which `keep` holds, current first, then older ones.
+    fn newest_where(&self, key: &str, keep: impl Fn(u64, &ChangeMeta) -> bool) -> Option<KeyValue> {
+        if keep(self.mod_revision, &self.meta) {
+            return Some(self.current(key));
+        }
+        self.history
+            .iter()
+            .rev()
+            .find(|o| keep(o.revision, &o.meta))
+            .map(|o| KeyValue {
+                key: key.to_string(),
+                value: o.value.clone(),
+                version: o.version,
+                mod_revision: o.revision,
+                meta: o.meta.clone(),
+            })
+    }
 }
 
 /// One change, as watches deliver it.
@@ -32,6 +71,11 @@ pub struct Change {
 struct Persisted {
     revision: u64,
     namespaces: BTreeMap<String, BTreeMap<String, KeyState>>,
+    /// The revision that last changed each namespace (compare target of
+    /// whole-namespace read-validate-write cycles).
+    ns_revisions: BTreeMap<String, u64>,
+    /// Change time of the newest applied write (times never go backwards).
+    time_ms: u64,
     /// Results of recent writes by request id (idempotency), oldest first in `request_order`.
     requests: BTreeMap<u64, (u64, Vec<u64>)>,
     request_order: VecDeque<u64>,
@@ -94,17 +138,13 @@ impl GroupSm {
     pub fn get(&self, ns: &str, key: &str) -> KeyValue {
         let ks = self.state.namespaces.get(ns).and_then(|n| n.get(key));
         match ks {
-            Some(k) => KeyValue {
-                key: key.to_string(),
-                value: k.value.clone(),
-                version: k.version,
-                mod_revision: k.mod_revision,
-            },
+            Some(k) => k.current(key),
             None => KeyValue {
                 key: key.to_string(),
                 value: None,
                 version: 0,
                 mod_revision: 0,
+                meta: ChangeMeta::default(),
             },
         }
     }
@@ -117,19 +157,15 @@ impl GroupSm {
         let mut out: Vec<KeyValue> = k
             .history
             .iter()
-            .map(|(rev, ver, val)| KeyValue {
+            .map(|o| KeyValue {
                 key: key.to_string(),
-                value: val.clone(),
-                version: *ver,
-                mod_revision: *rev,
+                value: o.value.clone(),
+                version: o.version,
+                mod_revision: o.revision,
+                meta: o.meta.clone(),
             })
             .collect();
-        out.push(KeyValue {
-            key: key.to_string(),
-            value: k.value.clone(),
-            version: k.version,
-            mod_revision: k.mod_revision,
-        });
+        out.push(k.current(key));
         out
     }
 
@@ -141,13 +177,57 @@ impl GroupSm {
         n.range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(_, s)| s.value.is_some())
-            .map(|(k, s)| KeyValue {
-                key: k.clone(),
-                value: s.value.clone(),
-                version: s.version,
-                mod_revision: s.mod_revision,
-            })
+            .map(|(k, s)| s.current(k))
             .collect()
+    }
+
+    /// The last-change revision of a namespace (0: never changed).
+    pub fn ns_revision(&self, ns: &str) -> u64 {
+        self.state.ns_revisions.get(ns).copied().unwrap_or(0)
+    }
+
+    /// Change time of the newest applied write.
+    pub fn time_ms(&self) -> u64 {
+        self.state.time_ms
+    }
+
+    /// Live keys under `prefix` as of a point in history, at most `limit`
+    /// (None: more match), and the namespace's revision at that point. A key
+    /// whose versions at that point were dropped by retention is absent.
+    pub fn scan_as_of(
+        &self,
+        ns: &str,
+        prefix: &str,
+        as_of: AsOf,
+        limit: usize,
+    ) -> Option<(Vec<KeyValue>, u64)> {
+        let Some(n) = self.state.namespaces.get(ns) else {
+            return Some((Vec::new(), 0));
+        };
+        let mut out = Vec::new();
+        let mut ns_rev = 0;
+        for (k, s) in n
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            let kv = match as_of {
+                AsOf::Latest => Some(s.current(k)),
+                AsOf::Revision(r) => s.newest_where(k, |rev, _| rev <= r),
+                AsOf::TimeMs(t) => s.newest_where(k, |_, m| m.time_ms <= t),
+            };
+            let Some(kv) = kv else { continue };
+            ns_rev = ns_rev.max(kv.mod_revision);
+            if kv.value.is_some() {
+                if out.len() == limit {
+                    return None;
+                }
+                out.push(kv);
+            }
+        }
+        if as_of == AsOf::Latest {
+            ns_rev = self.ns_revision(ns);
+        }
+        Some((out, ns_rev))
     }
 
     /// Up to `limit` live keys under `prefix` after `start_after`, in key
@@ -174,12 +254,7 @@ impl GroupSm {
         let out: Vec<KeyValue> = live
             .by_ref()
             .take(limit)
-            .map(|(k, s)| KeyValue {
-                key: k.clone(),
-                value: s.value.clone(),
-                version: s.version,
-                mod_revision: s.mod_revision,
-            })
+            .map(|(k, s)| s.current(k))
             .collect();
         let more = live.next().is_some();
         (out, more)
@@ -195,30 +270,48 @@ impl GroupSm {
             });
         }
         self.state.revision = w.revision;
+        self.state.time_ms = self.state.time_ms.max(w.meta.time_ms);
+        self.state.ns_revisions.insert(w.ns.clone(), w.revision);
+        let versions_max = match w.retention.versions_max {
+            0 => self.history_max,
+            n => n as usize,
+        };
+        let oldest_ms = match w.retention.age_ms_max {
+            0 => 0,
+            age => w.meta.time_ms.saturating_sub(age),
+        };
         let ns = self.state.namespaces.entry(w.ns.clone()).or_default();
         let mut out = Vec::with_capacity(w.keys.len());
         for k in &w.keys {
             let st = ns.entry(k.key.clone()).or_default();
             debug_assert!(k.version > st.version, "versions only grow");
             if st.version > 0 {
-                st.history
-                    .push_back((st.mod_revision, st.version, st.value.take()));
-                while st.history.len() + 1 > self.history_max {
-                    st.history.pop_front();
-                }
+                st.history.push_back(OldVersion {
+                    revision: st.mod_revision,
+                    version: st.version,
+                    value: st.value.take(),
+                    meta: std::mem::take(&mut st.meta),
+                });
+            }
+            // Retention: by count (the current version counts), then by age.
+            while st.history.len() + 1 > versions_max {
+                st.history.pop_front();
+            }
+            while st
+                .history
+                .front()
+                .is_some_and(|o| o.meta.time_ms < oldest_ms)
+            {
+                st.history.pop_front();
             }
             st.value = k.value.clone();
             st.version = k.version;
             st.mod_revision = w.revision;
+            st.meta = w.meta.clone();
             out.push(Change {
                 revision: w.revision,
                 ns: w.ns.clone(),
-                kv: KeyValue {
-                    key: k.key.clone(),
-                    value: k.value.clone(),
-                    version: k.version,
-                    mod_revision: w.revision,
-                },
+                kv: st.current(&k.key),
             });
         }
         if w.request_id != 0 {
@@ -292,7 +385,7 @@ impl GroupSm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::KeyEffect;
+    use crate::storage::{KeyEffect, Retention};
 
     fn put(rev: u64, key: &str, v: &str, version: u64) -> WriteEffect {
         WriteEffect {
@@ -305,6 +398,8 @@ mod tests {
                 version,
             }],
             reply_versions: vec![version],
+            meta: ChangeMeta::default(),
+            retention: Default::default(),
         }
     }
 
@@ -365,5 +460,87 @@ mod tests {
             "watch history is gone after a snapshot"
         );
         assert!(other.restore(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    fn at(rev: u64, key: &str, v: Option<&str>, version: u64, time_ms: u64) -> WriteEffect {
+        let mut w = put(rev, key, "", version);
+        w.keys[0].value = v.map(|v| v.as_bytes().to_vec());
+        w.meta = ChangeMeta {
+            author: format!("a{rev}"),
+            message: format!("m{rev}"),
+            time_ms,
+        };
+        w
+    }
+
+    #[test]
+    fn scan_as_of_revision_and_time() {
+        let mut sm = GroupSm::new(["n".to_string()], 10, 10, 10);
+        sm.apply(&at(1, "s.a", Some("1"), 1, 100)).unwrap();
+        sm.apply(&at(2, "s.b", Some("1"), 1, 200)).unwrap();
+        sm.apply(&at(3, "s.a", Some("2"), 2, 300)).unwrap();
+        sm.apply(&at(4, "s.b", None, 2, 400)).unwrap();
+        let vals = |kvs: &[KeyValue]| -> Vec<(String, String)> {
+            kvs.iter()
+                .map(|k| {
+                    (
+                        k.key.clone(),
+                        String::from_utf8(k.value.clone().unwrap()).unwrap(),
+                    )
+                })
+                .collect()
+        };
+        let (now, rev) = sm.scan_as_of("n", "s.", AsOf::Latest, 100).unwrap();
+        assert_eq!(vals(&now), [("s.a".to_string(), "2".to_string())]);
+        assert_eq!(rev, 4, "the delete of s.b is the namespace's last change");
+        let (r2, rev) = sm.scan_as_of("n", "s.", AsOf::Revision(2), 100).unwrap();
+        assert_eq!(
+            vals(&r2),
+            [("s.a".into(), "1".into()), ("s.b".into(), "1".into())]
+        );
+        assert_eq!(rev, 2);
+        let (t, _) = sm.scan_as_of("n", "s.", AsOf::TimeMs(350), 100).unwrap();
+        assert_eq!(
+            vals(&t),
+            [("s.a".into(), "2".into()), ("s.b".into(), "1".into())]
+        );
+        assert_eq!(t[0].meta.author, "a3", "a version keeps its author");
+        let (none, rev) = sm.scan_as_of("n", "s.", AsOf::TimeMs(50), 100).unwrap();
+        assert!(
+            none.is_empty() && rev == 0,
+            "nothing existed before the first change"
+        );
+        assert!(
+            sm.scan_as_of("n", "s.", AsOf::Revision(2), 1).is_none(),
+            "a scan never silently truncates"
+        );
+    }
+
+    #[test]
+    fn retention_by_count_and_age_is_carried_by_the_effect() {
+        let mut sm = GroupSm::new(["n".to_string()], 10, 10, 10);
+        for v in 1..=5u64 {
+            let mut w = at(v, "k", Some("x"), v, v * 1000);
+            w.retention = Retention {
+                versions_max: 3,
+                age_ms_max: 0,
+            };
+            sm.apply(&w).unwrap();
+        }
+        let h = sm.history("n", "k");
+        assert_eq!(h.iter().map(|k| k.version).collect::<Vec<_>>(), [3, 4, 5]);
+        let mut w = at(6, "k", Some("y"), 6, 10_000);
+        w.retention = Retention {
+            versions_max: 0,
+            age_ms_max: 5_500,
+        };
+        sm.apply(&w).unwrap();
+        let h = sm.history("n", "k");
+        assert_eq!(
+            h.iter().map(|k| k.version).collect::<Vec<_>>(),
+            [5, 6],
+            "versions changed before 10000-5500 ms are dropped"
+        );
+        assert_eq!(h[1].meta.message, "m6");
     }
 }

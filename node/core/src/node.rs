@@ -13,7 +13,9 @@ use crate::kv::{Change, GroupSm};
 use crate::log::Log;
 use crate::meta::MetaDoc;
 use crate::rng::{fnv1a, Rng};
-use crate::storage::{Durable, Entry, EntryData, KeyEffect, Snapshot, StorageOp, WriteEffect};
+use crate::storage::{
+    Durable, Entry, EntryData, KeyEffect, Retention, Snapshot, StorageOp, WriteEffect,
+};
 use crate::types::*;
 use crate::wire::{Channel, Msg, RaftMsg, WireError};
 
@@ -203,6 +205,10 @@ struct Group {
     /// Effects proposed but not applied: (ns, key) -> (version, value, index).
     overlay: BTreeMap<(String, String), Pending>,
     overlay_revision: u64,
+    /// Proposed, not applied, last-change revision per namespace: ns -> (revision, index).
+    overlay_ns: BTreeMap<String, (u64, u64)>,
+    /// Change time of the newest proposed write (a group's times never go back).
+    overlay_time_ms: u64,
     heartbeat_now: bool,
     /// The round the current lease is counted from.
     lease_round: u64,
@@ -214,6 +220,42 @@ struct Group {
 
 /// A proposed, not yet applied, value of a key: (version, value, log index).
 type Pending = (u64, Option<Vec<u8>>, u64);
+
+/// A write on its way to its group's leader.
+struct ProposedWrite {
+    ns: String,
+    request_id: u64,
+    compares: Vec<Compare>,
+    ns_revision: Option<u64>,
+    ops: Vec<WriteOp>,
+    meta: ChangeMeta,
+}
+
+impl ProposedWrite {
+    fn into_request(self) -> ClientRequest {
+        ClientRequest::Write {
+            ns: self.ns,
+            request_id: self.request_id,
+            compares: self.compares,
+            ns_revision: self.ns_revision,
+            ops: self.ops,
+            meta: self.meta,
+        }
+    }
+}
+
+/// A namespace's home group, replication mode and history retention.
+type NsEntry = (GroupId, ReplicationMode, Retention);
+
+/// The namespace catalog: namespace name -> `NsSettings`, in group 0. Clients
+/// may read it; only `CreateNamespace` writes it.
+pub const CATALOG_NS: &str = "__catalog";
+/// Namespaces whose names start with this are reserved for the system.
+pub const RESERVED_NS_PREFIX: &str = "__";
+/// Bytes of a change's author plus message at most.
+pub const CHANGE_META_BYTES_MAX: usize = 4096;
+/// Bytes of a namespace name at most.
+pub const NS_NAME_BYTES_MAX: usize = 128;
 
 struct Watcher {
     ns: String,
@@ -239,7 +281,10 @@ pub struct Node {
     now: u64,
     groups: Vec<Group>,
     sms: Vec<GroupSm>,
-    ns_index: BTreeMap<String, (GroupId, ReplicationMode)>,
+    /// Every namespace: home group, replication mode, retention. Static ones
+    /// plus the catalog (see `refresh_catalog`).
+    ns_index: BTreeMap<String, NsEntry>,
+    static_ns: BTreeMap<String, NsEntry>,
     meta: MetaDoc,
     meta_ready: bool,
     next_meta_sync_us: u64,
@@ -290,8 +335,12 @@ impl Node {
         let meta = MetaDoc::load(&durable.meta_chunks, id, incarnation, cfg.regions)
             .map_err(|e| InitError::Corrupt(e.to_string()))?;
         let mut ns_index = BTreeMap::new();
+        ns_index.insert(
+            CATALOG_NS.to_string(),
+            (0, ReplicationMode::Quorum, Retention::default()),
+        );
         for ns in &cfg.namespaces {
-            ns_index.insert(ns.name.clone(), (ns.home, ns.mode));
+            ns_index.insert(ns.name.clone(), (ns.home, ns.mode, Retention::default()));
         }
         let mut groups = Vec::new();
         let mut sms = Vec::new();
@@ -359,6 +408,8 @@ impl Node {
                 async_acked: VecDeque::new(),
                 overlay: BTreeMap::new(),
                 overlay_revision: sm.revision(),
+                overlay_ns: BTreeMap::new(),
+                overlay_time_ms: sm.time_ms(),
                 heartbeat_now: false,
                 lease_round: 0,
                 promised: (0, 0, 0),
@@ -372,6 +423,7 @@ impl Node {
             now,
             groups,
             sms,
+            static_ns: ns_index.clone(),
             ns_index,
             meta,
             meta_ready: false,
@@ -392,6 +444,7 @@ impl Node {
             stats: Stats::default(),
             cfg,
         };
+        node.refresh_catalog();
         node.persist(StorageOp::Incarnation { incarnation }, true);
         if durable.meta_chunks.is_empty() {
             let bytes = node.meta.take_unsaved();
@@ -453,12 +506,12 @@ impl Node {
         self.sms.get(g as usize).map_or(0, |s| s.digest())
     }
     pub fn read_local(&self, ns: &str, key: &str) -> Option<KeyValue> {
-        let (g, _) = self.ns_index.get(ns)?;
+        let (g, _, _) = self.ns_index.get(ns)?;
         Some(self.sms[*g as usize].get(ns, key))
     }
     pub fn history(&self, ns: &str, key: &str) -> Vec<KeyValue> {
         match self.ns_index.get(ns) {
-            Some((g, _)) => self.sms[*g as usize].history(ns, key),
+            Some((g, _, _)) => self.sms[*g as usize].history(ns, key),
             None => Vec::new(),
         }
     }
@@ -999,6 +1052,7 @@ impl Node {
             gr.lease_expiry_us = 0;
             gr.transfer = None;
             gr.overlay.clear();
+            gr.overlay_ns.clear();
             gr.async_acked.clear();
             gr.home_healthy_since_us = None;
             let writes = std::mem::take(&mut gr.pending_writes);
@@ -1042,12 +1096,16 @@ impl Node {
         gr.lease_expiry_us = 0;
         // Rebuild the overlay from entries this leader's log holds beyond the state machine.
         gr.overlay.clear();
+        gr.overlay_ns.clear();
         gr.overlay_revision = self.sms[g].revision();
+        gr.overlay_time_ms = self.sms[g].time_ms();
         gr.pending_writes.clear();
         gr.pending_by_request.clear();
         for e in gr.log.iter_from(gr.applied + 1) {
             if let EntryData::Write(w) = &e.data {
                 gr.overlay_revision = w.revision;
+                gr.overlay_time_ms = gr.overlay_time_ms.max(w.meta.time_ms);
+                gr.overlay_ns.insert(w.ns.clone(), (w.revision, e.index));
                 for k in &w.keys {
                     gr.overlay.insert(
                         (w.ns.clone(), k.key.clone()),
@@ -1058,7 +1116,7 @@ impl Node {
                     // A retry of this write may still arrive: it joins this entry.
                     let ack_on_durable = matches!(
                         self.ns_index.get(&w.ns),
-                        Some((_, ReplicationMode::Async { .. }))
+                        Some((_, ReplicationMode::Async { .. }, _))
                     );
                     let resp = ClientResponse::Written {
                         versions: w.reply_versions.clone(),
@@ -1399,6 +1457,12 @@ impl Node {
                                 gr.overlay.remove(&key);
                             }
                         }
+                        if gr.overlay_ns.get(&w.ns).is_some_and(|(_, i)| *i <= index) {
+                            gr.overlay_ns.remove(&w.ns);
+                        }
+                        if g == 0 && w.ns == CATALOG_NS {
+                            self.refresh_catalog();
+                        }
                         self.notify_watchers(g as GroupId, &changes, w.revision);
                     }
                     Err(_) => {
@@ -1484,6 +1548,7 @@ impl Node {
                             value: value.clone(),
                             version: *version,
                             mod_revision: 0,
+                            meta: ChangeMeta::default(),
                         };
                         let token = RevisionToken {
                             group: g as GroupId,
@@ -1540,6 +1605,7 @@ impl Node {
                                     value: Some(v.clone()),
                                     version: *version,
                                     mod_revision: 0,
+                                    meta: ChangeMeta::default(),
                                 },
                             );
                         }
@@ -1564,7 +1630,48 @@ impl Node {
                 versions: self.sms[g].history(ns, key),
                 token,
             },
+            // Scans read applied state only (an async namespace's leader
+            // overlay is not merged): they serve whole-namespace reads and
+            // read-validate-write cycles, whose ns-revision compare catches
+            // anything proposed but not yet applied.
+            ReadWhat::Query {
+                ns,
+                query: ReadQuery::Scan { prefix, as_of },
+                ..
+            } => match self.sms[g].scan_as_of(ns, prefix, *as_of, self.cfg.scan_keys_max) {
+                Some((kvs, ns_revision)) => ClientResponse::Scan {
+                    kvs,
+                    ns_revision,
+                    token,
+                },
+                None => ClientResponse::Error(ErrorCode::ScanTooLarge),
+            },
         }
+    }
+
+    /// Rebuild the namespace index: the static namespaces of the configuration
+    /// plus the catalog as group 0 has applied it. A catalog entry never
+    /// overrides a static namespace, and an undecodable one is skipped (it
+    /// cannot be written: only `CreateNamespace` writes the catalog).
+    fn refresh_catalog(&mut self) {
+        let mut index = self.static_ns.clone();
+        for kv in self.sms[0].scan(CATALOG_NS, "") {
+            let Some(s) = kv.value.as_deref().and_then(NsSettings::decode) else {
+                continue;
+            };
+            if s.home >= self.cfg.regions {
+                continue;
+            }
+            index.entry(kv.key).or_insert((
+                s.home,
+                s.mode,
+                Retention {
+                    versions_max: s.history_versions_max,
+                    age_ms_max: s.history_age_ms_max,
+                },
+            ));
+        }
+        self.ns_index = index;
     }
 
     // ----- peer messages -----
@@ -2125,6 +2232,9 @@ impl Node {
         if let Err(_e) = self.sms[g].restore(&buf) {
             return Err(PeerError::OutOfProtocol("undecodable snapshot"));
         }
+        if g == 0 {
+            self.refresh_catalog();
+        }
         let gr = &mut self.groups[g];
         gr.log.compact_to(index, sterm);
         gr.commit = gr.commit.max(index);
@@ -2189,6 +2299,15 @@ impl Node {
                 ..
             } => key_ok(key),
             ClientRequest::Read {
+                query: ReadQuery::Scan { prefix, .. },
+                ..
+            } => {
+                if prefix.len() > self.cfg.key_bytes_max {
+                    return Err(ErrorCode::KeyTooLong);
+                }
+                Ok(())
+            }
+            ClientRequest::Read {
                 query:
                     ReadQuery::List {
                         prefix,
@@ -2208,10 +2327,17 @@ impl Node {
                 Ok(())
             }
             ClientRequest::Write {
-                ns, compares, ops, ..
+                ns,
+                compares,
+                ops,
+                meta,
+                ..
             } => {
                 if !ns_ok(ns) {
                     return Err(ErrorCode::UnknownNamespace);
+                }
+                if meta.author.len() + meta.message.len() > CHANGE_META_BYTES_MAX {
+                    return Err(ErrorCode::InvalidRequest);
                 }
                 if ops.is_empty() {
                     return Err(ErrorCode::InvalidRequest);
@@ -2251,6 +2377,18 @@ impl Node {
                 }
                 Ok(())
             }
+            ClientRequest::CreateNamespace { ns, settings, .. } => {
+                let name_ok = !ns.is_empty()
+                    && ns.len() <= NS_NAME_BYTES_MAX
+                    && !ns.starts_with(RESERVED_NS_PREFIX)
+                    && ns
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+                if !name_ok || settings.home >= self.cfg.regions {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                Ok(())
+            }
             ClientRequest::Meta(_)
             | ClientRequest::MetaGranted { .. }
             | ClientRequest::CancelWatch { .. } => Ok(()),
@@ -2258,7 +2396,36 @@ impl Node {
     }
 
     fn on_client(&mut self, req: RequestId, request: ClientRequest) {
-        if let Err(code) = self.validate(&request) {
+        // System namespaces are written only by the core itself (the catalog
+        // through CreateNamespace), never by a client's write.
+        let reserved = matches!(&request, ClientRequest::Write { ns, .. } if ns.starts_with(RESERVED_NS_PREFIX));
+        let checked = if reserved {
+            Err(ErrorCode::InvalidRequest)
+        } else {
+            self.validate(&request)
+        };
+        let request = match request {
+            ClientRequest::CreateNamespace {
+                ns,
+                settings,
+                request_id,
+            } => ClientRequest::Write {
+                ns: CATALOG_NS.to_string(),
+                request_id,
+                compares: vec![Compare {
+                    key: ns.clone(),
+                    version: 0,
+                }],
+                ns_revision: None,
+                ops: vec![WriteOp::Put {
+                    key: ns,
+                    value: settings.encode(),
+                }],
+                meta: ChangeMeta::default(),
+            },
+            other => other,
+        };
+        if let Err(code) = checked {
             self.stats.client_rejected += 1;
             self.out.push(Action::Reply {
                 req,
@@ -2386,7 +2553,7 @@ impl Node {
                 consistency,
                 token,
             } => {
-                let (g, mode) = self.ns_index[&ns];
+                let (g, mode, _) = self.ns_index[&ns];
                 let gi = g as usize;
                 if let (Some(t), Origin::Local(id)) = (token, origin) {
                     if t.group == g
@@ -2419,23 +2586,24 @@ impl Node {
                 ns,
                 request_id,
                 compares,
+                ns_revision,
                 ops,
+                meta,
             } => {
-                let (g, mode) = self.ns_index[&ns];
+                let (g, _, _) = self.ns_index[&ns];
                 let gi = g as usize;
+                let w = ProposedWrite {
+                    ns,
+                    request_id,
+                    compares,
+                    ns_revision,
+                    ops,
+                    meta,
+                };
                 if self.groups[gi].role == Role::Leader {
-                    self.leader_write(gi, origin, ns, request_id, compares, ops, mode);
+                    self.leader_write(gi, origin, w);
                 } else {
-                    self.forward_or_fail(
-                        gi,
-                        origin,
-                        ClientRequest::Write {
-                            ns,
-                            request_id,
-                            compares,
-                            ops,
-                        },
-                    );
+                    self.forward_or_fail(gi, origin, w.into_request());
                 }
             }
             ClientRequest::TransferLeader { group, to } => {
@@ -2469,6 +2637,7 @@ impl Node {
             }
             ClientRequest::Watch { .. }
             | ClientRequest::CancelWatch { .. }
+            | ClientRequest::CreateNamespace { .. }
             | ClientRequest::MetaGranted { .. } => {
                 self.respond(origin, ClientResponse::Error(ErrorCode::InvalidRequest));
             }
@@ -2561,17 +2730,16 @@ impl Node {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn leader_write(
-        &mut self,
-        g: usize,
-        origin: Origin,
-        ns: String,
-        request_id: u64,
-        compares: Vec<Compare>,
-        ops: Vec<WriteOp>,
-        mode: ReplicationMode,
-    ) {
+    fn leader_write(&mut self, g: usize, origin: Origin, w: ProposedWrite) {
+        let ProposedWrite {
+            ns,
+            request_id,
+            compares,
+            ns_revision,
+            ops,
+            meta,
+        } = w;
+        let (_, mode, retention) = self.ns_index[&ns];
         // Idempotency first: a retried or duplicated write never applies twice,
         // and learns the first copy's fate, not a refusal claiming nothing happened.
         if request_id != 0 {
@@ -2622,6 +2790,15 @@ impl Node {
                 conflict_index = Some(conflict_index.unwrap_or(0).max(i));
             }
         }
+        if let Some(want) = ns_revision {
+            let (have, i) = match self.groups[g].overlay_ns.get(&ns) {
+                Some(&(rev, index)) => (rev, index),
+                None => (self.sms[g].ns_revision(&ns), 0),
+            };
+            if have != want {
+                conflict_index = Some(conflict_index.unwrap_or(0).max(i));
+            }
+        }
         if let Some(min_index) = conflict_index {
             // A failed compare is a read: answer only once what it saw is committed.
             self.leader_read(g, origin, ReadWhat::Conflict, min_index);
@@ -2651,6 +2828,12 @@ impl Node {
         gr.overlay_revision += 1;
         let revision = gr.overlay_revision;
         let index = gr.log.last_index() + 1;
+        gr.overlay_ns.insert(ns.clone(), (revision, index));
+        gr.overlay_time_ms = gr.overlay_time_ms.max(meta.time_ms);
+        let meta = ChangeMeta {
+            time_ms: gr.overlay_time_ms,
+            ..meta
+        };
         for k in &keys {
             gr.overlay.insert(
                 (ns.clone(), k.key.clone()),
@@ -2663,6 +2846,8 @@ impl Node {
             request_id,
             keys,
             reply_versions: versions.clone(),
+            meta,
+            retention,
         };
         let appended = self.append_local(g, EntryData::Write(effect));
         debug_assert_eq!(appended, index);

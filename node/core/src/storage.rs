@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::GroupId;
+use crate::types::{ChangeMeta, GroupId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -32,6 +32,18 @@ pub struct WriteEffect {
     pub keys: Vec<KeyEffect>,
     /// The resulting version of each op's key, in the request's op order.
     pub reply_versions: Vec<u64>,
+    pub meta: ChangeMeta,
+    /// The namespace's retention when the leader proposed the write; carried in
+    /// the entry so every replica prunes history identically.
+    pub retention: Retention,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// 0: the cluster default (`Config::history_versions_max`).
+    pub versions_max: u32,
+    /// 0: no age limit.
+    pub age_ms_max: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,7 +59,9 @@ impl Entry {
         match &self.data {
             EntryData::Noop => 24,
             EntryData::Write(w) => {
-                48 + w.ns.len()
+                64 + w.ns.len()
+                    + w.meta.author.len()
+                    + w.meta.message.len()
                     + w.keys
                         .iter()
                         .map(|k| 16 + k.key.len() + k.value.as_ref().map_or(0, |v| v.len()))

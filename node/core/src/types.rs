@@ -56,6 +56,52 @@ impl WriteOp {
     }
 }
 
+/// Who made a change, why, and when (wall-clock milliseconds since the Unix
+/// epoch, stamped by the shell that received the write; the leader makes a
+/// group's times non-decreasing). Kept with every version of every key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeMeta {
+    pub author: String,
+    pub message: String,
+    pub time_ms: u64,
+}
+
+/// A namespace's entry in the catalog: where it lives and how it replicates.
+/// Created at run time (`ClientRequest::CreateNamespace`); stored postcard-encoded
+/// under its name in the `__catalog` namespace of group 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsSettings {
+    pub home: GroupId,
+    pub mode: ReplicationMode,
+    /// Versions kept per key, the current one included (0: the cluster default).
+    pub history_versions_max: u32,
+    /// Older versions than this (by their change time) are dropped when the key
+    /// next changes (0: kept until the count limit drops them).
+    pub history_age_ms_max: u64,
+}
+
+impl NsSettings {
+    pub fn encode(&self) -> Vec<u8> {
+        // Invariant: integers and an enum of integers always encode.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<NsSettings> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+/// The point in a namespace's history that a scan reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AsOf {
+    #[default]
+    Latest,
+    /// The state right after this group revision applied.
+    Revision(u64),
+    /// The newest versions changed at or before this wall-clock time.
+    TimeMs(u64),
+}
+
 /// A condition of a write: the key's version must equal `version` (0: never written).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
@@ -97,6 +143,12 @@ pub enum ReadQuery {
     History {
         key: String,
     },
+    /// Every live key under `prefix` (at most `Config::scan_keys_max`) as of a
+    /// point in history, with the namespace's revision at that point.
+    Scan {
+        prefix: String,
+        as_of: AsOf,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +168,18 @@ pub enum ClientRequest {
         ns: String,
         request_id: u64,
         compares: Vec<Compare>,
+        /// If set, the namespace's last-change revision must equal it: a
+        /// read-validate-write cycle over a whole namespace commits only if
+        /// nothing in the namespace changed since the read.
+        ns_revision: Option<u64>,
         ops: Vec<WriteOp>,
+        meta: ChangeMeta,
+    },
+    /// Add a namespace to the catalog (through group 0's log). `Conflict`: it exists.
+    CreateNamespace {
+        ns: String,
+        settings: NsSettings,
+        request_id: u64,
     },
     /// Changes under `prefix` with a revision above `start_revision` (None: from now).
     Watch {
@@ -167,6 +230,8 @@ pub enum ErrorCode {
     Halted,
     #[error("unknown watch")]
     UnknownWatch,
+    #[error("the scan matches more keys than one response may hold")]
+    ScanTooLarge,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +241,7 @@ pub struct KeyValue {
     /// Per-key version: number of mutations of this key, 0 if never written.
     pub version: u64,
     pub mod_revision: u64,
+    pub meta: ChangeMeta,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +258,13 @@ pub enum ClientResponse {
     },
     History {
         versions: Vec<KeyValue>,
+        token: RevisionToken,
+    },
+    /// A scan: the live keys and the namespace's last-change revision as of the
+    /// point asked for.
+    Scan {
+        kvs: Vec<KeyValue>,
+        ns_revision: u64,
         token: RevisionToken,
     },
     /// The write applied; resulting version of each op's key, in op order.

@@ -136,6 +136,7 @@ mod tests {
                     value: None,
                     version,
                     mod_revision: 0,
+                    meta: Default::default(),
                 },
                 token: RevisionToken {
                     group: 0,

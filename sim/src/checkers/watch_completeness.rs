@@ -155,6 +155,7 @@ mod tests {
             value: Some(vec![1]),
             version,
             mod_revision: 0,
+            meta: Default::default(),
         }
     }
 
