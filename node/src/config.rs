@@ -65,6 +65,9 @@ pub struct RegionEntry {
     pub peer: SocketAddr,
     /// gRPC address clients reach this region at (TCP).
     pub grpc: SocketAddr,
+    /// HTTP/JSON API address (TCP); none: no HTTP API in this region.
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

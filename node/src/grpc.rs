@@ -30,7 +30,13 @@ const LIST_SCAN_PAGES_MAX: usize = 20;
 
 /// The stable reason and gRPC code of a core error.
 pub fn error_status(code: ErrorCode) -> Status {
-    let (c, reason) = match code {
+    let (c, reason) = reason_of(code);
+    status(c, reason, &code.to_string())
+}
+
+/// The gRPC code and stable reason of a core error (shared with the HTTP API).
+pub fn reason_of(code: ErrorCode) -> (Code, &'static str) {
+    match code {
         ErrorCode::Unavailable => (Code::Unavailable, "UNAVAILABLE"),
         ErrorCode::Timeout => (Code::DeadlineExceeded, "TIMEOUT"),
         ErrorCode::Indeterminate => (Code::Unknown, "INDETERMINATE"),
@@ -45,8 +51,8 @@ pub fn error_status(code: ErrorCode) -> Status {
         ErrorCode::Halted => (Code::Unavailable, "HALTED"),
         ErrorCode::UnknownWatch => (Code::NotFound, "UNKNOWN_WATCH"),
         ErrorCode::ScanTooLarge => (Code::ResourceExhausted, "SCAN_TOO_LARGE"),
-    };
-    status(c, reason, &code.to_string())
+        ErrorCode::HistoryCompacted => (Code::OutOfRange, "HISTORY_COMPACTED"),
+    }
 }
 
 /// A status carrying a stable reason in its message and metadata.
@@ -149,6 +155,7 @@ impl Drop for WatchGuard {
 impl Api {
     pub fn new(
         inputs: mpsc::Sender<Input>,
+        next_req: Arc<AtomicU64>,
         regions: Vec<RegionEntry>,
         ns_home: std::collections::BTreeMap<String, u8>,
         me: u8,
@@ -157,7 +164,7 @@ impl Api {
             ns_home: Arc::new(ns_home),
             inputs,
             // Request ids only need to be unique within this process.
-            next_req: Arc::new(AtomicU64::new(1)),
+            next_req,
             regions: Arc::new(regions),
             me,
         }

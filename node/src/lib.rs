@@ -4,8 +4,10 @@
 //! carries out its actions.
 
 pub mod config;
+pub mod configstore;
 pub mod driver;
 pub mod grpc;
+pub mod grpc_config;
 pub mod server;
 pub mod storage;
 pub mod tls;

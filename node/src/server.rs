@@ -14,11 +14,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::NodeConfig;
+use crate::configstore::engine::Limits;
+use crate::configstore::ConfigStore;
 use crate::driver::{Driver, INPUT_QUEUE_MAX};
 use crate::grpc::Api;
+use crate::grpc_config::ConfigApi;
 use crate::storage::RocksStorage;
 use crate::tls::TlsMaterial;
 use crate::transport::{PeerInfo, Transport};
+use meridian_proto::v1::config_server::ConfigServer;
 
 /// Peer events queued for the driver before the transport waits.
 const PEER_EVENTS_MAX: usize = 16_384;
@@ -42,6 +46,11 @@ pub enum StartError {
     },
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    ListenHttp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running region node.
@@ -49,7 +58,11 @@ pub struct RunningNode {
     pub region: String,
     pub grpc_addr: SocketAddr,
     pub peer_addr: Option<SocketAddr>,
+    /// The HTTP/JSON API, if this region serves one.
+    pub http_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
+    http_shutdown: Option<oneshot::Sender<()>>,
+    http: Option<JoinHandle<()>>,
     grpc: JoinHandle<()>,
     driver: JoinHandle<()>,
     transport: Arc<Transport>,
@@ -61,7 +74,13 @@ impl RunningNode {
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
+        if let Some(s) = self.http_shutdown.take() {
+            let _ = s.send(());
+        }
         let _ = (&mut self.grpc).await;
+        if let Some(h) = self.http.as_mut() {
+            let _ = h.await;
+        }
         self.transport.close();
         self.driver.abort();
         let _ = (&mut self.driver).await;
@@ -106,6 +125,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         peer_tx,
     )?);
     let names: Vec<String> = cfg.regions.iter().map(|r| r.name.clone()).collect();
+    let names_for_store = names.clone();
     let (driver, storage_rx) = Driver::new(node, start, store, transport.clone(), names);
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE_MAX);
     let driver = tokio::spawn(driver.run(input_rx, peer_rx, storage_rx));
@@ -115,7 +135,21 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         .iter()
         .map(|n| (n.name.clone(), n.home))
         .collect();
-    let api = Api::new(input_tx, cfg.regions.clone(), ns_home, me);
+    // Request ids are unique per process: the gRPC API and the configuration
+    // engine draw from one counter.
+    let next_req = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let store = ConfigStore::new(
+        input_tx.clone(),
+        next_req.clone(),
+        names_for_store,
+        Limits {
+            key_bytes_max: core.key_bytes_max,
+            value_bytes_max: core.value_bytes_max,
+            txn_ops_max: core.txn_ops_max,
+        },
+    );
+    let api = Api::new(input_tx, next_req, cfg.regions.clone(), ns_home, me);
+    let config_api = ConfigApi::new(store.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<KvServer<Api>>().await;
     health_reporter.set_serving::<AdminServer<Api>>().await;
@@ -148,6 +182,11 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
                 .max_encoding_message_size(64 << 20),
         )
         .add_service(AdminServer::new(api))
+        .add_service(
+            ConfigServer::new(config_api)
+                .max_decoding_message_size(max_msg * 4)
+                .max_encoding_message_size(64 << 20),
+        )
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);
@@ -163,12 +202,37 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
             tracing::error!(error = %e, "gRPC server failed");
         }
     });
-    tracing::info!(region = %region, grpc = %grpc_addr, peer = ?transport.local_addr(), "region node serving");
+    let (http_shutdown, http, http_addr) = match cfg.regions[me as usize].http {
+        None => (None, None, None),
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::ListenHttp { addr, source })?;
+            let addr = listener.local_addr().unwrap_or(addr);
+            let (tx, rx) = oneshot::channel::<()>();
+            let app = crate::configstore::http::router(store);
+            let task = tokio::spawn(async move {
+                let res = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    })
+                    .await;
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            });
+            (Some(tx), Some(task), Some(addr))
+        }
+    };
+    tracing::info!(region = %region, grpc = %grpc_addr, http = ?http_addr, peer = ?transport.local_addr(), "region node serving");
     Ok(RunningNode {
         region,
         grpc_addr,
         peer_addr: transport.local_addr(),
+        http_addr,
         shutdown: Some(shutdown_tx),
+        http_shutdown,
+        http,
         grpc,
         driver,
         transport,

@@ -94,6 +94,14 @@ pub struct GroupSm {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error("the scan matches more keys than one response may hold")]
+    TooLarge,
+    #[error("retention dropped the versions of {0} at that point")]
+    Compacted(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
     #[error("effect at revision {got} but the state machine expects {expected}")]
     RevisionGap { expected: u64, got: u64 },
@@ -200,9 +208,9 @@ impl GroupSm {
         prefix: &str,
         as_of: AsOf,
         limit: usize,
-    ) -> Option<(Vec<KeyValue>, u64)> {
+    ) -> Result<(Vec<KeyValue>, u64), ScanError> {
         let Some(n) = self.state.namespaces.get(ns) else {
-            return Some((Vec::new(), 0));
+            return Ok((Vec::new(), 0));
         };
         let mut out = Vec::new();
         let mut ns_rev = 0;
@@ -215,11 +223,19 @@ impl GroupSm {
                 AsOf::Revision(r) => s.newest_where(k, |rev, _| rev <= r),
                 AsOf::TimeMs(t) => s.newest_where(k, |_, m| m.time_ms <= t),
             };
-            let Some(kv) = kv else { continue };
+            let Some(kv) = kv else {
+                // Absent at that point: never written by then if its first
+                // version is still retained, else retention dropped the answer.
+                let first_retained = s.history.front().map_or(s.version, |o| o.version);
+                if first_retained > 1 {
+                    return Err(ScanError::Compacted(k.clone()));
+                }
+                continue;
+            };
             ns_rev = ns_rev.max(kv.mod_revision);
             if kv.value.is_some() {
                 if out.len() == limit {
-                    return None;
+                    return Err(ScanError::TooLarge);
                 }
                 out.push(kv);
             }
@@ -227,7 +243,7 @@ impl GroupSm {
         if as_of == AsOf::Latest {
             ns_rev = self.ns_revision(ns);
         }
-        Some((out, ns_rev))
+        Ok((out, ns_rev))
     }
 
     /// Up to `limit` live keys under `prefix` after `start_after`, in key
@@ -510,8 +526,9 @@ mod tests {
             none.is_empty() && rev == 0,
             "nothing existed before the first change"
         );
-        assert!(
-            sm.scan_as_of("n", "s.", AsOf::Revision(2), 1).is_none(),
+        assert_eq!(
+            sm.scan_as_of("n", "s.", AsOf::Revision(2), 1),
+            Err(ScanError::TooLarge),
             "a scan never silently truncates"
         );
     }
@@ -542,5 +559,10 @@ mod tests {
             "versions changed before 10000-5500 ms are dropped"
         );
         assert_eq!(h[1].meta.message, "m6");
+        assert_eq!(
+            sm.scan_as_of("n", "", AsOf::Revision(3), 10),
+            Err(ScanError::Compacted("k".into())),
+            "a point retention dropped is an error, not an absent key"
+        );
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::config::Config;
-use crate::kv::{Change, GroupSm};
+use crate::kv::{Change, GroupSm, ScanError};
 use crate::log::Log;
 use crate::meta::MetaDoc;
 use crate::rng::{fnv1a, Rng};
@@ -1639,12 +1639,13 @@ impl Node {
                 query: ReadQuery::Scan { prefix, as_of },
                 ..
             } => match self.sms[g].scan_as_of(ns, prefix, *as_of, self.cfg.scan_keys_max) {
-                Some((kvs, ns_revision)) => ClientResponse::Scan {
+                Ok((kvs, ns_revision)) => ClientResponse::Scan {
                     kvs,
                     ns_revision,
                     token,
                 },
-                None => ClientResponse::Error(ErrorCode::ScanTooLarge),
+                Err(ScanError::TooLarge) => ClientResponse::Error(ErrorCode::ScanTooLarge),
+                Err(ScanError::Compacted(_)) => ClientResponse::Error(ErrorCode::HistoryCompacted),
             },
         }
     }

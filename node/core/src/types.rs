@@ -232,6 +232,8 @@ pub enum ErrorCode {
     UnknownWatch,
     #[error("the scan matches more keys than one response may hold")]
     ScanTooLarge,
+    #[error("history retention dropped the versions asked for")]
+    HistoryCompacted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

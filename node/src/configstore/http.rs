@@ -1,0 +1,644 @@
+//! The HTTP/JSON API (axum) over the configuration engine, for people who
+//! use curl. Every route is described in `docs/openapi.json` (served at
+//! `/v1/openapi.json`); the integration tests check the server against it.
+//! Errors are `{"error": {"reason", "message", "details"?}}` with the same
+//! stable reasons as gRPC.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use meridian_core::types::AsOf;
+use serde_json::{json, Map, Value};
+
+use super::engine::{ns_name, ConfigStore, CreateNs, Op, ReadConsistency, ReadOpts, WriteOpts};
+use super::error::CfgError;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+type Q = Query<BTreeMap<String, String>>;
+
+impl IntoResponse for CfgError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        (code, Json(self.body())).into_response()
+    }
+}
+
+type Res = Result<Response, CfgError>;
+
+fn ok(v: impl serde::Serialize) -> Res {
+    Ok(Json(v).into_response())
+}
+
+pub fn router(store: ConfigStore) -> Router {
+    // Bodies well above the value limit still reach the handler, which
+    // answers VALUE_TOO_LARGE; past this, the body is refused unread.
+    let body_max = store.limits().value_bytes_max * 4 + (1 << 20);
+    Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .route(
+            "/v1/namespaces",
+            get(list_namespaces).post(create_namespace),
+        )
+        .route(
+            "/v1/config/{project}/{env}",
+            get(get_root).patch(patch_root),
+        )
+        .route(
+            "/v1/config/{project}/{env}/{*path}",
+            get(get_path)
+                .put(put_path)
+                .patch(patch_path)
+                .delete(delete_path),
+        )
+        .route("/v1/txn/{project}/{env}", post(txn))
+        .route("/v1/validate/{project}/{env}", post(validate))
+        .route("/v1/bulk/{project}/{env}", post(bulk))
+        .route("/v1/list/{project}/{env}", get(list))
+        .route("/v1/history/{project}/{env}/{*key}", get(history))
+        .route("/v1/diff/{project}/{env}", get(diff_revisions))
+        .route("/v1/diff/{project}/{env}/{*key}", get(diff_versions))
+        .route("/v1/diff-envs/{project}", get(diff_envs))
+        .route("/v1/rollback/{project}/{env}", post(rollback))
+        .route(
+            "/v1/schemas/{project}/{env}",
+            put(put_schema).get(get_schema).delete(delete_schema),
+        )
+        .route(
+            "/v1/template/{project}/{env}",
+            put(put_template).get(get_template),
+        )
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(store)
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+// ----- request parsing -----
+
+fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Value, CfgError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            CfgError::new("VALUE_TOO_LARGE", format!("request body too large: {e}"))
+        } else {
+            CfgError::invalid(format!("unreadable body: {e}"))
+        }
+    })?;
+    if bytes.is_empty() {
+        return Err(CfgError::new(
+            "INVALID_JSON",
+            "the body is empty; send JSON",
+        ));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| CfgError::new("INVALID_JSON", format!("the body is not valid JSON: {e}")))
+}
+
+fn q_u64(q: &BTreeMap<String, String>, name: &str) -> Result<Option<u64>, CfgError> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| CfgError::invalid(format!("{name}={s:?} is not a whole number"))),
+    }
+}
+
+fn q_bool(q: &BTreeMap<String, String>, name: &str) -> Result<bool, CfgError> {
+    match q.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("") | Some("true") | Some("1") => Ok(true),
+        Some(s) => Err(CfgError::invalid(format!(
+            "{name}={s:?}: use true or false"
+        ))),
+    }
+}
+
+fn read_opts(q: &BTreeMap<String, String>) -> Result<ReadOpts, CfgError> {
+    let as_of = match (q_u64(q, "revision")?, q_u64(q, "time_ms")?) {
+        (Some(_), Some(_)) => return Err(CfgError::invalid("give revision or time_ms, not both")),
+        (Some(r), None) => AsOf::Revision(r),
+        (None, Some(t)) => AsOf::TimeMs(t),
+        (None, None) => AsOf::Latest,
+    };
+    let consistency = match q.get("consistency").map(String::as_str) {
+        None | Some("linearizable") => ReadConsistency::Linearizable,
+        Some("stale") => ReadConsistency::Stale,
+        Some(s) => {
+            return Err(CfgError::invalid(format!(
+                "consistency={s:?}: use linearizable or stale"
+            )))
+        }
+    };
+    Ok(ReadOpts {
+        raw: q_bool(q, "raw")?,
+        as_of,
+        consistency,
+    })
+}
+
+fn write_opts(h: &HeaderMap, q: &BTreeMap<String, String>) -> Result<WriteOpts, CfgError> {
+    let header = |name: &str| -> Result<String, CfgError> {
+        match h.get(name) {
+            None => Ok(String::new()),
+            Some(v) => v
+                .to_str()
+                .map(str::to_string)
+                .map_err(|_| CfgError::invalid(format!("header {name} is not visible ASCII"))),
+        }
+    };
+    let idem = header("idempotency-key")?;
+    Ok(WriteOpts {
+        author: header("x-meridian-author")?,
+        message: header("x-meridian-message")?,
+        idempotency_key: (!idem.is_empty()).then_some(idem),
+        dry_run: q_bool(q, "dry_run")?,
+    })
+}
+
+/// Parse the operations of a transaction or validation body.
+pub fn parse_ops(body: &Value) -> Result<Vec<Op>, CfgError> {
+    let ops = body
+        .get("ops")
+        .and_then(Value::as_array)
+        .ok_or_else(|| CfgError::invalid("the body needs \"ops\": [ ... ]"))?;
+    ops.iter()
+        .enumerate()
+        .map(|(i, o)| parse_op(i, o))
+        .collect()
+}
+
+fn parse_op(i: usize, o: &Value) -> Result<Op, CfgError> {
+    let s = |name: &str| o.get(name).and_then(Value::as_str).map(str::to_string);
+    let need = |name: &str| {
+        s(name).ok_or_else(|| CfgError::invalid(format!("ops[{i}] needs a string \"{name}\"")))
+    };
+    let if_version = o.get("if_version").and_then(Value::as_u64);
+    let key = || s("key").or_else(|| s("path")).unwrap_or_default();
+    match s("op").as_deref() {
+        Some("put") => Ok(Op::Put {
+            key: need("key")?,
+            value: o
+                .get("value")
+                .cloned()
+                .ok_or_else(|| CfgError::invalid(format!("ops[{i}] (put) needs \"value\"")))?,
+            if_version,
+        }),
+        Some("delete") => Ok(Op::Delete {
+            key: need("key")?,
+            recursive: o.get("recursive").and_then(Value::as_bool).unwrap_or(false),
+            if_version,
+        }),
+        Some("merge") => Ok(Op::Merge {
+            path: key(),
+            patch: o
+                .get("patch")
+                .cloned()
+                .ok_or_else(|| CfgError::invalid(format!("ops[{i}] (merge) needs \"patch\"")))?,
+            if_version,
+        }),
+        Some("patch") => Ok(Op::Patch {
+            path: key(),
+            patch: o
+                .get("patch")
+                .cloned()
+                .ok_or_else(|| CfgError::invalid(format!("ops[{i}] (patch) needs \"patch\"")))?,
+        }),
+        other => Err(CfgError::invalid(format!(
+            "ops[{i}].op is {other:?}; use put, delete, merge or patch"
+        ))),
+    }
+}
+
+// ----- handlers -----
+
+async fn list_namespaces(State(st): State<ConfigStore>, Query(q): Q) -> Res {
+    let prefix = q
+        .get("project")
+        .map(|p| format!("{p}/"))
+        .unwrap_or_default();
+    ok(json!({ "namespaces": st.list_namespaces(&prefix).await? }))
+}
+
+async fn create_namespace(
+    State(st): State<ConfigStore>,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let b = body_json(body)?;
+    let s = |n: &str| {
+        b.get(n)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let u = |n: &str| b.get(n).and_then(Value::as_u64).unwrap_or(0);
+    let spec = CreateNs {
+        home_region: s("home_region"),
+        mode: s("mode"),
+        rpo_budget_ms: u("rpo_budget_ms"),
+        history_versions_max: u("history_versions_max").min(u32::MAX as u64) as u32,
+        history_age_ms_max: u("history_age_ms_max"),
+    };
+    let info = st
+        .create_namespace(&s("project"), &s("environment"), &spec)
+        .await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn get_root(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+) -> Res {
+    get_common(st, project, env, String::new(), q).await
+}
+
+async fn get_path(
+    State(st): State<ConfigStore>,
+    Path((project, env, path)): Path<(String, String, String)>,
+    Query(q): Q,
+) -> Res {
+    get_common(st, project, env, path, q).await
+}
+
+async fn get_common(
+    st: ConfigStore,
+    project: String,
+    env: String,
+    path: String,
+    q: BTreeMap<String, String>,
+) -> Res {
+    let opts = read_opts(&q)?;
+    let default = match q.get("default") {
+        None => None,
+        Some(d) => Some(serde_json::from_str(d).map_err(|e| {
+            CfgError::new("INVALID_JSON", format!("default is not valid JSON: {e}"))
+        })?),
+    };
+    let r = st
+        .get(&ns_name(&project, &env), &path, &opts, default)
+        .await?;
+    ok(r)
+}
+
+async fn put_path(
+    State(st): State<ConfigStore>,
+    Path((project, env, path)): Path<(String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let value = body_json(body)?;
+    let op = Op::Put {
+        key: path,
+        value,
+        if_version: q_u64(&q, "if_version")?,
+    };
+    let r = st
+        .write(
+            &ns_name(&project, &env),
+            vec![op],
+            &write_opts(&headers, &q)?,
+        )
+        .await?;
+    ok(r)
+}
+
+async fn patch_root(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    patch_common(st, project, env, String::new(), q, headers, body).await
+}
+
+async fn patch_path(
+    State(st): State<ConfigStore>,
+    Path((project, env, path)): Path<(String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    patch_common(st, project, env, path, q, headers, body).await
+}
+
+async fn patch_common(
+    st: ConfigStore,
+    project: String,
+    env: String,
+    path: String,
+    q: BTreeMap<String, String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let patch = body_json(body)?;
+    let ctype = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let op = if ctype.starts_with("application/json-patch+json") {
+        Op::Patch { path, patch }
+    } else {
+        Op::Merge {
+            path,
+            patch,
+            if_version: q_u64(&q, "if_version")?,
+        }
+    };
+    let r = st
+        .write(
+            &ns_name(&project, &env),
+            vec![op],
+            &write_opts(&headers, &q)?,
+        )
+        .await?;
+    ok(r)
+}
+
+async fn delete_path(
+    State(st): State<ConfigStore>,
+    Path((project, env, path)): Path<(String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+) -> Res {
+    let op = Op::Delete {
+        key: path,
+        recursive: q_bool(&q, "recursive")?,
+        if_version: q_u64(&q, "if_version")?,
+    };
+    let r = st
+        .write(
+            &ns_name(&project, &env),
+            vec![op],
+            &write_opts(&headers, &q)?,
+        )
+        .await?;
+    ok(r)
+}
+
+async fn txn(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let b = body_json(body)?;
+    let ops = parse_ops(&b)?;
+    let r = st
+        .write(&ns_name(&project, &env), ops, &write_opts(&headers, &q)?)
+        .await?;
+    ok(r)
+}
+
+async fn validate(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let b = body_json(body)?;
+    let ops = parse_ops(&b)?;
+    let mut opts = write_opts(&headers, &q)?;
+    opts.dry_run = true;
+    let r = st.write(&ns_name(&project, &env), ops, &opts).await?;
+    ok(json!({ "valid": true, "changes": r.changes, "diff": r.diff }))
+}
+
+async fn bulk(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let b = body_json(body)?;
+    let keys: Vec<String> = b
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| CfgError::invalid("the body needs \"keys\": [ ... ]"))?
+        .iter()
+        .map(|k| {
+            k.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| CfgError::invalid("keys must be strings"))
+        })
+        .collect::<Result<_, _>>()?;
+    let defaults = b
+        .get("defaults")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let (values, missing, token) = st
+        .bulk_get(&ns_name(&project, &env), &keys, &defaults, &read_opts(&q)?)
+        .await?;
+    ok(json!({ "values": values, "missing": missing, "token": token }))
+}
+
+async fn list(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+) -> Res {
+    let g = |n: &str| q.get(n).cloned().unwrap_or_default();
+    let limit = q_u64(&q, "limit")?.unwrap_or(100) as usize;
+    let r = st
+        .list(
+            &ns_name(&project, &env),
+            &g("prefix"),
+            &g("glob"),
+            &g("search"),
+            limit,
+            &g("page_token"),
+            &read_opts(&q)?,
+        )
+        .await?;
+    ok(r)
+}
+
+async fn history(
+    State(st): State<ConfigStore>,
+    Path((project, env, key)): Path<(String, String, String)>,
+) -> Res {
+    ok(json!({ "versions": st.history(&ns_name(&project, &env), &key).await? }))
+}
+
+async fn diff_versions(
+    State(st): State<ConfigStore>,
+    Path((project, env, key)): Path<(String, String, String)>,
+    Query(q): Q,
+) -> Res {
+    let from =
+        q_u64(&q, "from_version")?.ok_or_else(|| CfgError::invalid("from_version is required"))?;
+    let to = q_u64(&q, "to_version")?.ok_or_else(|| CfgError::invalid("to_version is required"))?;
+    let d = st
+        .diff_versions(&ns_name(&project, &env), &key, from, to)
+        .await?;
+    ok(json!({ "changes": d }))
+}
+
+async fn diff_revisions(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+) -> Res {
+    let from = q_u64(&q, "from_revision")?
+        .ok_or_else(|| CfgError::invalid("from_revision is required"))?;
+    let to =
+        q_u64(&q, "to_revision")?.ok_or_else(|| CfgError::invalid("to_revision is required"))?;
+    let path = q.get("path").cloned().unwrap_or_default();
+    let d = st
+        .diff_revisions(&ns_name(&project, &env), &path, from, to)
+        .await?;
+    ok(json!({ "changes": d }))
+}
+
+async fn diff_envs(State(st): State<ConfigStore>, Path(project): Path<String>, Query(q): Q) -> Res {
+    let from = q
+        .get("from")
+        .ok_or_else(|| CfgError::invalid("from (an environment) is required"))?;
+    let to = q
+        .get("to")
+        .ok_or_else(|| CfgError::invalid("to (an environment) is required"))?;
+    let path = q.get("path").cloned().unwrap_or_default();
+    let d = st
+        .diff_envs(
+            &ns_name(&project, from),
+            &ns_name(&project, to),
+            &path,
+            q_bool(&q, "raw")?,
+        )
+        .await?;
+    ok(json!({ "changes": d }))
+}
+
+async fn rollback(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let b = body_json(body)?;
+    let revision = b
+        .get("revision")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| CfgError::invalid("the body needs \"revision\": a whole number"))?;
+    let key = b.get("key").and_then(Value::as_str);
+    let r = st
+        .rollback(
+            &ns_name(&project, &env),
+            key,
+            revision,
+            &write_opts(&headers, &q)?,
+        )
+        .await?;
+    ok(r)
+}
+
+async fn put_schema(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let schema = body_json(body)?;
+    let prefix = q.get("prefix").cloned().unwrap_or_default();
+    let r = st
+        .write(
+            &ns_name(&project, &env),
+            vec![Op::SetSchema { prefix, schema }],
+            &write_opts(&headers, &q)?,
+        )
+        .await?;
+    ok(r)
+}
+
+async fn get_schema(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+) -> Res {
+    let prefix = q.get("prefix").cloned().unwrap_or_default();
+    let schemas = st.schemas(&ns_name(&project, &env)).await?;
+    match schemas.get(&prefix) {
+        Some(s) => ok(json!({ "prefix": prefix, "schema": s })),
+        None => Err(CfgError::new(
+            "NOT_FOUND",
+            format!("no schema is attached at {prefix:?}"),
+        )),
+    }
+}
+
+async fn delete_schema(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+) -> Res {
+    let prefix = q.get("prefix").cloned().unwrap_or_default();
+    let r = st
+        .write(
+            &ns_name(&project, &env),
+            vec![Op::DeleteSchema { prefix }],
+            &write_opts(&headers, &q)?,
+        )
+        .await?;
+    ok(r)
+}
+
+async fn put_template(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let b = body_json(body)?;
+    let inherits = match b.get("inherits") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(Value::String(s)) => Some(Some(s.clone())),
+        Some(_) => return Err(CfgError::invalid("inherits is an environment name or null")),
+    };
+    let vars = match b.get("vars") {
+        None => None,
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(_) => return Err(CfgError::invalid("vars is an object")),
+    };
+    if inherits.is_none() && vars.is_none() {
+        return Err(CfgError::invalid("give inherits, vars or both"));
+    }
+    let r = st
+        .write(
+            &ns_name(&project, &env),
+            vec![Op::SetTemplate { inherits, vars }],
+            &write_opts(&headers, &q)?,
+        )
+        .await?;
+    ok(r)
+}
+
+async fn get_template(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+) -> Res {
+    let (inherits, vars) = st.template(&ns_name(&project, &env)).await?;
+    ok(json!({ "inherits": inherits, "vars": Value::Object(vars.unwrap_or_else(Map::new)) }))
+}

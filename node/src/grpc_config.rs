@@ -1,0 +1,430 @@
+//! The gRPC `Config` service: translates `meridian.v1.Config` requests into
+//! configuration-engine calls (JSON travels as text) and engine errors into
+//! statuses with the same stable reasons as the HTTP API.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use meridian_core::types::AsOf;
+use meridian_proto::v1::config_server::Config;
+use meridian_proto::v1::*;
+use serde_json::{Map, Value};
+use tonic::{Request, Response, Status};
+
+use crate::configstore::engine::{
+    self, ns_name, ConfigStore, CreateNs, Entry, Op, ReadConsistency, ReadOpts, WriteOpts,
+    WriteResult,
+};
+use crate::configstore::{diff, CfgError};
+
+#[derive(Clone)]
+pub struct ConfigApi {
+    store: ConfigStore,
+}
+
+impl ConfigApi {
+    pub fn new(store: ConfigStore) -> ConfigApi {
+        ConfigApi { store }
+    }
+}
+
+fn st(e: CfgError) -> Status {
+    e.to_status()
+}
+
+fn ns_of(r: Option<NamespaceRef>) -> Result<String, Status> {
+    let r = r.ok_or_else(|| st(CfgError::invalid("ns (project, environment) is required")))?;
+    if r.project.is_empty() || r.environment.is_empty() {
+        return Err(st(CfgError::invalid(
+            "ns needs a project and an environment",
+        )));
+    }
+    Ok(ns_name(&r.project, &r.environment))
+}
+
+fn json(field: &str, s: &str) -> Result<Value, Status> {
+    serde_json::from_str(s).map_err(|e| {
+        st(CfgError::new(
+            "INVALID_JSON",
+            format!("{field} is not valid JSON: {e}"),
+        ))
+    })
+}
+
+fn read_opts(r: Option<ConfigReadOptions>) -> Result<ReadOpts, Status> {
+    let r = r.unwrap_or_default();
+    let as_of = match (r.revision, r.time_ms) {
+        (0, 0) => AsOf::Latest,
+        (rev, 0) => AsOf::Revision(rev),
+        (0, t) => AsOf::TimeMs(t),
+        _ => return Err(st(CfgError::invalid("give revision or time_ms, not both"))),
+    };
+    Ok(ReadOpts {
+        raw: r.raw,
+        as_of,
+        consistency: if r.stale {
+            ReadConsistency::Stale
+        } else {
+            ReadConsistency::Linearizable
+        },
+    })
+}
+
+fn entry(e: Entry) -> ConfigEntry {
+    ConfigEntry {
+        key: e.key,
+        value_json: e.value.map(|v| v.to_string()).unwrap_or_default(),
+        version: e.version,
+        revision: e.revision,
+        author: e.author,
+        message: e.message,
+        time_ms: e.time_ms,
+        deleted: e.deleted,
+        inherited_from: e.inherited_from.unwrap_or_default(),
+    }
+}
+
+fn changes(d: Vec<diff::Change>) -> Vec<DiffChange> {
+    d.into_iter()
+        .map(|c| DiffChange {
+            path: c.path,
+            op: c.op.to_string(),
+            from_json: c.from.map(|v| v.to_string()).unwrap_or_default(),
+            to_json: c.to.map(|v| v.to_string()).unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn write_resp(r: WriteResult) -> ConfigWriteResponse {
+    ConfigWriteResponse {
+        revision: r.revision,
+        token: r.token,
+        changes: r
+            .changes
+            .into_iter()
+            .map(|c| KeyChange {
+                key: c.key,
+                op: c.op.to_string(),
+                version: c.version,
+            })
+            .collect(),
+        replayed: r.replayed,
+        dry_run: r.dry_run,
+        diff: changes(r.diff),
+    }
+}
+
+fn op(o: ConfigOp) -> Result<Op, Status> {
+    use config_op::Op as P;
+    let missing = || st(CfgError::invalid("an op with no operation set"));
+    Ok(match o.op.ok_or_else(missing)? {
+        P::Put(p) => Op::Put {
+            value: json("value_json", &p.value_json)?,
+            key: p.key,
+            if_version: p.if_version,
+        },
+        P::Delete(d) => Op::Delete {
+            key: d.key,
+            recursive: d.recursive,
+            if_version: d.if_version,
+        },
+        P::Merge(m) => Op::Merge {
+            patch: json("patch_json", &m.patch_json)?,
+            path: m.path,
+            if_version: m.if_version,
+        },
+        P::Patch(p) => Op::Patch {
+            patch: json("patch_json", &p.patch_json)?,
+            path: p.path,
+        },
+        P::SetSchema(s) => Op::SetSchema {
+            schema: json("schema_json", &s.schema_json)?,
+            prefix: s.prefix,
+        },
+        P::DeleteSchema(d) => Op::DeleteSchema { prefix: d.prefix },
+        P::SetTemplate(t) => {
+            let inherits = match (t.inherits, t.clear_inherits) {
+                (Some(_), true) => {
+                    return Err(st(CfgError::invalid(
+                        "give inherits or clear_inherits, not both",
+                    )))
+                }
+                (Some(p), false) => Some(Some(p)),
+                (None, true) => Some(None),
+                (None, false) => None,
+            };
+            let vars = match t.vars_json {
+                None => None,
+                Some(v) => match json("vars_json", &v)? {
+                    Value::Object(m) => Some(m),
+                    _ => return Err(st(CfgError::invalid("vars_json must be a JSON object"))),
+                },
+            };
+            Op::SetTemplate { inherits, vars }
+        }
+    })
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchConfigEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Config for ConfigApi {
+    async fn create_namespace(
+        &self,
+        r: Request<CreateNamespaceRequest>,
+    ) -> Result<Response<NamespaceInfo>, Status> {
+        let r = r.into_inner();
+        let spec = CreateNs {
+            home_region: r.home_region,
+            mode: r.mode,
+            rpo_budget_ms: r.rpo_budget_ms,
+            history_versions_max: r.history_versions_max,
+            history_age_ms_max: r.history_age_ms_max,
+        };
+        let i = self
+            .store
+            .create_namespace(&r.project, &r.environment, &spec)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(info(i)))
+    }
+
+    async fn list_namespaces(
+        &self,
+        r: Request<ListNamespacesRequest>,
+    ) -> Result<Response<ListNamespacesResponse>, Status> {
+        let r = r.into_inner();
+        let prefix = if r.project.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", r.project)
+        };
+        let list = self.store.list_namespaces(&prefix).await.map_err(st)?;
+        Ok(Response::new(ListNamespacesResponse {
+            namespaces: list.into_iter().map(info).collect(),
+        }))
+    }
+
+    async fn get_config(
+        &self,
+        r: Request<GetConfigRequest>,
+    ) -> Result<Response<GetConfigResponse>, Status> {
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let default = match r.default_json {
+            None => None,
+            Some(d) => Some(json("default_json", &d)?),
+        };
+        let g = self
+            .store
+            .get(&ns, &r.path, &read_opts(r.read)?, default)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(GetConfigResponse {
+            path: g.path,
+            found: g.found,
+            defaulted: g.defaulted,
+            value_json: g.value.to_string(),
+            token: g.token,
+        }))
+    }
+
+    async fn bulk_get(
+        &self,
+        r: Request<BulkGetRequest>,
+    ) -> Result<Response<BulkGetResponse>, Status> {
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let mut defaults = Map::new();
+        for (k, v) in r.defaults_json {
+            defaults.insert(k, json("defaults_json", &v)?);
+        }
+        let (values, missing, token) = self
+            .store
+            .bulk_get(&ns, &r.keys, &defaults, &read_opts(r.read)?)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(BulkGetResponse {
+            values_json: values
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect(),
+            missing,
+            token,
+        }))
+    }
+
+    async fn list_config(
+        &self,
+        r: Request<ListConfigRequest>,
+    ) -> Result<Response<ListConfigResponse>, Status> {
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+        let l = self
+            .store
+            .list(
+                &ns,
+                &r.prefix,
+                &r.glob,
+                &r.search,
+                limit,
+                &r.page_token,
+                &read_opts(r.read)?,
+            )
+            .await
+            .map_err(st)?;
+        Ok(Response::new(ListConfigResponse {
+            entries: l.entries.into_iter().map(entry).collect(),
+            next_page_token: l.next_page_token,
+            token: l.token,
+        }))
+    }
+
+    async fn write(
+        &self,
+        r: Request<ConfigWriteRequest>,
+    ) -> Result<Response<ConfigWriteResponse>, Status> {
+        self.write_common(r.into_inner(), false).await
+    }
+
+    async fn validate(
+        &self,
+        r: Request<ConfigWriteRequest>,
+    ) -> Result<Response<ConfigWriteResponse>, Status> {
+        self.write_common(r.into_inner(), true).await
+    }
+
+    async fn config_history(
+        &self,
+        r: Request<ConfigHistoryRequest>,
+    ) -> Result<Response<ConfigHistoryResponse>, Status> {
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let h = self.store.history(&ns, &r.key).await.map_err(st)?;
+        Ok(Response::new(ConfigHistoryResponse {
+            versions: h.into_iter().map(entry).collect(),
+        }))
+    }
+
+    async fn diff(&self, r: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        let r = r.into_inner();
+        let reference = r.ns.clone().unwrap_or_default();
+        let ns = ns_of(r.ns)?;
+        let d = match r.what {
+            Some(diff_request::What::Versions(v)) => {
+                self.store
+                    .diff_versions(&ns, &v.key, v.from_version, v.to_version)
+                    .await
+            }
+            Some(diff_request::What::Revisions(v)) => {
+                self.store
+                    .diff_revisions(&ns, &v.path, v.from_revision, v.to_revision)
+                    .await
+            }
+            Some(diff_request::What::Environments(e)) => {
+                let other = ns_name(&reference.project, &e.other_environment);
+                self.store.diff_envs(&other, &ns, &e.path, e.raw).await
+            }
+            None => Err(CfgError::invalid(
+                "say what to diff: versions, revisions or environments",
+            )),
+        }
+        .map_err(st)?;
+        Ok(Response::new(DiffResponse {
+            changes: changes(d),
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        r: Request<RollbackRequest>,
+    ) -> Result<Response<ConfigWriteResponse>, Status> {
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let key = (!r.key.is_empty()).then_some(r.key.as_str());
+        let opts = WriteOpts {
+            author: r.author,
+            message: r.message,
+            ..WriteOpts::default()
+        };
+        let w = self
+            .store
+            .rollback(&ns, key, r.revision, &opts)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(write_resp(w)))
+    }
+
+    async fn get_template(
+        &self,
+        r: Request<NamespaceRef>,
+    ) -> Result<Response<TemplateResponse>, Status> {
+        let ns = ns_of(Some(r.into_inner()))?;
+        let (inherits, vars) = self.store.template(&ns).await.map_err(st)?;
+        Ok(Response::new(TemplateResponse {
+            inherits: inherits.unwrap_or_default(),
+            vars_json: Value::Object(vars.unwrap_or_default()).to_string(),
+        }))
+    }
+
+    type WatchConfigStream = WatchStream;
+
+    async fn watch_config(
+        &self,
+        r: Request<WatchConfigRequest>,
+    ) -> Result<Response<Self::WatchConfigStream>, Status> {
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let rx = self
+            .store
+            .watch(&ns, &r.path, r.raw, &r.resume_token)
+            .await
+            .map_err(st)?;
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            let item = rx.recv().await?;
+            let item = match item {
+                Ok(ev) => Ok(WatchConfigEvent {
+                    changes: ev.changes.into_iter().map(entry).collect(),
+                    snapshot: ev.snapshot,
+                    token: ev.token,
+                }),
+                Err(e) => Err(st(e)),
+            };
+            Some((item, rx))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+impl ConfigApi {
+    async fn write_common(
+        &self,
+        r: ConfigWriteRequest,
+        dry_run: bool,
+    ) -> Result<Response<ConfigWriteResponse>, Status> {
+        let ns = ns_of(r.ns)?;
+        let ops = r.ops.into_iter().map(op).collect::<Result<Vec<_>, _>>()?;
+        let opts = WriteOpts {
+            author: r.author,
+            message: r.message,
+            idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
+            dry_run,
+        };
+        let w = self.store.write(&ns, ops, &opts).await.map_err(st)?;
+        Ok(Response::new(write_resp(w)))
+    }
+}
+
+fn info(i: engine::NamespaceInfo) -> NamespaceInfo {
+    NamespaceInfo {
+        name: i.name,
+        project: i.project,
+        environment: i.environment,
+        home_region: i.home_region,
+        mode: i.mode,
+        rpo_budget_ms: i.rpo_budget_ms,
+        history_versions_max: i.history_versions_max,
+        history_age_ms_max: i.history_age_ms_max,
+    }
+}
