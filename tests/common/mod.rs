@@ -30,6 +30,8 @@ fn free_port() -> u16 {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub grpc: Vec<String>,
+    /// HTTP/JSON API base URLs (`http://127.0.0.1:port`).
+    pub http: Vec<String>,
     pub configs: Vec<PathBuf>,
     procs: Vec<Option<Child>>,
 }
@@ -46,11 +48,12 @@ impl Cluster {
             .expect("run meridian certs");
         assert!(out.status.success(), "meridian certs failed: {out:?}");
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let http_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut regions = String::new();
         for (i, r) in REGIONS.iter().enumerate() {
             regions.push_str(&format!(
-                "[[regions]]\nname = \"{r}\"\ngrpc = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n",
-                ports[i].0, ports[i].1
+                "[[regions]]\nname = \"{r}\"\ngrpc = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n",
+                ports[i].0, ports[i].1, http_ports[i]
             ));
         }
         let mut configs = Vec::new();
@@ -66,6 +69,10 @@ impl Cluster {
             grpc: ports
                 .iter()
                 .map(|(g, _)| format!("127.0.0.1:{g}"))
+                .collect(),
+            http: http_ports
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
                 .collect(),
             dir,
             configs,

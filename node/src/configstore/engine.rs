@@ -34,6 +34,8 @@ const WRITE_ATTEMPTS_MAX: usize = 8;
 const RENDER_LOADS_MAX: usize = 64;
 /// Namespaces of one project considered when finding inheriting environments.
 const PROJECT_ENVS_MAX: u32 = 1000;
+/// Probes of a new namespace's home leader, 50 ms apart, before giving up.
+const CATALOG_WAIT_TRIES_MAX: usize = 60;
 /// Entries one list page returns at most.
 pub const LIST_LIMIT_MAX: usize = 1000;
 /// The key an idempotency probe compares against (never written: its compare
@@ -381,7 +383,12 @@ impl ConfigStore {
         consistency: ReadConsistency,
     ) -> Result<Layer, CfgError> {
         let token = match consistency {
-            ReadConsistency::Linearizable => self.probe(ns).await?,
+            ReadConsistency::Linearizable => match self.probe(ns).await {
+                // The namespace may be new and this region's catalog behind:
+                // catch up with the catalog once, then ask again.
+                Err(e) if e.reason == "UNKNOWN_NAMESPACE" => self.probe_new(ns, e).await?,
+                other => other?,
+            },
             ReadConsistency::Stale => None,
         };
         let (meta_kvs, ns_revision, t) = self.scan(ns, "$", as_of, token).await?;
@@ -883,7 +890,8 @@ impl ConfigStore {
             start_after: String::new(),
             limit: PROJECT_ENVS_MAX,
         };
-        match self.read(CATALOG_NS, q, Consistency::Stale, None).await? {
+        let token = self.probe(CATALOG_NS).await?;
+        match self.read(CATALOG_NS, q, Consistency::Stale, token).await? {
             ClientResponse::List { kvs, .. } => Ok(kvs
                 .iter()
                 .filter_map(|kv| {
@@ -893,6 +901,44 @@ impl ConfigStore {
                 .collect()),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Probe a namespace that some region did not know: once this region has
+    /// caught up with the catalog and knows it, the home leader (which may
+    /// apply the catalog a moment later) is asked again for a bounded time.
+    async fn probe_new(
+        &self,
+        ns: &str,
+        first: CfgError,
+    ) -> Result<Option<RevisionToken>, CfgError> {
+        self.sync_catalog().await?;
+        let q = ReadQuery::Get {
+            key: ns.to_string(),
+        };
+        let known = match self.read(CATALOG_NS, q, Consistency::Stale, None).await? {
+            ClientResponse::Value { kv, .. } => kv.value.is_some(),
+            _ => false,
+        };
+        if !known {
+            return Err(first);
+        }
+        let mut last = first;
+        for _ in 0..CATALOG_WAIT_TRIES_MAX {
+            match self.probe(ns).await {
+                Err(e) if e.reason == "UNKNOWN_NAMESPACE" => last = e,
+                other => return other,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(last)
+    }
+
+    /// Wait until this region applied every catalog change made before now.
+    async fn sync_catalog(&self) -> Result<(), CfgError> {
+        if let Some(t) = self.probe(CATALOG_NS).await? {
+            self.wait_applied(CATALOG_NS, t).await?;
+        }
+        Ok(())
     }
 
     async fn wait_applied(&self, ns: &str, token: RevisionToken) -> Result<(), CfgError> {

@@ -75,6 +75,7 @@ pub fn router(store: ConfigStore) -> Router {
             "/v1/template/{project}/{env}",
             put(put_template).get(get_template),
         )
+        .route("/v1/watch/{project}/{env}", get(watch))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(store)
 }
@@ -641,4 +642,34 @@ async fn get_template(
 ) -> Res {
     let (inherits, vars) = st.template(&ns_name(&project, &env)).await?;
     ok(json!({ "inherits": inherits, "vars": Value::Object(vars.unwrap_or_else(Map::new)) }))
+}
+
+/// Server-sent events: one `data:` line of JSON per watch event (a
+/// `WatchEvent`); an error ends the stream with `event: error`.
+async fn watch(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+) -> Res {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let path = q.get("path").cloned().unwrap_or_default();
+    let token = q.get("resume_token").cloned().unwrap_or_default();
+    let rx = st
+        .watch(&ns_name(&project, &env), &path, q_bool(&q, "raw")?, &token)
+        .await?;
+    let stream = futures::stream::unfold((rx, false), |(mut rx, ended)| async move {
+        if ended {
+            return None;
+        }
+        let item = rx.recv().await?;
+        let (event, ended) = match item {
+            Ok(ev) => (Event::default().json_data(ev), false),
+            Err(e) => (Event::default().event("error").json_data(e.body()), true),
+        };
+        let event = event.unwrap_or_else(|_| Event::default().event("error"));
+        Some((Ok::<_, std::convert::Infallible>(event), (rx, ended)))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

@@ -154,7 +154,7 @@ fn split(
     }
     let is_leaf = !at.is_empty() && existing.contains_key(at);
     match v {
-        Value::Object(m) if !is_leaf && !(m.is_empty() && !at.is_empty()) => {
+        Value::Object(m) if !is_leaf && (!m.is_empty() || at.is_empty()) => {
             for (k, child) in m {
                 let key = if at.is_empty() {
                     k.clone()

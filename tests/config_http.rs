@@ -1,0 +1,1331 @@
+//! The configuration API over HTTP/JSON against a real 3-region cluster:
+//! every bullet of configuration management, the bad input of each (with the
+//! data checked unchanged afterwards), and every response checked against
+//! the OpenAPI document, whose every operation must be exercised.
+
+// Test helpers fail the test by panicking; that is what unwrap is for here.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::Cluster;
+use serde_json::{json, Value};
+
+struct Api {
+    http: reqwest::Client,
+    spec: Value,
+    seen: Mutex<BTreeSet<(String, String)>>,
+}
+
+enum Body {
+    None,
+    Json(Value),
+    Raw(&'static str, Vec<u8>),
+}
+
+impl Api {
+    async fn new(base: &str) -> Api {
+        let http = reqwest::Client::new();
+        let spec: Value = http
+            .get(format!("{base}/v1/openapi.json"))
+            .send()
+            .await
+            .expect("openapi")
+            .json()
+            .await
+            .expect("openapi json");
+        assert_eq!(spec["openapi"], "3.1.0");
+        let api = Api {
+            http,
+            spec,
+            seen: Mutex::new(BTreeSet::new()),
+        };
+        api.seen
+            .lock()
+            .unwrap()
+            .insert(("/v1/openapi.json".into(), "get".into()));
+        api
+    }
+
+    /// One call: `template` is the OpenAPI path the URL instantiates. The
+    /// status must be documented for the operation and the body must match
+    /// the documented schema.
+    async fn call(
+        &self,
+        method: &str,
+        base: &str,
+        template: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Body,
+    ) -> (u16, Value) {
+        let op = &self.spec["paths"][template][method];
+        assert!(
+            op.is_object(),
+            "{method} {template} is not in the OpenAPI document"
+        );
+        self.seen
+            .lock()
+            .unwrap()
+            .insert((template.to_string(), method.to_string()));
+        let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let mut rb = self.http.request(m, format!("{base}{url}"));
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        rb = match body {
+            Body::None => rb,
+            Body::Json(v) => rb
+                .header("content-type", "application/json")
+                .body(v.to_string()),
+            Body::Raw(ct, bytes) => rb.header("content-type", ct).body(bytes),
+        };
+        let resp = rb.send().await.expect("send");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        let value: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {url}: {status} body is not JSON ({e}): {text}"));
+        let doc = &op["responses"][status.to_string()];
+        assert!(
+            doc.is_object(),
+            "{method} {template}: status {status} is not documented; body {value}"
+        );
+        let doc = match doc.get("$ref").and_then(Value::as_str) {
+            Some(r) => &self.spec["components"]["responses"][r.rsplit('/').next().unwrap()],
+            None => doc,
+        };
+        let schema = &doc["content"]["application/json"]["schema"];
+        if !schema.is_null() {
+            let mut root = schema.clone();
+            if let Value::Object(m) = &mut root {
+                m.insert("components".into(), self.spec["components"].clone());
+            }
+            let v = jsonschema::draft202012::new(&root).expect("schema compiles");
+            let errs: Vec<String> = v.iter_errors(&value).map(|e| e.to_string()).collect();
+            assert!(
+                errs.is_empty(),
+                "{method} {url}: response breaks the OpenAPI schema: {errs:?}\n{value}"
+            );
+        }
+        (status, value)
+    }
+
+    fn unexercised(&self) -> Vec<String> {
+        let seen = self.seen.lock().unwrap();
+        let mut out = Vec::new();
+        for (path, ops) in self.spec["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                if !seen.contains(&(path.clone(), method.clone())) {
+                    out.push(format!("{method} {path}"));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn reason(v: &Value) -> &str {
+    v["error"]["reason"].as_str().unwrap_or("<none>")
+}
+
+const CFG: &str = "/v1/config/{project}/{env}/{path}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_api_covers_configuration_management_and_matches_openapi() {
+    let c = Cluster::running().await;
+    let (eu, us) = (c.http[0].as_str(), c.http[1].as_str());
+    let api = Api::new(eu).await;
+    let author = [
+        ("x-meridian-author", "alice"),
+        ("x-meridian-message", "initial"),
+    ];
+
+    // --- namespaces: create with home region and mode; bad input ---
+    let ns = "/v1/namespaces";
+    for (env, home, mode) in [
+        ("base", "eu", "quorum"),
+        ("prod", "us", "quorum"),
+        ("staging", "ap", "async"),
+    ] {
+        let (s, v) = api
+            .call(
+                "post",
+                eu,
+                ns,
+                ns,
+                &[],
+                Body::Json(json!({
+                "project": "shop", "environment": env, "home_region": home,
+                "mode": mode, "rpo_budget_ms": 5000})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["home_region"], home);
+    }
+    let (s, v) = api
+        .call(
+            "post",
+            us,
+            ns,
+            ns,
+            &[],
+            Body::Json(json!({"project": "shop", "environment": "base", "home_region": "us"})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (409, "NAMESPACE_EXISTS"));
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            ns,
+            ns,
+            &[],
+            Body::Json(json!({"project": "shop", "environment": "qa", "home_region": "mars"})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "INVALID_REQUEST"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("mars"));
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            ns,
+            ns,
+            &[],
+            Body::Raw("application/json", b"{not json".to_vec()),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "INVALID_JSON"));
+    let (s, v) = api
+        .call(
+            "get",
+            us,
+            ns,
+            "/v1/namespaces?project=shop",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["namespaces"].as_array().unwrap().len(), 3, "{v}");
+
+    // --- templates: variables and inheritance ---
+    let tpl = "/v1/template/{project}/{env}";
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            tpl,
+            "/v1/template/shop/base",
+            &author,
+            Body::Json(json!({"vars": {"db_host": "base-db"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let put = |env: &'static str, key: &'static str, value: Value| {
+        let url = format!("/v1/config/shop/{env}/{key}");
+        let api = &api;
+        async move {
+            api.call("put", eu, CFG, &url, &author, Body::Json(value))
+                .await
+        }
+    };
+    let (s, v) = put(
+        "base",
+        "services.payment.database_url",
+        json!("pg://${var:db_host}/pay"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let r_first = v["revision"].as_u64().unwrap();
+    assert_eq!(
+        put("base", "services.payment.max_connections", json!(100))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        put(
+            "base",
+            "services.payment.feature_flags.new_checkout",
+            json!(true)
+        )
+        .await
+        .0,
+        200
+    );
+    let (s, v) = put(
+        "base",
+        "services.payment.replica_url",
+        json!("${ref:services.payment.database_url}?ro"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let r_before_prod = v["revision"].as_u64().unwrap();
+
+    // A subtree is one JSON object, rendered; raw on request.
+    let (s, v) = api
+        .call(
+            "get",
+            us,
+            CFG,
+            "/v1/config/shop/base/services.payment",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["value"],
+        json!({"database_url": "pg://base-db/pay", "max_connections": 100,
+               "feature_flags": {"new_checkout": true}, "replica_url": "pg://base-db/pay?ro"})
+    );
+    let (_, v) = api
+        .call(
+            "get",
+            eu,
+            CFG,
+            "/v1/config/shop/base/services.payment.database_url?raw=true",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(v["value"], json!("pg://${var:db_host}/pay"));
+
+    // prod inherits base with its own variable and an override.
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            tpl,
+            "/v1/template/shop/prod",
+            &author,
+            Body::Json(json!({"inherits": "base", "vars": {"db_host": "prod-db"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        put("prod", "services.payment.max_connections", json!(500))
+            .await
+            .0,
+        200
+    );
+    let (_, v) = api
+        .call(
+            "get",
+            eu,
+            CFG,
+            "/v1/config/shop/prod/services.payment",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(
+        v["value"],
+        json!({"database_url": "pg://prod-db/pay", "max_connections": 500,
+               "feature_flags": {"new_checkout": true}, "replica_url": "pg://prod-db/pay?ro"}),
+        "prod renders base's templates with prod's variables and overrides"
+    );
+    let (_, v) = api
+        .call(
+            "get",
+            eu,
+            CFG,
+            "/v1/config/shop/prod/services.payment?raw=true",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(v["value"], json!({"max_connections": 500}));
+    let (s, v) = api
+        .call("get", eu, tpl, "/v1/template/shop/prod", &[], Body::None)
+        .await;
+    assert_eq!((s, v["inherits"].as_str()), (200, Some("shop/base")));
+
+    // Missing references, reference cycles and inheritance cycles are errors
+    // that leave the data as it was.
+    let (s, v) = put("base", "x.y", json!("${ref:nope}")).await;
+    assert_eq!((s, reason(&v)), (422, "MISSING_REFERENCE"), "{v}");
+    let (s, v) = put("base", "x.z", json!("${var:nope}")).await;
+    assert_eq!((s, reason(&v)), (422, "MISSING_REFERENCE"), "{v}");
+    let txn = "/v1/txn/{project}/{env}";
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            txn,
+            "/v1/txn/shop/base",
+            &author,
+            Body::Json(json!({"ops": [
+            {"op": "put", "key": "cyc.a", "value": "${ref:cyc.b}"},
+            {"op": "put", "key": "cyc.b", "value": "x${ref:cyc.a}"}]})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (422, "REFERENCE_CYCLE"), "{v}");
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            tpl,
+            "/v1/template/shop/base",
+            &author,
+            Body::Json(json!({"inherits": "prod"})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (422, "REFERENCE_CYCLE"), "{v}");
+    let (s, v) = put("base", "bad", json!("${env:HOME}")).await;
+    assert_eq!((s, reason(&v)), (400, "BAD_TEMPLATE"), "{v}");
+    for k in ["x.y", "x.z", "cyc.a", "bad"] {
+        let (s, v) = api
+            .call(
+                "get",
+                eu,
+                CFG,
+                &format!("/v1/config/shop/base/{k}"),
+                &[],
+                Body::None,
+            )
+            .await;
+        assert_eq!((s, reason(&v)), (404, "NOT_FOUND"), "{k} must not exist");
+    }
+
+    // --- schemas (on the rendered result of every affected environment) ---
+    let sch = "/v1/schemas/{project}/{env}";
+    let schema = json!({"type": "object", "required": ["database_url"],
+        "properties": {"max_connections": {"type": "integer", "maximum": 1000}}});
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            sch,
+            "/v1/schemas/shop/base?prefix=services.payment",
+            &author,
+            Body::Json(schema.clone()),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api
+        .call(
+            "get",
+            eu,
+            sch,
+            "/v1/schemas/shop/base?prefix=services.payment",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!((s, &v["schema"]), (200, &schema));
+    let (s, v) = put("prod", "services.payment.max_connections", json!(5000)).await;
+    assert_eq!((s, reason(&v)), (422, "SCHEMA_VIOLATION"), "{v}");
+    let d = &v["error"]["details"][0];
+    assert_eq!(d["environment"], "shop/prod", "{v}");
+    assert_eq!(d["instance_path"], "/max_connections");
+    assert!(
+        d["schema_path"].as_str().unwrap().contains("maximum"),
+        "{d}"
+    );
+    let (s, v) = put("base", "services.payment.max_connections", json!("many")).await;
+    assert_eq!((s, reason(&v)), (422, "SCHEMA_VIOLATION"), "{v}");
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            sch,
+            "/v1/schemas/shop/base?prefix=services",
+            &author,
+            Body::Json(json!({"type": 12})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "BAD_SCHEMA"), "{v}");
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            sch,
+            "/v1/schemas/shop/base?prefix=services.payment.feature_flags",
+            &author,
+            Body::Json(json!({"type": "object", "required": ["absent_flag"]})),
+        )
+        .await;
+    assert_eq!(
+        (s, reason(&v)),
+        (422, "SCHEMA_VIOLATION"),
+        "a schema the data already breaks is refused: {v}"
+    );
+    let (s, _) = api
+        .call(
+            "delete",
+            eu,
+            sch,
+            "/v1/schemas/shop/base?prefix=services.payment.feature_flags",
+            &author,
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 404, "the refused schema was never attached");
+    // Dry-run validation.
+    let val = "/v1/validate/{project}/{env}";
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            val,
+            "/v1/validate/shop/prod",
+            &[],
+            Body::Json(json!({"ops": [
+            {"op": "put", "key": "services.payment.max_connections", "value": 2000}]})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (422, "SCHEMA_VIOLATION"));
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            val,
+            "/v1/validate/shop/prod",
+            &[],
+            Body::Json(json!({"ops": [
+            {"op": "put", "key": "services.payment.max_connections", "value": 900}]})),
+        )
+        .await;
+    assert_eq!((s, &v["valid"]), (200, &json!(true)), "{v}");
+    let (_, v) = api
+        .call(
+            "get",
+            eu,
+            CFG,
+            "/v1/config/shop/prod/services.payment.max_connections",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(
+        v["value"],
+        json!(500),
+        "neither the violation nor the dry run wrote anything"
+    );
+
+    // --- merge patch and JSON patch ---
+    let (s, v) = api
+        .call(
+            "patch",
+            eu,
+            CFG,
+            "/v1/config/shop/base/services.payment",
+            &author,
+            Body::Raw(
+                "application/merge-patch+json",
+                json!({"feature_flags": {"beta": true, "new_checkout": null}, "timeout_ms": 30})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = api
+        .call(
+            "get",
+            eu,
+            CFG,
+            "/v1/config/shop/base/services.payment?raw=true",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(v["value"]["feature_flags"], json!({"beta": true}));
+    assert_eq!(v["value"]["timeout_ms"], json!(30));
+    let jp = |ops: Value| Body::Raw("application/json-patch+json", ops.to_string().into_bytes());
+    let (s, v) = api
+        .call(
+            "patch",
+            eu,
+            CFG,
+            "/v1/config/shop/base/services.payment",
+            &author,
+            jp(
+                json!([{"op": "test", "path": "/max_connections", "value": 100},
+                        {"op": "replace", "path": "/max_connections", "value": 200}]),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api
+        .call(
+            "patch",
+            eu,
+            CFG,
+            "/v1/config/shop/base/services.payment",
+            &author,
+            jp(
+                json!([{"op": "test", "path": "/max_connections", "value": 1},
+                        {"op": "replace", "path": "/max_connections", "value": 7}]),
+            ),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (409, "PATCH_TEST_FAILED"), "{v}");
+    let (s, v) = api
+        .call(
+            "patch",
+            eu,
+            CFG,
+            "/v1/config/shop/base/services.payment",
+            &author,
+            jp(json!([{"op": "frobnicate"}])),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "BAD_PATCH"), "{v}");
+    let (s, v) = api
+        .call(
+            "patch",
+            eu,
+            "/v1/config/{project}/{env}",
+            "/v1/config/shop/base",
+            &author,
+            Body::Raw(
+                "application/merge-patch+json",
+                b"{\"services\": {\"payment\": {\"max_connections\": 9999}}}".to_vec(),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, reason(&v)),
+        (422, "SCHEMA_VIOLATION"),
+        "a patch is validated too: {v}"
+    );
+    let (_, v) = api
+        .call(
+            "get",
+            eu,
+            CFG,
+            "/v1/config/shop/base/services.payment.max_connections",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(v["value"], json!(200));
+
+    // --- malformed JSON, oversized values, bad keys, path conflicts, unknown namespaces ---
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            CFG,
+            "/v1/config/shop/base/a.b",
+            &author,
+            Body::Raw("application/json", b"{\"x\": ".to_vec()),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "INVALID_JSON"));
+    let big = json!("x".repeat((1 << 20) + 10));
+    let (s, v) = put("base", "big", big).await;
+    assert_eq!((s, reason(&v)), (413, "VALUE_TOO_LARGE"), "{v}");
+    let (s, v) = put("base", "bad..key", json!(1)).await;
+    assert_eq!((s, reason(&v)), (400, "INVALID_KEY"));
+    let long_key = vec!["k".repeat(120); 10].join(".");
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            CFG,
+            &format!("/v1/config/shop/base/{long_key}"),
+            &author,
+            Body::Json(json!(1)),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "KEY_TOO_LONG"), "{v}");
+    let (s, v) = put("base", "services.payment", json!({"x": 1})).await;
+    assert_eq!((s, reason(&v)), (400, "PATH_CONFLICT"));
+    let (s, v) = put("base", "services.payment.max_connections.deeper", json!(1)).await;
+    assert_eq!((s, reason(&v)), (400, "PATH_CONFLICT"));
+    let (s, v) = api
+        .call("get", eu, CFG, "/v1/config/nope/none/x", &[], Body::None)
+        .await;
+    assert_eq!((s, reason(&v)), (404, "UNKNOWN_NAMESPACE"));
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            CFG,
+            "/v1/config/nope/none/x",
+            &author,
+            Body::Json(json!(1)),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (404, "UNKNOWN_NAMESPACE"));
+    let many: Vec<Value> = (0..200)
+        .map(|i| json!({"op": "put", "key": format!("m.k{i}"), "value": i}))
+        .collect();
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            txn,
+            "/v1/txn/shop/base",
+            &author,
+            Body::Json(json!({"ops": many})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "TOO_MANY_OPS"));
+
+    // --- compare-and-set, atomic transactions, idempotency ---
+    let hist = "/v1/history/{project}/{env}/{key}";
+    let (_, h) = api
+        .call(
+            "get",
+            eu,
+            hist,
+            "/v1/history/shop/base/services.payment.max_connections",
+            &[],
+            Body::None,
+        )
+        .await;
+    let version = h["versions"].as_array().unwrap().last().unwrap()["version"]
+        .as_u64()
+        .unwrap();
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            CFG,
+            &format!(
+                "/v1/config/shop/base/services.payment.max_connections?if_version={}",
+                version + 5
+            ),
+            &author,
+            Body::Json(json!(300)),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (409, "CAS_CONFLICT"));
+    assert_eq!(v["error"]["details"]["version"], json!(version));
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            CFG,
+            &format!("/v1/config/shop/base/services.payment.max_connections?if_version={version}"),
+            &author,
+            Body::Json(json!(300)),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            txn,
+            "/v1/txn/shop/base",
+            &author,
+            Body::Json(json!({"ops": [
+            {"op": "put", "key": "t.a", "value": 1},
+            {"op": "put", "key": "t.b", "value": 2, "if_version": 7}]})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (409, "CAS_CONFLICT"));
+    let (s, _) = api
+        .call("get", eu, CFG, "/v1/config/shop/base/t.a", &[], Body::None)
+        .await;
+    assert_eq!(s, 404, "a failed transaction writes nothing");
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            txn,
+            "/v1/txn/shop/base",
+            &author,
+            Body::Json(json!({"ops": [
+            {"op": "put", "key": "t.a", "value": 1},
+            {"op": "put", "key": "t.b", "value": 2},
+            {"op": "merge", "path": "t", "patch": {"c": 3}}]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let rev = v["revision"].as_u64().unwrap();
+    let (_, h) = api
+        .call(
+            "get",
+            eu,
+            hist,
+            "/v1/history/shop/base/t.c",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(
+        h["versions"][0]["revision"],
+        json!(rev),
+        "all three at one revision"
+    );
+    let idem = [
+        ("idempotency-key", "deploy-42"),
+        ("x-meridian-author", "ci"),
+    ];
+    let (s, first) = api
+        .call(
+            "put",
+            eu,
+            CFG,
+            "/v1/config/shop/base/release",
+            &idem,
+            Body::Json(json!("v1")),
+        )
+        .await;
+    assert_eq!(s, 200, "{first}");
+    let (s, again) = api
+        .call(
+            "put",
+            us,
+            CFG,
+            "/v1/config/shop/base/release",
+            &idem,
+            Body::Json(json!("v2")),
+        )
+        .await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["replayed"], json!(true));
+    assert_eq!(
+        again["revision"], first["revision"],
+        "the retry (in another region) returns the first result"
+    );
+    let (_, v) = api
+        .call(
+            "get",
+            us,
+            CFG,
+            "/v1/config/shop/base/release",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(v["value"], json!("v1"), "and never writes twice");
+
+    // --- history, diff, reads in the past, rollback ---
+    let (s, h) = api
+        .call(
+            "get",
+            us,
+            hist,
+            "/v1/history/shop/base/services.payment.max_connections",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let versions = h["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 3, "{h}");
+    assert_eq!(versions[0]["author"], "alice");
+    assert_eq!(versions[0]["message"], "initial");
+    assert!(versions[0]["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    assert!(versions[2]["revision"].as_u64() > versions[0]["revision"].as_u64());
+    let (s, v) = api
+        .call(
+            "get",
+            us,
+            hist,
+            "/v1/history/shop/base/never.written",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (404, "NOT_FOUND"));
+    let dv = "/v1/diff/{project}/{env}/{key}";
+    let (s, d) = api
+        .call(
+            "get",
+            eu,
+            dv,
+            "/v1/diff/shop/base/services.payment.max_connections?from_version=1&to_version=3",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        d["changes"],
+        json!([{"path": "", "op": "changed", "from": 100, "to": 300}])
+    );
+    let dr = "/v1/diff/{project}/{env}";
+    let (s, d) = api
+        .call("get", eu, dr, &format!("/v1/diff/shop/base?from_revision={r_first}&to_revision={r_before_prod}&path=services.payment"), &[], Body::None)
+        .await;
+    assert_eq!(s, 200);
+    let paths: Vec<&str> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/feature_flags", "/max_connections", "/replica_url"],
+        "{d}"
+    );
+    let de = "/v1/diff-envs/{project}";
+    let (s, d) = api
+        .call(
+            "get",
+            eu,
+            de,
+            "/v1/diff-envs/shop?from=base&to=prod&path=services.payment",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let changed: Vec<&str> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        changed,
+        ["/database_url", "/max_connections", "/replica_url"],
+        "{d}"
+    );
+    let (_, v) = api
+        .call(
+            "get",
+            eu,
+            CFG,
+            &format!("/v1/config/shop/base/services.payment?raw=true&revision={r_first}"),
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(
+        v["value"],
+        json!({"database_url": "pg://${var:db_host}/pay"})
+    );
+    let t = versions[0]["time_ms"].as_u64().unwrap();
+    let (_, v) = api
+        .call(
+            "get",
+            eu,
+            CFG,
+            &format!("/v1/config/shop/base/services.payment.max_connections?raw=true&time_ms={t}"),
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(v["value"], json!(100));
+    let rb = "/v1/rollback/{project}/{env}";
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            rb,
+            "/v1/rollback/shop/base",
+            &[("x-meridian-author", "bob")],
+            Body::Json(
+                json!({"key": "services.payment.max_connections", "revision": r_before_prod}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, h) = api
+        .call(
+            "get",
+            us,
+            hist,
+            "/v1/history/shop/base/services.payment.max_connections",
+            &[],
+            Body::None,
+        )
+        .await;
+    let last = h["versions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["value"].clone(), last["version"].clone()),
+        (json!(100), json!(4)),
+        "a rollback is a new version"
+    );
+    assert!(
+        last["message"].as_str().unwrap().contains("rollback"),
+        "{last}"
+    );
+    assert_eq!(last["author"], "bob");
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            rb,
+            "/v1/rollback/shop/base",
+            &author,
+            Body::Json(json!({"revision": r_before_prod})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = api
+        .call(
+            "get",
+            eu,
+            CFG,
+            "/v1/config/shop/base/services.payment?raw=true",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(
+        v["value"],
+        json!({"database_url": "pg://${var:db_host}/pay", "max_connections": 100,
+               "feature_flags": {"new_checkout": true}, "replica_url": "${ref:services.payment.database_url}?ro"}),
+        "the whole namespace is back to that revision"
+    );
+    let (s, _) = api
+        .call("get", eu, CFG, "/v1/config/shop/base/t.a", &[], Body::None)
+        .await;
+    assert_eq!(s, 404, "keys created after the revision are gone");
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            rb,
+            "/v1/rollback/shop/base",
+            &author,
+            Body::Json(json!({"revision": "x"})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "INVALID_REQUEST"));
+
+    // --- defaults, bulk get, listing with filters and pages, delete ---
+    let (s, v) = api
+        .call(
+            "get",
+            eu,
+            CFG,
+            "/v1/config/shop/prod/services.search.enabled?default=false",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(
+        (s, &v["value"], &v["defaulted"]),
+        (200, &json!(false), &json!(true))
+    );
+    let (s, v) = api
+        .call(
+            "get",
+            eu,
+            CFG,
+            "/v1/config/shop/prod/x?default=%7Bbad",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "INVALID_JSON"));
+    let bulk = "/v1/bulk/{project}/{env}";
+    let (s, v) = api
+        .call("post", us, bulk, "/v1/bulk/shop/prod", &[], Body::Json(json!({
+            "keys": ["services.payment.max_connections", "services.payment.feature_flags", "nope.a", "nope.b"],
+            "defaults": {"nope.a": 1}})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["values"]["services.payment.max_connections"], json!(500));
+    assert_eq!(
+        v["values"]["services.payment.feature_flags"],
+        json!({"new_checkout": true})
+    );
+    assert_eq!(v["values"]["nope.a"], json!(1));
+    assert_eq!(v["missing"], json!(["nope.b"]));
+    let list = "/v1/list/{project}/{env}";
+    let (s, v) = api
+        .call(
+            "get",
+            eu,
+            list,
+            "/v1/list/shop/prod?prefix=services&glob=services.*.*_url",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let keys: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "services.payment.database_url",
+            "services.payment.replica_url"
+        ]
+    );
+    assert_eq!(v["entries"][0]["inherited_from"], "shop/base");
+    assert_eq!(
+        v["entries"][0]["value"], "pg://prod-db/pay",
+        "listing shows effective values"
+    );
+    let (_, v) = api
+        .call(
+            "get",
+            eu,
+            list,
+            "/v1/list/shop/prod?search=prod-db%2Fpay%3Fro",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(v["entries"].as_array().unwrap().len(), 1, "{v}");
+    let (_, p1) = api
+        .call(
+            "get",
+            eu,
+            list,
+            "/v1/list/shop/prod?limit=2",
+            &[],
+            Body::None,
+        )
+        .await;
+    let next = p1["next_page_token"].as_str().unwrap().to_string();
+    assert!(!next.is_empty());
+    let (_, p2) = api
+        .call(
+            "get",
+            eu,
+            list,
+            &format!("/v1/list/shop/prod?limit=2&page_token={next}"),
+            &[],
+            Body::None,
+        )
+        .await;
+    assert!(p2["entries"][0]["key"].as_str().unwrap() > next.as_str());
+    let (s, v) = api
+        .call(
+            "get",
+            eu,
+            list,
+            "/v1/list/shop/prod?glob=%5B",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "INVALID_REQUEST"));
+    let (s, v) = api
+        .call(
+            "delete",
+            eu,
+            CFG,
+            "/v1/config/shop/base/services",
+            &author,
+            Body::None,
+        )
+        .await;
+    assert_eq!(
+        (s, reason(&v)),
+        (404, "NOT_FOUND"),
+        "a subtree needs recursive=true"
+    );
+    let (s, v) = api
+        .call(
+            "delete",
+            eu,
+            CFG,
+            "/v1/config/shop/base/services.payment.feature_flags?recursive=true",
+            &author,
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = api
+        .call(
+            "get",
+            eu,
+            CFG,
+            "/v1/config/shop/prod/services.payment.feature_flags",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 404, "prod no longer inherits the deleted flags");
+
+    // --- retention by count, per namespace ---
+    let (s, _) = api
+        .call("post", eu, ns, ns, &[], Body::Json(json!({"project": "shop", "environment": "short", "home_region": "ap", "history_versions_max": 2})))
+        .await;
+    assert_eq!(s, 201);
+    for i in 0..4 {
+        let url = "/v1/config/shop/short/k".to_string();
+        assert_eq!(
+            api.call("put", eu, CFG, &url, &author, Body::Json(json!(i)))
+                .await
+                .0,
+            200
+        );
+    }
+    let (_, h) = api
+        .call("get", eu, hist, "/v1/history/shop/short/k", &[], Body::None)
+        .await;
+    let kept: Vec<u64> = h["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(kept, [3, 4]);
+    let (s, v) = api
+        .call(
+            "get",
+            eu,
+            dv,
+            "/v1/diff/shop/short/k?from_version=1&to_version=4",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "HISTORY_COMPACTED"), "{v}");
+
+    // --- watch (server-sent events): effective values, resumable by token ---
+    let watch_url = format!("{us}/v1/watch/shop/prod?path=services.payment");
+    api.seen
+        .lock()
+        .unwrap()
+        .insert(("/v1/watch/{project}/{env}".into(), "get".into()));
+    let mut resp = api.http.get(&watch_url).send().await.expect("watch");
+    assert_eq!(resp.status().as_u16(), 200);
+    let first = next_sse(&mut resp).await;
+    assert_eq!(first["snapshot"], json!(true));
+    assert!(first["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["key"] == "services.payment.database_url"));
+    let token = first["token"].as_str().unwrap().to_string();
+    // A change in base reaches prod's watcher as prod's effective value.
+    let (s, _) = api
+        .call(
+            "put",
+            eu,
+            tpl,
+            "/v1/template/shop/prod",
+            &author,
+            Body::Json(json!({"vars": {"db_host": "prod-db-2"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let ev = next_sse(&mut resp).await;
+    let urls: Vec<(&str, &str)> = ev["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap(),
+                e["value"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            ("services.payment.database_url", "pg://prod-db-2/pay"),
+            ("services.payment.replica_url", "pg://prod-db-2/pay?ro")
+        ]
+    );
+    drop(resp);
+    // Missed while disconnected; resumed in another region with the old token.
+    assert_eq!(
+        put("base", "services.payment.timeout_ms", json!(45))
+            .await
+            .0,
+        200
+    );
+    let mut resp = api
+        .http
+        .get(format!(
+            "{}/v1/watch/shop/prod?path=services.payment&resume_token={}",
+            c.http[2],
+            urlencode(&token)
+        ))
+        .send()
+        .await
+        .expect("watch resume");
+    let ev = next_sse(&mut resp).await;
+    assert_eq!(ev["snapshot"], json!(false), "{ev}");
+    let keys: BTreeSet<&str> = ev["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([
+            "services.payment.database_url",
+            "services.payment.replica_url",
+            "services.payment.timeout_ms"
+        ]),
+        "exactly what changed since the token: {ev}"
+    );
+    let (s, v) = api
+        .http
+        .get(format!("{us}/v1/watch/shop/prod?resume_token=garbage"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map(|s| (s, ()))
+        .unwrap();
+    assert_eq!((s, v), (400, ()));
+
+    let (s, v) = api
+        .call(
+            "get",
+            us,
+            "/v1/config/{project}/{env}",
+            "/v1/config/shop/prod",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["value"]["services"]["payment"]["max_connections"],
+        json!(500),
+        "{v}"
+    );
+    assert_eq!(
+        v["value"]["services"]["payment"]["database_url"],
+        json!("pg://prod-db-2/pay"),
+        "the whole environment, inherited keys included"
+    );
+
+    let left = api.unexercised();
+    assert!(
+        left.is_empty(),
+        "OpenAPI operations never exercised: {left:?}"
+    );
+}
+
+async fn next_sse(resp: &mut reqwest::Response) -> Value {
+    let mut buf = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(i) = buf.find("\n\n") {
+            let block: String = buf[..i].to_string();
+            buf.drain(..i + 2);
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                return serde_json::from_str(data.trim()).expect("event json");
+            }
+            continue;
+        }
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("an event within 10 s")
+            .expect("stream")
+            .expect("stream ended");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
