@@ -12,6 +12,8 @@ use meridian_node::NodeConfig;
 use meridian_proto::client::{Client, ClientOptions};
 use meridian_proto::v1::{Consistency, KeyValue, ListRequest};
 
+mod config_cmd;
+
 const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 
 #[derive(Parser)]
@@ -47,6 +49,10 @@ struct Cli {
 enum Output {
     Human,
     Json,
+    /// Config commands only (others print human text).
+    Yaml,
+    /// Config commands only (others print human text).
+    Table,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -74,7 +80,8 @@ enum Cmd {
         /// Where the regions keep their data, configs and certificates.
         #[arg(long, default_value = "meridian-dev")]
         dir: PathBuf,
-        /// gRPC ports are base+1..=base+3, peer (QUIC) ports base+101..=base+103.
+        /// gRPC ports are base+1..=base+3, peer (QUIC) ports base+101..=base+103,
+        /// HTTP ports base+201..=base+203.
         #[arg(long, default_value_t = 7000)]
         base_port: u16,
         /// Delete the data of a previous run first.
@@ -136,6 +143,12 @@ enum Cmd {
     },
     /// Show the retained versions of a key.
     History { key: String },
+    /// Configuration management: environments, subtrees, patches, history,
+    /// diff, rollback, schemas, templates, watch.
+    Config {
+        #[command(subcommand)]
+        cmd: config_cmd::ConfigCmd,
+    },
     /// Cluster administration.
     Cluster {
         #[command(subcommand)]
@@ -247,9 +260,10 @@ pub fn dev_configs(dir: &Path, base_port: u16) -> Result<Vec<PathBuf>> {
     for (i, r) in DEV_REGIONS.iter().enumerate() {
         let i = i as u16;
         regions.push_str(&format!(
-            "[[regions]]\nname = \"{r}\"\npeer = \"127.0.0.1:{}\"\ngrpc = \"127.0.0.1:{}\"\n\n",
+            "[[regions]]\nname = \"{r}\"\npeer = \"127.0.0.1:{}\"\ngrpc = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n\n",
             base_port + 101 + i,
-            base_port + 1 + i
+            base_port + 1 + i,
+            base_port + 201 + i
         ));
     }
     let mut out = Vec::new();
@@ -292,7 +306,13 @@ async fn dev(dir: &Path, base_port: u16, fresh: bool) -> Result<()> {
         dir.display()
     );
     for n in &nodes {
-        println!("  region {:<3} gRPC {}", n.region, n.grpc_addr);
+        match n.http_addr {
+            Some(h) => println!(
+                "  region {:<3} gRPC {}  HTTP http://{h}",
+                n.region, n.grpc_addr
+            ),
+            None => println!("  region {:<3} gRPC {}", n.region, n.grpc_addr),
+        }
     }
     println!();
     println!("Try it (in another terminal):");
@@ -306,6 +326,12 @@ async fn dev(dir: &Path, base_port: u16, fresh: bool) -> Result<()> {
     println!("  meridian{ep} -n us put svc/timeout-ms 250  # namespace us (homed in us)");
     println!("  meridian{ep} watch app/                    # prints every change");
     println!("  meridian{ep} cluster status");
+    println!("  meridian{ep} config create shop/prod --home us");
+    println!("  meridian{ep} config set shop/prod services.payment.max_connections 100");
+    println!("  meridian{ep} config get shop/prod services.payment -o yaml");
+    if let Some(h) = nodes.first().and_then(|n| n.http_addr) {
+        println!("  curl http://{h}/v1/config/shop/prod/services.payment");
+    }
     println!();
     println!("Namespaces: eu, us, ap (quorum) and eu-async, us-async, ap-async. Ctrl-C stops.");
     tokio::signal::ctrl_c().await?;
@@ -342,6 +368,9 @@ fn token_str(t: &Option<meridian_proto::v1::RevisionToken>) -> String {
 
 async fn client_command(cli: Cli) -> Result<()> {
     init_logs(cli.log_format.unwrap_or(LogFormat::Human), "warn");
+    if let Cmd::Config { cmd } = cli.cmd {
+        return config_cmd::run(cmd, &cli.endpoints, cli.output).await;
+    }
     let opts = ClientOptions {
         connect_timeout: Duration::from_secs(2),
         ..ClientOptions::default()
@@ -516,7 +545,7 @@ async fn client_command(cli: Cli) -> Result<()> {
                 println!("lease of group {g} transferring to {to}");
             }
         },
-        Cmd::Serve { .. } | Cmd::Dev { .. } | Cmd::Certs { .. } => {}
+        Cmd::Serve { .. } | Cmd::Dev { .. } | Cmd::Certs { .. } | Cmd::Config { .. } => {}
     }
     Ok(())
 }

@@ -1,0 +1,834 @@
+//! `meridian config ...`: the configuration API from the command line
+//! (projects and environments, subtrees, patches, history, diff, rollback,
+//! schemas, templates, watch), over gRPC, printed as text, JSON, YAML or a
+//! table.
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use meridian_proto::v1::config_client::ConfigClient;
+use meridian_proto::v1::*;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+use crate::Output;
+
+#[derive(Subcommand)]
+pub enum ConfigCmd {
+    /// Create an environment: `config create shop/prod --home us`.
+    Create {
+        /// project/environment
+        ns: String,
+        #[arg(long)]
+        home: String,
+        /// quorum or async
+        #[arg(long, default_value = "quorum")]
+        mode: String,
+        #[arg(long, default_value_t = 0)]
+        rpo_budget_ms: u64,
+        /// Versions kept per key (0: the cluster default).
+        #[arg(long, default_value_t = 0)]
+        history_versions: u32,
+        /// Drop versions older than this at a key's next change (0: never).
+        #[arg(long, default_value_t = 0)]
+        history_age_ms: u64,
+    },
+    /// List environments (of one project).
+    Envs {
+        #[arg(long, default_value = "")]
+        project: String,
+    },
+    /// Read a key or a whole subtree (effective and rendered unless --raw).
+    Get {
+        ns: String,
+        #[arg(default_value = "")]
+        path: String,
+        #[arg(long)]
+        raw: bool,
+        #[arg(long, default_value_t = 0)]
+        revision: u64,
+        #[arg(long, default_value_t = 0)]
+        time_ms: u64,
+        /// JSON returned when nothing is stored.
+        #[arg(long)]
+        default: Option<String>,
+        /// Read this region's state (no linearizable probe).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Read several keys at once.
+    Bulk {
+        ns: String,
+        keys: Vec<String>,
+        #[arg(long)]
+        raw: bool,
+    },
+    /// List leaves with filters.
+    Ls {
+        ns: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value = "")]
+        glob: String,
+        #[arg(long, default_value = "")]
+        search: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Set a key to a JSON value (a bare word is taken as a string).
+    Set {
+        ns: String,
+        key: String,
+        value: String,
+        #[arg(long)]
+        if_version: Option<u64>,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Apply an RFC 7386 merge patch to a subtree.
+    Merge {
+        ns: String,
+        path: String,
+        patch: String,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Apply an RFC 6902 JSON patch to a subtree.
+    Patch {
+        ns: String,
+        path: String,
+        patch: String,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Delete a key (or a subtree with --recursive).
+    Delete {
+        ns: String,
+        key: String,
+        #[arg(long)]
+        recursive: bool,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Check a change without writing it (schemas, templates, limits).
+    Validate {
+        ns: String,
+        key: String,
+        value: String,
+    },
+    /// Every retained version of a key.
+    History { ns: String, key: String },
+    /// Structural diff: of a key's versions, the environment's revisions, or
+    /// against another environment of the project.
+    Diff {
+        ns: String,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        from_version: Option<u64>,
+        #[arg(long)]
+        to_version: Option<u64>,
+        #[arg(long)]
+        from_revision: Option<u64>,
+        #[arg(long)]
+        to_revision: Option<u64>,
+        /// Compare with this environment (from it, to NS).
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long, default_value = "")]
+        path: String,
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Roll a key (or the whole environment) back to a revision.
+    Rollback {
+        ns: String,
+        #[arg(long)]
+        revision: u64,
+        #[arg(long, default_value = "")]
+        key: String,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Attach a JSON Schema (draft 2020-12) to a prefix ("" : the root).
+    SchemaSet {
+        ns: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        schema: String,
+    },
+    /// Detach the schema of a prefix.
+    SchemaDelete {
+        ns: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Show or set inheritance and variables.
+    Template {
+        ns: String,
+        /// Parent environment (same project) or project/environment.
+        #[arg(long)]
+        inherits: Option<String>,
+        #[arg(long)]
+        no_inherits: bool,
+        /// A JSON object of variables.
+        #[arg(long)]
+        vars: Option<String>,
+    },
+    /// Print effective values under a path as they change.
+    Watch {
+        ns: String,
+        #[arg(default_value = "")]
+        path: String,
+        #[arg(long)]
+        raw: bool,
+        #[arg(long, default_value = "")]
+        resume_token: String,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct Who {
+    #[arg(long, env = "USER", default_value = "")]
+    author: String,
+    #[arg(long, short = 'm', default_value = "")]
+    message: String,
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
+}
+
+fn ns_ref(s: &str) -> Result<NamespaceRef> {
+    let (p, e) = s
+        .split_once('/')
+        .with_context(|| format!("{s:?}: name an environment as project/environment"))?;
+    Ok(NamespaceRef {
+        project: p.to_string(),
+        environment: e.to_string(),
+    })
+}
+
+/// A JSON argument; a bare word that is not JSON is taken as a string.
+fn json_arg(s: &str) -> String {
+    match serde_json::from_str::<Value>(s) {
+        Ok(_) => s.to_string(),
+        Err(_) => Value::String(s.to_string()).to_string(),
+    }
+}
+
+async fn connect(endpoints: &[String]) -> Result<ConfigClient<Channel>> {
+    let mut last = None;
+    for e in endpoints {
+        let url = if e.starts_with("http") {
+            e.clone()
+        } else {
+            format!("http://{e}")
+        };
+        let ep = tonic::transport::Endpoint::from_shared(url)?
+            .connect_timeout(std::time::Duration::from_secs(2));
+        match ep.connect().await {
+            Ok(ch) => return Ok(ConfigClient::new(ch)),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e).context("no region reachable"),
+        None => bail!("no endpoints given"),
+    }
+}
+
+fn parse(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or(Value::Null)
+}
+
+fn entry_json(e: &ConfigEntry) -> Value {
+    json!({
+        "key": e.key, "value": parse(&e.value_json), "version": e.version,
+        "revision": e.revision, "author": e.author, "message": e.message,
+        "time_ms": e.time_ms, "deleted": e.deleted, "inherited_from": e.inherited_from,
+    })
+}
+
+fn write_json(w: &ConfigWriteResponse) -> Value {
+    json!({
+        "revision": w.revision, "token": w.token, "replayed": w.replayed, "dry_run": w.dry_run,
+        "changes": w.changes.iter().map(|c| json!({"key": c.key, "op": c.op, "version": c.version})).collect::<Vec<_>>(),
+        "diff": w.diff.iter().map(diff_json).collect::<Vec<_>>(),
+    })
+}
+
+fn diff_json(c: &DiffChange) -> Value {
+    let mut v = json!({"path": c.path, "op": c.op});
+    if !c.from_json.is_empty() {
+        v["from"] = parse(&c.from_json);
+    }
+    if !c.to_json.is_empty() {
+        v["to"] = parse(&c.to_json);
+    }
+    v
+}
+
+/// Rows of a table: arrays of objects become one row each; an object
+/// becomes key/value rows.
+fn print_table(v: &Value) {
+    let rows: Vec<Value> = match v {
+        Value::Array(a) => a.clone(),
+        Value::Object(m) => {
+            if let Some(Value::Array(a)) = m
+                .get("entries")
+                .or_else(|| m.get("versions"))
+                .or_else(|| m.get("changes"))
+                .or_else(|| m.get("namespaces"))
+            {
+                a.clone()
+            } else {
+                m.iter()
+                    .map(|(k, v)| json!({"key": k, "value": v}))
+                    .collect()
+            }
+        }
+        other => vec![json!({ "value": other })],
+    };
+    let mut cols: Vec<String> = Vec::new();
+    for r in &rows {
+        if let Value::Object(m) = r {
+            for k in m.keys() {
+                if !cols.contains(k) {
+                    cols.push(k.clone());
+                }
+            }
+        }
+    }
+    let cell = |r: &Value, c: &str| -> String {
+        match r.get(c) {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(x) => x.to_string(),
+        }
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            cols.iter()
+                .map(|c| {
+                    let s = cell(r, c);
+                    if s.chars().count() > 60 {
+                        format!("{}…", s.chars().take(59).collect::<String>())
+                    } else {
+                        s
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |vals: Vec<String>| {
+        let s: Vec<String> = vals
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(cols.iter().map(|c| c.to_uppercase()).collect());
+    for r in cells {
+        line(r);
+    }
+}
+
+fn emit(out: Output, v: &Value, human: impl FnOnce(&Value) -> String) -> Result<()> {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Output::Yaml => print!("{}", serde_norway::to_string(v)?),
+        Output::Table => print_table(v),
+        Output::Human => print!("{}", human(v)),
+    }
+    Ok(())
+}
+
+fn pretty(v: &Value) -> String {
+    format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default())
+}
+
+fn diff_text(changes: &[Value]) -> String {
+    let mut s = String::new();
+    for c in changes {
+        let p = c["path"].as_str().filter(|p| !p.is_empty()).unwrap_or("/");
+        let line = match c["op"].as_str() {
+            Some("added") => format!("+ {p}: {}\n", c["to"]),
+            Some("removed") => format!("- {p}: {}\n", c["from"]),
+            _ => format!("~ {p}: {} -> {}\n", c["from"], c["to"]),
+        };
+        s.push_str(&line);
+    }
+    if s.is_empty() {
+        s.push_str("(no differences)\n");
+    }
+    s
+}
+
+fn written(v: &Value) -> String {
+    let mut s = format!("revision {}", v["revision"]);
+    if v["replayed"] == json!(true) {
+        s.push_str(" (replayed: an earlier write with this idempotency key)");
+    }
+    s.push('\n');
+    s.push_str(&diff_text(
+        v["diff"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+    ));
+    s
+}
+
+async fn write(
+    c: &mut ConfigClient<Channel>,
+    ns: &str,
+    ops: Vec<config_op::Op>,
+    who: &Who,
+    dry_run: bool,
+) -> Result<Value> {
+    let req = ConfigWriteRequest {
+        ns: Some(ns_ref(ns)?),
+        ops: ops.into_iter().map(|o| ConfigOp { op: Some(o) }).collect(),
+        author: who.author.clone(),
+        message: who.message.clone(),
+        idempotency_key: who.idempotency_key.clone(),
+    };
+    let r = if dry_run {
+        c.validate(req).await
+    } else {
+        c.write(req).await
+    };
+    Ok(write_json(&r.map_err(status_err)?.into_inner()))
+}
+
+/// A failed call: the stable reason and message, plus structured details.
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    let details = s
+        .metadata()
+        .get("meridian-details")
+        .and_then(|v| v.to_str().ok())
+        .map(|d| format!("\ndetails: {d}"))
+        .unwrap_or_default();
+    anyhow::anyhow!("{}{details}", s.message())
+}
+
+pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()> {
+    let mut c = connect(endpoints).await?;
+    let none = Who {
+        author: String::new(),
+        message: String::new(),
+        idempotency_key: String::new(),
+    };
+    match cmd {
+        ConfigCmd::Create {
+            ns,
+            home,
+            mode,
+            rpo_budget_ms,
+            history_versions,
+            history_age_ms,
+        } => {
+            let r = ns_ref(&ns)?;
+            let i = c
+                .create_namespace(CreateNamespaceRequest {
+                    project: r.project,
+                    environment: r.environment,
+                    home_region: home,
+                    mode,
+                    rpo_budget_ms,
+                    history_versions_max: history_versions,
+                    history_age_ms_max: history_age_ms,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let v = json!({"name": i.name, "home_region": i.home_region, "mode": i.mode});
+            emit(out, &v, |v| {
+                format!(
+                    "created {} (home {}, {})\n",
+                    v["name"], v["home_region"], v["mode"]
+                )
+            })
+        }
+        ConfigCmd::Envs { project } => {
+            let l = c
+                .list_namespaces(ListNamespacesRequest { project })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let v: Vec<Value> = l
+                .namespaces
+                .iter()
+                .map(|n| json!({"name": n.name, "home_region": n.home_region, "mode": n.mode, "history_versions_max": n.history_versions_max}))
+                .collect();
+            let v = Value::Array(v);
+            emit(out, &v, |v| {
+                v.as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|n| {
+                                format!(
+                                    "{}  home={} mode={}\n",
+                                    n["name"].as_str().unwrap_or(""),
+                                    n["home_region"].as_str().unwrap_or(""),
+                                    n["mode"].as_str().unwrap_or("")
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+        }
+        ConfigCmd::Get {
+            ns,
+            path,
+            raw,
+            revision,
+            time_ms,
+            default,
+            stale,
+        } => {
+            let r = c
+                .get_config(GetConfigRequest {
+                    ns: Some(ns_ref(&ns)?),
+                    path,
+                    read: Some(ConfigReadOptions {
+                        raw,
+                        revision,
+                        time_ms,
+                        stale,
+                    }),
+                    default_json: default.map(|d| json_arg(&d)),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let v = parse(&r.value_json);
+            emit(out, &v, pretty)
+        }
+        ConfigCmd::Bulk { ns, keys, raw } => {
+            let r = c
+                .bulk_get(BulkGetRequest {
+                    ns: Some(ns_ref(&ns)?),
+                    keys,
+                    defaults_json: Default::default(),
+                    read: Some(ConfigReadOptions {
+                        raw,
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let values: serde_json::Map<String, Value> = r
+                .values_json
+                .iter()
+                .map(|(k, v)| (k.clone(), parse(v)))
+                .collect();
+            let v = json!({"values": values, "missing": r.missing});
+            emit(out, &v, pretty)
+        }
+        ConfigCmd::Ls {
+            ns,
+            prefix,
+            glob,
+            search,
+            limit,
+            page_token,
+            raw,
+        } => {
+            let r = c
+                .list_config(ListConfigRequest {
+                    ns: Some(ns_ref(&ns)?),
+                    prefix,
+                    glob,
+                    search,
+                    limit,
+                    page_token,
+                    read: Some(ConfigReadOptions {
+                        raw,
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let v = json!({
+                "entries": r.entries.iter().map(entry_json).collect::<Vec<_>>(),
+                "next_page_token": r.next_page_token,
+            });
+            emit(out, &v, |v| {
+                let mut s = String::new();
+                for e in v["entries"].as_array().into_iter().flatten() {
+                    s.push_str(&format!(
+                        "{} = {}\n",
+                        e["key"].as_str().unwrap_or(""),
+                        e["value"]
+                    ));
+                }
+                if let Some(t) = v["next_page_token"].as_str().filter(|t| !t.is_empty()) {
+                    s.push_str(&format!("(more: --page-token {t})\n"));
+                }
+                s
+            })
+        }
+        ConfigCmd::Set {
+            ns,
+            key,
+            value,
+            if_version,
+            who,
+        } => {
+            let op = config_op::Op::Put(PutOp {
+                key,
+                value_json: json_arg(&value),
+                if_version,
+            });
+            let v = write(&mut c, &ns, vec![op], &who, false).await?;
+            emit(out, &v, written)
+        }
+        ConfigCmd::Merge {
+            ns,
+            path,
+            patch,
+            who,
+        } => {
+            let op = config_op::Op::Merge(MergeOp {
+                path,
+                patch_json: patch,
+                if_version: None,
+            });
+            let v = write(&mut c, &ns, vec![op], &who, false).await?;
+            emit(out, &v, written)
+        }
+        ConfigCmd::Patch {
+            ns,
+            path,
+            patch,
+            who,
+        } => {
+            let op = config_op::Op::Patch(JsonPatchOp {
+                path,
+                patch_json: patch,
+            });
+            let v = write(&mut c, &ns, vec![op], &who, false).await?;
+            emit(out, &v, written)
+        }
+        ConfigCmd::Delete {
+            ns,
+            key,
+            recursive,
+            who,
+        } => {
+            let op = config_op::Op::Delete(DeleteOp {
+                key,
+                recursive,
+                if_version: None,
+            });
+            let v = write(&mut c, &ns, vec![op], &who, false).await?;
+            emit(out, &v, written)
+        }
+        ConfigCmd::Validate { ns, key, value } => {
+            let op = config_op::Op::Put(PutOp {
+                key,
+                value_json: json_arg(&value),
+                if_version: None,
+            });
+            let v = write(&mut c, &ns, vec![op], &none, true).await?;
+            emit(out, &v, |v| {
+                format!(
+                    "valid; the change would be:\n{}",
+                    diff_text(v["diff"].as_array().map(Vec::as_slice).unwrap_or(&[]))
+                )
+            })
+        }
+        ConfigCmd::History { ns, key } => {
+            let r = c
+                .config_history(ConfigHistoryRequest {
+                    ns: Some(ns_ref(&ns)?),
+                    key,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let v = json!({"versions": r.versions.iter().map(entry_json).collect::<Vec<_>>()});
+            emit(out, &v, |v| {
+                let mut s = String::new();
+                for e in v["versions"].as_array().into_iter().flatten() {
+                    s.push_str(&format!(
+                        "v{} rev {} {} by {:?} ({:?}): {}\n",
+                        e["version"],
+                        e["revision"],
+                        e["time_ms"],
+                        e["author"].as_str().unwrap_or(""),
+                        e["message"].as_str().unwrap_or(""),
+                        if e["deleted"] == json!(true) {
+                            "<deleted>".to_string()
+                        } else {
+                            e["value"].to_string()
+                        }
+                    ));
+                }
+                s
+            })
+        }
+        ConfigCmd::Diff {
+            ns,
+            key,
+            from_version,
+            to_version,
+            from_revision,
+            to_revision,
+            env,
+            path,
+            raw,
+        } => {
+            let what = match (key, env, from_revision) {
+                (Some(key), None, None) => diff_request::What::Versions(VersionsDiff {
+                    key,
+                    from_version: from_version.context("--from-version")?,
+                    to_version: to_version.context("--to-version")?,
+                }),
+                (None, Some(other), None) => diff_request::What::Environments(EnvironmentsDiff {
+                    other_environment: other,
+                    path,
+                    raw,
+                }),
+                (None, None, Some(from)) => diff_request::What::Revisions(RevisionsDiff {
+                    path,
+                    from_revision: from,
+                    to_revision: to_revision.context("--to-revision")?,
+                }),
+                _ => bail!("give one of: --key with --from-version/--to-version, --env, or --from-revision/--to-revision"),
+            };
+            let r = c
+                .diff(DiffRequest {
+                    ns: Some(ns_ref(&ns)?),
+                    what: Some(what),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let v = json!({"changes": r.changes.iter().map(diff_json).collect::<Vec<_>>()});
+            emit(out, &v, |v| {
+                diff_text(v["changes"].as_array().map(Vec::as_slice).unwrap_or(&[]))
+            })
+        }
+        ConfigCmd::Rollback {
+            ns,
+            revision,
+            key,
+            who,
+        } => {
+            let r = c
+                .rollback(RollbackRequest {
+                    ns: Some(ns_ref(&ns)?),
+                    key,
+                    revision,
+                    author: who.author,
+                    message: who.message,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            emit(out, &write_json(&r), written)
+        }
+        ConfigCmd::SchemaSet { ns, prefix, schema } => {
+            let op = config_op::Op::SetSchema(SetSchemaOp {
+                prefix,
+                schema_json: schema,
+            });
+            let v = write(&mut c, &ns, vec![op], &none, false).await?;
+            emit(out, &v, written)
+        }
+        ConfigCmd::SchemaDelete { ns, prefix } => {
+            let op = config_op::Op::DeleteSchema(DeleteSchemaOp { prefix });
+            let v = write(&mut c, &ns, vec![op], &none, false).await?;
+            emit(out, &v, written)
+        }
+        ConfigCmd::Template {
+            ns,
+            inherits,
+            no_inherits,
+            vars,
+        } => {
+            if inherits.is_none() && !no_inherits && vars.is_none() {
+                let t = c
+                    .get_template(ns_ref(&ns)?)
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                let v = json!({"inherits": t.inherits, "vars": parse(&t.vars_json)});
+                return emit(out, &v, pretty);
+            }
+            let op = config_op::Op::SetTemplate(SetTemplateOp {
+                inherits,
+                clear_inherits: no_inherits,
+                vars_json: vars,
+            });
+            let v = write(&mut c, &ns, vec![op], &none, false).await?;
+            emit(out, &v, written)
+        }
+        ConfigCmd::Watch {
+            ns,
+            path,
+            raw,
+            resume_token,
+            count,
+        } => {
+            let mut s = c
+                .watch_config(WatchConfigRequest {
+                    ns: Some(ns_ref(&ns)?),
+                    path,
+                    raw,
+                    resume_token,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let mut seen = 0;
+            while let Some(ev) = s.message().await.map_err(status_err)? {
+                let v = json!({
+                    "snapshot": ev.snapshot, "token": ev.token,
+                    "changes": ev.changes.iter().map(entry_json).collect::<Vec<_>>(),
+                });
+                emit(out, &v, |v| {
+                    let mut s = String::new();
+                    for e in v["changes"].as_array().into_iter().flatten() {
+                        if e["deleted"] == json!(true) {
+                            s.push_str(&format!("- {}\n", e["key"].as_str().unwrap_or("")));
+                        } else {
+                            s.push_str(&format!(
+                                "{} = {}\n",
+                                e["key"].as_str().unwrap_or(""),
+                                e["value"]
+                            ));
+                        }
+                    }
+                    s
+                })?;
+                seen += 1;
+                if count.is_some_and(|n| seen >= n) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! `meridian config ...` against a real cluster: every output format, and a
+//! refused change printing its stable reason and exiting non-zero.
+
+mod common;
+
+use std::process::Command;
+
+use common::{bin, Cluster};
+use serde_json::{json, Value};
+
+fn cli(c: &Cluster, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .arg("--endpoints")
+        .arg(c.grpc.join(","))
+        .args(args)
+        .env("USER", "cli-user")
+        .output()
+        .expect("run meridian");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(c: &Cluster, args: &[&str]) -> String {
+    let (success, out, err) = cli(c, args);
+    assert!(success, "meridian {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_drives_configuration_management_in_every_output_format() {
+    let c = Cluster::running().await;
+    ok(&c, &["config", "create", "web/base", "--home", "eu"]);
+    ok(
+        &c,
+        &[
+            "config",
+            "create",
+            "web/prod",
+            "--home",
+            "us",
+            "--history-versions",
+            "5",
+        ],
+    );
+    let envs: Value = serde_json::from_str(&ok(
+        &c,
+        &["-o", "json", "config", "envs", "--project", "web"],
+    ))
+    .unwrap_or_default();
+    assert_eq!(envs.as_array().map(Vec::len), Some(2), "{envs}");
+    ok(
+        &c,
+        &[
+            "config",
+            "template",
+            "web/base",
+            "--vars",
+            r#"{"host":"db-base"}"#,
+        ],
+    );
+    ok(
+        &c,
+        &[
+            "config",
+            "set",
+            "web/base",
+            "api.db.url",
+            "pg://${var:host}",
+            "-m",
+            "first",
+        ],
+    );
+    ok(&c, &["config", "set", "web/base", "api.db.pool", "10"]);
+    ok(
+        &c,
+        &[
+            "config",
+            "template",
+            "web/prod",
+            "--inherits",
+            "base",
+            "--vars",
+            r#"{"host":"db-prod"}"#,
+        ],
+    );
+    let v: Value =
+        serde_json::from_str(&ok(&c, &["-o", "json", "config", "get", "web/prod", "api"]))
+            .unwrap_or_default();
+    assert_eq!(v, json!({"db": {"url": "pg://db-prod", "pool": 10}}));
+    let yaml = ok(&c, &["-o", "yaml", "config", "get", "web/prod", "api.db"]);
+    assert!(
+        yaml.contains("url: pg://db-prod") && yaml.contains("pool: 10"),
+        "{yaml}"
+    );
+    ok(
+        &c,
+        &[
+            "config",
+            "merge",
+            "web/base",
+            "api.db",
+            r#"{"pool": 20, "ssl": true}"#,
+        ],
+    );
+    let table = ok(
+        &c,
+        &[
+            "-o",
+            "table",
+            "config",
+            "history",
+            "web/base",
+            "api.db.pool",
+        ],
+    );
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].contains("VERSION") && lines[0].contains("AUTHOR"),
+        "{table}"
+    );
+    assert_eq!(lines.len(), 3, "header and two versions: {table}");
+    assert!(lines[1].contains("cli-user"), "{table}");
+    let diff = ok(
+        &c,
+        &[
+            "config", "diff", "web/prod", "--env", "base", "--path", "api.db",
+        ],
+    );
+    assert_eq!(diff, "~ /url: \"pg://db-base\" -> \"pg://db-prod\"\n");
+    let diff = ok(
+        &c,
+        &[
+            "config",
+            "diff",
+            "web/base",
+            "--key",
+            "api.db.pool",
+            "--from-version",
+            "1",
+            "--to-version",
+            "2",
+        ],
+    );
+    assert_eq!(diff, "~ /: 10 -> 20\n");
+    ok(
+        &c,
+        &[
+            "config",
+            "schema-set",
+            "web/base",
+            "--prefix",
+            "api.db",
+            r#"{"properties": {"pool": {"maximum": 50}}}"#,
+        ],
+    );
+    let (success, _, err) = cli(&c, &["config", "set", "web/prod", "api.db.pool", "99"]);
+    assert!(
+        !success && err.contains("[SCHEMA_VIOLATION]") && err.contains("web/prod"),
+        "{err}"
+    );
+    let (success, _, err) = cli(&c, &["config", "validate", "web/prod", "api.db.pool", "77"]);
+    assert!(!success && err.contains("[SCHEMA_VIOLATION]"), "{err}");
+    let out = ok(&c, &["config", "validate", "web/prod", "api.db.pool", "30"]);
+    assert!(out.starts_with("valid"), "{out}");
+    let ls = ok(
+        &c,
+        &[
+            "-o", "table", "config", "ls", "web/prod", "--glob", "api.db.*",
+        ],
+    );
+    assert!(ls.contains("web/base") && ls.contains("api.db.ssl"), "{ls}");
+    let h: Value = serde_json::from_str(&ok(
+        &c,
+        &["-o", "json", "config", "history", "web/base", "api.db.url"],
+    ))
+    .unwrap_or_default();
+    let rev = h["versions"][0]["revision"].as_u64().unwrap_or(0);
+    ok(
+        &c,
+        &[
+            "config",
+            "rollback",
+            "web/base",
+            "--revision",
+            &rev.to_string(),
+            "--key",
+            "api.db.pool",
+        ],
+    );
+    let (success, _, err) = cli(&c, &["config", "get", "web/base", "api.db.pool"]);
+    assert!(
+        !success && err.contains("[NOT_FOUND]"),
+        "pool did not exist at that revision: {err}"
+    );
+    let w = ok(
+        &c,
+        &[
+            "config", "watch", "web/prod", "api", "--count", "1", "-o", "json",
+        ],
+    );
+    let ev: Value = serde_json::from_str(&w).unwrap_or_default();
+    assert_eq!(ev["snapshot"], json!(true), "{w}");
+}
