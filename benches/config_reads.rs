@@ -37,8 +37,15 @@ async fn main() -> Result<()> {
         .unwrap_or(5000);
     let dir = tempfile::tempdir()?;
     meridian_node::tls::generate_dev_certs(&dir.path().join("certs"), &["eu".to_string()])?;
+    // Free ports, found by binding and releasing (nothing else runs here).
+    let grpc_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let peer_port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let toml = format!(
-        "region = \"eu\"\ndata_dir = \"{d}/data\"\n[tls]\nca_cert = \"{d}/certs/ca.pem\"\ncert = \"{d}/certs/eu.pem\"\nkey = \"{d}/certs/eu-key.pem\"\n[[regions]]\nname = \"eu\"\ngrpc = \"127.0.0.1:0\"\npeer = \"127.0.0.1:0\"\n",
+        "region = \"eu\"\ndata_dir = \"{d}/data\"\n[tls]\nca_cert = \"{d}/certs/ca.pem\"\ncert = \"{d}/certs/eu.pem\"\nkey = \"{d}/certs/eu-key.pem\"\n[[regions]]\nname = \"eu\"\ngrpc = \"127.0.0.1:{grpc_port}\"\npeer = \"127.0.0.1:{peer_port}\"\n",
         d = dir.path().display()
     );
     let node = meridian_node::server::start(NodeConfig::parse(&toml)?).await?;
@@ -73,6 +80,33 @@ async fn main() -> Result<()> {
     })
     .await?;
 
+    // Templates first: a configuration write validates the whole namespace,
+    // so it is cheap while the namespace is empty.
+    cfg.write(ConfigWriteRequest {
+        ns: ns("base"),
+        ops: vec![ConfigOp {
+            op: Some(config_op::Op::SetTemplate(SetTemplateOp {
+                vars_json: Some(r#"{"host":"base-db"}"#.into()),
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    })
+    .await
+    .context("base's variables")?;
+    cfg.write(ConfigWriteRequest {
+        ns: ns("prod"),
+        ops: vec![ConfigOp {
+            op: Some(config_op::Op::SetTemplate(SetTemplateOp {
+                inherits: Some("base".into()),
+                vars_json: Some(r#"{"host":"prod-db"}"#.into()),
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    })
+    .await?;
+
     // 100 K keys of ~1 KB in bench/base, loaded through the KV API in
     // transactions of 100 (the config API would validate the whole namespace
     // on every write, which is the wrong tool for a bulk load).
@@ -84,7 +118,7 @@ async fn main() -> Result<()> {
             let value = match k {
                 0 => format!(
                     "\"pg://${{var:host}}/s{s}?{}\"",
-                    &filler[..VALUE_BYTES - 30]
+                    &filler[..VALUE_BYTES - 60]
                 ),
                 1 => format!("\"${{ref:services.s{s:05}.k0}}&ro\""),
                 _ => format!("\"{filler}-{s}-{k}\""),
@@ -102,35 +136,12 @@ async fn main() -> Result<()> {
                     ops: std::mem::take(&mut batch),
                     request_id: rand::random(),
                 })
-                .await?;
+                .await
+                .with_context(|| format!("loading service {s}"))?;
             }
         }
     }
     let load_s = load_start.elapsed().as_secs_f64();
-    cfg.write(ConfigWriteRequest {
-        ns: ns("base"),
-        ops: vec![ConfigOp {
-            op: Some(config_op::Op::SetTemplate(SetTemplateOp {
-                vars_json: Some(r#"{"host":"base-db"}"#.into()),
-                ..Default::default()
-            })),
-        }],
-        ..Default::default()
-    })
-    .await?;
-    cfg.write(ConfigWriteRequest {
-        ns: ns("prod"),
-        ops: vec![ConfigOp {
-            op: Some(config_op::Op::SetTemplate(SetTemplateOp {
-                inherits: Some("base".into()),
-                vars_json: Some(r#"{"host":"prod-db"}"#.into()),
-                ..Default::default()
-            })),
-        }],
-        ..Default::default()
-    })
-    .await?;
-
     println!("# config reads: 1 region, {} keys of ~{VALUE_BYTES} B ({SERVICES} services x {KEYS_PER_SERVICE} keys), loaded in {load_s:.1} s; {reads} reads per kind, one client, gRPC on loopback", SERVICES * KEYS_PER_SERVICE);
     println!();
     println!("| read | consistency | p50 us | p99 us | max us | reads/s |");
