@@ -190,7 +190,18 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small responses must not wait for a delayed ACK (Nagle): set TCP_NODELAY
+    // on every accepted connection (the builder's setting applies only to
+    // listeners it binds itself).
+    let incoming = futures::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            if let Ok(c) = &conn {
+                let _ = c.set_nodelay(true);
+            }
+            conn
+        },
+    );
     let region = cfg.region.clone();
     let grpc = tokio::spawn(async move {
         let res = router
@@ -211,6 +222,9 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
             let addr = listener.local_addr().unwrap_or(addr);
             let (tx, rx) = oneshot::channel::<()>();
             let app = crate::configstore::http::router(store);
+            let listener = axum::serve::ListenerExt::tap_io(listener, |c| {
+                let _ = c.set_nodelay(true);
+            });
             let task = tokio::spawn(async move {
                 let res = axum::serve(listener, app)
                     .with_graceful_shutdown(async {
