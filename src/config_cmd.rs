@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use crate::Output;
+use meridian_node::configstore::diff;
 
 #[derive(Subcommand)]
 pub enum ConfigCmd {
@@ -366,21 +367,22 @@ fn pretty(v: &Value) -> String {
     format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default())
 }
 
+/// The CLI's text diff is the engine's (`+`, `-`, `~` lines by JSON pointer).
 fn diff_text(changes: &[Value]) -> String {
-    let mut s = String::new();
-    for c in changes {
-        let p = c["path"].as_str().filter(|p| !p.is_empty()).unwrap_or("/");
-        let line = match c["op"].as_str() {
-            Some("added") => format!("+ {p}: {}\n", c["to"]),
-            Some("removed") => format!("- {p}: {}\n", c["from"]),
-            _ => format!("~ {p}: {} -> {}\n", c["from"], c["to"]),
-        };
-        s.push_str(&line);
-    }
-    if s.is_empty() {
-        s.push_str("(no differences)\n");
-    }
-    s
+    let changes: Vec<diff::Change> = changes
+        .iter()
+        .map(|c| diff::Change {
+            path: c["path"].as_str().unwrap_or_default().to_string(),
+            op: match c["op"].as_str() {
+                Some("added") => "added",
+                Some("removed") => "removed",
+                _ => "changed",
+            },
+            from: c.get("from").cloned(),
+            to: c.get("to").cloned(),
+        })
+        .collect();
+    diff::to_text(&changes)
 }
 
 fn written(v: &Value) -> String {
@@ -415,6 +417,18 @@ async fn write(
         c.write(req).await
     };
     Ok(write_json(&r.map_err(status_err)?.into_inner()))
+}
+
+/// Write one operation and print what it changed.
+async fn write_and_show(
+    c: &mut ConfigClient<Channel>,
+    ns: &str,
+    op: config_op::Op,
+    who: &Who,
+    out: Output,
+) -> Result<()> {
+    let v = write(c, ns, vec![op], who, false).await?;
+    emit(out, &v, written)
 }
 
 /// A failed call: the stable reason and message, plus structured details.
@@ -600,8 +614,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                 value_json: json_arg(&value),
                 if_version,
             });
-            let v = write(&mut c, &ns, vec![op], &who, false).await?;
-            emit(out, &v, written)
+            write_and_show(&mut c, &ns, op, &who, out).await
         }
         ConfigCmd::Merge {
             ns,
@@ -614,8 +627,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                 patch_json: patch,
                 if_version: None,
             });
-            let v = write(&mut c, &ns, vec![op], &who, false).await?;
-            emit(out, &v, written)
+            write_and_show(&mut c, &ns, op, &who, out).await
         }
         ConfigCmd::Patch {
             ns,
@@ -627,8 +639,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                 path,
                 patch_json: patch,
             });
-            let v = write(&mut c, &ns, vec![op], &who, false).await?;
-            emit(out, &v, written)
+            write_and_show(&mut c, &ns, op, &who, out).await
         }
         ConfigCmd::Delete {
             ns,
@@ -641,8 +652,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                 recursive,
                 if_version: None,
             });
-            let v = write(&mut c, &ns, vec![op], &who, false).await?;
-            emit(out, &v, written)
+            write_and_show(&mut c, &ns, op, &who, out).await
         }
         ConfigCmd::Validate { ns, key, value } => {
             let op = config_op::Op::Put(PutOp {
@@ -754,13 +764,11 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                 prefix,
                 schema_json: schema,
             });
-            let v = write(&mut c, &ns, vec![op], &none, false).await?;
-            emit(out, &v, written)
+            write_and_show(&mut c, &ns, op, &none, out).await
         }
         ConfigCmd::SchemaDelete { ns, prefix } => {
             let op = config_op::Op::DeleteSchema(DeleteSchemaOp { prefix });
-            let v = write(&mut c, &ns, vec![op], &none, false).await?;
-            emit(out, &v, written)
+            write_and_show(&mut c, &ns, op, &none, out).await
         }
         ConfigCmd::Template {
             ns,
@@ -782,8 +790,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                 clear_inherits: no_inherits,
                 vars_json: vars,
             });
-            let v = write(&mut c, &ns, vec![op], &none, false).await?;
-            emit(out, &v, written)
+            write_and_show(&mut c, &ns, op, &none, out).await
         }
         ConfigCmd::Watch {
             ns,

@@ -1236,11 +1236,11 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
     );
     let mut resp = api
         .http
-        .get(format!(
-            "{}/v1/watch/shop/prod?path=services.payment&resume_token={}",
-            c.http[2],
-            urlencode(&token)
-        ))
+        .get(format!("{}/v1/watch/shop/prod", c.http[2]))
+        .query(&[
+            ("path", "services.payment"),
+            ("resume_token", token.as_str()),
+        ])
         .send()
         .await
         .expect("watch resume");
@@ -1319,13 +1319,4 @@ async fn next_sse(resp: &mut reqwest::Response) -> Value {
             .expect("stream ended");
         buf.push_str(&String::from_utf8_lossy(&chunk));
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -97,6 +97,23 @@ pub struct Entry {
     pub inherited_from: Option<String>,
 }
 
+impl Entry {
+    /// A key with no stored version behind it (a derived or removed value).
+    fn bare(key: &str) -> Entry {
+        Entry {
+            key: key.to_string(),
+            value: None,
+            version: 0,
+            revision: 0,
+            author: String::new(),
+            message: String::new(),
+            time_ms: 0,
+            deleted: false,
+            inherited_from: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct GetResult {
     pub path: String,
@@ -254,6 +271,13 @@ fn entry(kv: &KeyValue) -> Entry {
         deleted: kv.value.is_none(),
         inherited_from: None,
     }
+}
+
+/// A proper ancestor of `key` that is itself a leaf (so `key` cannot exist).
+fn leaf_ancestor<'k>(work: &Layer, key: &'k str) -> Option<&'k str> {
+    tree::ancestors(key)
+        .into_iter()
+        .find(|a| work.leaves.contains_key(*a))
 }
 
 fn token_str(t: Option<RevisionToken>) -> String {
@@ -1156,10 +1180,7 @@ impl ConfigStore {
                 tree::check_key(key).map_err(key_err)?;
                 self.check_value(key, value)?;
                 Self::check_version(work, key, *if_version)?;
-                if let Some(a) = tree::ancestors(key)
-                    .into_iter()
-                    .find(|a| work.leaves.contains_key(*a))
-                {
+                if let Some(a) = leaf_ancestor(work, key) {
                     return Err(CfgError::new(
                         "PATH_CONFLICT",
                         format!("{a} holds a value, so {key} cannot be a key below it; change {a} instead (or merge into it)"),
@@ -1367,10 +1388,7 @@ impl ConfigStore {
             .filter(|(k, _)| tree::is_under(k, path))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        if let Some(a) = tree::ancestors(path)
-            .into_iter()
-            .find(|a| work.leaves.contains_key(*a))
-        {
+        if let Some(a) = leaf_ancestor(work, path) {
             return Err(CfgError::new(
                 "PATH_CONFLICT",
                 format!("{a} holds a value; patch {a} instead"),
@@ -1717,31 +1735,14 @@ fn state_changes(
         match (old.get(k), new.get(k)) {
             (Some((a, _)), Some((b, _))) if a == b => {}
             (_, Some((b, kv))) => {
-                let mut e = kv.as_ref().map(entry).unwrap_or_else(|| Entry {
-                    key: k.clone(),
-                    value: None,
-                    version: 0,
-                    revision: 0,
-                    author: String::new(),
-                    message: String::new(),
-                    time_ms: 0,
-                    deleted: false,
-                    inherited_from: None,
-                });
+                let mut e = kv.as_ref().map(entry).unwrap_or_else(|| Entry::bare(k));
                 e.value = Some(b.clone());
                 e.deleted = false;
                 out.push(e);
             }
             (Some(_), None) => out.push(Entry {
-                key: k.clone(),
-                value: None,
-                version: 0,
-                revision: 0,
-                author: String::new(),
-                message: String::new(),
-                time_ms: 0,
                 deleted: true,
-                inherited_from: None,
+                ..Entry::bare(k)
             }),
             (None, None) => {}
         }

@@ -224,6 +224,21 @@ fn parse_op(i: usize, o: &Value) -> Result<Op, CfgError> {
     }
 }
 
+/// One operation, written with the caller's author, message and idempotency key.
+async fn write_one(
+    st: &ConfigStore,
+    project: &str,
+    env: &str,
+    op: Op,
+    headers: &HeaderMap,
+    q: &BTreeMap<String, String>,
+) -> Res {
+    let r = st
+        .write(&ns_name(project, env), vec![op], &write_opts(headers, q)?)
+        .await?;
+    ok(r)
+}
+
 // ----- handlers -----
 
 async fn list_namespaces(State(st): State<ConfigStore>, Query(q): Q) -> Res {
@@ -308,14 +323,7 @@ async fn put_path(
         value,
         if_version: q_u64(&q, "if_version")?,
     };
-    let r = st
-        .write(
-            &ns_name(&project, &env),
-            vec![op],
-            &write_opts(&headers, &q)?,
-        )
-        .await?;
-    ok(r)
+    write_one(&st, &project, &env, op, &headers, &q).await
 }
 
 async fn patch_root(
@@ -361,14 +369,7 @@ async fn patch_common(
             if_version: q_u64(&q, "if_version")?,
         }
     };
-    let r = st
-        .write(
-            &ns_name(&project, &env),
-            vec![op],
-            &write_opts(&headers, &q)?,
-        )
-        .await?;
-    ok(r)
+    write_one(&st, &project, &env, op, &headers, &q).await
 }
 
 async fn delete_path(
@@ -382,14 +383,7 @@ async fn delete_path(
         recursive: q_bool(&q, "recursive")?,
         if_version: q_u64(&q, "if_version")?,
     };
-    let r = st
-        .write(
-            &ns_name(&project, &env),
-            vec![op],
-            &write_opts(&headers, &q)?,
-        )
-        .await?;
-    ok(r)
+    write_one(&st, &project, &env, op, &headers, &q).await
 }
 
 async fn txn(
@@ -561,14 +555,15 @@ async fn put_schema(
 ) -> Res {
     let schema = body_json(body)?;
     let prefix = q.get("prefix").cloned().unwrap_or_default();
-    let r = st
-        .write(
-            &ns_name(&project, &env),
-            vec![Op::SetSchema { prefix, schema }],
-            &write_opts(&headers, &q)?,
-        )
-        .await?;
-    ok(r)
+    write_one(
+        &st,
+        &project,
+        &env,
+        Op::SetSchema { prefix, schema },
+        &headers,
+        &q,
+    )
+    .await
 }
 
 async fn get_schema(
@@ -594,14 +589,15 @@ async fn delete_schema(
     headers: HeaderMap,
 ) -> Res {
     let prefix = q.get("prefix").cloned().unwrap_or_default();
-    let r = st
-        .write(
-            &ns_name(&project, &env),
-            vec![Op::DeleteSchema { prefix }],
-            &write_opts(&headers, &q)?,
-        )
-        .await?;
-    ok(r)
+    write_one(
+        &st,
+        &project,
+        &env,
+        Op::DeleteSchema { prefix },
+        &headers,
+        &q,
+    )
+    .await
 }
 
 async fn put_template(
@@ -626,14 +622,15 @@ async fn put_template(
     if inherits.is_none() && vars.is_none() {
         return Err(CfgError::invalid("give inherits, vars or both"));
     }
-    let r = st
-        .write(
-            &ns_name(&project, &env),
-            vec![Op::SetTemplate { inherits, vars }],
-            &write_opts(&headers, &q)?,
-        )
-        .await?;
-    ok(r)
+    write_one(
+        &st,
+        &project,
+        &env,
+        Op::SetTemplate { inherits, vars },
+        &headers,
+        &q,
+    )
+    .await
 }
 
 async fn get_template(
