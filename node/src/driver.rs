@@ -316,6 +316,18 @@ impl Driver {
                     Observation::Halted => {
                         tracing::error!("node halted after a storage failure");
                     }
+                    Observation::NamespaceMoved {
+                        ns,
+                        group,
+                        revision,
+                    } => {
+                        tracing::info!(
+                            %ns,
+                            group = %self.names.get(group as usize).map_or("?", |s| s.as_str()),
+                            revision,
+                            "namespace copied into its new home region"
+                        );
+                    }
                     _ => {}
                 },
             }

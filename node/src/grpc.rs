@@ -52,6 +52,7 @@ pub fn reason_of(code: ErrorCode) -> (Code, &'static str) {
         ErrorCode::UnknownWatch => (Code::NotFound, "UNKNOWN_WATCH"),
         ErrorCode::ScanTooLarge => (Code::ResourceExhausted, "SCAN_TOO_LARGE"),
         ErrorCode::HistoryCompacted => (Code::OutOfRange, "HISTORY_COMPACTED"),
+        ErrorCode::NamespaceMoving => (Code::Unavailable, "NAMESPACE_MOVING"),
     }
 }
 

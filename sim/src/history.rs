@@ -122,10 +122,25 @@ pub struct Episode {
     pub led_groups: Vec<GroupId>,
 }
 
+/// One request of the operator to move `MOVING_NS`'s home region.
+#[derive(Clone, Debug)]
+pub struct MoveRec {
+    pub to: GroupId,
+    pub invoke_us: u64,
+    pub complete_us: Option<u64>,
+    pub outcome: Outcome,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct History {
     pub regions: u8,
     pub ops: Vec<OpRecord>,
+    /// Client operations on the namespace that moves (`world::MOVING_NS`);
+    /// kept apart because its home group changes during the run.
+    pub mv_ops: Vec<OpRecord>,
+    pub moves: Vec<MoveRec>,
+    /// Completed copies of a moving namespace: (group, revision).
+    pub moves_completed: std::collections::BTreeSet<(GroupId, u64)>,
     /// group -> revision -> applied entry
     pub applied: Vec<BTreeMap<u64, Applied>>,
     /// Disagreements seen while recording `applied`: (group, revision, first, other node).

@@ -33,6 +33,7 @@ pub struct RunResult {
     pub elections: usize,
     pub episodes: usize,
     pub garbage_rejected: u64,
+    pub moved: namespace_move::Report,
     pub violation: Option<Violation>,
 }
 
@@ -43,6 +44,7 @@ pub fn run_seed(opts: Options) -> (RunResult, World) {
     w.run();
     let wall = start.elapsed();
     let finals = w.finals();
+    let moving_finals = w.moving_finals();
     let h = &w.history;
     let apply_errors: u64 = w
         .node_stats()
@@ -75,6 +77,7 @@ pub fn run_seed(opts: Options) -> (RunResult, World) {
         elections: h.elections.len(),
         episodes: h.episodes.len(),
         garbage_rejected,
+        moved: namespace_move::Report::default(),
         violation: None,
     };
     let result: Result<(), Violation> = (|| {
@@ -93,6 +96,8 @@ pub fn run_seed(opts: Options) -> (RunResult, World) {
         r.rto_us = rto::check(h)?;
         convergence::check(h, &finals)?;
         r.watch_events = watch_completeness::check(h)?;
+        r.moved = namespace_move::check(h, &moving_finals)?;
+        r.moved.moves_completed = h.moves_completed.len();
         Ok(())
     })();
     r.violation = result.err();

@@ -204,6 +204,12 @@ fn main() -> Result<()> {
         sum(&|r| r.watch_events as u64)
     );
     println!(
+        "| namespace moves: acknowledged / copies completed / ops checked | {} / {} / {} |",
+        sum(&|r| r.moved.moves_started as u64),
+        sum(&|r| r.moved.moves_completed as u64),
+        sum(&|r| r.moved.ops_checked as u64)
+    );
+    println!(
         "| bounded reads checked | {} |",
         sum(&|r| r.bounded_reads as u64)
     );

@@ -135,6 +135,9 @@ enum Ev {
     },
     NextEpisode,
     Garbage,
+    /// The operator's next step on the moving namespace: create it, then move
+    /// its home region again and again.
+    Admin,
 }
 
 impl Ev {
@@ -189,9 +192,25 @@ struct SimNode {
 
 #[derive(Clone, Debug)]
 enum Owner {
-    Op { client: usize, op: usize },
-    Watch { client: usize },
+    /// `moving`: the op is on `MOVING_NS` (recorded in `History::mv_ops`).
+    Op {
+        client: usize,
+        op: usize,
+        moving: bool,
+    },
+    Watch {
+        client: usize,
+    },
+    Admin {
+        region: NodeId,
+        /// Index in `History::moves`; None: the create.
+        mv: Option<usize>,
+    },
 }
+
+/// The catalog namespace the operator keeps moving between regions while
+/// clients use it (see `checkers::namespace_move`).
+pub const MOVING_NS: &str = "moving";
 
 struct Client {
     region: NodeId,
@@ -239,6 +258,8 @@ pub struct World {
     /// (group, follower, leader, term) -> round -> true end of the promise made on it.
     promises: BTreeMap<(GroupId, NodeId, NodeId, u64), BTreeMap<u64, u64>>,
     lease_checked: BTreeMap<(NodeId, GroupId), u64>,
+    /// The operator saw `MOVING_NS` created.
+    moving_created: bool,
 }
 
 fn mix(h: u64, x: u64) -> u64 {
@@ -350,6 +371,7 @@ impl World {
             vote_crash_armed: false,
             promises: BTreeMap::new(),
             lease_checked: BTreeMap::new(),
+            moving_created: false,
             opts,
         };
         for i in 0..n {
@@ -364,6 +386,7 @@ impl World {
             w.schedule(2_000_000, Ev::NextEpisode);
             w.schedule(1_000_000, Ev::Garbage);
         }
+        w.schedule(1_500_000, Ev::Admin);
         w
     }
 
@@ -439,15 +462,21 @@ impl World {
                 Owner::Op { client, .. } | Owner::Watch { client } => {
                     self.clients[*client].region == n
                 }
+                Owner::Admin { region, .. } => *region == n,
             })
             .map(|(r, o)| (*r, o.clone()))
             .collect();
         for (r, o) in lost {
             self.reqs.remove(&r);
             match o {
-                Owner::Op { client, op } => {
-                    self.history.ops[op].outcome = Outcome::Lost;
+                Owner::Op { client, op, moving } => {
+                    self.op_rec(op, moving).outcome = Outcome::Lost;
                     self.client_idle(client);
+                }
+                Owner::Admin { mv, .. } => {
+                    if let Some(m) = mv {
+                        self.history.moves[m].outcome = Outcome::Lost;
+                    }
                 }
                 Owner::Watch { client } => {
                     if let Some(w) = self.clients[client].watch {
@@ -655,6 +684,14 @@ impl World {
                 m.insert(round, end);
             }
             Observation::Halted => self.note(|| format!("node {n} halted")),
+            Observation::NamespaceMoved {
+                ns,
+                group,
+                revision,
+            } => {
+                self.note(|| format!("node {n}: {ns} now complete in group {group} at {revision}"));
+                self.history.moves_completed.insert((group, revision));
+            }
         }
     }
 
@@ -778,9 +815,32 @@ impl World {
             return;
         };
         match owner {
-            Owner::Op { client, op } => {
+            Owner::Admin { mv, .. } => {
                 self.reqs.remove(&req);
-                let rec = &mut self.history.ops[op];
+                self.note(|| format!("operator <- {resp:?}"));
+                match mv {
+                    None => {
+                        if matches!(
+                            resp,
+                            ClientResponse::Written { .. } | ClientResponse::Conflict { .. }
+                        ) {
+                            self.moving_created = true;
+                        }
+                    }
+                    Some(m) => {
+                        let rec = &mut self.history.moves[m];
+                        rec.complete_us = Some(self.now);
+                        rec.outcome = Outcome::Done(resp);
+                    }
+                }
+            }
+            Owner::Op { client, op, moving } => {
+                self.reqs.remove(&req);
+                let rec = if moving {
+                    &mut self.history.mv_ops[op]
+                } else {
+                    &mut self.history.ops[op]
+                };
                 rec.complete_us = Some(self.now);
                 let cl = &mut self.clients[client];
                 match (&rec.kind, &resp) {
@@ -805,7 +865,7 @@ impl World {
                     let line = format!("client {client} <- {resp:?}");
                     self.trace.push((self.now, line));
                 }
-                self.history.ops[op].outcome = Outcome::Done(resp);
+                self.op_rec(op, moving).outcome = Outcome::Done(resp);
                 self.client_idle(client);
             }
             Owner::Watch { client } => {
@@ -889,6 +949,66 @@ impl World {
         );
     }
 
+    fn op_rec(&mut self, op: usize, moving: bool) -> &mut OpRecord {
+        if moving {
+            &mut self.history.mv_ops[op]
+        } else {
+            &mut self.history.ops[op]
+        }
+    }
+
+    /// The operator: create `MOVING_NS` (retrying until it exists), then move
+    /// its home to a random region every few seconds until clients stop.
+    fn admin(&mut self) {
+        if self.now >= self.opts.clients_stop_us {
+            return;
+        }
+        let n = self.opts.regions as u64;
+        let region = self.rng.range(0, n) as NodeId;
+        let next = if self.moving_created {
+            self.rng.range(3_000_000, 8_000_000)
+        } else {
+            500_000
+        };
+        self.schedule(self.now + next, Ev::Admin);
+        if self.nodes[region as usize].node.is_none() {
+            return;
+        }
+        let req = self.next_req;
+        self.next_req += 1;
+        let request = if !self.moving_created {
+            self.reqs.insert(req, Owner::Admin { region, mv: None });
+            ClientRequest::CreateNamespace {
+                ns: MOVING_NS.to_string(),
+                settings: NsSettings {
+                    home: self.rng.range(0, n) as GroupId,
+                    mode: ReplicationMode::Quorum,
+                    history_versions_max: 0,
+                    history_age_ms_max: 0,
+                    moving_to: None,
+                    adopt_revision: 0,
+                },
+                request_id: 0xAD_0000_0001,
+            }
+        } else {
+            let to = self.rng.range(0, n) as GroupId;
+            self.history.moves.push(MoveRec {
+                to,
+                invoke_us: self.now,
+                complete_us: None,
+                outcome: Outcome::Pending,
+            });
+            let mv = Some(self.history.moves.len() - 1);
+            self.reqs.insert(req, Owner::Admin { region, mv });
+            ClientRequest::MoveNamespace {
+                ns: MOVING_NS.to_string(),
+                to,
+            }
+        };
+        self.note(|| format!("operator -> node {region}: {request:?}"));
+        self.client_request(region, req, request);
+    }
+
     fn issue_op(&mut self, c: usize) {
         let region = self.clients[c].region;
         if self.nodes[region as usize].node.is_none() {
@@ -901,8 +1021,13 @@ impl World {
         self.clients[c].seq += 1;
         let seq = self.clients[c].seq;
         let spec = self.rng.pick(&self.cfg.namespaces).clone();
-        let ns = spec.name.clone();
-        let is_async = matches!(spec.mode, ReplicationMode::Async { .. });
+        let moving = self.moving_created && self.rng.chance(0.3);
+        let ns = if moving {
+            MOVING_NS.to_string()
+        } else {
+            spec.name.clone()
+        };
+        let is_async = !moving && matches!(spec.mode, ReplicationMode::Async { .. });
         let key = |rng: &mut Rng| format!("k{}", rng.range(0, 6));
         let value = |k: &str| format!("c{c}-{seq}-{k}").into_bytes();
         let request_id = ((c as u64) << 40) | seq;
@@ -922,7 +1047,11 @@ impl World {
                 },
                 _ => Consistency::Stale,
             };
-            let token = self.clients[c].tokens.get(&spec.home).copied();
+            let token = if moving {
+                None
+            } else {
+                self.clients[c].tokens.get(&spec.home).copied()
+            };
             (
                 OpKind::Get {
                     key: k.clone(),
@@ -1039,7 +1168,7 @@ impl World {
         };
         let req = self.next_req;
         self.next_req += 1;
-        self.history.ops.push(OpRecord {
+        let rec = OpRecord {
             client: c,
             region,
             ns,
@@ -1049,9 +1178,22 @@ impl World {
             invoke_us: self.now,
             complete_us: None,
             outcome: Outcome::Pending,
-        });
-        let op = self.history.ops.len() - 1;
-        self.reqs.insert(req, Owner::Op { client: c, op });
+        };
+        let list = if moving {
+            &mut self.history.mv_ops
+        } else {
+            &mut self.history.ops
+        };
+        list.push(rec);
+        let op = list.len() - 1;
+        self.reqs.insert(
+            req,
+            Owner::Op {
+                client: c,
+                op,
+                moving,
+            },
+        );
         self.note(|| format!("client {c} -> node {region}: {request:?}"));
         self.client_request(region, req, request);
     }
@@ -1298,6 +1440,7 @@ impl World {
             }
             Ev::NextEpisode => self.next_episode(),
             Ev::Garbage => self.garbage(),
+            Ev::Admin => self.admin(),
         }
     }
 
@@ -1341,6 +1484,30 @@ impl World {
         self.nodes
             .iter()
             .map(|n| n.node.as_ref().map(|x| x.stats().clone()))
+            .collect()
+    }
+
+    /// Each running node's view of `MOVING_NS` at the end: home, move under
+    /// way, and the retained versions of every key the clients use.
+    pub fn moving_finals(&self) -> Vec<Option<crate::checkers::namespace_move::NodeFinal>> {
+        self.nodes
+            .iter()
+            .map(|sn| {
+                let x = sn.node.as_ref().filter(|x| !x.is_halted())?;
+                let (home, moving_to) = x.ns_home(MOVING_NS)?;
+                let keys = (0..6)
+                    .map(|k| {
+                        let key = format!("k{k}");
+                        let h = x.history(MOVING_NS, &key);
+                        (key, h)
+                    })
+                    .collect();
+                Some(crate::checkers::namespace_move::NodeFinal {
+                    home,
+                    moving_to,
+                    keys,
+                })
+            })
             .collect()
     }
 

@@ -5,7 +5,7 @@ use meridian_core::Mutants;
 use meridian_sim::{run_seed, Options};
 
 /// Seeds every mutant must be caught within (the runs are deterministic).
-const SEEDS: std::ops::RangeInclusive<u64> = 1..=20;
+const SEEDS: std::ops::RangeInclusive<u64> = 1..=30;
 
 #[test]
 fn every_mutant_is_caught_and_the_real_core_passes() {

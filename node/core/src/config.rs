@@ -29,6 +29,8 @@ pub struct Mutants {
     pub stale_leader_append_accepted: bool,
     /// A new leader serves linearizable reads before its no-op entry commits.
     pub read_before_noop_commit: bool,
+    /// The old home of a moving namespace keeps taking writes after its freeze.
+    pub write_after_freeze: bool,
 }
 
 impl Mutants {
@@ -38,15 +40,17 @@ impl Mutants {
             || self.ack_before_quorum
             || self.stale_leader_append_accepted
             || self.read_before_noop_commit
+            || self.write_after_freeze
     }
 
     /// Names accepted by `Mutants::by_name`, in a stable order.
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "lease-without-drift-margin",
         "vote-not-persisted",
         "ack-before-quorum",
         "stale-leader-append-accepted",
         "read-before-noop-commit",
+        "write-after-freeze",
     ];
 
     pub fn by_name(name: &str) -> Option<Mutants> {
@@ -57,6 +61,7 @@ impl Mutants {
             "ack-before-quorum" => m.ack_before_quorum = true,
             "stale-leader-append-accepted" => m.stale_leader_append_accepted = true,
             "read-before-noop-commit" => m.read_before_noop_commit = true,
+            "write-after-freeze" => m.write_after_freeze = true,
             _ => return None,
         }
         Some(m)

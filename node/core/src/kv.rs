@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::rng::fnv1a;
-use crate::storage::WriteEffect;
-use crate::types::{AsOf, ChangeMeta, KeyValue};
+use crate::storage::{AdoptEffect, AdoptVersion, WriteEffect};
+use crate::types::{AsOf, ChangeMeta, GroupId, KeyValue};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyState {
@@ -79,6 +79,15 @@ struct Persisted {
     /// Results of recent writes by request id (idempotency), oldest first in `request_order`.
     requests: BTreeMap<u64, (u64, Vec<u64>)>,
     request_order: VecDeque<u64>,
+    /// Namespaces moving (or moved) away: ns -> (new home, this group's
+    /// revision when the freeze applied). No write to them applies here.
+    frozen: BTreeMap<String, (GroupId, u64)>,
+    /// Namespaces being copied in: ns -> (old home, last version copied).
+    adopting: BTreeMap<String, (GroupId, Option<(String, u64)>)>,
+    /// Namespaces copied in: ns -> (old home, old home's freeze revision,
+    /// revision of the last chunk). Changes before that revision happened in
+    /// another group, so watches resuming from before it resync.
+    adopted: BTreeMap<String, (GroupId, u64, u64)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -141,6 +150,154 @@ impl GroupSm {
 
     pub fn has_namespace(&self, ns: &str) -> bool {
         self.state.namespaces.contains_key(ns)
+    }
+
+    /// (new home, revision at freeze) if `ns` is frozen here.
+    pub fn frozen(&self, ns: &str) -> Option<(GroupId, u64)> {
+        self.state.frozen.get(ns).copied()
+    }
+
+    /// Namespaces frozen here, with their new home.
+    pub fn frozen_namespaces(&self) -> impl Iterator<Item = (&String, GroupId)> {
+        self.state.frozen.iter().map(|(n, (to, _))| (n, *to))
+    }
+
+    /// (old home, last version copied) while `ns` is being copied in.
+    pub fn adopting(&self, ns: &str) -> Option<&(GroupId, Option<(String, u64)>)> {
+        self.state.adopting.get(ns)
+    }
+
+    /// (old home, its freeze revision, revision of the last chunk) once `ns`
+    /// was copied in.
+    pub fn adopted(&self, ns: &str) -> Option<(GroupId, u64, u64)> {
+        self.state.adopted.get(ns).copied()
+    }
+
+    /// Whether `ns`'s data still sits here (false once a move dropped it).
+    pub fn holds_data(&self, ns: &str) -> bool {
+        self.state.namespaces.contains_key(ns)
+    }
+
+    /// The next chunk of a frozen namespace's versions after `after`, at most
+    /// `bytes_max` of them (always at least one version), and whether it is
+    /// the last chunk.
+    pub fn adopt_chunk(
+        &self,
+        ns: &str,
+        after: Option<&(String, u64)>,
+        bytes_max: usize,
+    ) -> (Vec<AdoptVersion>, bool) {
+        let Some(n) = self.state.namespaces.get(ns) else {
+            return (Vec::new(), true);
+        };
+        let start = match after {
+            Some((k, _)) => std::ops::Bound::Included(k.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (k, s) in n.range((start, std::ops::Bound::Unbounded)) {
+            let older = s.history.iter().map(|o| AdoptVersion {
+                key: k.clone(),
+                revision: o.revision,
+                version: o.version,
+                value: o.value.clone(),
+                meta: o.meta.clone(),
+            });
+            let current = AdoptVersion {
+                key: k.clone(),
+                revision: s.mod_revision,
+                version: s.version,
+                value: s.value.clone(),
+                meta: s.meta.clone(),
+            };
+            for v in older.chain(std::iter::once(current)) {
+                if after.is_some_and(|(ak, av)| ak == k && v.version <= *av) {
+                    continue;
+                }
+                let size = v.size_bytes();
+                if !out.is_empty() && bytes + size > bytes_max {
+                    return (out, false);
+                }
+                bytes += size;
+                out.push(v);
+            }
+        }
+        (out, true)
+    }
+
+    /// Stop accepting `ns` here: it is moving to group `to`.
+    pub fn freeze(&mut self, ns: &str, to: GroupId) {
+        let rev = self.state.revision;
+        self.state.frozen.insert(ns.to_string(), (to, rev));
+        self.state.adopting.remove(ns);
+        self.state.adopted.remove(ns);
+    }
+
+    /// Drop a frozen namespace's data (its freeze marker stays).
+    pub fn drop_namespace(&mut self, ns: &str) {
+        debug_assert!(
+            self.state.frozen.contains_key(ns),
+            "only frozen namespaces are dropped"
+        );
+        self.state.namespaces.remove(ns);
+        self.state.ns_revisions.remove(ns);
+        // Watches of the namespace here can no longer resume from this
+        // group's ring: its changes are gone with the data.
+    }
+
+    /// Apply one chunk of a namespace copied in from its old home.
+    pub fn adopt(&mut self, a: &AdoptEffect) -> Result<(), ApplyError> {
+        if a.revision <= self.state.revision {
+            return Err(ApplyError::RevisionGap {
+                expected: self.state.revision + 1,
+                got: a.revision,
+            });
+        }
+        if a.first {
+            self.state.namespaces.insert(a.ns.clone(), BTreeMap::new());
+            self.state.ns_revisions.remove(&a.ns);
+            self.state.frozen.remove(&a.ns);
+            self.state.adopted.remove(&a.ns);
+            self.state.adopting.insert(a.ns.clone(), (a.from, None));
+        }
+        let Some((_, cursor)) = self.state.adopting.get_mut(&a.ns) else {
+            return Err(ApplyError::CorruptSnapshot(format!(
+                "adopt chunk for {} without its first chunk",
+                a.ns
+            )));
+        };
+        let ns = self.state.namespaces.entry(a.ns.clone()).or_default();
+        for v in &a.versions {
+            let st = ns.entry(v.key.clone()).or_default();
+            debug_assert!(v.version > st.version, "adopted versions arrive in order");
+            if st.version > 0 {
+                st.history.push_back(OldVersion {
+                    revision: st.mod_revision,
+                    version: st.version,
+                    value: st.value.take(),
+                    meta: std::mem::take(&mut st.meta),
+                });
+            }
+            st.value = v.value.clone();
+            st.version = v.version;
+            st.mod_revision = v.revision;
+            st.meta = v.meta.clone();
+            *cursor = Some((v.key.clone(), v.version));
+        }
+        self.state.revision = a.revision;
+        self.state.time_ms = self.state.time_ms.max(a.time_ms);
+        if let Some(ns_rev) = a.last_ns_revision {
+            if let Some((from, _)) = self.state.adopting.remove(&a.ns) {
+                if ns_rev > 0 {
+                    self.state.ns_revisions.insert(a.ns.clone(), ns_rev);
+                }
+                self.state
+                    .adopted
+                    .insert(a.ns.clone(), (from, ns_rev, a.revision));
+            }
+        }
+        Ok(())
     }
 
     pub fn get(&self, ns: &str, key: &str) -> KeyValue {
@@ -366,6 +523,17 @@ impl GroupSm {
         if after < self.changes_floor {
             return None;
         }
+        // Changes up to the namespace's last change in its old home happened
+        // there, not in this ring: a watcher that has not seen them resyncs.
+        // (Revisions only grow across a move, so `after` compares.)
+        if self
+            .state
+            .adopted
+            .get(ns)
+            .is_some_and(|&(_, last_ns_rev, _)| after < last_ns_rev)
+        {
+            return None;
+        }
         let start = self.changes.partition_point(|c| c.revision <= after);
         Some(
             self.changes
@@ -564,5 +732,59 @@ mod tests {
             Err(ScanError::Compacted("k".into())),
             "a point retention dropped is an error, not an absent key"
         );
+    }
+
+    #[test]
+    fn a_frozen_namespace_copies_chunk_by_chunk_with_its_history() {
+        let mut src = GroupSm::new(["n".to_string()], 10, 10, 10);
+        for (rev, key, version) in [(1, "a", 1), (2, "b", 1), (3, "a", 2), (4, "c", 1)] {
+            src.apply(&at(rev, key, Some("vvvvvvvv"), version, rev * 10))
+                .unwrap();
+        }
+        src.apply(&at(5, "b", None, 2, 50)).unwrap();
+        src.freeze("n", 1);
+        assert_eq!(src.frozen("n"), Some((1, 5)));
+        let mut dst = GroupSm::new(Vec::<String>::new(), 10, 10, 10);
+        dst.apply(&at(1, "x", Some("1"), 1, 5)).unwrap();
+        // Chunks small enough that every version goes alone.
+        let mut after: Option<(String, u64)> = None;
+        let mut revision = src.revision().max(dst.revision());
+        let mut chunks = 0;
+        loop {
+            let (versions, done) = src.adopt_chunk("n", after.as_ref(), 1);
+            assert!(!versions.is_empty(), "a chunk always makes progress");
+            revision += 1;
+            dst.adopt(&AdoptEffect {
+                ns: "n".into(),
+                from: 0,
+                revision,
+                first: chunks == 0,
+                last_ns_revision: done.then(|| src.ns_revision("n")),
+                time_ms: src.time_ms(),
+                versions,
+            })
+            .unwrap();
+            chunks += 1;
+            if done {
+                break;
+            }
+            after = dst.adopting("n").and_then(|(_, c)| c.clone());
+        }
+        assert_eq!(chunks, 5, "five versions, one per chunk");
+        for key in ["a", "b", "c"] {
+            assert_eq!(dst.history("n", key), src.history("n", key), "{key}");
+        }
+        assert_eq!(dst.ns_revision("n"), 5);
+        assert_eq!(dst.adopted("n"), Some((0, 5, revision)));
+        assert!(dst.revision() > 5, "revisions only grow across the move");
+        assert!(
+            dst.changes_since("n", "", 3).is_none(),
+            "a watcher behind the old home's last change resyncs"
+        );
+        assert_eq!(dst.changes_since("n", "", 5), Some(Vec::new()));
+        let (kvs, ns_rev) = dst.scan_as_of("n", "", AsOf::Revision(2), 10).unwrap();
+        assert_eq!((kvs.len(), ns_rev), (2, 2), "as-of reads keep working");
+        src.drop_namespace("n");
+        assert!(!src.holds_data("n") && src.frozen("n").is_some());
     }
 }

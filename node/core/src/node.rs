@@ -14,7 +14,7 @@ use crate::log::Log;
 use crate::meta::MetaDoc;
 use crate::rng::{fnv1a, Rng};
 use crate::storage::{
-    Durable, Entry, EntryData, KeyEffect, Retention, Snapshot, StorageOp, WriteEffect,
+    AdoptEffect, Durable, Entry, EntryData, KeyEffect, Retention, Snapshot, StorageOp, WriteEffect,
 };
 use crate::types::*;
 use crate::wire::{Channel, Msg, RaftMsg, WireError};
@@ -209,6 +209,9 @@ struct Group {
     overlay_ns: BTreeMap<String, (u64, u64)>,
     /// Change time of the newest proposed write (a group's times never go back).
     overlay_time_ms: u64,
+    /// Namespaces whose freeze is proposed, not yet applied: no write to them
+    /// may be proposed after it.
+    overlay_frozen: BTreeSet<String>,
     heartbeat_now: bool,
     /// The round the current lease is counted from.
     lease_round: u64,
@@ -256,6 +259,10 @@ pub const RESERVED_NS_PREFIX: &str = "__";
 pub const CHANGE_META_BYTES_MAX: usize = 4096;
 /// Bytes of a namespace name at most.
 pub const NS_NAME_BYTES_MAX: usize = 128;
+/// The request id of requests the core makes itself (catalog updates of a
+/// namespace move); nobody waits for their answers. Shells number their
+/// requests upwards from 1 and never reach it.
+pub const INTERNAL_REQ: RequestId = u64::MAX;
 
 struct Watcher {
     ns: String,
@@ -285,6 +292,13 @@ pub struct Node {
     /// plus the catalog (see `refresh_catalog`).
     ns_index: BTreeMap<String, NsEntry>,
     static_ns: BTreeMap<String, NsEntry>,
+    /// Catalog namespaces being moved: ns -> (old home, new home).
+    moves: BTreeMap<String, (GroupId, GroupId)>,
+    /// Catalog namespaces that moved: ns -> revision of their home at which
+    /// the copy there is complete (a replica behind it must not serve them).
+    ns_floor: BTreeMap<String, u64>,
+    /// Some watcher may follow a namespace in a group that is no longer its home.
+    watchers_misplaced: bool,
     meta: MetaDoc,
     meta_ready: bool,
     next_meta_sync_us: u64,
@@ -410,6 +424,7 @@ impl Node {
                 overlay_revision: sm.revision(),
                 overlay_ns: BTreeMap::new(),
                 overlay_time_ms: sm.time_ms(),
+                overlay_frozen: BTreeSet::new(),
                 heartbeat_now: false,
                 lease_round: 0,
                 promised: (0, 0, 0),
@@ -425,6 +440,9 @@ impl Node {
             sms,
             static_ns: ns_index.clone(),
             ns_index,
+            moves: BTreeMap::new(),
+            ns_floor: BTreeMap::new(),
+            watchers_misplaced: false,
             meta,
             meta_ready: false,
             next_meta_sync_us: now + cfg.meta_sync_interval_us,
@@ -505,6 +523,12 @@ impl Node {
     pub fn state_digest(&self, g: GroupId) -> u64 {
         self.sms.get(g as usize).map_or(0, |s| s.digest())
     }
+    /// A namespace's home group and, while it moves, its new home.
+    pub fn ns_home(&self, ns: &str) -> Option<(GroupId, Option<GroupId>)> {
+        let (g, _, _) = self.ns_index.get(ns)?;
+        Some((*g, self.moves.get(ns).map(|&(_, to)| to)))
+    }
+
     pub fn read_local(&self, ns: &str, key: &str) -> Option<KeyValue> {
         let (g, _, _) = self.ns_index.get(ns)?;
         Some(self.sms[*g as usize].get(ns, key))
@@ -1099,9 +1123,20 @@ impl Node {
         gr.overlay_ns.clear();
         gr.overlay_revision = self.sms[g].revision();
         gr.overlay_time_ms = self.sms[g].time_ms();
+        gr.overlay_frozen.clear();
         gr.pending_writes.clear();
         gr.pending_by_request.clear();
         for e in gr.log.iter_from(gr.applied + 1) {
+            match &e.data {
+                EntryData::Freeze { ns, .. } => {
+                    gr.overlay_frozen.insert(ns.clone());
+                }
+                EntryData::Adopt(a) => {
+                    gr.overlay_revision = a.revision;
+                    gr.overlay_time_ms = gr.overlay_time_ms.max(a.time_ms);
+                }
+                _ => {}
+            }
             if let EntryData::Write(w) = &e.data {
                 gr.overlay_revision = w.revision;
                 gr.overlay_time_ms = gr.overlay_time_ms.max(w.meta.time_ms);
@@ -1176,6 +1211,7 @@ impl Node {
     }
 
     fn leader_tick(&mut self, g: usize) {
+        self.drive_moves(Some(g));
         let now = self.now;
         let et = self.cfg.election_timeout_us;
         let majority = self.cfg.majority();
@@ -1478,7 +1514,46 @@ impl Node {
                     }
                 }
             }
+            match &entry.data {
+                EntryData::Freeze { ns, to } => {
+                    self.sms[g].freeze(ns, *to);
+                    self.groups[g].overlay_frozen.remove(ns);
+                    self.watchers_misplaced = true;
+                }
+                EntryData::Drop { ns } => self.sms[g].drop_namespace(ns),
+                EntryData::Adopt(a) => {
+                    if self.sms[g].adopt(a).is_err() {
+                        self.stats.apply_errors += 1;
+                        self.handle_storage_failed(self.now);
+                        return;
+                    }
+                    let digest = fnv1a(&postcard::to_allocvec(a).unwrap_or_default());
+                    self.out.push(Action::Observe(Observation::Applied {
+                        group: g as GroupId,
+                        revision: a.revision,
+                        request_id: 0,
+                        digest,
+                        ns: a.ns.clone(),
+                        keys: Vec::new(),
+                    }));
+                    if a.last_ns_revision.is_some() {
+                        self.watchers_misplaced = true;
+                        self.out.push(Action::Observe(Observation::NamespaceMoved {
+                            ns: a.ns.clone(),
+                            group: g as GroupId,
+                            revision: a.revision,
+                        }));
+                    }
+                }
+                EntryData::Noop | EntryData::Write(_) => {}
+            }
             self.finish_pending_write(g, index);
+        }
+        if self.watchers_misplaced {
+            self.migrate_watchers();
+        }
+        if !self.moves.is_empty() {
+            self.drive_moves(None);
         }
         let gr = &mut self.groups[g];
         while gr.async_acked.front().is_some_and(|(i, _)| *i <= gr.commit) {
@@ -1533,9 +1608,16 @@ impl Node {
     }
 
     fn read_now(&self, g: usize, what: &ReadWhat) -> ClientResponse {
+        // A frozen namespace's tokens stop at its freeze: later revisions of
+        // this group say nothing about it, and its new home's revisions start
+        // above the freeze (see `AdoptEffect`).
+        let frozen_at = match what {
+            ReadWhat::Query { ns, .. } => self.sms[g].frozen(ns).map(|(_, rev)| rev),
+            ReadWhat::Conflict => None,
+        };
         let token = RevisionToken {
             group: g as GroupId,
-            revision: self.sms[g].revision(),
+            revision: frozen_at.map_or(self.sms[g].revision(), |f| f.min(self.sms[g].revision())),
         };
         match what {
             ReadWhat::Conflict => ClientResponse::Conflict { token },
@@ -1660,12 +1742,20 @@ impl Node {
     /// cannot be written: only `CreateNamespace` writes the catalog).
     fn refresh_catalog(&mut self) {
         let mut index = self.static_ns.clone();
+        self.moves.clear();
+        self.ns_floor.clear();
         for kv in self.sms[0].scan(CATALOG_NS, "") {
             let Some(s) = kv.value.as_deref().and_then(NsSettings::decode) else {
                 continue;
             };
-            if s.home >= self.cfg.regions {
+            if s.home >= self.cfg.regions || self.static_ns.contains_key(&kv.key) {
                 continue;
+            }
+            if let Some(to) = s.moving_to.filter(|&t| t < self.cfg.regions && t != s.home) {
+                self.moves.insert(kv.key.clone(), (s.home, to));
+            }
+            if s.adopt_revision > 0 {
+                self.ns_floor.insert(kv.key.clone(), s.adopt_revision);
             }
             index.entry(kv.key).or_insert((
                 s.home,
@@ -1677,6 +1767,222 @@ impl Node {
             ));
         }
         self.ns_index = index;
+        if !self.watchers.is_empty() {
+            self.watchers_misplaced = true;
+        }
+    }
+
+    // ----- namespace moves -----
+
+    /// Leads group `g` and may propose on its behalf.
+    fn leads_ready(&self, g: usize) -> bool {
+        let gr = &self.groups[g];
+        gr.role == Role::Leader && self.noop_committed(gr) && gr.transfer.is_none()
+    }
+
+    /// Push the steps of every namespace move this node's groups own: the old
+    /// home's leader freezes the namespace; the new home's leader, once its own
+    /// replica of the old home applied the freeze (so that replica's copy is
+    /// final), copies it through its log chunk by chunk, and on its heartbeat
+    /// tick points the catalog at the new home; on its tick, an old home's
+    /// leader drops a copy whose move completed. Every step is idempotent and
+    /// re-derived from applied state, so a change of leader anywhere resumes
+    /// where it stopped.
+    fn drive_moves(&mut self, tick: Option<usize>) {
+        let moves: Vec<(String, GroupId, GroupId)> = self
+            .moves
+            .iter()
+            .map(|(n, &(f, t))| (n.clone(), f, t))
+            .collect();
+        for (ns, from, to) in moves {
+            let (f, t) = (from as usize, to as usize);
+            if self.leads_ready(f)
+                && self.sms[f].frozen(&ns).is_none()
+                && !self.groups[f].overlay_frozen.contains(&ns)
+            {
+                self.groups[f].overlay_frozen.insert(ns.clone());
+                let index = self.append_local(f, EntryData::Freeze { ns: ns.clone(), to });
+                self.replicate_new(f, index);
+            }
+            if !self.leads_ready(t) || self.sms[f].frozen(&ns).map(|(to, _)| to) != Some(to) {
+                continue;
+            }
+            if let Some((src, _, adopt_rev)) = self.sms[t].adopted(&ns) {
+                if src == from && tick == Some(t) {
+                    self.propose_move_done(&ns, to, adopt_rev);
+                }
+                continue;
+            }
+            let gr = &self.groups[t];
+            let in_flight = gr
+                .log
+                .iter_from(gr.applied + 1)
+                .any(|e| matches!(&e.data, EntryData::Adopt(a) if a.ns == ns));
+            if in_flight {
+                continue;
+            }
+            let after = match self.sms[t].adopting(&ns) {
+                Some((src, cursor)) if *src == from => Some(cursor.clone()),
+                _ => None,
+            };
+            let first = after.is_none();
+            let (versions, done) = self.sms[f].adopt_chunk(
+                &ns,
+                after.flatten().as_ref(),
+                self.cfg.append_bytes_max / 2,
+            );
+            let src_revision = self.sms[f].revision();
+            let src_time_ms = self.sms[f].time_ms();
+            let last_ns_revision = done.then(|| self.sms[f].ns_revision(&ns));
+            let gr = &mut self.groups[t];
+            // The first chunk jumps past every revision the namespace had (or
+            // any token of it showed) in its old home: see `AdoptEffect`.
+            let revision = if first {
+                gr.overlay_revision.max(src_revision) + 1
+            } else {
+                gr.overlay_revision + 1
+            };
+            gr.overlay_revision = revision;
+            gr.overlay_time_ms = gr.overlay_time_ms.max(src_time_ms);
+            let effect = AdoptEffect {
+                ns,
+                from,
+                revision,
+                first,
+                last_ns_revision,
+                time_ms: gr.overlay_time_ms,
+                versions,
+            };
+            let index = self.append_local(t, EntryData::Adopt(effect));
+            self.replicate_new(t, index);
+        }
+        if let Some(g) = tick.filter(|&g| self.leads_ready(g)) {
+            let done: Vec<String> = self.sms[g]
+                .frozen_namespaces()
+                .filter(|(ns, _)| {
+                    self.sms[g].holds_data(ns)
+                        && !self.moves.contains_key(*ns)
+                        && self.ns_index.get(*ns).is_some_and(|e| e.0 as usize != g)
+                })
+                .map(|(ns, _)| ns.clone())
+                .collect();
+            for ns in done {
+                let gr = &self.groups[g];
+                let in_flight = gr
+                    .log
+                    .iter_from(gr.applied + 1)
+                    .any(|e| matches!(&e.data, EntryData::Drop { ns: n } if *n == ns));
+                if !in_flight {
+                    let index = self.append_local(g, EntryData::Drop { ns });
+                    self.replicate_new(g, index);
+                }
+            }
+        }
+    }
+
+    /// The new home holds the whole namespace: point the catalog at it (a
+    /// compare-and-set on the catalog entry, so a repeat is harmless).
+    fn propose_move_done(&mut self, ns: &str, to: GroupId, adopt_revision: u64) {
+        let cur = self.sms[0].get(CATALOG_NS, ns);
+        let Some(settings) = cur.value.as_deref().and_then(NsSettings::decode) else {
+            return;
+        };
+        if settings.moving_to != Some(to) {
+            return;
+        }
+        let settings = NsSettings {
+            home: to,
+            moving_to: None,
+            adopt_revision,
+            ..settings
+        };
+        let req = ClientRequest::Write {
+            ns: CATALOG_NS.to_string(),
+            request_id: 0,
+            compares: vec![Compare {
+                key: ns.to_string(),
+                version: cur.version,
+            }],
+            ns_revision: None,
+            ops: vec![WriteOp::Put {
+                key: ns.to_string(),
+                value: settings.encode(),
+            }],
+            meta: ChangeMeta::default(),
+        };
+        // Nobody waits for the answer: the next tick looks at the catalog again.
+        self.on_request(Origin::Local(INTERNAL_REQ), req);
+    }
+
+    /// Move watchers of a namespace whose home changed to its new home, once
+    /// this node applied both the freeze in the old home (the watcher saw every
+    /// change made there) and the copy in the new one; deliver what the new
+    /// home changed since the copy.
+    fn migrate_watchers(&mut self) {
+        let mut still = false;
+        let ids: Vec<RequestId> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| self.ns_index.get(&w.ns).is_some_and(|e| e.0 != w.group))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(w) = self.watchers.get(&id) else {
+                continue;
+            };
+            let (old, new) = (w.group as usize, self.ns_index[&w.ns].0 as usize);
+            let floor = self.ns_floor.get(&w.ns).copied().unwrap_or(0);
+            if self.sms[old].frozen(&w.ns).is_none()
+                || self.sms[new].revision() < floor
+                || self.sms[new].adopting(&w.ns).is_some()
+            {
+                still = true;
+                continue;
+            }
+            let since = self.sms[new]
+                .adopted(&w.ns)
+                .map_or(floor, |(_, _, rev)| rev);
+            let sm = &self.sms[new];
+            let rev = sm.revision();
+            let resp = match sm.changes_since(&w.ns, &w.prefix, since) {
+                Some(changes) => {
+                    for (revision, events) in group_by_revision(changes) {
+                        self.out.push(Action::Reply {
+                            req: id,
+                            resp: ClientResponse::WatchEvents { events, revision },
+                        });
+                    }
+                    None
+                }
+                None => Some(ClientResponse::WatchResync {
+                    snapshot: sm.scan(&w.ns, &w.prefix),
+                    revision: rev,
+                }),
+            };
+            if let Some(resp) = resp {
+                self.out.push(Action::Reply { req: id, resp });
+            }
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.group = new as GroupId;
+                w.last_revision = rev;
+            }
+        }
+        self.watchers_misplaced = still;
+    }
+
+    /// Why group `g` cannot serve a read of `ns` at this consistency here, if
+    /// it cannot: the namespace moves away (only stale reads of a still-held
+    /// frozen copy are safe: the new home may already take writes), or is
+    /// being copied in.
+    fn ns_unservable(&self, g: usize, ns: &str, consistency: Consistency) -> Option<ErrorCode> {
+        let sm = &self.sms[g];
+        if sm.frozen(ns).is_some() && (consistency != Consistency::Stale || !sm.holds_data(ns)) {
+            return Some(ErrorCode::NamespaceMoving);
+        }
+        if sm.adopting(ns).is_some() {
+            return Some(ErrorCode::NamespaceMoving);
+        }
+        None
     }
 
     // ----- peer messages -----
@@ -2394,10 +2700,58 @@ impl Node {
                 }
                 Ok(())
             }
+            ClientRequest::MoveNamespace { ns, to } => {
+                if *to >= self.cfg.regions {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                if !ns_ok(ns) || ns.starts_with(RESERVED_NS_PREFIX) {
+                    return Err(ErrorCode::UnknownNamespace);
+                }
+                // Static namespaces are homed by the configuration file.
+                if self.static_ns.contains_key(ns) {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                Ok(())
+            }
             ClientRequest::Meta(_)
             | ClientRequest::MetaGranted { .. }
             | ClientRequest::CancelWatch { .. } => Ok(()),
         }
+    }
+
+    /// A move request as the catalog write that starts it, or the answer at
+    /// once (already there; already moving).
+    fn move_request(&self, ns: String, to: GroupId) -> Result<ClientRequest, Box<ClientResponse>> {
+        let cur = self.sms[0].get(CATALOG_NS, &ns);
+        let Some(settings) = cur.value.as_deref().and_then(NsSettings::decode) else {
+            return Err(Box::new(ClientResponse::Error(ErrorCode::UnknownNamespace)));
+        };
+        if settings.moving_to.is_some() {
+            return Err(Box::new(ClientResponse::Error(ErrorCode::NamespaceMoving)));
+        }
+        if settings.home == to {
+            return Err(Box::new(ClientResponse::Done));
+        }
+        let settings = NsSettings {
+            moving_to: Some(to),
+            ..settings
+        };
+        // Compare on the version read here: a catalog replica that is behind
+        // gets a conflict, never a move computed from stale settings.
+        Ok(ClientRequest::Write {
+            ns: CATALOG_NS.to_string(),
+            request_id: 0,
+            compares: vec![Compare {
+                key: ns.clone(),
+                version: cur.version,
+            }],
+            ns_revision: None,
+            ops: vec![WriteOp::Put {
+                key: ns,
+                value: settings.encode(),
+            }],
+            meta: ChangeMeta::default(),
+        })
     }
 
     fn on_client(&mut self, req: RequestId, request: ClientRequest) {
@@ -2428,6 +2782,15 @@ impl Node {
                 }],
                 meta: ChangeMeta::default(),
             },
+            ClientRequest::MoveNamespace { ns, to } if checked.is_ok() => {
+                match self.move_request(ns, to) {
+                    Ok(r) => r,
+                    Err(resp) => {
+                        self.out.push(Action::Reply { req, resp: *resp });
+                        return;
+                    }
+                }
+            }
             other => other,
         };
         if let Err(code) = checked {
@@ -2560,6 +2923,26 @@ impl Node {
             } => {
                 let (g, mode, _) = self.ns_index[&ns];
                 let gi = g as usize;
+                // A replica of a namespace's new home that has not applied the
+                // copy yet does not hold it: wait for it as for a token. (A
+                // linearizable read goes to the leader, which has applied it.)
+                let floor = self.ns_floor.get(&ns).copied().unwrap_or(0);
+                let token = if consistency != Consistency::Linearizable
+                    && self.sms[gi].revision() < floor
+                {
+                    let Origin::Local(_) = origin else {
+                        self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+                        return;
+                    };
+                    Some(RevisionToken {
+                        group: g,
+                        revision: token
+                            .filter(|t| t.group == g)
+                            .map_or(floor, |t| t.revision.max(floor)),
+                    })
+                } else {
+                    token
+                };
                 if let (Some(t), Origin::Local(id)) = (token, origin) {
                     if t.group == g
                         && t.revision > self.sms[gi].revision()
@@ -2643,6 +3026,7 @@ impl Node {
             ClientRequest::Watch { .. }
             | ClientRequest::CancelWatch { .. }
             | ClientRequest::CreateNamespace { .. }
+            | ClientRequest::MoveNamespace { .. }
             | ClientRequest::MetaGranted { .. } => {
                 self.respond(origin, ClientResponse::Error(ErrorCode::InvalidRequest));
             }
@@ -2658,6 +3042,10 @@ impl Node {
         consistency: Consistency,
         is_async: bool,
     ) {
+        if let Some(code) = self.ns_unservable(g, &ns, consistency) {
+            self.respond(origin, ClientResponse::Error(code));
+            return;
+        }
         let local = || ReadWhat::Query {
             ns: ns.clone(),
             query: query.clone(),
@@ -2774,6 +3162,18 @@ impl Node {
             self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
             return;
         }
+        let frozen = self.sms[g].frozen(&ns).is_some() || gr.overlay_frozen.contains(&ns);
+        if (frozen && !self.cfg.mutants.write_after_freeze) || self.sms[g].adopting(&ns).is_some() {
+            self.respond(origin, ClientResponse::Error(ErrorCode::NamespaceMoving));
+            return;
+        }
+        // A new leader that has not applied the copy of a namespace that moved
+        // here would compute versions without it (the overlay holds writes
+        // only): refuse until its no-op, and with it the copy, applied.
+        if self.sms[g].revision() < self.ns_floor.get(&ns).copied().unwrap_or(0) {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+            return;
+        }
         if gr.log.last_index().saturating_sub(gr.commit) >= self.cfg.uncommitted_entries_max {
             self.respond(origin, ClientResponse::Error(ErrorCode::Overloaded));
             return;
@@ -2877,6 +3277,12 @@ impl Node {
         if request_id != 0 {
             self.groups[g].pending_by_request.insert(request_id, index);
         }
+        self.replicate_new(g, index);
+    }
+
+    /// Leader: send the entry just appended at `index` to every peer that is
+    /// caught up to it (the others get it with their next append).
+    fn replicate_new(&mut self, g: usize, index: u64) {
         for p in 0..self.cfg.regions {
             let peer = &self.groups[g].peers[p as usize];
             if p != self.id && peer.sent_index + 1 == index && peer.snap_progress.is_none() {
@@ -2922,8 +3328,29 @@ impl Node {
             return;
         }
         let g = self.ns_index[&ns].0;
+        let floor = self.ns_floor.get(&ns).copied().unwrap_or(0);
+        let refuse = if self.sms[g as usize].revision() < floor {
+            Some(ErrorCode::Unavailable)
+        } else {
+            self.ns_unservable(g as usize, &ns, Consistency::Stale)
+        };
+        if let Some(code) = refuse {
+            self.out.push(Action::Reply {
+                req,
+                resp: ClientResponse::Error(code),
+            });
+            return;
+        }
         let sm = &self.sms[g as usize];
-        let rev = sm.revision();
+        // A frozen namespace's revisions stop at its freeze (see `read_now`);
+        // the watcher moves to the new home once the move completes here.
+        let rev = match sm.frozen(&ns) {
+            Some((_, at)) => {
+                self.watchers_misplaced = true;
+                at.min(sm.revision())
+            }
+            None => sm.revision(),
+        };
         let start = start.unwrap_or(rev);
         let last_revision = match sm.changes_since(&ns, &prefix, start) {
             Some(changes) => {

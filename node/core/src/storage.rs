@@ -20,6 +20,54 @@ pub enum EntryData {
     Noop,
     /// A write, evaluated by the leader that proposed it: the exact effects.
     Write(WriteEffect),
+    /// The namespace is moving to group `to`: from here on this group accepts
+    /// no writes to it, so its state is final and the new home copies it.
+    Freeze { ns: String, to: GroupId },
+    /// One chunk of a namespace copied from its frozen old home.
+    Adopt(AdoptEffect),
+    /// The namespace moved away and the catalog points at its new home: drop
+    /// this group's frozen copy (the freeze marker stays, so the group keeps
+    /// refusing the namespace rather than looking empty).
+    Drop { ns: String },
+}
+
+/// One chunk of a namespace move. Chunks carry every retained version of
+/// every key (tombstones included) in (key, version) order, so the new home's
+/// copy is the old home's, history and all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptEffect {
+    pub ns: String,
+    pub from: GroupId,
+    /// The first chunk jumps the adopting group's revision past every revision
+    /// the namespace had in its old home, so the namespace's revisions only
+    /// grow across a move (tokens and as-of reads keep their meaning); later
+    /// chunks take the next revision.
+    pub revision: u64,
+    pub first: bool,
+    /// On the last chunk: the namespace's last-change revision in the old
+    /// home; the copy is complete once it applies.
+    pub last_ns_revision: Option<u64>,
+    /// Newest change time of the old home (a group's times never go back).
+    pub time_ms: u64,
+    pub versions: Vec<AdoptVersion>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptVersion {
+    pub key: String,
+    pub revision: u64,
+    pub version: u64,
+    pub value: Option<Vec<u8>>,
+    pub meta: ChangeMeta,
+}
+
+impl AdoptVersion {
+    pub fn size_bytes(&self) -> usize {
+        32 + self.key.len()
+            + self.value.as_ref().map_or(0, |v| v.len())
+            + self.meta.author.len()
+            + self.meta.message.len()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +106,14 @@ impl Entry {
     pub fn size_bytes(&self) -> usize {
         match &self.data {
             EntryData::Noop => 24,
+            EntryData::Freeze { ns, .. } | EntryData::Drop { ns } => 32 + ns.len(),
+            EntryData::Adopt(a) => {
+                64 + a.ns.len()
+                    + a.versions
+                        .iter()
+                        .map(AdoptVersion::size_bytes)
+                        .sum::<usize>()
+            }
             EntryData::Write(w) => {
                 64 + w.ns.len()
                     + w.meta.author.len()

@@ -78,6 +78,14 @@ pub struct NsSettings {
     /// Older versions than this (by their change time) are dropped when the key
     /// next changes (0: kept until the count limit drops them).
     pub history_age_ms_max: u64,
+    /// A move of the namespace's home to this group is under way (see
+    /// `ClientRequest::MoveNamespace`); `home` still holds the data until the
+    /// move completes.
+    pub moving_to: Option<GroupId>,
+    /// The revision of `home` at which its copy of the namespace became
+    /// complete (0: created there). A replica of `home` that has not applied
+    /// this far does not hold the namespace yet, so it must not serve it.
+    pub adopt_revision: u64,
 }
 
 impl NsSettings {
@@ -181,6 +189,14 @@ pub enum ClientRequest {
         settings: NsSettings,
         request_id: u64,
     },
+    /// Move a catalog namespace's home to group `to`, online: the old home
+    /// freezes it (its writes answer `NamespaceMoving`), the new home copies it
+    /// through its own log, then the catalog points at the new home and the old
+    /// copy is dropped. The reply (`Written`) means the move was started.
+    MoveNamespace {
+        ns: String,
+        to: GroupId,
+    },
     /// Changes under `prefix` with a revision above `start_revision` (None: from now).
     Watch {
         ns: String,
@@ -234,6 +250,8 @@ pub enum ErrorCode {
     ScanTooLarge,
     #[error("history retention dropped the versions asked for")]
     HistoryCompacted,
+    #[error("the namespace is moving to another home region; retry shortly")]
+    NamespaceMoving,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,6 +328,12 @@ pub enum Observation {
         ns: String,
         /// (key, version, value present) for every key the entry wrote.
         keys: Vec<(String, u64, bool)>,
+    },
+    /// The copy of a moving namespace into `group` completed here at `revision`.
+    NamespaceMoved {
+        ns: String,
+        group: GroupId,
+        revision: u64,
     },
     /// A follower received heartbeat round `round` of `leader`'s `term` for the
     /// first time: it promises not to help elect anyone else for one election

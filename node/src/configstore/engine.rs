@@ -861,6 +861,8 @@ impl ConfigStore {
             mode,
             history_versions_max: spec.history_versions_max,
             history_age_ms_max: spec.history_age_ms_max,
+            moving_to: None,
+            adopt_revision: 0,
         };
         let ns = ns_name(project, environment);
         let resp = self

@@ -9,6 +9,7 @@ pub mod durable_before_reply;
 pub mod election_safety;
 pub mod lease_safety;
 pub mod linearizability;
+pub mod namespace_move;
 pub mod rto;
 pub mod state_machine_safety;
 pub mod vote_safety;
