@@ -33,6 +33,14 @@ pub enum ConfigCmd {
         #[arg(long, default_value_t = 0)]
         history_age_ms: u64,
     },
+    /// Move an environment's home region online: `config move shop/prod --to eu`.
+    /// Returns once the move is complete.
+    Move {
+        /// project/environment
+        ns: String,
+        #[arg(long)]
+        to: String,
+    },
     /// List environments (of one project).
     Envs {
         #[arg(long, default_value = "")]
@@ -477,6 +485,26 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                 format!(
                     "created {} (home {}, {})\n",
                     v["name"], v["home_region"], v["mode"]
+                )
+            })
+        }
+        ConfigCmd::Move { ns, to } => {
+            let r = ns_ref(&ns)?;
+            let i = c
+                .move_namespace(MoveNamespaceRequest {
+                    project: r.project,
+                    environment: r.environment,
+                    home_region: to,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let v = json!({"name": i.name, "home_region": i.home_region, "mode": i.mode});
+            emit(out, &v, |v| {
+                format!(
+                    "moved {} (home {})\n",
+                    v["name"].as_str().unwrap_or(""),
+                    v["home_region"].as_str().unwrap_or("")
                 )
             })
         }

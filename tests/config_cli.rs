@@ -51,6 +51,17 @@ async fn cli_drives_configuration_management_in_every_output_format() {
     ))
     .unwrap_or_default();
     assert_eq!(envs.as_array().map(Vec::len), Some(2), "{envs}");
+    // Move an environment's home and back; the command returns once done.
+    let moved = ok(&c, &["config", "move", "web/base", "--to", "ap"]);
+    assert!(moved.contains("home ap"), "{moved}");
+    let moved: Value = serde_json::from_str(&ok(
+        &c,
+        &["-o", "json", "config", "move", "web/base", "--to", "eu"],
+    ))
+    .unwrap_or_default();
+    assert_eq!(moved["home_region"], "eu", "{moved}");
+    let (success, _, err) = cli(&c, &["config", "move", "web/base", "--to", "mars"]);
+    assert!(!success && err.contains("INVALID_REQUEST"), "{err}");
     ok(
         &c,
         &[

@@ -137,7 +137,7 @@ const CFG: &str = "/v1/config/{project}/{env}/{path}";
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http_api_covers_configuration_management_and_matches_openapi() {
     let c = Cluster::running().await;
-    let (eu, us) = (c.http[0].as_str(), c.http[1].as_str());
+    let (eu, us, ap) = (c.http[0].as_str(), c.http[1].as_str(), c.http[2].as_str());
     let api = Api::new(eu).await;
     let author = [
         ("x-meridian-author", "alice"),
@@ -1292,6 +1292,64 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
         json!("pg://prod-db-2/pay"),
         "the whole environment, inherited keys included"
     );
+
+    // --- moving an environment's home region online ---
+    let root = "/v1/config/{project}/{env}";
+    let (_, before) = api
+        .call("get", ap, root, "/v1/config/shop/prod", &[], Body::None)
+        .await;
+    let mv = "/v1/namespaces/{project}/{env}/move";
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            mv,
+            "/v1/namespaces/shop/prod/move",
+            &[],
+            Body::Json(json!({"home_region": "ap"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["home_region"], "ap");
+    assert!(
+        v.get("moving_to_region").is_none(),
+        "the move is complete: {v}"
+    );
+    let (s, after) = api
+        .call("get", us, root, "/v1/config/shop/prod", &[], Body::None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        after["value"], before["value"],
+        "the environment moved whole"
+    );
+    for (body, want) in [
+        (json!({"home_region": "mars"}), (400, "INVALID_REQUEST")),
+        (json!({}), (400, "INVALID_REQUEST")),
+    ] {
+        let (s, v) = api
+            .call(
+                "post",
+                eu,
+                mv,
+                "/v1/namespaces/shop/prod/move",
+                &[],
+                Body::Json(body),
+            )
+            .await;
+        assert_eq!((s, reason(&v)), want, "{v}");
+    }
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            mv,
+            "/v1/namespaces/shop/nope/move",
+            &[],
+            Body::Json(json!({"home_region": "us"})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (404, "UNKNOWN_NAMESPACE"));
 
     let left = api.unexercised();
     assert!(

@@ -189,6 +189,19 @@ impl Config for ConfigApi {
         Ok(Response::new(info(i)))
     }
 
+    async fn move_namespace(
+        &self,
+        r: Request<MoveNamespaceRequest>,
+    ) -> Result<Response<NamespaceInfo>, Status> {
+        let r = r.into_inner();
+        let i = self
+            .store
+            .move_namespace(&r.project, &r.environment, &r.home_region)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(info(i)))
+    }
+
     async fn list_namespaces(
         &self,
         r: Request<ListNamespacesRequest>,
@@ -426,5 +439,6 @@ fn info(i: engine::NamespaceInfo) -> NamespaceInfo {
         rpo_budget_ms: i.rpo_budget_ms,
         history_versions_max: i.history_versions_max,
         history_age_ms_max: i.history_age_ms_max,
+        moving_to_region: i.moving_to_region,
     }
 }

@@ -82,8 +82,9 @@ struct Persisted {
     /// Namespaces moving (or moved) away: ns -> (new home, this group's
     /// revision when the freeze applied). No write to them applies here.
     frozen: BTreeMap<String, (GroupId, u64)>,
-    /// Namespaces being copied in: ns -> (old home, last version copied).
-    adopting: BTreeMap<String, (GroupId, Option<(String, u64)>)>,
+    /// Namespaces being copied in: ns -> (old home, its freeze revision, last
+    /// version copied).
+    adopting: BTreeMap<String, (GroupId, u64, Option<(String, u64)>)>,
     /// Namespaces copied in: ns -> (old home, old home's freeze revision,
     /// revision of the last chunk). Changes before that revision happened in
     /// another group, so watches resuming from before it resync.
@@ -162,9 +163,16 @@ impl GroupSm {
         self.state.frozen.iter().map(|(n, (to, _))| (n, *to))
     }
 
-    /// (old home, last version copied) while `ns` is being copied in.
-    pub fn adopting(&self, ns: &str) -> Option<&(GroupId, Option<(String, u64)>)> {
+    /// (old home, its freeze revision, last version copied) while `ns` is
+    /// being copied in.
+    pub fn adopting(&self, ns: &str) -> Option<&(GroupId, u64, Option<(String, u64)>)> {
         self.state.adopting.get(ns)
+    }
+
+    /// The revision at which this group's copy of `ns` became its home (0:
+    /// created here, or not held).
+    pub fn tenure(&self, ns: &str) -> u64 {
+        self.state.adopted.get(ns).map_or(0, |a| a.2)
     }
 
     /// (old home, its freeze revision, revision of the last chunk) once `ns`
@@ -226,46 +234,73 @@ impl GroupSm {
         (out, true)
     }
 
-    /// Stop accepting `ns` here: it is moving to group `to`.
-    pub fn freeze(&mut self, ns: &str, to: GroupId) {
+    /// Stop accepting `ns` here: it is moving to group `to`. A no-op unless
+    /// `tenure` names this group's current tenure of the namespace (a stale
+    /// catalog's move) and it is not frozen already.
+    pub fn freeze(&mut self, ns: &str, to: GroupId, tenure: u64) {
+        if self.state.frozen.contains_key(ns) || self.tenure(ns) != tenure {
+            return;
+        }
         let rev = self.state.revision;
+        // A namespace never written here has no entry yet; it gets one so the
+        // copy (empty) is told apart from a copy dropped after its move.
+        self.state.namespaces.entry(ns.to_string()).or_default();
         self.state.frozen.insert(ns.to_string(), (to, rev));
         self.state.adopting.remove(ns);
         self.state.adopted.remove(ns);
     }
 
-    /// Drop a frozen namespace's data (its freeze marker stays).
-    pub fn drop_namespace(&mut self, ns: &str) {
-        debug_assert!(
-            self.state.frozen.contains_key(ns),
-            "only frozen namespaces are dropped"
-        );
+    /// Drop a frozen namespace's data (its freeze marker stays), if the freeze
+    /// at `freeze_revision` is still this group's latest.
+    pub fn drop_namespace(&mut self, ns: &str, freeze_revision: u64) {
+        if self.state.frozen.get(ns).map(|f| f.1) != Some(freeze_revision) {
+            return;
+        }
         self.state.namespaces.remove(ns);
         self.state.ns_revisions.remove(ns);
         // Watches of the namespace here can no longer resume from this
         // group's ring: its changes are gone with the data.
     }
 
-    /// Apply one chunk of a namespace copied in from its old home.
-    pub fn adopt(&mut self, a: &AdoptEffect) -> Result<(), ApplyError> {
+    /// Apply one chunk of a namespace copied in from its old home. A chunk of
+    /// a move older than what this group knows of the namespace (proposed from
+    /// a stale catalog), or of a copy not under way, only takes its revision.
+    /// Ok(true): this chunk completed the copy.
+    pub fn adopt(&mut self, a: &AdoptEffect) -> Result<bool, ApplyError> {
         if a.revision <= self.state.revision {
             return Err(ApplyError::RevisionGap {
                 expected: self.state.revision + 1,
                 got: a.revision,
             });
         }
+        self.state.revision = a.revision;
+        self.state.time_ms = self.state.time_ms.max(a.time_ms);
         if a.first {
+            // Every later move of a namespace freezes it at a higher revision
+            // than anything of an earlier move: see `AdoptEffect::revision`.
+            let known = [
+                self.state.frozen.get(&a.ns).map(|f| f.1),
+                self.state.adopted.get(&a.ns).map(|x| x.2),
+                self.state.adopting.get(&a.ns).map(|x| x.1),
+            ];
+            if known.iter().flatten().any(|&k| k >= a.freeze_revision) {
+                return Ok(false);
+            }
             self.state.namespaces.insert(a.ns.clone(), BTreeMap::new());
             self.state.ns_revisions.remove(&a.ns);
             self.state.frozen.remove(&a.ns);
             self.state.adopted.remove(&a.ns);
-            self.state.adopting.insert(a.ns.clone(), (a.from, None));
+            self.state
+                .adopting
+                .insert(a.ns.clone(), (a.from, a.freeze_revision, None));
         }
-        let Some((_, cursor)) = self.state.adopting.get_mut(&a.ns) else {
-            return Err(ApplyError::CorruptSnapshot(format!(
-                "adopt chunk for {} without its first chunk",
-                a.ns
-            )));
+        let Some((_, _, cursor)) = self
+            .state
+            .adopting
+            .get_mut(&a.ns)
+            .filter(|x| (x.0, x.1) == (a.from, a.freeze_revision))
+        else {
+            return Ok(false);
         };
         let ns = self.state.namespaces.entry(a.ns.clone()).or_default();
         for v in &a.versions {
@@ -285,10 +320,8 @@ impl GroupSm {
             st.meta = v.meta.clone();
             *cursor = Some((v.key.clone(), v.version));
         }
-        self.state.revision = a.revision;
-        self.state.time_ms = self.state.time_ms.max(a.time_ms);
         if let Some(ns_rev) = a.last_ns_revision {
-            if let Some((from, _)) = self.state.adopting.remove(&a.ns) {
+            if let Some((from, _, _)) = self.state.adopting.remove(&a.ns) {
                 if ns_rev > 0 {
                     self.state.ns_revisions.insert(a.ns.clone(), ns_rev);
                 }
@@ -297,7 +330,7 @@ impl GroupSm {
                     .insert(a.ns.clone(), (from, ns_rev, a.revision));
             }
         }
-        Ok(())
+        Ok(a.last_ns_revision.is_some())
     }
 
     pub fn get(&self, ns: &str, key: &str) -> KeyValue {
@@ -742,7 +775,13 @@ mod tests {
                 .unwrap();
         }
         src.apply(&at(5, "b", None, 2, 50)).unwrap();
-        src.freeze("n", 1);
+        src.freeze("n", 1, 7);
+        assert_eq!(
+            src.frozen("n"),
+            None,
+            "a freeze of another tenure is a no-op"
+        );
+        src.freeze("n", 1, 0);
         assert_eq!(src.frozen("n"), Some((1, 5)));
         let mut dst = GroupSm::new(Vec::<String>::new(), 10, 10, 10);
         dst.apply(&at(1, "x", Some("1"), 1, 5)).unwrap();
@@ -758,6 +797,7 @@ mod tests {
                 ns: "n".into(),
                 from: 0,
                 revision,
+                freeze_revision: 5,
                 first: chunks == 0,
                 last_ns_revision: done.then(|| src.ns_revision("n")),
                 time_ms: src.time_ms(),
@@ -768,7 +808,7 @@ mod tests {
             if done {
                 break;
             }
-            after = dst.adopting("n").and_then(|(_, c)| c.clone());
+            after = dst.adopting("n").and_then(|(_, _, c)| c.clone());
         }
         assert_eq!(chunks, 5, "five versions, one per chunk");
         for key in ["a", "b", "c"] {
@@ -784,7 +824,29 @@ mod tests {
         assert_eq!(dst.changes_since("n", "", 5), Some(Vec::new()));
         let (kvs, ns_rev) = dst.scan_as_of("n", "", AsOf::Revision(2), 10).unwrap();
         assert_eq!((kvs.len(), ns_rev), (2, 2), "as-of reads keep working");
-        src.drop_namespace("n");
+        // A stale copy of the same move (or an older one) changes nothing.
+        let digest = dst.digest();
+        revision += 1;
+        dst.adopt(&AdoptEffect {
+            ns: "n".into(),
+            from: 0,
+            revision,
+            freeze_revision: 5,
+            first: true,
+            last_ns_revision: Some(0),
+            time_ms: 0,
+            versions: Vec::new(),
+        })
+        .unwrap();
+        assert_eq!(
+            dst.history("n", "a").len(),
+            2,
+            "the stale copy emptied nothing"
+        );
+        assert_ne!(dst.digest(), digest, "it took its revision");
+        src.drop_namespace("n", 4);
+        assert!(src.holds_data("n"), "a drop of another freeze is a no-op");
+        src.drop_namespace("n", 5);
         assert!(!src.holds_data("n") && src.frozen("n").is_some());
     }
 }

@@ -259,10 +259,13 @@ pub const RESERVED_NS_PREFIX: &str = "__";
 pub const CHANGE_META_BYTES_MAX: usize = 4096;
 /// Bytes of a namespace name at most.
 pub const NS_NAME_BYTES_MAX: usize = 128;
-/// The request id of requests the core makes itself (catalog updates of a
-/// namespace move); nobody waits for their answers. Shells number their
-/// requests upwards from 1 and never reach it.
-pub const INTERNAL_REQ: RequestId = u64::MAX;
+/// Request ids from here up are the core's own requests (catalog updates of
+/// a namespace move), numbered upwards; nobody waits for their answers.
+/// Shells number their requests upwards from 1 and never reach it.
+pub const INTERNAL_REQ_BASE: RequestId = 1 << 63;
+/// Forwards remembered to drop duplicates: a duplicate arrives within about a
+/// network delay of its original, far fewer forwards than this apart.
+const SEEN_FORWARDS_MAX: usize = 16_384;
 
 struct Watcher {
     ns: String,
@@ -292,8 +295,9 @@ pub struct Node {
     /// plus the catalog (see `refresh_catalog`).
     ns_index: BTreeMap<String, NsEntry>,
     static_ns: BTreeMap<String, NsEntry>,
-    /// Catalog namespaces being moved: ns -> (old home, new home).
-    moves: BTreeMap<String, (GroupId, GroupId)>,
+    /// Catalog namespaces being moved: ns -> (old home, new home, the old
+    /// home's tenure: the revision its copy became the home at, 0: created).
+    moves: BTreeMap<String, (GroupId, GroupId, u64)>,
     /// Catalog namespaces that moved: ns -> revision of their home at which
     /// the copy there is complete (a replica behind it must not serve them).
     ns_floor: BTreeMap<String, u64>,
@@ -316,6 +320,10 @@ pub struct Node {
     /// than at their timeout, so clients retry elsewhere sooner (lower RTO).
     forwarded: BTreeMap<RequestId, (GroupId, NodeId, bool)>,
     watchers: BTreeMap<RequestId, Watcher>,
+    /// Forwards received lately, oldest first in `seen_forwards_order`.
+    seen_forwards: BTreeSet<(NodeId, RequestId)>,
+    seen_forwards_order: VecDeque<(NodeId, RequestId)>,
+    next_internal_req: RequestId,
     timer_at: Option<u64>,
     halted: bool,
     stats: Stats,
@@ -457,6 +465,9 @@ impl Node {
             token_waits: Vec::new(),
             forwarded: BTreeMap::new(),
             watchers: BTreeMap::new(),
+            seen_forwards: BTreeSet::new(),
+            seen_forwards_order: VecDeque::new(),
+            next_internal_req: INTERNAL_REQ_BASE,
             timer_at: None,
             halted: false,
             stats: Stats::default(),
@@ -526,7 +537,7 @@ impl Node {
     /// A namespace's home group and, while it moves, its new home.
     pub fn ns_home(&self, ns: &str) -> Option<(GroupId, Option<GroupId>)> {
         let (g, _, _) = self.ns_index.get(ns)?;
-        Some((*g, self.moves.get(ns).map(|&(_, to)| to)))
+        Some((*g, self.moves.get(ns).map(|&(_, to, _)| to)))
     }
 
     pub fn read_local(&self, ns: &str, key: &str) -> Option<KeyValue> {
@@ -1515,18 +1526,21 @@ impl Node {
                 }
             }
             match &entry.data {
-                EntryData::Freeze { ns, to } => {
-                    self.sms[g].freeze(ns, *to);
+                EntryData::Freeze { ns, to, tenure } => {
+                    self.sms[g].freeze(ns, *to, *tenure);
                     self.groups[g].overlay_frozen.remove(ns);
                     self.watchers_misplaced = true;
                 }
-                EntryData::Drop { ns } => self.sms[g].drop_namespace(ns),
+                EntryData::Drop {
+                    ns,
+                    freeze_revision,
+                } => self.sms[g].drop_namespace(ns, *freeze_revision),
                 EntryData::Adopt(a) => {
-                    if self.sms[g].adopt(a).is_err() {
+                    let Ok(completed) = self.sms[g].adopt(a) else {
                         self.stats.apply_errors += 1;
                         self.handle_storage_failed(self.now);
                         return;
-                    }
+                    };
                     let digest = fnv1a(&postcard::to_allocvec(a).unwrap_or_default());
                     self.out.push(Action::Observe(Observation::Applied {
                         group: g as GroupId,
@@ -1536,7 +1550,7 @@ impl Node {
                         ns: a.ns.clone(),
                         keys: Vec::new(),
                     }));
-                    if a.last_ns_revision.is_some() {
+                    if completed {
                         self.watchers_misplaced = true;
                         self.out.push(Action::Observe(Observation::NamespaceMoved {
                             ns: a.ns.clone(),
@@ -1602,7 +1616,16 @@ impl Node {
             .partition(|r| commit >= r.min_index && (lease || round >= r.round));
         self.groups[g].pending_reads = keep;
         for r in ready {
-            let resp = self.read_now(g, &r.what);
+            // A move may have frozen (or even dropped) the namespace here while
+            // the read waited for its round: check again as it is served.
+            let unservable = match &r.what {
+                ReadWhat::Query { ns, .. } => self.ns_unservable(g, ns, Consistency::Linearizable),
+                ReadWhat::Conflict => None,
+            };
+            let resp = match unservable {
+                Some(code) => ClientResponse::Error(code),
+                None => self.read_now(g, &r.what),
+            };
             self.respond(r.origin, resp);
         }
     }
@@ -1752,7 +1775,8 @@ impl Node {
                 continue;
             }
             if let Some(to) = s.moving_to.filter(|&t| t < self.cfg.regions && t != s.home) {
-                self.moves.insert(kv.key.clone(), (s.home, to));
+                self.moves
+                    .insert(kv.key.clone(), (s.home, to, s.adopt_revision));
             }
             if s.adopt_revision > 0 {
                 self.ns_floor.insert(kv.key.clone(), s.adopt_revision);
@@ -1774,6 +1798,28 @@ impl Node {
 
     // ----- namespace moves -----
 
+    /// The group that serves a (validated) namespace here: the catalog's home,
+    /// or, during a move, the new home as soon as this node applied the
+    /// complete copy there. The old home is frozen for good by then, so the
+    /// copy is the namespace; the catalog catches up a moment later, and
+    /// routing by it alone would refuse requests in between.
+    fn home_group(&self, ns: &str) -> GroupId {
+        let g = self.ns_index[ns].0;
+        match self.moves.get(ns) {
+            // A copy adopted after the old home's tenure began is this move's
+            // (a replica lagging in the new home may still show an older one).
+            Some(&(from, to, tenure))
+                if from == g
+                    && self.sms[to as usize]
+                        .adopted(ns)
+                        .is_some_and(|(src, _, rev)| src == from && rev > tenure) =>
+            {
+                to
+            }
+            _ => g,
+        }
+    }
+
     /// Leads group `g` and may propose on its behalf.
     fn leads_ready(&self, g: usize) -> bool {
         let gr = &self.groups[g];
@@ -1789,40 +1835,56 @@ impl Node {
     /// re-derived from applied state, so a change of leader anywhere resumes
     /// where it stopped.
     fn drive_moves(&mut self, tick: Option<usize>) {
-        let moves: Vec<(String, GroupId, GroupId)> = self
+        let moves: Vec<(String, GroupId, GroupId, u64)> = self
             .moves
             .iter()
-            .map(|(n, &(f, t))| (n.clone(), f, t))
+            .map(|(n, &(f, t, tenure))| (n.clone(), f, t, tenure))
             .collect();
-        for (ns, from, to) in moves {
+        for (ns, from, to, tenure) in moves {
             let (f, t) = (from as usize, to as usize);
             if self.leads_ready(f)
                 && self.sms[f].frozen(&ns).is_none()
                 && !self.groups[f].overlay_frozen.contains(&ns)
             {
                 self.groups[f].overlay_frozen.insert(ns.clone());
-                let index = self.append_local(f, EntryData::Freeze { ns: ns.clone(), to });
+                let index = self.append_local(
+                    f,
+                    EntryData::Freeze {
+                        ns: ns.clone(),
+                        to,
+                        tenure,
+                    },
+                );
                 self.replicate_new(f, index);
             }
-            if !self.leads_ready(t) || self.sms[f].frozen(&ns).map(|(to, _)| to) != Some(to) {
+            let Some((frozen_to, freeze_rev)) = self.sms[f].frozen(&ns) else {
+                continue;
+            };
+            if !self.leads_ready(t) || frozen_to != to {
                 continue;
             }
             if let Some((src, _, adopt_rev)) = self.sms[t].adopted(&ns) {
-                if src == from && tick == Some(t) {
-                    self.propose_move_done(&ns, to, adopt_rev);
+                if src == from && adopt_rev > freeze_rev {
+                    if tick == Some(t) {
+                        self.propose_move_done(&ns, to, adopt_rev);
+                    }
+                    continue;
                 }
-                continue;
             }
             let gr = &self.groups[t];
             let in_flight = gr
                 .log
                 .iter_from(gr.applied + 1)
                 .any(|e| matches!(&e.data, EntryData::Adopt(a) if a.ns == ns));
-            if in_flight {
+            // Nothing to copy from an old home that dropped its copy: that
+            // freeze belongs to a move already complete (a stale catalog).
+            if in_flight || !self.sms[f].holds_data(&ns) {
                 continue;
             }
             let after = match self.sms[t].adopting(&ns) {
-                Some((src, cursor)) if *src == from => Some(cursor.clone()),
+                Some((src, frz, cursor)) if *src == from && *frz == freeze_rev => {
+                    Some(cursor.clone())
+                }
                 _ => None,
             };
             let first = after.is_none();
@@ -1848,6 +1910,7 @@ impl Node {
                 ns,
                 from,
                 revision,
+                freeze_revision: freeze_rev,
                 first,
                 last_ns_revision,
                 time_ms: gr.overlay_time_ms,
@@ -1856,24 +1919,35 @@ impl Node {
             let index = self.append_local(t, EntryData::Adopt(effect));
             self.replicate_new(t, index);
         }
+        // The old home drops its frozen copy once this node's replica of the
+        // new home applied the complete copy of this very move (adopted after
+        // the freeze): local state only, so a stale catalog cannot drop a
+        // copy that is still being read.
         if let Some(g) = tick.filter(|&g| self.leads_ready(g)) {
-            let done: Vec<String> = self.sms[g]
+            let done: Vec<(String, u64)> = self.sms[g]
                 .frozen_namespaces()
-                .filter(|(ns, _)| {
-                    self.sms[g].holds_data(ns)
-                        && !self.moves.contains_key(*ns)
-                        && self.ns_index.get(*ns).is_some_and(|e| e.0 as usize != g)
+                .filter_map(|(ns, to)| {
+                    let (_, freeze_rev) = self.sms[g].frozen(ns)?;
+                    let copied = self.sms[to as usize]
+                        .adopted(ns)
+                        .is_some_and(|(src, _, rev)| src as usize == g && rev > freeze_rev);
+                    (copied && self.sms[g].holds_data(ns)).then(|| (ns.clone(), freeze_rev))
                 })
-                .map(|(ns, _)| ns.clone())
                 .collect();
-            for ns in done {
+            for (ns, freeze_revision) in done {
                 let gr = &self.groups[g];
                 let in_flight = gr
                     .log
                     .iter_from(gr.applied + 1)
-                    .any(|e| matches!(&e.data, EntryData::Drop { ns: n } if *n == ns));
+                    .any(|e| matches!(&e.data, EntryData::Drop { ns: n, .. } if *n == ns));
                 if !in_flight {
-                    let index = self.append_local(g, EntryData::Drop { ns });
+                    let index = self.append_local(
+                        g,
+                        EntryData::Drop {
+                            ns,
+                            freeze_revision,
+                        },
+                    );
                     self.replicate_new(g, index);
                 }
             }
@@ -1911,7 +1985,8 @@ impl Node {
             meta: ChangeMeta::default(),
         };
         // Nobody waits for the answer: the next tick looks at the catalog again.
-        self.on_request(Origin::Local(INTERNAL_REQ), req);
+        self.next_internal_req += 1;
+        self.on_request(Origin::Local(self.next_internal_req), req);
     }
 
     /// Move watchers of a namespace whose home changed to its new home, once
@@ -1923,14 +1998,14 @@ impl Node {
         let ids: Vec<RequestId> = self
             .watchers
             .iter()
-            .filter(|(_, w)| self.ns_index.get(&w.ns).is_some_and(|e| e.0 != w.group))
+            .filter(|(_, w)| self.ns_index.contains_key(&w.ns) && self.home_group(&w.ns) != w.group)
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
             let Some(w) = self.watchers.get(&id) else {
                 continue;
             };
-            let (old, new) = (w.group as usize, self.ns_index[&w.ns].0 as usize);
+            let (old, new) = (w.group as usize, self.home_group(&w.ns) as usize);
             let floor = self.ns_floor.get(&w.ns).copied().unwrap_or(0);
             if self.sms[old].frozen(&w.ns).is_none()
                 || self.sms[new].revision() < floor
@@ -2000,7 +2075,20 @@ impl Node {
                 self.on_raft(group as usize, from, term, body)
             }
             Msg::Forward { id, req } => {
-                self.on_forward(from, id, req);
+                // A duplicated forward is dropped: its first copy may have been
+                // refused ("did not apply") and a later copy must not apply it
+                // anyway (say, once a moved namespace's new home leads here).
+                if self.seen_forwards.insert((from, id)) {
+                    self.seen_forwards_order.push_back((from, id));
+                    while self.seen_forwards_order.len() > SEEN_FORWARDS_MAX {
+                        if let Some(old) = self.seen_forwards_order.pop_front() {
+                            self.seen_forwards.remove(&old);
+                        }
+                    }
+                    self.on_forward(from, id, req);
+                } else {
+                    self.stats.peer_out_of_protocol += 1;
+                }
                 Ok(())
             }
             Msg::ForwardReply { id, resp } => {
@@ -2849,7 +2937,7 @@ impl Node {
         }
         match &req {
             ClientRequest::Write { ns, request_id, .. } => {
-                let g = self.ns_index[ns].0 as usize;
+                let g = self.home_group(ns) as usize;
                 if self.groups[g].role != Role::Leader {
                     // One hop only. "Unavailable" promises the write did not
                     // happen, so first look for it: a duplicate of this message
@@ -2860,7 +2948,7 @@ impl Node {
                 }
             }
             ClientRequest::Read { ns, .. } => {
-                let g = self.ns_index[ns].0 as usize;
+                let g = self.home_group(ns) as usize;
                 if self.groups[g].role != Role::Leader {
                     self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
                     return;
@@ -2921,7 +3009,8 @@ impl Node {
                 consistency,
                 token,
             } => {
-                let (g, mode, _) = self.ns_index[&ns];
+                let (_, mode, _) = self.ns_index[&ns];
+                let g = self.home_group(&ns);
                 let gi = g as usize;
                 // A replica of a namespace's new home that has not applied the
                 // copy yet does not hold it: wait for it as for a token. (A
@@ -2978,8 +3067,7 @@ impl Node {
                 ops,
                 meta,
             } => {
-                let (g, _, _) = self.ns_index[&ns];
-                let gi = g as usize;
+                let gi = self.home_group(&ns) as usize;
                 let w = ProposedWrite {
                     ns,
                     request_id,
@@ -3327,7 +3415,7 @@ impl Node {
             });
             return;
         }
-        let g = self.ns_index[&ns].0;
+        let g = self.home_group(&ns);
         let floor = self.ns_floor.get(&ns).copied().unwrap_or(0);
         let refuse = if self.sms[g as usize].revision() < floor {
             Some(ErrorCode::Unavailable)

@@ -22,13 +22,22 @@ pub enum EntryData {
     Write(WriteEffect),
     /// The namespace is moving to group `to`: from here on this group accepts
     /// no writes to it, so its state is final and the new home copies it.
-    Freeze { ns: String, to: GroupId },
+    /// `tenure` is the revision at which this group's copy became the home
+    /// (0: created here), as the catalog names it: a freeze proposed from a
+    /// stale catalog (another tenure) applies as a no-op.
+    Freeze {
+        ns: String,
+        to: GroupId,
+        tenure: u64,
+    },
     /// One chunk of a namespace copied from its frozen old home.
     Adopt(AdoptEffect),
     /// The namespace moved away and the catalog points at its new home: drop
     /// this group's frozen copy (the freeze marker stays, so the group keeps
-    /// refusing the namespace rather than looking empty).
-    Drop { ns: String },
+    /// refusing the namespace rather than looking empty). Applies only while
+    /// the freeze at `freeze_revision` is this group's latest (a no-op if a
+    /// later move brought the namespace back).
+    Drop { ns: String, freeze_revision: u64 },
 }
 
 /// One chunk of a namespace move. Chunks carry every retained version of
@@ -43,6 +52,10 @@ pub struct AdoptEffect {
     /// grow across a move (tokens and as-of reads keep their meaning); later
     /// chunks take the next revision.
     pub revision: u64,
+    /// The old home's revision at its freeze: the move's identity. A namespace's
+    /// freezes happen at ever higher revisions (see `revision`), so a chunk of
+    /// an older move than this group already knows applies as a no-op.
+    pub freeze_revision: u64,
     pub first: bool,
     /// On the last chunk: the namespace's last-change revision in the old
     /// home; the copy is complete once it applies.
@@ -106,7 +119,7 @@ impl Entry {
     pub fn size_bytes(&self) -> usize {
         match &self.data {
             EntryData::Noop => 24,
-            EntryData::Freeze { ns, .. } | EntryData::Drop { ns } => 32 + ns.len(),
+            EntryData::Freeze { ns, .. } | EntryData::Drop { ns, .. } => 32 + ns.len(),
             EntryData::Adopt(a) => {
                 64 + a.ns.len()
                     + a.versions

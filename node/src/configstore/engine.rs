@@ -36,6 +36,12 @@ const RENDER_LOADS_MAX: usize = 64;
 const PROJECT_ENVS_MAX: u32 = 1000;
 /// Probes of a new namespace's home leader, 50 ms apart, before giving up.
 const CATALOG_WAIT_TRIES_MAX: usize = 60;
+/// How long a request waits out a namespace move (NAMESPACE_MOVING) before
+/// it gives the error to its caller. A move freezes the namespace for about
+/// one commit round per chunk of its data plus one catalog commit.
+const MOVE_WAIT_MS_MAX: u64 = 10_000;
+/// How long `move_namespace` waits for a move to complete.
+const MOVE_DONE_WAIT_MS_MAX: u64 = 60_000;
 /// Entries one list page returns at most.
 pub const LIST_LIMIT_MAX: usize = 1000;
 /// The key an idempotency probe compares against (never written: its compare
@@ -218,6 +224,9 @@ pub struct NamespaceInfo {
     pub rpo_budget_ms: Option<u64>,
     pub history_versions_max: u32,
     pub history_age_ms_max: u64,
+    /// Set while the namespace's home moves to this region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moving_to_region: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -334,7 +343,25 @@ impl ConfigStore {
         &self.limits
     }
 
+    /// One core request. A namespace that is moving home is waited out (the
+    /// refused request did not apply, so it is safe to repeat) for a bounded
+    /// time: a move looks like a short stall, not an error.
     async fn call(&self, request: ClientRequest) -> Result<ClientResponse, CfgError> {
+        let start = std::time::Instant::now();
+        loop {
+            match self.call_once(request.clone()).await {
+                Err(e)
+                    if e.reason == "NAMESPACE_MOVING"
+                        && start.elapsed().as_millis() < u128::from(MOVE_WAIT_MS_MAX) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(&self, request: ClientRequest) -> Result<ClientResponse, CfgError> {
         let (tx, rx) = oneshot::channel();
         let input = Input::Client {
             req: self.next_req.fetch_add(1, Ordering::Relaxed),
@@ -906,6 +933,119 @@ impl ConfigStore {
             rpo_budget_ms: rpo,
             history_versions_max: s.history_versions_max,
             history_age_ms_max: s.history_age_ms_max,
+            moving_to_region: s
+                .moving_to
+                .and_then(|g| self.regions.get(g as usize).cloned()),
+        }
+    }
+
+    /// The catalog entry of a namespace, read after catching up with the
+    /// catalog (so it is at least as new as any change made before the call).
+    async fn catalog_entry(&self, ns: &str) -> Result<(NsSettings, u64), CfgError> {
+        self.sync_catalog().await?;
+        let q = ReadQuery::Get {
+            key: ns.to_string(),
+        };
+        match self.read(CATALOG_NS, q, Consistency::Stale, None).await? {
+            ClientResponse::Value { kv, .. } => kv
+                .value
+                .as_deref()
+                .and_then(NsSettings::decode)
+                .map(|s| (s, kv.version))
+                .ok_or_else(|| {
+                    CfgError::new(
+                        "UNKNOWN_NAMESPACE",
+                        format!("namespace {ns} does not exist"),
+                    )
+                }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Move a namespace's home region, online, and wait until the move is
+    /// complete: reads go on throughout; writes stall (they are retried, see
+    /// `call`) while the old home is frozen and the new one copies the data.
+    pub async fn move_namespace(
+        &self,
+        project: &str,
+        environment: &str,
+        to_region: &str,
+    ) -> Result<NamespaceInfo, CfgError> {
+        let ns = ns_name(project, environment);
+        let to = self
+            .regions
+            .iter()
+            .position(|r| r == to_region)
+            .ok_or_else(|| {
+                CfgError::invalid(format!(
+                    "region {to_region:?} is not a region of this cluster ({})",
+                    self.regions.join(", ")
+                ))
+            })? as u8;
+        let start = std::time::Instant::now();
+        let deadline = std::time::Duration::from_millis(MOVE_DONE_WAIT_MS_MAX);
+        // Start it: the core compares on the catalog entry it read, so retry
+        // a conflict with a newer catalog.
+        let mut attempts = 0;
+        loop {
+            let (settings, _) = self.catalog_entry(&ns).await?;
+            if settings.home == to && settings.moving_to.is_none() {
+                return Ok(self.info(&ns, &settings));
+            }
+            if settings.moving_to == Some(to) {
+                break;
+            }
+            match self
+                .call(ClientRequest::MoveNamespace {
+                    ns: ns.clone(),
+                    to,
+                })
+                .await
+            {
+                Ok(ClientResponse::Written { .. } | ClientResponse::Done) => break,
+                Ok(ClientResponse::Conflict { .. }) if attempts < WRITE_ATTEMPTS_MAX => {
+                    attempts += 1;
+                }
+                Ok(ClientResponse::Conflict { .. }) => {
+                    return Err(CfgError::new(
+                        "CONTENDED",
+                        format!("the catalog entry of {ns} kept changing"),
+                    ))
+                }
+                Ok(other) => return Err(unexpected(&other)),
+                Err(e) if e.reason == "INVALID_REQUEST" => {
+                    return Err(CfgError::invalid(format!(
+                        "{ns} is defined in the configuration file; only namespaces created through the API move"
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        loop {
+            let (settings, _) = self.catalog_entry(&ns).await?;
+            if settings.moving_to.is_none() {
+                if settings.home != to {
+                    // Another move started after ours and finished first.
+                    return Err(CfgError::new(
+                        "CONTENDED",
+                        format!(
+                            "{ns} moved to {} instead",
+                            self.regions.get(settings.home as usize).map_or("?", |s| s)
+                        ),
+                    ));
+                }
+                return Ok(self.info(&ns, &settings));
+            }
+            if start.elapsed() > deadline {
+                return Err(CfgError::new(
+                    "TIMEOUT",
+                    format!(
+                        "the move of {ns} to {to_region} is still under way after {} s; it continues in the background",
+                        MOVE_DONE_WAIT_MS_MAX / 1000
+                    ),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 
@@ -1712,8 +1852,11 @@ fn flat_state(
     path: &str,
     raw: bool,
 ) -> Result<BTreeMap<String, (Value, Option<KeyValue>)>, CfgError> {
+    let Some(own) = chain.first() else {
+        return Ok(BTreeMap::new());
+    };
     let (leaves, vars) = if raw {
-        (chain[0].leaves.clone(), Map::new())
+        (own.leaves.clone(), Map::new())
     } else {
         effective(chain)
     };
@@ -1856,8 +1999,13 @@ impl ConfigStore {
                 }
                 // Retention dropped what the token points at: resync with the
                 // whole state rather than guess at a delta.
-                match (compacted, flat_state(&old_chain, path, raw)) {
-                    (false, Ok(old)) => WatchEvent {
+                let old = if compacted {
+                    None
+                } else {
+                    flat_state(&old_chain, path, raw).ok()
+                };
+                match old {
+                    Some(old) => WatchEvent {
                         changes: state_changes(&old, &state),
                         snapshot: false,
                         token: encode_watch_token(&chain),

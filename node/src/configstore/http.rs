@@ -47,6 +47,7 @@ pub fn router(store: ConfigStore) -> Router {
             "/v1/namespaces",
             get(list_namespaces).post(create_namespace),
         )
+        .route("/v1/namespaces/{project}/{env}/move", post(move_namespace))
         .route(
             "/v1/config/{project}/{env}",
             get(get_root).patch(patch_root),
@@ -272,6 +273,20 @@ async fn create_namespace(
         .create_namespace(&s("project"), &s("environment"), &spec)
         .await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn move_namespace(
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let b = body_json(body)?;
+    let Some(to) = b.get("home_region").and_then(Value::as_str) else {
+        return Err(CfgError::invalid(
+            "the body needs \"home_region\": the region to move to",
+        ));
+    };
+    ok(st.move_namespace(&project, &env, to).await?)
 }
 
 async fn get_root(

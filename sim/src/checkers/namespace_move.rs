@@ -61,7 +61,7 @@ pub fn check(h: &History, finals: &[Option<NodeFinal>]) -> Result<Report, Violat
         if let Some(to) = v.moving_to {
             return Err(bad(
                 None,
-                format!("node {n}: the move to {to} never completed"),
+                format!("node {n}: the move from {} to {to} never completed", v.home),
             ));
         }
         if v.home != first.home {
@@ -140,10 +140,16 @@ pub fn check(h: &History, finals: &[Option<NodeFinal>]) -> Result<Report, Violat
                         .get(key)
                         .is_some_and(|h| h.iter().any(|kv| kv.value.as_ref() == Some(value)));
                     if found {
+                        let rid = match &op.kind {
+                            OpKind::Write { request_id, .. } => *request_id,
+                            _ => 0,
+                        };
+                        let at = h.applied_by_request().get(&rid).copied();
                         return Err(bad(
                             op.complete_us,
                             format!(
-                                "op {i} was refused with {resp:?} but its value of {key} applied"
+                                "op {i} (request {rid}, invoked at {} us) was refused with {resp:?} but its value of {key} applied (group, revision: {at:?})",
+                                op.invoke_us
                             ),
                         ));
                     }
