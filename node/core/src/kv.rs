@@ -67,6 +67,9 @@ pub struct Change {
     pub kv: KeyValue,
 }
 
+/// A copy under way: (old home, its freeze revision, last (key, version) copied).
+pub type Adopting = (GroupId, u64, Option<(String, u64)>);
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Persisted {
     revision: u64,
@@ -84,7 +87,7 @@ struct Persisted {
     frozen: BTreeMap<String, (GroupId, u64)>,
     /// Namespaces being copied in: ns -> (old home, its freeze revision, last
     /// version copied).
-    adopting: BTreeMap<String, (GroupId, u64, Option<(String, u64)>)>,
+    adopting: BTreeMap<String, Adopting>,
     /// Namespaces copied in: ns -> (old home, old home's freeze revision,
     /// revision of the last chunk). Changes before that revision happened in
     /// another group, so watches resuming from before it resync.
@@ -165,7 +168,7 @@ impl GroupSm {
 
     /// (old home, its freeze revision, last version copied) while `ns` is
     /// being copied in.
-    pub fn adopting(&self, ns: &str) -> Option<&(GroupId, u64, Option<(String, u64)>)> {
+    pub fn adopting(&self, ns: &str) -> Option<&Adopting> {
         self.state.adopting.get(ns)
     }
 
