@@ -31,6 +31,11 @@ pub struct NodeConfig {
     pub region: String,
     /// Where this node keeps its RocksDB database. Created if missing.
     pub data_dir: PathBuf,
+    /// Where this node's QUIC endpoint binds; default: its region's `peer`
+    /// address. Differs when something relays to it, e.g. `meridian-netlab`
+    /// (the other regions dial `peer`, the lab's front, which relays here).
+    #[serde(default)]
+    pub peer_bind: Option<std::net::SocketAddr>,
     pub tls: TlsConfig,
     /// Every region of the cluster, in the same order on every node (the order
     /// gives region ids). Between 1 and 32; an odd count is recommended.

@@ -119,6 +119,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         .collect();
     let transport = Arc::new(Transport::start(
         me,
+        cfg.peer_bind,
         peers,
         &tls,
         core.message_bytes_max,

@@ -137,10 +137,11 @@ fn transport_config() -> quinn::TransportConfig {
 }
 
 impl Transport {
-    /// Bind the peer endpoint and start dialing every other region. Events go
-    /// to `events`.
+    /// Bind the peer endpoint (at `bind`, or this region's peer address) and
+    /// start dialing every other region. Events go to `events`.
     pub fn start(
         me: u8,
+        bind: Option<std::net::SocketAddr>,
         peers: Vec<PeerInfo>,
         tls: &TlsMaterial,
         frame_bytes_max: usize,
@@ -155,7 +156,7 @@ impl Transport {
             .map_err(|e| TransportError::Config(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
         client.transport_config(Arc::new(transport_config()));
-        let addr = peers[me as usize].addr;
+        let addr = bind.unwrap_or(peers[me as usize].addr);
         let mut endpoint = quinn::Endpoint::server(server, addr)
             .map_err(|source| TransportError::Bind { addr, source })?;
         endpoint.set_default_client_config(client);
