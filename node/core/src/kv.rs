@@ -30,6 +30,24 @@ pub struct OldVersion {
 }
 
 impl KeyState {
+    /// Make `next` the current version, the current one (if any) the newest
+    /// of the history.
+    fn supersede(&mut self, revision: u64, version: u64, value: Option<Vec<u8>>, meta: ChangeMeta) {
+        debug_assert!(version > self.version, "versions only grow");
+        if self.version > 0 {
+            self.history.push_back(OldVersion {
+                revision: self.mod_revision,
+                version: self.version,
+                value: self.value.take(),
+                meta: std::mem::take(&mut self.meta),
+            });
+        }
+        self.value = value;
+        self.version = version;
+        self.mod_revision = revision;
+        self.meta = meta;
+    }
+
     fn current(&self, key: &str) -> KeyValue {
         KeyValue {
             key: key.to_string(),
@@ -161,9 +179,9 @@ impl GroupSm {
         self.state.frozen.get(ns).copied()
     }
 
-    /// Namespaces frozen here, with their new home.
-    pub fn frozen_namespaces(&self) -> impl Iterator<Item = (&String, GroupId)> {
-        self.state.frozen.iter().map(|(n, (to, _))| (n, *to))
+    /// Namespaces frozen here, with their new home and freeze revision.
+    pub fn frozen_namespaces(&self) -> impl Iterator<Item = (&String, GroupId, u64)> {
+        self.state.frozen.iter().map(|(n, &(to, rev))| (n, to, rev))
     }
 
     /// (old home, its freeze revision, last version copied) while `ns` is
@@ -307,20 +325,12 @@ impl GroupSm {
         };
         let ns = self.state.namespaces.entry(a.ns.clone()).or_default();
         for v in &a.versions {
-            let st = ns.entry(v.key.clone()).or_default();
-            debug_assert!(v.version > st.version, "adopted versions arrive in order");
-            if st.version > 0 {
-                st.history.push_back(OldVersion {
-                    revision: st.mod_revision,
-                    version: st.version,
-                    value: st.value.take(),
-                    meta: std::mem::take(&mut st.meta),
-                });
-            }
-            st.value = v.value.clone();
-            st.version = v.version;
-            st.mod_revision = v.revision;
-            st.meta = v.meta.clone();
+            ns.entry(v.key.clone()).or_default().supersede(
+                v.revision,
+                v.version,
+                v.value.clone(),
+                v.meta.clone(),
+            );
             *cursor = Some((v.key.clone(), v.version));
         }
         if let Some(ns_rev) = a.last_ns_revision {
@@ -493,15 +503,7 @@ impl GroupSm {
         let mut out = Vec::with_capacity(w.keys.len());
         for k in &w.keys {
             let st = ns.entry(k.key.clone()).or_default();
-            debug_assert!(k.version > st.version, "versions only grow");
-            if st.version > 0 {
-                st.history.push_back(OldVersion {
-                    revision: st.mod_revision,
-                    version: st.version,
-                    value: st.value.take(),
-                    meta: std::mem::take(&mut st.meta),
-                });
-            }
+            st.supersede(w.revision, k.version, k.value.clone(), w.meta.clone());
             // Retention: by count (the current version counts), then by age.
             while st.history.len() + 1 > versions_max {
                 st.history.pop_front();
@@ -513,10 +515,6 @@ impl GroupSm {
             {
                 st.history.pop_front();
             }
-            st.value = k.value.clone();
-            st.version = k.version;
-            st.mod_revision = w.revision;
-            st.meta = w.meta.clone();
             out.push(Change {
                 revision: w.revision,
                 ns: w.ns.clone(),

@@ -1847,7 +1847,7 @@ impl Node {
                 && !self.groups[f].overlay_frozen.contains(&ns)
             {
                 self.groups[f].overlay_frozen.insert(ns.clone());
-                let index = self.append_local(
+                self.propose(
                     f,
                     EntryData::Freeze {
                         ns: ns.clone(),
@@ -1855,7 +1855,6 @@ impl Node {
                         tenure,
                     },
                 );
-                self.replicate_new(f, index);
             }
             let Some((frozen_to, freeze_rev)) = self.sms[f].frozen(&ns) else {
                 continue;
@@ -1871,11 +1870,8 @@ impl Node {
                     continue;
                 }
             }
-            let gr = &self.groups[t];
-            let in_flight = gr
-                .log
-                .iter_from(gr.applied + 1)
-                .any(|e| matches!(&e.data, EntryData::Adopt(a) if a.ns == ns));
+            let in_flight =
+                self.unapplied_any(t, |d| matches!(d, EntryData::Adopt(a) if a.ns == ns));
             // Nothing to copy from an old home that dropped its copy: that
             // freeze belongs to a move already complete (a stale catalog).
             if in_flight || !self.sms[f].holds_data(&ns) {
@@ -1916,8 +1912,7 @@ impl Node {
                 time_ms: gr.overlay_time_ms,
                 versions,
             };
-            let index = self.append_local(t, EntryData::Adopt(effect));
-            self.replicate_new(t, index);
+            self.propose(t, EntryData::Adopt(effect));
         }
         // The old home drops its frozen copy once this node's replica of the
         // new home applied the complete copy of this very move (adopted after
@@ -1926,8 +1921,7 @@ impl Node {
         if let Some(g) = tick.filter(|&g| self.leads_ready(g)) {
             let done: Vec<(String, u64)> = self.sms[g]
                 .frozen_namespaces()
-                .filter_map(|(ns, to)| {
-                    let (_, freeze_rev) = self.sms[g].frozen(ns)?;
+                .filter_map(|(ns, to, freeze_rev)| {
                     let copied = self.sms[to as usize]
                         .adopted(ns)
                         .is_some_and(|(src, _, rev)| src as usize == g && rev > freeze_rev);
@@ -1935,20 +1929,17 @@ impl Node {
                 })
                 .collect();
             for (ns, freeze_revision) in done {
-                let gr = &self.groups[g];
-                let in_flight = gr
-                    .log
-                    .iter_from(gr.applied + 1)
-                    .any(|e| matches!(&e.data, EntryData::Drop { ns: n, .. } if *n == ns));
-                if !in_flight {
-                    let index = self.append_local(
+                if !self.unapplied_any(
+                    g,
+                    |d| matches!(d, EntryData::Drop { ns: n, .. } if *n == ns),
+                ) {
+                    self.propose(
                         g,
                         EntryData::Drop {
                             ns,
                             freeze_revision,
                         },
                     );
-                    self.replicate_new(g, index);
                 }
             }
         }
@@ -2978,11 +2969,10 @@ impl Node {
                     token,
                 };
             }
-            let gr = &self.groups[g];
-            let in_log = gr
-                .log
-                .iter_from(gr.applied + 1)
-                .any(|e| matches!(&e.data, EntryData::Write(w) if w.request_id == request_id));
+            let in_log = self.unapplied_any(
+                g,
+                |d| matches!(d, EntryData::Write(w) if w.request_id == request_id),
+            );
             if in_log {
                 return ClientResponse::Error(ErrorCode::Indeterminate);
             }
@@ -3366,6 +3356,18 @@ impl Node {
             self.groups[g].pending_by_request.insert(request_id, index);
         }
         self.replicate_new(g, index);
+    }
+
+    /// Leader: append an entry and send it to the peers that are caught up.
+    fn propose(&mut self, g: usize, data: EntryData) {
+        let index = self.append_local(g, data);
+        self.replicate_new(g, index);
+    }
+
+    /// Whether an entry in group `g`'s log beyond what it applied matches.
+    fn unapplied_any(&self, g: usize, pred: impl Fn(&EntryData) -> bool) -> bool {
+        let gr = &self.groups[g];
+        gr.log.iter_from(gr.applied + 1).any(|e| pred(&e.data))
     }
 
     /// Leader: send the entry just appended at `index` to every peer that is
