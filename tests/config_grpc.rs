@@ -10,33 +10,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::Cluster;
-use meridian_proto::v1::config_client::ConfigClient;
+use common::{config_client as client, reason, Cluster};
 use meridian_proto::v1::*;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
-type C = ConfigClient<Channel>;
-
-async fn client(addr: &str) -> C {
-    ConfigClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-}
+type C = common::ConfigClient;
 
 fn ns(env: &str) -> Option<NamespaceRef> {
     Some(NamespaceRef {
         project: "pay".into(),
         environment: env.into(),
     })
-}
-
-fn reason(s: &tonic::Status) -> String {
-    s.metadata()
-        .get("meridian-reason")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("<none>")
-        .to_string()
 }
 
 fn put(key: &str, v: Value) -> ConfigOp {

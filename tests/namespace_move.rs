@@ -12,33 +12,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Cluster;
-use meridian_proto::v1::config_client::ConfigClient;
+use common::{config_client as client, reason, Cluster};
 use meridian_proto::v1::*;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
-type C = ConfigClient<Channel>;
-
-async fn client(addr: &str) -> C {
-    ConfigClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-}
+type C = common::ConfigClient;
 
 fn ns() -> Option<NamespaceRef> {
     Some(NamespaceRef {
         project: "shop".into(),
         environment: "prod".into(),
     })
-}
-
-fn reason(s: &tonic::Status) -> String {
-    s.metadata()
-        .get("meridian-reason")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("<none>")
-        .to_string()
 }
 
 async fn put(c: &mut C, key: &str, v: Value) -> Result<ConfigWriteResponse, tonic::Status> {

@@ -194,3 +194,21 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A `meridian.v1.Config` client of one region's gRPC address.
+pub type ConfigClient = meridian_proto::v1::config_client::ConfigClient<tonic::transport::Channel>;
+
+pub async fn config_client(addr: &str) -> ConfigClient {
+    ConfigClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to the Config service")
+}
+
+/// The stable reason a gRPC error carries in its metadata.
+pub fn reason(s: &tonic::Status) -> String {
+    s.metadata()
+        .get("meridian-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("<none>")
+        .to_string()
+}
