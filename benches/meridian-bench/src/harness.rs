@@ -224,9 +224,16 @@ impl MeridianCluster {
     }
 
     /// Wait until region `i` answers and sees a leader for every group.
-    pub async fn wait_ready(&self, i: usize, within: Duration) -> Result<()> {
+    pub async fn wait_ready(&mut self, i: usize, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
         loop {
+            if let Some(Ok(Some(st))) = self.procs[i].as_mut().map(|c| c.try_wait()) {
+                bail!(
+                    "region {} exited ({st}) while starting; its log ends:\n{}",
+                    REGIONS[i],
+                    self.log_tail(i)
+                );
+            }
             let ok = async {
                 let mut a = AdminClient::connect(format!("http://{}", self.grpc[i])).await?;
                 let s = a
@@ -264,6 +271,24 @@ impl MeridianCluster {
             .find(|g| g.group as usize == home)
             .context("no such group")?;
         Ok(g.leader.context("group has no leader")? as usize)
+    }
+
+    /// Waits until the group homed at `home` is led from its home region
+    /// (after start-up any region may win the first election; leadership
+    /// returns home once the home has looked healthy for a while).
+    pub async fn wait_home_leader(&self, home: usize, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(l) = self.leader_of(home, home).await {
+                if l == home {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("group {} not led from its home within {within:?}", REGIONS[home]);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn pid(&self, i: usize) -> Option<u32> {
