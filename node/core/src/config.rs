@@ -91,8 +91,15 @@ pub struct Config {
     pub token_wait_max_us: u64,
     /// Periodic metadata (automerge) sync.
     pub meta_sync_interval_us: u64,
-    /// Take a snapshot and compact the log after this many applied entries.
+    /// Take a snapshot and compact the log after this many applied entries...
     pub compact_after_entries: u64,
+    /// ...and once the log holds at least this percentage of the last
+    /// snapshot's size. A snapshot encodes the whole state, so taking one every
+    /// N entries costs O(state) per N writes: with a large state that
+    /// dominates every write (measured: puts of 1 KB at 1 region spent their
+    /// p99 waiting behind 8 MB snapshots every 1000 entries). Tying it to the
+    /// log's size amortises it to O(1) per byte written. 0: entries only.
+    pub compact_log_pct_of_snapshot_min: u64,
     pub snapshot_chunk_bytes: usize,
     pub append_entries_max: usize,
     pub append_bytes_max: usize,
@@ -149,6 +156,7 @@ impl Config {
             token_wait_max_us: 2_000_000,
             meta_sync_interval_us: 1_000_000,
             compact_after_entries: 1_000,
+            compact_log_pct_of_snapshot_min: 100,
             snapshot_chunk_bytes: 64 * 1024,
             append_entries_max: 256,
             append_bytes_max: 1 << 20,

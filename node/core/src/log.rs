@@ -9,15 +9,24 @@ pub struct Log {
     pub snap_index: u64,
     pub snap_term: u64,
     entries: VecDeque<Entry>,
+    /// Sum of `size_bytes` over `entries`: what compaction would free.
+    bytes: usize,
 }
 
 impl Log {
     pub fn new(snap_index: u64, snap_term: u64, entries: Vec<Entry>) -> Log {
+        let bytes = entries.iter().map(Entry::size_bytes).sum();
         Log {
             snap_index,
             snap_term,
             entries: entries.into(),
+            bytes,
         }
+    }
+
+    /// Approximate bytes held by the entries after the snapshot.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn last_index(&self) -> u64 {
@@ -66,14 +75,17 @@ impl Log {
 
     pub fn push(&mut self, e: Entry) {
         debug_assert_eq!(e.index, self.last_index() + 1, "log indexes are dense");
+        self.bytes += e.size_bytes();
         self.entries.push_back(e);
     }
 
     /// Remove every entry at `index` and after.
     pub fn truncate_from(&mut self, index: u64) {
         debug_assert!(index > self.snap_index, "never truncate into the snapshot");
-        self.entries
-            .truncate((index.saturating_sub(self.snap_index + 1)) as usize);
+        let keep = (index.saturating_sub(self.snap_index + 1)) as usize;
+        let gone: usize = self.entries.iter().skip(keep).map(Entry::size_bytes).sum();
+        self.bytes -= gone;
+        self.entries.truncate(keep);
     }
 
     /// Forget entries up to `index` (now covered by a snapshot with `term`).
@@ -84,9 +96,11 @@ impl Log {
         }
         if self.term_at(index) == Some(term) {
             let n = (index - self.snap_index) as usize;
-            self.entries.drain(..n);
+            let gone: usize = self.entries.drain(..n).map(|e| e.size_bytes()).sum();
+            self.bytes -= gone;
         } else {
             self.entries.clear();
+            self.bytes = 0;
         }
         self.snap_index = index;
         self.snap_term = term;

@@ -1582,6 +1582,13 @@ impl Node {
         if gr.applied.saturating_sub(gr.log.snap_index) < self.cfg.compact_after_entries {
             return;
         }
+        let snap_bytes = gr.snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
+        let log_bytes = gr.log.bytes() as u64;
+        if log_bytes.saturating_mul(100)
+            < snap_bytes.saturating_mul(self.cfg.compact_log_pct_of_snapshot_min)
+        {
+            return;
+        }
         let index = gr.applied;
         let Some(term) = gr.log.term_at(index) else {
             return;

@@ -84,3 +84,67 @@ fn single_region_serves_linearizable_reads() {
         other => panic!("linearizable read answered {other:?} within 1 s"),
     }
 }
+
+/// Writes `n` new 1 KB keys one at a time; returns how many snapshots the
+/// node took.
+fn snapshots_taken(pct: u64, n: u64) -> usize {
+    let mut cfg = Config::new(1);
+    cfg.compact_after_entries = 10;
+    cfg.compact_log_pct_of_snapshot_min = pct;
+    let mut node = Node::new(cfg, 0, Durable::new(1), 0, 7).expect("node");
+    let mut replies = Vec::new();
+    run(&mut node, 0, 3_000_000, &mut replies);
+    let mut snapshots = 0;
+    let mut now = 3_000_000;
+    for i in 0..n {
+        node.handle_client(
+            now,
+            100 + i,
+            ClientRequest::Write {
+                ns: "r0-quorum".into(),
+                request_id: 0,
+                compares: Vec::new(),
+                ns_revision: None,
+                ops: vec![WriteOp::Put {
+                    key: format!("k{i:04}"),
+                    value: vec![b'v'; 1024],
+                }],
+                meta: ChangeMeta::default(),
+            },
+        );
+        // Complete persists until the write is answered, counting snapshots.
+        let mut actions = Vec::new();
+        for _ in 0..100 {
+            node.drain_actions(&mut actions);
+            if actions.is_empty() {
+                break;
+            }
+            for a in actions.drain(..) {
+                if let Action::Persist { id, ops, .. } = a {
+                    snapshots += ops
+                        .iter()
+                        .filter(|o| matches!(o, storage::StorageOp::Snapshot { .. }))
+                        .count();
+                    node.handle_persisted(now, id);
+                }
+            }
+        }
+        now += 1_000;
+    }
+    snapshots
+}
+
+#[test]
+fn snapshots_are_amortised_over_the_bytes_written() {
+    // Every write adds a key, so the state grows with the log. Compacting
+    // every 10 entries re-encodes the whole state each time (quadratic);
+    // waiting until the log is as big as the last snapshot makes the
+    // intervals double (a logarithmic count).
+    let by_entries = snapshots_taken(0, 320);
+    let by_size = snapshots_taken(100, 320);
+    assert!(by_entries >= 30, "entries only: {by_entries} snapshots");
+    assert!(
+        (3..=8).contains(&by_size),
+        "size rule: {by_size} snapshots (entries only took {by_entries})"
+    );
+}
