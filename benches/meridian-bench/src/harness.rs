@@ -198,6 +198,12 @@ impl MeridianCluster {
         for i in 0..regions {
             c.wait_ready(i, Duration::from_secs(60)).await?;
         }
+        // Steady state before anything is measured: after start-up any region
+        // may win a group's first election, and leadership moves home after
+        // `home_return_delay_ms` (a transfer mid-run would be measured).
+        for g in 0..regions {
+            c.wait_home_leader(g, Duration::from_secs(60)).await?;
+        }
         Ok(c)
     }
 

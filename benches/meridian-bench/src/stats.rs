@@ -89,6 +89,46 @@ fn cdf_points(h: &Histogram<u64>) -> Vec<(u64, f64)> {
     out
 }
 
+/// Failed operations, by kind of error (the first 8 distinct messages).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Errors {
+    pub count: u64,
+    pub kinds: std::collections::BTreeMap<String, u64>,
+}
+
+impl Errors {
+    const KINDS_MAX: usize = 8;
+
+    pub fn record(&mut self, e: &anyhow::Error) {
+        self.count += 1;
+        let mut msg = format!("{e:#}");
+        if let Some((i, _)) = msg.char_indices().nth(160) {
+            msg.truncate(i);
+        }
+        if self.kinds.len() < Self::KINDS_MAX || self.kinds.contains_key(&msg) {
+            *self.kinds.entry(msg).or_default() += 1;
+        }
+    }
+
+    pub fn add(&mut self, o: &Errors) {
+        self.count += o.count;
+        for (k, n) in &o.kinds {
+            if self.kinds.len() < Self::KINDS_MAX || self.kinds.contains_key(k) {
+                *self.kinds.entry(k.clone()).or_default() += n;
+            }
+        }
+    }
+
+    /// "N (kind ×n; kind ×n)" for the notes.
+    pub fn describe(&self) -> String {
+        if self.count == 0 {
+            return "0".into();
+        }
+        let kinds: Vec<String> = self.kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        format!("{} ({})", self.count, kinds.join("; "))
+    }
+}
+
 /// Operations per second.
 pub fn rate(ops: u64, elapsed: Duration) -> f64 {
     let s = elapsed.as_secs_f64();

@@ -47,8 +47,6 @@ pub async fn run(ctx: &Ctx) -> Result<WorkloadReport> {
         "cross-region: Meridian, 3 regions through the lab ({eu_us}/{us_ap}/{eu_ap} ms one way)"
     );
     let cluster = MeridianCluster::start(&ctx.meridian_bin, 3, Some(&wan)).await?;
-    // The namespace is homed at eu; measure once its lease is there too.
-    cluster.wait_home_leader(0, Duration::from_secs(60)).await?;
     // Quorum: eu and its nearest peer.
     let quorum_rtt_ms = 2 * eu_us.min(eu_ap);
     let mut seed = conn::meridian(&cluster.grpc[0]).await?;

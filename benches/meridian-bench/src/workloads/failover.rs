@@ -227,7 +227,6 @@ pub async fn run(ctx: &Ctx) -> Result<WorkloadReport> {
                 Client::connect(&cluster.grpc, opts.clone()).await?,
             ));
         }
-        cluster.wait_home_leader(0, Duration::from_secs(60)).await?;
         let leader = cluster.leader_of(0, 0).await?;
         let cl = &mut cluster;
         let (acks, unknown, killed_at, killed) = drive("meridian", writers, ctx, || {

@@ -16,7 +16,7 @@ use super::{connect_n, key, load, value, Ctx};
 use crate::conn::{self, Conn, Level};
 use crate::harness::{EtcdCluster, MeridianCluster};
 use crate::report::{Better, Figure, Series, Unit, WorkloadReport};
-use crate::stats::{rate, Latency, Summary};
+use crate::stats::{rate, Errors, Latency, Summary};
 
 /// One level's measured run.
 #[derive(Clone, Serialize)]
@@ -27,7 +27,7 @@ pub struct Run {
     pub writes: u64,
     /// Reads that found no key or a value of the wrong length.
     pub wrong: u64,
-    pub errors: u64,
+    pub errors: Errors,
     pub elapsed_s: f64,
     pub reads_per_s: f64,
     pub read_latency: Summary,
@@ -38,7 +38,7 @@ struct Tally {
     reads: Latency,
     writes: Latency,
     wrong: u64,
-    errors: u64,
+    errors: Errors,
 }
 
 /// Closed-loop clients against `conns` for `dur`.
@@ -63,7 +63,7 @@ async fn drive(
                     reads: Latency::new(),
                     writes: Latency::new(),
                     wrong: 0,
-                    errors: 0,
+                    errors: Errors::default(),
                 };
                 // Stagger the writes across clients.
                 let mut n: u64 = rng.random_range(0..every);
@@ -74,13 +74,13 @@ async fn drive(
                     if n % every == 0 {
                         match c.put(&key(i), value(i, n, value_bytes)).await {
                             Ok(()) => tally.writes.record(t0.elapsed()),
-                            Err(_) => tally.errors += 1,
+                            Err(e) => tally.errors.record(&e),
                         }
                     } else {
                         match c.get(&key(i), level).await {
                             Ok(Some(len)) if len == value_bytes => tally.reads.record(t0.elapsed()),
                             Ok(_) => tally.wrong += 1,
-                            Err(_) => tally.errors += 1,
+                            Err(e) => tally.errors.record(&e),
                         }
                     }
                 }
@@ -92,14 +92,14 @@ async fn drive(
         reads: Latency::new(),
         writes: Latency::new(),
         wrong: 0,
-        errors: 0,
+        errors: Errors::default(),
     };
     for t in tasks {
         let t = t.await.context("client task")?;
         all.reads.add(&t.reads);
         all.writes.add(&t.writes);
         all.wrong += t.wrong;
-        all.errors += t.errors;
+        all.errors.add(&t.errors);
     }
     Ok((all, start.elapsed()))
 }
@@ -114,7 +114,7 @@ async fn measure(system: &'static str, conns: &[Conn], level: Level, ctx: &Ctx) 
         reads: t.reads.len(),
         writes: t.writes.len(),
         wrong: t.wrong,
-        errors: t.errors,
+        errors: t.errors.clone(),
         elapsed_s: elapsed.as_secs_f64(),
         reads_per_s: rate(t.reads.len(), elapsed),
         read_latency: t.reads.summary(),
@@ -129,7 +129,7 @@ async fn measure(system: &'static str, conns: &[Conn], level: Level, ctx: &Ctx) 
         run.read_latency.p999_us,
         run.writes,
         run.wrong,
-        run.errors
+        run.errors.describe()
     );
     anyhow::ensure!(
         run.wrong == 0,
@@ -216,10 +216,14 @@ fn report(ctx: &Ctx, runs: Vec<Run>) -> WorkloadReport {
             p.reads_per_write, m.writes, m.write_latency.p99_us
         ));
     }
-    let errors: u64 = runs.iter().map(|r| r.errors).sum();
-    notes.push(format!(
-        "Errors during measured runs (all systems and levels): {errors}."
-    ));
+    for r in &runs {
+        notes.push(format!(
+            "{} {}: errors {}.",
+            r.system,
+            r.level.label(),
+            r.errors.describe()
+        ));
+    }
     let series = runs
         .iter()
         .map(|r| Series {

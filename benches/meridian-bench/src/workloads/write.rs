@@ -16,7 +16,7 @@ use super::{connect_n, value, Ctx};
 use crate::conn::{self, Conn};
 use crate::harness::{EtcdCluster, MeridianCluster};
 use crate::report::{Better, Figure, Series, Unit, WorkloadReport};
-use crate::stats::{rate, Latency, Summary};
+use crate::stats::{rate, Errors, Latency, Summary};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Kind {
@@ -31,7 +31,7 @@ pub struct Run {
     pub kind: Kind,
     pub ops: u64,
     pub cas_failed: u64,
-    pub errors: u64,
+    pub errors: Errors,
     pub elapsed_s: f64,
     pub ops_per_s: f64,
     pub latency: Summary,
@@ -47,7 +47,7 @@ async fn drive(
     dur: Duration,
     value_bytes: usize,
     phase: &str,
-) -> Result<(Latency, u64, u64, Duration)> {
+) -> Result<(Latency, u64, Errors, Duration)> {
     let start = Instant::now();
     let deadline = start + dur;
     let tasks: Vec<_> = (0..clients)
@@ -56,7 +56,7 @@ async fn drive(
             let prefix = format!("{phase}-{t}-");
             tokio::spawn(async move {
                 let mut lat = Latency::new();
-                let (mut failed, mut errors) = (0u64, 0u64);
+                let (mut failed, mut errors) = (0u64, Errors::default());
                 // Versions this client wrote (it is the only writer of its keys).
                 let mut versions: BTreeMap<usize, u64> = BTreeMap::new();
                 let mut n = 0usize;
@@ -69,7 +69,7 @@ async fn drive(
                     match kind {
                         Kind::Put => match c.put(&key, v).await {
                             Ok(()) => lat.record(t0.elapsed()),
-                            Err(_) => errors += 1,
+                            Err(e) => errors.record(&e),
                         },
                         Kind::Cas => {
                             let expected = versions.get(&k).copied().unwrap_or(0);
@@ -79,7 +79,7 @@ async fn drive(
                                     versions.insert(k, expected + 1);
                                 }
                                 Ok(false) => failed += 1,
-                                Err(_) => errors += 1,
+                                Err(e) => errors.record(&e),
                             }
                         }
                     }
@@ -89,12 +89,12 @@ async fn drive(
         })
         .collect();
     let mut lat = Latency::new();
-    let (mut failed, mut errors) = (0, 0);
+    let (mut failed, mut errors) = (0, Errors::default());
     for t in tasks {
         let (l, f, e) = t.await.context("client task")?;
         lat.add(&l);
         failed += f;
-        errors += e;
+        errors.add(&e);
     }
     Ok((lat, failed, errors, start.elapsed()))
 }
@@ -139,7 +139,7 @@ async fn measure(
         };
         eprintln!(
             "  {system} x{members} {kind:?}: {:.0} /s, p50 {} µs, p99 {} µs ({} CAS failed, {} errors)",
-            run.ops_per_s, run.latency.p50_us, run.latency.p99_us, run.cas_failed, run.errors
+            run.ops_per_s, run.latency.p50_us, run.latency.p99_us, run.cas_failed, run.errors.describe()
         );
         out.push(run);
     }
@@ -222,10 +222,20 @@ fn report(ctx: &Ctx, runs: Vec<Run>) -> WorkloadReport {
         }
     }
     let failed: u64 = runs.iter().map(|r| r.cas_failed).sum();
-    let errors: u64 = runs.iter().map(|r| r.errors).sum();
-    let notes = vec![format!(
-        "CAS that failed although each client is the only writer of its keys: {failed}. Errors: {errors}."
+    let mut notes = vec![format!(
+        "CAS that failed although each client is the only writer of its keys: {failed}."
     )];
+    for r in &runs {
+        if r.errors.count > 0 {
+            notes.push(format!(
+                "{} x{} {:?} errors: {}.",
+                r.system,
+                r.members,
+                r.kind,
+                r.errors.describe()
+            ));
+        }
+    }
     let series = runs
         .iter()
         .map(|r| Series {
