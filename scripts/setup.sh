@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# One-time machine set-up for building Meridian on Debian/Ubuntu: the only
-# native tool the build needs is clang/libclang (RocksDB's Rust bindings are
-# generated with bindgen). protoc is not needed: the .proto files are compiled
-# by protox, in pure Rust. Safe to run again.
+# One-time machine set-up for building Meridian on Debian/Ubuntu. Native tools:
+# - clang/libclang: RocksDB's Rust bindings are generated with bindgen;
+# - protoc: the `etcd-client` crate of the benchmark compiles etcd's .proto
+#   files with it (Meridian's own are compiled by protox, in pure Rust);
+# - etcd (Debian's etcd-server): the benchmark runs etcd side by side, and its
+#   test does so too. Nothing is started here: the benchmark starts its own
+#   members on free loopback ports and stops them.
+# Safe to run again.
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -26,6 +30,28 @@ else
   echo "setup: installing clang and libclang-dev (for RocksDB's bindings)"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang libclang-dev >/dev/null
+fi
+missing=()
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: protoc and etcd already installed"
+else
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: no apt-get; install ${missing[*]} with your package manager" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]} (for the benchmark against etcd)"
+  $SUDO apt-get update -qq
+  # policy-rc.d 101: the package must not start a system etcd of its own.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # The test that proves a foreign gRPC client works (tests/foreign_client.rs)
 # uses Python's grpcio with stubs generated from proto/ at run time.

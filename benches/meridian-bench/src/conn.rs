@@ -48,7 +48,7 @@ impl Level {
 #[derive(Clone)]
 pub enum Conn {
     Meridian(KvClient<Channel>),
-    Etcd(etcd_client::KvClient),
+    Etcd(Box<etcd_client::KvClient>),
 }
 
 /// A gRPC channel to a Meridian region (`127.0.0.1:port`), TCP_NODELAY on.
@@ -70,7 +70,7 @@ pub async fn etcd(endpoints: &[String]) -> Result<Conn> {
     )
     .await
     .context("connecting to etcd")?;
-    Ok(Conn::Etcd(c.kv_client()))
+    Ok(Conn::Etcd(Box::new(c.kv_client())))
 }
 
 impl Conn {

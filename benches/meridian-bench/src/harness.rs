@@ -291,7 +291,10 @@ impl MeridianCluster {
                 }
             }
             if Instant::now() > deadline {
-                bail!("group {} not led from its home within {within:?}", REGIONS[home]);
+                bail!(
+                    "group {} not led from its home within {within:?}",
+                    REGIONS[home]
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

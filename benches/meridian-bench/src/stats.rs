@@ -124,7 +124,11 @@ impl Errors {
         if self.count == 0 {
             return "0".into();
         }
-        let kinds: Vec<String> = self.kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        let kinds: Vec<String> = self
+            .kinds
+            .iter()
+            .map(|(k, n)| format!("{k} ×{n}"))
+            .collect();
         format!("{} ({})", self.count, kinds.join("; "))
     }
 }

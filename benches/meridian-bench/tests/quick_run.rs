@@ -111,11 +111,20 @@ fn every_workload_runs_against_both_systems_and_writes_table_json_and_plots() {
             .unwrap()
     };
     let eu_write = find("eu", "quorum write");
-    assert!(eu_write >= 20_000, "eu quorum write p50 {eu_write} µs < 20 ms RTT");
+    assert!(
+        eu_write >= 20_000,
+        "eu quorum write p50 {eu_write} µs < 20 ms RTT"
+    );
     let ap_lin = find("ap", "linearizable read");
-    assert!(ap_lin >= 60_000, "ap linearizable read p50 {ap_lin} µs < 60 ms RTT to eu");
+    assert!(
+        ap_lin >= 60_000,
+        "ap linearizable read p50 {ap_lin} µs < 60 ms RTT to eu"
+    );
     let ap_stale = find("ap", "stale read");
-    assert!(ap_stale < 20_000, "ap stale read p50 {ap_stale} µs is not local");
+    assert!(
+        ap_stale < 20_000,
+        "ap stale read p50 {ap_stale} µs is not local"
+    );
 
     // Failover: nothing acknowledged is lost, on either system.
     for f in by("failover")["raw"].as_array().unwrap() {

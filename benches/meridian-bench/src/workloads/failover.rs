@@ -49,7 +49,7 @@ struct Ack {
 
 enum Writer {
     Meridian(Client),
-    Etcd(etcd_client::Client),
+    Etcd(Box<etcd_client::Client>),
 }
 
 impl Writer {
@@ -258,7 +258,7 @@ pub async fn run(ctx: &Ctx) -> Result<WorkloadReport> {
                 ),
             )
             .await?;
-            writers.push(Writer::Etcd(c));
+            writers.push(Writer::Etcd(Box::new(c)));
         }
         let leader = cluster.leader_index_via(0).await?;
         let cl = &mut cluster;

@@ -71,7 +71,7 @@ async fn drive(
                     n += 1;
                     let i = rng.random_range(0..keys);
                     let t0 = Instant::now();
-                    if n % every == 0 {
+                    if n.is_multiple_of(every) {
                         match c.put(&key(i), value(i, n, value_bytes)).await {
                             Ok(()) => tally.writes.record(t0.elapsed()),
                             Err(e) => tally.errors.record(&e),
