@@ -125,6 +125,10 @@ pub struct ClusterTuning {
     pub compact_after_entries: u64,
     /// Largest peer message, in bytes (frames above it are rejected).
     pub message_bytes_max: usize,
+    /// Open watches this node serves at most; more are refused with
+    /// RESOURCE_EXHAUSTED (reason OVERLOADED). Each costs about 20 KiB (measured by
+    /// `meridian-bench watch`), so the default bounds them to about 1 GiB.
+    pub watchers_max: usize,
 }
 
 impl Default for ClusterTuning {
@@ -143,6 +147,7 @@ impl Default for ClusterTuning {
             history_versions_max: c.history_versions_max,
             compact_after_entries: c.compact_after_entries,
             message_bytes_max: c.message_bytes_max,
+            watchers_max: c.watchers_max,
         }
     }
 }
@@ -344,6 +349,7 @@ impl NodeConfig {
         c.history_versions_max = t.history_versions_max;
         c.compact_after_entries = t.compact_after_entries;
         c.message_bytes_max = t.message_bytes_max;
+        c.watchers_max = t.watchers_max;
         c.namespaces = self
             .namespace_entries()
             .into_iter()

@@ -168,7 +168,7 @@ impl Config {
             scan_keys_max: 200_000,
             history_versions_max: 16,
             watch_history_max: 10_000,
-            watchers_max: 10_000,
+            watchers_max: 50_000,
             idempotency_ids_max: 100_000,
             pending_requests_max: 10_000,
             uncommitted_entries_max: 10_000,
