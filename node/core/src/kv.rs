@@ -13,6 +13,7 @@ use crate::types::{AsOf, ChangeMeta, GroupId, KeyValue};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyState {
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     pub version: u64,
     pub mod_revision: u64,
@@ -25,6 +26,7 @@ pub struct KeyState {
 pub struct OldVersion {
     pub revision: u64,
     pub version: u64,
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     pub meta: ChangeMeta,
 }
@@ -604,6 +606,60 @@ impl GroupSm {
 mod tests {
     use super::*;
     use crate::storage::{KeyEffect, Retention};
+
+    /// `KeyState` as it was before its byte fields were marked
+    /// `serde_bytes` (each byte serialized as a sequence element).
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct KeyStateAsSeq {
+        value: Option<Vec<u8>>,
+        version: u64,
+        mod_revision: u64,
+        meta: ChangeMeta,
+        history: VecDeque<OldVersionAsSeq>,
+    }
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct OldVersionAsSeq {
+        revision: u64,
+        version: u64,
+        value: Option<Vec<u8>>,
+        meta: ChangeMeta,
+    }
+
+    #[test]
+    fn byte_fields_encode_as_before_serde_bytes() {
+        // serde_bytes makes postcard copy values in one go instead of one
+        // call per byte; the encoding must stay the same, or data directories
+        // and peers of the previous build could not be read.
+        let new = KeyState {
+            value: Some(vec![0, 1, 255, 128, 7]),
+            version: 3,
+            mod_revision: 9,
+            meta: ChangeMeta::default(),
+            history: VecDeque::from([OldVersion {
+                revision: 4,
+                version: 2,
+                value: None,
+                meta: ChangeMeta::default(),
+            }]),
+        };
+        let old = KeyStateAsSeq {
+            value: Some(vec![0, 1, 255, 128, 7]),
+            version: 3,
+            mod_revision: 9,
+            meta: ChangeMeta::default(),
+            history: VecDeque::from([OldVersionAsSeq {
+                revision: 4,
+                version: 2,
+                value: None,
+                meta: ChangeMeta::default(),
+            }]),
+        };
+        let a = postcard::to_allocvec(&new).expect("encode");
+        let b = postcard::to_allocvec(&old).expect("encode");
+        assert_eq!(a, b);
+        let back: KeyStateAsSeq = postcard::from_bytes(&a).expect("decode as before");
+        assert_eq!(back, old);
+    }
 
     fn put(rev: u64, key: &str, v: &str, version: u64) -> WriteEffect {
         WriteEffect {

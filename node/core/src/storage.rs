@@ -70,6 +70,7 @@ pub struct AdoptVersion {
     pub key: String,
     pub revision: u64,
     pub version: u64,
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     pub meta: ChangeMeta,
 }
@@ -111,6 +112,7 @@ pub struct Retention {
 pub struct KeyEffect {
     pub key: String,
     /// None: deleted.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     pub version: u64,
 }
@@ -145,6 +147,7 @@ pub struct Snapshot {
     pub index: u64,
     pub term: u64,
     /// The encoded state machine of the group (see `kv::GroupSm::encode`).
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -165,7 +168,10 @@ pub enum StorageOp {
     /// entry at its index has another term).
     Snapshot { group: GroupId, snapshot: Snapshot },
     /// One incremental save of the metadata document.
-    MetaChunk { bytes: Vec<u8> },
+    MetaChunk {
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// The incarnation of this process; metadata actor ids derive from it.
     Incarnation { incarnation: u64 },
 }

@@ -37,6 +37,7 @@ pub enum Msg {
     },
     /// One automerge sync message.
     Meta {
+        #[serde(with = "serde_bytes")]
         sync: Vec<u8>,
     },
 }
@@ -85,6 +86,7 @@ pub enum RaftMsg {
         term: u64,
         offset: u64,
         total: u64,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         round: u64,
     },
