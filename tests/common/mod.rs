@@ -17,11 +17,17 @@ pub fn bin() -> &'static str {
 }
 
 fn free_port() -> u16 {
+    // Ports handed out by this process: the OS may give a released port
+    // again, and a cluster's config refuses an address used twice.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     // Bind both TCP and UDP on the same port so gRPC and QUIC can use it.
     loop {
         let t = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
         let port = t.local_addr().expect("addr").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && GIVEN.lock().expect("port set").insert(port)
+        {
             return port;
         }
     }

@@ -20,10 +20,19 @@ pub const REGIONS: [&str; 3] = ["eu", "us", "ap"];
 
 /// A loopback port free for both TCP and UDP (gRPC and QUIC can share it).
 pub fn free_port() -> Result<u16> {
+    // Ports handed out by this process: the OS may give a released port
+    // again, and a cluster's config refuses an address used twice.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     for _ in 0..1000 {
         let t = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = t.local_addr()?.port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && GIVEN
+                .lock()
+                .map_err(|_| anyhow::anyhow!("port set poisoned"))?
+                .insert(port)
+        {
             return Ok(port);
         }
     }
