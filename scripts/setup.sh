@@ -18,18 +18,36 @@ have_libclang() {
   ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1
 }
 
+# apt_install WHY PACKAGE...: installs with apt-get (sudo unless root). No
+# package may start a service while it runs (policy-rc.d 101): etcd-server
+# would otherwise start a system etcd of its own.
+apt_install() {
+  local why=$1
+  shift
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: no apt-get; install $* with your package manager ($why)" >&2
+    exit 1
+  fi
+  echo "setup: installing $* ($why)"
+  $sudo apt-get update -qq
+  local policy_added=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    policy_added=1
+  fi
+  local status=0
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null || status=$?
+  if [ -n "$policy_added" ]; then $sudo rm -f /usr/sbin/policy-rc.d; fi
+  return "$status"
+}
+
 if command -v clang >/dev/null 2>&1 && have_libclang; then
   echo "setup: clang and libclang already installed"
 else
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "setup: no apt-get; install clang and libclang (LLVM >= 11) with your package manager" >&2
-    exit 1
-  fi
-  echo "setup: installing clang and libclang-dev (for RocksDB's bindings)"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang libclang-dev >/dev/null
+  apt_install "for RocksDB's bindings; LLVM >= 11" clang libclang-dev
 fi
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
@@ -37,21 +55,7 @@ command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: protoc and etcd already installed"
 else
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "setup: no apt-get; install ${missing[*]} with your package manager" >&2
-    exit 1
-  fi
-  echo "setup: installing ${missing[*]} (for the benchmark against etcd)"
-  $SUDO apt-get update -qq
-  # policy-rc.d 101: the package must not start a system etcd of its own.
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-    $SUDO chmod +x /usr/sbin/policy-rc.d
-    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
-  fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt_install "for the benchmark against etcd" "${missing[@]}"
 fi
 # The test that proves a foreign gRPC client works (tests/foreign_client.rs)
 # uses Python's grpcio with stubs generated from proto/ at run time.
