@@ -107,6 +107,16 @@ pub struct Wan {
     pub links: Vec<(usize, usize, u64)>,
 }
 
+impl Wan {
+    /// One-way ms between regions `a` and `b` (0 for a region to itself).
+    pub fn one_way_ms(&self, a: usize, b: usize) -> u64 {
+        self.links
+            .iter()
+            .find(|&&(x, y, _)| (x, y) == (a, b) || (y, x) == (a, b))
+            .map_or(0, |l| l.2)
+    }
+}
+
 /// A Meridian cluster of 1 to 3 regions, one `meridian serve` process each.
 pub struct MeridianCluster {
     dir: tempfile::TempDir,

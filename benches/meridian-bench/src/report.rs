@@ -85,6 +85,28 @@ impl Figure {
     }
 }
 
+/// The "{what} p50", "p99" and "p999" lines of one pair of series.
+pub fn tail_figures(
+    what: &str,
+    meridian_label: &str,
+    m: &Summary,
+    etcd_label: &str,
+    e: Option<&Summary>,
+) -> Vec<Figure> {
+    [
+        ("p50", (|s: &Summary| s.p50_us) as fn(&Summary) -> u64),
+        ("p99", |s: &Summary| s.p99_us),
+        ("p999", |s: &Summary| s.p999_us),
+    ]
+    .into_iter()
+    .map(|(name, pick)| {
+        Figure::new(format!("{what} {name}"), Unit::Micros, Better::Lower)
+            .meridian(meridian_label, pick(m) as f64)
+            .etcd(etcd_label, e.map(|e| pick(e) as f64))
+    })
+    .collect()
+}
+
 /// One latency series of a workload (one line in its plot).
 #[derive(Clone, Debug, Serialize)]
 pub struct Series {

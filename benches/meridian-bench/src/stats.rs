@@ -105,17 +105,21 @@ impl Errors {
         if let Some((i, _)) = msg.char_indices().nth(160) {
             msg.truncate(i);
         }
-        if self.kinds.len() < Self::KINDS_MAX || self.kinds.contains_key(&msg) {
-            *self.kinds.entry(msg).or_default() += 1;
-        }
+        self.count_kind(msg, 1);
     }
 
     pub fn add(&mut self, o: &Errors) {
         self.count += o.count;
         for (k, n) in &o.kinds {
-            if self.kinds.len() < Self::KINDS_MAX || self.kinds.contains_key(k) {
-                *self.kinds.entry(k.clone()).or_default() += n;
-            }
+            self.count_kind(k.clone(), *n);
+        }
+    }
+
+    /// Counts `n` of kind `k`, unless it would be a kind beyond the first
+    /// `KINDS_MAX` (those are only in `count`).
+    fn count_kind(&mut self, k: String, n: u64) {
+        if self.kinds.len() < Self::KINDS_MAX || self.kinds.contains_key(&k) {
+            *self.kinds.entry(k).or_default() += n;
         }
     }
 

@@ -31,15 +31,6 @@ pub struct Run {
 pub async fn run(ctx: &Ctx) -> Result<WorkloadReport> {
     let p = &ctx.p;
     let [eu_us, us_ap, eu_ap] = p.wan_ms;
-    // One-way ms between region indexes (eu 0, us 1, ap 2).
-    let ow = |a: usize, b: usize| -> u64 {
-        match (a.min(b), a.max(b)) {
-            (0, 1) => eu_us,
-            (1, 2) => us_ap,
-            (0, 2) => eu_ap,
-            _ => 0,
-        }
-    };
     let wan = Wan {
         links: vec![(0, 1, eu_us), (1, 2, us_ap), (0, 2, eu_ap)],
     };
@@ -59,7 +50,7 @@ pub async fn run(ctx: &Ctx) -> Result<WorkloadReport> {
     let mut runs = Vec::new();
     for (r, name) in REGIONS.iter().enumerate() {
         let mut c = conn::meridian(&cluster.grpc[r]).await?;
-        let to_home_rtt_ms = 2 * ow(r, 0);
+        let to_home_rtt_ms = 2 * wan.one_way_ms(r, 0);
         let ops: [(&str, Option<Level>, usize, u64); 4] = [
             ("stale read", Some(Level::Stale), p.cross_reads, 0),
             ("bounded read", Some(Level::Bounded), p.cross_reads, 0),

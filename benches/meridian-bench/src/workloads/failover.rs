@@ -53,34 +53,23 @@ enum Writer {
 }
 
 impl Writer {
-    /// One write, retried until acknowledged or `stop`; None: never acknowledged.
+    /// One write, retried until acknowledged or `stop`; None: never
+    /// acknowledged. A retry after Meridian's client gave up is a new call
+    /// (a new request id); the key is unique, so applying both writes the
+    /// same value. etcd puts are retried the same way.
     async fn write(&mut self, key: &str, stop: &AtomicBool) -> Option<()> {
-        match self {
-            Writer::Meridian(c) => {
-                loop {
-                    // The client retries across regions with one request id;
-                    // past its attempts it returns an error, and a new call
-                    // would be a new write: keep the same outcome semantics by
-                    // retrying the call (the key is unique, so a duplicate
-                    // apply writes the same value).
-                    match c.put(NS, key, key.as_bytes()).await {
-                        Ok(_) => return Some(()),
-                        Err(_) if !stop.load(Ordering::Relaxed) => {
-                            tokio::time::sleep(Duration::from_millis(20)).await
-                        }
-                        Err(_) => return None,
-                    }
-                }
+        loop {
+            let ok = match self {
+                Writer::Meridian(c) => c.put(NS, key, key.as_bytes()).await.is_ok(),
+                Writer::Etcd(c) => c.put(key, key.as_bytes(), None).await.is_ok(),
+            };
+            if ok {
+                return Some(());
             }
-            Writer::Etcd(c) => loop {
-                match c.put(key, key.as_bytes(), None).await {
-                    Ok(_) => return Some(()),
-                    Err(_) if !stop.load(Ordering::Relaxed) => {
-                        tokio::time::sleep(Duration::from_millis(20)).await
-                    }
-                    Err(_) => return None,
-                }
-            },
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

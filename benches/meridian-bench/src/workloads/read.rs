@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::{connect_n, key, load, value, Ctx};
 use crate::conn::{self, Conn, Level};
 use crate::harness::{EtcdCluster, MeridianCluster};
-use crate::report::{Better, Figure, Series, Unit, WorkloadReport};
+use crate::report::{tail_figures, Better, Figure, Series, Unit, WorkloadReport};
 use crate::stats::{rate, Errors, Latency, Summary};
 
 /// One level's measured run.
@@ -194,20 +194,13 @@ fn report(ctx: &Ctx, runs: Vec<Run>) -> WorkloadReport {
         if el == Level::EtcdSerializable && ml == Level::Linearizable {
             continue;
         }
-        for (name, pick) in [
-            ("read p50", (|s: &Summary| s.p50_us) as fn(&Summary) -> u64),
-            ("read p99", |s: &Summary| s.p99_us),
-            ("read p999", |s: &Summary| s.p999_us),
-        ] {
-            figures.push(
-                Figure::new(name, Unit::Micros, Better::Lower)
-                    .meridian(ml.label(), pick(&m.read_latency) as f64)
-                    .etcd(
-                        if ctx.etcd { el.label() } else { "not run" },
-                        e.map(|e| pick(&e.read_latency) as f64),
-                    ),
-            );
-        }
+        figures.extend(tail_figures(
+            "read",
+            ml.label(),
+            &m.read_latency,
+            if ctx.etcd { el.label() } else { "not run" },
+            e.map(|e| &e.read_latency),
+        ));
     }
     let mut notes = Vec::new();
     if let Some(m) = find(Level::Linearizable) {

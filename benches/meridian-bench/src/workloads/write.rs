@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::{connect_n, value, Ctx};
 use crate::conn::{self, Conn};
 use crate::harness::{EtcdCluster, MeridianCluster};
-use crate::report::{Better, Figure, Series, Unit, WorkloadReport};
+use crate::report::{tail_figures, Better, Figure, Series, Unit, WorkloadReport};
 use crate::stats::{rate, Errors, Latency, Summary};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -208,17 +208,13 @@ fn report(ctx: &Ctx, runs: Vec<Run>) -> WorkloadReport {
                 f = f.target("≥ etcd, same member count", m.ops_per_s >= e.ops_per_s);
             }
             figures.push(f);
-            for (name, pick) in [
-                ("p50", (|s: &Summary| s.p50_us) as fn(&Summary) -> u64),
-                ("p99", |s: &Summary| s.p99_us),
-                ("p999", |s: &Summary| s.p999_us),
-            ] {
-                figures.push(
-                    Figure::new(format!("{what} {name}"), Unit::Micros, Better::Lower)
-                        .meridian(&ml, pick(&m.latency) as f64)
-                        .etcd(&el, e.map(|e| pick(&e.latency) as f64)),
-                );
-            }
+            figures.extend(tail_figures(
+                what,
+                &ml,
+                &m.latency,
+                &el,
+                e.map(|e| &e.latency),
+            ));
         }
     }
     let failed: u64 = runs.iter().map(|r| r.cas_failed).sum();
