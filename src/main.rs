@@ -583,7 +583,7 @@ fn status_json(s: &meridian_proto::v1::ClusterStatusResponse) -> serde_json::Val
         "answered_by": s.answered_by,
         "regions": s.regions.iter().map(|r| serde_json::json!({
             "id": r.id, "name": r.name, "grpc": r.grpc_address, "peer": r.peer_address,
-            "connected": r.connected,
+            "connected": r.connected, "state": r.state,
         })).collect::<Vec<_>>(),
         "groups": s.groups.iter().map(|g| serde_json::json!({
             "group": g.group, "home": g.home_region, "leader": g.leader_name,
@@ -607,10 +607,14 @@ fn print_status(s: &meridian_proto::v1::ClusterStatusResponse) {
             r.name,
             r.grpc_address,
             r.peer_address,
-            if r.connected {
-                "connected"
+            if r.state.is_empty() {
+                if r.connected {
+                    "connected"
+                } else {
+                    "UNREACHABLE"
+                }
             } else {
-                "UNREACHABLE"
+                r.state.as_str()
             }
         );
     }

@@ -61,6 +61,8 @@ pub enum StorageDone {
 pub struct NodeStatus {
     pub groups: Vec<GroupStatus>,
     pub connected: Vec<bool>,
+    /// What works on the link to each region (its own: connected).
+    pub links: Vec<crate::transport::LinkState>,
     pub halted: bool,
     pub namespaces: Vec<String>,
     pub peer_rejected: u64,
@@ -246,13 +248,13 @@ impl Driver {
                 let groups = (0..regions)
                     .filter_map(|g| self.node.group_status(g))
                     .collect();
-                let connected = (0..regions)
-                    .map(|p| self.transport.is_connected(p))
-                    .collect();
+                let links: Vec<_> = (0..regions).map(|p| self.transport.link_state(p)).collect();
+                let connected = links.iter().map(|l| l.is_connected()).collect();
                 let stats = self.node.stats();
                 let _ = reply.send(NodeStatus {
                     groups,
                     connected,
+                    links,
                     halted: self.node.is_halted(),
                     namespaces: self
                         .node
@@ -305,6 +307,9 @@ impl Driver {
                     }
                 }
                 Action::SetTimer { at_us } => self.timer_at_us = Some(at_us),
+                Action::ResetPeer { peer } => self
+                    .transport
+                    .reset(peer, "a probe of the forward path went unanswered"),
                 Action::Observe(o) => match o {
                     Observation::BecameLeader { group, term } => {
                         tracing::info!(

@@ -512,6 +512,10 @@ impl Admin for Api {
                 grpc_address: r.grpc.to_string(),
                 peer_address: r.peer.to_string(),
                 connected: s.connected.get(i).copied().unwrap_or(false),
+                state: s
+                    .links
+                    .get(i)
+                    .map_or_else(|| "disconnected".to_string(), |l| l.to_string()),
             })
             .collect();
         let groups = s

@@ -522,6 +522,26 @@ impl World {
         }
     }
 
+    /// A node's shell resets its connections with `peer`, as the real
+    /// transport does: metadata streams of the pair start over on both sides.
+    fn reset_link(&mut self, n: NodeId, peer: NodeId) {
+        let (a, b) = (n as usize, peer as usize);
+        if b >= self.meta_up.len() || a == b {
+            return;
+        }
+        self.note(|| format!("node {a} resets its link to node {b}"));
+        self.meta_epoch[a][b] += 1;
+        self.meta_epoch[b][a] += 1;
+        if self.meta_up[a][b] {
+            for (x, y) in [(a, b), (b, a)] {
+                self.dispatch(Ev::PeerReset {
+                    node: x as NodeId,
+                    peer: y as NodeId,
+                });
+            }
+        }
+    }
+
     /// Run `f` on a live, unpaused node, then process its actions.
     fn with_node(&mut self, n: NodeId, f: impl FnOnce(&mut Node, u64)) {
         let local = self.local(n);
@@ -575,6 +595,7 @@ impl World {
                     self.schedule(at, Ev::Timer { node: n, gen });
                 }
                 Action::Observe(o) => self.observe(n, o),
+                Action::ResetPeer { peer } => self.reset_link(n, peer),
             }
         }
         self.actions = actions;

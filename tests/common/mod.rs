@@ -35,6 +35,10 @@ fn free_port() -> u16 {
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// With `behind_lab`: where each node binds QUIC (`peer_bind`), while
+    /// `peer_front` is what the others dial (the lab listens there).
+    pub peer_real: Vec<u16>,
+    pub peer_front: Vec<u16>,
     pub grpc: Vec<String>,
     /// HTTP/JSON API base URLs (`http://127.0.0.1:port`).
     pub http: Vec<String>,
@@ -45,6 +49,28 @@ pub struct Cluster {
 impl Cluster {
     /// Write certificates and configs; start nothing yet.
     pub fn new(extra_toml: &str) -> Cluster {
+        Cluster::build(extra_toml, false)
+    }
+
+    /// Like `new`, but every region's peer traffic passes `meridian-netlab`:
+    /// the regions dial each other's lab front and bind their real address.
+    /// Start the lab with `lab_regions()` before the nodes.
+    pub fn behind_lab(extra_toml: &str) -> Cluster {
+        Cluster::build(extra_toml, true)
+    }
+
+    /// The lab's view of the regions (front and real peer addresses).
+    pub fn lab_regions(&self) -> Vec<meridian_netlab::Region> {
+        (0..3)
+            .map(|i| meridian_netlab::Region {
+                name: REGIONS[i].to_string(),
+                front: std::net::SocketAddr::from(([127, 0, 0, 1], self.peer_front[i])),
+                real: std::net::SocketAddr::from(([127, 0, 0, 1], self.peer_real[i])),
+            })
+            .collect()
+    }
+
+    fn build(extra_toml: &str, lab: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = Command::new(bin())
             .args(["certs", "--out"])
@@ -55,6 +81,11 @@ impl Cluster {
         assert!(out.status.success(), "meridian certs failed: {out:?}");
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let http_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peer_real: Vec<u16> = if lab {
+            (0..3).map(|_| free_port()).collect()
+        } else {
+            Vec::new()
+        };
         let mut regions = String::new();
         for (i, r) in REGIONS.iter().enumerate() {
             regions.push_str(&format!(
@@ -63,9 +94,13 @@ impl Cluster {
             ));
         }
         let mut configs = Vec::new();
-        for r in REGIONS {
+        for (i, r) in REGIONS.iter().enumerate() {
+            let bind = match peer_real.get(i) {
+                Some(p) => format!("peer_bind = \"127.0.0.1:{p}\"\n"),
+                None => String::new(),
+            };
             let text = format!(
-                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n{regions}{extra_toml}"
+                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n{bind}[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n{regions}{extra_toml}"
             );
             let p = dir.path().join(format!("{r}.toml"));
             std::fs::write(&p, text).expect("write config");
@@ -80,6 +115,8 @@ impl Cluster {
                 .iter()
                 .map(|p| format!("http://127.0.0.1:{p}"))
                 .collect(),
+            peer_front: ports.iter().map(|(_, p)| *p).collect(),
+            peer_real,
             dir,
             configs,
             procs: vec![None, None, None],
@@ -134,6 +171,21 @@ impl Cluster {
             c.kill().expect("kill -9");
             c.wait().expect("reap");
         }
+    }
+
+    /// Send a signal (`STOP`, `CONT`, ...) to region `i`'s process with kill(1).
+    pub fn signal(&self, i: usize, sig: &str) {
+        let pid = self.procs[i].as_ref().expect("region running").id();
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill(1)");
+        assert!(st.success(), "kill -{sig} {pid} failed");
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.procs[i].is_some()
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {

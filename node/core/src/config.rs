@@ -91,6 +91,10 @@ pub struct Config {
     pub token_wait_max_us: u64,
     /// Periodic metadata (automerge) sync.
     pub meta_sync_interval_us: u64,
+    /// A forward unanswered this long, with nothing heard from its peer since,
+    /// sends a probe of the forward path; a probe unanswered as long again
+    /// resets the link (see `Node::forward_watchdog`).
+    pub forward_probe_after_us: u64,
     /// Take a snapshot and compact the log after this many applied entries...
     pub compact_after_entries: u64,
     /// ...and once the log holds at least this percentage of the last
@@ -155,6 +159,7 @@ impl Config {
             request_timeout_us: 5_000_000,
             token_wait_max_us: 2_000_000,
             meta_sync_interval_us: 1_000_000,
+            forward_probe_after_us: 1_000_000,
             compact_after_entries: 1_000,
             compact_log_pct_of_snapshot_min: 100,
             snapshot_chunk_bytes: 64 * 1024,
@@ -185,6 +190,14 @@ impl Config {
         if self.heartbeat_interval_us * 3 > self.election_timeout_us {
             return Err(
                 "heartbeat_interval_us must be at most a third of election_timeout_us".into(),
+            );
+        }
+        if self.forward_probe_after_us == 0
+            || self.forward_probe_after_us * 2 >= self.request_timeout_us
+        {
+            return Err(
+                "forward_probe_after_us must be above 0 and below half of request_timeout_us"
+                    .into(),
             );
         }
         if self.clock_drift_max_ppm >= 200_000 {

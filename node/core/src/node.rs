@@ -43,6 +43,12 @@ pub enum Action {
         at_us: u64,
     },
     Observe(Observation),
+    /// The forward path to `peer` is broken although messages may still
+    /// flow otherwise (a probe went unanswered): drop the transport's
+    /// connections with it and reconnect. Forwards to it were answered.
+    ResetPeer {
+        peer: NodeId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,6 +96,11 @@ pub struct Stats {
     pub meta_errors: u64,
     pub apply_errors: u64,
     pub client_rejected: u64,
+    /// Forward or probe replies meant for an earlier life of this node, or
+    /// an earlier probe (dropped).
+    pub stale_forward_replies: u64,
+    /// Links reset because a probe of the forward path went unanswered.
+    pub forward_path_resets: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +114,8 @@ enum Role {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Origin {
     Local(RequestId),
-    Remote(NodeId, RequestId),
+    /// Forwarded by a peer: (peer, the peer's boot, its request id).
+    Remote(NodeId, u64, RequestId),
 }
 
 #[derive(Clone, Debug)]
@@ -315,14 +327,23 @@ pub struct Node {
     pending: BTreeMap<RequestId, u64>,
     deadlines: BTreeSet<(u64, RequestId)>,
     token_waits: Vec<TokenWait>,
-    /// Requests forwarded to a group's leader: id -> (group, leader, is_write).
-    /// If the group's leader changes first, they are answered at once rather
-    /// than at their timeout, so clients retry elsewhere sooner (lower RTO).
-    forwarded: BTreeMap<RequestId, (GroupId, NodeId, bool)>,
+    /// Requests forwarded to a group's leader: id -> (group, leader,
+    /// is_write, sent at). If the group's leader changes first, they are
+    /// answered at once rather than at their timeout, so clients retry
+    /// elsewhere sooner (lower RTO).
+    forwarded: BTreeMap<RequestId, (GroupId, NodeId, bool, u64)>,
+    /// Per peer: when a forward reply (or probe reply) last came from it.
+    forward_heard_us: Vec<u64>,
+    /// Per peer: the probe of the forward path under way (seq, sent at).
+    probes: Vec<Option<(u64, u64)>>,
+    next_probe_seq: u64,
     watchers: BTreeMap<RequestId, Watcher>,
     /// Forwards received lately, oldest first in `seen_forwards_order`.
-    seen_forwards: BTreeSet<(NodeId, RequestId)>,
-    seen_forwards_order: VecDeque<(NodeId, RequestId)>,
+    seen_forwards: BTreeSet<(NodeId, u64, RequestId)>,
+    seen_forwards_order: VecDeque<(NodeId, u64, RequestId)>,
+    /// This process lifetime's name, drawn from the seed at start: forwards
+    /// carry it so peers tell this life's request ids from an earlier one's.
+    boot: u64,
     next_internal_req: RequestId,
     timer_at: Option<u64>,
     halted: bool,
@@ -354,6 +375,7 @@ impl Node {
         }
         let mut rng = Rng::new(seed ^ ((id as u64) << 56) ^ durable.incarnation);
         let incarnation = durable.incarnation + 1;
+        let boot = rng.next_u64();
         let meta = MetaDoc::load(&durable.meta_chunks, id, incarnation, cfg.regions)
             .map_err(|e| InitError::Corrupt(e.to_string()))?;
         let mut ns_index = BTreeMap::new();
@@ -464,9 +486,13 @@ impl Node {
             deadlines: BTreeSet::new(),
             token_waits: Vec::new(),
             forwarded: BTreeMap::new(),
+            forward_heard_us: vec![0; cfg.regions as usize],
+            probes: vec![None; cfg.regions as usize],
+            next_probe_seq: 1,
             watchers: BTreeMap::new(),
             seen_forwards: BTreeSet::new(),
             seen_forwards_order: VecDeque::new(),
+            boot,
             next_internal_req: INTERNAL_REQ_BASE,
             timer_at: None,
             halted: false,
@@ -845,6 +871,14 @@ impl Node {
             t = t.min(w.deadline_us);
         }
         t = t.min(self.next_meta_sync_us);
+        // The forward watchdog: the oldest forward's probe time, each probe's end.
+        let after = self.cfg.forward_probe_after_us;
+        if let Some(sent) = self.forwarded.values().map(|f| f.3).min() {
+            t = t.min(sent + after);
+        }
+        for (_, sent) in self.probes.iter().flatten() {
+            t = t.min(sent + after);
+        }
         (t != u64::MAX).then_some(t)
     }
 
@@ -857,13 +891,63 @@ impl Node {
                     self.out.push(Action::Reply { req, resp });
                 }
             }
-            Origin::Remote(node, id) => self.send(node, Msg::ForwardReply { id, resp }),
+            Origin::Remote(node, boot, id) => self.send(node, Msg::ForwardReply { boot, id, resp }),
         }
     }
 
     // ----- timers -----
 
+    /// The forward watchdog. A forward unanswered for `forward_probe_after_us`
+    /// with nothing heard back from its peer since it was sent may just be a
+    /// slow request, or a broken path (issue 20: a region's forwards went
+    /// unanswered for minutes while Raft traffic flowed). A probe tells them
+    /// apart: the peer answers it at once. Unanswered within as long again,
+    /// the shell resets the link and the forwards to that peer are answered
+    /// now (a read did nothing; a write's outcome is unknown and its id makes
+    /// a retry safe) rather than each at its own timeout.
+    fn forward_watchdog(&mut self) {
+        let now = self.now;
+        let after = self.cfg.forward_probe_after_us;
+        for p in 0..self.cfg.regions as usize {
+            if let Some((_, sent)) = self.probes[p] {
+                if now >= sent + after {
+                    self.probes[p] = None;
+                    self.stats.forward_path_resets += 1;
+                    self.out.push(Action::ResetPeer { peer: p as NodeId });
+                    let stuck: Vec<(RequestId, bool)> = self
+                        .forwarded
+                        .iter()
+                        .filter(|(_, f)| f.1 as usize == p)
+                        .map(|(id, f)| (*id, f.2))
+                        .collect();
+                    for (id, is_write) in stuck {
+                        let code = if is_write {
+                            ErrorCode::Indeterminate
+                        } else {
+                            ErrorCode::Unavailable
+                        };
+                        self.respond(Origin::Local(id), ClientResponse::Error(code));
+                    }
+                }
+                continue;
+            }
+            let heard = self.forward_heard_us[p];
+            let waiting = self
+                .forwarded
+                .values()
+                .any(|f| f.1 as usize == p && f.3 >= heard && now >= f.3 + after);
+            if waiting {
+                let seq = self.next_probe_seq;
+                self.next_probe_seq += 1;
+                self.probes[p] = Some((seq, now));
+                let boot = self.boot;
+                self.send(p as NodeId, Msg::Probe { boot, seq });
+            }
+        }
+    }
+
     fn on_timeout(&mut self) {
+        self.forward_watchdog();
         let now = self.now;
         for g in 0..self.groups.len() {
             if self.groups[g].role == Role::Leader {
@@ -934,8 +1018,8 @@ impl Node {
         let stale: Vec<(RequestId, bool)> = self
             .forwarded
             .iter()
-            .filter(|(_, (fg, to, _))| *fg as usize == g && Some(*to) != leader)
-            .map(|(id, (_, _, w))| (*id, *w))
+            .filter(|(_, (fg, to, _, _))| *fg as usize == g && Some(*to) != leader)
+            .map(|(id, (_, _, w, _))| (*id, *w))
             .collect();
         for (id, is_write) in stale {
             let code = if is_write {
@@ -2072,25 +2156,50 @@ impl Node {
                 }
                 self.on_raft(group as usize, from, term, body)
             }
-            Msg::Forward { id, req } => {
+            Msg::Forward { boot, id, req } => {
                 // A duplicated forward is dropped: its first copy may have been
                 // refused ("did not apply") and a later copy must not apply it
                 // anyway (say, once a moved namespace's new home leads here).
-                if self.seen_forwards.insert((from, id)) {
-                    self.seen_forwards_order.push_back((from, id));
+                // Keyed by the sender's boot too: a restarted peer numbers its
+                // requests from 1 again, and those are new requests, not
+                // duplicates (issue 20: a region's forwards were dropped here
+                // for minutes after its restarts).
+                if self.seen_forwards.insert((from, boot, id)) {
+                    self.seen_forwards_order.push_back((from, boot, id));
                     while self.seen_forwards_order.len() > SEEN_FORWARDS_MAX {
                         if let Some(old) = self.seen_forwards_order.pop_front() {
                             self.seen_forwards.remove(&old);
                         }
                     }
-                    self.on_forward(from, id, req);
+                    self.on_forward(from, boot, id, req);
                 } else {
                     self.stats.peer_out_of_protocol += 1;
                 }
                 Ok(())
             }
-            Msg::ForwardReply { id, resp } => {
+            Msg::ForwardReply { boot, id, resp } => {
+                if boot != self.boot {
+                    // For an earlier life of this node: its request is gone,
+                    // and `id` may now name another one.
+                    self.stats.stale_forward_replies += 1;
+                    return Ok(());
+                }
+                self.forward_heard_us[from as usize] = self.now;
                 self.respond(Origin::Local(id), resp);
+                Ok(())
+            }
+            Msg::Probe { boot, seq } => {
+                self.send(from, Msg::ProbeReply { boot, seq });
+                Ok(())
+            }
+            Msg::ProbeReply { boot, seq } => {
+                let p = from as usize;
+                if boot == self.boot && self.probes[p].is_some_and(|(s, _)| s == seq) {
+                    self.probes[p] = None;
+                    self.forward_heard_us[p] = self.now;
+                } else {
+                    self.stats.stale_forward_replies += 1;
+                }
                 Ok(())
             }
             Msg::Meta { sync } => {
@@ -2927,8 +3036,8 @@ impl Node {
         }
     }
 
-    fn on_forward(&mut self, from: NodeId, id: RequestId, req: ClientRequest) {
-        let origin = Origin::Remote(from, id);
+    fn on_forward(&mut self, from: NodeId, boot: u64, id: RequestId, req: ClientRequest) {
+        let origin = Origin::Remote(from, boot, id);
         if let Err(code) = self.validate(&req) {
             self.respond(origin, ClientResponse::Error(code));
             return;
@@ -2991,8 +3100,10 @@ impl Node {
         match (origin, self.groups[g].leader) {
             (Origin::Local(id), Some(l)) if l != self.id => {
                 let is_write = matches!(req, ClientRequest::Write { .. });
-                self.forwarded.insert(id, (g as GroupId, l, is_write));
-                self.send(l, Msg::Forward { id, req });
+                let now = self.now;
+                self.forwarded.insert(id, (g as GroupId, l, is_write, now));
+                let boot = self.boot;
+                self.send(l, Msg::Forward { boot, id, req });
             }
             _ => self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable)),
         }

@@ -26,14 +26,31 @@ pub enum Msg {
         term: u64,
         body: RaftMsg,
     },
-    /// A client request forwarded to the leader of its group.
+    /// A client request forwarded to the leader of its group. `boot` names
+    /// the sender's process lifetime: a shell numbers its requests afresh
+    /// after every restart, so `id` alone is unique only within one boot.
     Forward {
+        boot: u64,
         id: RequestId,
         req: ClientRequest,
     },
+    /// The answer to a `Forward`, carrying the `boot` it came with: a reply
+    /// meant for an earlier life of the node is dropped, never given to a
+    /// new request that happens to reuse its id.
     ForwardReply {
+        boot: u64,
         id: RequestId,
         resp: ClientResponse,
+    },
+    /// Is the forward path to you and back working? Sent when forwards to
+    /// a peer go unanswered; answered at once with `ProbeReply`.
+    Probe {
+        boot: u64,
+        seq: u64,
+    },
+    ProbeReply {
+        boot: u64,
+        seq: u64,
     },
     /// One automerge sync message.
     Meta {
@@ -111,7 +128,10 @@ impl Msg {
     pub fn channel(&self) -> Channel {
         match self {
             Msg::Raft { group, .. } => Channel::Group(*group),
-            Msg::Forward { .. } | Msg::ForwardReply { .. } => Channel::Forward,
+            Msg::Forward { .. }
+            | Msg::ForwardReply { .. }
+            | Msg::Probe { .. }
+            | Msg::ProbeReply { .. } => Channel::Forward,
             Msg::Meta { .. } => Channel::Meta,
         }
     }
