@@ -101,6 +101,8 @@ pub struct Stats {
     pub stale_forward_replies: u64,
     /// Links reset because a probe of the forward path went unanswered.
     pub forward_path_resets: u64,
+    /// Forwarded requests sent again after their leader changed or refused them.
+    pub requests_rerouted: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,6 +334,18 @@ pub struct Node {
     /// answered at once rather than at their timeout, so clients retry
     /// elsewhere sooner (lower RTO).
     forwarded: BTreeMap<RequestId, (GroupId, NodeId, bool, u64)>,
+    /// Forwarded requests' bodies, kept so that a refusal that promises
+    /// nothing happened (UNAVAILABLE: not the leader, a hand-over under way)
+    /// re-routes them instead of failing them, and a leader change re-routes
+    /// reads (a read did nothing, so it is safe to send again).
+    forwarded_reqs: BTreeMap<RequestId, ClientRequest>,
+    /// Requests waiting for their group to have a leader (other than the
+    /// one that refused them): id -> (group, not this node, request). Sent on
+    /// as soon as one is known, or answered TIMEOUT at their deadline. A
+    /// cluster's leadership moving home (lease preference) or a transfer
+    /// leaves a group leaderless for a moment; clients should see a pause,
+    /// not UNAVAILABLE (issue 20).
+    parked: BTreeMap<RequestId, (GroupId, Option<NodeId>, ClientRequest)>,
     /// Per peer: when a forward reply (or probe reply) last came from it.
     forward_heard_us: Vec<u64>,
     /// Per peer: the probe of the forward path under way (seq, sent at).
@@ -486,6 +500,8 @@ impl Node {
             deadlines: BTreeSet::new(),
             token_waits: Vec::new(),
             forwarded: BTreeMap::new(),
+            forwarded_reqs: BTreeMap::new(),
+            parked: BTreeMap::new(),
             forward_heard_us: vec![0; cfg.regions as usize],
             probes: vec![None; cfg.regions as usize],
             next_probe_seq: 1,
@@ -805,13 +821,16 @@ impl Node {
                     return;
                 }
             }
+            let parked = self.parked.len();
+            self.unpark();
+            let unparked = self.parked.len() != parked;
             let hb: Vec<usize> = (0..self.groups.len())
                 .filter(|&g| self.groups[g].heartbeat_now)
                 .collect();
             for g in &hb {
                 self.heartbeat(*g);
             }
-            if !released && hb.is_empty() && self.step_ops.is_empty() {
+            if !released && !unparked && hb.is_empty() && self.step_ops.is_empty() {
                 break;
             }
         }
@@ -872,8 +891,20 @@ impl Node {
         }
         t = t.min(self.next_meta_sync_us);
         // The forward watchdog: the oldest forward's probe time, each probe's end.
+        // Only forwards that would send a probe count: none is under way to
+        // their peer, and nothing was heard from it since they were sent (a
+        // deadline already past that sends nothing would spin the timer).
         let after = self.cfg.forward_probe_after_us;
-        if let Some(sent) = self.forwarded.values().map(|f| f.3).min() {
+        let probe_due = self
+            .forwarded
+            .values()
+            .filter(|f| {
+                let p = f.1 as usize;
+                self.probes[p].is_none() && f.3 >= self.forward_heard_us[p]
+            })
+            .map(|f| f.3)
+            .min();
+        if let Some(sent) = probe_due {
             t = t.min(sent + after);
         }
         for (_, sent) in self.probes.iter().flatten() {
@@ -886,6 +917,8 @@ impl Node {
         match origin {
             Origin::Local(req) => {
                 self.forwarded.remove(&req);
+                self.forwarded_reqs.remove(&req);
+                self.parked.remove(&req);
                 if let Some(deadline) = self.pending.remove(&req) {
                     self.deadlines.remove(&(deadline, req));
                     self.out.push(Action::Reply { req, resp });
@@ -1022,12 +1055,62 @@ impl Node {
             .map(|(id, (_, _, w, _))| (*id, *w))
             .collect();
         for (id, is_write) in stale {
+            if !is_write && self.reroute(id) {
+                continue;
+            }
             let code = if is_write {
                 ErrorCode::Indeterminate
             } else {
                 ErrorCode::Unavailable
             };
             self.respond(Origin::Local(id), ClientResponse::Error(code));
+        }
+    }
+
+    /// Send forwarded request `id` again, to whoever leads its group now
+    /// (or park it until someone does). Only for a request that did nothing:
+    /// a read, or a write refused with UNAVAILABLE. False if `id` is not a
+    /// forwarded request.
+    fn reroute(&mut self, id: RequestId) -> bool {
+        let Some(req) = self.forwarded_reqs.remove(&id) else {
+            return false;
+        };
+        let Some((g, refused_by, _, _)) = self.forwarded.remove(&id) else {
+            return false;
+        };
+        if !self.pending.contains_key(&id) {
+            return true;
+        }
+        self.stats.requests_rerouted += 1;
+        self.parked.insert(id, (g, Some(refused_by), req));
+        self.unpark();
+        true
+    }
+
+    /// Send on every parked request whose group now has a leader other than
+    /// the node that refused it.
+    fn unpark(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let ready: Vec<RequestId> = self
+            .parked
+            .iter()
+            .filter(|(_, (g, not, _))| {
+                let gr = &self.groups[*g as usize];
+                if gr.role == Role::Leader {
+                    // Serve here, unless a hand-over is still under way.
+                    gr.transfer.is_none()
+                } else {
+                    gr.leader.is_some_and(|l| Some(l) != *not && l != self.id)
+                }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            if let Some((_, _, req)) = self.parked.remove(&id) {
+                self.on_request(Origin::Local(id), req);
+            }
         }
     }
 
@@ -2185,6 +2268,12 @@ impl Node {
                     return Ok(());
                 }
                 self.forward_heard_us[from as usize] = self.now;
+                if resp == ClientResponse::Error(ErrorCode::Unavailable) && self.reroute(id) {
+                    // The node we took for the leader no longer is, or is
+                    // handing over; UNAVAILABLE promises nothing happened, so
+                    // try whoever leads next (bounded by the deadline).
+                    return Ok(());
+                }
                 self.respond(Origin::Local(id), resp);
                 Ok(())
             }
@@ -3098,10 +3187,17 @@ impl Node {
 
     fn forward_or_fail(&mut self, g: usize, origin: Origin, req: ClientRequest) {
         match (origin, self.groups[g].leader) {
+            (Origin::Local(id), None) if self.pending.contains_key(&id) => {
+                // No leader known (an election or a hand-over under way):
+                // wait for one rather than refuse. Nothing was sent, so even
+                // a write is safe to send later.
+                self.parked.insert(id, (g as GroupId, None, req));
+            }
             (Origin::Local(id), Some(l)) if l != self.id => {
                 let is_write = matches!(req, ClientRequest::Write { .. });
                 let now = self.now;
                 self.forwarded.insert(id, (g as GroupId, l, is_write, now));
+                self.forwarded_reqs.insert(id, req.clone());
                 let boot = self.boot;
                 self.send(l, Msg::Forward { boot, id, req });
             }
@@ -3320,6 +3416,17 @@ impl Node {
     }
 
     fn leader_write(&mut self, g: usize, origin: Origin, w: ProposedWrite) {
+        if self.groups[g].transfer.is_some() {
+            // Handing leadership over: this write waits for the new leader
+            // instead of failing (a forwarder re-routes the refusal below).
+            if let Origin::Local(id) = origin {
+                if self.pending.contains_key(&id) {
+                    self.parked
+                        .insert(id, (g as GroupId, Some(self.id), w.into_request()));
+                    return;
+                }
+            }
+        }
         let ProposedWrite {
             ns,
             request_id,
