@@ -900,6 +900,21 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
         v["value"],
         json!({"database_url": "pg://${var:db_host}/pay"})
     );
+    // A revision from the future is refused, not answered with today's data
+    // (issue 19, item 3), in every region.
+    for region in [eu, us] {
+        let (s, v) = api
+            .call(
+                "get",
+                region,
+                CFG,
+                "/v1/config/shop/base/services.payment?revision=18446744073709551615",
+                &[],
+                Body::None,
+            )
+            .await;
+        assert_eq!((s, reason(&v)), (400, "FUTURE_REVISION"), "{v}");
+    }
     let t = versions[0]["time_ms"].as_u64().unwrap();
     let (_, v) = api
         .call(

@@ -53,6 +53,7 @@ pub fn reason_of(code: ErrorCode) -> (Code, &'static str) {
         ErrorCode::ScanTooLarge => (Code::ResourceExhausted, "SCAN_TOO_LARGE"),
         ErrorCode::HistoryCompacted => (Code::OutOfRange, "HISTORY_COMPACTED"),
         ErrorCode::NamespaceMoving => (Code::Unavailable, "NAMESPACE_MOVING"),
+        ErrorCode::FutureRevision => (Code::OutOfRange, "FUTURE_REVISION"),
     }
 }
 

@@ -132,6 +132,10 @@ pub enum ScanError {
     TooLarge,
     #[error("retention dropped the versions of {0} at that point")]
     Compacted(String),
+    /// Asked as of a revision this replica has not applied: the future, or
+    /// a replica behind. Answering with today's data would be a wrong answer.
+    #[error("revision {asked} is above the revision applied here ({applied})")]
+    FutureRevision { asked: u64, applied: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -414,6 +418,12 @@ impl GroupSm {
         as_of: AsOf,
         limit: usize,
     ) -> Result<(Vec<KeyValue>, u64), ScanError> {
+        if let AsOf::Revision(asked) = as_of {
+            let applied = self.revision();
+            if asked > applied {
+                return Err(ScanError::FutureRevision { asked, applied });
+            }
+        }
         let Some(n) = self.state.namespaces.get(ns) else {
             return Ok((Vec::new(), 0));
         };
@@ -773,6 +783,14 @@ mod tests {
             [("s.a".into(), "1".into()), ("s.b".into(), "1".into())]
         );
         assert_eq!(rev, 2);
+        assert_eq!(
+            sm.scan_as_of("n", "s.", AsOf::Revision(sm.revision() + 1), 100),
+            Err(ScanError::FutureRevision {
+                asked: sm.revision() + 1,
+                applied: sm.revision()
+            }),
+            "a future revision is refused, not answered with the present"
+        );
         let (t, _) = sm.scan_as_of("n", "s.", AsOf::TimeMs(350), 100).unwrap();
         assert_eq!(
             vals(&t),

@@ -1929,6 +1929,9 @@ impl Node {
                 },
                 Err(ScanError::TooLarge) => ClientResponse::Error(ErrorCode::ScanTooLarge),
                 Err(ScanError::Compacted(_)) => ClientResponse::Error(ErrorCode::HistoryCompacted),
+                Err(ScanError::FutureRevision { .. }) => {
+                    ClientResponse::Error(ErrorCode::FutureRevision)
+                }
             },
         }
     }

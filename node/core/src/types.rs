@@ -258,6 +258,8 @@ pub enum ErrorCode {
     HistoryCompacted,
     #[error("the namespace is moving to another home region; retry shortly")]
     NamespaceMoving,
+    #[error("the revision asked for is above the newest revision applied in this region (a future revision, or a region behind: read at the leader or with a token)")]
+    FutureRevision,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -49,7 +49,7 @@ impl CfgError {
             "NOT_FOUND" | "UNKNOWN_NAMESPACE" | "UNKNOWN_WATCH" => Code::NotFound,
             "NAMESPACE_EXISTS" => Code::AlreadyExists,
             "CAS_CONFLICT" | "PATCH_TEST_FAILED" => Code::FailedPrecondition,
-            "HISTORY_COMPACTED" => Code::OutOfRange,
+            "HISTORY_COMPACTED" | "FUTURE_REVISION" => Code::OutOfRange,
             "SCAN_TOO_LARGE" | "OVERLOADED" => Code::ResourceExhausted,
             "TIMEOUT" => Code::DeadlineExceeded,
             "INDETERMINATE" => Code::Unknown,
