@@ -143,6 +143,43 @@ fn serve_fails(config: &std::path::Path) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A second `serve` on a data directory in use is told so, with the pid of
+/// the process using it, and never that the data is corrupt (issue 19, item
+/// 6: "corrupt" makes an operator delete good data).
+#[test]
+fn a_data_directory_in_use_is_reported_as_in_use_not_corrupt() {
+    let mut c = Cluster::new("");
+    c.start(0);
+    let pid_file = c.data_dir(0).join("meridian.pid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid = loop {
+        if let Some(p) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "region eu never opened its data directory:\n{}",
+            c.log(0)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = serve_fails(&c.configs[0]);
+    assert!(
+        err.contains("is in use by another process") && err.contains(&format!("pid {pid}")),
+        "stderr: {err}"
+    );
+    assert!(!err.contains("corrupt"), "stderr: {err}");
+    // The first process is unharmed: it still holds its directory.
+    assert!(c.is_running(0));
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).expect("pid file").trim(),
+        pid.to_string()
+    );
+}
+
 #[test]
 fn unknown_region_in_config_is_a_clear_error() {
     let c = Cluster::new("");

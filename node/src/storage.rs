@@ -24,6 +24,9 @@ use rocksdb::{DBRecoveryMode, IteratorMode, Options, WriteBatch, WriteOptions, D
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &str = "meridian-storage-v1";
+/// Written beside RocksDB's files once the directory is open: the pid of the
+/// process serving it, named when a second one is refused.
+pub const PID_FILE: &str = "meridian.pid";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,6 +34,11 @@ pub enum StoreError {
     Rocks(#[from] rocksdb::Error),
     #[error("corrupt data directory {dir}: {reason}")]
     Corrupt { dir: PathBuf, reason: String },
+    /// Another process holds RocksDB's lock on the directory: nothing is
+    /// wrong with the data, so say so (an operator told "corrupt" might
+    /// delete good data).
+    #[error("data directory {dir} is in use by another process{}: stop that process or use another data_dir (nothing was changed)", pid.map(|p| format!(" (pid {p}, from {PID_FILE})")).unwrap_or_default())]
+    InUse { dir: PathBuf, pid: Option<u32> },
     #[error("data directory {dir} belongs to another node: {reason}")]
     WrongNode { dir: PathBuf, reason: String },
     #[error("storage op rejected: {0}")]
@@ -155,10 +163,26 @@ impl RocksStorage {
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
-        let db = DB::open(&opts, dir).map_err(|e| StoreError::Corrupt {
-            dir: dir.to_path_buf(),
-            reason: e.to_string(),
+        let db = DB::open(&opts, dir).map_err(|e| {
+            // RocksDB's LOCK file is held (flock) by a live process: in use.
+            let text = e.to_string();
+            if e.kind() == rocksdb::ErrorKind::IOError && text.contains("lock") {
+                let pid = std::fs::read_to_string(dir.join(PID_FILE))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                StoreError::InUse {
+                    dir: dir.to_path_buf(),
+                    pid,
+                }
+            } else {
+                StoreError::Corrupt {
+                    dir: dir.to_path_buf(),
+                    reason: text,
+                }
+            }
         })?;
+        // Ours now (the lock is held for as long as `db` lives).
+        std::fs::write(dir.join(PID_FILE), format!("{}\n", std::process::id())).map_err(io)?;
         let mut s = RocksStorage {
             db,
             dir: dir.to_path_buf(),
