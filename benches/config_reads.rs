@@ -36,7 +36,7 @@ async fn main() -> Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5000);
     let dir = tempfile::tempdir()?;
-    meridian_node::tls::generate_dev_certs(&dir.path().join("certs"), &["eu".to_string()])?;
+    meridian_node::tls::generate_dev_certs(&dir.path().join("certs"), &["eu".to_string()], false)?;
     // Free ports, found by binding and releasing (nothing else runs here).
     let grpc_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

@@ -102,6 +102,9 @@ enum Cmd {
         /// Region names, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         regions: Vec<String>,
+        /// Replace existing files, starting a new CA.
+        #[arg(long)]
+        force: bool,
     },
     /// Read a key.
     Get {
@@ -243,10 +246,23 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Certs {
             ref out,
             ref regions,
+            force,
         } => {
-            let files = meridian_node::tls::generate_dev_certs(out, regions)?;
-            for f in files {
-                println!("wrote {}", f.display());
+            let reused = !force && out.join("ca.pem").exists();
+            let files = meridian_node::tls::generate_dev_certs(out, regions, force)?;
+            for (i, f) in files.iter().enumerate() {
+                let private = f.to_string_lossy().ends_with("-key.pem");
+                let what = if reused && i < 2 {
+                    "using existing"
+                } else {
+                    "wrote"
+                };
+                let mode = if private {
+                    " (mode 0600: keep it private)"
+                } else {
+                    ""
+                };
+                println!("{what} {}{mode}", f.display());
             }
             Ok(())
         }
@@ -261,7 +277,7 @@ pub fn dev_configs(dir: &Path, base_port: u16) -> Result<Vec<PathBuf>> {
     let certs = dir.join("certs");
     if !certs.join("ca.pem").exists() {
         let names: Vec<String> = DEV_REGIONS.iter().map(|s| s.to_string()).collect();
-        meridian_node::tls::generate_dev_certs(&certs, &names)?;
+        meridian_node::tls::generate_dev_certs(&certs, &names, false)?;
     }
     let mut regions = String::new();
     for (i, r) in DEV_REGIONS.iter().enumerate() {

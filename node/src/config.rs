@@ -170,7 +170,9 @@ impl Default for LogConfig {
     }
 }
 
-fn valid_name(s: &str) -> bool {
+/// A region name: 1-32 ASCII letters, digits or '-' (it becomes file names
+/// and a DNS name in certificates).
+pub fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 

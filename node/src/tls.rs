@@ -37,6 +37,14 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("tls verifier: {0}")]
     Verifier(String),
+    #[error(
+        "bad region name {0:?}: a region name is 1-32 letters, digits or '-' (as in the config)"
+    )]
+    BadRegionName(String),
+    #[error("{0} already exists: pass --force to replace it (and start a new CA), or choose another --out")]
+    Exists(PathBuf),
+    #[error("{present} exists but {missing} does not: cannot reuse half a CA; pass --force to start a new one")]
+    HalfCa { present: PathBuf, missing: PathBuf },
 }
 
 /// The DNS name in region `name`'s certificate.
@@ -44,20 +52,82 @@ pub fn region_dns_name(name: &str) -> String {
     format!("{name}.meridian")
 }
 
+/// Write `text` to `path`; a private key (`private`) is readable by its
+/// owner only (mode 0600), also when it replaces an existing file.
+fn write_file(path: &Path, text: &str, private: bool) -> Result<(), TlsError> {
+    use std::io::Write;
+    let err = |source| TlsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if private {
+            opts.mode(0o600);
+            // `mode` applies only to a file it creates.
+            if path.exists() {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(err)?;
+            }
+        }
+    }
+    let mut f = opts.open(path).map_err(err)?;
+    f.write_all(text.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
 /// Write `ca.pem`, `ca-key.pem` and `<region>.pem`, `<region>-key.pem` for
-/// every region into `dir`. An existing CA there is reused, so regions can be
-/// added later; existing region files are overwritten.
-pub fn generate_dev_certs(dir: &Path, regions: &[String]) -> Result<Vec<PathBuf>, TlsError> {
+/// every region into `dir`; private keys with mode 0600. An existing CA
+/// there (both files) is reused, so regions can be added later. Nothing is
+/// overwritten unless `force`, which starts a new CA and replaces every
+/// file it writes. Returns every file written or reused, CA first.
+pub fn generate_dev_certs(
+    dir: &Path,
+    regions: &[String],
+    force: bool,
+) -> Result<Vec<PathBuf>, TlsError> {
+    // Check everything before writing anything.
+    for r in regions {
+        if !crate::config::valid_name(r) {
+            return Err(TlsError::BadRegionName(r.clone()));
+        }
+    }
+    if !force {
+        for r in regions {
+            for f in [format!("{r}.pem"), format!("{r}-key.pem")] {
+                let p = dir.join(f);
+                if p.exists() {
+                    return Err(TlsError::Exists(p));
+                }
+            }
+        }
+        let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+        match (cert.exists(), key.exists()) {
+            (true, false) => {
+                return Err(TlsError::HalfCa {
+                    present: cert,
+                    missing: key,
+                })
+            }
+            (false, true) => {
+                return Err(TlsError::HalfCa {
+                    present: key,
+                    missing: cert,
+                })
+            }
+            _ => {}
+        }
+    }
     std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
         path: dir.to_path_buf(),
         source,
     })?;
     let write = |name: &str, text: &str| -> Result<PathBuf, TlsError> {
         let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|source| TlsError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        write_file(&path, text, name.ends_with("-key.pem"))?;
         Ok(path)
     };
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -72,7 +142,7 @@ pub fn generate_dev_certs(dir: &Path, regions: &[String]) -> Result<Vec<PathBuf>
     ];
     let ca_key_path = dir.join("ca-key.pem");
     let ca_cert_path = dir.join("ca.pem");
-    let ca_key = if ca_key_path.exists() && ca_cert_path.exists() {
+    let ca_key = if !force && ca_key_path.exists() && ca_cert_path.exists() {
         let text = read(&ca_key_path)?;
         KeyPair::from_pem(&text)?
     } else {
@@ -83,7 +153,7 @@ pub fn generate_dev_certs(dir: &Path, regions: &[String]) -> Result<Vec<PathBuf>
         key
     };
     let issuer = Issuer::new(ca_params, ca_key);
-    let mut out = vec![ca_cert_path];
+    let mut out = vec![ca_cert_path, ca_key_path];
     for r in regions {
         let mut p = CertificateParams::new(vec![region_dns_name(r)])?;
         let mut dn = DistinguishedName::new();
