@@ -30,7 +30,7 @@ use workloads::{Ctx, Params};
     about = "Meridian and etcd, side by side: read, write, watch, cross-region and failover workloads"
 )]
 struct Args {
-    /// Workloads to run: all, read, write, watch, cross-region, failover.
+    /// Workloads to run: all, read, write, watch, cross-region, config-write, failover.
     #[arg(required = true)]
     workloads: Vec<String>,
     /// Run the same workloads against this system too (only `etcd`).
@@ -62,7 +62,14 @@ struct Args {
     watchers: Option<Vec<usize>>,
 }
 
-const ALL: [&str; 5] = ["read", "write", "watch", "cross-region", "failover"];
+const ALL: [&str; 6] = [
+    "read",
+    "write",
+    "watch",
+    "cross-region",
+    "config-write",
+    "failover",
+];
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -166,6 +173,7 @@ async fn main_() -> Result<()> {
             "write" => workloads::write::run(&ctx).await,
             "watch" => workloads::watch::run(&ctx).await,
             "cross-region" => workloads::cross_region::run(&ctx).await,
+            "config-write" => workloads::config_write::run(&ctx).await,
             "failover" => workloads::failover::run(&ctx).await,
             _ => unreachable!("names were checked against ALL"),
         }

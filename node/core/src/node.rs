@@ -1638,6 +1638,15 @@ impl Node {
     fn finish_pending_write(&mut self, g: usize, index: u64) {
         if let Some(w) = self.groups[g].pending_writes.remove(&index) {
             self.groups[g].pending_by_request.remove(&w.request_id);
+            // A forwarder answers its client at once, but reads its own
+            // write (a token, or the config engine's read-back) only once
+            // it learns the commit: tell every follower now rather than at
+            // the next heartbeat (issue 19 item 7: config writes sent to a
+            // non-home region waited ~145 ms, one heartbeat interval).
+            let committed = index <= self.groups[g].commit;
+            if committed && w.origins.iter().any(|o| matches!(o, Origin::Remote(..))) {
+                self.groups[g].heartbeat_now = true;
+            }
             for o in w.origins {
                 self.respond(o, w.resp.clone());
             }

@@ -10,6 +10,7 @@ use futures::future::try_join_all;
 
 use crate::conn::Conn;
 
+pub mod config_write;
 pub mod cross_region;
 pub mod failover;
 pub mod read;
@@ -37,6 +38,8 @@ pub struct Params {
     pub wan_ms: [u64; 3],
     pub cross_reads: usize,
     pub cross_writes: usize,
+    /// Config writes per region in the config-write workload.
+    pub config_writes: usize,
     pub failover_writers: usize,
     pub failover_before: Duration,
     pub failover_after: Duration,
@@ -59,6 +62,7 @@ impl Params {
             wan_ms: [30, 60, 90],
             cross_reads: 300,
             cross_writes: 60,
+            config_writes: 200,
             failover_writers: 16,
             failover_before: Duration::from_secs(4),
             failover_after: Duration::from_secs(12),
@@ -81,6 +85,7 @@ impl Params {
             wan_ms: [10, 20, 30],
             cross_reads: 20,
             cross_writes: 5,
+            config_writes: 10,
             failover_writers: 4,
             failover_before: Duration::from_secs(1),
             failover_after: Duration::from_secs(6),
