@@ -4,7 +4,8 @@
 //!
 //! Three real `meridian serve` processes carry a mixed load (a writer and a
 //! linearizable reader per region and namespace, each pinned to its region so
-//! a broken forward path cannot hide behind client failover). Then:
+//! a broken forward path cannot hide behind client failover) for a while.
+//! Then:
 //! - `kill -9` and restart one region at least five times at random intervals
 //!   of 1-5 s, with SIGSTOP/SIGCONT pauses of another region in between; or
 //! - the same rhythm with `meridian-netlab` isolating a region instead.
@@ -36,6 +37,10 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Kill/restart rounds (the issue asks for at least five).
 const ROUNDS: usize = 6;
+/// Load before the first fault: a region that has served a while has used
+/// many request ids, as in production (the forwards of a restarted region
+/// were dropped as duplicates of its earlier life's ids, issue 20).
+const WARM_UP: Duration = Duration::from_secs(15);
 const READY: Duration = Duration::from_secs(30);
 
 fn channel(addr: &str) -> Channel {
@@ -275,6 +280,7 @@ async fn churn(fault: Fault) {
             )));
         }
     }
+    tokio::time::sleep(WARM_UP).await;
     let label = match fault {
         Fault::Kill => "kill -9",
         Fault::Cut => "isolation",
