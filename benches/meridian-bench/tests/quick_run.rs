@@ -55,6 +55,7 @@ fn every_workload_runs_against_both_systems_and_writes_table_json_and_plots() {
         "### Writes (fsynced)",
         "### Watch fan-out",
         "### Cross-region",
+        "### Config writes from the home region",
         "### Failover",
     ] {
         assert!(md.contains(title), "{title} missing from:\n{md}");
@@ -72,9 +73,23 @@ fn every_workload_runs_against_both_systems_and_writes_table_json_and_plots() {
         .collect();
     assert_eq!(
         names,
-        ["read", "write", "watch", "cross-region", "failover"]
+        [
+            "read",
+            "write",
+            "watch",
+            "cross-region",
+            "config-write",
+            "failover"
+        ]
     );
     let by = |n: &str| workloads.iter().find(|w| w["name"] == n).unwrap();
+
+    // Config writes: home and non-home, on loopback and through the lab.
+    let cfg = by("config-write")["raw"].as_array().unwrap();
+    assert_eq!(cfg.len(), 4, "{cfg:?}");
+    for r in cfg {
+        assert!(r["latency"]["p50_us"].as_u64().unwrap() > 0, "{r}");
+    }
 
     // Read: both systems measured at every level, no wrong answers.
     let reads = by("read")["raw"].as_array().unwrap();
