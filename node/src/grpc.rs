@@ -54,6 +54,7 @@ pub fn reason_of(code: ErrorCode) -> (Code, &'static str) {
         ErrorCode::HistoryCompacted => (Code::OutOfRange, "HISTORY_COMPACTED"),
         ErrorCode::NamespaceMoving => (Code::Unavailable, "NAMESPACE_MOVING"),
         ErrorCode::FutureRevision => (Code::OutOfRange, "FUTURE_REVISION"),
+        ErrorCode::Internal => (Code::Internal, "INTERNAL"),
     }
 }
 

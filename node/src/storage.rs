@@ -41,6 +41,8 @@ pub enum StoreError {
     InUse { dir: PathBuf, pid: Option<u32> },
     #[error("data directory {dir} belongs to another node: {reason}")]
     WrongNode { dir: PathBuf, reason: String },
+    #[error(transparent)]
+    Encode(#[from] meridian_core::wire::EncodeError),
     #[error("storage op rejected: {0}")]
     Rejected(#[from] meridian_core::storage::StorageError),
     #[error("io on {dir}: {source}")]
@@ -114,11 +116,9 @@ fn open_sealed<'a>(key: &[u8], value: &'a [u8]) -> Option<&'a [u8]> {
     (crc32c::crc32c_append(crc32c::crc32c(key), payload) == want).then_some(payload)
 }
 
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-    // postcard serialization of our own plain data types cannot fail (no maps
-    // with non-string keys, no unsupported types); an empty payload would be
-    // caught as corrupt at load, never silently accepted.
-    postcard::to_allocvec(v).unwrap_or_default()
+/// Our records' encoding; a failure fails the write (the node then halts).
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(meridian_core::wire::encode("storage record", v)?)
 }
 
 impl RocksStorage {
@@ -198,7 +198,7 @@ impl RocksStorage {
             None if fresh => {
                 let mut wo = WriteOptions::default();
                 wo.set_sync(true);
-                s.db.put_opt(b"F", seal(b"F", &enc(&want)), &wo)?;
+                s.db.put_opt(b"F", seal(b"F", &enc(&want)?), &wo)?;
             }
             None => return Err(s.corrupt("the format record is missing".into())),
             Some(bytes) => {
@@ -280,7 +280,7 @@ impl RocksStorage {
             } => {
                 group(*g, idx)?;
                 let k = key_h(*g);
-                batch.put(&k, seal(&k, &enc(&(*term, *vote))));
+                batch.put(&k, seal(&k, &enc(&(*term, *vote))?));
             }
             StorageOp::Append {
                 group: g,
@@ -303,7 +303,7 @@ impl RocksStorage {
                 for (i, e) in entries.iter().enumerate() {
                     let index = first_index + i as u64;
                     let k = key_l(*g, index);
-                    batch.put(&k, seal(&k, &enc(e)));
+                    batch.put(&k, seal(&k, &enc(e)?));
                     gx.terms.push_back(e.term);
                 }
             }
@@ -323,7 +323,7 @@ impl RocksStorage {
                 }
                 gx.base = snapshot.index;
                 let k = key_s(*g);
-                batch.put(&k, seal(&k, &enc(snapshot)));
+                batch.put(&k, seal(&k, &enc(snapshot)?));
             }
             StorageOp::MetaChunk { bytes } => {
                 let k = key_m(*meta_seq);

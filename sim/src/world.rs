@@ -1537,17 +1537,30 @@ impl World {
 
     pub fn finals(&mut self) -> Vec<crate::checkers::convergence::NodeFinal> {
         let regions = self.opts.regions;
-        self.nodes
+        let mut errors = Vec::new();
+        let finals = self
+            .nodes
             .iter_mut()
-            .map(|sn| match sn.node.as_mut() {
+            .enumerate()
+            .map(|(n, sn)| match sn.node.as_mut() {
                 Some(x) if !x.is_halted() => crate::checkers::convergence::NodeFinal {
                     up: true,
                     revisions: (0..regions).map(|g| x.applied_revision(g)).collect(),
-                    digests: (0..regions).map(|g| x.state_digest(g)).collect(),
+                    digests: (0..regions)
+                        .filter_map(|g| match x.state_digest(g) {
+                            Ok(d) => Some(d),
+                            Err(e) => {
+                                errors.push(format!("node {n} group {g}: {e}"));
+                                None
+                            }
+                        })
+                        .collect(),
                     meta_heads: x.meta_heads(),
                 },
                 _ => crate::checkers::convergence::NodeFinal::default(),
             })
-            .collect()
+            .collect();
+        self.restart_errors.extend(errors);
+        finals
     }
 }

@@ -590,9 +590,8 @@ impl GroupSm {
         )
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        // Invariant: plain maps, strings and integers always encode.
-        postcard::to_allocvec(&self.state).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, crate::wire::EncodeError> {
+        crate::wire::encode("state machine snapshot", &self.state)
     }
 
     /// Replace the state with a snapshot. History before it is no longer
@@ -607,8 +606,8 @@ impl GroupSm {
     }
 
     /// A digest of the whole state: equal digests, equal data.
-    pub fn digest(&self) -> u64 {
-        fnv1a(&self.encode())
+    pub fn digest(&self) -> Result<u64, crate::wire::EncodeError> {
+        Ok(fnv1a(&self.encode()?))
     }
 }
 
@@ -735,10 +734,10 @@ mod tests {
     fn snapshot_roundtrip_and_corruption() {
         let mut sm = GroupSm::new(["n".to_string()], 4, 10, 10);
         sm.apply(&put(1, "a", "1", 1)).unwrap();
-        let data = sm.encode();
+        let data = sm.encode().unwrap();
         let mut other = GroupSm::new(["n".to_string()], 4, 10, 10);
         other.restore(&data).unwrap();
-        assert_eq!(other.digest(), sm.digest());
+        assert_eq!(other.digest().unwrap(), sm.digest().unwrap());
         assert!(
             other.changes_since("n", "", 0).is_none(),
             "watch history is gone after a snapshot"
@@ -900,7 +899,7 @@ mod tests {
         let (kvs, ns_rev) = dst.scan_as_of("n", "", AsOf::Revision(2), 10).unwrap();
         assert_eq!((kvs.len(), ns_rev), (2, 2), "as-of reads keep working");
         // A stale copy of the same move (or an older one) changes nothing.
-        let digest = dst.digest();
+        let digest = dst.digest().unwrap();
         revision += 1;
         dst.adopt(&AdoptEffect {
             ns: "n".into(),
@@ -918,7 +917,7 @@ mod tests {
             2,
             "the stale copy emptied nothing"
         );
-        assert_ne!(dst.digest(), digest, "it took its revision");
+        assert_ne!(dst.digest().unwrap(), digest, "it took its revision");
         src.drop_namespace("n", 4);
         assert!(src.holds_data("n"), "a drop of another freeze is a no-op");
         src.drop_namespace("n", 5);

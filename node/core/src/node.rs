@@ -99,6 +99,8 @@ pub struct Stats {
     /// Forward or probe replies meant for an earlier life of this node, or
     /// an earlier probe (dropped).
     pub stale_forward_replies: u64,
+    /// Our own data failed to encode (a bug): the node halted.
+    pub encode_errors: u64,
     /// Links reset because a probe of the forward path went unanswered.
     pub forward_path_resets: u64,
     /// Forwarded requests sent again after their leader changed or refused them.
@@ -573,8 +575,9 @@ impl Node {
     pub fn commit_index(&self, g: GroupId) -> u64 {
         self.groups.get(g as usize).map_or(0, |g| g.commit)
     }
-    pub fn state_digest(&self, g: GroupId) -> u64 {
-        self.sms.get(g as usize).map_or(0, |s| s.digest())
+    /// A digest of group `g`'s applied state (0 for a group that does not exist).
+    pub fn state_digest(&self, g: GroupId) -> Result<u64, crate::wire::EncodeError> {
+        self.sms.get(g as usize).map_or(Ok(0), |s| s.digest())
     }
     /// A namespace's home group and, while it moves, its new home.
     pub fn ns_home(&self, ns: &str) -> Option<(GroupId, Option<GroupId>)> {
@@ -778,11 +781,17 @@ impl Node {
 
     fn send(&mut self, to: NodeId, msg: Msg) {
         let channel = msg.channel();
-        self.out.push(Action::Send {
-            to,
-            channel,
-            bytes: msg.encode(),
-        });
+        match msg.encode() {
+            Ok(bytes) => self.out.push(Action::Send { to, channel, bytes }),
+            Err(_) => self.halt_unencodable(),
+        }
+    }
+
+    /// The core could not encode its own data: a bug. Stop (acknowledge
+    /// nothing more) rather than send, persist or digest an empty stand-in.
+    fn halt_unencodable(&mut self) {
+        self.stats.encode_errors += 1;
+        self.handle_storage_failed(self.now);
     }
 
     fn finish_step(&mut self) {
@@ -1664,7 +1673,11 @@ impl Node {
             if let EntryData::Write(w) = &entry.data {
                 match self.sms[g].apply(w) {
                     Ok(changes) => {
-                        let digest = fnv1a(&postcard::to_allocvec(w).unwrap_or_default());
+                        let Ok(bytes) = crate::wire::encode("write effect", w) else {
+                            self.halt_unencodable();
+                            return;
+                        };
+                        let digest = fnv1a(&bytes);
                         self.out.push(Action::Observe(Observation::Applied {
                             group: g as GroupId,
                             revision: w.revision,
@@ -1717,7 +1730,11 @@ impl Node {
                         self.handle_storage_failed(self.now);
                         return;
                     };
-                    let digest = fnv1a(&postcard::to_allocvec(a).unwrap_or_default());
+                    let Ok(bytes) = crate::wire::encode("adopt effect", a) else {
+                        self.halt_unencodable();
+                        return;
+                    };
+                    let digest = fnv1a(&bytes);
                     self.out.push(Action::Observe(Observation::Applied {
                         group: g as GroupId,
                         revision: a.revision,
@@ -1769,11 +1786,12 @@ impl Node {
         let Some(term) = gr.log.term_at(index) else {
             return;
         };
-        let snapshot = Snapshot {
-            index,
-            term,
-            data: self.sms[g].encode(),
+        let Ok(data) = self.sms[g].encode() else {
+            // Never an empty snapshot: the log is compacted behind it.
+            self.halt_unencodable();
+            return;
         };
+        let snapshot = Snapshot { index, term, data };
         let gr = &mut self.groups[g];
         gr.log.compact_to(index, term);
         gr.snapshot = Some(snapshot.clone());
@@ -2147,6 +2165,10 @@ impl Node {
             adopt_revision,
             ..settings
         };
+        let Ok(value) = settings.encode() else {
+            self.halt_unencodable();
+            return;
+        };
         let req = ClientRequest::Write {
             ns: CATALOG_NS.to_string(),
             request_id: 0,
@@ -2157,7 +2179,7 @@ impl Node {
             ns_revision: None,
             ops: vec![WriteOp::Put {
                 key: ns.to_string(),
-                value: settings.encode(),
+                value,
             }],
             meta: ChangeMeta::default(),
         };
@@ -3032,6 +3054,9 @@ impl Node {
             moving_to: Some(to),
             ..settings
         };
+        let value = settings
+            .encode()
+            .map_err(|_| Box::new(ClientResponse::Error(ErrorCode::Internal)))?;
         // Compare on the version read here: a catalog replica that is behind
         // gets a conflict, never a move computed from stale settings.
         Ok(ClientRequest::Write {
@@ -3042,10 +3067,7 @@ impl Node {
                 version: cur.version,
             }],
             ns_revision: None,
-            ops: vec![WriteOp::Put {
-                key: ns,
-                value: settings.encode(),
-            }],
+            ops: vec![WriteOp::Put { key: ns, value }],
             meta: ChangeMeta::default(),
         })
     }
@@ -3064,20 +3086,26 @@ impl Node {
                 ns,
                 settings,
                 request_id,
-            } => ClientRequest::Write {
-                ns: CATALOG_NS.to_string(),
-                request_id,
-                compares: vec![Compare {
-                    key: ns.clone(),
-                    version: 0,
-                }],
-                ns_revision: None,
-                ops: vec![WriteOp::Put {
-                    key: ns,
-                    value: settings.encode(),
-                }],
-                meta: ChangeMeta::default(),
-            },
+            } => {
+                let Ok(value) = settings.encode() else {
+                    self.out.push(Action::Reply {
+                        req,
+                        resp: ClientResponse::Error(ErrorCode::Internal),
+                    });
+                    return;
+                };
+                ClientRequest::Write {
+                    ns: CATALOG_NS.to_string(),
+                    request_id,
+                    compares: vec![Compare {
+                        key: ns.clone(),
+                        version: 0,
+                    }],
+                    ns_revision: None,
+                    ops: vec![WriteOp::Put { key: ns, value }],
+                    meta: ChangeMeta::default(),
+                }
+            }
             ClientRequest::MoveNamespace { ns, to } if checked.is_ok() => {
                 match self.move_request(ns, to) {
                     Ok(r) => r,

@@ -95,9 +95,8 @@ pub struct NsSettings {
 }
 
 impl NsSettings {
-    pub fn encode(&self) -> Vec<u8> {
-        // Invariant: integers and an enum of integers always encode.
-        postcard::to_allocvec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, crate::wire::EncodeError> {
+        crate::wire::encode("namespace settings", self)
     }
 
     pub fn decode(bytes: &[u8]) -> Option<NsSettings> {
@@ -258,6 +257,8 @@ pub enum ErrorCode {
     HistoryCompacted,
     #[error("the namespace is moving to another home region; retry shortly")]
     NamespaceMoving,
+    #[error("internal error: the node could not encode its own data")]
+    Internal,
     #[error("the revision asked for is above the newest revision applied in this region (a future revision, or a region behind: read at the leader or with a token)")]
     FutureRevision,
 }

@@ -116,6 +116,24 @@ pub enum RaftMsg {
     TimeoutNow,
 }
 
+/// Our own data would not encode. Postcard fails only on types it cannot
+/// represent, so this is a bug; it is reported, never turned into an empty
+/// payload (an empty snapshot followed by log compaction loses data).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot encode {what}: {reason}")]
+pub struct EncodeError {
+    pub what: &'static str,
+    pub reason: String,
+}
+
+/// The postcard encoding of `v` (`what` names it in the error).
+pub fn encode<T: Serialize + ?Sized>(what: &'static str, v: &T) -> Result<Vec<u8>, EncodeError> {
+    postcard::to_allocvec(v).map_err(|e| EncodeError {
+        what,
+        reason: e.to_string(),
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("message of {0} bytes exceeds the limit")]
@@ -136,10 +154,8 @@ impl Msg {
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        // Invariant: every field type is serializable to postcard's alloc Vec and
-        // encoding into a growable Vec cannot fail.
-        postcard::to_allocvec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        encode("peer message", self)
     }
 
     pub fn decode(bytes: &[u8], max: usize) -> Result<Msg, WireError> {
@@ -155,5 +171,26 @@ impl Msg {
             )));
         }
         Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value whose serialization fails, as a bug in our own types would.
+    struct Unencodable;
+
+    impl Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("refuses"))
+        }
+    }
+
+    #[test]
+    fn a_failed_encode_is_an_error_not_an_empty_payload() {
+        let e = encode("test value", &Unencodable).expect_err("must fail");
+        assert_eq!(e.what, "test value");
+        assert!(e.to_string().starts_with("cannot encode test value"), "{e}");
     }
 }

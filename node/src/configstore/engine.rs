@@ -1569,7 +1569,9 @@ impl ConfigStore {
                 (_, Some(b)) => {
                     ops.push(WriteOp::Put {
                         key: k.clone(),
-                        value: serde_json::to_vec(b).unwrap_or_default(),
+                        value: serde_json::to_vec(b).map_err(|e| {
+                            CfgError::new("INTERNAL", format!("cannot encode {k:?}: {e}"))
+                        })?,
                     });
                     changes.push(KeyChange {
                         key: k.clone(),
