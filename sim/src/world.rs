@@ -1356,8 +1356,9 @@ impl World {
         let from = ((to as u64 + self.rng.range(1, n)) % n) as NodeId;
         let len = self.rng.range(1, 64) as usize;
         let mut bytes: Vec<u8> = (0..len).map(|_| self.rng.next_u64() as u8).collect();
-        // An enum tag no message has: a peer speaking garbage, not a liar.
-        bytes[0] = self.rng.range(4, 256) as u8;
+        // An enum tag no message has (Raft, Forward, ForwardReply, Meta,
+        // Probe, ProbeReply are 0-5): a peer speaking garbage, not a liar.
+        bytes[0] = self.rng.range(6, 256) as u8;
         if self.nodes[to as usize].node.is_some() && !self.nodes[to as usize].paused {
             self.garbage_sent += 1;
             let local = self.local(to);

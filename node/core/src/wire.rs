@@ -42,6 +42,12 @@ pub enum Msg {
         id: RequestId,
         resp: ClientResponse,
     },
+    /// One automerge sync message.
+    Meta {
+        #[serde(with = "serde_bytes")]
+        sync: Vec<u8>,
+    },
+    // New kinds go last: a kind's tag is its position.
     /// Is the forward path to you and back working? Sent when forwards to
     /// a peer go unanswered; answered at once with `ProbeReply`.
     Probe {
@@ -51,11 +57,6 @@ pub enum Msg {
     ProbeReply {
         boot: u64,
         seq: u64,
-    },
-    /// One automerge sync message.
-    Meta {
-        #[serde(with = "serde_bytes")]
-        sync: Vec<u8>,
     },
 }
 
@@ -184,6 +185,21 @@ mod tests {
     impl Serialize for Unencodable {
         fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
             Err(serde::ser::Error::custom("refuses"))
+        }
+    }
+
+    /// The simulator's garbage peer messages rely on this: tags 0-5 are the
+    /// message kinds, in declaration order, and nothing above decodes.
+    #[test]
+    fn message_tags_are_positions_and_higher_tags_are_malformed() {
+        let probe = Msg::Probe { boot: 1, seq: 2 }.encode().expect("encode");
+        assert_eq!(probe[0], 4);
+        let meta = Msg::Meta { sync: vec![] }.encode().expect("encode");
+        assert_eq!(meta[0], 3, "an existing kind keeps its tag");
+        for tag in 6..=255u8 {
+            let mut bytes = vec![tag];
+            bytes.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+            assert!(Msg::decode(&bytes, 1 << 20).is_err(), "tag {tag} decoded");
         }
     }
 
