@@ -109,6 +109,40 @@ fn linearizable() -> Option<ReadOptions> {
     })
 }
 
+/// One request of the load.
+enum Op {
+    Put(PutRequest),
+    Get(GetRequest),
+}
+
+/// Run `op` as one logical operation: retried until it succeeds (recorded in
+/// `load`), or until the load stops (false).
+async fn until_ok(
+    kv: &mut KvClient<Channel>,
+    load: &Load,
+    region: usize,
+    ns: usize,
+    op: Op,
+) -> bool {
+    let write = matches!(op, Op::Put(_));
+    let (id, started) = load.begin(region, ns, write);
+    loop {
+        if load.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let ok = match &op {
+            Op::Put(r) => kv.put(r.clone()).await.is_ok(),
+            Op::Get(r) => kv.get(r.clone()).await.is_ok(),
+        };
+        if ok {
+            break;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    load.end(id, region, ns, write, started);
+    true
+}
+
 /// A writer-then-reader loop pinned to one region and one namespace.
 async fn worker(addr: String, region: usize, ns: usize, load: Arc<Load>) {
     let mut kv = KvClient::new(channel(&addr));
@@ -118,44 +152,23 @@ async fn worker(addr: String, region: usize, ns: usize, load: Arc<Load>) {
         n += 1;
         let key = format!("churn/{}/{}", REGIONS[region], n % 16);
         // Write: every attempt carries the same idempotency id.
-        let request_id = ((region as u64) << 56) | ((ns as u64) << 48) | n;
-        let (id, started) = load.begin(region, ns, true);
-        loop {
-            if load.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let r = kv
-                .put(PutRequest {
-                    namespace: namespace.clone(),
-                    key: key.clone(),
-                    value: n.to_be_bytes().to_vec(),
-                    request_id,
-                })
-                .await;
-            if r.is_ok() {
-                break;
-            }
-            tokio::time::sleep(RETRY_PAUSE).await;
+        let put = Op::Put(PutRequest {
+            namespace: namespace.clone(),
+            key: key.clone(),
+            value: n.to_be_bytes().to_vec(),
+            request_id: ((region as u64) << 56) | ((ns as u64) << 48) | n,
+        });
+        if !until_ok(&mut kv, &load, region, ns, put).await {
+            return;
         }
-        load.end(id, region, ns, true, started);
-        let (id, started) = load.begin(region, ns, false);
-        loop {
-            if load.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let r = kv
-                .get(GetRequest {
-                    namespace: namespace.clone(),
-                    key: key.clone(),
-                    read: linearizable(),
-                })
-                .await;
-            if r.is_ok() {
-                break;
-            }
-            tokio::time::sleep(RETRY_PAUSE).await;
+        let get = Op::Get(GetRequest {
+            namespace: namespace.clone(),
+            key,
+            read: linearizable(),
+        });
+        if !until_ok(&mut kv, &load, region, ns, get).await {
+            return;
         }
-        load.end(id, region, ns, false, started);
     }
 }
 

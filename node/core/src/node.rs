@@ -283,6 +283,31 @@ pub const INTERNAL_REQ_BASE: RequestId = 1 << 63;
 /// network delay of its original, far fewer forwards than this apart.
 const SEEN_FORWARDS_MAX: usize = 16_384;
 
+/// A request forwarded to its group's leader.
+struct Forwarded {
+    group: GroupId,
+    to: NodeId,
+    sent_us: u64,
+    /// Kept so that a refusal that promises nothing happened (UNAVAILABLE:
+    /// not the leader, a hand-over under way), or a leader change for a read
+    /// (a read did nothing), re-routes it instead of failing it.
+    req: ClientRequest,
+}
+
+impl Forwarded {
+    fn is_write(&self) -> bool {
+        matches!(self.req, ClientRequest::Write { .. })
+    }
+}
+
+/// A request waiting for its group to have a leader.
+struct Parked {
+    group: GroupId,
+    /// The node that refused it, if any: it waits for another leader.
+    refused_by: Option<NodeId>,
+    req: ClientRequest,
+}
+
 struct Watcher {
     ns: String,
     prefix: String,
@@ -331,25 +356,21 @@ pub struct Node {
     pending: BTreeMap<RequestId, u64>,
     deadlines: BTreeSet<(u64, RequestId)>,
     token_waits: Vec<TokenWait>,
-    /// Requests forwarded to a group's leader: id -> (group, leader,
-    /// is_write, sent at). If the group's leader changes first, they are
-    /// answered at once rather than at their timeout, so clients retry
-    /// elsewhere sooner (lower RTO).
-    forwarded: BTreeMap<RequestId, (GroupId, NodeId, bool, u64)>,
-    /// Forwarded requests' bodies, kept so that a refusal that promises
-    /// nothing happened (UNAVAILABLE: not the leader, a hand-over under way)
-    /// re-routes them instead of failing them, and a leader change re-routes
-    /// reads (a read did nothing, so it is safe to send again).
-    forwarded_reqs: BTreeMap<RequestId, ClientRequest>,
+    /// Requests forwarded to a group's leader. If the group's leader changes
+    /// first, they are answered (or re-routed) at once rather than at their
+    /// timeout, so clients retry elsewhere sooner (lower RTO).
+    forwarded: BTreeMap<RequestId, Forwarded>,
     /// Requests waiting for their group to have a leader (other than the
-    /// one that refused them): id -> (group, not this node, request). Sent on
-    /// as soon as one is known, or answered TIMEOUT at their deadline. A
-    /// cluster's leadership moving home (lease preference) or a transfer
-    /// leaves a group leaderless for a moment; clients should see a pause,
-    /// not UNAVAILABLE (issue 20).
-    parked: BTreeMap<RequestId, (GroupId, Option<NodeId>, ClientRequest)>,
+    /// one that refused them). Sent on as soon as one is known, or answered
+    /// TIMEOUT at their deadline. A cluster's leadership moving home (lease
+    /// preference) or a transfer leaves a group leaderless for a moment;
+    /// clients should see a pause, not UNAVAILABLE (issue 20).
+    parked: BTreeMap<RequestId, Parked>,
     /// Per peer: when a forward reply (or probe reply) last came from it.
     forward_heard_us: Vec<u64>,
+    /// When the forward watchdog next has something to do, at the latest
+    /// (an earlier wake-up finds nothing and recomputes it).
+    forward_check_us: Option<u64>,
     /// Per peer: the probe of the forward path under way (seq, sent at).
     probes: Vec<Option<(u64, u64)>>,
     next_probe_seq: u64,
@@ -502,7 +523,7 @@ impl Node {
             deadlines: BTreeSet::new(),
             token_waits: Vec::new(),
             forwarded: BTreeMap::new(),
-            forwarded_reqs: BTreeMap::new(),
+            forward_check_us: None,
             parked: BTreeMap::new(),
             forward_heard_us: vec![0; cfg.regions as usize],
             probes: vec![None; cfg.regions as usize],
@@ -780,6 +801,10 @@ impl Node {
     }
 
     fn send(&mut self, to: NodeId, msg: Msg) {
+        self.send_ref(to, &msg);
+    }
+
+    fn send_ref(&mut self, to: NodeId, msg: &Msg) {
         let channel = msg.channel();
         match msg.encode() {
             Ok(bytes) => self.out.push(Action::Send { to, channel, bytes }),
@@ -899,23 +924,11 @@ impl Node {
             t = t.min(w.deadline_us);
         }
         t = t.min(self.next_meta_sync_us);
-        // The forward watchdog: the oldest forward's probe time, each probe's end.
-        // Only forwards that would send a probe count: none is under way to
-        // their peer, and nothing was heard from it since they were sent (a
-        // deadline already past that sends nothing would spin the timer).
-        let after = self.cfg.forward_probe_after_us;
-        let probe_due = self
-            .forwarded
-            .values()
-            .filter(|f| {
-                let p = f.1 as usize;
-                self.probes[p].is_none() && f.3 >= self.forward_heard_us[p]
-            })
-            .map(|f| f.3)
-            .min();
-        if let Some(sent) = probe_due {
-            t = t.min(sent + after);
+        // The forward watchdog: its next look, and each probe's end.
+        if let Some(at) = self.forward_check_us {
+            t = t.min(at);
         }
+        let after = self.cfg.forward_probe_after_us;
         for (_, sent) in self.probes.iter().flatten() {
             t = t.min(sent + after);
         }
@@ -926,7 +939,6 @@ impl Node {
         match origin {
             Origin::Local(req) => {
                 self.forwarded.remove(&req);
-                self.forwarded_reqs.remove(&req);
                 self.parked.remove(&req);
                 if let Some(deadline) = self.pending.remove(&req) {
                     self.deadlines.remove(&(deadline, req));
@@ -950,42 +962,60 @@ impl Node {
     fn forward_watchdog(&mut self) {
         let now = self.now;
         let after = self.cfg.forward_probe_after_us;
-        for p in 0..self.cfg.regions as usize {
+        let regions = self.cfg.regions as usize;
+        for p in 0..regions {
             if let Some((_, sent)) = self.probes[p] {
                 if now >= sent + after {
                     self.probes[p] = None;
                     self.stats.forward_path_resets += 1;
                     self.out.push(Action::ResetPeer { peer: p as NodeId });
-                    let stuck: Vec<(RequestId, bool)> = self
+                    let stuck: Vec<RequestId> = self
                         .forwarded
                         .iter()
-                        .filter(|(_, f)| f.1 as usize == p)
-                        .map(|(id, f)| (*id, f.2))
+                        .filter(|(_, f)| f.to as usize == p)
+                        .map(|(id, _)| *id)
                         .collect();
-                    for (id, is_write) in stuck {
-                        let code = if is_write {
-                            ErrorCode::Indeterminate
-                        } else {
-                            ErrorCode::Unavailable
-                        };
-                        self.respond(Origin::Local(id), ClientResponse::Error(code));
+                    for id in stuck {
+                        self.fail_forward(id);
                     }
                 }
-                continue;
             }
-            let heard = self.forward_heard_us[p];
-            let waiting = self
-                .forwarded
-                .values()
-                .any(|f| f.1 as usize == p && f.3 >= heard && now >= f.3 + after);
-            if waiting {
+        }
+        // Per peer without a probe under way: the oldest forward sent since
+        // anything was last heard from it.
+        let mut oldest: Vec<Option<u64>> = vec![None; regions];
+        for f in self.forwarded.values() {
+            let p = f.to as usize;
+            if self.probes[p].is_none() && f.sent_us >= self.forward_heard_us[p] {
+                oldest[p] = Some(oldest[p].map_or(f.sent_us, |o| o.min(f.sent_us)));
+            }
+        }
+        self.forward_check_us = None;
+        for (p, sent) in oldest.into_iter().enumerate() {
+            let Some(sent) = sent else { continue };
+            if now >= sent + after {
                 let seq = self.next_probe_seq;
                 self.next_probe_seq += 1;
                 self.probes[p] = Some((seq, now));
                 let boot = self.boot;
                 self.send(p as NodeId, Msg::Probe { boot, seq });
+            } else {
+                let at = sent + after;
+                self.forward_check_us = Some(self.forward_check_us.map_or(at, |c| c.min(at)));
             }
         }
+    }
+
+    /// Answer forwarded request `id` now: a write's outcome is unknown (its
+    /// id makes a retry safe); a read did nothing.
+    fn fail_forward(&mut self, id: RequestId) {
+        let is_write = self.forwarded.get(&id).is_some_and(|f| f.is_write());
+        let code = if is_write {
+            ErrorCode::Indeterminate
+        } else {
+            ErrorCode::Unavailable
+        };
+        self.respond(Origin::Local(id), ClientResponse::Error(code));
     }
 
     fn on_timeout(&mut self) {
@@ -1060,19 +1090,13 @@ impl Node {
         let stale: Vec<(RequestId, bool)> = self
             .forwarded
             .iter()
-            .filter(|(_, (fg, to, _, _))| *fg as usize == g && Some(*to) != leader)
-            .map(|(id, (_, _, w, _))| (*id, *w))
+            .filter(|(_, f)| f.group as usize == g && Some(f.to) != leader)
+            .map(|(id, f)| (*id, f.is_write()))
             .collect();
         for (id, is_write) in stale {
-            if !is_write && self.reroute(id) {
-                continue;
+            if is_write || !self.reroute(id) {
+                self.fail_forward(id);
             }
-            let code = if is_write {
-                ErrorCode::Indeterminate
-            } else {
-                ErrorCode::Unavailable
-            };
-            self.respond(Origin::Local(id), ClientResponse::Error(code));
         }
     }
 
@@ -1081,17 +1105,21 @@ impl Node {
     /// a read, or a write refused with UNAVAILABLE. False if `id` is not a
     /// forwarded request.
     fn reroute(&mut self, id: RequestId) -> bool {
-        let Some(req) = self.forwarded_reqs.remove(&id) else {
-            return false;
-        };
-        let Some((g, refused_by, _, _)) = self.forwarded.remove(&id) else {
+        let Some(f) = self.forwarded.remove(&id) else {
             return false;
         };
         if !self.pending.contains_key(&id) {
             return true;
         }
         self.stats.requests_rerouted += 1;
-        self.parked.insert(id, (g, Some(refused_by), req));
+        self.parked.insert(
+            id,
+            Parked {
+                group: f.group,
+                refused_by: Some(f.to),
+                req: f.req,
+            },
+        );
         self.unpark();
         true
     }
@@ -1105,20 +1133,21 @@ impl Node {
         let ready: Vec<RequestId> = self
             .parked
             .iter()
-            .filter(|(_, (g, not, _))| {
-                let gr = &self.groups[*g as usize];
+            .filter(|(_, p)| {
+                let gr = &self.groups[p.group as usize];
                 if gr.role == Role::Leader {
                     // Serve here, unless a hand-over is still under way.
                     gr.transfer.is_none()
                 } else {
-                    gr.leader.is_some_and(|l| Some(l) != *not && l != self.id)
+                    gr.leader
+                        .is_some_and(|l| Some(l) != p.refused_by && l != self.id)
                 }
             })
             .map(|(id, _)| *id)
             .collect();
         for id in ready {
-            if let Some((_, _, req)) = self.parked.remove(&id) {
-                self.on_request(Origin::Local(id), req);
+            if let Some(p) = self.parked.remove(&id) {
+                self.on_request(Origin::Local(id), p.req);
             }
         }
     }
@@ -3231,15 +3260,34 @@ impl Node {
                 // No leader known (an election or a hand-over under way):
                 // wait for one rather than refuse. Nothing was sent, so even
                 // a write is safe to send later.
-                self.parked.insert(id, (g as GroupId, None, req));
+                self.parked.insert(
+                    id,
+                    Parked {
+                        group: g as GroupId,
+                        refused_by: None,
+                        req,
+                    },
+                );
             }
             (Origin::Local(id), Some(l)) if l != self.id => {
-                let is_write = matches!(req, ClientRequest::Write { .. });
-                let now = self.now;
-                self.forwarded.insert(id, (g as GroupId, l, is_write, now));
-                self.forwarded_reqs.insert(id, req.clone());
                 let boot = self.boot;
-                self.send(l, Msg::Forward { boot, id, req });
+                let msg = Msg::Forward { boot, id, req };
+                self.send_ref(l, &msg);
+                let Msg::Forward { req, .. } = msg else {
+                    return;
+                };
+                let now = self.now;
+                self.forwarded.insert(
+                    id,
+                    Forwarded {
+                        group: g as GroupId,
+                        to: l,
+                        sent_us: now,
+                        req,
+                    },
+                );
+                let at = now + self.cfg.forward_probe_after_us;
+                self.forward_check_us = Some(self.forward_check_us.map_or(at, |c| c.min(at)));
             }
             _ => self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable)),
         }
@@ -3461,8 +3509,13 @@ impl Node {
             // instead of failing (a forwarder re-routes the refusal below).
             if let Origin::Local(id) = origin {
                 if self.pending.contains_key(&id) {
-                    self.parked
-                        .insert(id, (g as GroupId, Some(self.id), w.into_request()));
+                    let req = w.into_request();
+                    let parked = Parked {
+                        group: g as GroupId,
+                        refused_by: Some(self.id),
+                        req,
+                    };
+                    self.parked.insert(id, parked);
                     return;
                 }
             }

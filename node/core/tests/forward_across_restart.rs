@@ -16,26 +16,11 @@ use common::Net;
 use meridian_core::*;
 
 fn write(key: &str, value: &[u8]) -> ClientRequest {
-    ClientRequest::Write {
-        ns: "r0-quorum".into(),
-        request_id: 0,
-        compares: Vec::new(),
-        ns_revision: None,
-        ops: vec![WriteOp::Put {
-            key: key.into(),
-            value: value.to_vec(),
-        }],
-        meta: ChangeMeta::default(),
-    }
+    common::put("r0-quorum", key, value)
 }
 
 fn read(key: &str) -> ClientRequest {
-    ClientRequest::Read {
-        ns: "r0-quorum".into(),
-        query: ReadQuery::Get { key: key.into() },
-        consistency: Consistency::Linearizable,
-        token: None,
-    }
+    common::get("r0-quorum", key)
 }
 
 fn value_of(resp: Option<&ClientResponse>) -> Option<Vec<u8>> {
@@ -71,12 +56,7 @@ fn a_restarted_node_reusing_request_ids_is_not_taken_for_a_duplicate() {
         );
     }
     // Restart node 1 (a new process, a new seed: its shell numbers from 1 again).
-    net.restart(1, 12);
-    let deadline = net.now + 5_000_000;
-    while net.leader(1, 0).is_none() {
-        assert!(net.now < deadline, "restarted node learns group 0's leader");
-        net.run_until(net.now + 10_000);
-    }
+    net.restart_until_leader_known(1, 12, 0);
     net.replies.clear();
     for id in 1..=20 {
         let now = net.now;
@@ -115,12 +95,7 @@ fn a_reply_meant_for_an_earlier_life_does_not_answer_a_new_request() {
         .map(|(_, b)| b.clone())
         .expect("node 0 replied to node 1's forward");
 
-    net.restart(1, 13);
-    let deadline = net.now + 5_000_000;
-    while net.leader(1, 0).is_none() {
-        assert!(net.now < deadline, "restarted node learns group 0's leader");
-        net.run_until(net.now + 10_000);
-    }
+    net.restart_until_leader_known(1, 13, 0);
     net.replies.clear();
     // Second life: request 7 reads "new"; the first life's reply arrives late
     // (say, queued in a transport across the restart) before the real one.

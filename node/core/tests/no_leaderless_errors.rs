@@ -11,26 +11,11 @@ use common::Net;
 use meridian_core::*;
 
 fn write(ns: &str, key: &str) -> ClientRequest {
-    ClientRequest::Write {
-        ns: ns.into(),
-        request_id: 0,
-        compares: Vec::new(),
-        ns_revision: None,
-        ops: vec![WriteOp::Put {
-            key: key.into(),
-            value: b"v".to_vec(),
-        }],
-        meta: ChangeMeta::default(),
-    }
+    common::put(ns, key, b"v")
 }
 
 fn read(ns: &str, key: &str) -> ClientRequest {
-    ClientRequest::Read {
-        ns: ns.into(),
-        query: ReadQuery::Get { key: key.into() },
-        consistency: Consistency::Linearizable,
-        token: None,
-    }
+    common::get(ns, key)
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! holds a lease and serves linearizable reads (no peer will ever acknowledge
 //! a heartbeat round, so the round must complete as it starts).
 
+mod common;
+
 use meridian_core::storage::Durable;
 use meridian_core::*;
 
@@ -100,17 +102,7 @@ fn snapshots_taken(pct: u64, n: u64) -> usize {
         node.handle_client(
             now,
             100 + i,
-            ClientRequest::Write {
-                ns: "r0-quorum".into(),
-                request_id: 0,
-                compares: Vec::new(),
-                ns_revision: None,
-                ops: vec![WriteOp::Put {
-                    key: format!("k{i:04}"),
-                    value: vec![b'v'; 1024],
-                }],
-                meta: ChangeMeta::default(),
-            },
+            common::put("r0-quorum", &format!("k{i:04}"), &[b'v'; 1024]),
         );
         // Complete persists until the write is answered, counting snapshots.
         let mut actions = Vec::new();

@@ -173,13 +173,19 @@ struct Link {
     inbound: Mutex<Option<(u64, quinn::Connection)>>,
 }
 
+/// A lock that survives a panicked holder (the data stays consistent: every
+/// critical section here is a plain assignment or a pure state update).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Link {
     fn health(&self) -> std::sync::MutexGuard<'_, PeerHealth> {
-        self.health.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.health)
     }
 
     fn request_reset(&self, why: String) {
-        *self.reset_why.lock().unwrap_or_else(|p| p.into_inner()) = Some((why, Instant::now()));
+        *lock(&self.reset_why) = Some((why, Instant::now()));
         self.reset.notify_one();
     }
 
@@ -188,7 +194,7 @@ impl Link {
     /// exists (say, "the peer restarted" while this one was being dialed to
     /// the new process): it is dropped.
     fn take_reset_since(&self, since: Instant) -> Option<String> {
-        let mut r = self.reset_why.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = lock(&self.reset_why);
         match r.take() {
             Some((why, at)) if at >= since => Some(why),
             Some(_) | None => None,
@@ -337,12 +343,7 @@ impl Transport {
             return;
         };
         tracing::warn!(peer = %link.info.name, reason = %why, "resetting the peer connections");
-        if let Some((_, conn)) = link
-            .inbound
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some((_, conn)) = lock(&link.inbound).take() {
             conn.close(quinn::VarInt::from_u32(CLOSE_RESET), why.as_bytes());
         }
         link.request_reset(why.to_string());
@@ -591,11 +592,7 @@ async fn inbound(incoming: quinn::Incoming, shared: Arc<Shared>) {
     };
     let opened = link.health().inbound_opened(Instant::now());
     let generation = opened.generation;
-    let old = link
-        .inbound
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .replace((generation, conn.clone()));
+    let old = lock(&link.inbound).replace((generation, conn.clone()));
     if let Some((_, old)) = old {
         old.close(
             quinn::VarInt::from_u32(CLOSE_REPLACED),
@@ -639,7 +636,7 @@ async fn inbound(incoming: quinn::Incoming, shared: Arc<Shared>) {
     readers.abort_all();
     link.health().inbound_closed(generation);
     {
-        let mut cur = link.inbound.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cur = lock(&link.inbound);
         if cur.as_ref().is_some_and(|(g, _)| *g == generation) {
             *cur = None;
         }

@@ -120,6 +120,19 @@ impl Net {
         self.timers[n as usize] = Some(self.now);
     }
 
+    /// Restart node `n` with `seed` and run until it knows group `g`'s leader.
+    pub fn restart_until_leader_known(&mut self, n: NodeId, seed: u64, g: GroupId) {
+        self.restart(n, seed);
+        let deadline = self.now + 5_000_000;
+        while self.leader(n, g).is_none() {
+            assert!(
+                self.now < deadline,
+                "restarted node {n} learns group {g}'s leader"
+            );
+            self.run_until(self.now + 10_000);
+        }
+    }
+
     pub fn leader(&self, at: NodeId, g: GroupId) -> Option<NodeId> {
         self.nodes[at as usize].group_status(g)?.leader
     }
@@ -130,5 +143,30 @@ impl Net {
             .rev()
             .find(|(m, r, _)| *m == n && *r == req)
             .map(|(_, _, resp)| resp)
+    }
+}
+
+/// A put of `key` in namespace `ns`, with no idempotency id.
+pub fn put(ns: &str, key: &str, value: &[u8]) -> ClientRequest {
+    ClientRequest::Write {
+        ns: ns.into(),
+        request_id: 0,
+        compares: Vec::new(),
+        ns_revision: None,
+        ops: vec![WriteOp::Put {
+            key: key.into(),
+            value: value.to_vec(),
+        }],
+        meta: ChangeMeta::default(),
+    }
+}
+
+/// A linearizable get of `key` in namespace `ns`.
+pub fn get(ns: &str, key: &str) -> ClientRequest {
+    ClientRequest::Read {
+        ns: ns.into(),
+        query: ReadQuery::Get { key: key.into() },
+        consistency: Consistency::Linearizable,
+        token: None,
     }
 }
