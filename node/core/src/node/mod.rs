@@ -1,0 +1,826 @@
+//! One region's node: every home group's protocol state (Raft with PreVote,
+//! check-quorum, leases, leadership transfer, lease preference, snapshots), the
+//! group state machines, client request routing, watches and the metadata
+//! document. Sans-IO: `handle_*` inputs with `now` (the node's monotonic clock,
+//! microseconds), `drain_actions` outputs. Effects that must follow durability
+//! (vote replies, append acks, acknowledgements) are deferred until storage
+//! reports the persist batch complete; storage completes batches in order.
+//!
+//! This file holds the node's state, its inputs and the step plumbing
+//! (persist, defer, send, respond, timers to set). Each concern's methods are
+//! in their own file: `election` (votes, leadership, transfer, promises),
+//! `replication` (appends, heartbeats, snapshots, compaction), `commit`
+//! (leases, commit index, applying), `reads` (consistency levels, token
+//! waits), `requests` (validation, dispatch, write evaluation), `forward`
+//! (routing to leaders, parking, the forward watchdog), `messages` (peer
+//! message dispatch, metadata sync), `moves` (catalog, namespace moves),
+//! `watches`, `timers` (the tick) and `introspect` (read-only views).
+
+mod commit;
+mod election;
+mod forward;
+mod introspect;
+mod messages;
+mod moves;
+mod reads;
+mod replication;
+mod requests;
+mod timers;
+mod watches;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::config::Config;
+use crate::kv::{Change, GroupSm, ScanError};
+use crate::log::Log;
+use crate::meta::MetaDoc;
+use crate::rng::{fnv1a, Rng};
+use crate::storage::{
+    AdoptEffect, Durable, Entry, EntryData, KeyEffect, Retention, Snapshot, StorageOp, WriteEffect,
+};
+use crate::types::*;
+use crate::wire::{Channel, Msg, RaftMsg, WireError};
+
+/// What the node asks its shell to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Send {
+        to: NodeId,
+        channel: Channel,
+        bytes: Vec<u8>,
+    },
+    /// Persist `ops` in order, then call `handle_persisted(id)`. Batches complete
+    /// in id order. `sync`: fsync before completing.
+    Persist {
+        id: u64,
+        sync: bool,
+        ops: Vec<StorageOp>,
+    },
+    Reply {
+        req: RequestId,
+        resp: ClientResponse,
+    },
+    /// Call `handle_timeout` at this local time (replaces any earlier timer).
+    SetTimer {
+        at_us: u64,
+    },
+    Observe(Observation),
+    /// The forward path to `peer` is broken although messages may still
+    /// flow otherwise (a probe went unanswered): drop the transport's
+    /// connections with it and reconnect. Forwards to it were answered.
+    ResetPeer {
+        peer: NodeId,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("message from unknown peer {0}")]
+    UnknownPeer(u8),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("out-of-protocol message: {0}")]
+    OutOfProtocol(&'static str),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InitError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("durable state has {got} groups, the cluster has {want}")]
+    GroupCount { got: usize, want: usize },
+    #[error("corrupt durable state: {0}")]
+    Corrupt(String),
+}
+
+/// What `Node::group_status` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub role: &'static str,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    pub applied_revision: u64,
+    /// Left of this node's lease on the group, if it holds one now.
+    pub lease_remaining_us: Option<u64>,
+    /// (follower, highest index known replicated there); leaders only.
+    pub followers: Vec<(NodeId, u64)>,
+}
+
+/// Counters of rejected input; never reset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub peer_malformed: u64,
+    pub peer_oversized: u64,
+    pub peer_out_of_protocol: u64,
+    pub meta_errors: u64,
+    pub apply_errors: u64,
+    pub client_rejected: u64,
+    /// Forward or probe replies meant for an earlier life of this node, or
+    /// an earlier probe (dropped).
+    pub stale_forward_replies: u64,
+    /// Our own data failed to encode (a bug): the node halted.
+    pub encode_errors: u64,
+    /// Links reset because a probe of the forward path went unanswered.
+    pub forward_path_resets: u64,
+    /// Forwarded requests sent again after their leader changed or refused them.
+    pub requests_rerouted: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Local(RequestId),
+    /// Forwarded by a peer: (peer, the peer's boot, its request id).
+    Remote(NodeId, u64, RequestId),
+}
+
+#[derive(Clone, Debug)]
+enum Deferred {
+    Send(NodeId, Msg),
+    LogDurable {
+        group: GroupId,
+        index: u64,
+        term: u64,
+    },
+    Respond(Origin, ClientResponse),
+    MetaReady,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Peer {
+    match_index: u64,
+    /// Highest index sent (pipelining).
+    sent_index: u64,
+    acked_round: u64,
+    last_heard_us: u64,
+    last_echo_us: u64,
+    /// Snapshot being sent: (snapshot index, bytes acknowledged).
+    snap_progress: Option<(u64, u64)>,
+}
+
+#[derive(Clone, Debug)]
+enum ReadWhat {
+    Query {
+        ns: String,
+        query: ReadQuery,
+        /// Async namespaces read proposed-but-unapplied effects at the leader.
+        overlay: bool,
+    },
+    Conflict,
+}
+
+#[derive(Clone, Debug)]
+struct PendingRead {
+    origin: Origin,
+    min_index: u64,
+    round: u64,
+    deadline_us: u64,
+    what: ReadWhat,
+}
+
+#[derive(Clone, Debug)]
+struct PendingWrite {
+    /// Everyone waiting for this write (a retried request joins the first).
+    origins: Vec<Origin>,
+    request_id: u64,
+    resp: ClientResponse,
+    ack_on_durable: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Transfer {
+    to: NodeId,
+    deadline_us: u64,
+    timeout_now_sent: bool,
+}
+
+struct Group {
+    term: u64,
+    vote: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    log: Log,
+    commit: u64,
+    applied: u64,
+    durable_index: u64,
+    election_deadline_us: u64,
+    /// When this node last heard from a leader it accepted (its promise).
+    leader_contact_us: Option<u64>,
+    leader_transferring_to: Option<NodeId>,
+    votes: BTreeSet<NodeId>,
+    /// Latest local snapshot (sent to lagging followers).
+    snapshot: Option<Snapshot>,
+    /// Snapshot being received: (index, term, total, bytes so far).
+    snap_recv: Option<(u64, u64, u64, Vec<u8>)>,
+    /// Local time before which everything committed is applied here (bounded reads).
+    fresh_as_of_us: Option<u64>,
+    // Leader state.
+    peers: Vec<Peer>,
+    round: u64,
+    rounds: VecDeque<(u64, u64)>,
+    lease_min_round: u64,
+    lease_expiry_us: u64,
+    next_heartbeat_us: u64,
+    noop_index: u64,
+    transfer: Option<Transfer>,
+    home_healthy_since_us: Option<u64>,
+    pending_reads: Vec<PendingRead>,
+    pending_writes: BTreeMap<u64, PendingWrite>,
+    /// request id -> log index of a pending write.
+    pending_by_request: BTreeMap<u64, u64>,
+    /// Async-acknowledged entries not yet committed: (index, ack time).
+    async_acked: VecDeque<(u64, u64)>,
+    /// Effects proposed but not applied: (ns, key) -> (version, value, index).
+    overlay: BTreeMap<(String, String), Pending>,
+    overlay_revision: u64,
+    /// Proposed, not applied, last-change revision per namespace: ns -> (revision, index).
+    overlay_ns: BTreeMap<String, (u64, u64)>,
+    /// Change time of the newest proposed write (a group's times never go back).
+    overlay_time_ms: u64,
+    /// Namespaces whose freeze is proposed, not yet applied: no write to them
+    /// may be proposed after it.
+    overlay_frozen: BTreeSet<String>,
+    heartbeat_now: bool,
+    /// The round the current lease is counted from.
+    lease_round: u64,
+    /// Latest (leader, term, round) this follower promised on.
+    promised: (NodeId, u64, u64),
+    /// The current candidacy was started by a leadership transfer.
+    campaign_transfer: bool,
+}
+
+/// A proposed, not yet applied, value of a key: (version, value, log index).
+type Pending = (u64, Option<Vec<u8>>, u64);
+
+/// A write on its way to its group's leader.
+struct ProposedWrite {
+    ns: String,
+    request_id: u64,
+    compares: Vec<Compare>,
+    ns_revision: Option<u64>,
+    ops: Vec<WriteOp>,
+    meta: ChangeMeta,
+}
+
+impl ProposedWrite {
+    fn into_request(self) -> ClientRequest {
+        ClientRequest::Write {
+            ns: self.ns,
+            request_id: self.request_id,
+            compares: self.compares,
+            ns_revision: self.ns_revision,
+            ops: self.ops,
+            meta: self.meta,
+        }
+    }
+}
+
+/// A namespace's home group, replication mode and history retention.
+type NsEntry = (GroupId, ReplicationMode, Retention);
+
+/// The namespace catalog: namespace name -> `NsSettings`, in group 0. Clients
+/// may read it; only `CreateNamespace` writes it.
+pub const CATALOG_NS: &str = "__catalog";
+/// Namespaces whose names start with this are reserved for the system.
+pub const RESERVED_NS_PREFIX: &str = "__";
+/// Bytes of a change's author plus message at most.
+pub const CHANGE_META_BYTES_MAX: usize = 4096;
+/// Bytes of a namespace name at most.
+pub const NS_NAME_BYTES_MAX: usize = 128;
+/// Request ids from here up are the core's own requests (catalog updates of
+/// a namespace move), numbered upwards; nobody waits for their answers.
+/// Shells number their requests upwards from 1 and never reach it.
+pub const INTERNAL_REQ_BASE: RequestId = 1 << 63;
+/// Forwards remembered to drop duplicates: a duplicate arrives within about a
+/// network delay of its original, far fewer forwards than this apart.
+const SEEN_FORWARDS_MAX: usize = 16_384;
+
+/// A request forwarded to its group's leader.
+struct Forwarded {
+    group: GroupId,
+    to: NodeId,
+    sent_us: u64,
+    /// Kept so that a refusal that promises nothing happened (UNAVAILABLE:
+    /// not the leader, a hand-over under way), or a leader change for a read
+    /// (a read did nothing), re-routes it instead of failing it.
+    req: ClientRequest,
+}
+
+impl Forwarded {
+    fn is_write(&self) -> bool {
+        matches!(self.req, ClientRequest::Write { .. })
+    }
+}
+
+/// A request waiting for its group to have a leader.
+struct Parked {
+    group: GroupId,
+    /// The node that refused it, if any: it waits for another leader.
+    refused_by: Option<NodeId>,
+    req: ClientRequest,
+}
+
+struct Watcher {
+    ns: String,
+    prefix: String,
+    group: GroupId,
+    last_revision: u64,
+}
+
+struct TokenWait {
+    req: RequestId,
+    group: GroupId,
+    revision: u64,
+    deadline_us: u64,
+    ns: String,
+    query: ReadQuery,
+    consistency: Consistency,
+}
+
+pub struct Node {
+    id: NodeId,
+    cfg: Config,
+    rng: Rng,
+    now: u64,
+    groups: Vec<Group>,
+    sms: Vec<GroupSm>,
+    /// Every namespace: home group, replication mode, retention. Static ones
+    /// plus the catalog (see `refresh_catalog`).
+    ns_index: BTreeMap<String, NsEntry>,
+    static_ns: BTreeMap<String, NsEntry>,
+    /// Catalog namespaces being moved: ns -> (old home, new home, the old
+    /// home's tenure: the revision its copy became the home at, 0: created).
+    moves: BTreeMap<String, (GroupId, GroupId, u64)>,
+    /// Catalog namespaces that moved: ns -> revision of their home at which
+    /// the copy there is complete (a replica behind it must not serve them).
+    ns_floor: BTreeMap<String, u64>,
+    /// Some watcher may follow a namespace in a group that is no longer its home.
+    watchers_misplaced: bool,
+    meta: MetaDoc,
+    meta_ready: bool,
+    next_meta_sync_us: u64,
+    out: Vec<Action>,
+    step_ops: Vec<StorageOp>,
+    step_sync: bool,
+    next_persist_id: u64,
+    completed_persist: u64,
+    deferred: VecDeque<(u64, Deferred)>,
+    pending: BTreeMap<RequestId, u64>,
+    deadlines: BTreeSet<(u64, RequestId)>,
+    token_waits: Vec<TokenWait>,
+    /// Requests forwarded to a group's leader. If the group's leader changes
+    /// first, they are answered (or re-routed) at once rather than at their
+    /// timeout, so clients retry elsewhere sooner (lower RTO).
+    forwarded: BTreeMap<RequestId, Forwarded>,
+    /// Requests waiting for their group to have a leader (other than the
+    /// one that refused them). Sent on as soon as one is known, or answered
+    /// TIMEOUT at their deadline. A cluster's leadership moving home (lease
+    /// preference) or a transfer leaves a group leaderless for a moment;
+    /// clients should see a pause, not UNAVAILABLE (issue 20).
+    parked: BTreeMap<RequestId, Parked>,
+    /// Per peer: when a forward reply (or probe reply) last came from it.
+    forward_heard_us: Vec<u64>,
+    /// When the forward watchdog next has something to do, at the latest
+    /// (an earlier wake-up finds nothing and recomputes it).
+    forward_check_us: Option<u64>,
+    /// Per peer: the probe of the forward path under way (seq, sent at).
+    probes: Vec<Option<(u64, u64)>>,
+    next_probe_seq: u64,
+    watchers: BTreeMap<RequestId, Watcher>,
+    /// Forwards received lately, oldest first in `seen_forwards_order`.
+    seen_forwards: BTreeSet<(NodeId, u64, RequestId)>,
+    seen_forwards_order: VecDeque<(NodeId, u64, RequestId)>,
+    /// This process lifetime's name, drawn from the seed at start: forwards
+    /// carry it so peers tell this life's request ids from an earlier one's.
+    boot: u64,
+    next_internal_req: RequestId,
+    timer_at: Option<u64>,
+    halted: bool,
+    stats: Stats,
+}
+
+impl Node {
+    /// Start (or restart) node `id` from what its storage holds. A fresh node
+    /// passes `Durable::new(regions)`.
+    pub fn new(
+        cfg: Config,
+        id: NodeId,
+        durable: Durable,
+        now: u64,
+        seed: u64,
+    ) -> Result<Node, InitError> {
+        cfg.validate().map_err(InitError::Config)?;
+        if id >= cfg.regions {
+            return Err(InitError::Config(format!(
+                "node id {id} but {} regions",
+                cfg.regions
+            )));
+        }
+        if durable.groups.len() != cfg.regions as usize {
+            return Err(InitError::GroupCount {
+                got: durable.groups.len(),
+                want: cfg.regions as usize,
+            });
+        }
+        let mut rng = Rng::new(seed ^ ((id as u64) << 56) ^ durable.incarnation);
+        let incarnation = durable.incarnation + 1;
+        let boot = rng.next_u64();
+        let meta = MetaDoc::load(&durable.meta_chunks, id, incarnation, cfg.regions)
+            .map_err(|e| InitError::Corrupt(e.to_string()))?;
+        let mut ns_index = BTreeMap::new();
+        ns_index.insert(
+            CATALOG_NS.to_string(),
+            (0, ReplicationMode::Quorum, Retention::default()),
+        );
+        for ns in &cfg.namespaces {
+            ns_index.insert(ns.name.clone(), (ns.home, ns.mode, Retention::default()));
+        }
+        let mut groups = Vec::new();
+        let mut sms = Vec::new();
+        for (gi, dg) in durable.groups.iter().enumerate() {
+            let names = cfg
+                .namespaces
+                .iter()
+                .filter(|n| n.home as usize == gi)
+                .map(|n| n.name.clone());
+            let mut sm = GroupSm::new(
+                names,
+                cfg.history_versions_max,
+                cfg.watch_history_max,
+                cfg.idempotency_ids_max,
+            );
+            let (si, st) = match &dg.snapshot {
+                Some(s) => {
+                    sm.restore(&s.data)
+                        .map_err(|e| InitError::Corrupt(format!("group {gi} snapshot: {e}")))?;
+                    (s.index, s.term)
+                }
+                None => (0, 0),
+            };
+            for (k, e) in dg.entries.iter().enumerate() {
+                if e.index != si + 1 + k as u64 || e.term > dg.term {
+                    return Err(InitError::Corrupt(format!(
+                        "group {gi} log entry {} out of place",
+                        e.index
+                    )));
+                }
+            }
+            let log = Log::new(si, st, dg.entries.clone());
+            let last = log.last_index();
+            let et = cfg.election_timeout_us;
+            groups.push(Group {
+                term: dg.term,
+                vote: dg.vote,
+                role: Role::Follower,
+                leader: None,
+                log,
+                commit: si,
+                applied: si,
+                durable_index: last,
+                election_deadline_us: now + rng.range(et, 2 * et),
+                // A restarted node forgot whom it promised: keep every promise it
+                // might have made by refusing votes for one election timeout.
+                leader_contact_us: Some(now),
+                leader_transferring_to: None,
+                votes: BTreeSet::new(),
+                snapshot: dg.snapshot.clone(),
+                snap_recv: None,
+                fresh_as_of_us: None,
+                peers: vec![Peer::default(); cfg.regions as usize],
+                round: 0,
+                rounds: VecDeque::new(),
+                lease_min_round: 0,
+                lease_expiry_us: 0,
+                next_heartbeat_us: 0,
+                noop_index: 0,
+                transfer: None,
+                home_healthy_since_us: None,
+                pending_reads: Vec::new(),
+                pending_writes: BTreeMap::new(),
+                pending_by_request: BTreeMap::new(),
+                async_acked: VecDeque::new(),
+                overlay: BTreeMap::new(),
+                overlay_revision: sm.revision(),
+                overlay_ns: BTreeMap::new(),
+                overlay_time_ms: sm.time_ms(),
+                overlay_frozen: BTreeSet::new(),
+                heartbeat_now: false,
+                lease_round: 0,
+                promised: (0, 0, 0),
+                campaign_transfer: false,
+            });
+            sms.push(sm);
+        }
+        let mut node = Node {
+            id,
+            rng,
+            now,
+            groups,
+            sms,
+            static_ns: ns_index.clone(),
+            ns_index,
+            moves: BTreeMap::new(),
+            ns_floor: BTreeMap::new(),
+            watchers_misplaced: false,
+            meta,
+            meta_ready: false,
+            next_meta_sync_us: now + cfg.meta_sync_interval_us,
+            out: Vec::new(),
+            step_ops: Vec::new(),
+            step_sync: false,
+            next_persist_id: 1,
+            completed_persist: 0,
+            deferred: VecDeque::new(),
+            pending: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            token_waits: Vec::new(),
+            forwarded: BTreeMap::new(),
+            forward_check_us: None,
+            parked: BTreeMap::new(),
+            forward_heard_us: vec![0; cfg.regions as usize],
+            probes: vec![None; cfg.regions as usize],
+            next_probe_seq: 1,
+            watchers: BTreeMap::new(),
+            seen_forwards: BTreeSet::new(),
+            seen_forwards_order: VecDeque::new(),
+            boot,
+            next_internal_req: INTERNAL_REQ_BASE,
+            timer_at: None,
+            halted: false,
+            stats: Stats::default(),
+            cfg,
+        };
+        node.refresh_catalog();
+        node.persist(StorageOp::Incarnation { incarnation }, true);
+        if durable.meta_chunks.is_empty() {
+            let bytes = node.meta.take_unsaved();
+            if !bytes.is_empty() {
+                node.persist(StorageOp::MetaChunk { bytes }, true);
+            }
+        }
+        node.defer(Deferred::MetaReady);
+        if node.cfg.regions == 1 {
+            node.groups[0].election_deadline_us = now;
+        }
+        node.finish_step();
+        Ok(node)
+    }
+
+    /// Take the actions produced so far.
+    pub fn drain_actions(&mut self, into: &mut Vec<Action>) {
+        into.append(&mut self.out);
+    }
+
+    pub fn handle_message(
+        &mut self,
+        now: u64,
+        from: NodeId,
+        bytes: &[u8],
+    ) -> Result<(), PeerError> {
+        self.now = now.max(self.now);
+        if self.halted {
+            return Ok(());
+        }
+        let res = self.on_message(from, bytes);
+        if let Err(e) = &res {
+            match e {
+                PeerError::Wire(WireError::Oversized(_)) => self.stats.peer_oversized += 1,
+                PeerError::Wire(WireError::Malformed(_)) => self.stats.peer_malformed += 1,
+                _ => self.stats.peer_out_of_protocol += 1,
+            }
+        }
+        self.finish_step();
+        res
+    }
+
+    pub fn handle_client(&mut self, now: u64, req: RequestId, request: ClientRequest) {
+        self.now = now.max(self.now);
+        if self.halted {
+            self.out.push(Action::Reply {
+                req,
+                resp: ClientResponse::Error(ErrorCode::Halted),
+            });
+            return;
+        }
+        self.on_client(req, request);
+        self.finish_step();
+    }
+
+    pub fn handle_timeout(&mut self, now: u64) {
+        self.now = now.max(self.now);
+        if self.halted {
+            return;
+        }
+        // The shell's timer fired and is gone: always arm a new one.
+        self.timer_at = None;
+        self.on_timeout();
+        self.finish_step();
+    }
+
+    /// Storage finished persist batch `id` (and so every earlier one).
+    pub fn handle_persisted(&mut self, now: u64, id: u64) {
+        self.now = now.max(self.now);
+        if self.halted {
+            return;
+        }
+        debug_assert!(
+            id < self.next_persist_id,
+            "completion for a batch never issued"
+        );
+        self.completed_persist = self.completed_persist.max(id);
+        self.finish_step();
+    }
+
+    /// Storage failed (for example an fsync error). Nothing after this point may
+    /// be acknowledged: the node stops; the operator restarts it from disk.
+    pub fn handle_storage_failed(&mut self, now: u64) {
+        self.now = now.max(self.now);
+        if self.halted {
+            return;
+        }
+        self.halted = true;
+        self.out.clear();
+        self.deferred.clear();
+        self.step_ops.clear();
+        self.out.push(Action::Observe(Observation::Halted));
+    }
+
+    /// The reliable channel to `peer` was (re-)established.
+    pub fn handle_peer_reset(&mut self, now: u64, peer: NodeId) {
+        self.now = now.max(self.now);
+        if self.halted || peer >= self.cfg.regions || peer == self.id {
+            return;
+        }
+        self.meta.reset_peer(peer);
+        self.meta_send(peer);
+        self.finish_step();
+    }
+
+    fn persist(&mut self, op: StorageOp, sync: bool) {
+        self.step_ops.push(op);
+        self.step_sync |= sync;
+    }
+
+    fn defer(&mut self, d: Deferred) {
+        self.deferred.push_back((self.next_persist_id, d));
+    }
+
+    fn send(&mut self, to: NodeId, msg: Msg) {
+        self.send_ref(to, &msg);
+    }
+
+    fn send_ref(&mut self, to: NodeId, msg: &Msg) {
+        let channel = msg.channel();
+        match msg.encode() {
+            Ok(bytes) => self.out.push(Action::Send { to, channel, bytes }),
+            Err(_) => self.halt_unencodable(),
+        }
+    }
+
+    /// The core could not encode its own data: a bug. Stop (acknowledge
+    /// nothing more) rather than send, persist or digest an empty stand-in.
+    fn halt_unencodable(&mut self) {
+        self.stats.encode_errors += 1;
+        self.handle_storage_failed(self.now);
+    }
+
+    fn finish_step(&mut self) {
+        loop {
+            if !self.step_ops.is_empty() {
+                let ops = std::mem::take(&mut self.step_ops);
+                self.out.push(Action::Persist {
+                    id: self.next_persist_id,
+                    sync: self.step_sync,
+                    ops,
+                });
+                self.step_sync = false;
+                self.next_persist_id += 1;
+            } else {
+                // Nothing new to persist: effects of this step wait only for the
+                // batches already issued.
+                let prev = self.next_persist_id - 1;
+                for (tag, _) in self.deferred.iter_mut().rev() {
+                    if *tag < self.next_persist_id {
+                        break;
+                    }
+                    *tag = prev;
+                }
+            }
+            let mut released = false;
+            while self
+                .deferred
+                .front()
+                .is_some_and(|(t, _)| *t <= self.completed_persist)
+            {
+                if let Some((_, d)) = self.deferred.pop_front() {
+                    self.release(d);
+                    released = true;
+                }
+                if self.halted {
+                    return;
+                }
+            }
+            let parked = self.parked.len();
+            self.unpark();
+            let unparked = self.parked.len() != parked;
+            let hb: Vec<usize> = (0..self.groups.len())
+                .filter(|&g| self.groups[g].heartbeat_now)
+                .collect();
+            for g in &hb {
+                self.heartbeat(*g);
+            }
+            if !released && !unparked && hb.is_empty() && self.step_ops.is_empty() {
+                break;
+            }
+        }
+        let next = self.next_deadline();
+        if next != self.timer_at {
+            self.timer_at = next;
+            if let Some(at_us) = next {
+                self.out.push(Action::SetTimer { at_us });
+            }
+        }
+    }
+
+    fn release(&mut self, d: Deferred) {
+        match d {
+            Deferred::Send(to, msg) => self.send(to, msg),
+            Deferred::Respond(origin, resp) => self.respond(origin, resp),
+            Deferred::LogDurable { group, index, term } => {
+                let g = group as usize;
+                if self.groups[g].log.term_at(index) == Some(term) {
+                    let gr = &mut self.groups[g];
+                    gr.durable_index = gr.durable_index.max(index);
+                    if gr.role == Role::Leader {
+                        self.ack_durable_async(g);
+                        self.maybe_commit(g);
+                    }
+                }
+            }
+            Deferred::MetaReady => {
+                self.meta_ready = true;
+                self.meta_send_all(None);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        let mut t = u64::MAX;
+        for g in &self.groups {
+            if g.role == Role::Leader {
+                t = t.min(g.next_heartbeat_us);
+                if let Some(tr) = &g.transfer {
+                    t = t.min(tr.deadline_us);
+                }
+                for r in &g.pending_reads {
+                    t = t.min(r.deadline_us);
+                }
+            } else {
+                t = t.min(g.election_deadline_us);
+                if matches!(g.role, Role::PreCandidate | Role::Candidate) {
+                    t = t.min(g.next_heartbeat_us);
+                }
+            }
+        }
+        if let Some((d, _)) = self.deadlines.first() {
+            t = t.min(*d);
+        }
+        for w in &self.token_waits {
+            t = t.min(w.deadline_us);
+        }
+        t = t.min(self.next_meta_sync_us);
+        // The forward watchdog: its next look, and each probe's end.
+        if let Some(at) = self.forward_check_us {
+            t = t.min(at);
+        }
+        let after = self.cfg.forward_probe_after_us;
+        for (_, sent) in self.probes.iter().flatten() {
+            t = t.min(sent + after);
+        }
+        (t != u64::MAX).then_some(t)
+    }
+
+    fn respond(&mut self, origin: Origin, resp: ClientResponse) {
+        match origin {
+            Origin::Local(req) => {
+                self.forwarded.remove(&req);
+                self.parked.remove(&req);
+                if let Some(deadline) = self.pending.remove(&req) {
+                    self.deadlines.remove(&(deadline, req));
+                    self.out.push(Action::Reply { req, resp });
+                }
+            }
+            Origin::Remote(node, boot, id) => self.send(node, Msg::ForwardReply { boot, id, resp }),
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Log replication: appending on the leader, heartbeats and appends to
+//! followers, the follower's side of appends and chunked snapshot installs,
+//! and log compaction behind snapshots.
+
+use super::*;
+
+impl Node {
+    /// Leader: append to the local log, persist, and count it once durable.
+    pub(super) fn append_local(&mut self, g: usize, data: EntryData) -> u64 {
+        let gr = &mut self.groups[g];
+        let index = gr.log.last_index() + 1;
+        let entry = Entry {
+            index,
+            term: gr.term,
+            data,
+        };
+        gr.log.push(entry.clone());
+        let term = gr.term;
+        self.persist(
+            StorageOp::Append {
+                group: g as GroupId,
+                first_index: index,
+                entries: vec![entry],
+            },
+            true,
+        );
+        self.defer(Deferred::LogDurable {
+            group: g as GroupId,
+            index,
+            term,
+        });
+        index
+    }
+
+    pub(super) fn leader_tick(&mut self, g: usize) {
+        self.drive_moves(Some(g));
+        let now = self.now;
+        let et = self.cfg.election_timeout_us;
+        let majority = self.cfg.majority();
+        let id = self.id;
+        let gr = &self.groups[g];
+        // Check-quorum: a leader that has not heard from a majority for an
+        // election timeout steps down (its lease expired before that).
+        let heard = (0..self.cfg.regions)
+            .filter(|&p| p == id || now.saturating_sub(gr.peers[p as usize].last_heard_us) < et)
+            .count();
+        if heard < majority {
+            let term = gr.term;
+            self.become_follower(g, term, None);
+            return;
+        }
+        // Lease preference: hand leadership back to the home region once it
+        // has looked healthy for long enough.
+        let home = g as NodeId;
+        if home != id && gr.transfer.is_none() {
+            let healthy =
+                now.saturating_sub(gr.peers[g].last_heard_us) < 2 * self.cfg.heartbeat_interval_us;
+            let gr = &mut self.groups[g];
+            if healthy {
+                let since = *gr.home_healthy_since_us.get_or_insert(now);
+                if now - since >= self.cfg.home_return_delay_us {
+                    self.start_transfer(g, home);
+                }
+            } else {
+                gr.home_healthy_since_us = None;
+            }
+        }
+        self.heartbeat(g);
+    }
+
+    /// Leader: start a heartbeat round to every peer (resending anything unacknowledged).
+    pub(super) fn heartbeat(&mut self, g: usize) {
+        let now = self.now;
+        let gr = &mut self.groups[g];
+        gr.heartbeat_now = false;
+        if gr.role != Role::Leader {
+            return;
+        }
+        gr.round += 1;
+        gr.rounds.push_back((gr.round, now));
+        while gr.rounds.len() > 64 {
+            gr.rounds.pop_front();
+        }
+        gr.next_heartbeat_us = now + self.cfg.heartbeat_interval_us;
+        for p in 0..self.cfg.regions {
+            if p != self.id {
+                let from = self.groups[g].peers[p as usize].match_index + 1;
+                self.send_append(g, p, from);
+            }
+        }
+        // A round may be complete as it starts (a single region is its own
+        // majority, and no acknowledgement will ever arrive): count it now.
+        self.update_lease(g);
+        self.serve_reads(g);
+    }
+
+    pub(super) fn send_append(&mut self, g: usize, p: NodeId, from: u64) {
+        let lease_ok = self.lease_valid(&self.groups[g]) && self.noop_committed(&self.groups[g]);
+        let gr = &mut self.groups[g];
+        let term = gr.term;
+        let round = gr.round;
+        let transferring_to = gr.transfer.as_ref().map(|t| t.to);
+        if from <= gr.log.snap_index {
+            let Some(snap) = &gr.snapshot else { return };
+            let peer = &mut gr.peers[p as usize];
+            let offset = match peer.snap_progress {
+                Some((i, off)) if i == snap.index => off,
+                _ => 0,
+            };
+            peer.snap_progress = Some((snap.index, offset));
+            let end = (offset as usize + self.cfg.snapshot_chunk_bytes).min(snap.data.len());
+            let msg = RaftMsg::Snapshot {
+                index: snap.index,
+                term: snap.term,
+                offset,
+                total: snap.data.len() as u64,
+                data: snap.data[offset as usize..end].to_vec(),
+                round,
+            };
+            self.send(
+                p,
+                Msg::Raft {
+                    group: g as GroupId,
+                    term,
+                    body: msg,
+                },
+            );
+            return;
+        }
+        let entries = gr
+            .log
+            .slice(from, self.cfg.append_entries_max, self.cfg.append_bytes_max);
+        let prev_index = from - 1;
+        let Some(prev_term) = gr.log.term_at(prev_index) else {
+            return;
+        };
+        let peer = &mut gr.peers[p as usize];
+        peer.sent_index = prev_index + entries.len() as u64;
+        let msg = RaftMsg::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit: gr.commit,
+            round,
+            transferring_to,
+            echo_us: peer.last_echo_us,
+            lease_ok,
+        };
+        self.send(
+            p,
+            Msg::Raft {
+                group: g as GroupId,
+                term,
+                body: msg,
+            },
+        );
+    }
+
+    pub(super) fn log_ok(&self, g: usize, last_index: u64, last_term: u64) -> bool {
+        let gr = &self.groups[g];
+        (last_term, last_index) >= (gr.log.last_term(), gr.log.last_index())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_append(
+        &mut self,
+        g: usize,
+        from: NodeId,
+        term: u64,
+        prev_index: u64,
+        prev_term: u64,
+        entries: Vec<Entry>,
+        commit: u64,
+        round: u64,
+        transferring_to: Option<NodeId>,
+        echo_us: u64,
+        lease_ok: bool,
+    ) {
+        let now = self.now;
+        let stale = term < self.groups[g].term;
+        if !stale {
+            if self.groups[g].role != Role::Follower {
+                self.become_follower(g, term, Some(from));
+            }
+            self.reset_election_timer(g);
+            let gr = &mut self.groups[g];
+            gr.leader = Some(from);
+            gr.leader_contact_us = Some(now);
+            gr.leader_transferring_to = transferring_to;
+            self.note_promise(g, from, term, round);
+        }
+        let gr = &mut self.groups[g];
+        let reply_term = gr.term;
+        let mut success = false;
+        let mut match_index = 0;
+        // Entries at or below the snapshot are committed and so already match.
+        let (prev_index, prev_term, entries) = if prev_index < gr.log.snap_index {
+            let skip = (gr.log.snap_index - prev_index) as usize;
+            if skip > entries.len() {
+                (gr.log.snap_index, gr.log.snap_term, Vec::new())
+            } else {
+                let rest: Vec<Entry> = entries.into_iter().skip(skip).collect();
+                (gr.log.snap_index, gr.log.snap_term, rest)
+            }
+        } else {
+            (prev_index, prev_term, entries)
+        };
+        if gr.log.term_at(prev_index) == Some(prev_term) {
+            success = true;
+            match_index = prev_index + entries.len() as u64;
+            let mut first_new = None;
+            for (k, e) in entries.iter().enumerate() {
+                match gr.log.term_at(e.index) {
+                    Some(t) if t == e.term => continue,
+                    Some(_) => {
+                        debug_assert!(
+                            e.index > gr.commit || self.cfg.mutants.any(),
+                            "never truncate committed entries"
+                        );
+                        gr.log.truncate_from(e.index);
+                        gr.durable_index = gr.durable_index.min(e.index - 1);
+                        first_new = Some(k);
+                        break;
+                    }
+                    None => {
+                        first_new = Some(k);
+                        break;
+                    }
+                }
+            }
+            if let Some(k) = first_new {
+                let new: Vec<Entry> = entries[k..].to_vec();
+                let first_index = new[0].index;
+                for e in &new {
+                    gr.log.push(e.clone());
+                }
+                let last = gr.log.last_index();
+                let t = gr.log.last_term();
+                self.persist(
+                    StorageOp::Append {
+                        group: g as GroupId,
+                        first_index,
+                        entries: new,
+                    },
+                    true,
+                );
+                self.defer(Deferred::LogDurable {
+                    group: g as GroupId,
+                    index: last,
+                    term: t,
+                });
+            }
+            let gr = &mut self.groups[g];
+            let new_commit = commit.min(match_index);
+            if new_commit > gr.commit {
+                gr.commit = new_commit;
+                self.apply_committed(g);
+            }
+            let gr = &mut self.groups[g];
+            if lease_ok && !stale && gr.applied >= commit {
+                gr.fresh_as_of_us = Some(gr.fresh_as_of_us.map_or(echo_us, |f| f.max(echo_us)));
+            }
+        }
+        let last_index = self.groups[g].log.last_index();
+        let resp = RaftMsg::AppendResp {
+            success,
+            match_index,
+            last_index,
+            round,
+            echo_us: now,
+        };
+        // Acknowledge only what is durable.
+        self.defer(Deferred::Send(
+            from,
+            Msg::Raft {
+                group: g as GroupId,
+                term: reply_term,
+                body: resp,
+            },
+        ));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_append_resp(
+        &mut self,
+        g: usize,
+        from: NodeId,
+        term: u64,
+        success: bool,
+        match_index: u64,
+        last_index: u64,
+        round: u64,
+        echo_us: u64,
+    ) {
+        let now = self.now;
+        let gr = &mut self.groups[g];
+        if gr.role != Role::Leader || term != gr.term {
+            return;
+        }
+        let my_last = gr.log.last_index();
+        let peer = &mut gr.peers[from as usize];
+        peer.last_heard_us = now;
+        peer.acked_round = peer.acked_round.max(round);
+        peer.last_echo_us = peer.last_echo_us.max(echo_us);
+        if success {
+            if match_index > my_last {
+                self.stats.peer_out_of_protocol += 1;
+                return;
+            }
+            peer.match_index = peer.match_index.max(match_index);
+            if peer.match_index >= peer.sent_index
+                && peer.match_index < my_last
+                && peer.snap_progress.is_none()
+            {
+                let next = peer.match_index + 1;
+                self.send_append(g, from, next);
+            }
+        } else if round > 0 {
+            // Log mismatch: back off to what the follower has and resend.
+            let next = (last_index + 1)
+                .min(peer.sent_index)
+                .max(peer.match_index + 1);
+            peer.sent_index = next - 1;
+            self.send_append(g, from, next);
+        }
+        self.update_lease(g);
+        self.maybe_commit(g);
+        self.maybe_timeout_now(g);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_snapshot(
+        &mut self,
+        g: usize,
+        from: NodeId,
+        term: u64,
+        index: u64,
+        sterm: u64,
+        offset: u64,
+        total: u64,
+        data: Vec<u8>,
+        round: u64,
+    ) -> Result<(), PeerError> {
+        let now = self.now;
+        if self.groups[g].role != Role::Follower {
+            self.become_follower(g, term, Some(from));
+        }
+        self.reset_election_timer(g);
+        let gr = &mut self.groups[g];
+        gr.leader = Some(from);
+        gr.leader_contact_us = Some(now);
+        self.note_promise(g, from, term, round);
+        let gr = &mut self.groups[g];
+        let reply = |received: u64, done: bool| Msg::Raft {
+            group: g as GroupId,
+            term,
+            body: RaftMsg::SnapshotResp {
+                index,
+                received,
+                done,
+                round,
+            },
+        };
+        if index <= gr.commit {
+            self.defer(Deferred::Send(from, reply(total, true)));
+            return Ok(());
+        }
+        let buf = match gr.snap_recv.take() {
+            Some((i, t, tot, mut buf))
+                if i == index && t == sterm && tot == total && buf.len() as u64 == offset =>
+            {
+                buf.extend_from_slice(&data);
+                buf
+            }
+            other if offset == 0 => {
+                drop(other);
+                data
+            }
+            other => {
+                let have = other
+                    .as_ref()
+                    .filter(|(i, ..)| *i == index)
+                    .map_or(0, |(_, _, _, b)| b.len() as u64);
+                gr.snap_recv = other;
+                self.send(from, reply(have, false));
+                return Ok(());
+            }
+        };
+        if (buf.len() as u64) < total {
+            let have = buf.len() as u64;
+            gr.snap_recv = Some((index, sterm, total, buf));
+            self.send(from, reply(have, false));
+            return Ok(());
+        }
+        if let Err(_e) = self.sms[g].restore(&buf) {
+            return Err(PeerError::OutOfProtocol("undecodable snapshot"));
+        }
+        if g == 0 {
+            self.refresh_catalog();
+        }
+        let gr = &mut self.groups[g];
+        gr.log.compact_to(index, sterm);
+        gr.commit = gr.commit.max(index);
+        gr.applied = index;
+        gr.durable_index = gr.durable_index.max(index).min(gr.log.last_index());
+        let snapshot = Snapshot {
+            index,
+            term: sterm,
+            data: buf,
+        };
+        gr.snapshot = Some(snapshot.clone());
+        self.persist(
+            StorageOp::Snapshot {
+                group: g as GroupId,
+                snapshot,
+            },
+            true,
+        );
+        self.defer(Deferred::Send(from, reply(total, true)));
+        // Watchers of this group lost their history: resync them.
+        let ids: Vec<RequestId> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.group as usize == g)
+            .map(|(id, _)| *id)
+            .collect();
+        let rev = self.sms[g].revision();
+        for id in ids {
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.last_revision = rev;
+                let snapshot = self.sms[g].scan(&w.ns, &w.prefix);
+                self.out.push(Action::Reply {
+                    req: id,
+                    resp: ClientResponse::WatchResync {
+                        snapshot,
+                        revision: rev,
+                    },
+                });
+            }
+        }
+        self.apply_committed(g);
+        Ok(())
+    }
+
+    pub(super) fn maybe_compact(&mut self, g: usize) {
+        let gr = &self.groups[g];
+        if gr.applied.saturating_sub(gr.log.snap_index) < self.cfg.compact_after_entries {
+            return;
+        }
+        let snap_bytes = gr.snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
+        let log_bytes = gr.log.bytes() as u64;
+        if log_bytes.saturating_mul(100)
+            < snap_bytes.saturating_mul(self.cfg.compact_log_pct_of_snapshot_min)
+        {
+            return;
+        }
+        let index = gr.applied;
+        let Some(term) = gr.log.term_at(index) else {
+            return;
+        };
+        let Ok(data) = self.sms[g].encode() else {
+            // Never an empty snapshot: the log is compacted behind it.
+            self.halt_unencodable();
+            return;
+        };
+        let snapshot = Snapshot { index, term, data };
+        let gr = &mut self.groups[g];
+        gr.log.compact_to(index, term);
+        gr.snapshot = Some(snapshot.clone());
+        self.persist(
+            StorageOp::Snapshot {
+                group: g as GroupId,
+                snapshot,
+            },
+            true,
+        );
+    }
+}

@@ -1,0 +1,553 @@
+//! Client requests: validation, dispatch by kind, and the leader's
+//! evaluation of writes (idempotency, compares, versions, the overlay of
+//! proposed effects) into log entries.
+
+use super::*;
+
+impl Node {
+    pub(super) fn validate(&self, req: &ClientRequest) -> Result<(), ErrorCode> {
+        let ns_ok = |ns: &str| self.ns_index.contains_key(ns);
+        let key_ok = |k: &str| {
+            if k.len() > self.cfg.key_bytes_max {
+                Err(ErrorCode::KeyTooLong)
+            } else if k.is_empty() {
+                Err(ErrorCode::InvalidRequest)
+            } else {
+                Ok(())
+            }
+        };
+        match req {
+            ClientRequest::Read { ns, .. } if !ns_ok(ns) => Err(ErrorCode::UnknownNamespace),
+            ClientRequest::Read {
+                query: ReadQuery::Get { key } | ReadQuery::History { key },
+                ..
+            } => key_ok(key),
+            ClientRequest::Read {
+                query: ReadQuery::Scan { prefix, .. },
+                ..
+            } => {
+                if prefix.len() > self.cfg.key_bytes_max {
+                    return Err(ErrorCode::KeyTooLong);
+                }
+                Ok(())
+            }
+            ClientRequest::Read {
+                query:
+                    ReadQuery::List {
+                        prefix,
+                        start_after,
+                        limit,
+                    },
+                ..
+            } => {
+                if prefix.len() > self.cfg.key_bytes_max
+                    || start_after.len() > self.cfg.key_bytes_max
+                {
+                    return Err(ErrorCode::KeyTooLong);
+                }
+                if *limit == 0 {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                Ok(())
+            }
+            ClientRequest::Write {
+                ns,
+                compares,
+                ops,
+                meta,
+                ..
+            } => {
+                if !ns_ok(ns) {
+                    return Err(ErrorCode::UnknownNamespace);
+                }
+                if meta.author.len() + meta.message.len() > CHANGE_META_BYTES_MAX {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                if ops.is_empty() {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                if ops.len() + compares.len() > self.cfg.txn_ops_max {
+                    return Err(ErrorCode::TooManyOps);
+                }
+                let mut seen = BTreeSet::new();
+                for op in ops {
+                    key_ok(op.key())?;
+                    if !seen.insert(op.key()) {
+                        return Err(ErrorCode::InvalidRequest);
+                    }
+                    if let WriteOp::Put { value, .. } = op {
+                        if value.len() > self.cfg.value_bytes_max {
+                            return Err(ErrorCode::ValueTooLarge);
+                        }
+                    }
+                }
+                for c in compares {
+                    key_ok(&c.key)?;
+                }
+                Ok(())
+            }
+            ClientRequest::Watch { ns, prefix, .. } => {
+                if !ns_ok(ns) {
+                    return Err(ErrorCode::UnknownNamespace);
+                }
+                if prefix.len() > self.cfg.key_bytes_max {
+                    return Err(ErrorCode::KeyTooLong);
+                }
+                Ok(())
+            }
+            ClientRequest::TransferLeader { group, to } => {
+                if *group >= self.cfg.regions || *to >= self.cfg.regions {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                Ok(())
+            }
+            ClientRequest::CreateNamespace { ns, settings, .. } => {
+                let name_ok = !ns.is_empty()
+                    && ns.len() <= NS_NAME_BYTES_MAX
+                    && !ns.starts_with(RESERVED_NS_PREFIX)
+                    && ns
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+                if !name_ok || settings.home >= self.cfg.regions {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                Ok(())
+            }
+            ClientRequest::MoveNamespace { ns, to } => {
+                if *to >= self.cfg.regions {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                if !ns_ok(ns) || ns.starts_with(RESERVED_NS_PREFIX) {
+                    return Err(ErrorCode::UnknownNamespace);
+                }
+                // Static namespaces are homed by the configuration file.
+                if self.static_ns.contains_key(ns) {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                Ok(())
+            }
+            ClientRequest::Meta(_)
+            | ClientRequest::MetaGranted { .. }
+            | ClientRequest::CancelWatch { .. } => Ok(()),
+        }
+    }
+
+    pub(super) fn on_client(&mut self, req: RequestId, request: ClientRequest) {
+        // System namespaces are written only by the core itself (the catalog
+        // through CreateNamespace), never by a client's write.
+        let reserved = matches!(&request, ClientRequest::Write { ns, .. } if ns.starts_with(RESERVED_NS_PREFIX));
+        let checked = if reserved {
+            Err(ErrorCode::InvalidRequest)
+        } else {
+            self.validate(&request)
+        };
+        let request = match request {
+            ClientRequest::CreateNamespace {
+                ns,
+                settings,
+                request_id,
+            } => {
+                let Ok(value) = settings.encode() else {
+                    self.out.push(Action::Reply {
+                        req,
+                        resp: ClientResponse::Error(ErrorCode::Internal),
+                    });
+                    return;
+                };
+                ClientRequest::Write {
+                    ns: CATALOG_NS.to_string(),
+                    request_id,
+                    compares: vec![Compare {
+                        key: ns.clone(),
+                        version: 0,
+                    }],
+                    ns_revision: None,
+                    ops: vec![WriteOp::Put { key: ns, value }],
+                    meta: ChangeMeta::default(),
+                }
+            }
+            ClientRequest::MoveNamespace { ns, to } if checked.is_ok() => {
+                match self.move_request(ns, to) {
+                    Ok(r) => r,
+                    Err(resp) => {
+                        self.out.push(Action::Reply { req, resp: *resp });
+                        return;
+                    }
+                }
+            }
+            other => other,
+        };
+        if let Err(code) = checked {
+            self.stats.client_rejected += 1;
+            self.out.push(Action::Reply {
+                req,
+                resp: ClientResponse::Error(code),
+            });
+            return;
+        }
+        match request {
+            ClientRequest::Watch {
+                ns,
+                prefix,
+                start_revision,
+            } => self.watch(req, ns, prefix, start_revision),
+            ClientRequest::CancelWatch { watch } => {
+                let resp = if self.watchers.remove(&watch).is_some() {
+                    ClientResponse::Done
+                } else {
+                    ClientResponse::Error(ErrorCode::UnknownWatch)
+                };
+                self.out.push(Action::Reply { req, resp });
+            }
+            ClientRequest::MetaGranted {
+                principal,
+                permission,
+            } => {
+                let g = self.meta.granted(&principal, &permission);
+                self.out.push(Action::Reply {
+                    req,
+                    resp: ClientResponse::Granted(g),
+                });
+            }
+            other => {
+                if self.pending.len() >= self.cfg.pending_requests_max {
+                    self.out.push(Action::Reply {
+                        req,
+                        resp: ClientResponse::Error(ErrorCode::Overloaded),
+                    });
+                    return;
+                }
+                let deadline = self.now + self.cfg.request_timeout_us;
+                self.pending.insert(req, deadline);
+                self.deadlines.insert((deadline, req));
+                self.on_request(Origin::Local(req), other);
+            }
+        }
+    }
+
+    pub(super) fn on_request(&mut self, origin: Origin, req: ClientRequest) {
+        match req {
+            ClientRequest::Read {
+                ns,
+                query,
+                consistency,
+                token,
+            } => {
+                let (_, mode, _) = self.ns_index[&ns];
+                let g = self.home_group(&ns);
+                let gi = g as usize;
+                // A replica of a namespace's new home that has not applied the
+                // copy yet does not hold it: wait for it as for a token. (A
+                // linearizable read goes to the leader, which has applied it.)
+                let floor = self.ns_floor.get(&ns).copied().unwrap_or(0);
+                let token = if consistency != Consistency::Linearizable
+                    && self.sms[gi].revision() < floor
+                {
+                    let Origin::Local(_) = origin else {
+                        self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+                        return;
+                    };
+                    Some(RevisionToken {
+                        group: g,
+                        revision: token
+                            .filter(|t| t.group == g)
+                            .map_or(floor, |t| t.revision.max(floor)),
+                    })
+                } else {
+                    token
+                };
+                if let (Some(t), Origin::Local(id)) = (token, origin) {
+                    if t.group == g
+                        && t.revision > self.sms[gi].revision()
+                        && consistency != Consistency::Linearizable
+                    {
+                        let deadline_us = self.now + self.cfg.token_wait_max_us;
+                        self.token_waits.push(TokenWait {
+                            req: id,
+                            group: g,
+                            revision: t.revision,
+                            deadline_us,
+                            ns,
+                            query,
+                            consistency,
+                        });
+                        return;
+                    }
+                }
+                self.read(
+                    gi,
+                    origin,
+                    ns,
+                    query,
+                    consistency,
+                    matches!(mode, ReplicationMode::Async { .. }),
+                );
+            }
+            ClientRequest::Write {
+                ns,
+                request_id,
+                compares,
+                ns_revision,
+                ops,
+                meta,
+            } => {
+                let gi = self.home_group(&ns) as usize;
+                let w = ProposedWrite {
+                    ns,
+                    request_id,
+                    compares,
+                    ns_revision,
+                    ops,
+                    meta,
+                };
+                if self.groups[gi].role == Role::Leader {
+                    self.leader_write(gi, origin, w);
+                } else {
+                    self.forward_or_fail(gi, origin, w.into_request());
+                }
+            }
+            ClientRequest::TransferLeader { group, to } => {
+                let gi = group as usize;
+                if self.groups[gi].role == Role::Leader {
+                    if to != self.id {
+                        self.start_transfer(gi, to);
+                    }
+                    self.respond(origin, ClientResponse::Done);
+                } else {
+                    self.forward_or_fail(gi, origin, ClientRequest::TransferLeader { group, to });
+                }
+            }
+            ClientRequest::Meta(op) => {
+                if !self.meta_ready {
+                    self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+                    return;
+                }
+                match self.meta.apply(&op) {
+                    Ok(()) => {
+                        let bytes = self.meta.take_unsaved();
+                        self.persist(StorageOp::MetaChunk { bytes }, true);
+                        self.defer(Deferred::Respond(origin, ClientResponse::Done));
+                        self.meta_send_all(None);
+                    }
+                    Err(_) => {
+                        self.stats.meta_errors += 1;
+                        self.respond(origin, ClientResponse::Error(ErrorCode::InvalidRequest));
+                    }
+                }
+            }
+            ClientRequest::Watch { .. }
+            | ClientRequest::CancelWatch { .. }
+            | ClientRequest::CreateNamespace { .. }
+            | ClientRequest::MoveNamespace { .. }
+            | ClientRequest::MetaGranted { .. } => {
+                self.respond(origin, ClientResponse::Error(ErrorCode::InvalidRequest));
+            }
+        }
+    }
+
+    pub(super) fn leader_write(&mut self, g: usize, origin: Origin, w: ProposedWrite) {
+        if self.groups[g].transfer.is_some() {
+            // Handing leadership over: this write waits for the new leader
+            // instead of failing (a forwarder re-routes the refusal below).
+            if let Origin::Local(id) = origin {
+                if self.pending.contains_key(&id) {
+                    let req = w.into_request();
+                    let parked = Parked {
+                        group: g as GroupId,
+                        refused_by: Some(self.id),
+                        req,
+                    };
+                    self.parked.insert(id, parked);
+                    return;
+                }
+            }
+        }
+        let ProposedWrite {
+            ns,
+            request_id,
+            compares,
+            ns_revision,
+            ops,
+            meta,
+        } = w;
+        let (_, mode, retention) = self.ns_index[&ns];
+        // Idempotency first: a retried or duplicated write never applies twice,
+        // and learns the first copy's fate, not a refusal claiming nothing happened.
+        if request_id != 0 {
+            if let Some((revision, versions)) = self.sms[g].request_result(request_id) {
+                let resp = ClientResponse::Written {
+                    versions: versions.clone(),
+                    token: RevisionToken {
+                        group: g as GroupId,
+                        revision: *revision,
+                    },
+                };
+                self.respond(origin, resp);
+                return;
+            }
+            if let Some(index) = self.groups[g].pending_by_request.get(&request_id).copied() {
+                if let Some(w) = self.groups[g].pending_writes.get_mut(&index) {
+                    if !w.origins.contains(&origin) {
+                        w.origins.push(origin);
+                    }
+                }
+                return;
+            }
+        }
+        let now = self.now;
+        let gr = &self.groups[g];
+        if gr.transfer.is_some() {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+            return;
+        }
+        let frozen = self.sms[g].frozen(&ns).is_some() || gr.overlay_frozen.contains(&ns);
+        if (frozen && !self.cfg.mutants.write_after_freeze) || self.sms[g].adopting(&ns).is_some() {
+            self.respond(origin, ClientResponse::Error(ErrorCode::NamespaceMoving));
+            return;
+        }
+        // A new leader that has not applied the copy of a namespace that moved
+        // here would compute versions without it (the overlay holds writes
+        // only): refuse until its no-op, and with it the copy, applied.
+        if self.sms[g].revision() < self.ns_floor.get(&ns).copied().unwrap_or(0) {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+            return;
+        }
+        if gr.log.last_index().saturating_sub(gr.commit) >= self.cfg.uncommitted_entries_max {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Overloaded));
+            return;
+        }
+        if let ReplicationMode::Async { rpo_budget_us } = mode {
+            if gr
+                .async_acked
+                .front()
+                .is_some_and(|(_, t)| now.saturating_sub(*t) > rpo_budget_us)
+            {
+                self.respond(origin, ClientResponse::Error(ErrorCode::RpoBudgetExceeded));
+                return;
+            }
+        }
+        let mut conflict_index = None;
+        for c in &compares {
+            let (v, i) = self.overlay_version(g, &ns, &c.key);
+            if v != c.version {
+                conflict_index = Some(conflict_index.unwrap_or(0).max(i));
+            }
+        }
+        if let Some(want) = ns_revision {
+            let (have, i) = match self.groups[g].overlay_ns.get(&ns) {
+                Some(&(rev, index)) => (rev, index),
+                None => (self.sms[g].ns_revision(&ns), 0),
+            };
+            if have != want {
+                conflict_index = Some(conflict_index.unwrap_or(0).max(i));
+            }
+        }
+        if let Some(min_index) = conflict_index {
+            // A failed compare is a read: answer only once what it saw is committed.
+            self.leader_read(g, origin, ReadWhat::Conflict, min_index);
+            return;
+        }
+        let mut keys: Vec<KeyEffect> = ops
+            .into_iter()
+            .map(|op| {
+                let (v, _) = self.overlay_version(g, &ns, op.key());
+                match op {
+                    WriteOp::Put { key, value } => KeyEffect {
+                        key,
+                        value: Some(value),
+                        version: v + 1,
+                    },
+                    WriteOp::Delete { key } => KeyEffect {
+                        key,
+                        value: None,
+                        version: v + 1,
+                    },
+                }
+            })
+            .collect();
+        let versions: Vec<u64> = keys.iter().map(|k| k.version).collect();
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        let gr = &mut self.groups[g];
+        gr.overlay_revision += 1;
+        let revision = gr.overlay_revision;
+        let index = gr.log.last_index() + 1;
+        gr.overlay_ns.insert(ns.clone(), (revision, index));
+        gr.overlay_time_ms = gr.overlay_time_ms.max(meta.time_ms);
+        let meta = ChangeMeta {
+            time_ms: gr.overlay_time_ms,
+            ..meta
+        };
+        for k in &keys {
+            gr.overlay.insert(
+                (ns.clone(), k.key.clone()),
+                (k.version, k.value.clone(), index),
+            );
+        }
+        let effect = WriteEffect {
+            ns,
+            revision,
+            request_id,
+            keys,
+            reply_versions: versions.clone(),
+            meta,
+            retention,
+        };
+        let appended = self.append_local(g, EntryData::Write(effect));
+        debug_assert_eq!(appended, index);
+        let ack_on_durable =
+            matches!(mode, ReplicationMode::Async { .. }) || self.cfg.mutants.ack_before_quorum;
+        let resp = ClientResponse::Written {
+            versions,
+            token: RevisionToken {
+                group: g as GroupId,
+                revision,
+            },
+        };
+        self.groups[g].pending_writes.insert(
+            index,
+            PendingWrite {
+                origins: vec![origin],
+                request_id,
+                resp,
+                ack_on_durable,
+            },
+        );
+        if request_id != 0 {
+            self.groups[g].pending_by_request.insert(request_id, index);
+        }
+        self.replicate_new(g, index);
+    }
+
+    pub(super) fn overlay_version(&self, g: usize, ns: &str, key: &str) -> (u64, u64) {
+        match self.groups[g]
+            .overlay
+            .get(&(ns.to_string(), key.to_string()))
+        {
+            Some((v, _, i)) => (*v, *i),
+            None => (self.sms[g].get(ns, key).version, 0),
+        }
+    }
+
+    /// Leader: append an entry and send it to the peers that are caught up.
+    pub(super) fn propose(&mut self, g: usize, data: EntryData) {
+        let index = self.append_local(g, data);
+        self.replicate_new(g, index);
+    }
+
+    /// Whether an entry in group `g`'s log beyond what it applied matches.
+    pub(super) fn unapplied_any(&self, g: usize, pred: impl Fn(&EntryData) -> bool) -> bool {
+        let gr = &self.groups[g];
+        gr.log.iter_from(gr.applied + 1).any(|e| pred(&e.data))
+    }
+
+    /// Leader: send the entry just appended at `index` to every peer that is
+    /// caught up to it (the others get it with their next append).
+    pub(super) fn replicate_new(&mut self, g: usize, index: u64) {
+        for p in 0..self.cfg.regions {
+            let peer = &self.groups[g].peers[p as usize];
+            if p != self.id && peer.sent_index + 1 == index && peer.snap_progress.is_none() {
+                self.send_append(g, p, index);
+            }
+        }
+    }
+}
