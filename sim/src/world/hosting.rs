@@ -1,0 +1,261 @@
+//! Hosting the real core: starting and crashing nodes (unsynced writes lost),
+//! running one step of a node and carrying out its actions, and recording
+//! what it observes (leases, elections, votes, applied entries).
+
+use super::*;
+
+impl World {
+    pub(super) fn start_node(&mut self, n: NodeId) {
+        let local = self.local(n);
+        let sn = &mut self.nodes[n as usize];
+        sn.inc += 1;
+        sn.volatile.clear();
+        sn.down_since = None;
+        let seed = self.opts.seed ^ (sn.inc << 32) ^ n as u64;
+        match Node::new(self.cfg.clone(), n, sn.durable.clone(), local, seed) {
+            Ok(node) => sn.node = Some(node),
+            Err(e) => {
+                self.restart_errors
+                    .push(format!("node {n} failed to start: {e}"));
+                return;
+            }
+        }
+        let inc = self.nodes[n as usize].inc;
+        self.note(|| format!("node {n} started (incarnation {inc})"));
+        self.after_step(n);
+        self.refresh_links();
+        // Clients of this region re-open their watches.
+        for c in 0..self.clients.len() {
+            if self.clients[c].region == n && self.clients[c].watch.is_some() {
+                self.open_watch(c);
+            }
+        }
+    }
+
+    pub(super) fn crash(&mut self, n: NodeId) {
+        let sn = &mut self.nodes[n as usize];
+        if sn.node.is_none() {
+            return;
+        }
+        sn.node = None;
+        sn.volatile.clear();
+        sn.paused = false;
+        sn.paused_events.clear();
+        sn.down_since = Some(self.now);
+        sn.timer_gen += 1;
+        self.history.end_lease(n, self.now);
+        self.note(|| format!("node {n} crashed"));
+        // Clients of the region lose their in-flight requests and watches.
+        let lost: Vec<(RequestId, Owner)> = self
+            .reqs
+            .iter()
+            .filter(|(_, o)| match o {
+                Owner::Op { client, .. } | Owner::Watch { client } => {
+                    self.clients[*client].region == n
+                }
+                Owner::Admin { region, .. } => *region == n,
+            })
+            .map(|(r, o)| (*r, o.clone()))
+            .collect();
+        for (r, o) in lost {
+            self.reqs.remove(&r);
+            match o {
+                Owner::Op { client, op, moving } => {
+                    self.op_rec(op, moving).outcome = Outcome::Lost;
+                    self.client_idle(client);
+                }
+                Owner::Admin { mv, .. } => {
+                    if let Some(m) = mv {
+                        self.history.moves[m].outcome = Outcome::Lost;
+                    }
+                }
+                Owner::Watch { client } => {
+                    if let Some(w) = self.clients[client].watch {
+                        self.history.watches[w]
+                            .recs
+                            .push(WatchRec::Disconnected { at_us: self.now });
+                    }
+                    self.clients[client].watch_req = None;
+                }
+            }
+        }
+        self.refresh_links();
+    }
+
+    /// Run `f` on a live, unpaused node, then process its actions.
+    pub(super) fn with_node(&mut self, n: NodeId, f: impl FnOnce(&mut Node, u64)) {
+        let local = self.local(n);
+        let sn = &mut self.nodes[n as usize];
+        let Some(node) = sn.node.as_mut() else { return };
+        f(node, local);
+        self.after_step(n);
+    }
+
+    pub(super) fn after_step(&mut self, n: NodeId) {
+        let mut actions = std::mem::take(&mut self.actions);
+        let local_now = self.local(n);
+        {
+            let Some(node) = self.nodes[n as usize].node.as_mut() else {
+                return;
+            };
+            node.drain_actions(&mut actions);
+        }
+        for a in actions.drain(..) {
+            match a {
+                Action::Send { to, channel, bytes } => self.net_send(n, to, channel, bytes),
+                Action::Persist { id, sync, ops } => {
+                    let lat = if sync { self.rng.range(500, 5_000) } else { 20 };
+                    let sn = &mut self.nodes[n as usize];
+                    let at = sn.disk_busy_until.max(self.now) + lat;
+                    sn.disk_busy_until = at;
+                    let fail = sync && std::mem::take(&mut sn.fail_next_sync);
+                    let inc = sn.inc;
+                    self.schedule(
+                        at,
+                        Ev::Disk {
+                            node: n,
+                            inc,
+                            id,
+                            sync,
+                            ops,
+                            fail,
+                        },
+                    );
+                }
+                Action::Reply { req, resp } => self.on_reply(req, resp),
+                Action::SetTimer { at_us } => {
+                    let sn = &mut self.nodes[n as usize];
+                    sn.timer_gen += 1;
+                    let gen = sn.timer_gen;
+                    let at = if at_us <= local_now {
+                        self.now
+                    } else {
+                        sn.clock.to_true(at_us)
+                    };
+                    self.schedule(at, Ev::Timer { node: n, gen });
+                }
+                Action::Observe(o) => self.observe(n, o),
+                Action::ResetPeer { peer } => self.reset_link(n, peer),
+            }
+        }
+        self.actions = actions;
+        if self.opts.trace {
+            if let Some(node) = self.nodes[n as usize].node.as_ref() {
+                for g in 0..self.opts.regions {
+                    let rev = node.applied_revision(g);
+                    let key = (n, g);
+                    let last = self.seen_rev.get(&key).copied().unwrap_or(0);
+                    if rev != last && rev != last + 1 {
+                        let line = format!(
+                            "node {n} group {g}: revision jumped {last} -> {rev} (commit {})",
+                            node.commit_index(g)
+                        );
+                        self.trace.push((self.now, line));
+                    }
+                    self.seen_rev.insert(key, rev);
+                }
+            }
+        }
+        // Record the node's lease belief from now on.
+        let Some(node) = self.nodes[n as usize].node.as_ref() else {
+            return;
+        };
+        let clock = self.nodes[n as usize].clock;
+        for g in 0..self.opts.regions {
+            match node.lease_expiry_us(g) {
+                Some(e) => {
+                    let end = clock.to_true(e);
+                    // Only a lease that moved needs its coverage checked again.
+                    let moved = self.lease_checked.insert((n, g), e) != Some(e);
+                    if let Some((term, round)) = node.lease_basis(g).filter(|_| moved) {
+                        // The lease must end before the promises of a majority
+                        // (this node included) that received round >= `round`.
+                        let mut covered = 1;
+                        let mut worst = Vec::new();
+                        for f in 0..self.opts.regions {
+                            if f == n {
+                                continue;
+                            }
+                            let promise = self
+                                .promises
+                                .get(&(g, f, n, term))
+                                .and_then(|m| m.range(round..).take(8).map(|(_, e)| *e).min());
+                            match promise {
+                                Some(p) if p >= end => covered += 1,
+                                other => worst.push((f, other)),
+                            }
+                        }
+                        if covered < self.cfg.majority() {
+                            let detail = format!("lease of term {term} round {round} ends at t={end}us; short promises {worst:?}");
+                            self.history.uncovered_leases.push((g, n, self.now, detail));
+                        }
+                    }
+                    self.history.record_lease(g, n, self.now, end);
+                }
+                None => {
+                    if let Some(last) = self.history.leases[g as usize][n as usize].last_mut() {
+                        if last.1 > self.now {
+                            last.1 = self.now;
+                        }
+                    }
+                }
+            }
+        }
+        if node.is_halted() && self.nodes[n as usize].down_since.is_none() {
+            // Storage failed: the node stopped; the operator restarts it.
+            self.crash(n);
+        }
+        if self.pending_crash == Some(n) {
+            self.pending_crash = None;
+            self.crash(n);
+        }
+    }
+
+    pub(super) fn observe(&mut self, n: NodeId, o: Observation) {
+        match o {
+            Observation::BecameLeader { group, term } => {
+                self.note(|| format!("node {n} leads group {group} in term {term}"));
+                self.history.elections.push((group, term, n, self.now));
+            }
+            Observation::Applied {
+                group,
+                revision,
+                request_id,
+                digest,
+                ns,
+                keys,
+            } => {
+                let a = Applied {
+                    request_id,
+                    digest,
+                    ns,
+                    keys,
+                    first_node: n,
+                    at_us: self.now,
+                };
+                self.history.record_applied(group, revision, n, a);
+            }
+            Observation::Promised {
+                group,
+                leader,
+                term,
+                round,
+            } => {
+                let end = self.nodes[n as usize]
+                    .clock
+                    .to_true(self.local(n) + self.cfg.election_timeout_us);
+                let m = self.promises.entry((group, n, leader, term)).or_default();
+                m.insert(round, end);
+            }
+            Observation::Halted => self.note(|| format!("node {n} halted")),
+            Observation::NamespaceMoved {
+                ns,
+                group,
+                revision,
+            } => {
+                self.note(|| format!("node {n}: {ns} now complete in group {group} at {revision}"));
+                self.history.moves_completed.insert((group, revision));
+            }
+        }
+    }
+}

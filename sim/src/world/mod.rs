@@ -1,0 +1,617 @@
+//! The simulated world: regions running the real `meridian-core` nodes over a
+//! simulated network (latency matrix, jitter, loss, duplication, reordering,
+//! symmetric / asymmetric / one-way partitions, reliable ordered metadata
+//! streams), simulated clocks (offset, drift within the bound), simulated disks
+//! (unsynced writes lost on crash, failing fsync) and client workloads. One
+//! seed derives everything; the event queue orders by (time, sequence), so a
+//! seed replays exactly.
+//!
+//! This file holds the world's state, the event queue and the loop; the
+//! nodes' hosting (`hosting`), the network (`network`), clients and the
+//! operator (`clients`) and fault episodes (`faults`) are in their own files.
+
+mod clients;
+mod faults;
+mod hosting;
+mod network;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use meridian_core::rng::{fnv1a, Rng};
+use meridian_core::wire::RaftMsg;
+use meridian_core::*;
+
+use crate::history::*;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seed: u64,
+    pub regions: u8,
+    /// Total simulated time of a run.
+    pub duration_us: u64,
+    /// Faults happen in [2 s, fault_end_us); then everything heals.
+    pub fault_end_us: u64,
+    /// Clients stop issuing operations here, leaving time to converge.
+    pub clients_stop_us: u64,
+    pub ops_per_sec: u64,
+    pub clients_per_region: usize,
+    pub faults: bool,
+    pub mutants: Mutants,
+    pub rto_bound_us: u64,
+    /// Record a readable trace (for replays of failures).
+    pub trace: bool,
+}
+
+impl Options {
+    /// The standard scenario: 3 regions, 100 client operations per simulated
+    /// second, every fault class on.
+    pub fn standard(seed: u64) -> Options {
+        Options {
+            seed,
+            regions: 3,
+            duration_us: 60_000_000,
+            fault_end_us: 45_000_000,
+            clients_stop_us: 50_000_000,
+            ops_per_sec: 100,
+            clients_per_region: 10,
+            faults: true,
+            mutants: Mutants::default(),
+            rto_bound_us: 10_000_000,
+            trace: false,
+        }
+    }
+
+    pub fn core_config(&self) -> Config {
+        let mut cfg = Config::new(self.regions);
+        // Small enough that snapshots, snapshot installs and watch resyncs
+        // happen within a run.
+        cfg.compact_after_entries = 150;
+        // Entries only: the simulated state is small, and the size rule would
+        // make compaction (and so snapshot installs) rarer than the checkers need.
+        cfg.compact_log_pct_of_snapshot_min = 0;
+        cfg.watch_history_max = 64;
+        cfg.snapshot_chunk_bytes = 4 * 1024;
+        // A wide drift bound (clocks drift across all of it): leases that ignore
+        // drift then have a real window in which to overlap.
+        cfg.clock_drift_max_ppm = 100_000;
+        cfg.mutants = self.mutants;
+        cfg
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    offset_us: u64,
+    drift_ppm: i64,
+}
+
+impl Clock {
+    fn local(self, t: u64) -> u64 {
+        let d = (t as i128 * self.drift_ppm as i128 / 1_000_000) as i64;
+        (self.offset_us as i64 + t as i64 + d) as u64
+    }
+    /// The earliest true time at which the local clock reads at least `l`.
+    fn to_true(self, l: u64) -> u64 {
+        if l <= self.offset_us {
+            return 0;
+        }
+        let x = (l - self.offset_us) as i128 * 1_000_000;
+        let den = 1_000_000 + self.drift_ppm as i128;
+        let mut t = ((x + den - 1) / den) as u64;
+        while self.local(t) < l {
+            t += 1;
+        }
+        t
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Deliver {
+        to: NodeId,
+        from: NodeId,
+        bytes: Vec<u8>,
+        meta_epoch: Option<u64>,
+    },
+    Timer {
+        node: NodeId,
+        gen: u64,
+    },
+    Disk {
+        node: NodeId,
+        inc: u64,
+        id: u64,
+        sync: bool,
+        ops: Vec<StorageOp>,
+        fail: bool,
+    },
+    ClientArrive {
+        client: usize,
+    },
+    ClientReq {
+        node: NodeId,
+        req: RequestId,
+        request: ClientRequest,
+    },
+    PeerReset {
+        node: NodeId,
+        peer: NodeId,
+    },
+    Restart {
+        node: NodeId,
+    },
+    Heal {
+        region: NodeId,
+        kind: EpisodeKind,
+    },
+    NextEpisode,
+    Garbage,
+    /// The operator's next step on the moving namespace: create it, then move
+    /// its home region again and again.
+    Admin,
+}
+
+impl Ev {
+    fn target(&self) -> Option<NodeId> {
+        match self {
+            Ev::Deliver { to, .. } => Some(*to),
+            Ev::Timer { node, .. }
+            | Ev::Disk { node, .. }
+            | Ev::ClientReq { node, .. }
+            | Ev::PeerReset { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
+}
+
+struct QItem {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+impl PartialEq for QItem {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for QItem {}
+impl PartialOrd for QItem {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for QItem {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct SimNode {
+    node: Option<Node>,
+    inc: u64,
+    clock: Clock,
+    durable: Durable,
+    volatile: Vec<StorageOp>,
+    disk_busy_until: u64,
+    timer_gen: u64,
+    paused: bool,
+    paused_events: Vec<Ev>,
+    fail_next_sync: bool,
+    /// Halted after a storage failure, waiting for the operator's restart.
+    down_since: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+enum Owner {
+    /// `moving`: the op is on `MOVING_NS` (recorded in `History::mv_ops`).
+    Op {
+        client: usize,
+        op: usize,
+        moving: bool,
+    },
+    Watch {
+        client: usize,
+    },
+    Admin {
+        region: NodeId,
+        /// Index in `History::moves`; None: the create.
+        mv: Option<usize>,
+    },
+}
+
+/// The catalog namespace the operator keeps moving between regions while
+/// clients use it (see `checkers::namespace_move`).
+pub const MOVING_NS: &str = "moving";
+
+struct Client {
+    region: NodeId,
+    busy: bool,
+    backlog: u32,
+    seq: u64,
+    tokens: BTreeMap<GroupId, RevisionToken>,
+    versions: BTreeMap<(String, String), u64>,
+    watch: Option<usize>,
+    watch_req: Option<RequestId>,
+    watch_cursor: Option<u64>,
+}
+
+pub struct World {
+    pub opts: Options,
+    cfg: Config,
+    rng: Rng,
+    pub now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<QItem>>,
+    nodes: Vec<SimNode>,
+    latency_us: Vec<Vec<u64>>,
+    loss: f64,
+    dup: f64,
+    reorder: f64,
+    cut: Vec<Vec<bool>>,
+    meta_epoch: Vec<Vec<u64>>,
+    meta_up: Vec<Vec<bool>>,
+    meta_last: Vec<Vec<u64>>,
+    clients: Vec<Client>,
+    reqs: BTreeMap<RequestId, Owner>,
+    next_req: RequestId,
+    pub history: History,
+    pub events: u64,
+    pub trace_hash: u64,
+    pub trace: Vec<(u64, String)>,
+    pub garbage_sent: u64,
+    pub restart_errors: Vec<String>,
+    current_episode: Option<usize>,
+    actions: Vec<Action>,
+    last_describe_s: u64,
+    seen_rev: BTreeMap<(NodeId, GroupId), u64>,
+    pending_crash: Option<NodeId>,
+    vote_crash_armed: bool,
+    /// (group, follower, leader, term) -> round -> true end of the promise made on it.
+    promises: BTreeMap<(GroupId, NodeId, NodeId, u64), BTreeMap<u64, u64>>,
+    lease_checked: BTreeMap<(NodeId, GroupId), u64>,
+    /// The operator saw `MOVING_NS` created.
+    moving_created: bool,
+}
+
+fn mix(h: u64, x: u64) -> u64 {
+    (h ^ x).wrapping_mul(0x0100_0000_01b3).rotate_left(5)
+}
+
+impl World {
+    pub fn new(opts: Options) -> World {
+        let cfg = opts.core_config();
+        let mut rng = Rng::new(opts.seed);
+        let n = opts.regions as usize;
+        let mut latency_us = vec![vec![0; n]; n];
+        // Symmetric one-way latencies, drawn once per pair.
+        for (i, j) in (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))) {
+            let l = rng.range(5_000, 150_001);
+            latency_us[i][j] = l;
+            latency_us[j][i] = l;
+        }
+        let (loss, dup, reorder) = if opts.faults {
+            (
+                rng.range(0, 40) as f64 / 1000.0,
+                rng.range(0, 20) as f64 / 1000.0,
+                rng.range(0, 50) as f64 / 1000.0,
+            )
+        } else {
+            (0.0, 0.0, 0.0)
+        };
+        let rho = cfg.clock_drift_max_ppm as i64;
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let clock = Clock {
+                offset_us: rng.range(0, 1 << 40),
+                // Clocks sit at either edge of the bound as often as inside it:
+                // the edges are where lease arithmetic is tested.
+                drift_ppm: if !opts.faults {
+                    0
+                } else {
+                    match rng.range(0, 3) {
+                        0 => -rho,
+                        1 => rho,
+                        _ => rng.range(0, (2 * rho + 1) as u64) as i64 - rho,
+                    }
+                },
+            };
+            nodes.push(SimNode {
+                node: None,
+                inc: 0,
+                clock,
+                durable: Durable::new(opts.regions),
+                volatile: Vec::new(),
+                disk_busy_until: 0,
+                timer_gen: 0,
+                paused: false,
+                paused_events: Vec::new(),
+                fail_next_sync: false,
+                down_since: None,
+            });
+        }
+        let mut history = History::new(opts.regions);
+        history.clock_drift_max_ppm = cfg.clock_drift_max_ppm;
+        history.rto_bound_us = opts.rto_bound_us;
+        for ns in &cfg.namespaces {
+            if let ReplicationMode::Async { rpo_budget_us } = ns.mode {
+                history.rpo_budget_us.insert(ns.name.clone(), rpo_budget_us);
+            }
+        }
+        let clients = (0..n * opts.clients_per_region)
+            .map(|c| Client {
+                region: (c % n) as NodeId,
+                busy: false,
+                backlog: 0,
+                seq: 0,
+                tokens: BTreeMap::new(),
+                versions: BTreeMap::new(),
+                watch: None,
+                watch_req: None,
+                watch_cursor: None,
+            })
+            .collect();
+        let mut w = World {
+            cfg,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            latency_us,
+            loss,
+            dup,
+            reorder,
+            cut: vec![vec![false; n]; n],
+            meta_epoch: vec![vec![0; n]; n],
+            meta_up: vec![vec![true; n]; n],
+            meta_last: vec![vec![0; n]; n],
+            clients,
+            reqs: BTreeMap::new(),
+            next_req: 1,
+            history,
+            events: 0,
+            trace_hash: 0xcbf2_9ce4_8422_2325,
+            trace: Vec::new(),
+            garbage_sent: 0,
+            restart_errors: Vec::new(),
+            current_episode: None,
+            actions: Vec::new(),
+            last_describe_s: u64::MAX,
+            seen_rev: BTreeMap::new(),
+            pending_crash: None,
+            vote_crash_armed: false,
+            promises: BTreeMap::new(),
+            lease_checked: BTreeMap::new(),
+            moving_created: false,
+            opts,
+        };
+        for i in 0..n {
+            w.start_node(i as NodeId);
+        }
+        let mean = w.arrival_mean_us();
+        for c in 0..w.clients.len() {
+            let at = w.rng.range(0, 2 * mean);
+            w.schedule(at, Ev::ClientArrive { client: c });
+        }
+        if w.opts.faults {
+            w.schedule(2_000_000, Ev::NextEpisode);
+            w.schedule(1_000_000, Ev::Garbage);
+        }
+        w.schedule(1_500_000, Ev::Admin);
+        w
+    }
+
+    fn arrival_mean_us(&self) -> u64 {
+        (self.clients.len() as u64 * 1_000_000 / self.opts.ops_per_sec.max(1)).max(1)
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(QItem {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    fn note(&mut self, s: impl FnOnce() -> String) {
+        if self.opts.trace {
+            let line = s();
+            self.trace.push((self.now, line));
+        }
+    }
+
+    fn local(&self, n: NodeId) -> u64 {
+        self.nodes[n as usize].clock.local(self.now)
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        if let Some(n) = ev.target() {
+            let sn = &mut self.nodes[n as usize];
+            if sn.paused {
+                sn.paused_events.push(ev);
+                return;
+            }
+        }
+        match ev {
+            Ev::Deliver {
+                to,
+                from,
+                bytes,
+                meta_epoch,
+            } => {
+                if let Some(e) = meta_epoch {
+                    if e != self.meta_epoch[from as usize][to as usize] {
+                        return;
+                    }
+                }
+                self.trace_hash = mix(self.trace_hash, fnv1a(&bytes));
+                self.with_node(to, |node, now| {
+                    let _ = node.handle_message(now, from, &bytes);
+                });
+            }
+            Ev::Timer { node, gen } => {
+                if self.nodes[node as usize].timer_gen == gen {
+                    self.with_node(node, |x, now| x.handle_timeout(now));
+                }
+            }
+            Ev::Disk {
+                node,
+                inc,
+                id,
+                sync,
+                ops,
+                fail,
+            } => {
+                let sn = &mut self.nodes[node as usize];
+                if sn.inc != inc || sn.node.is_none() {
+                    return;
+                }
+                if fail {
+                    // fsync failed: what was not synced is gone; the node must stop.
+                    sn.volatile.clear();
+                    self.with_node(node, |x, now| x.handle_storage_failed(now));
+                    return;
+                }
+                if sync {
+                    let vol = std::mem::take(&mut sn.volatile);
+                    for op in vol.iter().chain(ops.iter()) {
+                        if let Err(e) = sn.durable.apply(op) {
+                            self.restart_errors
+                                .push(format!("node {node}: storage op rejected: {e}"));
+                        }
+                    }
+                } else {
+                    sn.volatile.extend(ops);
+                }
+                self.with_node(node, |x, now| x.handle_persisted(now, id));
+            }
+            Ev::ClientArrive { client } => {
+                if self.now < self.opts.clients_stop_us {
+                    let mean = self.arrival_mean_us();
+                    let at = self.now + self.rng.range(1, 2 * mean);
+                    self.schedule(at, Ev::ClientArrive { client });
+                    if self.clients[client].busy {
+                        self.clients[client].backlog = (self.clients[client].backlog + 1).min(3);
+                    } else {
+                        self.issue_op(client);
+                    }
+                }
+            }
+            Ev::ClientReq { node, req, request } => {
+                if self.reqs.contains_key(&req) {
+                    self.with_node(node, |x, now| x.handle_client(now, req, request));
+                }
+            }
+            Ev::PeerReset { node, peer } => {
+                self.with_node(node, |x, now| x.handle_peer_reset(now, peer))
+            }
+            Ev::Heal { region, kind } => self.heal(region, kind),
+            Ev::Restart { node } => {
+                if self.nodes[node as usize].node.is_none() {
+                    self.start_node(node);
+                }
+            }
+            Ev::NextEpisode => self.next_episode(),
+            Ev::Garbage => self.garbage(),
+            Ev::Admin => self.admin(),
+        }
+    }
+
+    /// Run to the end of the scenario.
+    pub fn run(&mut self) {
+        while let Some(Reverse(item)) = self.queue.pop() {
+            if item.at > self.opts.duration_us {
+                break;
+            }
+            self.now = item.at;
+            self.events += 1;
+            self.trace_hash = mix(mix(self.trace_hash, item.at), item.seq);
+            if self.opts.trace && item.at / 1_000_000 != self.last_describe_s {
+                self.last_describe_s = item.at / 1_000_000;
+                for n in 0..self.opts.regions {
+                    if let Some(x) = &self.nodes[n as usize].node {
+                        for g in 0..self.opts.regions {
+                            let d = x.describe_group(g);
+                            self.trace
+                                .push((self.now, format!("node {n} group {g}: {d}")));
+                        }
+                    }
+                }
+            }
+            self.dispatch(item.ev);
+        }
+        self.now = self.opts.duration_us;
+        if self.opts.trace {
+            for n in 0..self.opts.regions {
+                if let Some(x) = &self.nodes[n as usize].node {
+                    for g in 0..self.opts.regions {
+                        let line = format!("END node {n} group {g} log {:?}", x.log_summary(g));
+                        self.trace.push((self.now, line));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn node_stats(&self) -> Vec<Option<Stats>> {
+        self.nodes
+            .iter()
+            .map(|n| n.node.as_ref().map(|x| x.stats().clone()))
+            .collect()
+    }
+
+    /// Each running node's view of `MOVING_NS` at the end: home, move under
+    /// way, and the retained versions of every key the clients use.
+    pub fn moving_finals(&self) -> Vec<Option<crate::checkers::namespace_move::NodeFinal>> {
+        self.nodes
+            .iter()
+            .map(|sn| {
+                let x = sn.node.as_ref().filter(|x| !x.is_halted())?;
+                let (home, moving_to) = x.ns_home(MOVING_NS)?;
+                let keys = (0..6)
+                    .map(|k| {
+                        let key = format!("k{k}");
+                        let h = x.history(MOVING_NS, &key);
+                        (key, h)
+                    })
+                    .collect();
+                Some(crate::checkers::namespace_move::NodeFinal {
+                    home,
+                    moving_to,
+                    keys,
+                })
+            })
+            .collect()
+    }
+
+    pub fn finals(&mut self) -> Vec<crate::checkers::convergence::NodeFinal> {
+        let regions = self.opts.regions;
+        let mut errors = Vec::new();
+        let finals = self
+            .nodes
+            .iter_mut()
+            .enumerate()
+            .map(|(n, sn)| match sn.node.as_mut() {
+                Some(x) if !x.is_halted() => crate::checkers::convergence::NodeFinal {
+                    up: true,
+                    revisions: (0..regions).map(|g| x.applied_revision(g)).collect(),
+                    digests: (0..regions)
+                        .filter_map(|g| match x.state_digest(g) {
+                            Ok(d) => Some(d),
+                            Err(e) => {
+                                errors.push(format!("node {n} group {g}: {e}"));
+                                None
+                            }
+                        })
+                        .collect(),
+                    meta_heads: x.meta_heads(),
+                },
+                _ => crate::checkers::convergence::NodeFinal::default(),
+            })
+            .collect();
+        self.restart_errors.extend(errors);
+        finals
+    }
+}
