@@ -1,0 +1,620 @@
+//! The configuration engine: every configuration operation as a sequence of
+//! core requests. Reads load the layers of an environment (itself, then the
+//! environments it inherits from) and render them. Writes are optimistic
+//! read-validate-write cycles: read the namespace, apply the operations to a
+//! copy, render and validate every environment the change affects, then
+//! commit with a compare on the namespace's revision (anything committed in
+//! between makes the core refuse, and the cycle runs again). Idempotency keys
+//! become the core's request ids, so a retried write, in any region, returns
+//! the first result and never writes twice.
+//!
+//! This file holds the types, the core plumbing and the loading and
+//! rendering of layers; `reads`, `writes`, `namespaces` and `watch` hold the
+//! operations of each kind.
+
+mod namespaces;
+mod reads;
+mod watch;
+mod writes;
+
+pub use watch::WatchEvent;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use meridian_core::node::CATALOG_NS;
+use meridian_core::rng::fnv1a;
+use meridian_core::types::{
+    AsOf, ChangeMeta, ClientRequest, ClientResponse, Compare, Consistency, KeyValue, NsSettings,
+    ReadQuery, ReplicationMode, RevisionToken, WriteOp,
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::diff;
+use super::error::CfgError;
+use super::render::{self, RenderError, Renderer};
+use super::tree::{self, INHERITS_KEY, SCHEMA_KEY_PREFIX, VARS_KEY};
+use crate::driver::{Input, ReplyTo};
+
+/// Read-validate-write cycles tried before a write gives up as contended.
+const WRITE_ATTEMPTS_MAX: usize = 8;
+/// Keys loaded on demand while rendering (references outside the subtree read).
+const RENDER_LOADS_MAX: usize = 64;
+/// Namespaces of one project considered when finding inheriting environments.
+const PROJECT_ENVS_MAX: u32 = 1000;
+/// Probes of a new namespace's home leader, 50 ms apart, before giving up.
+const CATALOG_WAIT_TRIES_MAX: usize = 60;
+/// How long a request waits out a namespace move (NAMESPACE_MOVING) before
+/// it gives the error to its caller. A move freezes the namespace for about
+/// one commit round per chunk of its data plus one catalog commit.
+const MOVE_WAIT_MS_MAX: u64 = 10_000;
+/// How long `move_namespace` waits for a move to complete.
+const MOVE_DONE_WAIT_MS_MAX: u64 = 60_000;
+/// Entries one list page returns at most.
+pub const LIST_LIMIT_MAX: usize = 1000;
+/// The key an idempotency probe compares against (never written: its compare
+/// always fails, so the probe only learns whether the id was seen).
+const PROBE_KEY: &str = "$idempotency-probe";
+
+/// Limits enforced before a request reaches the core (the core enforces the
+/// same ones again; failing early gives an error that names the key).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub key_bytes_max: usize,
+    pub value_bytes_max: usize,
+    pub txn_ops_max: usize,
+}
+
+#[derive(Clone)]
+pub struct ConfigStore {
+    inputs: mpsc::Sender<Input>,
+    next_req: Arc<AtomicU64>,
+    regions: Arc<Vec<String>>,
+    limits: Limits,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadConsistency {
+    /// Sees every write acknowledged before the read began (a linearizable
+    /// probe at the home leader, then a local read once that point applied).
+    #[default]
+    Linearizable,
+    /// This region's state, whatever it is.
+    Stale,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ReadOpts {
+    /// The namespace's own stored values: no inheritance, no rendering.
+    pub raw: bool,
+    pub as_of: AsOf,
+    pub consistency: ReadConsistency,
+}
+
+/// One stored version of a key, as the API shows it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Entry {
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    pub version: u64,
+    pub revision: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub author: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    pub time_ms: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// The environment a listed value comes from when it is inherited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inherited_from: Option<String>,
+}
+
+impl Entry {
+    /// A key with no stored version behind it (a derived or removed value).
+    fn bare(key: &str) -> Entry {
+        Entry {
+            key: key.to_string(),
+            value: None,
+            version: 0,
+            revision: 0,
+            author: String::new(),
+            message: String::new(),
+            time_ms: 0,
+            deleted: false,
+            inherited_from: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GetResult {
+    pub path: String,
+    pub found: bool,
+    /// The caller's default was returned.
+    pub defaulted: bool,
+    pub value: Value,
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ListResult {
+    pub entries: Vec<Entry>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+    pub token: String,
+}
+
+/// One operation of a write; all of a request's operations commit atomically.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Put {
+        key: String,
+        value: Value,
+        if_version: Option<u64>,
+    },
+    Delete {
+        key: String,
+        recursive: bool,
+        if_version: Option<u64>,
+    },
+    /// RFC 7386 merge patch applied to the subtree at `path`.
+    Merge {
+        path: String,
+        patch: Value,
+        if_version: Option<u64>,
+    },
+    /// RFC 6902 JSON patch applied to the subtree at `path`.
+    Patch {
+        path: String,
+        patch: Value,
+    },
+    SetSchema {
+        prefix: String,
+        schema: Value,
+    },
+    DeleteSchema {
+        prefix: String,
+    },
+    /// Set (Some) or clear (None) the parent environment and the variables.
+    SetTemplate {
+        inherits: Option<Option<String>>,
+        vars: Option<Map<String, Value>>,
+    },
+    /// Internal (rollback): make a stored key hold this, whatever it holds.
+    Restore {
+        key: String,
+        value: Option<Value>,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct WriteOpts {
+    pub author: String,
+    pub message: String,
+    pub idempotency_key: Option<String>,
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyChange {
+    pub key: String,
+    /// "put" or "delete".
+    pub op: &'static str,
+    /// The key's new version (0 in a dry run).
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WriteResult {
+    pub revision: u64,
+    pub token: String,
+    pub changes: Vec<KeyChange>,
+    /// An earlier write with the same idempotency key already applied; this
+    /// is its result and nothing was written now.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// What the write changes in the namespace's raw configuration.
+    pub diff: Vec<diff::Change>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub project: String,
+    pub environment: String,
+    pub home_region: String,
+    pub mode: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpo_budget_ms: Option<u64>,
+    pub history_versions_max: u32,
+    pub history_age_ms_max: u64,
+    /// Set while the namespace's home moves to this region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moving_to_region: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CreateNs {
+    pub home_region: String,
+    /// "quorum" (default) or "async".
+    pub mode: String,
+    pub rpo_budget_ms: u64,
+    pub history_versions_max: u32,
+    pub history_age_ms_max: u64,
+}
+
+/// One environment's stored state as read.
+#[derive(Clone, Debug, Default)]
+struct Layer {
+    ns: String,
+    /// User keys (decoded), with their versions.
+    kvs: BTreeMap<String, KeyValue>,
+    leaves: BTreeMap<String, Value>,
+    /// `$` keys: schemas, variables, parent.
+    meta: BTreeMap<String, Value>,
+    ns_revision: u64,
+    token: Option<RevisionToken>,
+}
+
+impl Layer {
+    fn parent(&self) -> Option<String> {
+        self.meta
+            .get(INHERITS_KEY)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    }
+}
+
+/// Decode a stored value: JSON, or (bytes written through the raw KV API)
+/// the text as a JSON string.
+fn decode(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn entry(kv: &KeyValue) -> Entry {
+    Entry {
+        key: kv.key.clone(),
+        value: kv.value.as_deref().map(decode),
+        version: kv.version,
+        revision: kv.mod_revision,
+        author: kv.meta.author.clone(),
+        message: kv.meta.message.clone(),
+        time_ms: kv.meta.time_ms,
+        deleted: kv.value.is_none(),
+        inherited_from: None,
+    }
+}
+
+/// A proper ancestor of `key` that is itself a leaf (so `key` cannot exist).
+fn leaf_ancestor<'k>(work: &Layer, key: &'k str) -> Option<&'k str> {
+    tree::ancestors(key)
+        .into_iter()
+        .find(|a| work.leaves.contains_key(*a))
+}
+
+fn token_str(t: Option<RevisionToken>) -> String {
+    t.map(|t| t.to_string()).unwrap_or_default()
+}
+
+/// The namespace of a project's environment.
+pub fn ns_name(project: &str, environment: &str) -> String {
+    format!("{project}/{environment}")
+}
+
+fn check_name(what: &str, s: &str) -> Result<(), CfgError> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(CfgError::invalid(format!(
+            "{what} {s:?} must be 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        )))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn schema_prefix_of(meta_key: &str) -> Option<&str> {
+    meta_key.strip_prefix(SCHEMA_KEY_PREFIX)
+}
+
+impl ConfigStore {
+    pub fn new(
+        inputs: mpsc::Sender<Input>,
+        next_req: Arc<AtomicU64>,
+        regions: Vec<String>,
+        limits: Limits,
+    ) -> ConfigStore {
+        ConfigStore {
+            inputs,
+            next_req,
+            regions: Arc::new(regions),
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// One core request. A namespace that is moving home is waited out (the
+    /// refused request did not apply, so it is safe to repeat) for a bounded
+    /// time: a move looks like a short stall, not an error.
+    async fn call(&self, request: ClientRequest) -> Result<ClientResponse, CfgError> {
+        let start = std::time::Instant::now();
+        loop {
+            match self.call_once(request.clone()).await {
+                Err(e)
+                    if e.reason == "NAMESPACE_MOVING"
+                        && start.elapsed().as_millis() < u128::from(MOVE_WAIT_MS_MAX) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(&self, request: ClientRequest) -> Result<ClientResponse, CfgError> {
+        let (tx, rx) = oneshot::channel();
+        let input = Input::Client {
+            req: self.next_req.fetch_add(1, Ordering::Relaxed),
+            request,
+            reply: ReplyTo::Once(tx),
+        };
+        let stopping = || CfgError::new("SHUTTING_DOWN", "the node is stopping");
+        self.inputs.send(input).await.map_err(|_| stopping())?;
+        match rx.await {
+            Ok(ClientResponse::Error(code)) => Err(CfgError::core(code)),
+            Ok(r) => Ok(r),
+            Err(_) => Err(stopping()),
+        }
+    }
+
+    async fn read(
+        &self,
+        ns: &str,
+        query: ReadQuery,
+        consistency: Consistency,
+        token: Option<RevisionToken>,
+    ) -> Result<ClientResponse, CfgError> {
+        self.call(ClientRequest::Read {
+            ns: ns.to_string(),
+            query,
+            consistency,
+            token,
+        })
+        .await
+    }
+
+    /// A token for "now" at the namespace's home leader (linearizable).
+    async fn probe(&self, ns: &str) -> Result<Option<RevisionToken>, CfgError> {
+        let q = ReadQuery::Get {
+            key: INHERITS_KEY.to_string(),
+        };
+        match self.read(ns, q, Consistency::Linearizable, None).await? {
+            ClientResponse::Value { token, .. } => Ok(Some(token)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        as_of: AsOf,
+        token: Option<RevisionToken>,
+    ) -> Result<(Vec<KeyValue>, u64, RevisionToken), CfgError> {
+        let q = ReadQuery::Scan {
+            prefix: prefix.to_string(),
+            as_of,
+        };
+        match self.read(ns, q, Consistency::Stale, token).await? {
+            ClientResponse::Scan {
+                kvs,
+                ns_revision,
+                token,
+            } => Ok((kvs, ns_revision, token)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Load one environment: its `$` keys and its user keys under `path`.
+    async fn load_layer(
+        &self,
+        ns: &str,
+        path: &str,
+        as_of: AsOf,
+        consistency: ReadConsistency,
+    ) -> Result<Layer, CfgError> {
+        let token = match consistency {
+            ReadConsistency::Linearizable => match self.probe(ns).await {
+                // The namespace may be new and this region's catalog behind:
+                // catch up with the catalog once, then ask again.
+                Err(e) if e.reason == "UNKNOWN_NAMESPACE" => self.probe_new(ns, e).await?,
+                other => other?,
+            },
+            ReadConsistency::Stale => None,
+        };
+        let (meta_kvs, ns_revision, t) = self.scan(ns, "$", as_of, token).await?;
+        let mut layer = Layer {
+            ns: ns.to_string(),
+            ns_revision,
+            token: Some(t),
+            ..Layer::default()
+        };
+        for kv in meta_kvs {
+            if let Some(v) = kv.value.as_deref() {
+                layer.meta.insert(kv.key.clone(), decode(v));
+            }
+        }
+        self.extend_layer(&mut layer, path, as_of, token).await?;
+        Ok(layer)
+    }
+
+    async fn extend_layer(
+        &self,
+        layer: &mut Layer,
+        path: &str,
+        as_of: AsOf,
+        token: Option<RevisionToken>,
+    ) -> Result<(), CfgError> {
+        let (kvs, _, _) = self.scan(&layer.ns, path, as_of, token).await?;
+        for kv in kvs {
+            if kv.key.starts_with('$') || !tree::is_under(&kv.key, path) {
+                continue;
+            }
+            if let Some(v) = kv.value.as_deref() {
+                layer.leaves.insert(kv.key.clone(), decode(v));
+            }
+            layer.kvs.insert(kv.key.clone(), kv);
+        }
+        Ok(())
+    }
+
+    /// An environment and the ones it inherits from, itself first.
+    async fn load_chain(
+        &self,
+        ns: &str,
+        path: &str,
+        opts: &ReadOpts,
+    ) -> Result<Vec<Layer>, CfgError> {
+        let first = self
+            .load_layer(ns, path, opts.as_of, opts.consistency)
+            .await?;
+        let mut names = vec![ns.to_string()];
+        let mut chain = vec![first];
+        if opts.raw {
+            return Ok(chain);
+        }
+        while let Some(parent) = chain.last().and_then(Layer::parent) {
+            if names.contains(&parent) {
+                names.push(parent);
+                return Err(CfgError::new(
+                    "REFERENCE_CYCLE",
+                    format!("inheritance cycle: {}", names.join(" -> ")),
+                ));
+            }
+            if names.len() > render::INHERIT_DEPTH_MAX {
+                return Err(CfgError::new(
+                    "REFERENCE_CYCLE",
+                    format!(
+                        "inheritance deeper than {} levels",
+                        render::INHERIT_DEPTH_MAX
+                    ),
+                ));
+            }
+            // Inherited layers are read as of the same time; a revision belongs
+            // to the child's group, so parents are read at their latest state.
+            let as_of = match opts.as_of {
+                AsOf::Revision(_) => AsOf::Latest,
+                other => other,
+            };
+            let layer = self
+                .load_layer(&parent, path, as_of, opts.consistency)
+                .await?;
+            names.push(parent);
+            chain.push(layer);
+        }
+        Ok(chain)
+    }
+
+    /// Render `paths` of an environment from its loaded layers, loading
+    /// referenced keys outside them on demand.
+    async fn render_paths(
+        &self,
+        chain: &mut [Layer],
+        paths: &[String],
+        opts: &ReadOpts,
+    ) -> Result<Vec<Option<Value>>, CfgError> {
+        let mut loaded: BTreeSet<String> = BTreeSet::new();
+        for _ in 0..RENDER_LOADS_MAX {
+            let (leaves, vars) = effective(chain);
+            let mut r = Renderer::new(&leaves, &vars, false);
+            let mut out = Vec::with_capacity(paths.len());
+            let mut need = None;
+            for p in paths {
+                match r.subtree(p) {
+                    Ok(v) => out.push(v),
+                    Err(RenderError::Need(k)) => {
+                        need = Some(k);
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let Some(k) = need else {
+                return Ok(out);
+            };
+            if !loaded.insert(k.clone()) {
+                return Err(CfgError::new(
+                    "MISSING_REFERENCE",
+                    format!("reference to missing key {k:?}"),
+                ));
+            }
+            for (i, layer) in chain.iter_mut().enumerate() {
+                let as_of = match opts.as_of {
+                    AsOf::Revision(_) if i > 0 => AsOf::Latest,
+                    other => other,
+                };
+                let token = layer.token;
+                self.extend_layer(layer, &k, as_of, token).await?;
+            }
+        }
+        Err(CfgError::new(
+            "REFERENCE_CYCLE",
+            format!("more than {RENDER_LOADS_MAX} distinct references followed"),
+        ))
+    }
+}
+
+/// Effective leaves and variables of a chain (child first in `chain`).
+fn effective(chain: &[Layer]) -> (BTreeMap<String, Value>, Map<String, Value>) {
+    let leaves = render::overlay(chain.iter().rev().map(|l| l.leaves.clone()).collect());
+    let mut vars = Map::new();
+    for l in chain.iter().rev() {
+        if let Some(Value::Object(v)) = l.meta.get(VARS_KEY) {
+            for (k, x) in v {
+                vars.insert(k.clone(), x.clone());
+            }
+        }
+    }
+    (leaves, vars)
+}
+
+/// Schemas in force in a chain: a child's schema at a prefix replaces its parent's.
+fn effective_schemas(chain: &[Layer]) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for l in chain.iter().rev() {
+        for (k, v) in &l.meta {
+            if let Some(p) = schema_prefix_of(k) {
+                out.insert(p.to_string(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+fn unexpected(resp: &ClientResponse) -> CfgError {
+    CfgError::new(
+        "INTERNAL",
+        format!("unexpected response from the core: {resp:?}"),
+    )
+}

@@ -1,0 +1,278 @@
+//! Environments as namespaces: creating one (through the catalog), moving
+//! its home region, listing them, and waiting for a new or moved namespace
+//! to be known and applied in this region.
+
+use super::*;
+
+impl ConfigStore {
+    pub async fn create_namespace(
+        &self,
+        project: &str,
+        environment: &str,
+        spec: &CreateNs,
+    ) -> Result<NamespaceInfo, CfgError> {
+        check_name("project", project)?;
+        check_name("environment", environment)?;
+        let home = self
+            .regions
+            .iter()
+            .position(|r| *r == spec.home_region)
+            .ok_or_else(|| {
+                CfgError::invalid(format!(
+                    "home_region {:?} is not a region of this cluster ({})",
+                    spec.home_region,
+                    self.regions.join(", ")
+                ))
+            })?;
+        let mode = match spec.mode.as_str() {
+            "" | "quorum" => ReplicationMode::Quorum,
+            "async" => {
+                if spec.rpo_budget_ms == 0 {
+                    return Err(CfgError::invalid("async mode needs rpo_budget_ms above 0"));
+                }
+                ReplicationMode::Async {
+                    rpo_budget_us: spec.rpo_budget_ms.saturating_mul(1000),
+                }
+            }
+            other => {
+                return Err(CfgError::invalid(format!(
+                    "mode {other:?}: use \"quorum\" or \"async\""
+                )))
+            }
+        };
+        let settings = NsSettings {
+            home: home as u8,
+            mode,
+            history_versions_max: spec.history_versions_max,
+            history_age_ms_max: spec.history_age_ms_max,
+            moving_to: None,
+            adopt_revision: 0,
+        };
+        let ns = ns_name(project, environment);
+        let resp = self
+            .call(ClientRequest::CreateNamespace {
+                ns: ns.clone(),
+                settings: settings.clone(),
+                request_id: rand::random::<u64>() | 1,
+            })
+            .await?;
+        match resp {
+            ClientResponse::Written { token, .. } => {
+                // Wait until this region applied the catalog entry, so the
+                // namespace is usable here as soon as we answer.
+                self.wait_applied(CATALOG_NS, token).await?;
+                Ok(self.info(&ns, &settings))
+            }
+            ClientResponse::Conflict { .. } => Err(CfgError::new(
+                "NAMESPACE_EXISTS",
+                format!("namespace {ns} already exists"),
+            )),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub(super) fn info(&self, ns: &str, s: &NsSettings) -> NamespaceInfo {
+        let (project, environment) = ns.split_once('/').unwrap_or((ns, ""));
+        let (mode, rpo) = match s.mode {
+            ReplicationMode::Quorum => ("quorum", None),
+            ReplicationMode::Async { rpo_budget_us } => ("async", Some(rpo_budget_us / 1000)),
+        };
+        NamespaceInfo {
+            name: ns.to_string(),
+            project: project.to_string(),
+            environment: environment.to_string(),
+            home_region: self
+                .regions
+                .get(s.home as usize)
+                .cloned()
+                .unwrap_or_default(),
+            mode: mode.to_string(),
+            rpo_budget_ms: rpo,
+            history_versions_max: s.history_versions_max,
+            history_age_ms_max: s.history_age_ms_max,
+            moving_to_region: s
+                .moving_to
+                .and_then(|g| self.regions.get(g as usize).cloned()),
+        }
+    }
+
+    /// The catalog entry of a namespace, read after catching up with the
+    /// catalog (so it is at least as new as any change made before the call).
+    pub(super) async fn catalog_entry(&self, ns: &str) -> Result<(NsSettings, u64), CfgError> {
+        self.sync_catalog().await?;
+        let q = ReadQuery::Get {
+            key: ns.to_string(),
+        };
+        match self.read(CATALOG_NS, q, Consistency::Stale, None).await? {
+            ClientResponse::Value { kv, .. } => kv
+                .value
+                .as_deref()
+                .and_then(NsSettings::decode)
+                .map(|s| (s, kv.version))
+                .ok_or_else(|| {
+                    CfgError::new(
+                        "UNKNOWN_NAMESPACE",
+                        format!("namespace {ns} does not exist"),
+                    )
+                }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Move a namespace's home region, online, and wait until the move is
+    /// complete: reads go on throughout; writes stall (they are retried, see
+    /// `call`) while the old home is frozen and the new one copies the data.
+    pub async fn move_namespace(
+        &self,
+        project: &str,
+        environment: &str,
+        to_region: &str,
+    ) -> Result<NamespaceInfo, CfgError> {
+        let ns = ns_name(project, environment);
+        let to = self
+            .regions
+            .iter()
+            .position(|r| r == to_region)
+            .ok_or_else(|| {
+                CfgError::invalid(format!(
+                    "region {to_region:?} is not a region of this cluster ({})",
+                    self.regions.join(", ")
+                ))
+            })? as u8;
+        let start = std::time::Instant::now();
+        let deadline = std::time::Duration::from_millis(MOVE_DONE_WAIT_MS_MAX);
+        // Start it: the core compares on the catalog entry it read, so retry
+        // a conflict with a newer catalog.
+        let mut attempts = 0;
+        loop {
+            let (settings, _) = self.catalog_entry(&ns).await?;
+            if settings.home == to && settings.moving_to.is_none() {
+                return Ok(self.info(&ns, &settings));
+            }
+            if settings.moving_to == Some(to) {
+                break;
+            }
+            match self
+                .call(ClientRequest::MoveNamespace {
+                    ns: ns.clone(),
+                    to,
+                })
+                .await
+            {
+                Ok(ClientResponse::Written { .. } | ClientResponse::Done) => break,
+                Ok(ClientResponse::Conflict { .. }) if attempts < WRITE_ATTEMPTS_MAX => {
+                    attempts += 1;
+                }
+                Ok(ClientResponse::Conflict { .. }) => {
+                    return Err(CfgError::new(
+                        "CONTENDED",
+                        format!("the catalog entry of {ns} kept changing"),
+                    ))
+                }
+                Ok(other) => return Err(unexpected(&other)),
+                Err(e) if e.reason == "INVALID_REQUEST" => {
+                    return Err(CfgError::invalid(format!(
+                        "{ns} is defined in the configuration file; only namespaces created through the API move"
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        loop {
+            let (settings, _) = self.catalog_entry(&ns).await?;
+            if settings.moving_to.is_none() {
+                if settings.home != to {
+                    // Another move started after ours and finished first.
+                    return Err(CfgError::new(
+                        "CONTENDED",
+                        format!(
+                            "{ns} moved to {} instead",
+                            self.regions.get(settings.home as usize).map_or("?", |s| s)
+                        ),
+                    ));
+                }
+                return Ok(self.info(&ns, &settings));
+            }
+            if start.elapsed() > deadline {
+                return Err(CfgError::new(
+                    "TIMEOUT",
+                    format!(
+                        "the move of {ns} to {to_region} is still under way after {} s; it continues in the background",
+                        MOVE_DONE_WAIT_MS_MAX / 1000
+                    ),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Namespaces in the catalog whose name starts with `prefix`.
+    pub async fn list_namespaces(&self, prefix: &str) -> Result<Vec<NamespaceInfo>, CfgError> {
+        let q = ReadQuery::List {
+            prefix: prefix.to_string(),
+            start_after: String::new(),
+            limit: PROJECT_ENVS_MAX,
+        };
+        let token = self.probe(CATALOG_NS).await?;
+        match self.read(CATALOG_NS, q, Consistency::Stale, token).await? {
+            ClientResponse::List { kvs, .. } => Ok(kvs
+                .iter()
+                .filter_map(|kv| {
+                    let s = kv.value.as_deref().and_then(NsSettings::decode)?;
+                    Some(self.info(&kv.key, &s))
+                })
+                .collect()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Probe a namespace that some region did not know: once this region has
+    /// caught up with the catalog and knows it, the home leader (which may
+    /// apply the catalog a moment later) is asked again for a bounded time.
+    pub(super) async fn probe_new(
+        &self,
+        ns: &str,
+        first: CfgError,
+    ) -> Result<Option<RevisionToken>, CfgError> {
+        self.sync_catalog().await?;
+        let q = ReadQuery::Get {
+            key: ns.to_string(),
+        };
+        let known = match self.read(CATALOG_NS, q, Consistency::Stale, None).await? {
+            ClientResponse::Value { kv, .. } => kv.value.is_some(),
+            _ => false,
+        };
+        if !known {
+            return Err(first);
+        }
+        let mut last = first;
+        for _ in 0..CATALOG_WAIT_TRIES_MAX {
+            match self.probe(ns).await {
+                Err(e) if e.reason == "UNKNOWN_NAMESPACE" => last = e,
+                other => return other,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(last)
+    }
+
+    /// Wait until this region applied every catalog change made before now.
+    pub(super) async fn sync_catalog(&self) -> Result<(), CfgError> {
+        if let Some(t) = self.probe(CATALOG_NS).await? {
+            self.wait_applied(CATALOG_NS, t).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn wait_applied(
+        &self,
+        ns: &str,
+        token: RevisionToken,
+    ) -> Result<(), CfgError> {
+        let q = ReadQuery::Get {
+            key: INHERITS_KEY.to_string(),
+        };
+        self.read(ns, q, Consistency::Stale, Some(token)).await?;
+        Ok(())
+    }
+}

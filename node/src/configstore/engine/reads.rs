@@ -1,0 +1,277 @@
+//! Reads of configuration: a leaf or subtree (rendered or raw, as of a
+//! revision or time), bulk gets, listings with globs and search, history,
+//! schemas, templates, and diffs between versions, revisions and
+//! environments.
+
+use super::*;
+
+impl ConfigStore {
+    /// The value at `path` (a leaf or a whole subtree as one object).
+    pub async fn get(
+        &self,
+        ns: &str,
+        path: &str,
+        opts: &ReadOpts,
+        default: Option<Value>,
+    ) -> Result<GetResult, CfgError> {
+        tree::check_path(path).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+        let mut chain = self.load_chain(ns, path, opts).await?;
+        let token = token_str(chain[0].token);
+        let mut value = if opts.raw {
+            tree::assemble(&chain[0].leaves, path)
+        } else {
+            self.render_paths(&mut chain, &[path.to_string()], opts)
+                .await?
+                .pop()
+                .flatten()
+        };
+        if value.is_none() && path.is_empty() {
+            value = Some(Value::Object(Map::new()));
+        }
+        Ok(match (value, default) {
+            (Some(v), _) => GetResult {
+                path: path.to_string(),
+                found: true,
+                defaulted: false,
+                value: v,
+                token,
+            },
+            (None, Some(d)) => GetResult {
+                path: path.to_string(),
+                found: false,
+                defaulted: true,
+                value: d,
+                token,
+            },
+            (None, None) => {
+                return Err(CfgError::new(
+                    "NOT_FOUND",
+                    format!("nothing is stored at {path:?} in {ns}"),
+                ))
+            }
+        })
+    }
+
+    /// Several paths at once, from one read of the environment.
+    pub async fn bulk_get(
+        &self,
+        ns: &str,
+        paths: &[String],
+        defaults: &Map<String, Value>,
+        opts: &ReadOpts,
+    ) -> Result<(BTreeMap<String, Value>, Vec<String>, String), CfgError> {
+        if paths.is_empty() || paths.len() > LIST_LIMIT_MAX {
+            return Err(CfgError::invalid(format!(
+                "ask for 1 to {LIST_LIMIT_MAX} keys"
+            )));
+        }
+        for p in paths {
+            tree::check_key(p).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+        }
+        let mut chain = self.load_chain(ns, "", opts).await?;
+        let token = token_str(chain[0].token);
+        let values = if opts.raw {
+            paths
+                .iter()
+                .map(|p| tree::assemble(&chain[0].leaves, p))
+                .collect()
+        } else {
+            self.render_paths(&mut chain, paths, opts).await?
+        };
+        let mut found = BTreeMap::new();
+        let mut missing = Vec::new();
+        for (p, v) in paths.iter().zip(values) {
+            match v.or_else(|| defaults.get(p).cloned()) {
+                Some(v) => {
+                    found.insert(p.clone(), v);
+                }
+                None => missing.push(p.clone()),
+            }
+        }
+        Ok((found, missing, token))
+    }
+
+    /// Leaves under `prefix` whose key matches `glob` and whose value contains
+    /// `search`, in key order, a page at a time.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn list(
+        &self,
+        ns: &str,
+        prefix: &str,
+        glob: &str,
+        search: &str,
+        limit: usize,
+        page_token: &str,
+        opts: &ReadOpts,
+    ) -> Result<ListResult, CfgError> {
+        tree::check_path(prefix).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+        let matcher = if glob.is_empty() {
+            None
+        } else {
+            Some(tree::glob(glob).map_err(CfgError::invalid)?)
+        };
+        let limit = limit.clamp(1, LIST_LIMIT_MAX);
+        let mut chain = self.load_chain(ns, prefix, opts).await?;
+        let token = token_str(chain[0].token);
+        let (leaves, _) = effective(&chain);
+        let keys: Vec<String> = leaves
+            .keys()
+            .filter(|k| k.as_str() > page_token)
+            .filter(|k| matcher.as_ref().is_none_or(|m| tree::glob_matches(m, k)))
+            .cloned()
+            .collect();
+        let mut entries = Vec::new();
+        let mut next = String::new();
+        let mut rendered = Vec::new();
+        if !opts.raw && !keys.is_empty() {
+            rendered = self.render_paths(&mut chain, &keys, opts).await?;
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let value = if opts.raw {
+                leaves.get(k).cloned()
+            } else {
+                rendered.get(i).cloned().flatten()
+            };
+            let Some(value) = value else { continue };
+            if !search.is_empty() && !value.to_string().contains(search) {
+                continue;
+            }
+            if entries.len() == limit {
+                next = entries
+                    .last()
+                    .map(|e: &Entry| e.key.clone())
+                    .unwrap_or_default();
+                break;
+            }
+            let owner = chain.iter().find(|l| l.kvs.contains_key(k));
+            let mut e = match owner.and_then(|l| l.kvs.get(k)) {
+                Some(kv) => entry(kv),
+                None => continue,
+            };
+            if let Some(l) = owner {
+                if l.ns != ns {
+                    e.inherited_from = Some(l.ns.clone());
+                }
+            }
+            e.value = Some(value);
+            entries.push(e);
+        }
+        Ok(ListResult {
+            entries,
+            next_page_token: next,
+            token,
+        })
+    }
+
+    /// Every retained version of a key, oldest first.
+    pub async fn history(&self, ns: &str, key: &str) -> Result<Vec<Entry>, CfgError> {
+        tree::check_key(key).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+        let token = self.probe(ns).await?;
+        let q = ReadQuery::History {
+            key: key.to_string(),
+        };
+        match self.read(ns, q, Consistency::Stale, token).await? {
+            ClientResponse::History { versions, .. } => {
+                if versions.is_empty() || versions.iter().all(|v| v.version == 0) {
+                    return Err(CfgError::new(
+                        "NOT_FOUND",
+                        format!("{key:?} was never written in {ns}"),
+                    ));
+                }
+                Ok(versions.iter().map(entry).collect())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The schemas attached in this namespace, by prefix.
+    pub async fn schemas(&self, ns: &str) -> Result<BTreeMap<String, Value>, CfgError> {
+        let l = self
+            .load_layer(ns, "$", AsOf::Latest, ReadConsistency::Linearizable)
+            .await?;
+        Ok(l.meta
+            .iter()
+            .filter_map(|(k, v)| schema_prefix_of(k).map(|p| (p.to_string(), v.clone())))
+            .collect())
+    }
+
+    /// The parent environment and variables of a namespace.
+    pub async fn template(
+        &self,
+        ns: &str,
+    ) -> Result<(Option<String>, Option<Map<String, Value>>), CfgError> {
+        let l = self
+            .load_layer(ns, "$", AsOf::Latest, ReadConsistency::Linearizable)
+            .await?;
+        let vars = l.meta.get(VARS_KEY).and_then(Value::as_object).cloned();
+        Ok((l.parent(), vars))
+    }
+
+    pub async fn diff_versions(
+        &self,
+        ns: &str,
+        key: &str,
+        from_version: u64,
+        to_version: u64,
+    ) -> Result<Vec<diff::Change>, CfgError> {
+        let h = self.history(ns, key).await?;
+        let pick = |v: u64| -> Result<Option<Value>, CfgError> {
+            if v == 0 {
+                return Ok(None);
+            }
+            h.iter()
+                .find(|e| e.version == v)
+                .map(|e| e.value.clone())
+                .ok_or_else(|| {
+                    CfgError::new(
+                        "HISTORY_COMPACTED",
+                        format!("version {v} of {key:?} is not retained (or never existed)"),
+                    )
+                })
+        };
+        let (a, b) = (pick(from_version)?, pick(to_version)?);
+        Ok(diff::diff(a.as_ref(), b.as_ref()))
+    }
+
+    pub async fn diff_revisions(
+        &self,
+        ns: &str,
+        path: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<diff::Change>, CfgError> {
+        tree::check_path(path).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+        let read = |r: u64| ReadOpts {
+            raw: true,
+            as_of: AsOf::Revision(r),
+            consistency: ReadConsistency::Linearizable,
+        };
+        let a = self.load_layer(ns, path, read(from).as_of, ReadConsistency::Linearizable);
+        let a = a.await?;
+        let b = self
+            .load_layer(ns, path, read(to).as_of, ReadConsistency::Linearizable)
+            .await?;
+        let va = tree::assemble(&a.leaves, path);
+        let vb = tree::assemble(&b.leaves, path);
+        Ok(diff::diff(va.as_ref(), vb.as_ref()))
+    }
+
+    /// The effective (or raw) configuration of two environments compared.
+    pub async fn diff_envs(
+        &self,
+        from_ns: &str,
+        to_ns: &str,
+        path: &str,
+        raw: bool,
+    ) -> Result<Vec<diff::Change>, CfgError> {
+        let opts = ReadOpts {
+            raw,
+            ..ReadOpts::default()
+        };
+        let a = self.get(from_ns, path, &opts, Some(Value::Null)).await?;
+        let b = self.get(to_ns, path, &opts, Some(Value::Null)).await?;
+        let va = a.found.then_some(a.value);
+        let vb = b.found.then_some(b.value);
+        Ok(diff::diff(va.as_ref(), vb.as_ref()))
+    }
+}

@@ -1,0 +1,280 @@
+//! Configuration watches: effective values under a path, re-rendered on
+//! every change of any layer an environment inherits from, pushed as events
+//! with a resume token that works in any region.
+
+use super::*;
+
+/// One event of a configuration watch.
+#[derive(Clone, Debug, Serialize)]
+pub struct WatchEvent {
+    /// Keys under the watched path whose effective value changed (value None:
+    /// removed).
+    pub changes: Vec<Entry>,
+    /// This event holds the whole state (first event without a resume token).
+    pub snapshot: bool,
+    /// Pass back as `resume_token` to continue after this event, in any region.
+    pub token: String,
+}
+
+/// Effective values waiting for a slow watcher, at most (then it is dropped
+/// and resumes with its token).
+const WATCH_EVENTS_BUFFER_MAX: usize = 1024;
+
+fn encode_watch_token(chain: &[Layer]) -> String {
+    chain
+        .iter()
+        .map(|l| format!("{}={}", l.ns, l.token.map_or(0, |t| t.revision)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_watch_token(s: &str) -> Result<BTreeMap<String, u64>, CfgError> {
+    let bad = || CfgError::invalid(format!("resume token {s:?} is not one this API issued"));
+    let mut out = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (ns, rev) = part.rsplit_once('=').ok_or_else(bad)?;
+        out.insert(ns.to_string(), rev.parse().map_err(|_| bad())?);
+    }
+    Ok(out)
+}
+
+/// The rendered (or raw) leaves under `path` of a fully loaded chain.
+fn flat_state(
+    chain: &[Layer],
+    path: &str,
+    raw: bool,
+) -> Result<BTreeMap<String, (Value, Option<KeyValue>)>, CfgError> {
+    let Some(own) = chain.first() else {
+        return Ok(BTreeMap::new());
+    };
+    let (leaves, vars) = if raw {
+        (own.leaves.clone(), Map::new())
+    } else {
+        effective(chain)
+    };
+    let mut r = Renderer::new(&leaves, &vars, true);
+    let mut out = BTreeMap::new();
+    for k in leaves.keys().filter(|k| tree::is_under(k, path)) {
+        let v = if raw { leaves[k].clone() } else { r.leaf(k)? };
+        let kv = chain.iter().find_map(|l| l.kvs.get(k)).cloned();
+        out.insert(k.clone(), (v, kv));
+    }
+    Ok(out)
+}
+
+fn state_changes(
+    old: &BTreeMap<String, (Value, Option<KeyValue>)>,
+    new: &BTreeMap<String, (Value, Option<KeyValue>)>,
+) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for k in keys {
+        match (old.get(k), new.get(k)) {
+            (Some((a, _)), Some((b, _))) if a == b => {}
+            (_, Some((b, kv))) => {
+                let mut e = kv.as_ref().map(entry).unwrap_or_else(|| Entry::bare(k));
+                e.value = Some(b.clone());
+                e.deleted = false;
+                out.push(e);
+            }
+            (Some(_), None) => out.push(Entry {
+                deleted: true,
+                ..Entry::bare(k)
+            }),
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+fn apply_event(layer: &mut Layer, kv: KeyValue) {
+    let is_meta = kv.key.starts_with('$');
+    match kv.value.as_deref() {
+        Some(bytes) => {
+            let v = decode(bytes);
+            if is_meta {
+                layer.meta.insert(kv.key.clone(), v);
+            } else {
+                layer.leaves.insert(kv.key.clone(), v);
+            }
+        }
+        None => {
+            layer.meta.remove(&kv.key);
+            layer.leaves.remove(&kv.key);
+        }
+    }
+    if !is_meta {
+        layer.kvs.insert(kv.key.clone(), kv);
+    }
+}
+
+impl ConfigStore {
+    /// Watch the effective values under `path`: a first event (the whole
+    /// state, or with `resume_token` only what changed since that token),
+    /// then one event per change that alters an effective value.
+    pub async fn watch(
+        &self,
+        ns: &str,
+        path: &str,
+        raw: bool,
+        resume_token: &str,
+    ) -> Result<mpsc::Receiver<Result<WatchEvent, CfgError>>, CfgError> {
+        tree::check_path(path).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+        let resume = if resume_token.is_empty() {
+            None
+        } else {
+            Some(decode_watch_token(resume_token)?)
+        };
+        let opts = ReadOpts {
+            raw,
+            ..ReadOpts::default()
+        };
+        let mut chain = self.load_chain(ns, "", &opts).await?;
+        // Subscribe before computing the first event, from the revisions read,
+        // so no change falls between the two.
+        let (core_tx, mut core_rx) =
+            mpsc::channel::<(usize, ClientResponse)>(WATCH_EVENTS_BUFFER_MAX);
+        for (i, layer) in chain.iter().enumerate() {
+            let (tx, mut rx) = mpsc::channel(crate::driver::WATCH_BUFFER_MAX);
+            let input = Input::Client {
+                req: self.next_req.fetch_add(1, Ordering::Relaxed),
+                request: ClientRequest::Watch {
+                    ns: layer.ns.clone(),
+                    prefix: String::new(),
+                    start_revision: layer.token.map(|t| t.revision),
+                },
+                reply: ReplyTo::Stream(tx),
+            };
+            self.inputs
+                .send(input)
+                .await
+                .map_err(|_| CfgError::new("SHUTTING_DOWN", "the node is stopping"))?;
+            let fwd = core_tx.clone();
+            tokio::spawn(async move {
+                while let Some(r) = rx.recv().await {
+                    if fwd.send((i, r)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(core_tx);
+        let mut state = flat_state(&chain, path, raw)?;
+        let first = match resume {
+            None => WatchEvent {
+                changes: state_changes(&BTreeMap::new(), &state),
+                snapshot: true,
+                token: encode_watch_token(&chain),
+            },
+            Some(revs) => {
+                let mut old_chain = Vec::new();
+                let mut compacted = false;
+                for l in &chain {
+                    let layer = match revs.get(&l.ns) {
+                        Some(&r) => match self
+                            .load_layer(&l.ns, "", AsOf::Revision(r), ReadConsistency::Stale)
+                            .await
+                        {
+                            Ok(x) => x,
+                            Err(e) if e.reason == "HISTORY_COMPACTED" => {
+                                compacted = true;
+                                break;
+                            }
+                            Err(e) => return Err(e),
+                        },
+                        None => Layer {
+                            ns: l.ns.clone(),
+                            ..Layer::default()
+                        },
+                    };
+                    old_chain.push(layer);
+                }
+                // Retention dropped what the token points at: resync with the
+                // whole state rather than guess at a delta.
+                let old = if compacted {
+                    None
+                } else {
+                    flat_state(&old_chain, path, raw).ok()
+                };
+                match old {
+                    Some(old) => WatchEvent {
+                        changes: state_changes(&old, &state),
+                        snapshot: false,
+                        token: encode_watch_token(&chain),
+                    },
+                    _ => WatchEvent {
+                        changes: state_changes(&BTreeMap::new(), &state),
+                        snapshot: true,
+                        token: encode_watch_token(&chain),
+                    },
+                }
+            }
+        };
+        let (out_tx, out_rx) = mpsc::channel(WATCH_EVENTS_BUFFER_MAX);
+        let _ = out_tx.send(Ok(first)).await;
+        let path = path.to_string();
+        tokio::spawn(async move {
+            while let Some((i, resp)) = core_rx.recv().await {
+                let Some(layer) = chain.get_mut(i) else {
+                    return;
+                };
+                let group = layer.token.map_or(0, |t| t.group);
+                let mut parent_changed = false;
+                match resp {
+                    ClientResponse::WatchEvents { events, revision } => {
+                        for kv in events {
+                            parent_changed |= kv.key == INHERITS_KEY;
+                            apply_event(layer, kv);
+                        }
+                        layer.token = Some(RevisionToken { group, revision });
+                    }
+                    ClientResponse::WatchResync { snapshot, revision } => {
+                        layer.leaves.clear();
+                        layer.meta.clear();
+                        layer.kvs.clear();
+                        for kv in snapshot {
+                            apply_event(layer, kv);
+                        }
+                        layer.token = Some(RevisionToken { group, revision });
+                        parent_changed = true;
+                    }
+                    ClientResponse::Error(code) => {
+                        let _ = out_tx.send(Err(CfgError::core(code))).await;
+                        return;
+                    }
+                    _ => continue,
+                }
+                if parent_changed && !raw {
+                    let _ = out_tx
+                        .send(Err(CfgError::new(
+                            "UNAVAILABLE",
+                            "the environment's inheritance changed; resume with the last token",
+                        )))
+                        .await;
+                    return;
+                }
+                let new = match flat_state(&chain, &path, raw) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = out_tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let changes = state_changes(&state, &new);
+                state = new;
+                if changes.is_empty() {
+                    continue;
+                }
+                let ev = WatchEvent {
+                    changes,
+                    snapshot: false,
+                    token: encode_watch_token(&chain),
+                };
+                if out_tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(out_rx)
+    }
+}

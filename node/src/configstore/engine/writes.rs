@@ -1,0 +1,682 @@
+//! Writes: the optimistic read-validate-write cycle (operations applied to a
+//! copy, every affected environment rendered and validated, committed with a
+//! compare on the namespace revision), idempotent replays, and rollbacks.
+
+use super::*;
+
+impl ConfigStore {
+    /// Apply `ops` atomically (or, in a dry run, only check them).
+    pub async fn write(
+        &self,
+        ns: &str,
+        ops: Vec<Op>,
+        opts: &WriteOpts,
+    ) -> Result<WriteResult, CfgError> {
+        if ops.is_empty() {
+            return Err(CfgError::invalid("a write needs at least one operation"));
+        }
+        if ops.len() > self.limits.txn_ops_max {
+            return Err(CfgError::new(
+                "TOO_MANY_OPS",
+                format!(
+                    "{} operations; at most {} per write",
+                    ops.len(),
+                    self.limits.txn_ops_max
+                ),
+            ));
+        }
+        let request_id = match &opts.idempotency_key {
+            Some(k) if k.is_empty() || k.len() > 256 => {
+                return Err(CfgError::invalid("idempotency keys are 1-256 bytes"))
+            }
+            Some(k) => fnv1a(format!("{ns}\0{k}").as_bytes()) | 1,
+            None => rand::random::<u64>() | 1,
+        };
+        if opts.idempotency_key.is_some() && !opts.dry_run {
+            if let Some(first) = self.replay(ns, request_id).await? {
+                return Ok(first);
+            }
+        }
+        for _ in 0..WRITE_ATTEMPTS_MAX {
+            let read = ReadOpts {
+                raw: true,
+                ..ReadOpts::default()
+            };
+            let layer = self
+                .load_layer(ns, "", read.as_of, read.consistency)
+                .await?;
+            let mut work = layer.clone();
+            for op in &ops {
+                self.apply_op(&mut work, op).await?;
+            }
+            let (core_ops, changes) = self.core_ops(&layer, &work)?;
+            let before = tree::assemble(&layer.leaves, "");
+            let after = tree::assemble(&work.leaves, "");
+            let raw_diff = diff::diff(before.as_ref(), after.as_ref());
+            if core_ops.is_empty() {
+                return Ok(WriteResult {
+                    revision: layer.ns_revision,
+                    token: token_str(layer.token),
+                    changes: Vec::new(),
+                    replayed: false,
+                    dry_run: opts.dry_run,
+                    diff: raw_diff,
+                });
+            }
+            self.validate_affected(&work).await?;
+            if opts.dry_run {
+                return Ok(WriteResult {
+                    revision: layer.ns_revision,
+                    token: token_str(layer.token),
+                    changes,
+                    replayed: false,
+                    dry_run: true,
+                    diff: raw_diff,
+                });
+            }
+            let resp = self
+                .call(ClientRequest::Write {
+                    ns: ns.to_string(),
+                    request_id,
+                    compares: Vec::new(),
+                    ns_revision: Some(layer.ns_revision),
+                    ops: core_ops,
+                    meta: ChangeMeta {
+                        author: opts.author.clone(),
+                        message: opts.message.clone(),
+                        time_ms: now_ms(),
+                    },
+                })
+                .await?;
+            match resp {
+                ClientResponse::Written { versions, token } => {
+                    self.wait_applied(ns, token).await?;
+                    let changes = changes
+                        .into_iter()
+                        .zip(versions)
+                        .map(|(c, v)| KeyChange { version: v, ..c })
+                        .collect();
+                    return Ok(WriteResult {
+                        revision: token.revision,
+                        token: token.to_string(),
+                        changes,
+                        replayed: false,
+                        dry_run: false,
+                        diff: raw_diff,
+                    });
+                }
+                // Something in the namespace changed since the read: again.
+                ClientResponse::Conflict { .. } => continue,
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Err(CfgError::new(
+            "CONTENDED",
+            format!("{ns} changed under {WRITE_ATTEMPTS_MAX} attempts in a row; retry"),
+        ))
+    }
+
+    /// If a write with this request id already applied, its result.
+    pub(super) async fn replay(
+        &self,
+        ns: &str,
+        request_id: u64,
+    ) -> Result<Option<WriteResult>, CfgError> {
+        let resp = self
+            .call(ClientRequest::Write {
+                ns: ns.to_string(),
+                request_id,
+                compares: vec![Compare {
+                    key: PROBE_KEY.to_string(),
+                    version: u64::MAX,
+                }],
+                ns_revision: None,
+                ops: vec![WriteOp::Delete {
+                    key: PROBE_KEY.to_string(),
+                }],
+                meta: ChangeMeta::default(),
+            })
+            .await?;
+        match resp {
+            ClientResponse::Written { token, versions } => {
+                self.wait_applied(ns, token).await?;
+                Ok(Some(WriteResult {
+                    revision: token.revision,
+                    token: token.to_string(),
+                    changes: versions
+                        .into_iter()
+                        .map(|v| KeyChange {
+                            key: String::new(),
+                            op: "put",
+                            version: v,
+                        })
+                        .collect(),
+                    replayed: true,
+                    dry_run: false,
+                    diff: Vec::new(),
+                }))
+            }
+            ClientResponse::Conflict { .. } => Ok(None),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub(super) fn check_value(&self, key: &str, v: &Value) -> Result<(), CfgError> {
+        let n = v.to_string().len();
+        if n > self.limits.value_bytes_max {
+            return Err(CfgError::new(
+                "VALUE_TOO_LARGE",
+                format!(
+                    "{key}: value is {n} bytes; at most {} bytes",
+                    self.limits.value_bytes_max
+                ),
+            ));
+        }
+        if key.len() > self.limits.key_bytes_max {
+            return Err(CfgError::new(
+                "KEY_TOO_LONG",
+                format!(
+                    "key is {} bytes; at most {}",
+                    key.len(),
+                    self.limits.key_bytes_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_version(
+        layer: &Layer,
+        key: &str,
+        want: Option<u64>,
+    ) -> Result<(), CfgError> {
+        let Some(want) = want else { return Ok(()) };
+        let have = layer
+            .kvs
+            .get(key)
+            .filter(|kv| kv.value.is_some())
+            .map_or(0, |kv| kv.version);
+        if have != want {
+            return Err(CfgError::new(
+                "CAS_CONFLICT",
+                format!("{key} is at version {have}, not {want}; nothing was written"),
+            )
+            .with_details(serde_json::json!({"key": key, "version": have})));
+        }
+        Ok(())
+    }
+
+    /// Apply one operation to the working copy of a namespace.
+    pub(super) async fn apply_op(&self, work: &mut Layer, op: &Op) -> Result<(), CfgError> {
+        let key_err = |m: String| CfgError::new("INVALID_KEY", m);
+        match op {
+            Op::Put {
+                key,
+                value,
+                if_version,
+            } => {
+                tree::check_key(key).map_err(key_err)?;
+                self.check_value(key, value)?;
+                Self::check_version(work, key, *if_version)?;
+                if let Some(a) = leaf_ancestor(work, key) {
+                    return Err(CfgError::new(
+                        "PATH_CONFLICT",
+                        format!("{a} holds a value, so {key} cannot be a key below it; change {a} instead (or merge into it)"),
+                    ));
+                }
+                let below = tree::child_prefix(key);
+                if work.leaves.keys().any(|k| k.starts_with(&below)) {
+                    return Err(CfgError::new(
+                        "PATH_CONFLICT",
+                        format!("{key} has keys below it; use a merge patch to change the subtree, or delete it first"),
+                    ));
+                }
+                work.leaves.insert(key.clone(), value.clone());
+            }
+            Op::Delete {
+                key,
+                recursive,
+                if_version,
+            } => {
+                tree::check_key(key).map_err(key_err)?;
+                Self::check_version(work, key, *if_version)?;
+                let below = tree::child_prefix(key);
+                let mut doomed: Vec<String> = Vec::new();
+                if work.leaves.contains_key(key) {
+                    doomed.push(key.clone());
+                }
+                if *recursive {
+                    doomed.extend(
+                        work.leaves
+                            .keys()
+                            .filter(|k| k.starts_with(&below))
+                            .cloned(),
+                    );
+                }
+                if doomed.is_empty() {
+                    let hint = if !*recursive && work.leaves.keys().any(|k| k.starts_with(&below)) {
+                        " (it is a subtree: delete recursively)"
+                    } else {
+                        ""
+                    };
+                    return Err(CfgError::new(
+                        "NOT_FOUND",
+                        format!("nothing is stored at {key}{hint}"),
+                    ));
+                }
+                for k in doomed {
+                    work.leaves.remove(&k);
+                }
+            }
+            Op::Merge {
+                path,
+                patch,
+                if_version,
+            } => {
+                tree::check_path(path).map_err(key_err)?;
+                if !path.is_empty() {
+                    Self::check_version(work, path, *if_version)?;
+                }
+                let mut doc = tree::assemble(&work.leaves, path).unwrap_or(Value::Null);
+                json_patch::merge(&mut doc, patch);
+                self.replace_subtree(work, path, &doc)?;
+            }
+            Op::Patch { path, patch } => {
+                tree::check_path(path).map_err(key_err)?;
+                let ops: json_patch::Patch =
+                    serde_json::from_value(patch.clone()).map_err(|e| {
+                        CfgError::new("BAD_PATCH", format!("not an RFC 6902 JSON patch: {e}"))
+                    })?;
+                let mut doc =
+                    tree::assemble(&work.leaves, path).unwrap_or_else(|| Value::Object(Map::new()));
+                json_patch::patch(&mut doc, &ops).map_err(|e| {
+                    let reason = if matches!(e.kind, json_patch::PatchErrorKind::TestFailed) {
+                        "PATCH_TEST_FAILED"
+                    } else {
+                        "BAD_PATCH"
+                    };
+                    CfgError::new(reason, format!("patch failed: {e}"))
+                })?;
+                self.replace_subtree(work, path, &doc)?;
+            }
+            Op::SetSchema { prefix, schema } => {
+                tree::check_path(prefix).map_err(key_err)?;
+                if let Err(e) = jsonschema::draft202012::new(schema) {
+                    return Err(CfgError::new(
+                        "BAD_SCHEMA",
+                        format!("not a valid draft 2020-12 schema: {e}"),
+                    ));
+                }
+                let key = format!("{SCHEMA_KEY_PREFIX}{prefix}");
+                self.check_value(&key, schema)?;
+                work.meta.insert(key, schema.clone());
+            }
+            Op::DeleteSchema { prefix } => {
+                let key = format!("{SCHEMA_KEY_PREFIX}{prefix}");
+                if work.meta.remove(&key).is_none() {
+                    return Err(CfgError::new(
+                        "NOT_FOUND",
+                        format!("no schema is attached at {prefix:?}"),
+                    ));
+                }
+            }
+            Op::SetTemplate { inherits, vars } => {
+                if let Some(vars) = vars {
+                    self.check_value(VARS_KEY, &Value::Object(vars.clone()))?;
+                    if vars.is_empty() {
+                        work.meta.remove(VARS_KEY);
+                    } else {
+                        work.meta
+                            .insert(VARS_KEY.to_string(), Value::Object(vars.clone()));
+                    }
+                }
+                match inherits {
+                    None => {}
+                    Some(None) => {
+                        work.meta.remove(INHERITS_KEY);
+                    }
+                    Some(Some(parent)) => {
+                        let parent = self.resolve_env(&work.ns, parent)?;
+                        self.check_no_cycle(&work.ns, &parent).await?;
+                        work.meta
+                            .insert(INHERITS_KEY.to_string(), Value::String(parent));
+                    }
+                }
+            }
+            Op::Restore { key, value } => match value {
+                Some(v) if key.starts_with('$') => {
+                    work.meta.insert(key.clone(), v.clone());
+                }
+                Some(v) => {
+                    work.leaves.insert(key.clone(), v.clone());
+                }
+                None => {
+                    work.leaves.remove(key);
+                    work.meta.remove(key);
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// A parent given as an environment of the same project, or as a full
+    /// `project/environment` name.
+    pub(super) fn resolve_env(&self, ns: &str, parent: &str) -> Result<String, CfgError> {
+        let full = if parent.contains('/') {
+            parent.to_string()
+        } else {
+            let project = ns.split_once('/').map_or(ns, |(p, _)| p);
+            ns_name(project, parent)
+        };
+        if full == ns {
+            return Err(CfgError::new(
+                "REFERENCE_CYCLE",
+                format!("{ns} cannot inherit from itself"),
+            ));
+        }
+        Ok(full)
+    }
+
+    pub(super) async fn check_no_cycle(&self, ns: &str, parent: &str) -> Result<(), CfgError> {
+        let mut chain = vec![ns.to_string(), parent.to_string()];
+        let mut cur = parent.to_string();
+        for _ in 0..=render::INHERIT_DEPTH_MAX {
+            let layer = self
+                .load_layer(&cur, "$", AsOf::Latest, ReadConsistency::Linearizable)
+                .await
+                .map_err(|e| {
+                    if e.reason == "UNKNOWN_NAMESPACE" {
+                        CfgError::new(
+                            "UNKNOWN_NAMESPACE",
+                            format!("cannot inherit from {cur}: no such namespace"),
+                        )
+                    } else {
+                        e
+                    }
+                })?;
+            match layer.parent() {
+                None => return Ok(()),
+                Some(p) if p == ns => {
+                    chain.push(p);
+                    return Err(CfgError::new(
+                        "REFERENCE_CYCLE",
+                        format!("inheritance cycle: {}", chain.join(" -> ")),
+                    ));
+                }
+                Some(p) => {
+                    chain.push(p.clone());
+                    cur = p;
+                }
+            }
+        }
+        Err(CfgError::new(
+            "REFERENCE_CYCLE",
+            format!(
+                "inheritance deeper than {} levels",
+                render::INHERIT_DEPTH_MAX
+            ),
+        ))
+    }
+
+    /// Replace the subtree at `path` with `doc`, keeping leaf boundaries.
+    pub(super) fn replace_subtree(
+        &self,
+        work: &mut Layer,
+        path: &str,
+        doc: &Value,
+    ) -> Result<(), CfgError> {
+        let existing: BTreeMap<String, Value> = work
+            .leaves
+            .iter()
+            .filter(|(k, _)| tree::is_under(k, path))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(a) = leaf_ancestor(work, path) {
+            return Err(CfgError::new(
+                "PATH_CONFLICT",
+                format!("{a} holds a value; patch {a} instead"),
+            ));
+        }
+        let new = if doc.is_null() && !path.is_empty() {
+            BTreeMap::new()
+        } else {
+            tree::decompose(doc, path, &existing).map_err(|m| CfgError::new("BAD_PATCH", m))?
+        };
+        for k in existing.keys() {
+            work.leaves.remove(k);
+        }
+        for (k, v) in new {
+            self.check_value(&k, &v)?;
+            work.leaves.insert(k, v);
+        }
+        Ok(())
+    }
+
+    /// The core operations turning `before` into `after`, and what they change.
+    pub(super) fn core_ops(
+        &self,
+        before: &Layer,
+        after: &Layer,
+    ) -> Result<(Vec<WriteOp>, Vec<KeyChange>), CfgError> {
+        let mut ops = Vec::new();
+        let mut changes = Vec::new();
+        let old: BTreeMap<&String, &Value> =
+            before.leaves.iter().chain(before.meta.iter()).collect();
+        let new: BTreeMap<&String, &Value> = after.leaves.iter().chain(after.meta.iter()).collect();
+        let keys: BTreeSet<&String> = old.keys().chain(new.keys()).copied().collect();
+        for k in keys {
+            match (old.get(k), new.get(k)) {
+                (Some(a), Some(b)) if a == b => {}
+                (_, Some(b)) => {
+                    ops.push(WriteOp::Put {
+                        key: k.clone(),
+                        value: serde_json::to_vec(b).map_err(|e| {
+                            CfgError::new("INTERNAL", format!("cannot encode {k:?}: {e}"))
+                        })?,
+                    });
+                    changes.push(KeyChange {
+                        key: k.clone(),
+                        op: "put",
+                        version: 0,
+                    });
+                }
+                (Some(_), None) => {
+                    ops.push(WriteOp::Delete { key: k.clone() });
+                    changes.push(KeyChange {
+                        key: k.clone(),
+                        op: "delete",
+                        version: 0,
+                    });
+                }
+                (None, None) => {}
+            }
+        }
+        if ops.len() > self.limits.txn_ops_max {
+            return Err(CfgError::new(
+                "TOO_MANY_OPS",
+                format!(
+                    "the write changes {} keys; at most {} per write",
+                    ops.len(),
+                    self.limits.txn_ops_max
+                ),
+            ));
+        }
+        Ok((ops, changes))
+    }
+
+    /// Render and validate every environment the change to `work.ns` affects:
+    /// itself and every environment that inherits from it, directly or not.
+    pub(super) async fn validate_affected(&self, work: &Layer) -> Result<(), CfgError> {
+        let ns = work.ns.as_str();
+        let project = ns.split_once('/').map(|(p, _)| p);
+        let mut envs: Vec<String> = vec![ns.to_string()];
+        if let Some(project) = project {
+            let mut parents: BTreeMap<String, String> = BTreeMap::new();
+            for info in self.list_namespaces(&format!("{project}/")).await? {
+                if info.name == ns {
+                    continue;
+                }
+                let l = self
+                    .load_layer(&info.name, "$", AsOf::Latest, ReadConsistency::Stale)
+                    .await?;
+                if let Some(p) = l.parent() {
+                    parents.insert(info.name.clone(), p);
+                }
+            }
+            for env in parents.keys() {
+                let mut cur = env.clone();
+                for _ in 0..=render::INHERIT_DEPTH_MAX {
+                    match parents.get(&cur) {
+                        Some(p) if p == ns => {
+                            envs.push(env.clone());
+                            break;
+                        }
+                        Some(p) => cur = p.clone(),
+                        None => break,
+                    }
+                }
+            }
+        }
+        let mut problems = Vec::new();
+        for env in &envs {
+            let mut chain = Vec::new();
+            let mut cur = Some(env.clone());
+            while let Some(name) = cur {
+                if chain.len() > render::INHERIT_DEPTH_MAX {
+                    return Err(CfgError::new(
+                        "REFERENCE_CYCLE",
+                        format!(
+                            "inheritance of {env} deeper than {} levels",
+                            render::INHERIT_DEPTH_MAX
+                        ),
+                    ));
+                }
+                let layer = if name == ns {
+                    work.clone()
+                } else {
+                    self.load_layer(&name, "", AsOf::Latest, ReadConsistency::Stale)
+                        .await?
+                };
+                cur = layer.parent();
+                chain.push(layer);
+            }
+            let (leaves, vars) = effective(&chain);
+            let mut r = Renderer::new(&leaves, &vars, true);
+            let rendered = r.subtree("").map_err(|e| {
+                let mut err = CfgError::from(e);
+                if env != ns {
+                    err.message = format!("in {env} (inherits from {ns}): {}", err.message);
+                }
+                err
+            })?;
+            for (prefix, schema) in effective_schemas(&chain) {
+                let instance = match (&rendered, prefix.is_empty()) {
+                    (_, true) => rendered.clone().unwrap_or(Value::Object(Map::new())),
+                    (Some(_), false) => match r.subtree(&prefix)? {
+                        Some(v) => v,
+                        None => continue,
+                    },
+                    (None, false) => continue,
+                };
+                let validator = jsonschema::draft202012::new(&schema).map_err(|e| {
+                    CfgError::new("BAD_SCHEMA", format!("schema at {prefix:?}: {e}"))
+                })?;
+                for e in validator.iter_errors(&instance) {
+                    problems.push(serde_json::json!({
+                        "environment": env,
+                        "schema_prefix": prefix,
+                        "instance_path": e.instance_path().as_str(),
+                        "schema_path": e.schema_path().as_str(),
+                        "message": e.to_string(),
+                    }));
+                }
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let first = &problems[0];
+        let msg = format!(
+            "{} schema violation(s); first: {} at {}{} (schema {}{}): {}",
+            problems.len(),
+            first["environment"].as_str().unwrap_or_default(),
+            first["schema_prefix"].as_str().unwrap_or_default(),
+            first["instance_path"].as_str().unwrap_or_default(),
+            first["schema_prefix"].as_str().unwrap_or_default(),
+            first["schema_path"].as_str().unwrap_or_default(),
+            first["message"].as_str().unwrap_or_default(),
+        );
+        Err(CfgError::new("SCHEMA_VIOLATION", msg).with_details(Value::Array(problems)))
+    }
+
+    /// Roll a key (or, with `key` None, the whole namespace) back to what it
+    /// held at `revision`, written as a new version.
+    pub async fn rollback(
+        &self,
+        ns: &str,
+        key: Option<&str>,
+        revision: u64,
+        opts: &WriteOpts,
+    ) -> Result<WriteResult, CfgError> {
+        let target = self
+            .load_layer(
+                ns,
+                "",
+                AsOf::Revision(revision),
+                ReadConsistency::Linearizable,
+            )
+            .await?;
+        let current = self
+            .load_layer(ns, "", AsOf::Latest, ReadConsistency::Linearizable)
+            .await?;
+        let mut ops = Vec::new();
+        let mut want = |k: &String, v: Option<&Value>| {
+            ops.push(Op::Restore {
+                key: k.clone(),
+                value: v.cloned(),
+            })
+        };
+        match key {
+            Some(key) => {
+                tree::check_key(key).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+                if !current.kvs.contains_key(key) && !target.kvs.contains_key(key) {
+                    return Err(CfgError::new(
+                        "NOT_FOUND",
+                        format!("{key} was never written in {ns}"),
+                    ));
+                }
+                want(&key.to_string(), target.leaves.get(key));
+            }
+            None => {
+                let all: BTreeSet<&String> = target
+                    .leaves
+                    .keys()
+                    .chain(current.leaves.keys())
+                    .chain(target.meta.keys())
+                    .chain(current.meta.keys())
+                    .collect();
+                for k in all {
+                    let v = target.leaves.get(k).or_else(|| target.meta.get(k));
+                    let now = current.leaves.get(k).or_else(|| current.meta.get(k));
+                    if v != now {
+                        want(k, v);
+                    }
+                }
+            }
+        }
+        let mut opts = opts.clone();
+        if opts.message.is_empty() {
+            opts.message = match key {
+                Some(k) => format!("rollback of {k} to revision {revision}"),
+                None => format!("rollback of {ns} to revision {revision}"),
+            };
+        }
+        if ops.is_empty() {
+            return Err(CfgError::invalid(format!(
+                "{ns} already holds what it held at revision {revision}"
+            )));
+        }
+        // One atomic write: the rollback changes at most txn_ops_max keys.
+        self.write(ns, ops, &opts).await
+    }
+}
