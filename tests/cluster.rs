@@ -91,6 +91,41 @@ async fn write_in_one_region_is_read_and_watched_in_the_others() {
         .expect("history");
     let vals: Vec<_> = h.versions.iter().map(|k| k.value.clone()).collect();
     assert_eq!(vals, [b"on".to_vec(), b"off".to_vec()]);
+
+    // An idempotency id retried replays in any region; reused for another
+    // write it is refused everywhere and writes nothing (issue 19, item 1).
+    use meridian_proto::v1::{op, Op, TxnRequest};
+    let txn = |key: &str, value: &[u8]| TxnRequest {
+        namespace: "eu".into(),
+        compares: Vec::new(),
+        ops: vec![Op {
+            op: Some(op::Op::Put(op::Put {
+                key: key.into(),
+                value: value.to_vec(),
+            })),
+        }],
+        request_id: 0xfeed,
+    };
+    let first = eu.txn(txn("cfg/idem", b"1")).await.expect("first");
+    let again = ap.txn(txn("cfg/idem", b"1")).await.expect("retry");
+    assert_eq!((again.token, again.versions), (first.token, first.versions));
+    for (client, key, value) in [
+        (&eu, "cfg/idem", &b"2"[..]),
+        (&us, "cfg/other", &b"1"[..]),
+        (&ap, "cfg/other", &b"2"[..]),
+    ] {
+        let e = client.txn(txn(key, value)).await.expect_err("a reused id");
+        assert!(
+            matches!(&e, meridian_proto::client::ClientError::Status { reason: Some(r), status }
+                if r == "IDEMPOTENCY_KEY_REUSED" && status.code() == tonic::Code::FailedPrecondition),
+            "{key}: {e}"
+        );
+    }
+    let other = us
+        .get("eu", "cfg/other", Consistency::Linearizable)
+        .await
+        .expect("get");
+    assert!(!other.found, "a refused reuse wrote nothing");
 }
 
 /// Every live key under `prefix` in `ns`, paging through List.

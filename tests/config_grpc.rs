@@ -359,14 +359,26 @@ async fn grpc_config_api_covers_configuration_management() {
             idempotency_key: "build-7".into(),
         };
         let mut c = c.clone();
-        async move { c.write(req).await.unwrap().into_inner() }
+        async move { c.write(req).await.map(|r| r.into_inner()) }
     };
-    let first = idem(&mut eu, 7).await;
-    let again = idem(&mut ap, 8).await;
+    let first = idem(&mut eu, 7).await.unwrap();
+    let again = idem(&mut ap, 7).await.unwrap();
     assert!(
         again.replayed && again.revision == first.revision,
         "{again:?}"
     );
+    assert_eq!(
+        again.changes, first.changes,
+        "a replay names the keys written"
+    );
+    for c in [&mut eu, &mut us, &mut ap] {
+        let e = idem(c, 8).await.unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (tonic::Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED"),
+            "the key reused for another value: {e:?}"
+        );
+    }
     assert_eq!(
         get(&mut us, "base", "deploy.version", false).await.unwrap(),
         json!(7)

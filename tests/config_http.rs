@@ -781,7 +781,7 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
             CFG,
             "/v1/config/shop/base/release",
             &idem,
-            Body::Json(json!("v2")),
+            Body::Json(json!("v1")),
         )
         .await;
     assert_eq!(s, 200, "{again}");
@@ -789,6 +789,41 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
     assert_eq!(
         again["revision"], first["revision"],
         "the retry (in another region) returns the first result"
+    );
+    assert_eq!(
+        again["changes"], first["changes"],
+        "a replay names the keys the first write changed"
+    );
+    assert_eq!(again["diff"], first["diff"], "and its diff");
+    // The key reused for another write, in every region: refused, nothing written.
+    for (region, path, body) in [
+        (us, "/v1/config/shop/base/release", json!("v2")),
+        (ap, "/v1/config/shop/base/release.other", json!("v1")),
+        (eu, "/v1/config/shop/base/unrelated", json!(7)),
+    ] {
+        let (s, v) = api
+            .call("put", region, CFG, path, &idem, Body::Json(body))
+            .await;
+        assert_eq!(
+            (s, reason(&v)),
+            (422, "IDEMPOTENCY_KEY_REUSED"),
+            "{path}: {v}"
+        );
+    }
+    let (s, v) = api
+        .call(
+            "get",
+            eu,
+            CFG,
+            "/v1/config/shop/base/unrelated",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(
+        (s, reason(&v)),
+        (404, "NOT_FOUND"),
+        "a refused reuse wrote nothing: {v}"
     );
     let (_, v) = api
         .call(

@@ -54,6 +54,7 @@ pub fn reason_of(code: ErrorCode) -> (Code, &'static str) {
         ErrorCode::HistoryCompacted => (Code::OutOfRange, "HISTORY_COMPACTED"),
         ErrorCode::NamespaceMoving => (Code::Unavailable, "NAMESPACE_MOVING"),
         ErrorCode::FutureRevision => (Code::OutOfRange, "FUTURE_REVISION"),
+        ErrorCode::IdempotencyKeyReused => (Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED"),
         ErrorCode::Internal => (Code::Internal, "INTERNAL"),
     }
 }
@@ -216,10 +217,12 @@ impl Api {
         compares: Vec<CoreCompare>,
         ops: Vec<WriteOp>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let fingerprint = meridian_core::types::write_fingerprint(&ns, &compares, &ops);
         let resp = self
             .call(ClientRequest::Write {
                 ns,
                 request_id,
+                fingerprint,
                 compares,
                 ns_revision: None,
                 ops,

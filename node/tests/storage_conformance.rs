@@ -22,6 +22,7 @@ fn entry(rng: &mut Rng, index: u64, term: u64) -> Entry {
             ns: "eu".into(),
             revision: index,
             request_id: rng.next_u64(),
+            fingerprint: rng.next_u64(),
             keys: (0..n)
                 .map(|k| KeyEffect {
                     key: format!("k{k}-{}", rng.range(0, 50)),

@@ -100,7 +100,7 @@ struct Persisted {
     /// Change time of the newest applied write (times never go backwards).
     time_ms: u64,
     /// Results of recent writes by request id (idempotency), oldest first in `request_order`.
-    requests: BTreeMap<u64, (u64, Vec<u64>)>,
+    requests: BTreeMap<u64, RequestRecord>,
     request_order: VecDeque<u64>,
     /// Namespaces moving (or moved) away: ns -> (new home, this group's
     /// revision when the freeze applied). No write to them applies here.
@@ -112,6 +112,18 @@ struct Persisted {
     /// revision of the last chunk). Changes before that revision happened in
     /// another group, so watches resuming from before it resync.
     adopted: BTreeMap<String, (GroupId, u64, u64)>,
+}
+
+/// The result of an idempotent write, kept so that a retry learns it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub revision: u64,
+    /// The resulting version of each op's key, in the request's op order.
+    pub versions: Vec<u64>,
+    /// The caller's hash of what it asked for: a retry carrying a different
+    /// one reused the request id for another write and is refused, so that a
+    /// reused idempotency key never passes a different write off as done.
+    pub fingerprint: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -171,8 +183,8 @@ impl GroupSm {
         self.state.revision
     }
 
-    /// The revision and versions a write with this request id produced, if remembered.
-    pub fn request_result(&self, request_id: u64) -> Option<&(u64, Vec<u64>)> {
+    /// What a write with this request id produced, if remembered.
+    pub fn request_result(&self, request_id: u64) -> Option<&RequestRecord> {
         self.state.requests.get(&request_id)
     }
 
@@ -534,9 +546,14 @@ impl GroupSm {
             });
         }
         if w.request_id != 0 {
-            self.state
-                .requests
-                .insert(w.request_id, (w.revision, w.reply_versions.clone()));
+            self.state.requests.insert(
+                w.request_id,
+                RequestRecord {
+                    revision: w.revision,
+                    versions: w.reply_versions.clone(),
+                    fingerprint: w.fingerprint,
+                },
+            );
             self.state.request_order.push_back(w.request_id);
             while self.state.request_order.len() > self.requests_max {
                 if let Some(old) = self.state.request_order.pop_front() {
@@ -675,6 +692,7 @@ mod tests {
             ns: "n".into(),
             revision: rev,
             request_id: rev,
+            fingerprint: rev,
             keys: vec![KeyEffect {
                 key: key.into(),
                 value: Some(v.as_bytes().to_vec()),

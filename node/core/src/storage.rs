@@ -90,6 +90,9 @@ pub struct WriteEffect {
     pub revision: u64,
     /// The caller's id for the write; 0: none. Non-zero ids are idempotent.
     pub request_id: u64,
+    /// The caller's hash of the request (see `ClientRequest::Write`), kept
+    /// with the result so any replica, once leader, refuses a reused id.
+    pub fingerprint: u64,
     /// Sorted by key, one per key.
     pub keys: Vec<KeyEffect>,
     /// The resulting version of each op's key, in the request's op order.

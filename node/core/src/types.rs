@@ -62,6 +62,37 @@ impl WriteOp {
     }
 }
 
+/// The fingerprint of a KV write (`ClientRequest::Write::fingerprint`): a
+/// hash of its namespace, compares and operations, each length-prefixed so
+/// that different requests cannot run together into the same bytes.
+pub fn write_fingerprint(ns: &str, compares: &[Compare], ops: &[WriteOp]) -> u64 {
+    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    let mut b = Vec::new();
+    field(&mut b, ns.as_bytes());
+    b.extend_from_slice(&(compares.len() as u64).to_le_bytes());
+    for c in compares {
+        field(&mut b, c.key.as_bytes());
+        b.extend_from_slice(&c.version.to_le_bytes());
+    }
+    for op in ops {
+        match op {
+            WriteOp::Put { key, value } => {
+                b.push(1);
+                field(&mut b, key.as_bytes());
+                field(&mut b, value);
+            }
+            WriteOp::Delete { key } => {
+                b.push(2);
+                field(&mut b, key.as_bytes());
+            }
+        }
+    }
+    crate::rng::fnv1a(&b)
+}
+
 /// Who made a change, why, and when (wall-clock milliseconds since the Unix
 /// epoch, stamped by the shell that received the write; the leader makes a
 /// group's times non-decreasing). Kept with every version of every key.
@@ -180,6 +211,11 @@ pub enum ClientRequest {
     Write {
         ns: String,
         request_id: u64,
+        /// A hash of what the caller asked for (`fingerprint` for KV
+        /// writes; the config engine hashes its own operations). A
+        /// non-zero `request_id` seen before with a different fingerprint
+        /// was reused for another write: `IdempotencyKeyReused`.
+        fingerprint: u64,
         compares: Vec<Compare>,
         /// If set, the namespace's last-change revision must equal it: a
         /// read-validate-write cycle over a whole namespace commits only if
@@ -261,6 +297,8 @@ pub enum ErrorCode {
     Internal,
     #[error("the revision asked for is above the newest revision applied in this region (a future revision, or a region behind: read at the leader or with a token)")]
     FutureRevision,
+    #[error("the request id (idempotency key) was used before for a different write; nothing was written")]
+    IdempotencyKeyReused,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,21 +43,7 @@ fn single_region_serves_linearizable_reads() {
     let mut replies = Vec::new();
     run(&mut node, 0, 3_000_000, &mut replies);
     assert!(node.is_leader(0), "a single region elects itself");
-    node.handle_client(
-        3_000_000,
-        1,
-        ClientRequest::Write {
-            ns: "r0-quorum".into(),
-            request_id: 9,
-            compares: Vec::new(),
-            ns_revision: None,
-            ops: vec![WriteOp::Put {
-                key: "k".into(),
-                value: b"v".to_vec(),
-            }],
-            meta: ChangeMeta::default(),
-        },
-    );
+    node.handle_client(3_000_000, 1, common::put_with_id("r0-quorum", "k", b"v", 9));
     run(&mut node, 3_000_000, 3_500_000, &mut replies);
     assert!(
         matches!(

@@ -48,7 +48,9 @@ impl CfgError {
             }
             "NOT_FOUND" | "UNKNOWN_NAMESPACE" | "UNKNOWN_WATCH" => Code::NotFound,
             "NAMESPACE_EXISTS" => Code::AlreadyExists,
-            "CAS_CONFLICT" | "PATCH_TEST_FAILED" => Code::FailedPrecondition,
+            "CAS_CONFLICT" | "PATCH_TEST_FAILED" | "IDEMPOTENCY_KEY_REUSED" => {
+                Code::FailedPrecondition
+            }
             "HISTORY_COMPACTED" | "FUTURE_REVISION" => Code::OutOfRange,
             "SCAN_TOO_LARGE" | "OVERLOADED" => Code::ResourceExhausted,
             "TIMEOUT" => Code::DeadlineExceeded,
@@ -73,6 +75,9 @@ impl CfgError {
                 }
             }
             Code::NotFound => 404,
+            // The IETF Idempotency-Key draft: a key reused with another
+            // payload is 422, a conflict of state is 409.
+            Code::FailedPrecondition if self.reason == "IDEMPOTENCY_KEY_REUSED" => 422,
             Code::AlreadyExists | Code::FailedPrecondition => 409,
             Code::ResourceExhausted => 429,
             Code::DeadlineExceeded => 504,

@@ -341,6 +341,7 @@ impl World {
                     ops: ops.clone(),
                 },
                 ClientRequest::Write {
+                    fingerprint: meridian_core::types::write_fingerprint(&ns, &compares, &ops),
                     ns: ns.clone(),
                     request_id,
                     compares,

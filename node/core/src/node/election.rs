@@ -234,6 +234,7 @@ impl Node {
                         PendingWrite {
                             origins: Vec::new(),
                             request_id: w.request_id,
+                            fingerprint: w.fingerprint,
                             resp,
                             ack_on_durable,
                         },

@@ -155,13 +155,18 @@ impl Node {
             return;
         }
         match &req {
-            ClientRequest::Write { ns, request_id, .. } => {
+            ClientRequest::Write {
+                ns,
+                request_id,
+                fingerprint,
+                ..
+            } => {
                 let g = self.home_group(ns) as usize;
                 if self.groups[g].role != Role::Leader {
                     // One hop only. "Unavailable" promises the write did not
                     // happen, so first look for it: a duplicate of this message
                     // may have been appended while this node led.
-                    let resp = self.lookup_write(g, *request_id);
+                    let resp = self.lookup_write(g, *request_id, *fingerprint);
                     self.respond(origin, resp);
                     return;
                 }
@@ -185,17 +190,15 @@ impl Node {
     /// What a non-leader can say about a write it is asked to perform: its result
     /// if it applied, "outcome unknown" if it sits uncommitted in the log, else
     /// "unavailable" (it never reached this node's log, so it did not commit here).
-    pub(super) fn lookup_write(&self, g: usize, request_id: u64) -> ClientResponse {
+    pub(super) fn lookup_write(
+        &self,
+        g: usize,
+        request_id: u64,
+        fingerprint: u64,
+    ) -> ClientResponse {
         if request_id != 0 {
-            if let Some((revision, versions)) = self.sms[g].request_result(request_id) {
-                let token = RevisionToken {
-                    group: g as GroupId,
-                    revision: *revision,
-                };
-                return ClientResponse::Written {
-                    versions: versions.clone(),
-                    token,
-                };
+            if let Some(resp) = self.remembered_write(g, request_id, fingerprint) {
+                return resp;
             }
             let in_log = self.unapplied_any(
                 g,
@@ -206,6 +209,27 @@ impl Node {
             }
         }
         ClientResponse::Error(ErrorCode::Unavailable)
+    }
+
+    /// The answer to a write whose request id applied before: its result, or
+    /// a refusal if the id came with a different request then.
+    pub(super) fn remembered_write(
+        &self,
+        g: usize,
+        request_id: u64,
+        fingerprint: u64,
+    ) -> Option<ClientResponse> {
+        let r = self.sms[g].request_result(request_id)?;
+        if r.fingerprint != fingerprint {
+            return Some(ClientResponse::Error(ErrorCode::IdempotencyKeyReused));
+        }
+        Some(ClientResponse::Written {
+            versions: r.versions.clone(),
+            token: RevisionToken {
+                group: g as GroupId,
+                revision: r.revision,
+            },
+        })
     }
 
     pub(super) fn forward_or_fail(&mut self, g: usize, origin: Origin, req: ClientRequest) {

@@ -193,6 +193,8 @@ struct PendingWrite {
     /// Everyone waiting for this write (a retried request joins the first).
     origins: Vec<Origin>,
     request_id: u64,
+    /// A retry joins only with the same fingerprint (see `ClientRequest::Write`).
+    fingerprint: u64,
     resp: ClientResponse,
     ack_on_durable: bool,
 }
@@ -266,6 +268,7 @@ type Pending = (u64, Option<Vec<u8>>, u64);
 struct ProposedWrite {
     ns: String,
     request_id: u64,
+    fingerprint: u64,
     compares: Vec<Compare>,
     ns_revision: Option<u64>,
     ops: Vec<WriteOp>,
@@ -277,6 +280,7 @@ impl ProposedWrite {
         ClientRequest::Write {
             ns: self.ns,
             request_id: self.request_id,
+            fingerprint: self.fingerprint,
             compares: self.compares,
             ns_revision: self.ns_revision,
             ops: self.ops,

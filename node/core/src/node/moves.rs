@@ -212,6 +212,7 @@ impl Node {
         let req = ClientRequest::Write {
             ns: CATALOG_NS.to_string(),
             request_id: 0,
+            fingerprint: 0,
             compares: vec![Compare {
                 key: ns.to_string(),
                 version: cur.version,
@@ -333,6 +334,7 @@ impl Node {
         Ok(ClientRequest::Write {
             ns: CATALOG_NS.to_string(),
             request_id: 0,
+            fingerprint: 0,
             compares: vec![Compare {
                 key: ns.clone(),
                 version: cur.version,

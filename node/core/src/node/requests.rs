@@ -157,6 +157,7 @@ impl Node {
                 ClientRequest::Write {
                     ns: CATALOG_NS.to_string(),
                     request_id,
+                    fingerprint: fnv1a(format!("{ns}\0").as_bytes()) ^ fnv1a(&value),
                     compares: vec![Compare {
                         key: ns.clone(),
                         version: 0,
@@ -286,6 +287,7 @@ impl Node {
             ClientRequest::Write {
                 ns,
                 request_id,
+                fingerprint,
                 compares,
                 ns_revision,
                 ops,
@@ -295,6 +297,7 @@ impl Node {
                 let w = ProposedWrite {
                     ns,
                     request_id,
+                    fingerprint,
                     compares,
                     ns_revision,
                     ops,
@@ -365,6 +368,7 @@ impl Node {
         let ProposedWrite {
             ns,
             request_id,
+            fingerprint,
             compares,
             ns_revision,
             ops,
@@ -374,19 +378,17 @@ impl Node {
         // Idempotency first: a retried or duplicated write never applies twice,
         // and learns the first copy's fate, not a refusal claiming nothing happened.
         if request_id != 0 {
-            if let Some((revision, versions)) = self.sms[g].request_result(request_id) {
-                let resp = ClientResponse::Written {
-                    versions: versions.clone(),
-                    token: RevisionToken {
-                        group: g as GroupId,
-                        revision: *revision,
-                    },
-                };
+            if let Some(resp) = self.remembered_write(g, request_id, fingerprint) {
                 self.respond(origin, resp);
                 return;
             }
             if let Some(index) = self.groups[g].pending_by_request.get(&request_id).copied() {
                 if let Some(w) = self.groups[g].pending_writes.get_mut(&index) {
+                    if w.fingerprint != fingerprint {
+                        let resp = ClientResponse::Error(ErrorCode::IdempotencyKeyReused);
+                        self.respond(origin, resp);
+                        return;
+                    }
                     if !w.origins.contains(&origin) {
                         w.origins.push(origin);
                     }
@@ -487,6 +489,7 @@ impl Node {
             ns,
             revision,
             request_id,
+            fingerprint,
             keys,
             reply_versions: versions.clone(),
             meta,
@@ -508,6 +511,7 @@ impl Node {
             PendingWrite {
                 origins: vec![origin],
                 request_id,
+                fingerprint,
                 resp,
                 ack_on_durable,
             },

@@ -148,15 +148,22 @@ impl Net {
 
 /// A put of `key` in namespace `ns`, with no idempotency id.
 pub fn put(ns: &str, key: &str, value: &[u8]) -> ClientRequest {
+    put_with_id(ns, key, value, 0)
+}
+
+/// A put of `key` in namespace `ns` with idempotency id `request_id`.
+pub fn put_with_id(ns: &str, key: &str, value: &[u8], request_id: u64) -> ClientRequest {
+    let ops = vec![WriteOp::Put {
+        key: key.into(),
+        value: value.to_vec(),
+    }];
     ClientRequest::Write {
         ns: ns.into(),
-        request_id: 0,
+        request_id,
+        fingerprint: types::write_fingerprint(ns, &[], &ops),
         compares: Vec::new(),
         ns_revision: None,
-        ops: vec![WriteOp::Put {
-            key: key.into(),
-            value: value.to_vec(),
-        }],
+        ops,
         meta: ChangeMeta::default(),
     }
 }

@@ -150,7 +150,8 @@ pub struct ListResult {
 }
 
 /// One operation of a write; all of a request's operations commit atomically.
-#[derive(Clone, Debug)]
+/// Serialized only to fingerprint a write (`ops_fingerprint`).
+#[derive(Clone, Debug, Serialize)]
 pub enum Op {
     Put {
         key: String,
@@ -274,6 +275,14 @@ impl Layer {
 
 /// Decode a stored value: JSON, or (bytes written through the raw KV API)
 /// the text as a JSON string.
+/// The fingerprint of a write for its idempotency key: its namespace and
+/// operations as JSON (object keys sorted, so equal writes hash equally).
+fn ops_fingerprint(ns: &str, ops: &[Op]) -> Result<u64, CfgError> {
+    let bytes = serde_json::to_vec(&(ns, ops))
+        .map_err(|e| CfgError::new("INTERNAL", format!("cannot fingerprint the write: {e}")))?;
+    Ok(fnv1a(&bytes))
+}
+
 fn decode(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))

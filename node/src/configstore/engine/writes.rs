@@ -32,8 +32,9 @@ impl ConfigStore {
             Some(k) => fnv1a(format!("{ns}\0{k}").as_bytes()) | 1,
             None => rand::random::<u64>() | 1,
         };
+        let fingerprint = ops_fingerprint(ns, &ops)?;
         if opts.idempotency_key.is_some() && !opts.dry_run {
-            if let Some(first) = self.replay(ns, request_id).await? {
+            if let Some(first) = self.replay(ns, request_id, fingerprint).await? {
                 return Ok(first);
             }
         }
@@ -78,6 +79,7 @@ impl ConfigStore {
                 .call(ClientRequest::Write {
                     ns: ns.to_string(),
                     request_id,
+                    fingerprint,
                     compares: Vec::new(),
                     ns_revision: Some(layer.ns_revision),
                     ops: core_ops,
@@ -116,16 +118,40 @@ impl ConfigStore {
         ))
     }
 
+    /// The changes (versions left 0) and raw diff of the write that applied
+    /// at group revision `revision`, from the namespace just before and at it.
+    async fn changes_at(
+        &self,
+        ns: &str,
+        revision: u64,
+    ) -> Result<(Vec<KeyChange>, Vec<diff::Change>), CfgError> {
+        let stale = ReadConsistency::Stale;
+        let before = self
+            .load_layer(ns, "", AsOf::Revision(revision.saturating_sub(1)), stale)
+            .await?;
+        let after = self
+            .load_layer(ns, "", AsOf::Revision(revision), stale)
+            .await?;
+        let (_, changes) = self.core_ops(&before, &after)?;
+        let raw = diff::diff(
+            tree::assemble(&before.leaves, "").as_ref(),
+            tree::assemble(&after.leaves, "").as_ref(),
+        );
+        Ok((changes, raw))
+    }
+
     /// If a write with this request id already applied, its result.
     pub(super) async fn replay(
         &self,
         ns: &str,
         request_id: u64,
+        fingerprint: u64,
     ) -> Result<Option<WriteResult>, CfgError> {
         let resp = self
             .call(ClientRequest::Write {
                 ns: ns.to_string(),
                 request_id,
+                fingerprint,
                 compares: vec![Compare {
                     key: PROBE_KEY.to_string(),
                     version: u64::MAX,
@@ -140,20 +166,29 @@ impl ConfigStore {
         match resp {
             ClientResponse::Written { token, versions } => {
                 self.wait_applied(ns, token).await?;
+                // The first write's changes and diff, recomputed from the
+                // namespace just before and at its revision. If retention
+                // dropped those versions, the replay says only that it applied.
+                let (changes, diff) = match self.changes_at(ns, token.revision).await {
+                    Ok((changes, diff)) if changes.len() == versions.len() => {
+                        let changes = changes
+                            .into_iter()
+                            .zip(versions)
+                            .map(|(c, version)| KeyChange { version, ..c })
+                            .collect();
+                        (changes, diff)
+                    }
+                    Ok(_) => (Vec::new(), Vec::new()),
+                    Err(e) if e.reason == "HISTORY_COMPACTED" => (Vec::new(), Vec::new()),
+                    Err(e) => return Err(e),
+                };
                 Ok(Some(WriteResult {
                     revision: token.revision,
                     token: token.to_string(),
-                    changes: versions
-                        .into_iter()
-                        .map(|v| KeyChange {
-                            key: String::new(),
-                            op: "put",
-                            version: v,
-                        })
-                        .collect(),
+                    changes,
                     replayed: true,
                     dry_run: false,
-                    diff: Vec::new(),
+                    diff,
                 }))
             }
             ClientResponse::Conflict { .. } => Ok(None),
