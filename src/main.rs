@@ -440,8 +440,20 @@ async fn client_command(cli: Cli) -> Result<()> {
             print_write(json, &r);
         }
         Cmd::Delete { key } => {
+            // As etcdctl: a key that does not exist is no error, and
+            // nothing is written (no version, no history).
             let r = client.delete(ns, &key).await?;
-            print_write(json, &r);
+            if json {
+                print_write(json, &r);
+            } else if r.deleted == 0 {
+                println!("deleted 0: {key:?} does not exist; nothing written");
+            } else {
+                println!(
+                    "deleted 1: {key:?} (version {}, token {})",
+                    r.versions.first().copied().unwrap_or(0),
+                    token_str(&r.token)
+                );
+            }
         }
         Cmd::Cas {
             key,
@@ -580,6 +592,7 @@ fn print_write(json: bool, r: &meridian_proto::v1::WriteResponse) {
             serde_json::json!({
                 "succeeded": r.succeeded,
                 "versions": r.versions,
+                "deleted": r.deleted,
                 "token": token_str(&r.token),
             })
         );

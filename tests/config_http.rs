@@ -1170,6 +1170,32 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
         (404, "NOT_FOUND"),
         "a subtree needs recursive=true"
     );
+    // A key that never existed: 404, and no history is made (issue 19, item 2).
+    let (s, v) = api
+        .call(
+            "delete",
+            us,
+            CFG,
+            "/v1/config/shop/base/never.existed",
+            &author,
+            Body::None,
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (404, "NOT_FOUND"), "{v}");
+    let (s, v) = api
+        .call(
+            "get",
+            ap,
+            "/v1/history/{project}/{env}/{key}",
+            "/v1/history/shop/base/never.existed",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert!(
+        s == 404 || v["versions"].as_array().is_some_and(Vec::is_empty),
+        "no history for a key never written: {s} {v}"
+    );
     let (s, v) = api
         .call(
             "delete",

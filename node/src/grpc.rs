@@ -230,15 +230,27 @@ impl Api {
             })
             .await?;
         match resp {
-            ClientResponse::Written { versions, token: t } => Ok(Response::new(WriteResponse {
+            ClientResponse::Written {
+                versions,
+                token: t,
+                deleted,
+            } => Ok(Response::new(WriteResponse {
                 succeeded: true,
                 versions,
                 token: token(t),
+                deleted: deleted.into(),
+            })),
+            ClientResponse::Unchanged { versions, token: t } => Ok(Response::new(WriteResponse {
+                succeeded: true,
+                versions,
+                token: token(t),
+                deleted: 0,
             })),
             ClientResponse::Conflict { token: t } => Ok(Response::new(WriteResponse {
                 succeeded: false,
                 versions: Vec::new(),
                 token: token(t),
+                deleted: 0,
             })),
             other => Err(unexpected(&other)),
         }

@@ -124,6 +124,8 @@ pub struct RequestRecord {
     /// one reused the request id for another write and is refused, so that a
     /// reused idempotency key never passes a different write off as done.
     pub fingerprint: u64,
+    /// How many live keys the write deleted.
+    pub deleted: u32,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -552,6 +554,7 @@ impl GroupSm {
                     revision: w.revision,
                     versions: w.reply_versions.clone(),
                     fingerprint: w.fingerprint,
+                    deleted: w.deleted(),
                 },
             );
             self.state.request_order.push_back(w.request_id);

@@ -103,6 +103,14 @@ pub struct WriteEffect {
     pub retention: Retention,
 }
 
+impl WriteEffect {
+    /// How many keys the write deleted (only live keys are deleted: a delete
+    /// of an absent key is no effect at all).
+    pub fn deleted(&self) -> u32 {
+        self.keys.iter().filter(|k| k.value.is_none()).count() as u32
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retention {
     /// 0: the cluster default (`Config::history_versions_max`).

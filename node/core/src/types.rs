@@ -335,8 +335,18 @@ pub enum ClientResponse {
         ns_revision: u64,
         token: RevisionToken,
     },
-    /// The write applied; resulting version of each op's key, in op order.
+    /// The write applied; resulting version of each op's key, in op order
+    /// (a delete of an absent key keeps its version).
     Written {
+        versions: Vec<u64>,
+        token: RevisionToken,
+        /// How many live keys it deleted.
+        deleted: u32,
+    },
+    /// Nothing to write: every op deleted a key that does not exist. No
+    /// revision, no history; `versions` are the keys' current versions and
+    /// `token` a revision at which they held.
+    Unchanged {
         versions: Vec<u64>,
         token: RevisionToken,
     },

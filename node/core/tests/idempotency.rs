@@ -22,7 +22,9 @@ fn settled() -> Net {
 
 fn written(resp: Option<&ClientResponse>) -> (Vec<u64>, RevisionToken) {
     match resp {
-        Some(ClientResponse::Written { versions, token }) => (versions.clone(), *token),
+        Some(ClientResponse::Written {
+            versions, token, ..
+        }) => (versions.clone(), *token),
         other => panic!("expected Written, got {other:?}"),
     }
 }

@@ -102,6 +102,7 @@ mod tests {
             invoke_us: 0,
             complete_us: Some(100),
             outcome: Outcome::Done(ClientResponse::Written {
+                deleted: 0,
                 versions: vec![1],
                 token: RevisionToken {
                     group: 0,

@@ -125,6 +125,7 @@ mod tests {
             invoke_us: at - 1,
             complete_us: Some(at),
             outcome: Outcome::Done(ClientResponse::Written {
+                deleted: 0,
                 versions: vec![1],
                 token: RevisionToken {
                     group: 0,

@@ -44,6 +44,9 @@ type State = (u64, u64);
 
 fn step(s: State, op: LOp) -> Option<State> {
     match op {
+        // A delete takes effect only on a live key; on an absent one it
+        // changes nothing and keeps the version (as etcd's DeleteRange).
+        LOp::Write { version, value: 0 } if s.1 == 0 => (s.0 == version).then_some(s),
         LOp::Write { version, value } => (version == s.0 + 1).then_some((version, value)),
         LOp::Read { version, value } => (s == (version, value)).then_some(s),
         LOp::VersionIs(v) => (s.0 == v).then_some(s),
@@ -95,6 +98,23 @@ pub fn partition(h: &History) -> Result<BTreeMap<(String, String), Vec<KeyOp>>, 
                 let ret = r.complete_us.unwrap_or(OPEN);
                 write_ops(r, compares, ops, Some(versions), ret, &mut push)?;
             }
+            (
+                OpKind::Write { ops, .. },
+                Outcome::Done(ClientResponse::Unchanged { versions, .. }),
+            ) => {
+                // Nothing written: each key was absent at that version.
+                let ret = r.complete_us.unwrap_or(OPEN);
+                for (op, v) in ops.iter().zip(versions) {
+                    push(
+                        op.key(),
+                        LOp::Read {
+                            version: *v,
+                            value: 0,
+                        },
+                        ret,
+                    );
+                }
+            }
             (OpKind::Write { compares, .. }, Outcome::Done(ClientResponse::Conflict { .. }))
                 if compares.len() == 1 =>
             {
@@ -113,12 +133,17 @@ pub fn partition(h: &History) -> Result<BTreeMap<(String, String), Vec<KeyOp>>, 
                 _,
             ) if r.indeterminate() => {
                 if let Some((g, rev)) = applied.get(request_id) {
+                    // Only the keys it changed: a delete of an absent key is
+                    // in no applied entry, and its version is not known.
                     let a = &h.applied[*g as usize][rev];
-                    let versions: Vec<u64> = ops
+                    let (ops, versions): (Vec<WriteOp>, Vec<u64>) = ops
                         .iter()
-                        .map(|op| a.keys.iter().find(|k| k.0 == op.key()).map_or(0, |k| k.1))
-                        .collect();
-                    write_ops(r, compares, ops, Some(&versions), OPEN, &mut push)?;
+                        .filter_map(|op| {
+                            let k = a.keys.iter().find(|k| k.0 == op.key())?;
+                            Some((op.clone(), k.1))
+                        })
+                        .unzip();
+                    write_ops(r, compares, &ops, Some(&versions), OPEN, &mut push)?;
                 }
             }
             (OpKind::Write { request_id, .. }, Outcome::Done(ClientResponse::Error(code)))
@@ -468,5 +493,36 @@ mod tests {
             ),
         ];
         assert!(check_key(&dup).is_err());
+    }
+
+    #[test]
+    fn a_delete_of_an_absent_key_keeps_its_version() {
+        let put = |v, t| {
+            op(
+                LOp::Write {
+                    version: v,
+                    value: 7,
+                },
+                t,
+                t + 1,
+            )
+        };
+        let del = |v, t| {
+            op(
+                LOp::Write {
+                    version: v,
+                    value: 0,
+                },
+                t,
+                t + 1,
+            )
+        };
+        // put v1, delete v2, delete again (no effect: still v2), put v3.
+        assert!(check_key(&[put(1, 0), del(2, 10), del(2, 20), put(3, 30)]).is_ok());
+        // A delete of a never-written key keeps version 0.
+        assert!(check_key(&[del(0, 0), put(1, 10)]).is_ok());
+        // A delete of an absent key that claims to make a version is wrong.
+        assert!(check_key(&[del(1, 0)]).is_err());
+        assert!(check_key(&[put(1, 0), del(2, 10), del(3, 20)]).is_err());
     }
 }

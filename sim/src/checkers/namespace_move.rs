@@ -266,6 +266,7 @@ mod tests {
             invoke_us: t,
             complete_us: Some(t + 1),
             outcome: Outcome::Done(ClientResponse::Written {
+                deleted: 0,
                 versions: vec![version],
                 token: RevisionToken {
                     group: 0,

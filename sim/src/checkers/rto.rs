@@ -86,6 +86,7 @@ mod tests {
             invoke_us: 2_000_000,
             complete_us: Some(3_000_000),
             outcome: Outcome::Done(ClientResponse::Written {
+                deleted: 0,
                 versions: vec![],
                 token: RevisionToken {
                     group: 0,

@@ -56,7 +56,13 @@ impl World {
                         let t = cl.tokens.entry(token.group).or_insert(*token);
                         t.revision = t.revision.max(token.revision);
                     }
-                    (OpKind::Write { ops, .. }, ClientResponse::Written { versions, token }) => {
+                    (
+                        OpKind::Write { ops, .. },
+                        ClientResponse::Written {
+                            versions, token, ..
+                        }
+                        | ClientResponse::Unchanged { versions, token },
+                    ) => {
                         for (o, v) in ops.iter().zip(versions) {
                             cl.versions
                                 .insert((rec.ns.clone(), o.key().to_string()), *v);

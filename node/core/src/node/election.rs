@@ -228,6 +228,7 @@ impl Node {
                             group: g as GroupId,
                             revision: w.revision,
                         },
+                        deleted: w.deleted(),
                     };
                     gr.pending_writes.insert(
                         e.index,

@@ -229,6 +229,7 @@ impl Node {
                 group: g as GroupId,
                 revision: r.revision,
             },
+            deleted: r.deleted,
         })
     }
 

@@ -177,6 +177,10 @@ enum ReadWhat {
         overlay: bool,
     },
     Conflict,
+    /// A write that changed nothing (deletes of absent keys): its versions.
+    Unchanged {
+        versions: Vec<u64>,
+    },
 }
 
 #[derive(Clone, Debug)]

@@ -22,7 +22,7 @@ impl Node {
             // the read waited for its round: check again as it is served.
             let unservable = match &r.what {
                 ReadWhat::Query { ns, .. } => self.ns_unservable(g, ns, Consistency::Linearizable),
-                ReadWhat::Conflict => None,
+                ReadWhat::Conflict | ReadWhat::Unchanged { .. } => None,
             };
             let resp = match unservable {
                 Some(code) => ClientResponse::Error(code),
@@ -38,7 +38,7 @@ impl Node {
         // above the freeze (see `AdoptEffect`).
         let frozen_at = match what {
             ReadWhat::Query { ns, .. } => self.sms[g].frozen(ns).map(|(_, rev)| rev),
-            ReadWhat::Conflict => None,
+            ReadWhat::Conflict | ReadWhat::Unchanged { .. } => None,
         };
         let token = RevisionToken {
             group: g as GroupId,
@@ -46,6 +46,10 @@ impl Node {
         };
         match what {
             ReadWhat::Conflict => ClientResponse::Conflict { token },
+            ReadWhat::Unchanged { versions } => ClientResponse::Unchanged {
+                versions: versions.clone(),
+                token,
+            },
             ReadWhat::Query {
                 ns,
                 query: ReadQuery::Get { key },

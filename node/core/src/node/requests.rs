@@ -449,25 +449,41 @@ impl Node {
             self.leader_read(g, origin, ReadWhat::Conflict, min_index);
             return;
         }
-        let mut keys: Vec<KeyEffect> = ops
-            .into_iter()
-            .map(|op| {
-                let (v, _) = self.overlay_version(g, &ns, op.key());
-                match op {
-                    WriteOp::Put { key, value } => KeyEffect {
-                        key,
-                        value: Some(value),
-                        version: v + 1,
-                    },
-                    WriteOp::Delete { key } => KeyEffect {
-                        key,
-                        value: None,
-                        version: v + 1,
-                    },
+        // A delete of a key that does not exist changes nothing (as etcd's):
+        // no version, no history, and its reply version is the key's current
+        // one. Keys are distinct within a write (`validate`), so each op sees
+        // the state before the write.
+        let mut keys: Vec<KeyEffect> = Vec::with_capacity(ops.len());
+        let mut versions: Vec<u64> = Vec::with_capacity(ops.len());
+        let mut observed_index = 0;
+        for op in ops {
+            let (v, live, i) = self.overlay_key(g, &ns, op.key());
+            match op {
+                WriteOp::Put { key, value } => keys.push(KeyEffect {
+                    key,
+                    value: Some(value),
+                    version: v + 1,
+                }),
+                WriteOp::Delete { key } if live => keys.push(KeyEffect {
+                    key,
+                    value: None,
+                    version: v + 1,
+                }),
+                WriteOp::Delete { .. } => {
+                    versions.push(v);
+                    observed_index = observed_index.max(i);
+                    continue;
                 }
-            })
-            .collect();
-        let versions: Vec<u64> = keys.iter().map(|k| k.version).collect();
+            }
+            versions.push(v + 1);
+        }
+        if keys.is_empty() {
+            // Nothing to write: the answer is a read of the keys' absence,
+            // given once what it saw is committed.
+            self.leader_read(g, origin, ReadWhat::Unchanged { versions }, observed_index);
+            return;
+        }
+        let deleted = keys.iter().filter(|k| k.value.is_none()).count() as u32;
         keys.sort_by(|a, b| a.key.cmp(&b.key));
         let gr = &mut self.groups[g];
         gr.overlay_revision += 1;
@@ -505,6 +521,7 @@ impl Node {
                 group: g as GroupId,
                 revision,
             },
+            deleted,
         };
         self.groups[g].pending_writes.insert(
             index,
@@ -523,12 +540,22 @@ impl Node {
     }
 
     pub(super) fn overlay_version(&self, g: usize, ns: &str, key: &str) -> (u64, u64) {
+        let (v, _, i) = self.overlay_key(g, ns, key);
+        (v, i)
+    }
+
+    /// A key's version and whether it is live, counting proposed writes,
+    /// and the log index that state comes from (0: applied).
+    pub(super) fn overlay_key(&self, g: usize, ns: &str, key: &str) -> (u64, bool, u64) {
         match self.groups[g]
             .overlay
             .get(&(ns.to_string(), key.to_string()))
         {
-            Some((v, _, i)) => (*v, *i),
-            None => (self.sms[g].get(ns, key).version, 0),
+            Some((v, value, i)) => (*v, value.is_some(), *i),
+            None => {
+                let kv = self.sms[g].get(ns, key);
+                (kv.version, kv.value.is_some(), 0)
+            }
         }
     }
 

@@ -91,7 +91,9 @@ impl ConfigStore {
                 })
                 .await?;
             match resp {
-                ClientResponse::Written { versions, token } => {
+                ClientResponse::Written {
+                    versions, token, ..
+                } => {
                     self.wait_applied(ns, token).await?;
                     let changes = changes
                         .into_iter()
@@ -164,7 +166,9 @@ impl ConfigStore {
             })
             .await?;
         match resp {
-            ClientResponse::Written { token, versions } => {
+            ClientResponse::Written {
+                token, versions, ..
+            } => {
                 self.wait_applied(ns, token).await?;
                 // The first write's changes and diff, recomputed from the
                 // namespace just before and at its revision. If retention
