@@ -159,6 +159,10 @@ pub enum ConfigCmd {
         revision: u64,
         #[arg(long, default_value = "")]
         key: String,
+        /// Go ahead when the revision predates the key (or the environment
+        /// held nothing then), which deletes it.
+        #[arg(long)]
+        allow_delete: bool,
         #[command(flatten)]
         who: Who,
     },
@@ -268,6 +272,7 @@ fn write_json(w: &ConfigWriteResponse) -> Value {
         "revision": w.revision, "token": w.token, "replayed": w.replayed, "dry_run": w.dry_run,
         "changes": w.changes.iter().map(|c| json!({"key": c.key, "op": c.op, "version": c.version})).collect::<Vec<_>>(),
         "diff": w.diff.iter().map(diff_json).collect::<Vec<_>>(),
+        "warnings": w.warnings,
     })
 }
 
@@ -402,6 +407,9 @@ fn written(v: &Value) -> String {
     s.push_str(&diff_text(
         v["diff"].as_array().map(Vec::as_slice).unwrap_or(&[]),
     ));
+    for w in v["warnings"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        s.push_str(&format!("warning: {}\n", w.as_str().unwrap_or_default()));
+    }
     s
 }
 
@@ -772,6 +780,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
             ns,
             revision,
             key,
+            allow_delete,
             who,
         } => {
             let r = c
@@ -781,6 +790,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                     revision,
                     author: who.author,
                     message: who.message,
+                    allow_delete,
                 })
                 .await
                 .map_err(status_err)?

@@ -189,17 +189,24 @@ async fn cli_drives_configuration_management_in_every_output_format() {
     ))
     .unwrap_or_default();
     let rev = h["versions"][0]["revision"].as_u64().unwrap_or(0);
-    ok(
-        &c,
-        &[
-            "config",
-            "rollback",
-            "web/base",
-            "--revision",
-            &rev.to_string(),
-            "--key",
-            "api.db.pool",
-        ],
+    let rollback = [
+        "config",
+        "rollback",
+        "web/base",
+        "--revision",
+        &rev.to_string(),
+        "--key",
+        "api.db.pool",
+    ];
+    let (success, _, err) = cli(&c, &rollback);
+    assert!(
+        !success && err.contains("ROLLBACK_DELETES") && err.contains("did not exist"),
+        "a rollback that deletes is refused unless allowed: {err}"
+    );
+    let out = ok(&c, &[&rollback[..], &["--allow-delete"]].concat());
+    assert!(
+        out.contains("warning: deletes 1") && out.contains("api.db.pool"),
+        "{out}"
     );
     let (success, _, err) = cli(&c, &["config", "get", "web/base", "api.db.pool"]);
     assert!(

@@ -460,18 +460,26 @@ async fn grpc_config_api_covers_configuration_management() {
         serde_json::from_str::<Value>(&past.value_json).unwrap(),
         json!({"dark_mode": false})
     );
-    let rb = eu
-        .rollback(RollbackRequest {
-            ns: ns("base"),
-            key: "svc.flags.beta".into(),
-            revision: r0,
-            author: "ops".into(),
-            message: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rollback = |allow_delete| RollbackRequest {
+        ns: ns("base"),
+        key: "svc.flags.beta".into(),
+        revision: r0,
+        author: "ops".into(),
+        message: String::new(),
+        allow_delete,
+    };
+    let e = eu.rollback(rollback(false)).await.unwrap_err();
+    assert_eq!(
+        reason(&e),
+        "ROLLBACK_DELETES",
+        "beta did not exist then: {e:?}"
+    );
+    let rb = eu.rollback(rollback(true)).await.unwrap().into_inner();
     assert_eq!(rb.changes.len(), 1, "{rb:?}");
+    assert!(
+        rb.warnings.iter().any(|w| w.contains("svc.flags.beta")),
+        "{rb:?}"
+    );
     assert_eq!(
         (rb.changes[0].op.as_str(), rb.changes[0].version),
         ("delete", 2),

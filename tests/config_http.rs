@@ -1454,3 +1454,174 @@ async fn next_sse(resp: &mut reqwest::Response) -> Value {
         buf.push_str(&String::from_utf8_lossy(&chunk));
     }
 }
+
+/// A PUT that must succeed; its revision.
+async fn put_rev(api: &Api, region: &str, env: &str, key: &str, v: Value) -> u64 {
+    let url = format!("/v1/config/roll/{env}/{key}");
+    let (s, r) = api.call("put", region, CFG, &url, &[], Body::Json(v)).await;
+    assert_eq!(s, 200, "{r}");
+    r["revision"].as_u64().unwrap()
+}
+
+/// Rollbacks say what they delete (issue 19, item 4): a revision that
+/// predates a key (revisions are the home region's, shared by its
+/// environments) or a whole environment is refused unless deletion is
+/// allowed, and the result's diff and warnings name every deleted key,
+/// schema and template setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollbacks_say_what_they_delete() {
+    let c = Cluster::running().await;
+    let (eu, us) = (c.http[0].as_str(), c.http[1].as_str());
+    let api = Api::new(eu).await;
+    let ns = "/v1/namespaces";
+    let rb = "/v1/rollback/{project}/{env}";
+    for env in ["a", "b"] {
+        let (s, v) = api
+            .call(
+                "post",
+                eu,
+                ns,
+                ns,
+                &[],
+                Body::Json(json!({
+                "project": "roll", "environment": env, "home_region": "eu"})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let r1 = put_rev(&api, eu, "a", "x", json!(1)).await;
+    let r2 = put_rev(&api, us, "b", "y", json!(1)).await;
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            "/v1/schemas/{project}/{env}",
+            "/v1/schemas/roll/b?prefix=",
+            &[],
+            Body::Json(json!({"type": "object"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    put_rev(&api, eu, "b", "z", json!(2)).await;
+
+    // A key rolled back to a revision before it existed: refused, unchanged.
+    let (s, v) = api
+        .call(
+            "post",
+            us,
+            rb,
+            "/v1/rollback/roll/b",
+            &[],
+            Body::Json(json!({"key": "y", "revision": r1})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (409, "ROLLBACK_DELETES"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not exist"),
+        "{v}"
+    );
+    let (s, v) = api
+        .call("get", eu, CFG, "/v1/config/roll/b/y", &[], Body::None)
+        .await;
+    assert_eq!(
+        (s, &v["value"]),
+        (200, &json!(1)),
+        "a refused rollback changes nothing"
+    );
+    // The whole environment to before it held anything: refused too.
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            rb,
+            "/v1/rollback/roll/b",
+            &[],
+            Body::Json(json!({"revision": r1})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (409, "ROLLBACK_DELETES"), "{v}");
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            rb,
+            "/v1/rollback/roll/b",
+            &[],
+            Body::Json(json!({"revision": r1, "allow_delete": "yes"})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "INVALID_REQUEST"), "{v}");
+
+    // The whole environment to r2 (y only): the schema and z go, and the
+    // diff and warnings say so.
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            rb,
+            "/v1/rollback/roll/b",
+            &[],
+            Body::Json(json!({"revision": r2})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let diff: Vec<(String, String)> = v["diff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["op"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        diff,
+        [
+            ("/z".to_string(), "removed".to_string()),
+            ("/$schema:".to_string(), "removed".to_string())
+        ],
+        "{v}"
+    );
+    let warning = v["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("the root schema") && warning.contains('z'),
+        "{v}"
+    );
+    let (s, _) = api
+        .call(
+            "get",
+            eu,
+            "/v1/schemas/{project}/{env}",
+            "/v1/schemas/roll/b?prefix=",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 404, "the schema is gone");
+
+    // Allowed: the key rollback that deletes, with its warning.
+    let (s, v) = api
+        .call(
+            "post",
+            us,
+            rb,
+            "/v1/rollback/roll/b",
+            &[],
+            Body::Json(json!({"key": "y", "revision": r1, "allow_delete": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["warnings"][0].as_str().unwrap_or_default().contains('y'),
+        "{v}"
+    );
+    let (s, _) = api
+        .call("get", eu, CFG, "/v1/config/roll/b/y", &[], Body::None)
+        .await;
+    assert_eq!(s, 404);
+}

@@ -111,6 +111,7 @@ fn write_resp(r: WriteResult) -> ConfigWriteResponse {
         replayed: r.replayed,
         dry_run: r.dry_run,
         diff: changes(r.diff),
+        warnings: r.warnings,
     }
 }
 
@@ -363,7 +364,7 @@ impl Config for ConfigApi {
         };
         let w = self
             .store
-            .rollback(&ns, key, r.revision, &opts)
+            .rollback(&ns, key, r.revision, r.allow_delete, &opts)
             .await
             .map_err(st)?;
         Ok(Response::new(write_resp(w)))

@@ -48,9 +48,10 @@ impl CfgError {
             }
             "NOT_FOUND" | "UNKNOWN_NAMESPACE" | "UNKNOWN_WATCH" => Code::NotFound,
             "NAMESPACE_EXISTS" => Code::AlreadyExists,
-            "CAS_CONFLICT" | "PATCH_TEST_FAILED" | "IDEMPOTENCY_KEY_REUSED" => {
-                Code::FailedPrecondition
-            }
+            "CAS_CONFLICT"
+            | "PATCH_TEST_FAILED"
+            | "IDEMPOTENCY_KEY_REUSED"
+            | "ROLLBACK_DELETES" => Code::FailedPrecondition,
             "HISTORY_COMPACTED" | "FUTURE_REVISION" => Code::OutOfRange,
             "SCAN_TOO_LARGE" | "OVERLOADED" => Code::ResourceExhausted,
             "TIMEOUT" => Code::DeadlineExceeded,

@@ -550,11 +550,17 @@ async fn rollback(
         .and_then(Value::as_u64)
         .ok_or_else(|| CfgError::invalid("the body needs \"revision\": a whole number"))?;
     let key = b.get("key").and_then(Value::as_str);
+    let allow_delete = match b.get("allow_delete") {
+        None => false,
+        Some(Value::Bool(v)) => *v,
+        Some(_) => return Err(CfgError::invalid("\"allow_delete\" must be true or false").into()),
+    };
     let r = st
         .rollback(
             &ns_name(&project, &env),
             key,
             revision,
+            allow_delete,
             &write_opts(&headers, &q)?,
         )
         .await?;

@@ -221,8 +221,13 @@ pub struct WriteResult {
     pub replayed: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
-    /// What the write changes in the namespace's raw configuration.
+    /// What the write changes in the namespace's raw configuration, and in
+    /// its schemas (`/$schema:<prefix>`) and template (`/$vars`, `/$inherits`).
     pub diff: Vec<diff::Change>,
+    /// What the caller should know before trusting the result (a rollback
+    /// that deleted keys the revision predates).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -281,6 +286,47 @@ fn ops_fingerprint(ns: &str, ops: &[Op]) -> Result<u64, CfgError> {
     let bytes = serde_json::to_vec(&(ns, ops))
         .map_err(|e| CfgError::new("INTERNAL", format!("cannot fingerprint the write: {e}")))?;
     Ok(fnv1a(&bytes))
+}
+
+/// The diff a write returns: the raw configuration's, then each schema and
+/// template setting's, whose pointers (`/$schema:<prefix>`, `/$vars`,
+/// `/$inherits`) no configuration key can have (keys never hold `$`).
+fn layer_diff(before: &Layer, after: &Layer) -> Vec<diff::Change> {
+    let mut out = diff::diff(
+        tree::assemble(&before.leaves, "").as_ref(),
+        tree::assemble(&after.leaves, "").as_ref(),
+    );
+    let keys: BTreeSet<&String> = before.meta.keys().chain(after.meta.keys()).collect();
+    for k in keys {
+        let (a, b) = (before.meta.get(k), after.meta.get(k));
+        if a == b {
+            continue;
+        }
+        let path = format!("/{}", k.replace('~', "~0").replace('/', "~1"));
+        // A meta value is one whole setting: report it whole, not member by member.
+        out.push(diff::Change {
+            path,
+            op: match (a, b) {
+                (None, _) => "added",
+                (_, None) => "removed",
+                _ => "changed",
+            },
+            from: a.cloned(),
+            to: b.cloned(),
+        });
+    }
+    out
+}
+
+/// A stored key as a user names it (`$schema:a.b` is the schema at `a.b`).
+fn display_key(k: &str) -> String {
+    match schema_prefix_of(k) {
+        Some("") => "the root schema".to_string(),
+        Some(p) => format!("the schema at {p}"),
+        None if k == VARS_KEY => "the template variables".to_string(),
+        None if k == INHERITS_KEY => "the inherited environment".to_string(),
+        None => k.to_string(),
+    }
 }
 
 fn decode(bytes: &[u8]) -> Value {

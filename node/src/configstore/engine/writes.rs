@@ -51,9 +51,7 @@ impl ConfigStore {
                 self.apply_op(&mut work, op).await?;
             }
             let (core_ops, changes) = self.core_ops(&layer, &work)?;
-            let before = tree::assemble(&layer.leaves, "");
-            let after = tree::assemble(&work.leaves, "");
-            let raw_diff = diff::diff(before.as_ref(), after.as_ref());
+            let raw_diff = layer_diff(&layer, &work);
             if core_ops.is_empty() {
                 return Ok(WriteResult {
                     revision: layer.ns_revision,
@@ -62,6 +60,7 @@ impl ConfigStore {
                     replayed: false,
                     dry_run: opts.dry_run,
                     diff: raw_diff,
+                    warnings: Vec::new(),
                 });
             }
             self.validate_affected(&work).await?;
@@ -73,6 +72,7 @@ impl ConfigStore {
                     replayed: false,
                     dry_run: true,
                     diff: raw_diff,
+                    warnings: Vec::new(),
                 });
             }
             let resp = self
@@ -107,6 +107,7 @@ impl ConfigStore {
                         replayed: false,
                         dry_run: false,
                         diff: raw_diff,
+                        warnings: Vec::new(),
                     });
                 }
                 // Something in the namespace changed since the read: again.
@@ -135,11 +136,7 @@ impl ConfigStore {
             .load_layer(ns, "", AsOf::Revision(revision), stale)
             .await?;
         let (_, changes) = self.core_ops(&before, &after)?;
-        let raw = diff::diff(
-            tree::assemble(&before.leaves, "").as_ref(),
-            tree::assemble(&after.leaves, "").as_ref(),
-        );
-        Ok((changes, raw))
+        Ok((changes, layer_diff(&before, &after)))
     }
 
     /// If a write with this request id already applied, its result.
@@ -193,6 +190,7 @@ impl ConfigStore {
                     replayed: true,
                     dry_run: false,
                     diff,
+                    warnings: Vec::new(),
                 }))
             }
             ClientResponse::Conflict { .. } => Ok(None),
@@ -655,6 +653,7 @@ impl ConfigStore {
         ns: &str,
         key: Option<&str>,
         revision: u64,
+        allow_delete: bool,
         opts: &WriteOpts,
     ) -> Result<WriteResult, CfgError> {
         let target = self
@@ -668,6 +667,12 @@ impl ConfigStore {
         let current = self
             .load_layer(ns, "", AsOf::Latest, ReadConsistency::Linearizable)
             .await?;
+        // Revisions count the home region's writes and are shared by every
+        // environment homed there, so a revision can predate a key or the
+        // whole environment. Rolling back to it deletes: say so, and do it
+        // only when asked to.
+        let why = "(revisions count the writes of the environment's home region, \
+                   shared by its environments)";
         let mut ops = Vec::new();
         let mut want = |k: &String, v: Option<&Value>| {
             ops.push(Op::Restore {
@@ -675,6 +680,7 @@ impl ConfigStore {
                 value: v.cloned(),
             })
         };
+        let mut deleted: Vec<String> = Vec::new();
         match key {
             Some(key) => {
                 tree::check_key(key).map_err(|m| CfgError::new("INVALID_KEY", m))?;
@@ -684,9 +690,34 @@ impl ConfigStore {
                         format!("{key} was never written in {ns}"),
                     ));
                 }
-                want(&key.to_string(), target.leaves.get(key));
+                let then = target.leaves.get(key);
+                if then.is_none() && current.leaves.contains_key(key) {
+                    if !allow_delete {
+                        return Err(CfgError::new(
+                            "ROLLBACK_DELETES",
+                            format!(
+                                "{key} did not exist in {ns} at revision {revision} {why}: \
+                                 rolling it back would delete it; allow deletion to do that"
+                            ),
+                        ));
+                    }
+                    deleted.push(key.to_string());
+                }
+                want(&key.to_string(), then);
             }
             None => {
+                let empty_then = target.leaves.is_empty() && target.meta.is_empty();
+                let held_now = current.leaves.len() + current.meta.len();
+                if empty_then && held_now > 0 && !allow_delete {
+                    return Err(CfgError::new(
+                        "ROLLBACK_DELETES",
+                        format!(
+                            "{ns} held no configuration at revision {revision} {why}: \
+                             rolling back would delete all {held_now} of its keys, schemas \
+                             and template settings; allow deletion to do that"
+                        ),
+                    ));
+                }
                 let all: BTreeSet<&String> = target
                     .leaves
                     .keys()
@@ -698,6 +729,9 @@ impl ConfigStore {
                     let v = target.leaves.get(k).or_else(|| target.meta.get(k));
                     let now = current.leaves.get(k).or_else(|| current.meta.get(k));
                     if v != now {
+                        if v.is_none() {
+                            deleted.push(k.clone());
+                        }
                         want(k, v);
                     }
                 }
@@ -716,6 +750,18 @@ impl ConfigStore {
             )));
         }
         // One atomic write: the rollback changes at most txn_ops_max keys.
-        self.write(ns, ops, &opts).await
+        let mut result = self.write(ns, ops, &opts).await?;
+        if !deleted.is_empty() {
+            result.warnings.push(format!(
+                "deletes {} that did not exist at revision {revision}: {}",
+                deleted.len(),
+                deleted
+                    .iter()
+                    .map(|k| display_key(k))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(result)
     }
 }
