@@ -553,7 +553,7 @@ async fn rollback(
     let allow_delete = match b.get("allow_delete") {
         None => false,
         Some(Value::Bool(v)) => *v,
-        Some(_) => return Err(CfgError::invalid("\"allow_delete\" must be true or false").into()),
+        Some(_) => return Err(CfgError::invalid("\"allow_delete\" must be true or false")),
     };
     let r = st
         .rollback(
