@@ -208,12 +208,29 @@ impl ConfigStore {
 
     /// Namespaces in the catalog whose name starts with `prefix`.
     pub async fn list_namespaces(&self, prefix: &str) -> Result<Vec<NamespaceInfo>, CfgError> {
+        let token = self.probe(CATALOG_NS).await?;
+        self.list_namespaces_at(prefix, token).await
+    }
+
+    /// The namespaces this region's catalog replica holds, without a round
+    /// trip to the catalog's leader.
+    pub(super) async fn list_namespaces_local(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<NamespaceInfo>, CfgError> {
+        self.list_namespaces_at(prefix, None).await
+    }
+
+    async fn list_namespaces_at(
+        &self,
+        prefix: &str,
+        token: Option<RevisionToken>,
+    ) -> Result<Vec<NamespaceInfo>, CfgError> {
         let q = ReadQuery::List {
             prefix: prefix.to_string(),
             start_after: String::new(),
             limit: PROJECT_ENVS_MAX,
         };
-        let token = self.probe(CATALOG_NS).await?;
         match self.read(CATALOG_NS, q, Consistency::Stale, token).await? {
             ClientResponse::List { kvs, .. } => Ok(kvs
                 .iter()

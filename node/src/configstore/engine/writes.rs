@@ -38,21 +38,33 @@ impl ConfigStore {
                 return Ok(first);
             }
         }
+        // The first attempt reads this region's replica as it is, without a
+        // linearizable probe of the home region (a round trip from any other
+        // region). That is safe because the commit compares the namespace
+        // revision the read saw: if the replica was behind, the home refuses
+        // and the next attempt reads linearizably. Only a commit is trusted
+        // from an optimistic read; a refusal or a no-op computed from it is
+        // checked again on fresh data. A dry run commits nothing, so it reads
+        // linearizably from the start.
+        let mut optimistic = !opts.dry_run;
         for _ in 0..WRITE_ATTEMPTS_MAX {
-            let read = ReadOpts {
-                raw: true,
-                ..ReadOpts::default()
+            let consistency = if optimistic {
+                ReadConsistency::Stale
+            } else {
+                ReadConsistency::Linearizable
             };
-            let layer = self
-                .load_layer(ns, "", read.as_of, read.consistency)
-                .await?;
-            let mut work = layer.clone();
-            for op in &ops {
-                self.apply_op(&mut work, op).await?;
-            }
-            let (core_ops, changes) = self.core_ops(&layer, &work)?;
+            let evaluated = self.evaluate(ns, &ops, consistency).await;
+            let was_optimistic = std::mem::replace(&mut optimistic, false);
+            let (layer, work, core_ops, changes) = match evaluated {
+                Ok(e) => e,
+                Err(_) if was_optimistic => continue,
+                Err(e) => return Err(e),
+            };
             let raw_diff = layer_diff(&layer, &work);
             if core_ops.is_empty() {
+                if was_optimistic {
+                    continue;
+                }
                 return Ok(WriteResult {
                     revision: layer.ns_revision,
                     token: token_str(layer.token),
@@ -63,7 +75,6 @@ impl ConfigStore {
                     warnings: Vec::new(),
                 });
             }
-            self.validate_affected(&work).await?;
             if opts.dry_run {
                 return Ok(WriteResult {
                     revision: layer.ns_revision,
@@ -119,6 +130,27 @@ impl ConfigStore {
             "CONTENDED",
             format!("{ns} changed under {WRITE_ATTEMPTS_MAX} attempts in a row; retry"),
         ))
+    }
+
+    /// Read the namespace at `consistency`, apply `ops` to a copy and
+    /// validate every environment the change affects: (what was read, the
+    /// result, the core's operations, the key changes without versions).
+    async fn evaluate(
+        &self,
+        ns: &str,
+        ops: &[Op],
+        consistency: ReadConsistency,
+    ) -> Result<(Layer, Layer, Vec<WriteOp>, Vec<KeyChange>), CfgError> {
+        let layer = self.load_layer(ns, "", AsOf::Latest, consistency).await?;
+        let mut work = layer.clone();
+        for op in ops {
+            self.apply_op(&mut work, op).await?;
+        }
+        let (core_ops, changes) = self.core_ops(&layer, &work)?;
+        if !core_ops.is_empty() {
+            self.validate_affected(&work).await?;
+        }
+        Ok((layer, work, core_ops, changes))
     }
 
     /// The changes (versions left 0) and raw diff of the write that applied
@@ -549,7 +581,12 @@ impl ConfigStore {
         let mut envs: Vec<String> = vec![ns.to_string()];
         if let Some(project) = project {
             let mut parents: BTreeMap<String, String> = BTreeMap::new();
-            for info in self.list_namespaces(&format!("{project}/")).await? {
+            // This region's replicas of the catalog and of the other
+            // environments, as the other environments' layers below: a
+            // linearizable catalog read would cost a round trip to the
+            // catalog's leader on every write, and would still not order
+            // the write after another environment's concurrent change.
+            for info in self.list_namespaces_local(&format!("{project}/")).await? {
                 if info.name == ns {
                     continue;
                 }
