@@ -10,7 +10,7 @@ use meridian_proto::v1::*;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-use crate::Output;
+use crate::output::{check_stream, emit, emit_event, emit_list, status_err, Output};
 use meridian_node::configstore::diff;
 
 #[derive(Subcommand)]
@@ -41,9 +41,9 @@ pub enum ConfigCmd {
         #[arg(long)]
         to: String,
     },
-    /// List environments (of one project).
+    /// List environments (of one project): `config envs shop`.
     Envs {
-        #[arg(long, default_value = "")]
+        #[arg(default_value = "")]
         project: String,
     },
     /// Read a key or a whole subtree (effective and rendered unless --raw).
@@ -87,11 +87,17 @@ pub enum ConfigCmd {
         #[arg(long)]
         raw: bool,
     },
-    /// Set a key to a JSON value (a bare word is taken as a string).
+    /// Set a key to a JSON value: `config set shop/prod a.b 42`. A bare
+    /// word is taken as a string; text that looks like JSON (starts with
+    /// `{`, `[`, `"`, a digit or `-`) must be valid JSON. `--string` stores
+    /// the text as it is; `-` reads the value from stdin, `@FILE` from a file.
     Set {
         ns: String,
         key: String,
         value: String,
+        /// Store VALUE as a JSON string, whatever it looks like.
+        #[arg(long)]
+        string: bool,
         #[arg(long)]
         if_version: Option<u64>,
         #[command(flatten)]
@@ -127,15 +133,22 @@ pub enum ConfigCmd {
         ns: String,
         key: String,
         value: String,
+        /// Take VALUE as a JSON string, whatever it looks like.
+        #[arg(long)]
+        string: bool,
     },
     /// Every retained version of a key.
     History { ns: String, key: String },
     /// Structural diff: of a key's versions, the environment's revisions, or
     /// against another environment of the project.
+    /// `config diff NS KEY --from-version 1 --to-version 2`,
+    /// `config diff NS [PATH] --from-revision 3 [--to-revision 9]`,
+    /// `config diff NS [PATH] --env base`.
     Diff {
         ns: String,
-        #[arg(long)]
-        key: Option<String>,
+        /// The key (with --from-version) or the subtree ("": everything).
+        #[arg(default_value = "")]
+        path: String,
         #[arg(long)]
         from_version: Option<u64>,
         #[arg(long)]
@@ -147,18 +160,17 @@ pub enum ConfigCmd {
         /// Compare with this environment (from it, to NS).
         #[arg(long)]
         env: Option<String>,
-        #[arg(long, default_value = "")]
-        path: String,
         #[arg(long)]
         raw: bool,
     },
     /// Roll a key (or the whole environment) back to a revision.
+    /// `config rollback NS [KEY] --revision R` (no KEY: the whole environment).
     Rollback {
         ns: String,
+        #[arg(default_value = "")]
+        key: String,
         #[arg(long)]
         revision: u64,
-        #[arg(long, default_value = "")]
-        key: String,
         /// Go ahead when the revision predates the key (or the environment
         /// held nothing then), which deletes it.
         #[arg(long)]
@@ -208,12 +220,45 @@ pub enum ConfigCmd {
 
 #[derive(clap::Args)]
 pub struct Who {
-    #[arg(long, env = "USER", default_value = "")]
+    /// Who makes the change (default: the OS user running the command).
+    #[arg(long, default_value = "")]
     author: String,
     #[arg(long, short = 'm', default_value = "")]
     message: String,
     #[arg(long, default_value = "")]
     idempotency_key: String,
+}
+
+/// `--author`, or until authentication exists the OS user running the CLI:
+/// `$USER`, `$LOGNAME`, else the name /etc/passwd gives this process's uid.
+fn author_or_os_user(given: &str) -> String {
+    if !given.is_empty() {
+        return given.to_string();
+    }
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(u) = std::env::var(var) {
+            if !u.is_empty() {
+                return u;
+            }
+        }
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        });
+    let Some(uid) = uid else {
+        return String::new();
+    };
+    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+        p.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
+        })
+    });
+    name.unwrap_or_else(|| format!("uid {uid}"))
 }
 
 fn ns_ref(s: &str) -> Result<NamespaceRef> {
@@ -226,12 +271,42 @@ fn ns_ref(s: &str) -> Result<NamespaceRef> {
     })
 }
 
-/// A JSON argument; a bare word that is not JSON is taken as a string.
-fn json_arg(s: &str) -> String {
-    match serde_json::from_str::<Value>(s) {
-        Ok(_) => s.to_string(),
-        Err(_) => Value::String(s.to_string()).to_string(),
+/// A JSON value argument: valid JSON as it is; a bare word (`on`,
+/// `pg://db/x`) as a string; text that looks like JSON but is not valid
+/// (`[1,2`, `{"a":`, `12x`) refused rather than silently stored as a string.
+/// `as_string`: the text as a JSON string, whatever it looks like.
+fn json_arg(s: &str, as_string: bool) -> Result<String> {
+    if as_string {
+        return Ok(Value::String(s.to_string()).to_string());
     }
+    match serde_json::from_str::<Value>(s) {
+        Ok(_) => Ok(s.to_string()),
+        Err(e) => {
+            let t = s.trim_start();
+            let looks_json = t.starts_with(['{', '[', '"'])
+                || t.starts_with(|c: char| c.is_ascii_digit() || c == '-');
+            if looks_json {
+                bail!("{s:?} looks like JSON but is not valid JSON ({e}); pass --string to store it as text")
+            }
+            Ok(Value::String(s.to_string()).to_string())
+        }
+    }
+}
+
+/// A value argument's text: "-" reads stdin, "@FILE" a file (one trailing
+/// newline dropped).
+fn value_text(v: &str) -> Result<String> {
+    let text = if v == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("reading the value from stdin")?;
+        s
+    } else if let Some(path) = v.strip_prefix('@') {
+        std::fs::read_to_string(path).with_context(|| format!("reading the value from {path}"))?
+    } else {
+        return Ok(v.to_string());
+    };
+    Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
 }
 
 async fn connect(endpoints: &[String]) -> Result<ConfigClient<Channel>> {
@@ -250,7 +325,9 @@ async fn connect(endpoints: &[String]) -> Result<ConfigClient<Channel>> {
         }
     }
     match last {
-        Some(e) => Err(e).context("no region reachable"),
+        Some(e) => {
+            Err(e).with_context(|| format!("no region reachable (tried {})", endpoints.join(", ")))
+        }
         None => bail!("no endpoints given"),
     }
 }
@@ -263,7 +340,8 @@ fn entry_json(e: &ConfigEntry) -> Value {
     json!({
         "key": e.key, "value": parse(&e.value_json), "version": e.version,
         "revision": e.revision, "author": e.author, "message": e.message,
-        "time_ms": e.time_ms, "deleted": e.deleted, "inherited_from": e.inherited_from,
+        "time_ms": e.time_ms, "time": crate::output::iso8601_ms(e.time_ms),
+        "deleted": e.deleted, "inherited_from": e.inherited_from,
     })
 }
 
@@ -285,95 +363,6 @@ fn diff_json(c: &DiffChange) -> Value {
         v["to"] = parse(&c.to_json);
     }
     v
-}
-
-/// Rows of a table: arrays of objects become one row each; an object
-/// becomes key/value rows.
-fn print_table(v: &Value) {
-    let rows: Vec<Value> = match v {
-        Value::Array(a) => a.clone(),
-        Value::Object(m) => {
-            if let Some(Value::Array(a)) = m
-                .get("entries")
-                .or_else(|| m.get("versions"))
-                .or_else(|| m.get("changes"))
-                .or_else(|| m.get("namespaces"))
-            {
-                a.clone()
-            } else {
-                m.iter()
-                    .map(|(k, v)| json!({"key": k, "value": v}))
-                    .collect()
-            }
-        }
-        other => vec![json!({ "value": other })],
-    };
-    let mut cols: Vec<String> = Vec::new();
-    for r in &rows {
-        if let Value::Object(m) = r {
-            for k in m.keys() {
-                if !cols.contains(k) {
-                    cols.push(k.clone());
-                }
-            }
-        }
-    }
-    let cell = |r: &Value, c: &str| -> String {
-        match r.get(c) {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::String(s)) => s.clone(),
-            Some(x) => x.to_string(),
-        }
-    };
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            cols.iter()
-                .map(|c| {
-                    let s = cell(r, c);
-                    if s.chars().count() > 60 {
-                        format!("{}…", s.chars().take(59).collect::<String>())
-                    } else {
-                        s
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    let widths: Vec<usize> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            cells
-                .iter()
-                .map(|r| r[i].chars().count())
-                .chain([c.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |vals: Vec<String>| {
-        let s: Vec<String> = vals
-            .iter()
-            .zip(&widths)
-            .map(|(v, w)| format!("{v:<w$}"))
-            .collect();
-        println!("{}", s.join("  ").trim_end());
-    };
-    line(cols.iter().map(|c| c.to_uppercase()).collect());
-    for r in cells {
-        line(r);
-    }
-}
-
-fn emit(out: Output, v: &Value, human: impl FnOnce(&Value) -> String) -> Result<()> {
-    match out {
-        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
-        Output::Yaml => print!("{}", serde_norway::to_string(v)?),
-        Output::Table => print_table(v),
-        Output::Human => print!("{}", human(v)),
-    }
-    Ok(())
 }
 
 fn pretty(v: &Value) -> String {
@@ -423,7 +412,7 @@ async fn write(
     let req = ConfigWriteRequest {
         ns: Some(ns_ref(ns)?),
         ops: ops.into_iter().map(|o| ConfigOp { op: Some(o) }).collect(),
-        author: who.author.clone(),
+        author: author_or_os_user(&who.author),
         message: who.message.clone(),
         idempotency_key: who.idempotency_key.clone(),
     };
@@ -445,17 +434,6 @@ async fn write_and_show(
 ) -> Result<()> {
     let v = write(c, ns, vec![op], who, false).await?;
     emit(out, &v, written)
-}
-
-/// A failed call: the stable reason and message, plus structured details.
-fn status_err(s: tonic::Status) -> anyhow::Error {
-    let details = s
-        .metadata()
-        .get("meridian-details")
-        .and_then(|v| v.to_str().ok())
-        .map(|d| format!("\ndetails: {d}"))
-        .unwrap_or_default();
-    anyhow::anyhow!("{}{details}", s.message())
 }
 
 pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()> {
@@ -528,7 +506,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                 .map(|n| json!({"name": n.name, "home_region": n.home_region, "mode": n.mode, "history_versions_max": n.history_versions_max}))
                 .collect();
             let v = Value::Array(v);
-            emit(out, &v, |v| {
+            emit_list(out, &v, "", |v| {
                 v.as_array()
                     .map(|a| {
                         a.iter()
@@ -564,7 +542,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                         time_ms,
                         stale,
                     }),
-                    default_json: default.map(|d| json_arg(&d)),
+                    default_json: default.map(|d| json_arg(&d, false)).transpose()?,
                 })
                 .await
                 .map_err(status_err)?
@@ -623,7 +601,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                 "entries": r.entries.iter().map(entry_json).collect::<Vec<_>>(),
                 "next_page_token": r.next_page_token,
             });
-            emit(out, &v, |v| {
+            emit_list(out, &v, "entries", |v| {
                 let mut s = String::new();
                 for e in v["entries"].as_array().into_iter().flatten() {
                     s.push_str(&format!(
@@ -642,12 +620,13 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
             ns,
             key,
             value,
+            string,
             if_version,
             who,
         } => {
             let op = config_op::Op::Put(PutOp {
                 key,
-                value_json: json_arg(&value),
+                value_json: json_arg(&value_text(&value)?, string)?,
                 if_version,
             });
             write_and_show(&mut c, &ns, op, &who, out).await
@@ -690,10 +669,15 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
             });
             write_and_show(&mut c, &ns, op, &who, out).await
         }
-        ConfigCmd::Validate { ns, key, value } => {
+        ConfigCmd::Validate {
+            ns,
+            key,
+            value,
+            string,
+        } => {
             let op = config_op::Op::Put(PutOp {
                 key,
-                value_json: json_arg(&value),
+                value_json: json_arg(&value_text(&value)?, string)?,
                 if_version: None,
             });
             let v = write(&mut c, &ns, vec![op], &none, true).await?;
@@ -714,16 +698,22 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                 .map_err(status_err)?
                 .into_inner();
             let v = json!({"versions": r.versions.iter().map(entry_json).collect::<Vec<_>>()});
-            emit(out, &v, |v| {
+            emit_list(out, &v, "versions", |v| {
                 let mut s = String::new();
                 for e in v["versions"].as_array().into_iter().flatten() {
+                    let author = e["author"]
+                        .as_str()
+                        .filter(|a| !a.is_empty())
+                        .unwrap_or("(unknown)");
+                    let message = match e["message"].as_str() {
+                        Some(m) if !m.is_empty() => format!(" \"{m}\""),
+                        _ => String::new(),
+                    };
                     s.push_str(&format!(
-                        "v{} rev {} {} by {:?} ({:?}): {}\n",
+                        "v{}  revision {}  {}  {author}{message}: {}\n",
                         e["version"],
                         e["revision"],
-                        e["time_ms"],
-                        e["author"].as_str().unwrap_or(""),
-                        e["message"].as_str().unwrap_or(""),
+                        e["time"].as_str().unwrap_or(""),
                         if e["deleted"] == json!(true) {
                             "<deleted>".to_string()
                         } else {
@@ -736,7 +726,6 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
         }
         ConfigCmd::Diff {
             ns,
-            key,
             from_version,
             to_version,
             from_revision,
@@ -745,11 +734,11 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
             path,
             raw,
         } => {
-            let what = match (key, env, from_revision) {
-                (Some(key), None, None) => diff_request::What::Versions(VersionsDiff {
-                    key,
-                    from_version: from_version.context("--from-version")?,
-                    to_version: to_version.context("--to-version")?,
+            let what = match (from_version, env, from_revision) {
+                (Some(from_version), None, None) => diff_request::What::Versions(VersionsDiff {
+                    key: path,
+                    from_version,
+                    to_version: to_version.context("--from-version needs --to-version")?,
                 }),
                 (None, Some(other), None) => diff_request::What::Environments(EnvironmentsDiff {
                     other_environment: other,
@@ -759,9 +748,9 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                 (None, None, Some(from)) => diff_request::What::Revisions(RevisionsDiff {
                     path,
                     from_revision: from,
-                    to_revision: to_revision.context("--to-revision")?,
+                    to_revision: to_revision.unwrap_or(0),
                 }),
-                _ => bail!("give one of: --key with --from-version/--to-version, --env, or --from-revision/--to-revision"),
+                _ => bail!("give one of: --from-version/--to-version (PATH is the key), --env, or --from-revision [--to-revision]"),
             };
             let r = c
                 .diff(DiffRequest {
@@ -788,7 +777,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                     ns: Some(ns_ref(&ns)?),
                     key,
                     revision,
-                    author: who.author,
+                    author: author_or_os_user(&who.author),
                     message: who.message,
                     allow_delete,
                 })
@@ -837,6 +826,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
             resume_token,
             count,
         } => {
+            check_stream(out)?;
             let mut s = c
                 .watch_config(WatchConfigRequest {
                     ns: Some(ns_ref(&ns)?),
@@ -853,7 +843,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                     "snapshot": ev.snapshot, "token": ev.token,
                     "changes": ev.changes.iter().map(entry_json).collect::<Vec<_>>(),
                 });
-                emit(out, &v, |v| {
+                emit_event(out, &v, |v| {
                     let mut s = String::new();
                     for e in v["changes"].as_array().into_iter().flatten() {
                         if e["deleted"] == json!(true) {

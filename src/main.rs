@@ -3,16 +3,21 @@
 //! command-line client (`get`, `put`, `list`, `watch`, `cluster status`, ...)
 //! built on the Rust client library in `meridian-proto`.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use meridian_node::NodeConfig;
 use meridian_proto::client::{Client, ClientOptions};
 use meridian_proto::v1::{Consistency, KeyValue, ListRequest};
+use serde_json::{json, Value};
 
 mod config_cmd;
+mod output;
+
+use output::{emit, emit_event, emit_list, Failure, Output};
 
 /// mimalloc instead of glibc's malloc: a profile of the read-heavy benchmark
 /// (`meridian-bench read`, perf on the server) put glibc's malloc, free and
@@ -50,16 +55,6 @@ struct Cli {
     log_format: Option<LogFormat>,
     #[command(subcommand)]
     cmd: Cmd,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Output {
-    Human,
-    Json,
-    /// Config commands only (others print human text).
-    Yaml,
-    /// Config commands only (others print human text).
-    Table,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -115,10 +110,22 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         max_staleness_ms: u64,
     },
-    /// Write a key ("-" reads the value from stdin).
+    /// Write a key ("-" reads the value from stdin, "@FILE" from a file).
     Put { key: String, value: String },
-    /// Delete a key.
+    /// Delete a key (a key that does not exist: "deleted 0", nothing written).
     Delete { key: String },
+    /// Compare versions, then put and delete keys, all in one atomic
+    /// transaction: `txn --if a=3 --put a=on --put b=off --delete c`.
+    Txn {
+        /// KEY=VERSION: the key's version must be VERSION (0: absent).
+        #[arg(long = "if", value_name = "KEY=VERSION")]
+        compares: Vec<String>,
+        /// KEY=VALUE ("@FILE": the file's bytes).
+        #[arg(long = "put", value_name = "KEY=VALUE")]
+        puts: Vec<String>,
+        #[arg(long = "delete", value_name = "KEY")]
+        deletes: Vec<String>,
+    },
     /// Write only if the key's version is EXPECTED (0: absent).
     Cas {
         key: String,
@@ -129,8 +136,12 @@ enum Cmd {
     List {
         #[arg(default_value = "")]
         prefix: String,
+        /// Keys per page (at most 10000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Continue a listing: the page token the previous page printed.
+        #[arg(long, default_value = "")]
+        page_token: String,
         /// Only keys containing this substring.
         #[arg(long)]
         contains: Option<String>,
@@ -164,6 +175,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
+    /// Print a shell completion script: `meridian completion bash > /etc/bash_completion.d/meridian`.
+    Completion { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -206,10 +219,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let out = cli.output;
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::print_error(out, &e);
             std::process::ExitCode::FAILURE
         }
     }
@@ -264,6 +278,15 @@ async fn run(cli: Cli) -> Result<()> {
                 };
                 println!("{what} {}{mode}", f.display());
             }
+            Ok(())
+        }
+        Cmd::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "meridian",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
         _ => client_command(cli).await,
@@ -400,7 +423,7 @@ async fn client_command(cli: Cli) -> Result<()> {
     };
     let client = Client::connect(&cli.endpoints, opts).await?;
     let ns = cli.ns.as_str();
-    let json = cli.output == Output::Json;
+    let out = cli.output;
     match cli.cmd {
         Cmd::Get {
             key,
@@ -411,72 +434,153 @@ async fn client_command(cli: Cli) -> Result<()> {
                 .get_with(ns, &key, consistency(c), max_staleness_ms)
                 .await?;
             let kv = r.kv.unwrap_or_default();
-            if json {
-                let mut v = kv_json(&kv);
-                v["found"] = r.found.into();
-                v["token"] = token_str(&r.token).into();
-                println!("{v}");
-            } else if r.found {
-                println!("{}", String::from_utf8_lossy(&kv.value));
+            let mut v = kv_json(&kv);
+            v["found"] = r.found.into();
+            v["token"] = token_str(&r.token).into();
+            // A missing key fails in every format (exit code 1); the
+            // machine formats still print what was read.
+            if !r.found {
+                if out != Output::Human {
+                    emit(out, &v, |_| String::new())?;
+                }
+                return Err(Failure::new(
+                    "NOT_FOUND",
+                    format!("key {key:?} not found in namespace {ns:?}"),
+                )
+                .into());
+            }
+            emit(out, &v, |v| {
                 eprintln!(
                     "(version {}, revision {}, token {})",
-                    kv.version,
-                    kv.mod_revision,
-                    token_str(&r.token)
+                    v["version"],
+                    v["mod_revision"],
+                    v["token"].as_str().unwrap_or("")
                 );
-            } else {
-                bail!("key {key:?} not found in namespace {ns:?}");
-            }
+                format!("{}\n", v["value"].as_str().unwrap_or(""))
+            })?;
         }
         Cmd::Put { key, value } => {
-            let value = if value == "-" {
-                let mut v = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
-                v
-            } else {
-                value.into_bytes()
-            };
+            let value = value_arg(&value)?;
             let r = client.put(ns, &key, &value).await?;
-            print_write(json, &r);
+            emit(out, &write_json(&r), |v| {
+                format!(
+                    "OK version {} token {}\n",
+                    v["versions"][0],
+                    v["token"].as_str().unwrap_or("")
+                )
+            })?;
         }
         Cmd::Delete { key } => {
             // As etcdctl: a key that does not exist is no error, and
             // nothing is written (no version, no history).
             let r = client.delete(ns, &key).await?;
-            if json {
-                print_write(json, &r);
-            } else if r.deleted == 0 {
-                println!("deleted 0: {key:?} does not exist; nothing written");
-            } else {
-                println!(
-                    "deleted 1: {key:?} (version {}, token {})",
-                    r.versions.first().copied().unwrap_or(0),
-                    token_str(&r.token)
-                );
-            }
+            emit(out, &write_json(&r), |v| {
+                if v["deleted"] == json!(0) {
+                    format!("deleted 0: {key:?} does not exist; nothing written\n")
+                } else {
+                    format!(
+                        "deleted 1: {key:?} (version {}, token {})\n",
+                        v["versions"][0],
+                        v["token"].as_str().unwrap_or("")
+                    )
+                }
+            })?;
         }
         Cmd::Cas {
             key,
             expected_version,
             value,
         } => {
+            let value = value_arg(&value)?;
             let r = client
-                .compare_and_set(ns, &key, expected_version, Some(value.as_bytes()))
+                .compare_and_set(ns, &key, expected_version, Some(&value))
                 .await?;
-            print_write(json, &r);
             if !r.succeeded {
-                bail!("version of {key:?} is not {expected_version}; nothing written");
+                if out != Output::Human {
+                    emit(out, &write_json(&r), |_| String::new())?;
+                }
+                return Err(Failure::new(
+                    "CAS_CONFLICT",
+                    format!("the version of {key:?} is not {expected_version}; nothing written"),
+                )
+                .into());
             }
+            emit(out, &write_json(&r), |v| {
+                format!(
+                    "OK version {} token {}\n",
+                    v["versions"][0],
+                    v["token"].as_str().unwrap_or("")
+                )
+            })?;
+        }
+        Cmd::Txn {
+            compares,
+            puts,
+            deletes,
+        } => {
+            use meridian_proto::v1::{op, Compare, Op, TxnRequest};
+            let mut req = TxnRequest {
+                namespace: ns.into(),
+                ..TxnRequest::default()
+            };
+            for c in &compares {
+                let (key, version) = split_pair(c, "--if", "KEY=VERSION")?;
+                let version = version
+                    .parse()
+                    .with_context(|| format!("--if {c:?}: the version is not a whole number"))?;
+                req.compares.push(Compare {
+                    key: key.into(),
+                    version,
+                });
+            }
+            for p in &puts {
+                let (key, value) = split_pair(p, "--put", "KEY=VALUE")?;
+                req.ops.push(Op {
+                    op: Some(op::Op::Put(op::Put {
+                        key: key.into(),
+                        value: value_arg(value)?,
+                    })),
+                });
+            }
+            for d in deletes {
+                req.ops.push(Op {
+                    op: Some(op::Op::Delete(d)),
+                });
+            }
+            if req.ops.is_empty() {
+                bail!("a transaction needs at least one --put or --delete");
+            }
+            let r = client.txn(req).await?;
+            if !r.succeeded {
+                if out != Output::Human {
+                    emit(out, &write_json(&r), |_| String::new())?;
+                }
+                return Err(Failure::new(
+                    "CAS_CONFLICT",
+                    "a compare (--if) did not hold; nothing written",
+                )
+                .into());
+            }
+            emit(out, &write_json(&r), |v| {
+                format!(
+                    "OK versions {} deleted {} token {}\n",
+                    v["versions"],
+                    v["deleted"],
+                    v["token"].as_str().unwrap_or("")
+                )
+            })?;
         }
         Cmd::List {
             prefix,
             limit,
+            page_token,
             contains,
             keys_only,
             all,
         } => {
-            let mut page = String::new();
-            loop {
+            let mut page = page_token;
+            let mut items = Vec::new();
+            let next = loop {
                 let r = client
                     .list(ListRequest {
                         namespace: ns.into(),
@@ -488,50 +592,68 @@ async fn client_command(cli: Cli) -> Result<()> {
                         read: None,
                     })
                     .await?;
-                for k in &r.kvs {
-                    if json {
-                        println!("{}", kv_json(k));
-                    } else if keys_only {
-                        println!("{}", k.key);
+                items.extend(r.kvs.iter().map(|k| {
+                    if keys_only {
+                        json!({"key": k.key})
                     } else {
-                        println!("{} = {}", k.key, String::from_utf8_lossy(&k.value));
+                        kv_json(k)
                     }
-                }
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                if !all {
-                    eprintln!("(more: --all, or continue after {:?})", r.next_page_token);
-                    break;
+                }));
+                if r.next_page_token.is_empty() || !all {
+                    break r.next_page_token;
                 }
                 page = r.next_page_token;
-            }
+            };
+            let v = json!({"items": items, "next_page_token": next});
+            emit_list(out, &v, "items", |v| {
+                let mut s = String::new();
+                for k in v["items"].as_array().into_iter().flatten() {
+                    if keys_only {
+                        s.push_str(&format!("{}\n", k["key"].as_str().unwrap_or("")));
+                    } else {
+                        s.push_str(&format!(
+                            "{} = {}\n",
+                            k["key"].as_str().unwrap_or(""),
+                            k["value"].as_str().unwrap_or("")
+                        ));
+                    }
+                }
+                if let Some(t) = v["next_page_token"].as_str().filter(|t| !t.is_empty()) {
+                    eprintln!("(more: --page-token {t}, or --all for every page)");
+                }
+                s
+            })?;
         }
         Cmd::Watch {
             prefix,
             from_revision,
             count,
         } => {
+            output::check_stream(out)?;
             let mut rx = client.watch(ns, &prefix, from_revision);
             let mut seen = 0u64;
             while let Some(ev) = rx.recv().await {
                 let ev = ev?;
                 for k in &ev.events {
-                    if json {
-                        let mut v = kv_json(k);
-                        v["revision"] = ev.revision.into();
-                        v["resync"] = ev.resync.into();
-                        println!("{v}");
-                    } else if k.deleted {
-                        println!("[{}] DELETE {}", ev.revision, k.key);
-                    } else {
-                        println!(
-                            "[{}] PUT {} = {}",
-                            ev.revision,
-                            k.key,
-                            String::from_utf8_lossy(&k.value)
-                        );
-                    }
+                    let mut v = kv_json(k);
+                    v["revision"] = ev.revision.into();
+                    v["resync"] = ev.resync.into();
+                    emit_event(out, &v, |v| {
+                        if v["deleted"] == json!(true) {
+                            format!(
+                                "[{}] DELETE {}\n",
+                                v["revision"],
+                                v["key"].as_str().unwrap_or("")
+                            )
+                        } else {
+                            format!(
+                                "[{}] PUT {} = {}\n",
+                                v["revision"],
+                                v["key"].as_str().unwrap_or(""),
+                                v["value"].as_str().unwrap_or("")
+                            )
+                        }
+                    })?;
                     seen += 1;
                 }
                 if count.is_some_and(|c| seen >= c) {
@@ -541,70 +663,103 @@ async fn client_command(cli: Cli) -> Result<()> {
         }
         Cmd::History { key } => {
             let r = client.history(ns, &key, Consistency::Linearizable).await?;
-            for k in &r.versions {
-                if json {
-                    println!("{}", kv_json(k));
-                } else if k.deleted {
-                    println!("v{} @{}  (deleted)", k.version, k.mod_revision);
-                } else {
-                    println!(
-                        "v{} @{}  {}",
-                        k.version,
-                        k.mod_revision,
-                        String::from_utf8_lossy(&k.value)
-                    );
+            let v = json!({
+                "key": key,
+                "versions": r.versions.iter().map(kv_json).collect::<Vec<_>>(),
+            });
+            emit_list(out, &v, "versions", |v| {
+                let mut s = String::new();
+                for k in v["versions"].as_array().into_iter().flatten() {
+                    if k["deleted"] == json!(true) {
+                        s.push_str(&format!(
+                            "v{} @{}  (deleted)\n",
+                            k["version"], k["mod_revision"]
+                        ));
+                    } else {
+                        s.push_str(&format!(
+                            "v{} @{}  {}\n",
+                            k["version"],
+                            k["mod_revision"],
+                            k["value"].as_str().unwrap_or("")
+                        ));
+                    }
                 }
-            }
+                s
+            })?;
         }
         Cmd::Cluster { cmd } => match cmd {
             ClusterCmd::Status => {
                 let s = client.cluster_status().await?;
-                if json {
-                    println!("{}", status_json(&s));
-                } else {
-                    print_status(&s);
-                }
+                emit(out, &status_json(&s), |_| status_text(&s))?;
             }
             ClusterCmd::TransferLease { group, to } => {
                 let s = client.cluster_status().await?;
-                let g = match group.parse::<u32>() {
-                    Ok(g) => g,
+                let (g, home) = match group.parse::<u32>() {
+                    Ok(g) => (
+                        g,
+                        s.regions
+                            .get(g as usize)
+                            .map(|r| r.name.clone())
+                            .with_context(|| format!("no group {g}"))?,
+                    ),
                     Err(_) => s
                         .regions
                         .iter()
                         .find(|r| r.name == group)
-                        .map(|r| r.id)
+                        .map(|r| (r.id, r.name.clone()))
                         .with_context(|| format!("no region named {group:?}"))?,
                 };
                 client.transfer_lease(g, &to).await?;
-                println!("lease of group {g} transferring to {to}");
+                let v = json!({"group": home, "to": to, "home_return_delay_ms": s.home_return_delay_ms});
+                emit(out, &v, |_| {
+                    let back = if to == home {
+                        String::new()
+                    } else {
+                        format!(
+                            "; it returns to {home}, the group's home, {} ms after {home} is healthy and caught up",
+                            s.home_return_delay_ms
+                        )
+                    };
+                    format!("the lease of group {home} is moving to {to}{back}\n")
+                })?;
             }
         },
-        Cmd::Serve { .. } | Cmd::Dev { .. } | Cmd::Certs { .. } | Cmd::Config { .. } => {}
+        Cmd::Serve { .. }
+        | Cmd::Dev { .. }
+        | Cmd::Certs { .. }
+        | Cmd::Config { .. }
+        | Cmd::Completion { .. } => {}
     }
     Ok(())
 }
 
-fn print_write(json: bool, r: &meridian_proto::v1::WriteResponse) {
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "succeeded": r.succeeded,
-                "versions": r.versions,
-                "deleted": r.deleted,
-                "token": token_str(&r.token),
-            })
-        );
-    } else if r.succeeded {
-        println!(
-            "OK version {} token {}",
-            r.versions.first().copied().unwrap_or(0),
-            token_str(&r.token)
-        );
-    } else {
-        println!("CONFLICT token {}", token_str(&r.token));
+/// A value argument: "-" reads stdin, "@FILE" a file, anything else is the
+/// value itself.
+fn value_arg(v: &str) -> Result<Vec<u8>> {
+    if v == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+            .context("reading the value from stdin")?;
+        return Ok(b);
     }
+    if let Some(path) = v.strip_prefix('@') {
+        return std::fs::read(path).with_context(|| format!("reading the value from {path}"));
+    }
+    Ok(v.as_bytes().to_vec())
+}
+
+fn split_pair<'a>(s: &'a str, flag: &str, shape: &str) -> Result<(&'a str, &'a str)> {
+    s.split_once('=')
+        .with_context(|| format!("{flag} {s:?}: expected {shape}"))
+}
+
+fn write_json(r: &meridian_proto::v1::WriteResponse) -> Value {
+    json!({
+        "succeeded": r.succeeded,
+        "versions": r.versions,
+        "deleted": r.deleted,
+        "token": token_str(&r.token),
+    })
 }
 
 fn status_json(s: &meridian_proto::v1::ClusterStatusResponse) -> serde_json::Value {
@@ -627,11 +782,14 @@ fn status_json(s: &meridian_proto::v1::ClusterStatusResponse) -> serde_json::Val
     })
 }
 
-fn print_status(s: &meridian_proto::v1::ClusterStatusResponse) {
-    println!("answered by region {}", s.answered_by);
-    println!("regions:");
+/// `cluster status` for people.
+fn status_text(s: &meridian_proto::v1::ClusterStatusResponse) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "answered by region {}", s.answered_by);
+    let _ = writeln!(o, "regions:");
     for r in &s.regions {
-        println!(
+        let _ = writeln!(
+            o,
             "  {:<8} grpc {:<21} peer {:<21} {}",
             r.name,
             r.grpc_address,
@@ -647,13 +805,14 @@ fn print_status(s: &meridian_proto::v1::ClusterStatusResponse) {
             }
         );
     }
-    println!("groups:");
+    let _ = writeln!(o, "groups:");
     for g in &s.groups {
         let lease = g
             .lease_remaining_ms
             .map(|m| format!("lease {m} ms"))
             .unwrap_or_else(|| "-".into());
-        println!(
+        let _ = writeln!(
+            o,
             "  {:<8} leader {:<8} term {:<4} commit {:<7} revision {:<7} lag {:<4} {} ({} here)",
             g.home_region,
             if g.leader_name.is_empty() {
@@ -673,11 +832,13 @@ fn print_status(s: &meridian_proto::v1::ClusterStatusResponse) {
                 .regions
                 .get(f.region as usize)
                 .map_or("?", |r| r.name.as_str());
-            println!(
+            let _ = writeln!(
+                o,
                 "           follower {:<8} match {:<7} behind {}",
                 name, f.match_index, f.lag_entries
             );
         }
     }
-    println!("namespaces: {}", s.namespaces.join(", "));
+    let _ = writeln!(o, "namespaces: {}", s.namespaces.join(", "));
+    o
 }

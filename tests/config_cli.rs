@@ -45,11 +45,8 @@ async fn cli_drives_configuration_management_in_every_output_format() {
             "5",
         ],
     );
-    let envs: Value = serde_json::from_str(&ok(
-        &c,
-        &["-o", "json", "config", "envs", "--project", "web"],
-    ))
-    .unwrap_or_default();
+    let envs: Value =
+        serde_json::from_str(&ok(&c, &["-o", "json", "config", "envs", "web"])).unwrap_or_default();
     assert_eq!(envs.as_array().map(Vec::len), Some(2), "{envs}");
     // Move an environment's home and back; the command returns once done.
     let moved = ok(&c, &["config", "move", "web/base", "--to", "ap"]);
@@ -136,9 +133,7 @@ async fn cli_drives_configuration_management_in_every_output_format() {
     assert!(lines[1].contains("cli-user"), "{table}");
     let diff = ok(
         &c,
-        &[
-            "config", "diff", "web/prod", "--env", "base", "--path", "api.db",
-        ],
+        &["config", "diff", "web/prod", "api.db", "--env", "base"],
     );
     assert_eq!(diff, "~ /url: \"pg://db-base\" -> \"pg://db-prod\"\n");
     let diff = ok(
@@ -147,7 +142,6 @@ async fn cli_drives_configuration_management_in_every_output_format() {
             "config",
             "diff",
             "web/base",
-            "--key",
             "api.db.pool",
             "--from-version",
             "1",
@@ -169,11 +163,11 @@ async fn cli_drives_configuration_management_in_every_output_format() {
     );
     let (success, _, err) = cli(&c, &["config", "set", "web/prod", "api.db.pool", "99"]);
     assert!(
-        !success && err.contains("[SCHEMA_VIOLATION]") && err.contains("web/prod"),
+        !success && err.contains("(SCHEMA_VIOLATION)") && err.contains("web/prod"),
         "{err}"
     );
     let (success, _, err) = cli(&c, &["config", "validate", "web/prod", "api.db.pool", "77"]);
-    assert!(!success && err.contains("[SCHEMA_VIOLATION]"), "{err}");
+    assert!(!success && err.contains("(SCHEMA_VIOLATION)"), "{err}");
     let out = ok(&c, &["config", "validate", "web/prod", "api.db.pool", "30"]);
     assert!(out.starts_with("valid"), "{out}");
     let ls = ok(
@@ -193,10 +187,9 @@ async fn cli_drives_configuration_management_in_every_output_format() {
         "config",
         "rollback",
         "web/base",
+        "api.db.pool",
         "--revision",
         &rev.to_string(),
-        "--key",
-        "api.db.pool",
     ];
     let (success, _, err) = cli(&c, &rollback);
     assert!(
@@ -210,15 +203,26 @@ async fn cli_drives_configuration_management_in_every_output_format() {
     );
     let (success, _, err) = cli(&c, &["config", "get", "web/base", "api.db.pool"]);
     assert!(
-        !success && err.contains("[NOT_FOUND]"),
+        !success && err.contains("(NOT_FOUND)"),
         "pool did not exist at that revision: {err}"
     );
     let w = ok(
         &c,
         &[
-            "config", "watch", "web/prod", "api", "--count", "1", "-o", "json",
+            "config", "watch", "web/prod", "api", "--count", "1", "-o", "jsonl",
         ],
     );
     let ev: Value = serde_json::from_str(&w).unwrap_or_default();
     assert_eq!(ev["snapshot"], json!(true), "{w}");
+    // A stream is not one JSON document: -o json is refused, as JSON.
+    let (success, _, err) = cli(&c, &["config", "watch", "web/prod", "-o", "json"]);
+    let e: Value = serde_json::from_str(&err).unwrap_or_default();
+    assert!(
+        !success
+            && e["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("jsonl"),
+        "{err}"
+    );
 }

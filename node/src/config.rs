@@ -12,10 +12,11 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        /// In the message (not `source()`, which would print it twice in a chain).
+        cause: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -131,6 +132,30 @@ pub struct ClusterTuning {
     pub watchers_max: usize,
 }
 
+/// A core configuration error in the file's terms: the core counts
+/// microseconds (`election_timeout_us`), the file milliseconds
+/// (`cluster.election_timeout_ms`); settings the file does not have are named
+/// with their fixed value.
+fn file_names(core_message: &str) -> String {
+    let mut m = core_message.to_string();
+    for (core, file) in [
+        ("election_timeout_us", "cluster.election_timeout_ms"),
+        ("heartbeat_interval_us", "cluster.heartbeat_interval_ms"),
+        ("lease_margin_us", "cluster.lease_margin_ms"),
+        ("request_timeout_us", "cluster.request_timeout_ms"),
+        ("home_return_delay_us", "cluster.home_return_delay_ms"),
+        (
+            "forward_probe_after_us",
+            "the forward watchdog's probe delay (1000 ms, fixed)",
+        ),
+        ("clock_drift_max_ppm", "cluster.clock_drift_max_ppm"),
+        ("message_bytes_max", "cluster.message_bytes_max"),
+    ] {
+        m = m.replace(core, file);
+    }
+    m
+}
+
 impl Default for ClusterTuning {
     fn default() -> Self {
         let c = CoreConfig::new(1);
@@ -178,9 +203,9 @@ pub fn valid_name(s: &str) -> bool {
 
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let mut cfg = NodeConfig::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
@@ -309,7 +334,7 @@ impl NodeConfig {
         }
         self.core_config()
             .validate()
-            .map_err(|e| ConfigError::Invalid(format!("cluster: {e}")))
+            .map_err(|e| ConfigError::Invalid(file_names(&e)))
     }
 
     /// The namespaces in effect (the defaults if none are configured).
@@ -429,7 +454,18 @@ grpc = "127.0.0.1:7003"
     fn bad_values_are_clear_errors() {
         let text = format!("{GOOD}\n[cluster]\nheartbeat_interval_ms = 900\n");
         let e = NodeConfig::parse(&text).expect_err("must fail").to_string();
-        assert!(e.contains("heartbeat_interval"), "{e}");
+        assert!(
+            e.contains("cluster.heartbeat_interval_ms")
+                && e.contains("cluster.election_timeout_ms"),
+            "named as the file names them: {e}"
+        );
+        assert!(!e.contains("_us"), "no internal microsecond names: {e}");
+        let text = format!("{GOOD}\n[cluster]\nrequest_timeout_ms = 1500\n");
+        let e = NodeConfig::parse(&text).expect_err("must fail").to_string();
+        assert!(
+            e.contains("cluster.request_timeout_ms") && !e.contains("_us"),
+            "{e}"
+        );
         let text = format!("{GOOD}\n[[namespaces]]\nname = \"x\"\nhome = \"moon\"\n");
         let e = NodeConfig::parse(&text).expect_err("must fail").to_string();
         assert!(e.contains("unknown home region \"moon\""), "{e}");

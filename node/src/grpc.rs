@@ -69,6 +69,45 @@ pub fn status(code: Code, reason: &str, message: &str) -> Status {
     s
 }
 
+/// Why the core would refuse a request as INVALID_REQUEST (it answers with
+/// the code alone), for the common mistakes; None if none of them.
+fn why_invalid(request: &ClientRequest) -> Option<String> {
+    match request {
+        ClientRequest::Read { query, .. } => match query {
+            ReadQuery::Get { key } | ReadQuery::History { key } if key.is_empty() => {
+                Some("the key is empty".into())
+            }
+            ReadQuery::List { limit: 0, .. } => Some("limit must be above 0".into()),
+            _ => None,
+        },
+        ClientRequest::Write { ops, meta, .. } => {
+            if ops.is_empty() {
+                return Some("a write needs at least one operation".into());
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for op in ops {
+                if op.key().is_empty() {
+                    return Some("a key in the write is empty".into());
+                }
+                if !seen.insert(op.key()) {
+                    return Some(format!(
+                        "key {:?} appears twice in one transaction",
+                        op.key()
+                    ));
+                }
+            }
+            let meta_bytes = meta.author.len() + meta.message.len();
+            (meta_bytes > meridian_core::node::CHANGE_META_BYTES_MAX).then(|| {
+                format!(
+                    "author and message are {meta_bytes} bytes together; at most {}",
+                    meridian_core::node::CHANGE_META_BYTES_MAX
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The driver is gone: the node is shutting down.
 fn stopping() -> Status {
     status(Code::Unavailable, "SHUTTING_DOWN", "the node is stopping")
@@ -95,6 +134,8 @@ pub struct Api {
     /// Home group of each namespace (watch events carry it).
     ns_home: Arc<std::collections::BTreeMap<String, u8>>,
     me: u8,
+    /// How long a recovered home region waits before taking its group back.
+    home_return_delay_ms: u64,
 }
 
 fn token(t: CoreToken) -> Option<RevisionToken> {
@@ -163,8 +204,10 @@ impl Api {
         regions: Vec<RegionEntry>,
         ns_home: std::collections::BTreeMap<String, u8>,
         me: u8,
+        home_return_delay_ms: u64,
     ) -> Api {
         Api {
+            home_return_delay_ms,
             ns_home: Arc::new(ns_home),
             inputs,
             // Request ids only need to be unique within this process.
@@ -179,6 +222,14 @@ impl Api {
     }
 
     async fn call(&self, request: ClientRequest) -> Result<ClientResponse, Status> {
+        // What an error names: the core answers with a code alone.
+        let ns = match &request {
+            ClientRequest::Read { ns, .. }
+            | ClientRequest::Write { ns, .. }
+            | ClientRequest::Watch { ns, .. } => ns.clone(),
+            _ => String::new(),
+        };
+        let invalid_because = why_invalid(&request);
         let (tx, rx) = oneshot::channel();
         let input = Input::Client {
             req: self.req_id(),
@@ -187,6 +238,15 @@ impl Api {
         };
         self.inputs.send(input).await.map_err(|_| stopping())?;
         match rx.await {
+            Ok(ClientResponse::Error(ErrorCode::UnknownNamespace)) => {
+                let (c, reason) = reason_of(ErrorCode::UnknownNamespace);
+                Err(status(c, reason, &format!("unknown namespace {ns:?}")))
+            }
+            Ok(ClientResponse::Error(ErrorCode::InvalidRequest)) => {
+                let (c, reason) = reason_of(ErrorCode::InvalidRequest);
+                let why = invalid_because.unwrap_or_else(|| "invalid request".to_string());
+                Err(status(c, reason, &why))
+            }
             Ok(ClientResponse::Error(code)) => Err(error_status(code)),
             Ok(r) => Ok(r),
             Err(_) => Err(stopping()),
@@ -567,6 +627,7 @@ impl Admin for Api {
             regions,
             groups,
             namespaces: s.namespaces,
+            home_return_delay_ms: self.home_return_delay_ms,
         }))
     }
 

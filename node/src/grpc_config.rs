@@ -120,7 +120,7 @@ fn op(o: ConfigOp) -> Result<Op, Status> {
     let missing = || st(CfgError::invalid("an op with no operation set"));
     Ok(match o.op.ok_or_else(missing)? {
         P::Put(p) => Op::Put {
-            value: json("value_json", &p.value_json)?,
+            value: json(&format!("the value of {}", p.key), &p.value_json)?,
             key: p.key,
             if_version: p.if_version,
         },
@@ -130,16 +130,19 @@ fn op(o: ConfigOp) -> Result<Op, Status> {
             if_version: d.if_version,
         },
         P::Merge(m) => Op::Merge {
-            patch: json("patch_json", &m.patch_json)?,
+            patch: json(&format!("the merge patch for {:?}", m.path), &m.patch_json)?,
             path: m.path,
             if_version: m.if_version,
         },
         P::Patch(p) => Op::Patch {
-            patch: json("patch_json", &p.patch_json)?,
+            patch: json(&format!("the JSON patch for {:?}", p.path), &p.patch_json)?,
             path: p.path,
         },
         P::SetSchema(s) => Op::SetSchema {
-            schema: json("schema_json", &s.schema_json)?,
+            schema: json(
+                &format!("the schema for prefix {:?}", s.prefix),
+                &s.schema_json,
+            )?,
             prefix: s.prefix,
         },
         P::DeleteSchema(d) => Op::DeleteSchema { prefix: d.prefix },
@@ -147,7 +150,7 @@ fn op(o: ConfigOp) -> Result<Op, Status> {
             let inherits = match (t.inherits, t.clear_inherits) {
                 (Some(_), true) => {
                     return Err(st(CfgError::invalid(
-                        "give inherits or clear_inherits, not both",
+                        "give a parent environment to inherit from or clear it, not both",
                     )))
                 }
                 (Some(p), false) => Some(Some(p)),
@@ -156,9 +159,13 @@ fn op(o: ConfigOp) -> Result<Op, Status> {
             };
             let vars = match t.vars_json {
                 None => None,
-                Some(v) => match json("vars_json", &v)? {
+                Some(v) => match json("the template variables", &v)? {
                     Value::Object(m) => Some(m),
-                    _ => return Err(st(CfgError::invalid("vars_json must be a JSON object"))),
+                    _ => {
+                        return Err(st(CfgError::invalid(
+                            "the template variables must be a JSON object",
+                        )))
+                    }
                 },
             };
             Op::SetTemplate { inherits, vars }
@@ -227,7 +234,7 @@ impl Config for ConfigApi {
         let ns = ns_of(r.ns)?;
         let default = match r.default_json {
             None => None,
-            Some(d) => Some(json("default_json", &d)?),
+            Some(d) => Some(json("the default value", &d)?),
         };
         let g = self
             .store
@@ -251,7 +258,8 @@ impl Config for ConfigApi {
         let ns = ns_of(r.ns)?;
         let mut defaults = Map::new();
         for (k, v) in r.defaults_json {
-            defaults.insert(k, json("defaults_json", &v)?);
+            let value = json(&format!("the default value of {k}"), &v)?;
+            defaults.insert(k, value);
         }
         let (values, missing, token) = self
             .store

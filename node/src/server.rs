@@ -39,17 +39,19 @@ pub enum StartError {
     Core(#[from] meridian_core::InitError),
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
-    #[error("cannot listen for gRPC on {addr}: {source}")]
+    #[error("cannot listen for gRPC on {addr}: {cause}")]
     Listen {
         addr: SocketAddr,
-        source: std::io::Error,
+        /// In the message (not `source()`, which would print it twice in a chain).
+        cause: std::io::Error,
     },
     #[error("reflection: {0}")]
     Reflection(String),
-    #[error("cannot listen for HTTP on {addr}: {source}")]
+    #[error("cannot listen for HTTP on {addr}: {cause}")]
     ListenHttp {
         addr: SocketAddr,
-        source: std::io::Error,
+        /// In the message (not `source()`, which would print it twice in a chain).
+        cause: std::io::Error,
     },
 }
 
@@ -149,7 +151,14 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
             txn_ops_max: core.txn_ops_max,
         },
     );
-    let api = Api::new(input_tx, next_req, cfg.regions.clone(), ns_home, me);
+    let api = Api::new(
+        input_tx,
+        next_req,
+        cfg.regions.clone(),
+        ns_home,
+        me,
+        core.home_return_delay_us / 1000,
+    );
     let config_api = ConfigApi::new(store.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<KvServer<Api>>().await;
@@ -168,9 +177,9 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     let grpc_addr = cfg.regions[me as usize].grpc;
     let listener = tokio::net::TcpListener::bind(grpc_addr)
         .await
-        .map_err(|source| StartError::Listen {
+        .map_err(|cause| StartError::Listen {
             addr: grpc_addr,
-            source,
+            cause,
         })?;
     let grpc_addr = listener.local_addr().unwrap_or(grpc_addr);
     let max_msg = core.value_bytes_max + GRPC_HEADROOM_BYTES;
@@ -219,7 +228,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::ListenHttp { addr, source })?;
+                .map_err(|cause| StartError::ListenHttp { addr, cause })?;
             let addr = listener.local_addr().unwrap_or(addr);
             let (tx, rx) = oneshot::channel::<()>();
             let app = crate::configstore::http::router(store);

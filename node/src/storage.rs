@@ -45,10 +45,11 @@ pub enum StoreError {
     Encode(#[from] meridian_core::wire::EncodeError),
     #[error("storage op rejected: {0}")]
     Rejected(#[from] meridian_core::storage::StorageError),
-    #[error("io on {dir}: {source}")]
+    #[error("io on {dir}: {cause}")]
     Io {
         dir: PathBuf,
-        source: std::io::Error,
+        /// In the message (not `source()`, which would print it twice in a chain).
+        cause: std::io::Error,
     },
 }
 
@@ -136,9 +137,9 @@ impl RocksStorage {
         regions: u8,
         region: u8,
     ) -> Result<(RocksStorage, Durable), StoreError> {
-        let io = |source| StoreError::Io {
+        let io = |cause| StoreError::Io {
             dir: dir.to_path_buf(),
-            source,
+            cause,
         };
         let fresh = match std::fs::read_dir(dir) {
             Ok(mut it) => it.next().is_none(),

@@ -19,15 +19,17 @@ pub const ALPN: &[u8] = b"meridian-peer/1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        /// In the message (not `source()`, which would print it twice in a chain).
+        cause: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        /// In the message (not `source()`, which would print it twice in a chain).
+        cause: std::io::Error,
     },
     #[error("{path}: {reason}")]
     Pem { path: PathBuf, reason: String },
@@ -56,9 +58,9 @@ pub fn region_dns_name(name: &str) -> String {
 /// owner only (mode 0600), also when it replaces an existing file.
 fn write_file(path: &Path, text: &str, private: bool) -> Result<(), TlsError> {
     use std::io::Write;
-    let err = |source| TlsError::Write {
+    let err = |cause| TlsError::Write {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -121,9 +123,9 @@ pub fn generate_dev_certs(
             _ => {}
         }
     }
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+    std::fs::create_dir_all(dir).map_err(|cause| TlsError::Write {
         path: dir.to_path_buf(),
-        source,
+        cause,
     })?;
     let write = |name: &str, text: &str| -> Result<PathBuf, TlsError> {
         let path = dir.join(name);
@@ -173,9 +175,9 @@ pub fn generate_dev_certs(
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
-    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+    std::fs::read_to_string(path).map_err(|cause| TlsError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 

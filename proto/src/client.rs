@@ -25,11 +25,25 @@ pub enum ClientError {
     NoEndpoints,
     #[error("invalid endpoint {0}: {1}")]
     BadEndpoint(String, String),
-    #[error("{}: {}", reason.as_deref().unwrap_or("TRANSPORT"), status.message())]
+    /// The node's message (without the "[REASON] " prefix it also carries
+    /// for plain gRPC clients) and the stable reason, once each.
+    #[error("{} ({})", message_of(status, reason.as_deref()), reason.as_deref().unwrap_or("TRANSPORT"))]
     Status {
         status: Status,
         reason: Option<String>,
     },
+}
+
+fn message_of<'s>(status: &'s Status, reason: Option<&str>) -> &'s str {
+    let m = status.message();
+    match reason {
+        Some(r) => m
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_prefix(r))
+            .and_then(|rest| rest.strip_prefix("] "))
+            .unwrap_or(m),
+        None => m,
+    }
 }
 
 impl ClientError {
@@ -292,9 +306,26 @@ impl Client {
                 tokio::time::sleep(self.backoff(attempt)).await;
             }
         }
-        Err(ClientError::from_status(
-            last.unwrap_or_else(|| Status::unavailable("no attempt made")),
-        ))
+        let last = last.unwrap_or_else(|| Status::unavailable("no attempt made"));
+        // A transport failure (no reason: no node answered) names where the
+        // client tried to go.
+        let last = if crate::reason_of(&last).is_none() {
+            let urls: Vec<String> = lock(&self.inner.regions)
+                .iter()
+                .map(|r| r.url.clone())
+                .collect();
+            Status::new(
+                last.code(),
+                format!(
+                    "no region answered after {attempts} attempts (tried {}): {}",
+                    urls.join(", "),
+                    last.message()
+                ),
+            )
+        } else {
+            last
+        };
+        Err(ClientError::from_status(last))
     }
 
     fn note_token(&self, ns: &str, token: Option<&RevisionToken>) {

@@ -123,10 +123,11 @@ pub enum TransportError {
     Tls(#[from] crate::tls::TlsError),
     #[error("quic config: {0}")]
     Config(String),
-    #[error("cannot bind peer address {addr}: {source}")]
+    #[error("cannot bind peer address {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        /// In the message (not `source()`, which would print it twice in a chain).
+        cause: std::io::Error,
     },
 }
 
@@ -265,7 +266,7 @@ impl Transport {
         client.transport_config(Arc::new(transport_config()));
         let addr = bind.unwrap_or(peers[me as usize].addr);
         let mut endpoint = quinn::Endpoint::server(server, addr)
-            .map_err(|source| TransportError::Bind { addr, source })?;
+            .map_err(|cause| TransportError::Bind { addr, cause })?;
         endpoint.set_default_client_config(client);
 
         let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();

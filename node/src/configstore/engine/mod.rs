@@ -26,8 +26,8 @@ use std::sync::Arc;
 use meridian_core::node::CATALOG_NS;
 use meridian_core::rng::fnv1a;
 use meridian_core::types::{
-    AsOf, ChangeMeta, ClientRequest, ClientResponse, Compare, Consistency, KeyValue, NsSettings,
-    ReadQuery, ReplicationMode, RevisionToken, WriteOp,
+    AsOf, ChangeMeta, ClientRequest, ClientResponse, Compare, Consistency, ErrorCode, KeyValue,
+    NsSettings, ReadQuery, ReplicationMode, RevisionToken, WriteOp,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -428,6 +428,12 @@ impl ConfigStore {
     }
 
     async fn call_once(&self, request: ClientRequest) -> Result<ClientResponse, CfgError> {
+        let ns = match &request {
+            ClientRequest::Read { ns, .. }
+            | ClientRequest::Write { ns, .. }
+            | ClientRequest::Watch { ns, .. } => ns.clone(),
+            _ => String::new(),
+        };
         let (tx, rx) = oneshot::channel();
         let input = Input::Client {
             req: self.next_req.fetch_add(1, Ordering::Relaxed),
@@ -437,6 +443,10 @@ impl ConfigStore {
         let stopping = || CfgError::new("SHUTTING_DOWN", "the node is stopping");
         self.inputs.send(input).await.map_err(|_| stopping())?;
         match rx.await {
+            Ok(ClientResponse::Error(ErrorCode::UnknownNamespace)) => Err(CfgError::new(
+                "UNKNOWN_NAMESPACE",
+                format!("unknown environment {ns:?} (create it first: config create)"),
+            )),
             Ok(ClientResponse::Error(code)) => Err(CfgError::core(code)),
             Ok(r) => Ok(r),
             Err(_) => Err(stopping()),
