@@ -61,8 +61,12 @@ pub enum ConfigCmd {
         #[arg(long)]
         default: Option<String>,
         /// Read this region's state (no linearizable probe).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "max_staleness_ms")]
         stale: bool,
+        /// Bounded staleness: this region's state if it is provably at most
+        /// this far behind, else a linearizable read.
+        #[arg(long)]
+        max_staleness_ms: Option<u64>,
     },
     /// Read several keys at once.
     Bulk {
@@ -531,6 +535,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
             time_ms,
             default,
             stale,
+            max_staleness_ms,
         } => {
             let r = c
                 .get_config(GetConfigRequest {
@@ -541,6 +546,7 @@ pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()
                         revision,
                         time_ms,
                         stale,
+                        max_staleness_ms: max_staleness_ms.unwrap_or(0),
                     }),
                     default_json: default.map(|d| json_arg(&d, false)).transpose()?,
                 })

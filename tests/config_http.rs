@@ -1226,12 +1226,10 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
     assert_eq!(s, 201);
     for i in 0..4 {
         let url = "/v1/config/shop/short/k".to_string();
-        assert_eq!(
-            api.call("put", eu, CFG, &url, &author, Body::Json(json!(i)))
-                .await
-                .0,
-            200
-        );
+        let (s, v) = api
+            .call("put", eu, CFG, &url, &author, Body::Json(json!(i)))
+            .await;
+        assert_eq!(s, 200, "{v}");
     }
     let (_, h) = api
         .call("get", eu, hist, "/v1/history/shop/short/k", &[], Body::None)
@@ -1624,4 +1622,214 @@ async fn rollbacks_say_what_they_delete() {
         .call("get", eu, CFG, "/v1/config/roll/b/y", &[], Body::None)
         .await;
     assert_eq!(s, 404);
+}
+
+/// Read server-sent events from `resp` until `n` events arrived (or 10 s):
+/// each as (id, data).
+async fn sse_events(resp: &mut reqwest::Response, n: usize) -> Vec<(String, Value)> {
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("SSE events within 10 s")
+            .expect("SSE stream")
+            .expect("SSE stream open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut id, mut data) = (String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if !data.is_empty() {
+                out.push((id, serde_json::from_str(&data).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Issue 19, item 13: unknown routes and wrong methods answer the
+/// documented error body; unknown body fields and non-JSON content types are
+/// refused and named; bounded reads are accepted; SSE events carry `id:` and
+/// a reconnect with Last-Event-ID resumes, deletions with their real version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_refuses_what_it_does_not_understand_and_resumes_watches() {
+    let c = Cluster::running().await;
+    let (eu, us) = (c.http[0].as_str(), c.http[1].as_str());
+    let api = Api::new(eu).await;
+    let http = reqwest::Client::new();
+
+    let r = http.get(format!("{eu}/v1/nope")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let v: Value = r.json().await.expect("a JSON error body");
+    assert_eq!(reason(&v), "UNKNOWN_ROUTE", "{v}");
+    let r = http
+        .delete(format!("{eu}/v1/namespaces"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert!(
+        r.headers().get("allow").is_some(),
+        "405 says what is allowed"
+    );
+    let v: Value = r.json().await.expect("a JSON error body");
+    assert_eq!(reason(&v), "METHOD_NOT_ALLOWED", "{v}");
+
+    let ns = "/v1/namespaces";
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            ns,
+            ns,
+            &[],
+            Body::Json(json!({
+            "project": "edge", "enviroment": "dev", "home_region": "eu"})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "INVALID_REQUEST"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"enviroment\""),
+        "{v}"
+    );
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            ns,
+            ns,
+            &[],
+            Body::Json(json!({
+            "project": "edge", "environment": "dev", "home_region": "eu"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            CFG,
+            "/v1/config/edge/dev/a",
+            &[],
+            Body::Raw("text/plain", b"1".to_vec()),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (415, "UNSUPPORTED_MEDIA_TYPE"), "{v}");
+    let (s, v) = api
+        .call(
+            "post",
+            eu,
+            "/v1/txn/{project}/{env}",
+            "/v1/txn/edge/dev",
+            &[],
+            Body::Json(json!({"ops": [{"op": "put", "key": "a", "value": 1, "if_versoin": 0}]})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "INVALID_REQUEST"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("if_versoin"),
+        "{v}"
+    );
+    let (s, v) = api
+        .call(
+            "put",
+            eu,
+            CFG,
+            "/v1/config/edge/dev/a",
+            &[],
+            Body::Json(json!(1)),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // A linearizable read in us first: us has applied the put, so a bounded
+    // read there (served locally or at the leader) sees it.
+    let (s, _) = api
+        .call("get", us, CFG, "/v1/config/edge/dev/a", &[], Body::None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = api
+        .call(
+            "get",
+            us,
+            CFG,
+            "/v1/config/edge/dev/a?consistency=bounded&max_staleness_ms=5000",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!((s, &v["value"]), (200, &json!(1)), "{v}");
+    let (s, v) = api
+        .call(
+            "get",
+            us,
+            CFG,
+            "/v1/config/edge/dev/a?consistency=stale&max_staleness_ms=5",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "INVALID_REQUEST"), "{v}");
+
+    // SSE: ids, and a reconnect with Last-Event-ID.
+    let url = format!("{us}/v1/watch/edge/dev");
+    let mut first = http.get(&url).send().await.unwrap();
+    let evs = sse_events(&mut first, 1).await;
+    let (id, snapshot) = &evs[0];
+    assert!(!id.is_empty(), "every event has an id: {snapshot}");
+    drop(first);
+    let (s, _) = api
+        .call(
+            "put",
+            eu,
+            CFG,
+            "/v1/config/edge/dev/b",
+            &[],
+            Body::Json(json!(2)),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, del) = api
+        .call("delete", eu, CFG, "/v1/config/edge/dev/a", &[], Body::None)
+        .await;
+    assert_eq!(s, 200, "{del}");
+    let mut again = http
+        .get(&url)
+        .header("last-event-id", id.as_str())
+        .send()
+        .await
+        .unwrap();
+    let evs = sse_events(&mut again, 1).await;
+    let (_, ev) = &evs[0];
+    assert_eq!(
+        ev["snapshot"],
+        json!(false),
+        "resumed, not a new snapshot: {ev}"
+    );
+    let changes = ev["changes"].as_array().unwrap();
+    let a = changes
+        .iter()
+        .find(|c| c["key"] == "a")
+        .expect("the deletion of a");
+    let b = changes
+        .iter()
+        .find(|c| c["key"] == "b")
+        .expect("the put of b");
+    assert_eq!(b["value"], json!(2));
+    assert_eq!(a["deleted"], json!(true), "{ev}");
+    assert_eq!(a["version"], json!(2), "the deletion's real version: {ev}");
+    assert_eq!(a["revision"], del["revision"], "and revision: {ev}");
 }

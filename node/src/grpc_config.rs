@@ -62,10 +62,15 @@ fn read_opts(r: Option<ConfigReadOptions>) -> Result<ReadOpts, Status> {
     Ok(ReadOpts {
         raw: r.raw,
         as_of,
-        consistency: if r.stale {
-            ReadConsistency::Stale
-        } else {
-            ReadConsistency::Linearizable
+        consistency: match (r.stale, r.max_staleness_ms) {
+            (true, 0) => ReadConsistency::Stale,
+            (false, 0) => ReadConsistency::Linearizable,
+            (false, ms) => ReadConsistency::Bounded { staleness_ms: ms },
+            (true, _) => {
+                return Err(st(CfgError::invalid(
+                    "give stale or max_staleness_ms (bounded), not both",
+                )))
+            }
         },
     })
 }

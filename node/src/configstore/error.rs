@@ -46,7 +46,8 @@ impl CfgError {
             | "SCHEMA_VIOLATION" | "MISSING_REFERENCE" | "REFERENCE_CYCLE" | "PATH_CONFLICT" => {
                 Code::InvalidArgument
             }
-            "NOT_FOUND" | "UNKNOWN_NAMESPACE" | "UNKNOWN_WATCH" => Code::NotFound,
+            "NOT_FOUND" | "UNKNOWN_NAMESPACE" | "UNKNOWN_WATCH" | "UNKNOWN_ROUTE" => Code::NotFound,
+            "UNSUPPORTED_MEDIA_TYPE" => Code::InvalidArgument,
             "NAMESPACE_EXISTS" => Code::AlreadyExists,
             "CAS_CONFLICT"
             | "PATCH_TEST_FAILED"
@@ -71,6 +72,8 @@ impl CfgError {
                     422
                 } else if self.reason == "VALUE_TOO_LARGE" {
                     413
+                } else if self.reason == "UNSUPPORTED_MEDIA_TYPE" {
+                    415
                 } else {
                     400
                 }

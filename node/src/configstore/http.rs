@@ -77,8 +77,35 @@ pub fn router(store: ConfigStore) -> Router {
             put(put_template).get(get_template),
         )
         .route("/v1/watch/{project}/{env}", get(watch))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(store)
+}
+
+/// No route matches: the documented error body, not an empty 404.
+async fn unknown_route(uri: axum::http::Uri) -> Response {
+    CfgError::new(
+        "UNKNOWN_ROUTE",
+        format!(
+            "no route {}; the API is described at /v1/openapi.json",
+            uri.path()
+        ),
+    )
+    .into_response()
+}
+
+/// The route exists, the method does not: 405 with the documented error
+/// body (axum adds the Allow header).
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let e = CfgError::new(
+        "METHOD_NOT_ALLOWED",
+        format!(
+            "{method} is not allowed on {}; the API is described at /v1/openapi.json",
+            uri.path()
+        ),
+    );
+    (StatusCode::METHOD_NOT_ALLOWED, Json(e.body())).into_response()
 }
 
 async fn openapi() -> Response {
@@ -91,7 +118,29 @@ async fn openapi() -> Response {
 
 // ----- request parsing -----
 
-fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Value, CfgError> {
+/// The body as JSON. A Content-Type that is not JSON (`application/json`
+/// or `application/<something>+json`) is refused; none at all is taken as JSON.
+fn body_json(h: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, CfgError> {
+    if let Some(ct) = h.get(axum::http::header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let json = essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"));
+        if !json {
+            return Err(CfgError::new(
+                "UNSUPPORTED_MEDIA_TYPE",
+                format!(
+                    "Content-Type {ct:?} is not JSON: send application/json \
+                     (curl: --json, or -H 'content-type: application/json')"
+                ),
+            ));
+        }
+    }
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             CfgError::new("VALUE_TOO_LARGE", format!("request body too large: {e}"))
@@ -107,6 +156,24 @@ fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Value, CfgError> {
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| CfgError::new("INVALID_JSON", format!("the body is not valid JSON: {e}")))
+}
+
+/// Refuse members of a JSON object body that the route does not take,
+/// naming them (as the TOML config does), so a misspelt field is not
+/// silently ignored.
+fn only_fields(v: &Value, what: &str, known: &[&str]) -> Result<(), CfgError> {
+    let Some(m) = v.as_object() else {
+        return Err(CfgError::invalid(format!("{what} must be a JSON object")));
+    };
+    for k in m.keys() {
+        if !known.contains(&k.as_str()) {
+            return Err(CfgError::invalid(format!(
+                "unknown field {k:?} in {what}; known fields: {}",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn q_u64(q: &BTreeMap<String, String>, name: &str) -> Result<Option<u64>, CfgError> {
@@ -136,12 +203,22 @@ fn read_opts(q: &BTreeMap<String, String>) -> Result<ReadOpts, CfgError> {
         (None, Some(t)) => AsOf::TimeMs(t),
         (None, None) => AsOf::Latest,
     };
-    let consistency = match q.get("consistency").map(String::as_str) {
-        None | Some("linearizable") => ReadConsistency::Linearizable,
-        Some("stale") => ReadConsistency::Stale,
-        Some(s) => {
+    let staleness = q_u64(q, "max_staleness_ms")?;
+    let consistency = match (q.get("consistency").map(String::as_str), staleness) {
+        (None | Some("linearizable"), None) => ReadConsistency::Linearizable,
+        (Some("stale"), None) => ReadConsistency::Stale,
+        // As the gRPC API and the CLI: 1000 ms unless given.
+        (Some("bounded"), ms) => ReadConsistency::Bounded {
+            staleness_ms: ms.unwrap_or(1000),
+        },
+        (None | Some("linearizable") | Some("stale"), Some(_)) => {
+            return Err(CfgError::invalid(
+                "max_staleness_ms goes with consistency=bounded",
+            ))
+        }
+        (Some(s), _) => {
             return Err(CfgError::invalid(format!(
-                "consistency={s:?}: use linearizable or stale"
+                "consistency={s:?}: use linearizable, bounded (with max_staleness_ms) or stale"
             )))
         }
     };
@@ -173,6 +250,7 @@ fn write_opts(h: &HeaderMap, q: &BTreeMap<String, String>) -> Result<WriteOpts, 
 
 /// Parse the operations of a transaction or validation body.
 pub fn parse_ops(body: &Value) -> Result<Vec<Op>, CfgError> {
+    only_fields(body, "the body", &["ops"])?;
     let ops = body
         .get("ops")
         .and_then(Value::as_array)
@@ -184,6 +262,22 @@ pub fn parse_ops(body: &Value) -> Result<Vec<Op>, CfgError> {
 }
 
 fn parse_op(i: usize, o: &Value) -> Result<Op, CfgError> {
+    let known: &[&str] = match o.get("op").and_then(Value::as_str) {
+        Some("put") => &["op", "key", "value", "if_version"],
+        Some("delete") => &["op", "key", "recursive", "if_version"],
+        Some("merge") => &["op", "key", "path", "patch", "if_version"],
+        Some("patch") => &["op", "key", "path", "patch"],
+        _ => &[
+            "op",
+            "key",
+            "path",
+            "value",
+            "patch",
+            "if_version",
+            "recursive",
+        ],
+    };
+    only_fields(o, &format!("ops[{i}]"), known)?;
     let s = |name: &str| o.get(name).and_then(Value::as_str).map(str::to_string);
     let need = |name: &str| {
         s(name).ok_or_else(|| CfgError::invalid(format!("ops[{i}] needs a string \"{name}\"")))
@@ -252,9 +346,23 @@ async fn list_namespaces(State(st): State<ConfigStore>, Query(q): Q) -> Res {
 
 async fn create_namespace(
     State(st): State<ConfigStore>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Res {
-    let b = body_json(body)?;
+    let b = body_json(&headers, body)?;
+    only_fields(
+        &b,
+        "the body",
+        &[
+            "project",
+            "environment",
+            "home_region",
+            "mode",
+            "rpo_budget_ms",
+            "history_versions_max",
+            "history_age_ms_max",
+        ],
+    )?;
     let s = |n: &str| {
         b.get(n)
             .and_then(Value::as_str)
@@ -278,9 +386,11 @@ async fn create_namespace(
 async fn move_namespace(
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Res {
-    let b = body_json(body)?;
+    let b = body_json(&headers, body)?;
+    only_fields(&b, "the body", &["home_region"])?;
     let Some(to) = b.get("home_region").and_then(Value::as_str) else {
         return Err(CfgError::invalid(
             "the body needs \"home_region\": the region to move to",
@@ -332,7 +442,7 @@ async fn put_path(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Res {
-    let value = body_json(body)?;
+    let value = body_json(&headers, body)?;
     let op = Op::Put {
         key: path,
         value,
@@ -370,7 +480,7 @@ async fn patch_common(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Res {
-    let patch = body_json(body)?;
+    let patch = body_json(&headers, body)?;
     let ctype = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -408,7 +518,7 @@ async fn txn(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Res {
-    let b = body_json(body)?;
+    let b = body_json(&headers, body)?;
     let ops = parse_ops(&b)?;
     let r = st
         .write(&ns_name(&project, &env), ops, &write_opts(&headers, &q)?)
@@ -423,7 +533,7 @@ async fn validate(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Res {
-    let b = body_json(body)?;
+    let b = body_json(&headers, body)?;
     let ops = parse_ops(&b)?;
     let mut opts = write_opts(&headers, &q)?;
     opts.dry_run = true;
@@ -435,9 +545,11 @@ async fn bulk(
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Res {
-    let b = body_json(body)?;
+    let b = body_json(&headers, body)?;
+    only_fields(&b, "the body", &["keys", "defaults"])?;
     let keys: Vec<String> = b
         .get("keys")
         .and_then(Value::as_array)
@@ -544,7 +656,8 @@ async fn rollback(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Res {
-    let b = body_json(body)?;
+    let b = body_json(&headers, body)?;
+    only_fields(&b, "the body", &["revision", "key", "allow_delete"])?;
     let revision = b
         .get("revision")
         .and_then(Value::as_u64)
@@ -574,7 +687,7 @@ async fn put_schema(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Res {
-    let schema = body_json(body)?;
+    let schema = body_json(&headers, body)?;
     let prefix = q.get("prefix").cloned().unwrap_or_default();
     write_one(
         &st,
@@ -628,7 +741,8 @@ async fn put_template(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Res {
-    let b = body_json(body)?;
+    let b = body_json(&headers, body)?;
+    only_fields(&b, "the body", &["inherits", "vars"])?;
     let inherits = match b.get("inherits") {
         None => None,
         Some(Value::Null) => Some(None),
@@ -668,10 +782,23 @@ async fn watch(
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
+    headers: HeaderMap,
 ) -> Res {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let path = q.get("path").cloned().unwrap_or_default();
-    let token = q.get("resume_token").cloned().unwrap_or_default();
+    // Every event's `id:` is its resume token, so a browser's EventSource
+    // that reconnects sends it back as Last-Event-ID and resumes where it
+    // was; an explicit resume_token wins.
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let token = q
+        .get("resume_token")
+        .cloned()
+        .filter(|t| !t.is_empty())
+        .unwrap_or(last_event_id);
     let rx = st
         .watch(&ns_name(&project, &env), &path, q_bool(&q, "raw")?, &token)
         .await?;
@@ -681,7 +808,10 @@ async fn watch(
         }
         let item = rx.recv().await?;
         let (event, ended) = match item {
-            Ok(ev) => (Event::default().json_data(ev), false),
+            Ok(ev) => {
+                let id = ev.token.clone();
+                (Event::default().id(id).json_data(ev), false)
+            }
             Err(e) => (Event::default().event("error").json_data(e.body()), true),
         };
         let event = event.unwrap_or_else(|_| Event::default().event("error"));

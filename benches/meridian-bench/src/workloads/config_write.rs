@@ -14,7 +14,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use meridian_proto::v1::config_client::ConfigClient;
 use meridian_proto::v1::{
-    config_op, ConfigOp, ConfigWriteRequest, CreateNamespaceRequest, NamespaceRef, PutOp,
+    config_op, ConfigOp, ConfigWriteRequest, CreateNamespaceRequest, GetConfigRequest,
+    NamespaceRef, PutOp,
 };
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -30,6 +31,10 @@ pub struct Run {
     pub region: &'static str,
     /// What the network alone costs a write from this region, in µs.
     pub floor_us: u64,
+    /// Measured round trip to the home region through the whole stack: p50
+    /// of a linearizable config read from this region (one ReadIndex round
+    /// trip to the home leader, then a local read), in µs; 0 at the home.
+    pub to_home_rtt_us: u64,
     pub latency: Summary,
 }
 
@@ -97,6 +102,22 @@ async fn measure(network: &str, wan: Option<&Wan>, ctx: &Ctx, runs: &mut Vec<Run
             lat.record(t0.elapsed());
         }
         let s = lat.summary();
+        let mut rtt = Latency::new();
+        if r != 0 {
+            for _ in 0..50 {
+                let t0 = Instant::now();
+                c.get_config(GetConfigRequest {
+                    ns: ns(),
+                    path: key.clone(),
+                    read: None,
+                    default_json: None,
+                })
+                .await
+                .context("linearizable config get")?;
+                rtt.record(t0.elapsed());
+            }
+        }
+        let to_home_rtt_us = if r == 0 { 0 } else { rtt.summary().p50_us };
         eprintln!(
             "  {network}: config set from {} ({}): p50 {} µs, p99 {} µs",
             REGIONS[r],
@@ -108,6 +129,7 @@ async fn measure(network: &str, wan: Option<&Wan>, ctx: &Ctx, runs: &mut Vec<Run
             network: network.into(),
             region: REGIONS[r],
             floor_us: (to_home_rtt_ms + quorum_rtt_ms) * 1000,
+            to_home_rtt_us,
             latency: s,
         });
     }
@@ -163,11 +185,16 @@ fn report(ctx: &Ctx, runs: &[Run]) -> WorkloadReport {
                         v <= 3 * home_p50,
                     )
                 } else {
-                    let rtt_us = r.floor_us.saturating_sub(home_floor_us);
+                    // The round trip as measured through the lab and the
+                    // stack (the nominal one is the links' latency alone).
+                    let nominal_us = r.floor_us.saturating_sub(home_floor_us);
+                    let rtt_us = r.to_home_rtt_us.max(nominal_us);
                     f.target(
                         format!(
-                            "within one round trip to home ({} ms) of home's p50",
-                            rtt_us / 1000
+                            "within one round trip to home ({:.1} ms measured, {} ms nominal) of home's p50 ({:.1} ms over)",
+                            rtt_us as f64 / 1000.0,
+                            nominal_us / 1000,
+                            v.saturating_sub(home_p50) as f64 / 1000.0
                         ),
                         v <= home_p50 + rtt_us,
                     )

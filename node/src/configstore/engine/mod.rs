@@ -82,6 +82,9 @@ pub enum ReadConsistency {
     /// probe at the home leader, then a local read once that point applied).
     #[default]
     Linearizable,
+    /// This region's state if it is provably no more than this many
+    /// milliseconds behind the home region; otherwise as linearizable.
+    Bounded { staleness_ms: u64 },
     /// This region's state, whatever it is.
     Stale,
 }
@@ -471,10 +474,19 @@ impl ConfigStore {
 
     /// A token for "now" at the namespace's home leader (linearizable).
     async fn probe(&self, ns: &str) -> Result<Option<RevisionToken>, CfgError> {
+        self.probe_at(ns, Consistency::Linearizable).await
+    }
+
+    /// A read of one key at `consistency`: its token.
+    async fn probe_at(
+        &self,
+        ns: &str,
+        consistency: Consistency,
+    ) -> Result<Option<RevisionToken>, CfgError> {
         let q = ReadQuery::Get {
             key: INHERITS_KEY.to_string(),
         };
-        match self.read(ns, q, Consistency::Linearizable, None).await? {
+        match self.read(ns, q, consistency, None).await? {
             ClientResponse::Value { token, .. } => Ok(Some(token)),
             other => Err(unexpected(&other)),
         }
@@ -516,6 +528,14 @@ impl ConfigStore {
                 Err(e) if e.reason == "UNKNOWN_NAMESPACE" => self.probe_new(ns, e).await?,
                 other => other?,
             },
+            // The core decides: served here if this replica is fresh enough,
+            // else at the home leader; its token bounds the scans below.
+            ReadConsistency::Bounded { staleness_ms } => {
+                let c = Consistency::Bounded {
+                    staleness_us: staleness_ms.saturating_mul(1000),
+                };
+                self.probe_at(ns, c).await?
+            }
             ReadConsistency::Stale => None,
         };
         let (meta_kvs, ns_revision, t) = self.scan(ns, "$", as_of, token).await?;

@@ -62,9 +62,13 @@ fn flat_state(
     Ok(out)
 }
 
+/// What changed from `old` to `new`; a removed key carries the version and
+/// revision of the delete that removed it if `chain` holds that tombstone
+/// (else it was removed by inheritance or rendering, and has none).
 fn state_changes(
     old: &BTreeMap<String, (Value, Option<KeyValue>)>,
     new: &BTreeMap<String, (Value, Option<KeyValue>)>,
+    chain: &[Layer],
 ) -> Vec<Entry> {
     let mut out = Vec::new();
     let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
@@ -77,10 +81,18 @@ fn state_changes(
                 e.deleted = false;
                 out.push(e);
             }
-            (Some(_), None) => out.push(Entry {
-                deleted: true,
-                ..Entry::bare(k)
-            }),
+            (Some(_), None) => {
+                let tombstone = chain
+                    .iter()
+                    .find_map(|l| l.kvs.get(k).filter(|kv| kv.value.is_none()));
+                out.push(match tombstone {
+                    Some(kv) => entry(kv),
+                    None => Entry {
+                        deleted: true,
+                        ..Entry::bare(k)
+                    },
+                })
+            }
             (None, None) => {}
         }
     }
@@ -109,6 +121,25 @@ fn apply_event(layer: &mut Layer, kv: KeyValue) {
 }
 
 impl ConfigStore {
+    /// Put `key`'s tombstone (its deleting version) into the first layer of
+    /// `chain` whose namespace holds one, as of that layer's token.
+    async fn load_tombstone(&self, chain: &mut [Layer], key: &str) -> Result<(), CfgError> {
+        for l in chain.iter_mut() {
+            let q = ReadQuery::Get {
+                key: key.to_string(),
+            };
+            if let ClientResponse::Value { kv, .. } =
+                self.read(&l.ns, q, Consistency::Stale, l.token).await?
+            {
+                if kv.version > 0 && kv.value.is_none() {
+                    l.kvs.insert(key.to_string(), kv);
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Watch the effective values under `path`: a first event (the whole
     /// state, or with `resume_token` only what changed since that token),
     /// then one event per change that alters an effective value.
@@ -162,7 +193,7 @@ impl ConfigStore {
         let mut state = flat_state(&chain, path, raw)?;
         let first = match resume {
             None => WatchEvent {
-                changes: state_changes(&BTreeMap::new(), &state),
+                changes: state_changes(&BTreeMap::new(), &state, &chain),
                 snapshot: true,
                 token: encode_watch_token(&chain),
             },
@@ -197,13 +228,20 @@ impl ConfigStore {
                     flat_state(&old_chain, path, raw).ok()
                 };
                 match old {
-                    Some(old) => WatchEvent {
-                        changes: state_changes(&old, &state),
-                        snapshot: false,
-                        token: encode_watch_token(&chain),
-                    },
+                    Some(old) => {
+                        // The scans hold live keys only: look up the
+                        // tombstones of the keys removed since the token.
+                        for k in old.keys().filter(|k| !state.contains_key(*k)) {
+                            self.load_tombstone(&mut chain, k).await?;
+                        }
+                        WatchEvent {
+                            changes: state_changes(&old, &state, &chain),
+                            snapshot: false,
+                            token: encode_watch_token(&chain),
+                        }
+                    }
                     _ => WatchEvent {
-                        changes: state_changes(&BTreeMap::new(), &state),
+                        changes: state_changes(&BTreeMap::new(), &state, &chain),
                         snapshot: true,
                         token: encode_watch_token(&chain),
                     },
@@ -260,7 +298,7 @@ impl ConfigStore {
                         return;
                     }
                 };
-                let changes = state_changes(&state, &new);
+                let changes = state_changes(&state, &new, &chain);
                 state = new;
                 if changes.is_empty() {
                     continue;

@@ -100,7 +100,15 @@ impl ConfigStore {
                         time_ms: now_ms(),
                     },
                 })
-                .await?;
+                .await;
+            let resp = match resp {
+                // A namespace created a moment ago may be known here but not
+                // yet at its home (it applies the catalog a moment later):
+                // the home refused, so nothing was written. The next attempt
+                // reads linearizably, which waits for the home to know it.
+                Err(e) if was_optimistic && e.reason == "UNKNOWN_NAMESPACE" => continue,
+                other => other?,
+            };
             match resp {
                 ClientResponse::Written {
                     versions, token, ..
