@@ -127,6 +127,8 @@ pub struct Stats {
     pub forward_path_resets: u64,
     /// Forwarded requests sent again after their leader changed or refused them.
     pub requests_rerouted: u64,
+    /// Log compactions put off while a snapshot was on its way to a follower.
+    pub compactions_deferred: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -447,6 +447,21 @@ impl Node {
         if gr.applied.saturating_sub(gr.log.snap_index) < self.cfg.compact_after_entries {
             return;
         }
+        // A snapshot on its way to a live follower: a new one would restart
+        // that transfer from its first chunk, and under steady writes a big
+        // state could then never finish (the follower never catches up). The
+        // log grows meanwhile, for as long as the transfer takes.
+        let now = self.now;
+        let et = self.cfg.election_timeout_us;
+        let sending = gr.role == Role::Leader
+            && gr
+                .peers
+                .iter()
+                .any(|p| p.snap_progress.is_some() && now.saturating_sub(p.last_heard_us) < et);
+        if sending {
+            self.stats.compactions_deferred += 1;
+            return;
+        }
         let snap_bytes = gr.snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
         let log_bytes = gr.log.bytes() as u64;
         if log_bytes.saturating_mul(100)
