@@ -255,7 +255,11 @@ async fn kill9_of_the_leader_under_load_loses_no_acknowledged_write() {
     let restarted_at = Instant::now();
     c.start(leader);
     c.wait_ready(leader, READY).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Generous: on 2 cores under this load the hand-back took about 25 s
+    // with this test alone. The home is caught up within about 4 s; the
+    // transfers started after that fail under load and are retried each
+    // home_return_delay_ms (a known gap, open in issue 19's note).
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut home = true;
         for at in 0..3 {
@@ -264,11 +268,13 @@ async fn kill9_of_the_leader_under_load_loses_no_acknowledged_write() {
         if home {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "leadership of group eu did not return to region {} within 60 s of its restart",
-            REGIONS[leader]
-        );
+        if Instant::now() >= deadline {
+            let s = c.client_for((leader + 1) % 3).await.cluster_status().await;
+            panic!(
+                "leadership of group eu did not return to region {} within 120 s of its restart; status: {s:?}",
+                REGIONS[leader]
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let home_at = Instant::now();

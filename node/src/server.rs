@@ -248,7 +248,14 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
             (Some(tx), Some(task), Some(addr))
         }
     };
-    tracing::info!(region = %region, grpc = %grpc_addr, http = ?http_addr, peer = ?transport.local_addr(), "region node serving");
+    let shown = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(
+        region = %region,
+        grpc = %grpc_addr,
+        http = %shown(http_addr),
+        peer = %shown(transport.local_addr()),
+        "region node serving"
+    );
     Ok(RunningNode {
         region,
         grpc_addr,

@@ -222,6 +222,15 @@ struct Shared {
     /// Per region; `None` for this node.
     links: Vec<Option<Arc<Link>>>,
     events: mpsc::Sender<PeerEvent>,
+    /// This node is shutting down: connections ending are expected, not
+    /// worth a warning.
+    closing: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 pub struct Transport {
@@ -302,6 +311,7 @@ impl Transport {
             frame_bytes_max,
             links,
             events,
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
         for (i, rxs) in receivers.into_iter().enumerate() {
             if i != me as usize {
@@ -370,6 +380,9 @@ impl Transport {
     }
 
     pub fn close(&self) {
+        self.shared
+            .closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
     }
 }
@@ -481,14 +494,19 @@ async fn dial_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, peer: u8, que
     };
     let info = link.info.clone();
     let mut attempt = 0u32;
+    // The peer closed our connection saying it shuts down: until it is back,
+    // failing to reach it is expected (its status says so), not a warning.
+    let mut peer_shut_down = false;
     loop {
-        if shared.events.is_closed() {
+        if shared.events.is_closed() || shared.closing() {
             return;
         }
         let connecting = match endpoint.connect(info.addr, &region_dns_name(&info.name)) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(peer = %info.name, error = %e, "cannot dial peer");
+                if !shared.closing() {
+                    tracing::error!(peer = %info.name, error = %e, "cannot dial peer");
+                }
                 return;
             }
         };
@@ -502,7 +520,12 @@ async fn dial_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, peer: u8, que
         let conn = match conn {
             Ok(c) => c,
             Err(e) => {
-                if attempt.is_multiple_of(20) {
+                if shared.closing() {
+                    return;
+                }
+                if peer_shut_down {
+                    tracing::debug!(peer = %info.name, addr = %info.addr, error = %e, "peer still down after its shutdown; retrying with backoff");
+                } else if attempt.is_multiple_of(20) {
                     tracing::warn!(peer = %info.name, addr = %info.addr, error = %e, "peer connection failed; retrying with backoff");
                 }
                 drain(&queues);
@@ -520,6 +543,9 @@ async fn dial_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, peer: u8, que
             Ok(s) => s,
             Err(why) => {
                 conn.close(quinn::VarInt::from_u32(CLOSE_RESET), b"reconnecting");
+                if shared.closing() {
+                    return;
+                }
                 tracing::warn!(peer = %info.name, reason = %why, "peer connection lost while opening streams; reconnecting");
                 drain(&queues);
                 tokio::time::sleep(Duration::from_millis(backoff_ms(attempt))).await;
@@ -528,6 +554,7 @@ async fn dial_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, peer: u8, que
             }
         };
         attempt = 0;
+        peer_shut_down = false;
         let since = Instant::now();
         let generation = link.health().outbound_up();
         let mut writers = tokio::task::JoinSet::new();
@@ -548,7 +575,14 @@ async fn dial_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, peer: u8, que
                 }
                 Some(Err(e)) => format!("stream writer ended: {e}"),
             },
-            e = conn.closed() => e.to_string(),
+            e = conn.closed() => {
+                peer_shut_down = matches!(
+                    &e,
+                    quinn::ConnectionError::ApplicationClosed(a)
+                        if a.error_code == quinn::VarInt::from_u32(0)
+                );
+                e.to_string()
+            }
             why = link.reset_requested(since) => why,
         };
         link.health().outbound_down(generation);
@@ -556,7 +590,14 @@ async fn dial_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, peer: u8, que
         writers.abort_all();
         while writers.join_next().await.is_some() {}
         drain(&queues);
-        tracing::warn!(peer = %info.name, generation, reason = %why, "peer connection lost; reconnecting");
+        if shared.closing() {
+            return;
+        }
+        if peer_shut_down {
+            tracing::info!(peer = %info.name, generation, "peer shut down; redialling until it is back");
+        } else {
+            tracing::warn!(peer = %info.name, generation, reason = %why, "peer connection lost; reconnecting");
+        }
     }
 }
 
@@ -643,6 +684,7 @@ async fn inbound(incoming: quinn::Incoming, shared: Arc<Shared>) {
         }
     }
     match code {
+        _ if shared.closing() => {}
         CLOSE_BAD_FRAME | CLOSE_SILENT => {
             tracing::warn!(peer = %name, generation, %reason, "closing peer connection")
         }
