@@ -620,6 +620,12 @@ impl ConfigStore {
             }
         }
         let mut problems = Vec::new();
+        // The written environment's ancestors are read linearizably: a
+        // schema or value committed in a parent before this write began must
+        // bind it, and the commit's compare covers only this environment.
+        // (Environments that inherit from it are read as this region holds
+        // them; their own writes validate against this one in turn.)
+        let mut ancestors: BTreeMap<String, Layer> = BTreeMap::new();
         for env in &envs {
             let mut chain = Vec::new();
             let mut cur = Some(env.clone());
@@ -635,6 +641,14 @@ impl ConfigStore {
                 }
                 let layer = if name == ns {
                     work.clone()
+                } else if let Some(l) = ancestors.get(&name) {
+                    l.clone()
+                } else if env == ns {
+                    let l = self
+                        .load_layer(&name, "", AsOf::Latest, ReadConsistency::Linearizable)
+                        .await?;
+                    ancestors.insert(name.clone(), l.clone());
+                    l
                 } else {
                     self.load_layer(&name, "", AsOf::Latest, ReadConsistency::Stale)
                         .await?
