@@ -501,14 +501,11 @@ async fn client_command(cli: Cli) -> Result<()> {
                 .compare_and_set(ns, &key, expected_version, Some(&value))
                 .await?;
             if !r.succeeded {
-                if out != Output::Human {
-                    emit(out, &write_json(&r), |_| String::new())?;
-                }
-                return Err(Failure::new(
-                    "CAS_CONFLICT",
+                return conflict(
+                    out,
+                    &r,
                     format!("the version of {key:?} is not {expected_version}; nothing written"),
-                )
-                .into());
+                );
             }
             emit(out, &write_json(&r), |v| {
                 format!(
@@ -557,14 +554,11 @@ async fn client_command(cli: Cli) -> Result<()> {
             }
             let r = client.txn(req).await?;
             if !r.succeeded {
-                if out != Output::Human {
-                    emit(out, &write_json(&r), |_| String::new())?;
-                }
-                return Err(Failure::new(
-                    "CAS_CONFLICT",
-                    "a compare (--if) did not hold; nothing written",
-                )
-                .into());
+                return conflict(
+                    out,
+                    &r,
+                    "a compare (--if) did not hold; nothing written".into(),
+                );
             }
             emit(out, &write_json(&r), |v| {
                 format!(
@@ -751,6 +745,15 @@ fn value_arg(v: &str) -> Result<Vec<u8>> {
         return std::fs::read(path).with_context(|| format!("reading the value from {path}"));
     }
     Ok(v.as_bytes().to_vec())
+}
+
+/// A write whose compare failed: the machine formats still print what came
+/// back, and the command fails with CAS_CONFLICT in every format.
+fn conflict(out: Output, r: &meridian_proto::v1::WriteResponse, why: String) -> Result<()> {
+    if out != Output::Human {
+        emit(out, &write_json(r), |_| String::new())?;
+    }
+    Err(Failure::new("CAS_CONFLICT", why).into())
 }
 
 fn split_pair<'a>(s: &'a str, flag: &str, shape: &str) -> Result<(&'a str, &'a str)> {

@@ -8,27 +8,12 @@ use std::process::Command;
 
 use common::{bin, Cluster};
 
-/// (success, stdout, stderr) of `meridian --endpoints ... args`.
 fn cli(c: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin())
-        .arg("--endpoints")
-        .arg(c.grpc.join(","))
-        .args(args)
-        .env("USER", "cli-user")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run meridian");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::cli_at(&c.grpc, args)
 }
 
 fn ok(c: &Cluster, args: &[&str]) -> String {
-    let (success, out, err) = cli(c, args);
-    assert!(success, "meridian {args:?} failed:\n{out}\n{err}");
-    out
+    common::ok_at(&c.grpc, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,6 +143,17 @@ async fn machine_output_is_one_document_and_errors_are_json() {
         ],
     );
     assert_eq!(out.lines().count(), 2, "{out}");
+    // transfer-lease names the group by its home region and says when
+    // leadership comes back.
+    let out = ok(
+        &c,
+        &["cluster", "transfer-lease", "--group", "eu", "--to", "us"],
+    );
+    assert!(
+        out.contains("group eu") && out.contains("to us") && out.contains("returns to eu"),
+        "{out}"
+    );
+    assert!(!out.contains("group 0"), "{out}");
 }
 
 /// Issue 19, items 11 and 12: continuation, transactions, value arguments,

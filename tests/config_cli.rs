@@ -3,30 +3,15 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{bin, Cluster};
+use common::Cluster;
 use serde_json::{json, Value};
 
 fn cli(c: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin())
-        .arg("--endpoints")
-        .arg(c.grpc.join(","))
-        .args(args)
-        .env("USER", "cli-user")
-        .output()
-        .expect("run meridian");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::cli_at(&c.grpc, args)
 }
 
 fn ok(c: &Cluster, args: &[&str]) -> String {
-    let (success, out, err) = cli(c, args);
-    assert!(success, "meridian {args:?} failed:\n{out}\n{err}");
-    out
+    common::ok_at(&c.grpc, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,31 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_meridian")
 }
 
+/// (success, stdout, stderr) of `meridian --endpoints <grpc> args`, as the
+/// user `cli-user` without colours.
+pub fn cli_at(grpc: &[String], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .arg("--endpoints")
+        .arg(grpc.join(","))
+        .args(args)
+        .env("USER", "cli-user")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run meridian");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The stdout of a `cli_at` that must succeed.
+pub fn ok_at(grpc: &[String], args: &[&str]) -> String {
+    let (success, out, err) = cli_at(grpc, args);
+    assert!(success, "meridian {args:?} failed:\n{out}\n{err}");
+    out
+}
+
 fn free_port() -> u16 {
     // Ports handed out by this process: the OS may give a released port
     // again, and a cluster's config refuses an address used twice.

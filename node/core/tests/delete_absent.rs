@@ -12,16 +12,7 @@ use meridian_core::*;
 const NS: &str = "r0-quorum";
 
 fn delete(key: &str) -> ClientRequest {
-    let ops = vec![WriteOp::Delete { key: key.into() }];
-    ClientRequest::Write {
-        ns: NS.into(),
-        request_id: 0,
-        fingerprint: types::write_fingerprint(NS, &[], &ops),
-        compares: Vec::new(),
-        ns_revision: None,
-        ops,
-        meta: ChangeMeta::default(),
-    }
+    common::write_ops(NS, vec![WriteOp::Delete { key: key.into() }], 0)
 }
 
 fn ask(net: &mut Net, at: NodeId, req: RequestId, r: ClientRequest) -> ClientResponse {
@@ -98,15 +89,7 @@ fn a_transaction_deletes_only_live_keys_and_counts_them() {
             value: b"2".to_vec(),
         },
     ];
-    let txn = ClientRequest::Write {
-        ns: NS.into(),
-        request_id: 0,
-        fingerprint: types::write_fingerprint(NS, &[], &ops),
-        compares: Vec::new(),
-        ns_revision: None,
-        ops,
-        meta: ChangeMeta::default(),
-    };
+    let txn = common::write_ops(NS, ops, 0);
     match ask(&mut net, 1, 2, txn) {
         ClientResponse::Written {
             versions, deleted, ..

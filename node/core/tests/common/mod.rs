@@ -157,6 +157,11 @@ pub fn put_with_id(ns: &str, key: &str, value: &[u8], request_id: u64) -> Client
         key: key.into(),
         value: value.to_vec(),
     }];
+    write_ops(ns, ops, request_id)
+}
+
+/// A write of `ops` in namespace `ns` with idempotency id `request_id` (0: none).
+pub fn write_ops(ns: &str, ops: Vec<WriteOp>, request_id: u64) -> ClientRequest {
     ClientRequest::Write {
         ns: ns.into(),
         request_id,
