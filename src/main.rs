@@ -467,13 +467,7 @@ async fn client_command(cli: Cli) -> Result<()> {
         Cmd::Put { key, value } => {
             let value = value_arg(&value)?;
             let r = client.put(ns, &key, &value).await?;
-            emit(out, &write_json(&r), |v| {
-                format!(
-                    "OK version {} token {}\n",
-                    v["versions"][0],
-                    v["token"].as_str().unwrap_or("")
-                )
-            })?;
+            emit(out, &write_json(&r), ok_version)?;
         }
         Cmd::Delete { key } => {
             // As etcdctl: a key that does not exist is no error, and
@@ -507,13 +501,7 @@ async fn client_command(cli: Cli) -> Result<()> {
                     format!("the version of {key:?} is not {expected_version}; nothing written"),
                 );
             }
-            emit(out, &write_json(&r), |v| {
-                format!(
-                    "OK version {} token {}\n",
-                    v["versions"][0],
-                    v["token"].as_str().unwrap_or("")
-                )
-            })?;
+            emit(out, &write_json(&r), ok_version)?;
         }
         Cmd::Txn {
             compares,
@@ -754,6 +742,15 @@ fn conflict(out: Output, r: &meridian_proto::v1::WriteResponse, why: String) -> 
         emit(out, &write_json(r), |_| String::new())?;
     }
     Err(Failure::new("CAS_CONFLICT", why).into())
+}
+
+/// A single-key write for people: its new version and token.
+fn ok_version(v: &Value) -> String {
+    format!(
+        "OK version {} token {}\n",
+        v["versions"][0],
+        v["token"].as_str().unwrap_or("")
+    )
 }
 
 fn split_pair<'a>(s: &'a str, flag: &str, shape: &str) -> Result<(&'a str, &'a str)> {

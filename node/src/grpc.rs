@@ -223,12 +223,7 @@ impl Api {
 
     async fn call(&self, request: ClientRequest) -> Result<ClientResponse, Status> {
         // What an error names: the core answers with a code alone.
-        let ns = match &request {
-            ClientRequest::Read { ns, .. }
-            | ClientRequest::Write { ns, .. }
-            | ClientRequest::Watch { ns, .. } => ns.clone(),
-            _ => String::new(),
-        };
+        let ns = request.namespace().unwrap_or_default().to_string();
         let invalid_because = why_invalid(&request);
         let (tx, rx) = oneshot::channel();
         let input = Input::Client {

@@ -258,6 +258,18 @@ pub enum ClientRequest {
     },
 }
 
+impl ClientRequest {
+    /// The namespace a read, write or watch is about (what its errors name).
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            ClientRequest::Read { ns, .. }
+            | ClientRequest::Write { ns, .. }
+            | ClientRequest::Watch { ns, .. } => Some(ns),
+            _ => None,
+        }
+    }
+}
+
 /// Stable error codes; their names are part of the API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ErrorCode {

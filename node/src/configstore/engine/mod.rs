@@ -431,12 +431,7 @@ impl ConfigStore {
     }
 
     async fn call_once(&self, request: ClientRequest) -> Result<ClientResponse, CfgError> {
-        let ns = match &request {
-            ClientRequest::Read { ns, .. }
-            | ClientRequest::Write { ns, .. }
-            | ClientRequest::Watch { ns, .. } => ns.clone(),
-            _ => String::new(),
-        };
+        let ns = request.namespace().unwrap_or_default().to_string();
         let (tx, rx) = oneshot::channel();
         let input = Input::Client {
             req: self.next_req.fetch_add(1, Ordering::Relaxed),
