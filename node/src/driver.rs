@@ -318,6 +318,27 @@ impl Driver {
                             "this region now leads the group"
                         );
                     }
+                    Observation::TransferStarted { group, to } => {
+                        tracing::info!(
+                            group = %self.names.get(group as usize).map_or("?", |s| s.as_str()),
+                            to,
+                            "handing the group's leadership over"
+                        );
+                    }
+                    Observation::TransferAbandoned {
+                        group,
+                        to,
+                        timeout_now_sent,
+                        behind,
+                    } => {
+                        tracing::warn!(
+                            group = %self.names.get(group as usize).map_or("?", |s| s.as_str()),
+                            to,
+                            timeout_now_sent,
+                            behind,
+                            "hand-over of the group's leadership timed out; leading on"
+                        );
+                    }
                     Observation::Halted => {
                         tracing::error!("node halted after a storage failure");
                     }

@@ -414,6 +414,22 @@ pub enum Observation {
         term: u64,
         round: u64,
     },
+    /// This leader began handing `group` over to `to` (an operator's request
+    /// or lease preference).
+    TransferStarted {
+        group: GroupId,
+        to: NodeId,
+    },
+    /// A hand-over of `group` to `to` reached its deadline without `to`
+    /// taking over: this node leads on. `timeout_now_sent` says whether `to`
+    /// was caught up enough to be told to campaign; `behind` is how many
+    /// entries it lacked at the deadline.
+    TransferAbandoned {
+        group: GroupId,
+        to: NodeId,
+        timeout_now_sent: bool,
+        behind: u64,
+    },
     /// Storage failed: the node stopped and will not acknowledge anything.
     Halted,
 }

@@ -248,6 +248,19 @@ impl World {
                 m.insert(round, end);
             }
             Observation::Halted => self.note(|| format!("node {n} halted")),
+            Observation::TransferStarted { group, to } => {
+                self.note(|| format!("node {n}: hands group {group} over to {to}"))
+            }
+            Observation::TransferAbandoned {
+                group,
+                to,
+                timeout_now_sent,
+                behind,
+            } => self.note(|| {
+                format!(
+                    "node {n}: hand-over of group {group} to {to} timed out (told to campaign: {timeout_now_sent}, {behind} entries behind)"
+                )
+            }),
             Observation::NamespaceMoved {
                 ns,
                 group,

@@ -245,6 +245,7 @@ impl Node {
             }
         }
         let term = gr.term;
+        gr.next_duties_us = self.now + self.cfg.heartbeat_interval_us;
         let index = self.append_local(g, EntryData::Noop);
         self.groups[g].noop_index = index;
         self.out.push(Action::Observe(Observation::BecameLeader {
@@ -269,6 +270,10 @@ impl Node {
         gr.lease_expiry_us = 0;
         gr.lease_min_round = u64::MAX;
         gr.home_healthy_since_us = None;
+        self.out.push(Action::Observe(Observation::TransferStarted {
+            group: g as GroupId,
+            to,
+        }));
         self.maybe_timeout_now(g);
         self.groups[g].heartbeat_now = true;
     }

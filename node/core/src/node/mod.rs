@@ -239,6 +239,8 @@ struct Group {
     lease_min_round: u64,
     lease_expiry_us: u64,
     next_heartbeat_us: u64,
+    /// When the leader's periodic duties next run (`leader_duties`).
+    next_duties_us: u64,
     noop_index: u64,
     transfer: Option<Transfer>,
     home_healthy_since_us: Option<u64>,
@@ -512,6 +514,7 @@ impl Node {
                 lease_min_round: 0,
                 lease_expiry_us: 0,
                 next_heartbeat_us: 0,
+                next_duties_us: 0,
                 noop_index: 0,
                 transfer: None,
                 home_healthy_since_us: None,
@@ -788,7 +791,7 @@ impl Node {
         let mut t = u64::MAX;
         for g in &self.groups {
             if g.role == Role::Leader {
-                t = t.min(g.next_heartbeat_us);
+                t = t.min(g.next_heartbeat_us).min(g.next_duties_us);
                 if let Some(tr) = &g.transfer {
                     t = t.min(tr.deadline_us);
                 }

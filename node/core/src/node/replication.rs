@@ -32,7 +32,13 @@ impl Node {
         index
     }
 
-    pub(super) fn leader_tick(&mut self, g: usize) {
+    /// Leader: the periodic duties (namespace moves, check-quorum, lease
+    /// preference), every heartbeat interval on a clock of their own. Under
+    /// steady load every proposal starts a replication round and pushes the
+    /// next heartbeat back, so duties that waited for a heartbeat timer
+    /// would never run while clients keep writing.
+    pub(super) fn leader_duties(&mut self, g: usize) {
+        self.groups[g].next_duties_us = self.now + self.cfg.heartbeat_interval_us;
         self.drive_moves(Some(g));
         let now = self.now;
         let et = self.cfg.election_timeout_us;
@@ -65,7 +71,6 @@ impl Node {
                 gr.home_healthy_since_us = None;
             }
         }
-        self.heartbeat(g);
     }
 
     /// Leader: start a heartbeat round to every peer (resending anything unacknowledged).

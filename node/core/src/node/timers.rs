@@ -14,13 +14,31 @@ impl Node {
                     if now >= tr.deadline_us {
                         // Transfer failed: take the lease up again, counting only
                         // rounds sent without the transfer flag.
+                        let (to, timeout_now_sent) = (tr.to, tr.timeout_now_sent);
                         let gr = &mut self.groups[g];
                         gr.transfer = None;
                         gr.lease_min_round = gr.round + 1;
+                        let behind = gr
+                            .log
+                            .last_index()
+                            .saturating_sub(gr.peers[to as usize].match_index);
+                        self.out
+                            .push(Action::Observe(Observation::TransferAbandoned {
+                                group: g as GroupId,
+                                to,
+                                timeout_now_sent,
+                                behind,
+                            }));
+                    }
+                }
+                if now >= self.groups[g].next_duties_us {
+                    self.leader_duties(g);
+                    if self.groups[g].role != Role::Leader {
+                        continue;
                     }
                 }
                 if now >= self.groups[g].next_heartbeat_us {
-                    self.leader_tick(g);
+                    self.heartbeat(g);
                 }
                 let gr = &mut self.groups[g];
                 let expired: Vec<PendingRead> = {

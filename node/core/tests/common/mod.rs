@@ -20,6 +20,8 @@ pub struct Net {
     /// Every forward reply delivered, as (to, decoded).
     pub forward_replies: Vec<(NodeId, Vec<u8>)>,
     pub now: u64,
+    /// Nodes cut off from every other: messages to and from them are lost.
+    pub cut: std::collections::BTreeSet<NodeId>,
 }
 
 impl Net {
@@ -37,6 +39,7 @@ impl Net {
             replies: Vec::new(),
             forward_replies: Vec::new(),
             now: 0,
+            cut: Default::default(),
         }
     }
 
@@ -54,8 +57,10 @@ impl Net {
                             self.nodes[n].handle_persisted(self.now, id);
                         }
                         Action::Send { to, bytes, .. } => {
-                            self.msgs
-                                .push((self.now + MSG_DELAY_US, n as NodeId, to, bytes))
+                            if !self.cut.contains(&to) && !self.cut.contains(&(n as NodeId)) {
+                                self.msgs
+                                    .push((self.now + MSG_DELAY_US, n as NodeId, to, bytes))
+                            }
                         }
                         Action::Reply { req, resp } => self.replies.push((n as NodeId, req, resp)),
                         Action::SetTimer { at_us } => self.timers[n] = Some(at_us),
