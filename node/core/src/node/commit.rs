@@ -6,23 +6,31 @@ use super::*;
 
 impl Node {
     pub(super) fn lease_valid(&self, gr: &Group) -> bool {
-        gr.role == Role::Leader && gr.transfer.is_none() && self.now < gr.lease_expiry_us
+        gr.role
+            .leading()
+            .is_some_and(|ls| ls.transfer.is_none() && self.now < ls.lease_expiry_us)
     }
 
+    /// Leads and this term's no-op committed (reads may be served).
     pub(super) fn noop_committed(&self, gr: &Group) -> bool {
-        self.cfg.mutants.read_before_noop_commit
-            || (gr.noop_index > 0 && gr.commit >= gr.noop_index)
+        gr.role.leading().is_some_and(|ls| {
+            self.cfg.mutants.read_before_noop_commit
+                || (ls.noop_index > 0 && gr.commit >= ls.noop_index)
+        })
     }
 
     /// The highest round a majority (this node included) acknowledged.
     pub(super) fn majority_round(&self, g: usize) -> u64 {
         let gr = &self.groups[g];
+        let Some(ls) = gr.role.leading() else {
+            return 0;
+        };
         let mut acked: Vec<u64> = (0..self.cfg.regions)
             .map(|p| {
                 if p == self.id {
                     gr.round
                 } else {
-                    gr.peers[p as usize].acked_round
+                    ls.peers[p as usize].acked_round
                 }
             })
             .collect();
@@ -33,14 +41,16 @@ impl Node {
     pub(super) fn update_lease(&mut self, g: usize) {
         let r = self.majority_round(g);
         let dur = self.cfg.lease_duration_us();
-        let gr = &mut self.groups[g];
-        if r < gr.lease_min_round || gr.transfer.is_some() {
+        let Some(ls) = self.groups[g].role.leading_mut() else {
+            return;
+        };
+        if r < ls.lease_min_round || ls.transfer.is_some() {
             return;
         }
-        if let Some(&(_, sent)) = gr.rounds.iter().find(|(rr, _)| *rr == r) {
-            if sent + dur > gr.lease_expiry_us {
-                gr.lease_expiry_us = sent + dur;
-                gr.lease_round = r;
+        if let Some(&(_, sent)) = ls.rounds.iter().find(|(rr, _)| *rr == r) {
+            if sent + dur > ls.lease_expiry_us {
+                ls.lease_expiry_us = sent + dur;
+                ls.lease_round = r;
             }
         }
     }
@@ -48,15 +58,15 @@ impl Node {
     pub(super) fn maybe_commit(&mut self, g: usize) {
         let id = self.id;
         let gr = &self.groups[g];
-        if gr.role != Role::Leader {
+        let Some(ls) = gr.role.leading() else {
             return;
-        }
+        };
         let mut m: Vec<u64> = (0..self.cfg.regions)
             .map(|p| {
                 if p == id {
                     gr.durable_index
                 } else {
-                    gr.peers[p as usize].match_index
+                    ls.peers[p as usize].match_index
                 }
             })
             .collect();
@@ -74,15 +84,22 @@ impl Node {
         let now = self.now;
         let gr = &mut self.groups[g];
         let durable = gr.durable_index;
-        let ready: Vec<u64> = gr
+        let Some(ls) = gr.role.leading_mut() else {
+            return;
+        };
+        let ready: Vec<u64> = ls
             .pending_writes
             .range(..=durable)
             .filter(|(_, w)| w.ack_on_durable)
             .map(|(i, _)| *i)
             .collect();
         for i in ready {
-            if i > self.groups[g].commit && self.groups[g].pending_writes.contains_key(&i) {
-                self.groups[g].async_acked.push_back((i, now));
+            let gr = &mut self.groups[g];
+            let commit = gr.commit;
+            if let Some(ls) = gr.role.leading_mut() {
+                if i > commit && ls.pending_writes.contains_key(&i) {
+                    ls.async_acked.push_back((i, now));
+                }
             }
             self.finish_pending_write(g, i);
         }
@@ -90,16 +107,21 @@ impl Node {
 
     /// Answer everyone waiting on the pending write at `index`, if any.
     pub(super) fn finish_pending_write(&mut self, g: usize, index: u64) {
-        if let Some(w) = self.groups[g].pending_writes.remove(&index) {
-            self.groups[g].pending_by_request.remove(&w.request_id);
+        let gr = &mut self.groups[g];
+        let commit = gr.commit;
+        let Some(ls) = gr.role.leading_mut() else {
+            return;
+        };
+        if let Some(w) = ls.pending_writes.remove(&index) {
+            ls.pending_by_request.remove(&w.request_id);
             // A forwarder answers its client at once, but reads its own
             // write (a token, or the config engine's read-back) only once
             // it learns the commit: tell every follower now rather than at
             // the next heartbeat (issue 19 item 7: config writes sent to a
             // non-home region waited ~145 ms, one heartbeat interval).
-            let committed = index <= self.groups[g].commit;
+            let committed = index <= commit;
             if committed && w.origins.iter().any(|o| matches!(o, Origin::Remote(..))) {
-                self.groups[g].heartbeat_now = true;
+                ls.heartbeat_now = true;
             }
             for o in w.origins {
                 self.respond(o, w.resp.clone());
@@ -135,15 +157,17 @@ impl Node {
                                 .map(|k| (k.key.clone(), k.version, k.value.is_some()))
                                 .collect(),
                         }));
-                        let gr = &mut self.groups[g];
-                        for k in &w.keys {
-                            let key = (w.ns.clone(), k.key.clone());
-                            if gr.overlay.get(&key).is_some_and(|(_, _, i)| *i <= index) {
-                                gr.overlay.remove(&key);
+                        if let Some(ls) = self.groups[g].role.leading_mut() {
+                            let ov = &mut ls.overlay;
+                            for k in &w.keys {
+                                let key = (w.ns.clone(), k.key.clone());
+                                if ov.keys.get(&key).is_some_and(|(_, _, i)| *i <= index) {
+                                    ov.keys.remove(&key);
+                                }
                             }
-                        }
-                        if gr.overlay_ns.get(&w.ns).is_some_and(|(_, i)| *i <= index) {
-                            gr.overlay_ns.remove(&w.ns);
+                            if ov.ns.get(&w.ns).is_some_and(|(_, i)| *i <= index) {
+                                ov.ns.remove(&w.ns);
+                            }
                         }
                         if g == 0 && w.ns == CATALOG_NS {
                             self.refresh_catalog();
@@ -162,7 +186,9 @@ impl Node {
             match &entry.data {
                 EntryData::Freeze { ns, to, tenure } => {
                     self.sms[g].freeze(ns, *to, *tenure);
-                    self.groups[g].overlay_frozen.remove(ns);
+                    if let Some(ls) = self.groups[g].role.leading_mut() {
+                        ls.overlay.frozen.remove(ns);
+                    }
                     self.watchers_misplaced = true;
                 }
                 EntryData::Drop {
@@ -208,8 +234,11 @@ impl Node {
             self.drive_moves(None);
         }
         let gr = &mut self.groups[g];
-        while gr.async_acked.front().is_some_and(|(i, _)| *i <= gr.commit) {
-            gr.async_acked.pop_front();
+        let commit = gr.commit;
+        if let Some(ls) = gr.role.leading_mut() {
+            while ls.async_acked.front().is_some_and(|(i, _)| *i <= commit) {
+                ls.async_acked.pop_front();
+            }
         }
         self.check_token_waits(g as GroupId);
         self.maybe_compact(g);

@@ -48,13 +48,17 @@ impl Node {
     pub(super) fn resend_vote_requests(&mut self, g: usize) {
         let gr = &mut self.groups[g];
         gr.next_heartbeat_us = self.now + self.cfg.heartbeat_interval_us;
-        let (role, last_index, last_term) = (gr.role, gr.log.last_index(), gr.log.last_term());
+        let (pre_candidate, last_index, last_term) = (
+            matches!(gr.role, Role::PreCandidate),
+            gr.log.last_index(),
+            gr.log.last_term(),
+        );
         let missing: Vec<NodeId> = (0..self.cfg.regions)
             .filter(|p| *p != self.id && !gr.votes.contains(p))
             .collect();
         for p in missing {
             let gr = &self.groups[g];
-            if role == Role::PreCandidate {
+            if pre_candidate {
                 let msg = Msg::Raft {
                     group: g as GroupId,
                     term: gr.term + 1,
@@ -137,20 +141,16 @@ impl Node {
             );
         }
         let gr = &mut self.groups[g];
-        let was_leader = gr.role == Role::Leader;
-        gr.role = Role::Follower;
+        let was = std::mem::replace(&mut gr.role, Role::Follower);
         gr.leader = leader;
         gr.votes.clear();
-        if was_leader {
-            gr.lease_expiry_us = 0;
-            gr.transfer = None;
-            gr.overlay.clear();
-            gr.overlay_ns.clear();
-            gr.async_acked.clear();
-            gr.home_healthy_since_us = None;
-            let writes = std::mem::take(&mut gr.pending_writes);
-            gr.pending_by_request.clear();
-            let reads = std::mem::take(&mut gr.pending_reads);
+        if let Role::Leader(ls) = was {
+            // Leadership ends: whoever waits on it learns so now.
+            let LeaderState {
+                pending_writes: writes,
+                pending_reads: reads,
+                ..
+            } = *ls;
             for (_, w) in writes {
                 for o in w.origins {
                     self.respond(o, ClientResponse::Error(ErrorCode::Indeterminate));
@@ -167,51 +167,61 @@ impl Node {
     pub(super) fn become_leader(&mut self, g: usize) {
         let now = self.now;
         let id = self.id;
+        let regions = self.cfg.regions as usize;
+        let duties_us = now + self.cfg.heartbeat_interval_us;
         let gr = &mut self.groups[g];
         debug_assert_eq!(gr.vote, Some(id), "a leader voted for itself in its term");
-        gr.role = Role::Leader;
-        gr.leader = Some(id);
-        gr.transfer = None;
-        gr.home_healthy_since_us = None;
         let last = gr.log.last_index();
-        for p in gr.peers.iter_mut() {
-            *p = Peer {
-                match_index: 0,
-                sent_index: last,
-                acked_round: 0,
-                last_heard_us: now,
-                last_echo_us: 0,
-                snap_progress: None,
-            };
-        }
-        gr.rounds.clear();
-        gr.lease_min_round = gr.round + 1;
-        gr.lease_expiry_us = 0;
+        let peer = Peer {
+            match_index: 0,
+            sent_index: last,
+            acked_round: 0,
+            last_heard_us: now,
+            last_echo_us: 0,
+            snap_progress: None,
+        };
+        let mut ls = LeaderState {
+            peers: vec![peer; regions],
+            rounds: VecDeque::new(),
+            lease_min_round: gr.round + 1,
+            lease_expiry_us: 0,
+            lease_round: 0,
+            next_duties_us: duties_us,
+            noop_index: 0,
+            transfer: None,
+            home_healthy_since_us: None,
+            pending_reads: Vec::new(),
+            pending_writes: BTreeMap::new(),
+            pending_by_request: BTreeMap::new(),
+            async_acked: VecDeque::new(),
+            overlay: Overlay {
+                keys: BTreeMap::new(),
+                revision: self.sms[g].revision(),
+                ns: BTreeMap::new(),
+                time_ms: self.sms[g].time_ms(),
+                frozen: BTreeSet::new(),
+            },
+            heartbeat_now: false,
+        };
         // Rebuild the overlay from entries this leader's log holds beyond the state machine.
-        gr.overlay.clear();
-        gr.overlay_ns.clear();
-        gr.overlay_revision = self.sms[g].revision();
-        gr.overlay_time_ms = self.sms[g].time_ms();
-        gr.overlay_frozen.clear();
-        gr.pending_writes.clear();
-        gr.pending_by_request.clear();
+        let ov = &mut ls.overlay;
         for e in gr.log.iter_from(gr.applied + 1) {
             match &e.data {
                 EntryData::Freeze { ns, .. } => {
-                    gr.overlay_frozen.insert(ns.clone());
+                    ov.frozen.insert(ns.clone());
                 }
                 EntryData::Adopt(a) => {
-                    gr.overlay_revision = a.revision;
-                    gr.overlay_time_ms = gr.overlay_time_ms.max(a.time_ms);
+                    ov.revision = a.revision;
+                    ov.time_ms = ov.time_ms.max(a.time_ms);
                 }
                 _ => {}
             }
             if let EntryData::Write(w) = &e.data {
-                gr.overlay_revision = w.revision;
-                gr.overlay_time_ms = gr.overlay_time_ms.max(w.meta.time_ms);
-                gr.overlay_ns.insert(w.ns.clone(), (w.revision, e.index));
+                ov.revision = w.revision;
+                ov.time_ms = ov.time_ms.max(w.meta.time_ms);
+                ov.ns.insert(w.ns.clone(), (w.revision, e.index));
                 for k in &w.keys {
-                    gr.overlay.insert(
+                    ov.keys.insert(
                         (w.ns.clone(), k.key.clone()),
                         (k.version, k.value.clone(), e.index),
                     );
@@ -230,7 +240,7 @@ impl Node {
                         },
                         deleted: w.deleted(),
                     };
-                    gr.pending_writes.insert(
+                    ls.pending_writes.insert(
                         e.index,
                         PendingWrite {
                             origins: Vec::new(),
@@ -240,14 +250,17 @@ impl Node {
                             ack_on_durable,
                         },
                     );
-                    gr.pending_by_request.insert(w.request_id, e.index);
+                    ls.pending_by_request.insert(w.request_id, e.index);
                 }
             }
         }
+        gr.role = Role::Leader(Box::new(ls));
+        gr.leader = Some(id);
         let term = gr.term;
-        gr.next_duties_us = self.now + self.cfg.heartbeat_interval_us;
         let index = self.append_local(g, EntryData::Noop);
-        self.groups[g].noop_index = index;
+        if let Some(ls) = self.groups[g].role.leading_mut() {
+            ls.noop_index = index;
+        }
         self.out.push(Action::Observe(Observation::BecameLeader {
             group: g as GroupId,
             term,
@@ -258,32 +271,37 @@ impl Node {
     pub(super) fn start_transfer(&mut self, g: usize, to: NodeId) {
         let now = self.now;
         let et = self.cfg.election_timeout_us;
-        let gr = &mut self.groups[g];
-        if gr.role != Role::Leader || to == self.id || gr.transfer.is_some() {
+        let Some(ls) = self.groups[g].role.leading_mut() else {
+            return;
+        };
+        if to == self.id || ls.transfer.is_some() {
             return;
         }
-        gr.transfer = Some(Transfer {
+        ls.transfer = Some(Transfer {
             to,
             deadline_us: now + et,
             timeout_now_sent: false,
         });
-        gr.lease_expiry_us = 0;
-        gr.lease_min_round = u64::MAX;
-        gr.home_healthy_since_us = None;
+        ls.lease_expiry_us = 0;
+        ls.lease_min_round = u64::MAX;
+        ls.home_healthy_since_us = None;
+        ls.heartbeat_now = true;
         self.out.push(Action::Observe(Observation::TransferStarted {
             group: g as GroupId,
             to,
         }));
         self.maybe_timeout_now(g);
-        self.groups[g].heartbeat_now = true;
     }
 
     pub(super) fn maybe_timeout_now(&mut self, g: usize) {
         let gr = &mut self.groups[g];
         let last = gr.log.last_index();
         let term = gr.term;
-        if let Some(tr) = &mut gr.transfer {
-            if !tr.timeout_now_sent && gr.peers[tr.to as usize].match_index == last {
+        let Some(ls) = gr.role.leading_mut() else {
+            return;
+        };
+        if let Some(tr) = &mut ls.transfer {
+            if !tr.timeout_now_sent && ls.peers[tr.to as usize].match_index == last {
                 tr.timeout_now_sent = true;
                 let to = tr.to;
                 self.send(
@@ -315,7 +333,7 @@ impl Node {
     /// Whether this node promised a leader not to help elect another one.
     pub(super) fn in_promise(&self, g: usize) -> bool {
         let gr = &self.groups[g];
-        gr.role == Role::Leader
+        gr.role.is_leader()
             || gr
                 .leader_contact_us
                 .is_some_and(|c| self.now < c + self.cfg.election_timeout_us)

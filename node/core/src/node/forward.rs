@@ -125,9 +125,9 @@ impl Node {
             .iter()
             .filter(|(_, p)| {
                 let gr = &self.groups[p.group as usize];
-                if gr.role == Role::Leader {
+                if let Some(ls) = gr.role.leading() {
                     // Serve here, unless a hand-over is still under way.
-                    gr.transfer.is_none()
+                    ls.transfer.is_none()
                 } else {
                     gr.leader
                         .is_some_and(|l| Some(l) != p.refused_by && l != self.id)
@@ -162,7 +162,7 @@ impl Node {
                 ..
             } => {
                 let g = self.home_group(ns) as usize;
-                if self.groups[g].role != Role::Leader {
+                if !self.groups[g].role.is_leader() {
                     // One hop only. "Unavailable" promises the write did not
                     // happen, so first look for it: a duplicate of this message
                     // may have been appended while this node led.
@@ -173,7 +173,7 @@ impl Node {
             }
             ClientRequest::Read { ns, .. } => {
                 let g = self.home_group(ns) as usize;
-                if self.groups[g].role != Role::Leader {
+                if !self.groups[g].role.is_leader() {
                     self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
                     return;
                 }

@@ -31,19 +31,21 @@ impl Node {
     pub fn is_leader(&self, g: GroupId) -> bool {
         self.groups
             .get(g as usize)
-            .is_some_and(|g| g.role == Role::Leader)
+            .is_some_and(|g| g.role.is_leader())
     }
 
     /// The local time until which this node holds a valid lease on `g`, if it does now.
     pub fn lease_expiry_us(&self, g: GroupId) -> Option<u64> {
         let gr = self.groups.get(g as usize)?;
-        (!self.halted && self.lease_valid(gr)).then_some(gr.lease_expiry_us)
+        let ls = gr.role.leading()?;
+        (!self.halted && self.lease_valid(gr)).then_some(ls.lease_expiry_us)
     }
 
     /// (term, heartbeat round) the current lease is counted from, if it holds one.
     pub fn lease_basis(&self, g: GroupId) -> Option<(u64, u64)> {
         let gr = self.groups.get(g as usize)?;
-        self.lease_expiry_us(g).map(|_| (gr.term, gr.lease_round))
+        let ls = gr.role.leading()?;
+        self.lease_expiry_us(g).map(|_| (gr.term, ls.lease_round))
     }
 
     pub fn applied_revision(&self, g: GroupId) -> u64 {
@@ -80,13 +82,12 @@ impl Node {
     /// A group's state as this node sees it, for status pages.
     pub fn group_status(&self, g: GroupId) -> Option<GroupStatus> {
         let gr = self.groups.get(g as usize)?;
-        let leading = gr.role == Role::Leader;
         Some(GroupStatus {
             role: match gr.role {
                 Role::Follower => "follower",
                 Role::PreCandidate => "pre-candidate",
                 Role::Candidate => "candidate",
-                Role::Leader => "leader",
+                Role::Leader(_) => "leader",
             },
             leader: gr.leader,
             term: gr.term,
@@ -95,16 +96,14 @@ impl Node {
             last_index: gr.log.last_index(),
             applied_revision: self.sms[g as usize].revision(),
             lease_remaining_us: self.lease_expiry_us(g).map(|e| e.saturating_sub(self.now)),
-            followers: if leading {
-                gr.peers
+            followers: gr.role.leading().map_or_else(Vec::new, |ls| {
+                ls.peers
                     .iter()
                     .enumerate()
                     .filter(|(p, _)| *p != self.id as usize)
                     .map(|(p, peer)| (p as NodeId, peer.match_index))
                     .collect()
-            } else {
-                Vec::new()
-            },
+            }),
         })
     }
 
@@ -126,7 +125,9 @@ impl Node {
             gr.durable_index,
             gr.election_deadline_us as i64 - self.now as i64,
             gr.leader_contact_us.map(|c| self.now.saturating_sub(c)),
-            gr.lease_expiry_us.saturating_sub(self.now),
+            gr.role
+                .leading()
+                .map_or(0, |ls| ls.lease_expiry_us.saturating_sub(self.now)),
         )
     }
 

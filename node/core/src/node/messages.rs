@@ -159,7 +159,7 @@ impl Node {
             }
             RaftMsg::PreVoteResp { granted } => {
                 let gr = &mut self.groups[g];
-                if gr.role == Role::PreCandidate && granted && term == gr.term + 1 {
+                if matches!(gr.role, Role::PreCandidate) && granted && term == gr.term + 1 {
                     gr.votes.insert(from);
                     if gr.votes.len() >= self.cfg.majority() {
                         self.campaign(g, false);
@@ -251,7 +251,7 @@ impl Node {
         match body {
             RaftMsg::VoteResp { granted } => {
                 let gr = &mut self.groups[g];
-                if gr.role == Role::Candidate && granted && term == gr.term {
+                if matches!(gr.role, Role::Candidate) && granted && term == gr.term {
                     gr.votes.insert(from);
                     if gr.votes.len() >= self.cfg.majority() {
                         self.become_leader(g);
@@ -311,10 +311,13 @@ impl Node {
                 round,
             } => {
                 let gr = &mut self.groups[g];
-                if gr.role != Role::Leader || term != gr.term {
+                let Role::Leader(ls) = &mut gr.role else {
+                    return Ok(());
+                };
+                if term != gr.term {
                     return Ok(());
                 }
-                let peer = &mut gr.peers[from as usize];
+                let peer = &mut ls.peers[from as usize];
                 peer.last_heard_us = self.now;
                 peer.acked_round = peer.acked_round.max(round);
                 if done {
@@ -333,7 +336,7 @@ impl Node {
             }
             RaftMsg::TimeoutNow => {
                 let gr = &self.groups[g];
-                if gr.role == Role::Follower && gr.leader == Some(from) && term == gr.term {
+                if matches!(gr.role, Role::Follower) && gr.leader == Some(from) && term == gr.term {
                     self.campaign(g, true);
                 }
             }

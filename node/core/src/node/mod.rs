@@ -131,12 +131,46 @@ pub struct Stats {
     pub compactions_deferred: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A node's role in one group. Leading carries the state that exists only
+/// while leading: `become_leader` creates it, and every way out of
+/// leadership (`become_follower`) drops it, so nothing leader-only
+/// outlives a term or is reset by hand.
 enum Role {
     Follower,
     PreCandidate,
     Candidate,
-    Leader,
+    Leader(Box<LeaderState>),
+}
+
+impl std::fmt::Debug for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Follower => "Follower",
+            Role::PreCandidate => "PreCandidate",
+            Role::Candidate => "Candidate",
+            Role::Leader(_) => "Leader",
+        })
+    }
+}
+
+impl Role {
+    fn is_leader(&self) -> bool {
+        matches!(self, Role::Leader(_))
+    }
+
+    fn leading(&self) -> Option<&LeaderState> {
+        match self {
+            Role::Leader(ls) => Some(ls),
+            _ => None,
+        }
+    }
+
+    fn leading_mut(&mut self) -> Option<&mut LeaderState> {
+        match self {
+            Role::Leader(ls) => Some(ls),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +246,9 @@ struct Transfer {
     timeout_now_sent: bool,
 }
 
+/// One group's replica on this node: its persistent Raft state, its log,
+/// what it follows or is electing, and (inside `role`) what it has while
+/// leading.
 struct Group {
     term: u64,
     vote: Option<NodeId>,
@@ -232,15 +269,35 @@ struct Group {
     snap_recv: Option<(u64, u64, u64, Vec<u8>)>,
     /// Local time before which everything committed is applied here (bounded reads).
     fresh_as_of_us: Option<u64>,
-    // Leader state.
-    peers: Vec<Peer>,
+    /// Heartbeat rounds this node started, across all its terms: a new
+    /// leader's lease counts only rounds after its election, so the counter
+    /// never restarts while the node lives.
     round: u64,
+    /// Leaders: the next heartbeat round. Candidates: the next resend of
+    /// their vote requests.
+    next_heartbeat_us: u64,
+    /// Latest (leader, term, round) this follower promised on.
+    promised: (NodeId, u64, u64),
+    /// The current candidacy was started by a leadership transfer.
+    campaign_transfer: bool,
+}
+
+/// What a leader has and nobody else: replication progress per peer, the
+/// lease, a transfer under way, the writes and reads waiting on commit, and
+/// the overlay of proposed effects. Its fields are the leader's concerns
+/// taken together, which is why there are more than 15 of them.
+struct LeaderState {
+    peers: Vec<Peer>,
+    /// Rounds started lately: (round, local time sent), at most 64.
     rounds: VecDeque<(u64, u64)>,
+    /// The lease counts only rounds from here on (raised by a failed transfer).
     lease_min_round: u64,
     lease_expiry_us: u64,
-    next_heartbeat_us: u64,
+    /// The round the current lease is counted from.
+    lease_round: u64,
     /// When the leader's periodic duties next run (`leader_duties`).
     next_duties_us: u64,
+    /// This term's no-op: reads wait until it commits.
     noop_index: u64,
     transfer: Option<Transfer>,
     home_healthy_since_us: Option<u64>,
@@ -250,23 +307,26 @@ struct Group {
     pending_by_request: BTreeMap<u64, u64>,
     /// Async-acknowledged entries not yet committed: (index, ack time).
     async_acked: VecDeque<(u64, u64)>,
-    /// Effects proposed but not applied: (ns, key) -> (version, value, index).
-    overlay: BTreeMap<(String, String), Pending>,
-    overlay_revision: u64,
+    overlay: Overlay,
+    /// Start a heartbeat round before this step ends.
+    heartbeat_now: bool,
+}
+
+/// A leader's view of what it proposed but has not applied: writes are
+/// evaluated against it (versions, compares, revisions), and async
+/// namespaces read from it.
+struct Overlay {
+    /// (ns, key) -> its proposed state.
+    keys: BTreeMap<(String, String), Pending>,
+    /// The group's revision counting proposed writes.
+    revision: u64,
     /// Proposed, not applied, last-change revision per namespace: ns -> (revision, index).
-    overlay_ns: BTreeMap<String, (u64, u64)>,
+    ns: BTreeMap<String, (u64, u64)>,
     /// Change time of the newest proposed write (a group's times never go back).
-    overlay_time_ms: u64,
+    time_ms: u64,
     /// Namespaces whose freeze is proposed, not yet applied: no write to them
     /// may be proposed after it.
-    overlay_frozen: BTreeSet<String>,
-    heartbeat_now: bool,
-    /// The round the current lease is counted from.
-    lease_round: u64,
-    /// Latest (leader, term, round) this follower promised on.
-    promised: (NodeId, u64, u64),
-    /// The current candidacy was started by a leadership transfer.
-    campaign_transfer: bool,
+    frozen: BTreeSet<String>,
 }
 
 /// A proposed, not yet applied, value of a key: (version, value, log index).
@@ -316,6 +376,10 @@ pub const INTERNAL_REQ_BASE: RequestId = 1 << 63;
 /// Forwards remembered to drop duplicates: a duplicate arrives within about a
 /// network delay of its original, far fewer forwards than this apart.
 const SEEN_FORWARDS_MAX: usize = 16_384;
+/// Heartbeat rounds a leader remembers with their send times: a lease is
+/// counted from the send time of a round a majority acknowledged, and an
+/// acknowledgement arrives within a few rounds, far fewer than this.
+const ROUNDS_KEPT_MAX: usize = 64;
 
 /// A request forwarded to its group's leader.
 struct Forwarded {
@@ -508,27 +572,8 @@ impl Node {
                 snapshot: dg.snapshot.clone(),
                 snap_recv: None,
                 fresh_as_of_us: None,
-                peers: vec![Peer::default(); cfg.regions as usize],
                 round: 0,
-                rounds: VecDeque::new(),
-                lease_min_round: 0,
-                lease_expiry_us: 0,
                 next_heartbeat_us: 0,
-                next_duties_us: 0,
-                noop_index: 0,
-                transfer: None,
-                home_healthy_since_us: None,
-                pending_reads: Vec::new(),
-                pending_writes: BTreeMap::new(),
-                pending_by_request: BTreeMap::new(),
-                async_acked: VecDeque::new(),
-                overlay: BTreeMap::new(),
-                overlay_revision: sm.revision(),
-                overlay_ns: BTreeMap::new(),
-                overlay_time_ms: sm.time_ms(),
-                overlay_frozen: BTreeSet::new(),
-                heartbeat_now: false,
-                lease_round: 0,
                 promised: (0, 0, 0),
                 campaign_transfer: false,
             });
@@ -747,7 +792,12 @@ impl Node {
             self.unpark();
             let unparked = self.parked.len() != parked;
             let hb: Vec<usize> = (0..self.groups.len())
-                .filter(|&g| self.groups[g].heartbeat_now)
+                .filter(|&g| {
+                    self.groups[g]
+                        .role
+                        .leading()
+                        .is_some_and(|l| l.heartbeat_now)
+                })
                 .collect();
             for g in &hb {
                 self.heartbeat(*g);
@@ -774,7 +824,7 @@ impl Node {
                 if self.groups[g].log.term_at(index) == Some(term) {
                     let gr = &mut self.groups[g];
                     gr.durable_index = gr.durable_index.max(index);
-                    if gr.role == Role::Leader {
+                    if gr.role.is_leader() {
                         self.ack_durable_async(g);
                         self.maybe_commit(g);
                     }
@@ -790,12 +840,12 @@ impl Node {
     fn next_deadline(&self) -> Option<u64> {
         let mut t = u64::MAX;
         for g in &self.groups {
-            if g.role == Role::Leader {
-                t = t.min(g.next_heartbeat_us).min(g.next_duties_us);
-                if let Some(tr) = &g.transfer {
+            if let Some(ls) = g.role.leading() {
+                t = t.min(g.next_heartbeat_us).min(ls.next_duties_us);
+                if let Some(tr) = &ls.transfer {
                     t = t.min(tr.deadline_us);
                 }
-                for r in &g.pending_reads {
+                for r in &ls.pending_reads {
                     t = t.min(r.deadline_us);
                 }
             } else {

@@ -67,7 +67,7 @@ impl Node {
     /// Leads group `g` and may propose on its behalf.
     pub(super) fn leads_ready(&self, g: usize) -> bool {
         let gr = &self.groups[g];
-        gr.role == Role::Leader && self.noop_committed(gr) && gr.transfer.is_none()
+        gr.role.leading().is_some_and(|ls| ls.transfer.is_none()) && self.noop_committed(gr)
     }
 
     /// Push the steps of every namespace move this node's groups own: the old
@@ -86,11 +86,18 @@ impl Node {
             .collect();
         for (ns, from, to, tenure) in moves {
             let (f, t) = (from as usize, to as usize);
+            let freeze_proposed = |gr: &Group| {
+                gr.role
+                    .leading()
+                    .is_some_and(|ls| ls.overlay.frozen.contains(&ns))
+            };
             if self.leads_ready(f)
                 && self.sms[f].frozen(&ns).is_none()
-                && !self.groups[f].overlay_frozen.contains(&ns)
+                && !freeze_proposed(&self.groups[f])
             {
-                self.groups[f].overlay_frozen.insert(ns.clone());
+                if let Some(ls) = self.groups[f].role.leading_mut() {
+                    ls.overlay.frozen.insert(ns.clone());
+                }
                 self.propose(
                     f,
                     EntryData::Freeze {
@@ -136,16 +143,19 @@ impl Node {
             let src_revision = self.sms[f].revision();
             let src_time_ms = self.sms[f].time_ms();
             let last_ns_revision = done.then(|| self.sms[f].ns_revision(&ns));
-            let gr = &mut self.groups[t];
+            let Some(ls) = self.groups[t].role.leading_mut() else {
+                continue;
+            };
+            let ov = &mut ls.overlay;
             // The first chunk jumps past every revision the namespace had (or
             // any token of it showed) in its old home: see `AdoptEffect`.
             let revision = if first {
-                gr.overlay_revision.max(src_revision) + 1
+                ov.revision.max(src_revision) + 1
             } else {
-                gr.overlay_revision + 1
+                ov.revision + 1
             };
-            gr.overlay_revision = revision;
-            gr.overlay_time_ms = gr.overlay_time_ms.max(src_time_ms);
+            ov.revision = revision;
+            ov.time_ms = ov.time_ms.max(src_time_ms);
             let effect = AdoptEffect {
                 ns,
                 from,
@@ -153,7 +163,7 @@ impl Node {
                 freeze_revision: freeze_rev,
                 first,
                 last_ns_revision,
-                time_ms: gr.overlay_time_ms,
+                time_ms: ov.time_ms,
                 versions,
             };
             self.propose(t, EntryData::Adopt(effect));

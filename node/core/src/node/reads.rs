@@ -7,16 +7,23 @@ use super::*;
 impl Node {
     pub(super) fn serve_reads(&mut self, g: usize) {
         let gr = &self.groups[g];
-        if gr.pending_reads.is_empty() || !self.noop_committed(gr) {
+        let waiting = gr
+            .role
+            .leading()
+            .is_some_and(|ls| !ls.pending_reads.is_empty());
+        if !waiting || !self.noop_committed(gr) {
             return;
         }
         let lease = self.lease_valid(gr);
         let round = self.majority_round(g);
         let commit = gr.commit;
-        let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.groups[g].pending_reads)
+        let Some(ls) = self.groups[g].role.leading_mut() else {
+            return;
+        };
+        let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut ls.pending_reads)
             .into_iter()
             .partition(|r| commit >= r.min_index && (lease || round >= r.round));
-        self.groups[g].pending_reads = keep;
+        ls.pending_reads = keep;
         for r in ready {
             // A move may have frozen (or even dropped) the namespace here while
             // the read waited for its round: check again as it is served.
@@ -55,9 +62,9 @@ impl Node {
                 query: ReadQuery::Get { key },
                 overlay,
             } => {
-                let gr = &self.groups[g];
-                if *overlay {
-                    if let Some((version, value, _)) = gr.overlay.get(&(ns.clone(), key.clone())) {
+                let ov = self.groups[g].role.leading().map(|ls| &ls.overlay);
+                if let Some(ov) = ov.filter(|_| *overlay) {
+                    if let Some((version, value, _)) = ov.keys.get(&(ns.clone(), key.clone())) {
                         let kv = KeyValue {
                             key: key.clone(),
                             value: value.clone(),
@@ -67,7 +74,7 @@ impl Node {
                         };
                         let token = RevisionToken {
                             group: g as GroupId,
-                            revision: gr.overlay_revision,
+                            revision: ov.revision,
                         };
                         return ClientResponse::Value { kv, token };
                     }
@@ -88,9 +95,10 @@ impl Node {
                 overlay,
             } => {
                 let limit = (*limit as usize).clamp(1, self.cfg.list_keys_max);
-                let gr = &self.groups[g];
-                let pending: Vec<(&String, &Pending)> = if *overlay {
-                    gr.overlay
+                let ov = self.groups[g].role.leading().map(|ls| &ls.overlay);
+                let ov = ov.filter(|_| *overlay);
+                let pending: Vec<(&String, &Pending)> = if let Some(ov) = ov {
+                    ov.keys
                         .iter()
                         .filter(|((n, k), _)| {
                             n == ns && k.starts_with(prefix.as_str()) && k > start_after
@@ -133,7 +141,7 @@ impl Node {
                 let kvs: Vec<KeyValue> = merged.into_values().take(limit).collect();
                 let token = RevisionToken {
                     group: g as GroupId,
-                    revision: gr.overlay_revision.max(token.revision),
+                    revision: ov.map_or(0, |ov| ov.revision).max(token.revision),
                 };
                 ClientResponse::List { kvs, more, token }
             }
@@ -193,7 +201,7 @@ impl Node {
             }
             Consistency::Bounded { staleness_us } => {
                 let gr = &self.groups[g];
-                let fresh = if gr.role == Role::Leader {
+                let fresh = if gr.role.is_leader() {
                     self.lease_valid(gr) && self.noop_committed(gr)
                 } else {
                     gr.fresh_as_of_us.is_some_and(|f| {
@@ -208,7 +216,7 @@ impl Node {
                 }
             }
             Consistency::Linearizable => {
-                if self.groups[g].role == Role::Leader {
+                if self.groups[g].role.is_leader() {
                     let what = ReadWhat::Query {
                         ns,
                         query,
@@ -235,10 +243,15 @@ impl Node {
         let gr = &mut self.groups[g];
         let min_index = min_index.max(gr.commit);
         let round = if lease { 0 } else { gr.round + 1 };
+        let Role::Leader(ls) = &mut gr.role else {
+            debug_assert!(false, "leader_read on a node that does not lead");
+            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+            return;
+        };
         if !lease {
-            gr.heartbeat_now = true;
+            ls.heartbeat_now = true;
         }
-        gr.pending_reads.push(PendingRead {
+        ls.pending_reads.push(PendingRead {
             origin,
             min_index,
             round,

@@ -38,17 +38,23 @@ impl Node {
     /// next heartbeat back, so duties that waited for a heartbeat timer
     /// would never run while clients keep writing.
     pub(super) fn leader_duties(&mut self, g: usize) {
-        self.groups[g].next_duties_us = self.now + self.cfg.heartbeat_interval_us;
+        let Some(ls) = self.groups[g].role.leading_mut() else {
+            return;
+        };
+        ls.next_duties_us = self.now + self.cfg.heartbeat_interval_us;
         self.drive_moves(Some(g));
         let now = self.now;
         let et = self.cfg.election_timeout_us;
         let majority = self.cfg.majority();
         let id = self.id;
         let gr = &self.groups[g];
+        let Some(ls) = gr.role.leading() else {
+            return;
+        };
         // Check-quorum: a leader that has not heard from a majority for an
         // election timeout steps down (its lease expired before that).
         let heard = (0..self.cfg.regions)
-            .filter(|&p| p == id || now.saturating_sub(gr.peers[p as usize].last_heard_us) < et)
+            .filter(|&p| p == id || now.saturating_sub(ls.peers[p as usize].last_heard_us) < et)
             .count();
         if heard < majority {
             let term = gr.term;
@@ -58,17 +64,19 @@ impl Node {
         // Lease preference: hand leadership back to the home region once it
         // has looked healthy for long enough.
         let home = g as NodeId;
-        if home != id && gr.transfer.is_none() {
+        if home != id && ls.transfer.is_none() {
             let healthy =
-                now.saturating_sub(gr.peers[g].last_heard_us) < 2 * self.cfg.heartbeat_interval_us;
-            let gr = &mut self.groups[g];
+                now.saturating_sub(ls.peers[g].last_heard_us) < 2 * self.cfg.heartbeat_interval_us;
+            let Some(ls) = self.groups[g].role.leading_mut() else {
+                return;
+            };
             if healthy {
-                let since = *gr.home_healthy_since_us.get_or_insert(now);
+                let since = *ls.home_healthy_since_us.get_or_insert(now);
                 if now - since >= self.cfg.home_return_delay_us {
                     self.start_transfer(g, home);
                 }
             } else {
-                gr.home_healthy_since_us = None;
+                ls.home_healthy_since_us = None;
             }
         }
     }
@@ -77,19 +85,22 @@ impl Node {
     pub(super) fn heartbeat(&mut self, g: usize) {
         let now = self.now;
         let gr = &mut self.groups[g];
-        gr.heartbeat_now = false;
-        if gr.role != Role::Leader {
+        let Role::Leader(ls) = &mut gr.role else {
             return;
-        }
+        };
+        ls.heartbeat_now = false;
         gr.round += 1;
-        gr.rounds.push_back((gr.round, now));
-        while gr.rounds.len() > 64 {
-            gr.rounds.pop_front();
+        ls.rounds.push_back((gr.round, now));
+        while ls.rounds.len() > ROUNDS_KEPT_MAX {
+            ls.rounds.pop_front();
         }
         gr.next_heartbeat_us = now + self.cfg.heartbeat_interval_us;
         for p in 0..self.cfg.regions {
             if p != self.id {
-                let from = self.groups[g].peers[p as usize].match_index + 1;
+                let Some(ls) = self.groups[g].role.leading() else {
+                    return;
+                };
+                let from = ls.peers[p as usize].match_index + 1;
                 self.send_append(g, p, from);
             }
         }
@@ -104,10 +115,13 @@ impl Node {
         let gr = &mut self.groups[g];
         let term = gr.term;
         let round = gr.round;
-        let transferring_to = gr.transfer.as_ref().map(|t| t.to);
+        let Role::Leader(ls) = &mut gr.role else {
+            return;
+        };
+        let transferring_to = ls.transfer.as_ref().map(|t| t.to);
         if from <= gr.log.snap_index {
             let Some(snap) = &gr.snapshot else { return };
-            let peer = &mut gr.peers[p as usize];
+            let peer = &mut ls.peers[p as usize];
             let offset = match peer.snap_progress {
                 Some((i, off)) if i == snap.index => off,
                 _ => 0,
@@ -139,7 +153,7 @@ impl Node {
         let Some(prev_term) = gr.log.term_at(prev_index) else {
             return;
         };
-        let peer = &mut gr.peers[p as usize];
+        let peer = &mut ls.peers[p as usize];
         peer.sent_index = prev_index + entries.len() as u64;
         let msg = RaftMsg::Append {
             prev_index,
@@ -184,7 +198,7 @@ impl Node {
         let now = self.now;
         let stale = term < self.groups[g].term;
         if !stale {
-            if self.groups[g].role != Role::Follower {
+            if !matches!(self.groups[g].role, Role::Follower) {
                 self.become_follower(g, term, Some(from));
             }
             self.reset_election_timer(g);
@@ -299,11 +313,14 @@ impl Node {
     ) {
         let now = self.now;
         let gr = &mut self.groups[g];
-        if gr.role != Role::Leader || term != gr.term {
+        let my_last = gr.log.last_index();
+        let Role::Leader(ls) = &mut gr.role else {
+            return;
+        };
+        if term != gr.term {
             return;
         }
-        let my_last = gr.log.last_index();
-        let peer = &mut gr.peers[from as usize];
+        let peer = &mut ls.peers[from as usize];
         peer.last_heard_us = now;
         peer.acked_round = peer.acked_round.max(round);
         peer.last_echo_us = peer.last_echo_us.max(echo_us);
@@ -347,7 +364,7 @@ impl Node {
         round: u64,
     ) -> Result<(), PeerError> {
         let now = self.now;
-        if self.groups[g].role != Role::Follower {
+        if !matches!(self.groups[g].role, Role::Follower) {
             self.become_follower(g, term, Some(from));
         }
         self.reset_election_timer(g);
@@ -458,11 +475,11 @@ impl Node {
         // log grows meanwhile, for as long as the transfer takes.
         let now = self.now;
         let et = self.cfg.election_timeout_us;
-        let sending = gr.role == Role::Leader
-            && gr
-                .peers
+        let sending = gr.role.leading().is_some_and(|ls| {
+            ls.peers
                 .iter()
-                .any(|p| p.snap_progress.is_some() && now.saturating_sub(p.last_heard_us) < et);
+                .any(|p| p.snap_progress.is_some() && now.saturating_sub(p.last_heard_us) < et)
+        });
         if sending {
             self.stats.compactions_deferred += 1;
             return;

@@ -303,7 +303,7 @@ impl Node {
                     ops,
                     meta,
                 };
-                if self.groups[gi].role == Role::Leader {
+                if self.groups[gi].role.is_leader() {
                     self.leader_write(gi, origin, w);
                 } else {
                     self.forward_or_fail(gi, origin, w.into_request());
@@ -311,7 +311,7 @@ impl Node {
             }
             ClientRequest::TransferLeader { group, to } => {
                 let gi = group as usize;
-                if self.groups[gi].role == Role::Leader {
+                if self.groups[gi].role.is_leader() {
                     if to != self.id {
                         self.start_transfer(gi, to);
                     }
@@ -349,7 +349,12 @@ impl Node {
     }
 
     pub(super) fn leader_write(&mut self, g: usize, origin: Origin, w: ProposedWrite) {
-        if self.groups[g].transfer.is_some() {
+        let Some(ls) = self.groups[g].role.leading() else {
+            debug_assert!(false, "leader_write on a node that does not lead");
+            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+            return;
+        };
+        if ls.transfer.is_some() {
             // Handing leadership over: this write waits for the new leader
             // instead of failing (a forwarder re-routes the refusal below).
             if let Origin::Local(id) = origin {
@@ -382,8 +387,11 @@ impl Node {
                 self.respond(origin, resp);
                 return;
             }
-            if let Some(index) = self.groups[g].pending_by_request.get(&request_id).copied() {
-                if let Some(w) = self.groups[g].pending_writes.get_mut(&index) {
+            let Some(ls) = self.groups[g].role.leading_mut() else {
+                return;
+            };
+            if let Some(index) = ls.pending_by_request.get(&request_id).copied() {
+                if let Some(w) = ls.pending_writes.get_mut(&index) {
                     if w.fingerprint != fingerprint {
                         let resp = ClientResponse::Error(ErrorCode::IdempotencyKeyReused);
                         self.respond(origin, resp);
@@ -398,11 +406,14 @@ impl Node {
         }
         let now = self.now;
         let gr = &self.groups[g];
-        if gr.transfer.is_some() {
+        let Some(ls) = gr.role.leading() else {
+            return;
+        };
+        if ls.transfer.is_some() {
             self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
             return;
         }
-        let frozen = self.sms[g].frozen(&ns).is_some() || gr.overlay_frozen.contains(&ns);
+        let frozen = self.sms[g].frozen(&ns).is_some() || ls.overlay.frozen.contains(&ns);
         if (frozen && !self.cfg.mutants.write_after_freeze) || self.sms[g].adopting(&ns).is_some() {
             self.respond(origin, ClientResponse::Error(ErrorCode::NamespaceMoving));
             return;
@@ -419,7 +430,7 @@ impl Node {
             return;
         }
         if let ReplicationMode::Async { rpo_budget_us } = mode {
-            if gr
+            if ls
                 .async_acked
                 .front()
                 .is_some_and(|(_, t)| now.saturating_sub(*t) > rpo_budget_us)
@@ -436,8 +447,9 @@ impl Node {
             }
         }
         if let Some(want) = ns_revision {
-            let (have, i) = match self.groups[g].overlay_ns.get(&ns) {
-                Some(&(rev, index)) => (rev, index),
+            let proposed = ls.overlay.ns.get(&ns).copied();
+            let (have, i) = match proposed {
+                Some((rev, index)) => (rev, index),
                 None => (self.sms[g].ns_revision(&ns), 0),
             };
             if have != want {
@@ -486,17 +498,21 @@ impl Node {
         let deleted = keys.iter().filter(|k| k.value.is_none()).count() as u32;
         keys.sort_by(|a, b| a.key.cmp(&b.key));
         let gr = &mut self.groups[g];
-        gr.overlay_revision += 1;
-        let revision = gr.overlay_revision;
         let index = gr.log.last_index() + 1;
-        gr.overlay_ns.insert(ns.clone(), (revision, index));
-        gr.overlay_time_ms = gr.overlay_time_ms.max(meta.time_ms);
+        let Role::Leader(ls) = &mut gr.role else {
+            return;
+        };
+        let ov = &mut ls.overlay;
+        ov.revision += 1;
+        let revision = ov.revision;
+        ov.ns.insert(ns.clone(), (revision, index));
+        ov.time_ms = ov.time_ms.max(meta.time_ms);
         let meta = ChangeMeta {
-            time_ms: gr.overlay_time_ms,
+            time_ms: ov.time_ms,
             ..meta
         };
         for k in &keys {
-            gr.overlay.insert(
+            ov.keys.insert(
                 (ns.clone(), k.key.clone()),
                 (k.version, k.value.clone(), index),
             );
@@ -523,7 +539,10 @@ impl Node {
             },
             deleted,
         };
-        self.groups[g].pending_writes.insert(
+        let Some(ls) = self.groups[g].role.leading_mut() else {
+            return;
+        };
+        ls.pending_writes.insert(
             index,
             PendingWrite {
                 origins: vec![origin],
@@ -534,7 +553,7 @@ impl Node {
             },
         );
         if request_id != 0 {
-            self.groups[g].pending_by_request.insert(request_id, index);
+            ls.pending_by_request.insert(request_id, index);
         }
         self.replicate_new(g, index);
     }
@@ -547,10 +566,11 @@ impl Node {
     /// A key's version and whether it is live, counting proposed writes,
     /// and the log index that state comes from (0: applied).
     pub(super) fn overlay_key(&self, g: usize, ns: &str, key: &str) -> (u64, bool, u64) {
-        match self.groups[g]
-            .overlay
-            .get(&(ns.to_string(), key.to_string()))
-        {
+        let proposed = self.groups[g]
+            .role
+            .leading()
+            .and_then(|ls| ls.overlay.keys.get(&(ns.to_string(), key.to_string())));
+        match proposed {
             Some((v, value, i)) => (*v, value.is_some(), *i),
             None => {
                 let kv = self.sms[g].get(ns, key);
@@ -575,7 +595,10 @@ impl Node {
     /// caught up to it (the others get it with their next append).
     pub(super) fn replicate_new(&mut self, g: usize, index: u64) {
         for p in 0..self.cfg.regions {
-            let peer = &self.groups[g].peers[p as usize];
+            let Some(ls) = self.groups[g].role.leading() else {
+                return;
+            };
+            let peer = &ls.peers[p as usize];
             if p != self.id && peer.sent_index + 1 == index && peer.snap_progress.is_none() {
                 self.send_append(g, p, index);
             }
