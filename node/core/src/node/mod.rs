@@ -6,9 +6,10 @@
 //! (vote replies, append acks, acknowledgements) are deferred until storage
 //! reports the persist batch complete; storage completes batches in order.
 //!
-//! This file holds the node's state, its inputs and the step plumbing
-//! (persist, defer, send, respond, timers to set). Each concern's methods are
-//! in their own file: `election` (votes, leadership, transfer, promises),
+//! This file holds the node's state types and its inputs (`handle_*`).
+//! `init` builds a node from storage; `effects` is the step plumbing
+//! (persist, defer, send, respond, the timer to set). Each concern's methods
+//! are in their own file: `election` (votes, leadership, transfer, promises),
 //! `replication` (appends, heartbeats, snapshots, compaction), `commit`
 //! (leases, commit index, applying), `reads` (consistency levels, token
 //! waits), `requests` (validation, dispatch, write evaluation), `forward`
@@ -17,8 +18,10 @@
 //! `watches`, `timers` (the tick) and `introspect` (read-only views).
 
 mod commit;
+mod effects;
 mod election;
 mod forward;
+mod init;
 mod introspect;
 mod messages;
 mod moves;
@@ -486,154 +489,6 @@ pub struct Node {
 }
 
 impl Node {
-    /// Start (or restart) node `id` from what its storage holds. A fresh node
-    /// passes `Durable::new(regions)`.
-    pub fn new(
-        cfg: Config,
-        id: NodeId,
-        durable: Durable,
-        now: u64,
-        seed: u64,
-    ) -> Result<Node, InitError> {
-        cfg.validate().map_err(InitError::Config)?;
-        if id >= cfg.regions {
-            return Err(InitError::Config(format!(
-                "node id {id} but {} regions",
-                cfg.regions
-            )));
-        }
-        if durable.groups.len() != cfg.regions as usize {
-            return Err(InitError::GroupCount {
-                got: durable.groups.len(),
-                want: cfg.regions as usize,
-            });
-        }
-        let mut rng = Rng::new(seed ^ ((id as u64) << 56) ^ durable.incarnation);
-        let incarnation = durable.incarnation + 1;
-        let boot = rng.next_u64();
-        let meta = MetaDoc::load(&durable.meta_chunks, id, incarnation, cfg.regions)
-            .map_err(|e| InitError::Corrupt(e.to_string()))?;
-        let mut ns_index = BTreeMap::new();
-        ns_index.insert(
-            CATALOG_NS.to_string(),
-            (0, ReplicationMode::Quorum, Retention::default()),
-        );
-        for ns in &cfg.namespaces {
-            ns_index.insert(ns.name.clone(), (ns.home, ns.mode, Retention::default()));
-        }
-        let mut groups = Vec::new();
-        let mut sms = Vec::new();
-        for (gi, dg) in durable.groups.iter().enumerate() {
-            let names = cfg
-                .namespaces
-                .iter()
-                .filter(|n| n.home as usize == gi)
-                .map(|n| n.name.clone());
-            let mut sm = GroupSm::new(
-                names,
-                cfg.history_versions_max,
-                cfg.watch_history_max,
-                cfg.idempotency_ids_max,
-            );
-            let (si, st) = match &dg.snapshot {
-                Some(s) => {
-                    sm.restore(&s.data)
-                        .map_err(|e| InitError::Corrupt(format!("group {gi} snapshot: {e}")))?;
-                    (s.index, s.term)
-                }
-                None => (0, 0),
-            };
-            for (k, e) in dg.entries.iter().enumerate() {
-                if e.index != si + 1 + k as u64 || e.term > dg.term {
-                    return Err(InitError::Corrupt(format!(
-                        "group {gi} log entry {} out of place",
-                        e.index
-                    )));
-                }
-            }
-            let log = Log::new(si, st, dg.entries.clone());
-            let last = log.last_index();
-            let et = cfg.election_timeout_us;
-            groups.push(Group {
-                term: dg.term,
-                vote: dg.vote,
-                role: Role::Follower,
-                leader: None,
-                log,
-                commit: si,
-                applied: si,
-                durable_index: last,
-                election_deadline_us: now + rng.range(et, 2 * et),
-                // A restarted node forgot whom it promised: keep every promise it
-                // might have made by refusing votes for one election timeout.
-                leader_contact_us: Some(now),
-                leader_transferring_to: None,
-                votes: BTreeSet::new(),
-                snapshot: dg.snapshot.clone(),
-                snap_recv: None,
-                fresh_as_of_us: None,
-                round: 0,
-                next_heartbeat_us: 0,
-                promised: (0, 0, 0),
-                campaign_transfer: false,
-            });
-            sms.push(sm);
-        }
-        let mut node = Node {
-            id,
-            rng,
-            now,
-            groups,
-            sms,
-            static_ns: ns_index.clone(),
-            ns_index,
-            moves: BTreeMap::new(),
-            ns_floor: BTreeMap::new(),
-            watchers_misplaced: false,
-            meta,
-            meta_ready: false,
-            next_meta_sync_us: now + cfg.meta_sync_interval_us,
-            out: Vec::new(),
-            step_ops: Vec::new(),
-            step_sync: false,
-            next_persist_id: 1,
-            completed_persist: 0,
-            deferred: VecDeque::new(),
-            pending: BTreeMap::new(),
-            deadlines: BTreeSet::new(),
-            token_waits: Vec::new(),
-            forwarded: BTreeMap::new(),
-            forward_check_us: None,
-            parked: BTreeMap::new(),
-            forward_heard_us: vec![0; cfg.regions as usize],
-            probes: vec![None; cfg.regions as usize],
-            next_probe_seq: 1,
-            watchers: BTreeMap::new(),
-            seen_forwards: BTreeSet::new(),
-            seen_forwards_order: VecDeque::new(),
-            boot,
-            next_internal_req: INTERNAL_REQ_BASE,
-            timer_at: None,
-            halted: false,
-            stats: Stats::default(),
-            cfg,
-        };
-        node.refresh_catalog();
-        node.persist(StorageOp::Incarnation { incarnation }, true);
-        if durable.meta_chunks.is_empty() {
-            let bytes = node.meta.take_unsaved();
-            if !bytes.is_empty() {
-                node.persist(StorageOp::MetaChunk { bytes }, true);
-            }
-        }
-        node.defer(Deferred::MetaReady);
-        if node.cfg.regions == 1 {
-            node.groups[0].election_deadline_us = now;
-        }
-        node.finish_step();
-        Ok(node)
-    }
-
     /// Take the actions produced so far.
     pub fn drain_actions(&mut self, into: &mut Vec<Action>) {
         into.append(&mut self.out);
@@ -722,168 +577,5 @@ impl Node {
         self.meta.reset_peer(peer);
         self.meta_send(peer);
         self.finish_step();
-    }
-
-    fn persist(&mut self, op: StorageOp, sync: bool) {
-        self.step_ops.push(op);
-        self.step_sync |= sync;
-    }
-
-    fn defer(&mut self, d: Deferred) {
-        self.deferred.push_back((self.next_persist_id, d));
-    }
-
-    fn send(&mut self, to: NodeId, msg: Msg) {
-        self.send_ref(to, &msg);
-    }
-
-    fn send_ref(&mut self, to: NodeId, msg: &Msg) {
-        let channel = msg.channel();
-        match msg.encode() {
-            Ok(bytes) => self.out.push(Action::Send { to, channel, bytes }),
-            Err(_) => self.halt_unencodable(),
-        }
-    }
-
-    /// The core could not encode its own data: a bug. Stop (acknowledge
-    /// nothing more) rather than send, persist or digest an empty stand-in.
-    fn halt_unencodable(&mut self) {
-        self.stats.encode_errors += 1;
-        self.handle_storage_failed(self.now);
-    }
-
-    fn finish_step(&mut self) {
-        loop {
-            if !self.step_ops.is_empty() {
-                let ops = std::mem::take(&mut self.step_ops);
-                self.out.push(Action::Persist {
-                    id: self.next_persist_id,
-                    sync: self.step_sync,
-                    ops,
-                });
-                self.step_sync = false;
-                self.next_persist_id += 1;
-            } else {
-                // Nothing new to persist: effects of this step wait only for the
-                // batches already issued.
-                let prev = self.next_persist_id - 1;
-                for (tag, _) in self.deferred.iter_mut().rev() {
-                    if *tag < self.next_persist_id {
-                        break;
-                    }
-                    *tag = prev;
-                }
-            }
-            let mut released = false;
-            while self
-                .deferred
-                .front()
-                .is_some_and(|(t, _)| *t <= self.completed_persist)
-            {
-                if let Some((_, d)) = self.deferred.pop_front() {
-                    self.release(d);
-                    released = true;
-                }
-                if self.halted {
-                    return;
-                }
-            }
-            let parked = self.parked.len();
-            self.unpark();
-            let unparked = self.parked.len() != parked;
-            let hb: Vec<usize> = (0..self.groups.len())
-                .filter(|&g| {
-                    self.groups[g]
-                        .role
-                        .leading()
-                        .is_some_and(|l| l.heartbeat_now)
-                })
-                .collect();
-            for g in &hb {
-                self.heartbeat(*g);
-            }
-            if !released && !unparked && hb.is_empty() && self.step_ops.is_empty() {
-                break;
-            }
-        }
-        let next = self.next_deadline();
-        if next != self.timer_at {
-            self.timer_at = next;
-            if let Some(at_us) = next {
-                self.out.push(Action::SetTimer { at_us });
-            }
-        }
-    }
-
-    fn release(&mut self, d: Deferred) {
-        match d {
-            Deferred::Send(to, msg) => self.send(to, msg),
-            Deferred::Respond(origin, resp) => self.respond(origin, resp),
-            Deferred::LogDurable { group, index, term } => {
-                let g = group as usize;
-                if self.groups[g].log.term_at(index) == Some(term) {
-                    let gr = &mut self.groups[g];
-                    gr.durable_index = gr.durable_index.max(index);
-                    if gr.role.is_leader() {
-                        self.ack_durable_async(g);
-                        self.maybe_commit(g);
-                    }
-                }
-            }
-            Deferred::MetaReady => {
-                self.meta_ready = true;
-                self.meta_send_all(None);
-            }
-        }
-    }
-
-    fn next_deadline(&self) -> Option<u64> {
-        let mut t = u64::MAX;
-        for g in &self.groups {
-            if let Some(ls) = g.role.leading() {
-                t = t.min(g.next_heartbeat_us).min(ls.next_duties_us);
-                if let Some(tr) = &ls.transfer {
-                    t = t.min(tr.deadline_us);
-                }
-                for r in &ls.pending_reads {
-                    t = t.min(r.deadline_us);
-                }
-            } else {
-                t = t.min(g.election_deadline_us);
-                if matches!(g.role, Role::PreCandidate | Role::Candidate) {
-                    t = t.min(g.next_heartbeat_us);
-                }
-            }
-        }
-        if let Some((d, _)) = self.deadlines.first() {
-            t = t.min(*d);
-        }
-        for w in &self.token_waits {
-            t = t.min(w.deadline_us);
-        }
-        t = t.min(self.next_meta_sync_us);
-        // The forward watchdog: its next look, and each probe's end.
-        if let Some(at) = self.forward_check_us {
-            t = t.min(at);
-        }
-        let after = self.cfg.forward_probe_after_us;
-        for (_, sent) in self.probes.iter().flatten() {
-            t = t.min(sent + after);
-        }
-        (t != u64::MAX).then_some(t)
-    }
-
-    fn respond(&mut self, origin: Origin, resp: ClientResponse) {
-        match origin {
-            Origin::Local(req) => {
-                self.forwarded.remove(&req);
-                self.parked.remove(&req);
-                if let Some(deadline) = self.pending.remove(&req) {
-                    self.deadlines.remove(&(deadline, req));
-                    self.out.push(Action::Reply { req, resp });
-                }
-            }
-            Origin::Remote(node, boot, id) => self.send(node, Msg::ForwardReply { boot, id, resp }),
-        }
     }
 }
