@@ -3,6 +3,7 @@
 //! error codes mapped to gRPC status codes and stable reasons (documented in
 //! `proto/meridian/v1/meridian.proto`).
 
+use crate::reason::Reason;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use meridian_proto::v1::admin_server::Admin;
 use meridian_proto::v1::kv_server::Kv;
 use meridian_proto::v1::*;
 use tokio::sync::{mpsc, oneshot};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::config::RegionEntry;
 use crate::driver::{Input, ReplyTo, WATCH_BUFFER_MAX};
@@ -30,39 +31,14 @@ const LIST_SCAN_PAGES_MAX: usize = 20;
 
 /// The stable reason and gRPC code of a core error.
 pub fn error_status(code: ErrorCode) -> Status {
-    let (c, reason) = reason_of(code);
-    status(c, reason, &code.to_string())
+    status(Reason::from(code), &code.to_string())
 }
 
-/// The gRPC code and stable reason of a core error (shared with the HTTP API).
-pub fn reason_of(code: ErrorCode) -> (Code, &'static str) {
-    match code {
-        ErrorCode::Unavailable => (Code::Unavailable, "UNAVAILABLE"),
-        ErrorCode::Timeout => (Code::DeadlineExceeded, "TIMEOUT"),
-        ErrorCode::Indeterminate => (Code::Unknown, "INDETERMINATE"),
-        ErrorCode::UnknownNamespace => (Code::NotFound, "UNKNOWN_NAMESPACE"),
-        ErrorCode::KeyTooLong => (Code::InvalidArgument, "KEY_TOO_LONG"),
-        ErrorCode::ValueTooLarge => (Code::InvalidArgument, "VALUE_TOO_LARGE"),
-        ErrorCode::TooManyOps => (Code::InvalidArgument, "TOO_MANY_OPS"),
-        ErrorCode::InvalidRequest => (Code::InvalidArgument, "INVALID_REQUEST"),
-        ErrorCode::RpoBudgetExceeded => (Code::Unavailable, "RPO_BUDGET_EXCEEDED"),
-        ErrorCode::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
-        ErrorCode::TokenWaitTimeout => (Code::Unavailable, "TOKEN_WAIT_TIMEOUT"),
-        ErrorCode::Halted => (Code::Unavailable, "HALTED"),
-        ErrorCode::UnknownWatch => (Code::NotFound, "UNKNOWN_WATCH"),
-        ErrorCode::ScanTooLarge => (Code::ResourceExhausted, "SCAN_TOO_LARGE"),
-        ErrorCode::HistoryCompacted => (Code::OutOfRange, "HISTORY_COMPACTED"),
-        ErrorCode::NamespaceMoving => (Code::Unavailable, "NAMESPACE_MOVING"),
-        ErrorCode::FutureRevision => (Code::OutOfRange, "FUTURE_REVISION"),
-        ErrorCode::IdempotencyKeyReused => (Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED"),
-        ErrorCode::Internal => (Code::Internal, "INTERNAL"),
-    }
-}
-
-/// A status carrying a stable reason in its message and metadata.
-pub fn status(code: Code, reason: &str, message: &str) -> Status {
-    let mut s = Status::new(code, format!("[{reason}] {message}"));
-    if let Ok(v) = reason.parse() {
+/// A status carrying a stable reason in its message and metadata, with the
+/// reason's gRPC code.
+pub fn status(reason: Reason, message: &str) -> Status {
+    let mut s = Status::new(reason.grpc_code(), format!("[{reason}] {message}"));
+    if let Ok(v) = reason.as_str().parse() {
         s.metadata_mut()
             .insert(meridian_proto::REASON_METADATA_KEY, v);
     }
@@ -110,17 +86,16 @@ fn why_invalid(request: &ClientRequest) -> Option<String> {
 
 /// The driver is gone: the node is shutting down.
 fn stopping() -> Status {
-    status(Code::Unavailable, "SHUTTING_DOWN", "the node is stopping")
+    status(Reason::ShuttingDown, "the node is stopping")
 }
 
 fn invalid(message: &str) -> Status {
-    status(Code::InvalidArgument, "INVALID_REQUEST", message)
+    status(Reason::InvalidRequest, message)
 }
 
 fn unexpected(resp: &ClientResponse) -> Status {
     status(
-        Code::Internal,
-        "INTERNAL",
+        Reason::Internal,
         &format!("unexpected response from the core: {resp:?}"),
     )
 }
@@ -233,14 +208,13 @@ impl Api {
         };
         self.inputs.send(input).await.map_err(|_| stopping())?;
         match rx.await {
-            Ok(ClientResponse::Error(ErrorCode::UnknownNamespace)) => {
-                let (c, reason) = reason_of(ErrorCode::UnknownNamespace);
-                Err(status(c, reason, &format!("unknown namespace {ns:?}")))
-            }
+            Ok(ClientResponse::Error(ErrorCode::UnknownNamespace)) => Err(status(
+                Reason::UnknownNamespace,
+                &format!("unknown namespace {ns:?}"),
+            )),
             Ok(ClientResponse::Error(ErrorCode::InvalidRequest)) => {
-                let (c, reason) = reason_of(ErrorCode::InvalidRequest);
                 let why = invalid_because.unwrap_or_else(|| "invalid request".to_string());
-                Err(status(c, reason, &why))
+                Err(status(Reason::InvalidRequest, &why))
             }
             Ok(ClientResponse::Error(code)) => Err(error_status(code)),
             Ok(r) => Ok(r),
@@ -505,8 +479,7 @@ impl Kv for Api {
                     Some(ClientResponse::Error(code)) => Err(error_status(code)),
                     Some(other) => Err(unexpected(&other)),
                     None => Err(status(
-                        Code::ResourceExhausted,
-                        "SLOW_CONSUMER",
+                        Reason::SlowConsumer,
                         "the watch fell too far behind or the node stopped; resume from the last revision",
                     )),
                 };
@@ -633,15 +606,13 @@ impl Admin for Api {
         let r = r.into_inner();
         let Some(to) = self.regions.iter().position(|x| x.name == r.to_region) else {
             return Err(status(
-                Code::InvalidArgument,
-                "UNKNOWN_REGION",
+                Reason::UnknownRegion,
                 &format!("no region named {:?}", r.to_region),
             ));
         };
         if r.group as usize >= self.regions.len() {
             return Err(status(
-                Code::InvalidArgument,
-                "UNKNOWN_REGION",
+                Reason::UnknownRegion,
                 &format!("no group {}", r.group),
             ));
         }

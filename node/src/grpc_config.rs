@@ -2,6 +2,7 @@
 //! configuration-engine calls (JSON travels as text) and engine errors into
 //! statuses with the same stable reasons as the HTTP API.
 
+use crate::reason::Reason;
 use std::pin::Pin;
 
 use futures::Stream;
@@ -45,7 +46,7 @@ fn ns_of(r: Option<NamespaceRef>) -> Result<String, Status> {
 fn json(field: &str, s: &str) -> Result<Value, Status> {
     serde_json::from_str(s).map_err(|e| {
         st(CfgError::new(
-            "INVALID_JSON",
+            Reason::InvalidJson,
             format!("{field} is not valid JSON: {e}"),
         ))
     })

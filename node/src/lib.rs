@@ -8,6 +8,7 @@ pub mod configstore;
 pub mod driver;
 pub mod grpc;
 pub mod grpc_config;
+pub mod reason;
 pub mod server;
 pub mod storage;
 pub mod tls;

@@ -4,6 +4,7 @@
 //! Errors are `{"error": {"reason", "message", "details"?}}` with the same
 //! stable reasons as gRPC.
 
+use crate::reason::Reason;
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
@@ -86,7 +87,7 @@ pub fn router(store: ConfigStore) -> Router {
 /// No route matches: the documented error body, not an empty 404.
 async fn unknown_route(uri: axum::http::Uri) -> Response {
     CfgError::new(
-        "UNKNOWN_ROUTE",
+        Reason::UnknownRoute,
         format!(
             "no route {}; the API is described at /v1/openapi.json",
             uri.path()
@@ -99,7 +100,7 @@ async fn unknown_route(uri: axum::http::Uri) -> Response {
 /// body (axum adds the Allow header).
 async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
     let e = CfgError::new(
-        "METHOD_NOT_ALLOWED",
+        Reason::MethodNotAllowed,
         format!(
             "{method} is not allowed on {}; the API is described at /v1/openapi.json",
             uri.path()
@@ -133,7 +134,7 @@ fn body_json(h: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value
             || (essence.starts_with("application/") && essence.ends_with("+json"));
         if !json {
             return Err(CfgError::new(
-                "UNSUPPORTED_MEDIA_TYPE",
+                Reason::UnsupportedMediaType,
                 format!(
                     "Content-Type {ct:?} is not JSON: send application/json \
                      (curl: --json, or -H 'content-type: application/json')"
@@ -143,19 +144,26 @@ fn body_json(h: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value
     }
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            CfgError::new("VALUE_TOO_LARGE", format!("request body too large: {e}"))
+            CfgError::new(
+                Reason::ValueTooLarge,
+                format!("request body too large: {e}"),
+            )
         } else {
             CfgError::invalid(format!("unreadable body: {e}"))
         }
     })?;
     if bytes.is_empty() {
         return Err(CfgError::new(
-            "INVALID_JSON",
+            Reason::InvalidJson,
             "the body is empty; send JSON",
         ));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| CfgError::new("INVALID_JSON", format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        CfgError::new(
+            Reason::InvalidJson,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
 }
 
 /// Refuse members of a JSON object body that the route does not take,
@@ -426,7 +434,10 @@ async fn get_common(
     let default = match q.get("default") {
         None => None,
         Some(d) => Some(serde_json::from_str(d).map_err(|e| {
-            CfgError::new("INVALID_JSON", format!("default is not valid JSON: {e}"))
+            CfgError::new(
+                Reason::InvalidJson,
+                format!("default is not valid JSON: {e}"),
+            )
         })?),
     };
     let r = st
@@ -710,7 +721,7 @@ async fn get_schema(
     match schemas.get(&prefix) {
         Some(s) => ok(json!({ "prefix": prefix, "schema": s })),
         None => Err(CfgError::new(
-            "NOT_FOUND",
+            Reason::NotFound,
             format!("no schema is attached at {prefix:?}"),
         )),
     }

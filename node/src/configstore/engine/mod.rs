@@ -19,6 +19,7 @@ mod writes;
 
 pub use watch::WatchEvent;
 
+use crate::reason::Reason;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -286,8 +287,12 @@ impl Layer {
 /// The fingerprint of a write for its idempotency key: its namespace and
 /// operations as JSON (object keys sorted, so equal writes hash equally).
 fn ops_fingerprint(ns: &str, ops: &[Op]) -> Result<u64, CfgError> {
-    let bytes = serde_json::to_vec(&(ns, ops))
-        .map_err(|e| CfgError::new("INTERNAL", format!("cannot fingerprint the write: {e}")))?;
+    let bytes = serde_json::to_vec(&(ns, ops)).map_err(|e| {
+        CfgError::new(
+            Reason::Internal,
+            format!("cannot fingerprint the write: {e}"),
+        )
+    })?;
     Ok(fnv1a(&bytes))
 }
 
@@ -420,7 +425,7 @@ impl ConfigStore {
         loop {
             match self.call_once(request.clone()).await {
                 Err(e)
-                    if e.reason == "NAMESPACE_MOVING"
+                    if e.reason == Reason::NamespaceMoving
                         && start.elapsed().as_millis() < u128::from(MOVE_WAIT_MS_MAX) =>
                 {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -438,11 +443,11 @@ impl ConfigStore {
             request,
             reply: ReplyTo::Once(tx),
         };
-        let stopping = || CfgError::new("SHUTTING_DOWN", "the node is stopping");
+        let stopping = || CfgError::new(Reason::ShuttingDown, "the node is stopping");
         self.inputs.send(input).await.map_err(|_| stopping())?;
         match rx.await {
             Ok(ClientResponse::Error(ErrorCode::UnknownNamespace)) => Err(CfgError::new(
-                "UNKNOWN_NAMESPACE",
+                Reason::UnknownNamespace,
                 format!("unknown environment {ns:?} (create it first: config create)"),
             )),
             Ok(ClientResponse::Error(code)) => Err(CfgError::core(code)),
@@ -520,7 +525,7 @@ impl ConfigStore {
             ReadConsistency::Linearizable => match self.probe(ns).await {
                 // The namespace may be new and this region's catalog behind:
                 // catch up with the catalog once, then ask again.
-                Err(e) if e.reason == "UNKNOWN_NAMESPACE" => self.probe_new(ns, e).await?,
+                Err(e) if e.reason == Reason::UnknownNamespace => self.probe_new(ns, e).await?,
                 other => other?,
             },
             // The core decides: served here if this replica is fresh enough,
@@ -588,13 +593,13 @@ impl ConfigStore {
             if names.contains(&parent) {
                 names.push(parent);
                 return Err(CfgError::new(
-                    "REFERENCE_CYCLE",
+                    Reason::ReferenceCycle,
                     format!("inheritance cycle: {}", names.join(" -> ")),
                 ));
             }
             if names.len() > render::INHERIT_DEPTH_MAX {
                 return Err(CfgError::new(
-                    "REFERENCE_CYCLE",
+                    Reason::ReferenceCycle,
                     format!(
                         "inheritance deeper than {} levels",
                         render::INHERIT_DEPTH_MAX
@@ -645,7 +650,7 @@ impl ConfigStore {
             };
             if !loaded.insert(k.clone()) {
                 return Err(CfgError::new(
-                    "MISSING_REFERENCE",
+                    Reason::MissingReference,
                     format!("reference to missing key {k:?}"),
                 ));
             }
@@ -659,7 +664,7 @@ impl ConfigStore {
             }
         }
         Err(CfgError::new(
-            "REFERENCE_CYCLE",
+            Reason::ReferenceCycle,
             format!("more than {RENDER_LOADS_MAX} distinct references followed"),
         ))
     }
@@ -694,7 +699,7 @@ fn effective_schemas(chain: &[Layer]) -> BTreeMap<String, Value> {
 
 fn unexpected(resp: &ClientResponse) -> CfgError {
     CfgError::new(
-        "INTERNAL",
+        Reason::Internal,
         format!("unexpected response from the core: {resp:?}"),
     )
 }

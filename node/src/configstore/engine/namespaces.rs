@@ -3,6 +3,7 @@
 //! to be known and applied in this region.
 
 use super::*;
+use crate::reason::Reason;
 
 impl ConfigStore {
     pub async fn create_namespace(
@@ -64,7 +65,7 @@ impl ConfigStore {
                 Ok(self.info(&ns, &settings))
             }
             ClientResponse::Conflict { .. } => Err(CfgError::new(
-                "NAMESPACE_EXISTS",
+                Reason::NamespaceExists,
                 format!("namespace {ns} already exists"),
             )),
             other => Err(unexpected(&other)),
@@ -111,7 +112,7 @@ impl ConfigStore {
                 .map(|s| (s, kv.version))
                 .ok_or_else(|| {
                     CfgError::new(
-                        "UNKNOWN_NAMESPACE",
+                        Reason::UnknownNamespace,
                         format!("namespace {ns} does not exist"),
                     )
                 }),
@@ -164,13 +165,12 @@ impl ConfigStore {
                     attempts += 1;
                 }
                 Ok(ClientResponse::Conflict { .. }) => {
-                    return Err(CfgError::new(
-                        "CONTENDED",
+                    return Err(CfgError::new(Reason::Contended,
                         format!("the catalog entry of {ns} kept changing"),
                     ))
                 }
                 Ok(other) => return Err(unexpected(&other)),
-                Err(e) if e.reason == "INVALID_REQUEST" => {
+                Err(e) if e.reason == Reason::InvalidRequest => {
                     return Err(CfgError::invalid(format!(
                         "{ns} is defined in the configuration file; only namespaces created through the API move"
                     )))
@@ -184,7 +184,7 @@ impl ConfigStore {
                 if settings.home != to {
                     // Another move started after ours and finished first.
                     return Err(CfgError::new(
-                        "CONTENDED",
+                        Reason::Contended,
                         format!(
                             "{ns} moved to {} instead",
                             self.regions.get(settings.home as usize).map_or("?", |s| s)
@@ -194,8 +194,7 @@ impl ConfigStore {
                 return Ok(self.info(&ns, &settings));
             }
             if start.elapsed() > deadline {
-                return Err(CfgError::new(
-                    "TIMEOUT",
+                return Err(CfgError::new(Reason::Timeout,
                     format!(
                         "the move of {ns} to {to_region} is still under way after {} s; it continues in the background",
                         MOVE_DONE_WAIT_MS_MAX / 1000
@@ -265,7 +264,7 @@ impl ConfigStore {
         let mut last = first;
         for _ in 0..CATALOG_WAIT_TRIES_MAX {
             match self.probe(ns).await {
-                Err(e) if e.reason == "UNKNOWN_NAMESPACE" => last = e,
+                Err(e) if e.reason == Reason::UnknownNamespace => last = e,
                 other => return other,
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -4,6 +4,7 @@
 //! environments.
 
 use super::*;
+use crate::reason::Reason;
 
 impl ConfigStore {
     /// The value at `path` (a leaf or a whole subtree as one object).
@@ -14,7 +15,7 @@ impl ConfigStore {
         opts: &ReadOpts,
         default: Option<Value>,
     ) -> Result<GetResult, CfgError> {
-        tree::check_path(path).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+        tree::check_path(path).map_err(|m| CfgError::new(Reason::InvalidKey, m))?;
         let mut chain = self.load_chain(ns, path, opts).await?;
         let token = token_str(chain[0].token);
         let mut value = if opts.raw {
@@ -45,7 +46,7 @@ impl ConfigStore {
             },
             (None, None) => {
                 return Err(CfgError::new(
-                    "NOT_FOUND",
+                    Reason::NotFound,
                     format!("nothing is stored at {path:?} in {ns}"),
                 ))
             }
@@ -66,7 +67,7 @@ impl ConfigStore {
             )));
         }
         for p in paths {
-            tree::check_key(p).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+            tree::check_key(p).map_err(|m| CfgError::new(Reason::InvalidKey, m))?;
         }
         let mut chain = self.load_chain(ns, "", opts).await?;
         let token = token_str(chain[0].token);
@@ -104,7 +105,7 @@ impl ConfigStore {
         page_token: &str,
         opts: &ReadOpts,
     ) -> Result<ListResult, CfgError> {
-        tree::check_path(prefix).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+        tree::check_path(prefix).map_err(|m| CfgError::new(Reason::InvalidKey, m))?;
         let matcher = if glob.is_empty() {
             None
         } else {
@@ -165,7 +166,7 @@ impl ConfigStore {
 
     /// Every retained version of a key, oldest first.
     pub async fn history(&self, ns: &str, key: &str) -> Result<Vec<Entry>, CfgError> {
-        tree::check_key(key).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+        tree::check_key(key).map_err(|m| CfgError::new(Reason::InvalidKey, m))?;
         let token = self.probe(ns).await?;
         let q = ReadQuery::History {
             key: key.to_string(),
@@ -174,7 +175,7 @@ impl ConfigStore {
             ClientResponse::History { versions, .. } => {
                 if versions.is_empty() || versions.iter().all(|v| v.version == 0) {
                     return Err(CfgError::new(
-                        "NOT_FOUND",
+                        Reason::NotFound,
                         format!("{key:?} was never written in {ns}"),
                     ));
                 }
@@ -224,7 +225,7 @@ impl ConfigStore {
                 .map(|e| e.value.clone())
                 .ok_or_else(|| {
                     CfgError::new(
-                        "HISTORY_COMPACTED",
+                        Reason::HistoryCompacted,
                         format!("version {v} of {key:?} is not retained (or never existed)"),
                     )
                 })
@@ -240,7 +241,7 @@ impl ConfigStore {
         from: u64,
         to: u64,
     ) -> Result<Vec<diff::Change>, CfgError> {
-        tree::check_path(path).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+        tree::check_path(path).map_err(|m| CfgError::new(Reason::InvalidKey, m))?;
         let read = |r: u64| ReadOpts {
             raw: true,
             as_of: AsOf::Revision(r),

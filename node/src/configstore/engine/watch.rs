@@ -3,6 +3,7 @@
 //! with a resume token that works in any region.
 
 use super::*;
+use crate::reason::Reason;
 
 /// One event of a configuration watch.
 #[derive(Clone, Debug, Serialize)]
@@ -150,7 +151,7 @@ impl ConfigStore {
         raw: bool,
         resume_token: &str,
     ) -> Result<mpsc::Receiver<Result<WatchEvent, CfgError>>, CfgError> {
-        tree::check_path(path).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+        tree::check_path(path).map_err(|m| CfgError::new(Reason::InvalidKey, m))?;
         let resume = if resume_token.is_empty() {
             None
         } else {
@@ -179,7 +180,7 @@ impl ConfigStore {
             self.inputs
                 .send(input)
                 .await
-                .map_err(|_| CfgError::new("SHUTTING_DOWN", "the node is stopping"))?;
+                .map_err(|_| CfgError::new(Reason::ShuttingDown, "the node is stopping"))?;
             let fwd = core_tx.clone();
             tokio::spawn(async move {
                 while let Some(r) = rx.recv().await {
@@ -207,7 +208,7 @@ impl ConfigStore {
                             .await
                         {
                             Ok(x) => x,
-                            Err(e) if e.reason == "HISTORY_COMPACTED" => {
+                            Err(e) if e.reason == Reason::HistoryCompacted => {
                                 compacted = true;
                                 break;
                             }
@@ -285,7 +286,7 @@ impl ConfigStore {
                 if parent_changed && !raw {
                     let _ = out_tx
                         .send(Err(CfgError::new(
-                            "UNAVAILABLE",
+                            Reason::Unavailable,
                             "the environment's inheritance changed; resume with the last token",
                         )))
                         .await;

@@ -3,6 +3,7 @@
 //! compare on the namespace revision), idempotent replays, and rollbacks.
 
 use super::*;
+use crate::reason::Reason;
 
 impl ConfigStore {
     /// Apply `ops` atomically (or, in a dry run, only check them).
@@ -17,7 +18,7 @@ impl ConfigStore {
         }
         if ops.len() > self.limits.txn_ops_max {
             return Err(CfgError::new(
-                "TOO_MANY_OPS",
+                Reason::TooManyOps,
                 format!(
                     "{} operations; at most {} per write",
                     ops.len(),
@@ -106,7 +107,7 @@ impl ConfigStore {
                 // yet at its home (it applies the catalog a moment later):
                 // the home refused, so nothing was written. The next attempt
                 // reads linearizably, which waits for the home to know it.
-                Err(e) if was_optimistic && e.reason == "UNKNOWN_NAMESPACE" => continue,
+                Err(e) if was_optimistic && e.reason == Reason::UnknownNamespace => continue,
                 other => other?,
             };
             match resp {
@@ -135,7 +136,7 @@ impl ConfigStore {
             }
         }
         Err(CfgError::new(
-            "CONTENDED",
+            Reason::Contended,
             format!("{ns} changed under {WRITE_ATTEMPTS_MAX} attempts in a row; retry"),
         ))
     }
@@ -220,7 +221,7 @@ impl ConfigStore {
                         (changes, diff)
                     }
                     Ok(_) => (Vec::new(), Vec::new()),
-                    Err(e) if e.reason == "HISTORY_COMPACTED" => (Vec::new(), Vec::new()),
+                    Err(e) if e.reason == Reason::HistoryCompacted => (Vec::new(), Vec::new()),
                     Err(e) => return Err(e),
                 };
                 Ok(Some(WriteResult {
@@ -242,7 +243,7 @@ impl ConfigStore {
         let n = v.to_string().len();
         if n > self.limits.value_bytes_max {
             return Err(CfgError::new(
-                "VALUE_TOO_LARGE",
+                Reason::ValueTooLarge,
                 format!(
                     "{key}: value is {n} bytes; at most {} bytes",
                     self.limits.value_bytes_max
@@ -251,7 +252,7 @@ impl ConfigStore {
         }
         if key.len() > self.limits.key_bytes_max {
             return Err(CfgError::new(
-                "KEY_TOO_LONG",
+                Reason::KeyTooLong,
                 format!(
                     "key is {} bytes; at most {}",
                     key.len(),
@@ -275,7 +276,7 @@ impl ConfigStore {
             .map_or(0, |kv| kv.version);
         if have != want {
             return Err(CfgError::new(
-                "CAS_CONFLICT",
+                Reason::CasConflict,
                 format!("{key} is at version {have}, not {want}; nothing was written"),
             )
             .with_details(serde_json::json!({"key": key, "version": have})));
@@ -285,7 +286,7 @@ impl ConfigStore {
 
     /// Apply one operation to the working copy of a namespace.
     pub(super) async fn apply_op(&self, work: &mut Layer, op: &Op) -> Result<(), CfgError> {
-        let key_err = |m: String| CfgError::new("INVALID_KEY", m);
+        let key_err = |m: String| CfgError::new(Reason::InvalidKey, m);
         match op {
             Op::Put {
                 key,
@@ -296,15 +297,13 @@ impl ConfigStore {
                 self.check_value(key, value)?;
                 Self::check_version(work, key, *if_version)?;
                 if let Some(a) = leaf_ancestor(work, key) {
-                    return Err(CfgError::new(
-                        "PATH_CONFLICT",
+                    return Err(CfgError::new(Reason::PathConflict,
                         format!("{a} holds a value, so {key} cannot be a key below it; change {a} instead (or merge into it)"),
                     ));
                 }
                 let below = tree::child_prefix(key);
                 if work.leaves.keys().any(|k| k.starts_with(&below)) {
-                    return Err(CfgError::new(
-                        "PATH_CONFLICT",
+                    return Err(CfgError::new(Reason::PathConflict,
                         format!("{key} has keys below it; use a merge patch to change the subtree, or delete it first"),
                     ));
                 }
@@ -337,7 +336,7 @@ impl ConfigStore {
                         ""
                     };
                     return Err(CfgError::new(
-                        "NOT_FOUND",
+                        Reason::NotFound,
                         format!("nothing is stored at {key}{hint}"),
                     ));
                 }
@@ -362,15 +361,15 @@ impl ConfigStore {
                 tree::check_path(path).map_err(key_err)?;
                 let ops: json_patch::Patch =
                     serde_json::from_value(patch.clone()).map_err(|e| {
-                        CfgError::new("BAD_PATCH", format!("not an RFC 6902 JSON patch: {e}"))
+                        CfgError::new(Reason::BadPatch, format!("not an RFC 6902 JSON patch: {e}"))
                     })?;
                 let mut doc =
                     tree::assemble(&work.leaves, path).unwrap_or_else(|| Value::Object(Map::new()));
                 json_patch::patch(&mut doc, &ops).map_err(|e| {
                     let reason = if matches!(e.kind, json_patch::PatchErrorKind::TestFailed) {
-                        "PATCH_TEST_FAILED"
+                        Reason::PatchTestFailed
                     } else {
-                        "BAD_PATCH"
+                        Reason::BadPatch
                     };
                     CfgError::new(reason, format!("patch failed: {e}"))
                 })?;
@@ -380,7 +379,7 @@ impl ConfigStore {
                 tree::check_path(prefix).map_err(key_err)?;
                 if let Err(e) = jsonschema::draft202012::new(schema) {
                     return Err(CfgError::new(
-                        "BAD_SCHEMA",
+                        Reason::BadSchema,
                         format!("not a valid draft 2020-12 schema: {e}"),
                     ));
                 }
@@ -392,7 +391,7 @@ impl ConfigStore {
                 let key = format!("{SCHEMA_KEY_PREFIX}{prefix}");
                 if work.meta.remove(&key).is_none() {
                     return Err(CfgError::new(
-                        "NOT_FOUND",
+                        Reason::NotFound,
                         format!("no schema is attached at {prefix:?}"),
                     ));
                 }
@@ -447,7 +446,7 @@ impl ConfigStore {
         };
         if full == ns {
             return Err(CfgError::new(
-                "REFERENCE_CYCLE",
+                Reason::ReferenceCycle,
                 format!("{ns} cannot inherit from itself"),
             ));
         }
@@ -462,9 +461,9 @@ impl ConfigStore {
                 .load_layer(&cur, "$", AsOf::Latest, ReadConsistency::Linearizable)
                 .await
                 .map_err(|e| {
-                    if e.reason == "UNKNOWN_NAMESPACE" {
+                    if e.reason == Reason::UnknownNamespace {
                         CfgError::new(
-                            "UNKNOWN_NAMESPACE",
+                            Reason::UnknownNamespace,
                             format!("cannot inherit from {cur}: no such namespace"),
                         )
                     } else {
@@ -476,7 +475,7 @@ impl ConfigStore {
                 Some(p) if p == ns => {
                     chain.push(p);
                     return Err(CfgError::new(
-                        "REFERENCE_CYCLE",
+                        Reason::ReferenceCycle,
                         format!("inheritance cycle: {}", chain.join(" -> ")),
                     ));
                 }
@@ -487,7 +486,7 @@ impl ConfigStore {
             }
         }
         Err(CfgError::new(
-            "REFERENCE_CYCLE",
+            Reason::ReferenceCycle,
             format!(
                 "inheritance deeper than {} levels",
                 render::INHERIT_DEPTH_MAX
@@ -510,14 +509,14 @@ impl ConfigStore {
             .collect();
         if let Some(a) = leaf_ancestor(work, path) {
             return Err(CfgError::new(
-                "PATH_CONFLICT",
+                Reason::PathConflict,
                 format!("{a} holds a value; patch {a} instead"),
             ));
         }
         let new = if doc.is_null() && !path.is_empty() {
             BTreeMap::new()
         } else {
-            tree::decompose(doc, path, &existing).map_err(|m| CfgError::new("BAD_PATCH", m))?
+            tree::decompose(doc, path, &existing).map_err(|m| CfgError::new(Reason::BadPatch, m))?
         };
         for k in existing.keys() {
             work.leaves.remove(k);
@@ -548,7 +547,7 @@ impl ConfigStore {
                     ops.push(WriteOp::Put {
                         key: k.clone(),
                         value: serde_json::to_vec(b).map_err(|e| {
-                            CfgError::new("INTERNAL", format!("cannot encode {k:?}: {e}"))
+                            CfgError::new(Reason::Internal, format!("cannot encode {k:?}: {e}"))
                         })?,
                     });
                     changes.push(KeyChange {
@@ -570,7 +569,7 @@ impl ConfigStore {
         }
         if ops.len() > self.limits.txn_ops_max {
             return Err(CfgError::new(
-                "TOO_MANY_OPS",
+                Reason::TooManyOps,
                 format!(
                     "the write changes {} keys; at most {} per write",
                     ops.len(),
@@ -632,7 +631,7 @@ impl ConfigStore {
             while let Some(name) = cur {
                 if chain.len() > render::INHERIT_DEPTH_MAX {
                     return Err(CfgError::new(
-                        "REFERENCE_CYCLE",
+                        Reason::ReferenceCycle,
                         format!(
                             "inheritance of {env} deeper than {} levels",
                             render::INHERIT_DEPTH_MAX
@@ -675,7 +674,7 @@ impl ConfigStore {
                     (None, false) => continue,
                 };
                 let validator = jsonschema::draft202012::new(&schema).map_err(|e| {
-                    CfgError::new("BAD_SCHEMA", format!("schema at {prefix:?}: {e}"))
+                    CfgError::new(Reason::BadSchema, format!("schema at {prefix:?}: {e}"))
                 })?;
                 for e in validator.iter_errors(&instance) {
                     problems.push(serde_json::json!({
@@ -702,7 +701,7 @@ impl ConfigStore {
             first["schema_path"].as_str().unwrap_or_default(),
             first["message"].as_str().unwrap_or_default(),
         );
-        Err(CfgError::new("SCHEMA_VIOLATION", msg).with_details(Value::Array(problems)))
+        Err(CfgError::new(Reason::SchemaViolation, msg).with_details(Value::Array(problems)))
     }
 
     /// Roll a key (or, with `key` None, the whole namespace) back to what it
@@ -742,10 +741,10 @@ impl ConfigStore {
         let mut deleted: Vec<String> = Vec::new();
         match key {
             Some(key) => {
-                tree::check_key(key).map_err(|m| CfgError::new("INVALID_KEY", m))?;
+                tree::check_key(key).map_err(|m| CfgError::new(Reason::InvalidKey, m))?;
                 if !current.kvs.contains_key(key) && !target.kvs.contains_key(key) {
                     return Err(CfgError::new(
-                        "NOT_FOUND",
+                        Reason::NotFound,
                         format!("{key} was never written in {ns}"),
                     ));
                 }
@@ -753,7 +752,7 @@ impl ConfigStore {
                 if then.is_none() && current.leaves.contains_key(key) {
                     if !allow_delete {
                         return Err(CfgError::new(
-                            "ROLLBACK_DELETES",
+                            Reason::RollbackDeletes,
                             format!(
                                 "{key} did not exist in {ns} at revision {revision} {why}: \
                                  rolling it back would delete it; allow deletion to do that"
@@ -769,7 +768,7 @@ impl ConfigStore {
                 let held_now = current.leaves.len() + current.meta.len();
                 if empty_then && held_now > 0 && !allow_delete {
                     return Err(CfgError::new(
-                        "ROLLBACK_DELETES",
+                        Reason::RollbackDeletes,
                         format!(
                             "{ns} held no configuration at revision {revision} {why}: \
                              rolling back would delete all {held_now} of its keys, schemas \
