@@ -12,6 +12,7 @@
 //! rendering of layers; `reads`, `writes`, `namespaces` and `watch` hold the
 //! operations of each kind.
 
+mod layers;
 mod namespaces;
 mod reads;
 mod watch;
@@ -584,28 +585,13 @@ impl ConfigStore {
         let first = self
             .load_layer(ns, path, opts.as_of, opts.consistency)
             .await?;
-        let mut names = vec![ns.to_string()];
+        let mut lineage = layers::Lineage::new(ns);
         let mut chain = vec![first];
         if opts.raw {
             return Ok(chain);
         }
         while let Some(parent) = chain.last().and_then(Layer::parent) {
-            if names.contains(&parent) {
-                names.push(parent);
-                return Err(CfgError::new(
-                    Reason::ReferenceCycle,
-                    format!("inheritance cycle: {}", names.join(" -> ")),
-                ));
-            }
-            if names.len() > render::INHERIT_DEPTH_MAX {
-                return Err(CfgError::new(
-                    Reason::ReferenceCycle,
-                    format!(
-                        "inheritance deeper than {} levels",
-                        render::INHERIT_DEPTH_MAX
-                    ),
-                ));
-            }
+            lineage.step(&parent)?;
             // Inherited layers are read as of the same time; a revision belongs
             // to the child's group, so parents are read at their latest state.
             let as_of = match opts.as_of {
@@ -615,7 +601,6 @@ impl ConfigStore {
             let layer = self
                 .load_layer(&parent, path, as_of, opts.consistency)
                 .await?;
-            names.push(parent);
             chain.push(layer);
         }
         Ok(chain)

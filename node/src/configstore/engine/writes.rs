@@ -454,9 +454,10 @@ impl ConfigStore {
     }
 
     pub(super) async fn check_no_cycle(&self, ns: &str, parent: &str) -> Result<(), CfgError> {
-        let mut chain = vec![ns.to_string(), parent.to_string()];
+        let mut lineage = layers::Lineage::new(ns);
+        lineage.step(parent)?;
         let mut cur = parent.to_string();
-        for _ in 0..=render::INHERIT_DEPTH_MAX {
+        loop {
             let layer = self
                 .load_layer(&cur, "$", AsOf::Latest, ReadConsistency::Linearizable)
                 .await
@@ -470,28 +471,12 @@ impl ConfigStore {
                         e
                     }
                 })?;
-            match layer.parent() {
-                None => return Ok(()),
-                Some(p) if p == ns => {
-                    chain.push(p);
-                    return Err(CfgError::new(
-                        Reason::ReferenceCycle,
-                        format!("inheritance cycle: {}", chain.join(" -> ")),
-                    ));
-                }
-                Some(p) => {
-                    chain.push(p.clone());
-                    cur = p;
-                }
-            }
+            let Some(p) = layer.parent() else {
+                return Ok(());
+            };
+            lineage.step(&p)?;
+            cur = p;
         }
-        Err(CfgError::new(
-            Reason::ReferenceCycle,
-            format!(
-                "inheritance deeper than {} levels",
-                render::INHERIT_DEPTH_MAX
-            ),
-        ))
     }
 
     /// Replace the subtree at `path` with `doc`, keeping leaf boundaries.
@@ -604,17 +589,20 @@ impl ConfigStore {
                     parents.insert(info.name.clone(), p);
                 }
             }
+            // Environments that inherit from this one, however far down (a
+            // chain that is broken or too deep is another write's problem).
             for env in parents.keys() {
+                let mut lineage = layers::Lineage::new(env);
                 let mut cur = env.clone();
-                for _ in 0..=render::INHERIT_DEPTH_MAX {
-                    match parents.get(&cur) {
-                        Some(p) if p == ns => {
-                            envs.push(env.clone());
-                            break;
-                        }
-                        Some(p) => cur = p.clone(),
-                        None => break,
+                while let Some(p) = parents.get(&cur) {
+                    if p == ns {
+                        envs.push(env.clone());
+                        break;
                     }
+                    if lineage.step(p).is_err() {
+                        break;
+                    }
+                    cur = p.clone();
                 }
             }
         }
@@ -627,16 +615,11 @@ impl ConfigStore {
         let mut ancestors: BTreeMap<String, Layer> = BTreeMap::new();
         for env in &envs {
             let mut chain = Vec::new();
+            let mut lineage = layers::Lineage::new(env);
             let mut cur = Some(env.clone());
             while let Some(name) = cur {
-                if chain.len() > render::INHERIT_DEPTH_MAX {
-                    return Err(CfgError::new(
-                        Reason::ReferenceCycle,
-                        format!(
-                            "inheritance of {env} deeper than {} levels",
-                            render::INHERIT_DEPTH_MAX
-                        ),
-                    ));
+                if !chain.is_empty() {
+                    lineage.step(&name)?;
                 }
                 let layer = if name == ns {
                     work.clone()
