@@ -3,9 +3,9 @@
 //! error codes mapped to gRPC status codes and stable reasons (documented in
 //! `proto/meridian/v1/meridian.proto`).
 
+use crate::core_client::CoreClient;
 use crate::reason::Reason;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::Stream;
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::config::RegionEntry;
-use crate::driver::{Input, ReplyTo, WATCH_BUFFER_MAX};
+use crate::driver::{Input, WATCH_BUFFER_MAX};
 
 /// Default and maximum page size of List.
 const LIST_LIMIT_DEFAULT: u32 = 100;
@@ -103,8 +103,7 @@ fn unexpected(resp: &ClientResponse) -> Status {
 /// The gRPC services of one region.
 #[derive(Clone)]
 pub struct Api {
-    inputs: mpsc::Sender<Input>,
-    next_req: Arc<AtomicU64>,
+    core: CoreClient,
     regions: Arc<Vec<RegionEntry>>,
     /// Home group of each namespace (watch events carry it).
     ns_home: Arc<std::collections::BTreeMap<String, u8>>,
@@ -162,20 +161,19 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 
 /// Cancels the core's watch when the gRPC stream is dropped (client gone).
 struct WatchGuard {
-    inputs: mpsc::Sender<Input>,
+    core: CoreClient,
     req: u64,
 }
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
-        let _ = self.inputs.try_send(Input::CancelWatch { req: self.req });
+        self.core.cancel_watch(self.req);
     }
 }
 
 impl Api {
     pub fn new(
-        inputs: mpsc::Sender<Input>,
-        next_req: Arc<AtomicU64>,
+        core: CoreClient,
         regions: Vec<RegionEntry>,
         ns_home: std::collections::BTreeMap<String, u8>,
         me: u8,
@@ -184,41 +182,27 @@ impl Api {
         Api {
             home_return_delay_ms,
             ns_home: Arc::new(ns_home),
-            inputs,
-            // Request ids only need to be unique within this process.
-            next_req,
+            core,
             regions: Arc::new(regions),
             me,
         }
-    }
-
-    fn req_id(&self) -> u64 {
-        self.next_req.fetch_add(1, Ordering::Relaxed)
     }
 
     async fn call(&self, request: ClientRequest) -> Result<ClientResponse, Status> {
         // What an error names: the core answers with a code alone.
         let ns = request.namespace().unwrap_or_default().to_string();
         let invalid_because = why_invalid(&request);
-        let (tx, rx) = oneshot::channel();
-        let input = Input::Client {
-            req: self.req_id(),
-            request,
-            reply: ReplyTo::Once(tx),
-        };
-        self.inputs.send(input).await.map_err(|_| stopping())?;
-        match rx.await {
-            Ok(ClientResponse::Error(ErrorCode::UnknownNamespace)) => Err(status(
+        match self.core.call(request).await.map_err(|_| stopping())? {
+            ClientResponse::Error(ErrorCode::UnknownNamespace) => Err(status(
                 Reason::UnknownNamespace,
                 &format!("unknown namespace {ns:?}"),
             )),
-            Ok(ClientResponse::Error(ErrorCode::InvalidRequest)) => {
+            ClientResponse::Error(ErrorCode::InvalidRequest) => {
                 let why = invalid_because.unwrap_or_else(|| "invalid request".to_string());
                 Err(status(Reason::InvalidRequest, &why))
             }
-            Ok(ClientResponse::Error(code)) => Err(error_status(code)),
-            Ok(r) => Ok(r),
-            Err(_) => Err(stopping()),
+            ClientResponse::Error(code) => Err(error_status(code)),
+            r => Ok(r),
         }
     }
 
@@ -437,22 +421,18 @@ impl Kv for Api {
     async fn watch(&self, r: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let r = r.into_inner();
         let group = u32::from(self.ns_home.get(&r.namespace).copied().unwrap_or(0));
-        let req = self.req_id();
-        let (tx, mut rx) = mpsc::channel(WATCH_BUFFER_MAX);
-        self.inputs
-            .send(Input::Client {
-                req,
-                request: ClientRequest::Watch {
-                    ns: r.namespace,
-                    prefix: r.prefix,
-                    start_revision: r.start_revision,
-                },
-                reply: ReplyTo::Stream(tx),
-            })
+        let request = ClientRequest::Watch {
+            ns: r.namespace,
+            prefix: r.prefix,
+            start_revision: r.start_revision,
+        };
+        let (req, mut rx) = self
+            .core
+            .watch(request, WATCH_BUFFER_MAX)
             .await
             .map_err(|_| stopping())?;
         let guard = WatchGuard {
-            inputs: self.inputs.clone(),
+            core: self.core.clone(),
             req,
         };
         let stream = async_stream(
@@ -536,7 +516,7 @@ impl Admin for Api {
         _r: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         let (tx, rx) = oneshot::channel();
-        self.inputs
+        self.core
             .send(Input::Status { reply: tx })
             .await
             .map_err(|_| stopping())?;

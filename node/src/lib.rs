@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod configstore;
+pub mod core_client;
 pub mod driver;
 pub mod grpc;
 pub mod grpc_config;

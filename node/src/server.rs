@@ -138,12 +138,11 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         .iter()
         .map(|n| (n.name.clone(), n.home))
         .collect();
-    // Request ids are unique per process: the gRPC API and the configuration
-    // engine draw from one counter.
-    let next_req = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    // One handle into the driver for the gRPC API and the configuration
+    // engine (request ids are unique per process).
+    let core_client = crate::core_client::CoreClient::new(input_tx);
     let store = ConfigStore::new(
-        input_tx.clone(),
-        next_req.clone(),
+        core_client.clone(),
         names_for_store,
         Limits {
             key_bytes_max: core.key_bytes_max,
@@ -152,8 +151,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         },
     );
     let api = Api::new(
-        input_tx,
-        next_req,
+        core_client,
         cfg.regions.clone(),
         ns_home,
         me,

@@ -20,9 +20,9 @@ mod writes;
 
 pub use watch::WatchEvent;
 
+use crate::core_client::CoreClient;
 use crate::reason::Reason;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use meridian_core::node::CATALOG_NS;
@@ -33,13 +33,12 @@ use meridian_core::types::{
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::diff;
 use super::error::CfgError;
 use super::render::{self, RenderError, Renderer};
 use super::tree::{self, INHERITS_KEY, SCHEMA_KEY_PREFIX, VARS_KEY};
-use crate::driver::{Input, ReplyTo};
 
 /// Read-validate-write cycles tried before a write gives up as contended.
 const WRITE_ATTEMPTS_MAX: usize = 8;
@@ -72,8 +71,7 @@ pub struct Limits {
 
 #[derive(Clone)]
 pub struct ConfigStore {
-    inputs: mpsc::Sender<Input>,
-    next_req: Arc<AtomicU64>,
+    core: CoreClient,
     regions: Arc<Vec<String>>,
     limits: Limits,
 }
@@ -400,15 +398,9 @@ fn schema_prefix_of(meta_key: &str) -> Option<&str> {
 }
 
 impl ConfigStore {
-    pub fn new(
-        inputs: mpsc::Sender<Input>,
-        next_req: Arc<AtomicU64>,
-        regions: Vec<String>,
-        limits: Limits,
-    ) -> ConfigStore {
+    pub fn new(core: CoreClient, regions: Vec<String>, limits: Limits) -> ConfigStore {
         ConfigStore {
-            inputs,
-            next_req,
+            core,
             regions: Arc::new(regions),
             limits,
         }
@@ -438,22 +430,18 @@ impl ConfigStore {
 
     async fn call_once(&self, request: ClientRequest) -> Result<ClientResponse, CfgError> {
         let ns = request.namespace().unwrap_or_default().to_string();
-        let (tx, rx) = oneshot::channel();
-        let input = Input::Client {
-            req: self.next_req.fetch_add(1, Ordering::Relaxed),
-            request,
-            reply: ReplyTo::Once(tx),
-        };
-        let stopping = || CfgError::new(Reason::ShuttingDown, "the node is stopping");
-        self.inputs.send(input).await.map_err(|_| stopping())?;
-        match rx.await {
-            Ok(ClientResponse::Error(ErrorCode::UnknownNamespace)) => Err(CfgError::new(
+        let resp = self
+            .core
+            .call(request)
+            .await
+            .map_err(|_| CfgError::new(Reason::ShuttingDown, "the node is stopping"))?;
+        match resp {
+            ClientResponse::Error(ErrorCode::UnknownNamespace) => Err(CfgError::new(
                 Reason::UnknownNamespace,
                 format!("unknown environment {ns:?} (create it first: config create)"),
             )),
-            Ok(ClientResponse::Error(code)) => Err(CfgError::core(code)),
-            Ok(r) => Ok(r),
-            Err(_) => Err(stopping()),
+            ClientResponse::Error(code) => Err(CfgError::core(code)),
+            r => Ok(r),
         }
     }
 

@@ -167,18 +167,14 @@ impl ConfigStore {
         let (core_tx, mut core_rx) =
             mpsc::channel::<(usize, ClientResponse)>(WATCH_EVENTS_BUFFER_MAX);
         for (i, layer) in chain.iter().enumerate() {
-            let (tx, mut rx) = mpsc::channel(crate::driver::WATCH_BUFFER_MAX);
-            let input = Input::Client {
-                req: self.next_req.fetch_add(1, Ordering::Relaxed),
-                request: ClientRequest::Watch {
-                    ns: layer.ns.clone(),
-                    prefix: String::new(),
-                    start_revision: layer.token.map(|t| t.revision),
-                },
-                reply: ReplyTo::Stream(tx),
+            let request = ClientRequest::Watch {
+                ns: layer.ns.clone(),
+                prefix: String::new(),
+                start_revision: layer.token.map(|t| t.revision),
             };
-            self.inputs
-                .send(input)
+            let (_, mut rx) = self
+                .core
+                .watch(request, crate::driver::WATCH_BUFFER_MAX)
                 .await
                 .map_err(|_| CfgError::new(Reason::ShuttingDown, "the node is stopping"))?;
             let fwd = core_tx.clone();
