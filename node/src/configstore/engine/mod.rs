@@ -8,13 +8,16 @@
 //! become the core's request ids, so a retried write, in any region, returns
 //! the first result and never writes twice.
 //!
-//! This file holds the types, the core plumbing and the loading and
-//! rendering of layers; `reads`, `writes`, `namespaces` and `watch` hold the
-//! operations of each kind.
+//! This file holds the types, the calls into the core (through the shared
+//! `CoreClient`) and the loading and rendering of layers; `layers` is the one
+//! inheritance walk, `validate` checks a write before it commits, and
+//! `reads`, `writes`, `namespaces` and `watch` hold the operations of each
+//! kind.
 
 mod layers;
 mod namespaces;
 mod reads;
+mod validate;
 mod watch;
 mod writes;
 

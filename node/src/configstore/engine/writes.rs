@@ -1,6 +1,6 @@
 //! Writes: the optimistic read-validate-write cycle (operations applied to a
-//! copy, every affected environment rendered and validated, committed with a
-//! compare on the namespace revision), idempotent replays, and rollbacks.
+//! copy, validated by `validate`, committed with a compare on the namespace
+//! revision), idempotent replays, and rollbacks.
 
 use super::*;
 use crate::reason::Reason;
@@ -239,51 +239,6 @@ impl ConfigStore {
         }
     }
 
-    pub(super) fn check_value(&self, key: &str, v: &Value) -> Result<(), CfgError> {
-        let n = v.to_string().len();
-        if n > self.limits.value_bytes_max {
-            return Err(CfgError::new(
-                Reason::ValueTooLarge,
-                format!(
-                    "{key}: value is {n} bytes; at most {} bytes",
-                    self.limits.value_bytes_max
-                ),
-            ));
-        }
-        if key.len() > self.limits.key_bytes_max {
-            return Err(CfgError::new(
-                Reason::KeyTooLong,
-                format!(
-                    "key is {} bytes; at most {}",
-                    key.len(),
-                    self.limits.key_bytes_max
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    pub(super) fn check_version(
-        layer: &Layer,
-        key: &str,
-        want: Option<u64>,
-    ) -> Result<(), CfgError> {
-        let Some(want) = want else { return Ok(()) };
-        let have = layer
-            .kvs
-            .get(key)
-            .filter(|kv| kv.value.is_some())
-            .map_or(0, |kv| kv.version);
-        if have != want {
-            return Err(CfgError::new(
-                Reason::CasConflict,
-                format!("{key} is at version {have}, not {want}; nothing was written"),
-            )
-            .with_details(serde_json::json!({"key": key, "version": have})));
-        }
-        Ok(())
-    }
-
     /// Apply one operation to the working copy of a namespace.
     pub(super) async fn apply_op(&self, work: &mut Layer, op: &Op) -> Result<(), CfgError> {
         let key_err = |m: String| CfgError::new(Reason::InvalidKey, m);
@@ -435,50 +390,6 @@ impl ConfigStore {
         Ok(())
     }
 
-    /// A parent given as an environment of the same project, or as a full
-    /// `project/environment` name.
-    pub(super) fn resolve_env(&self, ns: &str, parent: &str) -> Result<String, CfgError> {
-        let full = if parent.contains('/') {
-            parent.to_string()
-        } else {
-            let project = ns.split_once('/').map_or(ns, |(p, _)| p);
-            ns_name(project, parent)
-        };
-        if full == ns {
-            return Err(CfgError::new(
-                Reason::ReferenceCycle,
-                format!("{ns} cannot inherit from itself"),
-            ));
-        }
-        Ok(full)
-    }
-
-    pub(super) async fn check_no_cycle(&self, ns: &str, parent: &str) -> Result<(), CfgError> {
-        let mut lineage = layers::Lineage::new(ns);
-        lineage.step(parent)?;
-        let mut cur = parent.to_string();
-        loop {
-            let layer = self
-                .load_layer(&cur, "$", AsOf::Latest, ReadConsistency::Linearizable)
-                .await
-                .map_err(|e| {
-                    if e.reason == Reason::UnknownNamespace {
-                        CfgError::new(
-                            Reason::UnknownNamespace,
-                            format!("cannot inherit from {cur}: no such namespace"),
-                        )
-                    } else {
-                        e
-                    }
-                })?;
-            let Some(p) = layer.parent() else {
-                return Ok(());
-            };
-            lineage.step(&p)?;
-            cur = p;
-        }
-    }
-
     /// Replace the subtree at `path` with `doc`, keeping leaf boundaries.
     pub(super) fn replace_subtree(
         &self,
@@ -563,128 +474,6 @@ impl ConfigStore {
             ));
         }
         Ok((ops, changes))
-    }
-
-    /// Render and validate every environment the change to `work.ns` affects:
-    /// itself and every environment that inherits from it, directly or not.
-    pub(super) async fn validate_affected(&self, work: &Layer) -> Result<(), CfgError> {
-        let ns = work.ns.as_str();
-        let project = ns.split_once('/').map(|(p, _)| p);
-        let mut envs: Vec<String> = vec![ns.to_string()];
-        if let Some(project) = project {
-            let mut parents: BTreeMap<String, String> = BTreeMap::new();
-            // This region's replicas of the catalog and of the other
-            // environments, as the other environments' layers below: a
-            // linearizable catalog read would cost a round trip to the
-            // catalog's leader on every write, and would still not order
-            // the write after another environment's concurrent change.
-            for info in self.list_namespaces_local(&format!("{project}/")).await? {
-                if info.name == ns {
-                    continue;
-                }
-                let l = self
-                    .load_layer(&info.name, "$", AsOf::Latest, ReadConsistency::Stale)
-                    .await?;
-                if let Some(p) = l.parent() {
-                    parents.insert(info.name.clone(), p);
-                }
-            }
-            // Environments that inherit from this one, however far down (a
-            // chain that is broken or too deep is another write's problem).
-            for env in parents.keys() {
-                let mut lineage = layers::Lineage::new(env);
-                let mut cur = env.clone();
-                while let Some(p) = parents.get(&cur) {
-                    if p == ns {
-                        envs.push(env.clone());
-                        break;
-                    }
-                    if lineage.step(p).is_err() {
-                        break;
-                    }
-                    cur = p.clone();
-                }
-            }
-        }
-        let mut problems = Vec::new();
-        // The written environment's ancestors are read linearizably: a
-        // schema or value committed in a parent before this write began must
-        // bind it, and the commit's compare covers only this environment.
-        // (Environments that inherit from it are read as this region holds
-        // them; their own writes validate against this one in turn.)
-        let mut ancestors: BTreeMap<String, Layer> = BTreeMap::new();
-        for env in &envs {
-            let mut chain = Vec::new();
-            let mut lineage = layers::Lineage::new(env);
-            let mut cur = Some(env.clone());
-            while let Some(name) = cur {
-                if !chain.is_empty() {
-                    lineage.step(&name)?;
-                }
-                let layer = if name == ns {
-                    work.clone()
-                } else if let Some(l) = ancestors.get(&name) {
-                    l.clone()
-                } else if env == ns {
-                    let l = self
-                        .load_layer(&name, "", AsOf::Latest, ReadConsistency::Linearizable)
-                        .await?;
-                    ancestors.insert(name.clone(), l.clone());
-                    l
-                } else {
-                    self.load_layer(&name, "", AsOf::Latest, ReadConsistency::Stale)
-                        .await?
-                };
-                cur = layer.parent();
-                chain.push(layer);
-            }
-            let (leaves, vars) = effective(&chain);
-            let mut r = Renderer::new(&leaves, &vars, true);
-            let rendered = r.subtree("").map_err(|e| {
-                let mut err = CfgError::from(e);
-                if env != ns {
-                    err.message = format!("in {env} (inherits from {ns}): {}", err.message);
-                }
-                err
-            })?;
-            for (prefix, schema) in effective_schemas(&chain) {
-                let instance = match (&rendered, prefix.is_empty()) {
-                    (_, true) => rendered.clone().unwrap_or(Value::Object(Map::new())),
-                    (Some(_), false) => match r.subtree(&prefix)? {
-                        Some(v) => v,
-                        None => continue,
-                    },
-                    (None, false) => continue,
-                };
-                let validator = jsonschema::draft202012::new(&schema).map_err(|e| {
-                    CfgError::new(Reason::BadSchema, format!("schema at {prefix:?}: {e}"))
-                })?;
-                for e in validator.iter_errors(&instance) {
-                    problems.push(serde_json::json!({
-                        "environment": env,
-                        "schema_prefix": prefix,
-                        "instance_path": e.instance_path().as_str(),
-                        "schema_path": e.schema_path().as_str(),
-                        "message": e.to_string(),
-                    }));
-                }
-            }
-        }
-        if problems.is_empty() {
-            return Ok(());
-        }
-        let first = &problems[0];
-        let msg = format!(
-            "{} schema violation(s); first: {} at {}{} (schema {}{}): {}",
-            problems.len(),
-            first["environment"].as_str().unwrap_or_default(),
-            first["schema_prefix"].as_str().unwrap_or_default(),
-            first["instance_path"].as_str().unwrap_or_default(),
-            first["schema_prefix"].as_str().unwrap_or_default(),
-            first["schema_path"].as_str().unwrap_or_default(),
-            first["message"].as_str().unwrap_or_default(),
-        );
-        Err(CfgError::new(Reason::SchemaViolation, msg).with_details(Value::Array(problems)))
     }
 
     /// Roll a key (or, with `key` None, the whole namespace) back to what it
