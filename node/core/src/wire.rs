@@ -175,6 +175,46 @@ impl Msg {
     }
 }
 
+impl RaftMsg {
+    /// What is out of shape in this message from a leader at `term`, if
+    /// anything: more entries than `entries_max`, entries that do not follow
+    /// `prev_index` one by one or carry a term above the sender's, or a
+    /// snapshot chunk that overruns its total or `chunk_bytes_max`. A peer
+    /// sending such a message is out of protocol; nothing of it applies.
+    pub fn shape_error(
+        &self,
+        term: u64,
+        entries_max: usize,
+        chunk_bytes_max: usize,
+    ) -> Option<&'static str> {
+        match self {
+            RaftMsg::Append {
+                prev_index,
+                entries,
+                ..
+            } => {
+                if entries.len() > entries_max {
+                    return Some("too many entries");
+                }
+                let misplaced = entries
+                    .iter()
+                    .enumerate()
+                    .any(|(k, e)| e.index != prev_index + 1 + k as u64 || e.term > term);
+                misplaced.then_some("entries out of place")
+            }
+            RaftMsg::Snapshot {
+                offset,
+                total,
+                data,
+                ..
+            } => (offset.saturating_add(data.len() as u64) > *total
+                || data.len() > chunk_bytes_max)
+                .then_some("bad snapshot chunk"),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +248,65 @@ mod tests {
         let e = encode("test value", &Unencodable).expect_err("must fail");
         assert_eq!(e.what, "test value");
         assert!(e.to_string().starts_with("cannot encode test value"), "{e}");
+    }
+
+    fn append(prev_index: u64, entries: &[(u64, u64)]) -> RaftMsg {
+        RaftMsg::Append {
+            prev_index,
+            prev_term: 1,
+            entries: entries
+                .iter()
+                .map(|&(index, term)| crate::storage::Entry {
+                    index,
+                    term,
+                    data: crate::storage::EntryData::Noop,
+                })
+                .collect(),
+            commit: 0,
+            round: 1,
+            transferring_to: None,
+            echo_us: 0,
+            lease_ok: false,
+        }
+    }
+
+    #[test]
+    fn out_of_shape_appends_and_chunks_are_named() {
+        assert_eq!(append(4, &[(5, 2), (6, 3)]).shape_error(3, 8, 64), None);
+        assert_eq!(
+            append(4, &[(5, 2), (7, 3)]).shape_error(3, 8, 64),
+            Some("entries out of place"),
+            "a gap"
+        );
+        assert_eq!(
+            append(4, &[(5, 4)]).shape_error(3, 8, 64),
+            Some("entries out of place"),
+            "a term above the sender's"
+        );
+        assert_eq!(
+            append(4, &[(5, 2), (6, 2)]).shape_error(3, 1, 64),
+            Some("too many entries")
+        );
+        let chunk = |offset: u64, total: u64, len: usize| RaftMsg::Snapshot {
+            index: 9,
+            term: 2,
+            offset,
+            total,
+            data: vec![0; len],
+            round: 1,
+        };
+        assert_eq!(chunk(0, 10, 10).shape_error(3, 8, 64), None);
+        assert_eq!(
+            chunk(5, 10, 6).shape_error(3, 8, 64),
+            Some("bad snapshot chunk")
+        );
+        assert_eq!(
+            chunk(u64::MAX, 10, 1).shape_error(3, 8, 64),
+            Some("bad snapshot chunk")
+        );
+        assert_eq!(
+            chunk(0, 100, 65).shape_error(3, 8, 64),
+            Some("bad snapshot chunk")
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! what it observes (leases, elections, votes, applied entries).
 
 use super::*;
+use crate::checkers::lease_safety;
 
 impl World {
     pub(super) fn start_node(&mut self, n: NodeId) {
@@ -168,25 +169,19 @@ impl World {
                     // Only a lease that moved needs its coverage checked again.
                     let moved = self.lease_checked.insert((n, g), e) != Some(e);
                     if let Some((term, round)) = node.lease_basis(g).filter(|_| moved) {
-                        // The lease must end before the promises of a majority
-                        // (this node included) that received round >= `round`.
-                        let mut covered = 1;
-                        let mut worst = Vec::new();
-                        for f in 0..self.opts.regions {
-                            if f == n {
-                                continue;
-                            }
-                            let promise = self
-                                .promises
-                                .get(&(g, f, n, term))
-                                .and_then(|m| m.range(round..).take(8).map(|(_, e)| *e).min());
-                            match promise {
-                                Some(p) if p >= end => covered += 1,
-                                other => worst.push((f, other)),
-                            }
-                        }
-                        if covered < self.cfg.majority() {
-                            let detail = format!("lease of term {term} round {round} ends at t={end}us; short promises {worst:?}");
+                        let lease = lease_safety::Lease {
+                            group: g,
+                            holder: n,
+                            term,
+                            round,
+                            end_us: end,
+                        };
+                        if let Some(detail) = lease_safety::uncovered(
+                            &self.promises,
+                            &lease,
+                            self.opts.regions,
+                            self.cfg.majority(),
+                        ) {
                             self.history.uncovered_leases.push((g, n, self.now, detail));
                         }
                     }

@@ -268,7 +268,7 @@ pub struct World {
     pending_crash: Option<NodeId>,
     vote_crash_armed: bool,
     /// (group, follower, leader, term) -> round -> true end of the promise made on it.
-    promises: BTreeMap<(GroupId, NodeId, NodeId, u64), BTreeMap<u64, u64>>,
+    promises: crate::checkers::lease_safety::Promises,
     lease_checked: BTreeMap<(NodeId, GroupId), u64>,
     /// The operator saw `MOVING_NS` created.
     moving_created: bool,

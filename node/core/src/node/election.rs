@@ -229,8 +229,8 @@ impl Node {
                 if w.request_id != 0 {
                     // A retry of this write may still arrive: it joins this entry.
                     let ack_on_durable = matches!(
-                        self.ns_index.get(&w.ns),
-                        Some((_, ReplicationMode::Async { .. }, _))
+                        self.ns_index.get(&w.ns).map(|e| e.mode),
+                        Some(ReplicationMode::Async { .. })
                     );
                     let resp = ClientResponse::Written {
                         versions: w.reply_versions.clone(),

@@ -35,10 +35,21 @@ impl Node {
         let mut ns_index = BTreeMap::new();
         ns_index.insert(
             CATALOG_NS.to_string(),
-            (0, ReplicationMode::Quorum, Retention::default()),
+            NsEntry {
+                home: 0,
+                mode: ReplicationMode::Quorum,
+                retention: Retention::default(),
+            },
         );
         for ns in &cfg.namespaces {
-            ns_index.insert(ns.name.clone(), (ns.home, ns.mode, Retention::default()));
+            ns_index.insert(
+                ns.name.clone(),
+                NsEntry {
+                    home: ns.home,
+                    mode: ns.mode,
+                    retention: Retention::default(),
+                },
+            );
         }
         let mut groups = Vec::new();
         let mut sms = Vec::new();

@@ -63,18 +63,18 @@ impl Node {
 
     /// A namespace's home group and, while it moves, its new home.
     pub fn ns_home(&self, ns: &str) -> Option<(GroupId, Option<GroupId>)> {
-        let (g, _, _) = self.ns_index.get(ns)?;
-        Some((*g, self.moves.get(ns).map(|&(_, to, _)| to)))
+        let e = self.ns_index.get(ns)?;
+        Some((e.home, self.moves.get(ns).map(|m| m.to)))
     }
 
     pub fn read_local(&self, ns: &str, key: &str) -> Option<KeyValue> {
-        let (g, _, _) = self.ns_index.get(ns)?;
-        Some(self.sms[*g as usize].get(ns, key))
+        let e = self.ns_index.get(ns)?;
+        Some(self.sms[e.home as usize].get(ns, key))
     }
 
     pub fn history(&self, ns: &str, key: &str) -> Vec<KeyValue> {
         match self.ns_index.get(ns) {
-            Some((g, _, _)) => self.sms[*g as usize].history(ns, key),
+            Some(e) => self.sms[e.home as usize].history(ns, key),
             None => Vec::new(),
         }
     }

@@ -110,33 +110,12 @@ impl Node {
         term: u64,
         body: RaftMsg,
     ) -> Result<(), PeerError> {
-        if let RaftMsg::Append {
-            prev_index,
-            entries,
-            ..
-        } = &body
-        {
-            if entries.len() > self.cfg.append_entries_max {
-                return Err(PeerError::OutOfProtocol("too many entries"));
-            }
-            for (k, e) in entries.iter().enumerate() {
-                if e.index != prev_index + 1 + k as u64 || e.term > term {
-                    return Err(PeerError::OutOfProtocol("entries out of place"));
-                }
-            }
-        }
-        if let RaftMsg::Snapshot {
-            offset,
-            total,
-            data,
-            ..
-        } = &body
-        {
-            if offset.saturating_add(data.len() as u64) > *total
-                || data.len() > self.cfg.snapshot_chunk_bytes
-            {
-                return Err(PeerError::OutOfProtocol("bad snapshot chunk"));
-            }
+        if let Some(why) = body.shape_error(
+            term,
+            self.cfg.append_entries_max,
+            self.cfg.snapshot_chunk_bytes,
+        ) {
+            return Err(PeerError::OutOfProtocol(why));
         }
         let my_term = self.groups[g].term;
         match body {

@@ -31,6 +31,13 @@ mod requests;
 mod timers;
 mod watches;
 
+#[cfg(test)]
+mod election_test;
+#[cfg(test)]
+mod replication_test;
+#[cfg(test)]
+mod test_support;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::config::Config;
@@ -360,8 +367,24 @@ impl ProposedWrite {
     }
 }
 
-/// A namespace's home group, replication mode and history retention.
-type NsEntry = (GroupId, ReplicationMode, Retention);
+/// What the node knows of a namespace: its home group, replication mode and
+/// history retention.
+#[derive(Clone, Copy, Debug)]
+struct NsEntry {
+    home: GroupId,
+    mode: ReplicationMode,
+    retention: Retention,
+}
+
+/// A namespace on its way from one home group to another.
+#[derive(Clone, Copy, Debug)]
+struct Move {
+    from: GroupId,
+    to: GroupId,
+    /// The old home's tenure: the revision its copy became the home at (0:
+    /// created there).
+    tenure: u64,
+}
 
 /// The namespace catalog: namespace name -> `NsSettings`, in group 0. Clients
 /// may read it; only `CreateNamespace` writes it.
@@ -437,9 +460,8 @@ pub struct Node {
     /// plus the catalog (see `refresh_catalog`).
     ns_index: BTreeMap<String, NsEntry>,
     static_ns: BTreeMap<String, NsEntry>,
-    /// Catalog namespaces being moved: ns -> (old home, new home, the old
-    /// home's tenure: the revision its copy became the home at, 0: created).
-    moves: BTreeMap<String, (GroupId, GroupId, u64)>,
+    /// Catalog namespaces being moved.
+    moves: BTreeMap<String, Move>,
     /// Catalog namespaces that moved: ns -> revision of their home at which
     /// the copy there is complete (a replica behind it must not serve them).
     ns_floor: BTreeMap<String, u64>,

@@ -21,20 +21,24 @@ impl Node {
                 continue;
             }
             if let Some(to) = s.moving_to.filter(|&t| t < self.cfg.regions && t != s.home) {
-                self.moves
-                    .insert(kv.key.clone(), (s.home, to, s.adopt_revision));
+                let m = Move {
+                    from: s.home,
+                    to,
+                    tenure: s.adopt_revision,
+                };
+                self.moves.insert(kv.key.clone(), m);
             }
             if s.adopt_revision > 0 {
                 self.ns_floor.insert(kv.key.clone(), s.adopt_revision);
             }
-            index.entry(kv.key).or_insert((
-                s.home,
-                s.mode,
-                Retention {
+            index.entry(kv.key).or_insert(NsEntry {
+                home: s.home,
+                mode: s.mode,
+                retention: Retention {
                     versions_max: s.history_versions_max,
                     age_ms_max: s.history_age_ms_max,
                 },
-            ));
+            });
         }
         self.ns_index = index;
         if !self.watchers.is_empty() {
@@ -48,11 +52,11 @@ impl Node {
     /// copy is the namespace; the catalog catches up a moment later, and
     /// routing by it alone would refuse requests in between.
     pub(super) fn home_group(&self, ns: &str) -> GroupId {
-        let g = self.ns_index[ns].0;
+        let g = self.ns_index[ns].home;
         match self.moves.get(ns) {
             // A copy adopted after the old home's tenure began is this move's
             // (a replica lagging in the new home may still show an older one).
-            Some(&(from, to, tenure))
+            Some(&Move { from, to, tenure })
                 if from == g
                     && self.sms[to as usize]
                         .adopted(ns)
@@ -82,7 +86,7 @@ impl Node {
         let moves: Vec<(String, GroupId, GroupId, u64)> = self
             .moves
             .iter()
-            .map(|(n, &(f, t, tenure))| (n.clone(), f, t, tenure))
+            .map(|(n, m)| (n.clone(), m.from, m.to, m.tenure))
             .collect();
         for (ns, from, to, tenure) in moves {
             let (f, t) = (from as usize, to as usize);

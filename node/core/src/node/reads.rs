@@ -275,7 +275,7 @@ impl Node {
             .partition(|w| w.group == g && w.revision <= rev);
         self.token_waits = keep;
         for w in ready {
-            let is_async = matches!(self.ns_index[&w.ns].1, ReplicationMode::Async { .. });
+            let is_async = matches!(self.ns_index[&w.ns].mode, ReplicationMode::Async { .. });
             self.read(
                 g as usize,
                 Origin::Local(w.req),

@@ -234,7 +234,7 @@ impl Node {
                 consistency,
                 token,
             } => {
-                let (_, mode, _) = self.ns_index[&ns];
+                let mode = self.ns_index[&ns].mode;
                 let g = self.home_group(&ns);
                 let gi = g as usize;
                 // A replica of a namespace's new home that has not applied the
@@ -379,7 +379,9 @@ impl Node {
             ops,
             meta,
         } = w;
-        let (_, mode, retention) = self.ns_index[&ns];
+        let NsEntry {
+            mode, retention, ..
+        } = self.ns_index[&ns];
         // Idempotency first: a retried or duplicated write never applies twice,
         // and learns the first copy's fate, not a refusal claiming nothing happened.
         if request_id != 0 {

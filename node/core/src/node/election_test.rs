@@ -1,0 +1,76 @@
+//! Elections and leadership, handler by handler.
+
+use super::test_support::*;
+use super::*;
+
+#[test]
+fn a_candidate_steps_down_on_an_append_of_a_higher_term() {
+    let mut n = node_with_log(1, 4, &[1]);
+    n.campaign(0, false);
+    assert!(matches!(n.groups[0].role, Role::Candidate));
+    assert_eq!(n.groups[0].term, 5);
+    n.on_raft(0, 2, 6, append(1, 1, &[])).expect("in protocol");
+    let gr = &n.groups[0];
+    assert!(matches!(gr.role, Role::Follower));
+    assert_eq!((gr.term, gr.vote, gr.leader), (6, None, Some(2)));
+}
+
+#[test]
+fn a_candidate_ignores_an_append_of_an_older_term() {
+    let mut n = node_with_log(1, 4, &[1]);
+    n.campaign(0, false);
+    n.on_raft(0, 2, 4, append(1, 1, &[])).expect("in protocol");
+    assert!(matches!(n.groups[0].role, Role::Candidate));
+    assert_eq!(n.groups[0].term, 5);
+}
+
+#[test]
+fn leaving_leadership_drops_leader_state_and_answers_its_waiters() {
+    let mut n = node_with_log(0, 1, &[1]);
+    n.campaign(0, false);
+    // One vote besides its own makes a majority of 3.
+    n.on_raft(0, 1, 2, RaftMsg::VoteResp { granted: true })
+        .expect("in protocol");
+    assert!(n.groups[0].role.is_leader());
+    // A client write waits on the leader.
+    let req = 7;
+    n.pending.insert(req, n.now + 1_000_000);
+    let Some(ls) = n.groups[0].role.leading_mut() else {
+        panic!("leads");
+    };
+    ls.pending_writes.insert(
+        99,
+        PendingWrite {
+            origins: vec![Origin::Local(req)],
+            request_id: 0,
+            fingerprint: 0,
+            resp: ClientResponse::Error(ErrorCode::Internal),
+            ack_on_durable: false,
+        },
+    );
+    n.out.clear();
+    // A higher term arrives: the leader steps down.
+    n.on_raft(0, 2, 9, append(1, 1, &[])).expect("in protocol");
+    assert!(n.groups[0].role.leading().is_none());
+    let answered = n.out.iter().any(|a| {
+        matches!(a, Action::Reply { req: r, resp: ClientResponse::Error(ErrorCode::Indeterminate) } if *r == req)
+    });
+    assert!(
+        answered,
+        "the waiting write learns its outcome is unknown: {:?}",
+        n.out
+    );
+}
+
+#[test]
+fn a_vote_is_refused_to_a_candidate_whose_log_is_behind() {
+    let mut n = node_with_log(1, 2, &[1, 2]);
+    let vote = RaftMsg::Vote {
+        last_index: 5,
+        last_term: 1,
+        transfer: false,
+    };
+    n.on_raft(0, 2, 3, vote).expect("in protocol");
+    assert_eq!(n.groups[0].vote, None, "last term 1 < 2: not granted");
+    assert_eq!(n.groups[0].term, 3, "the term still moves");
+}
