@@ -6,14 +6,20 @@
 //! seed derives everything; the event queue orders by (time, sequence), so a
 //! seed replays exactly.
 //!
-//! This file holds the world's state, the event queue and the loop; the
-//! nodes' hosting (`hosting`), the network (`network`), clients and the
-//! operator (`clients`) and fault episodes (`faults`) are in their own files.
+//! This file holds the world's state and the loop; the events and their
+//! queue order (`queue`), the clocks (`clock`), the nodes' hosting
+//! (`hosting`), the network (`network`), clients and the operator
+//! (`clients`) and fault episodes (`faults`) are in their own files.
 
 mod clients;
+mod clock;
 mod faults;
 mod hosting;
 mod network;
+mod queue;
+
+use clock::Clock;
+use queue::{Ev, QItem};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -77,113 +83,6 @@ impl Options {
         cfg.clock_drift_max_ppm = 100_000;
         cfg.mutants = self.mutants;
         cfg
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Clock {
-    offset_us: u64,
-    drift_ppm: i64,
-}
-
-impl Clock {
-    fn local(self, t: u64) -> u64 {
-        let d = (t as i128 * self.drift_ppm as i128 / 1_000_000) as i64;
-        (self.offset_us as i64 + t as i64 + d) as u64
-    }
-    /// The earliest true time at which the local clock reads at least `l`.
-    fn to_true(self, l: u64) -> u64 {
-        if l <= self.offset_us {
-            return 0;
-        }
-        let x = (l - self.offset_us) as i128 * 1_000_000;
-        let den = 1_000_000 + self.drift_ppm as i128;
-        let mut t = ((x + den - 1) / den) as u64;
-        while self.local(t) < l {
-            t += 1;
-        }
-        t
-    }
-}
-
-#[derive(Clone, Debug)]
-enum Ev {
-    Deliver {
-        to: NodeId,
-        from: NodeId,
-        bytes: Vec<u8>,
-        meta_epoch: Option<u64>,
-    },
-    Timer {
-        node: NodeId,
-        gen: u64,
-    },
-    Disk {
-        node: NodeId,
-        inc: u64,
-        id: u64,
-        sync: bool,
-        ops: Vec<StorageOp>,
-        fail: bool,
-    },
-    ClientArrive {
-        client: usize,
-    },
-    ClientReq {
-        node: NodeId,
-        req: RequestId,
-        request: ClientRequest,
-    },
-    PeerReset {
-        node: NodeId,
-        peer: NodeId,
-    },
-    Restart {
-        node: NodeId,
-    },
-    Heal {
-        region: NodeId,
-        kind: EpisodeKind,
-    },
-    NextEpisode,
-    Garbage,
-    /// The operator's next step on the moving namespace: create it, then move
-    /// its home region again and again.
-    Admin,
-}
-
-impl Ev {
-    fn target(&self) -> Option<NodeId> {
-        match self {
-            Ev::Deliver { to, .. } => Some(*to),
-            Ev::Timer { node, .. }
-            | Ev::Disk { node, .. }
-            | Ev::ClientReq { node, .. }
-            | Ev::PeerReset { node, .. } => Some(*node),
-            _ => None,
-        }
-    }
-}
-
-struct QItem {
-    at: u64,
-    seq: u64,
-    ev: Ev,
-}
-impl PartialEq for QItem {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for QItem {}
-impl PartialOrd for QItem {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for QItem {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
     }
 }
 
