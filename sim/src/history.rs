@@ -131,6 +131,9 @@ pub struct MoveRec {
     pub outcome: Outcome,
 }
 
+/// What the world observed during a seed, for the checkers: one field per
+/// kind of observation a checker reads (operations, applied entries, leases,
+/// promises, votes, moves, ...), which is why there are more than 15.
 #[derive(Clone, Debug, Default)]
 pub struct History {
     pub regions: u8,

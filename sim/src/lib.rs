@@ -12,7 +12,8 @@ use checkers::*;
 use history::Violation;
 pub use world::{Options, World};
 
-/// Everything one seed produced.
+/// Everything one seed produced: one field per figure the report prints
+/// (counts, latencies, RTO and RPO samples, the verdict), hence many.
 #[derive(Debug)]
 pub struct RunResult {
     pub seed: u64,

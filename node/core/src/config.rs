@@ -69,7 +69,8 @@ impl Mutants {
 }
 
 /// Configuration shared by every node of a cluster. Times are microseconds of a
-/// node's monotonic clock (suffix `_us`).
+/// node's monotonic clock (suffix `_us`). One field per setting, each a named
+/// limit or timing an operator may tune, which is why there are many.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
     /// Number of regions; one node and one home group per region.

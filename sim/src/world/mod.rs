@@ -135,6 +135,10 @@ struct Client {
     watch_cursor: Option<u64>,
 }
 
+/// The whole simulated world of one seed. Its fields are the models it runs
+/// together (queue, network, clocks, disks, nodes, clients, operator, faults)
+/// and the trace; each model's methods live in their own file, but they
+/// share one owner so that one seed orders every event, hence many fields.
 pub struct World {
     pub opts: Options,
     cfg: Config,

@@ -34,6 +34,14 @@ impl Node {
     }
 
     pub(super) fn finish_step(&mut self) {
+        // A planted bug (a mutant) is for the simulator's checkers to catch
+        // from the outside; these assertions would stop it first.
+        let planted = self.cfg.mutants != crate::config::Mutants::default();
+        if cfg!(debug_assertions) && !self.halted && !planted {
+            for gr in &self.groups {
+                gr.check_invariants(self.id);
+            }
+        }
         loop {
             if !self.step_ops.is_empty() {
                 let ops = std::mem::take(&mut self.step_ops);

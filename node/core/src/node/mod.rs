@@ -258,7 +258,9 @@ struct Transfer {
 
 /// One group's replica on this node: its persistent Raft state, its log,
 /// what it follows or is electing, and (inside `role`) what it has while
-/// leading.
+/// leading. More than 15 fields because a follower's and a candidate's
+/// state (promises, snapshot being received, vote requests) are small and
+/// live beside the persistent state rather than in a role of their own.
 struct Group {
     term: u64,
     vote: Option<NodeId>,
@@ -290,6 +292,49 @@ struct Group {
     promised: (NodeId, u64, u64),
     /// The current candidacy was started by a leadership transfer.
     campaign_transfer: bool,
+}
+
+impl Group {
+    /// The invariants of a group's replica between steps (checked at the end
+    /// of every step in debug builds, so every test and simulated seed run
+    /// under `cargo test` asserts them).
+    fn check_invariants(&self, me: NodeId) {
+        let last = self.log.last_index();
+        assert!(
+            self.applied <= self.commit,
+            "applied {} > commit {}",
+            self.applied,
+            self.commit
+        );
+        assert!(
+            self.commit <= last,
+            "commit {} beyond the log's last index {last}",
+            self.commit
+        );
+        if let Some(ls) = self.role.leading() {
+            assert_eq!(self.leader, Some(me), "a leader knows itself as leader");
+            assert_eq!(self.vote, Some(me), "a leader voted for itself in its term");
+            assert!(
+                ls.transfer.is_none() || ls.lease_expiry_us == 0,
+                "no lease while handing leadership over"
+            );
+            for (p, peer) in ls.peers.iter().enumerate() {
+                assert!(
+                    peer.match_index <= last,
+                    "peer {p} matched {} > last {last}",
+                    peer.match_index
+                );
+            }
+            if let Some((&i, _)) = ls.pending_writes.first_key_value() {
+                assert!(
+                    i > self.applied,
+                    "pending write at {i} already applied ({})",
+                    self.applied
+                );
+            }
+            assert!(ls.noop_index > 0, "a leader's no-op is in its log");
+        }
+    }
 }
 
 /// What a leader has and nobody else: replication progress per peer, the
@@ -449,6 +494,12 @@ struct TokenWait {
     consistency: Consistency,
 }
 
+/// One region's node. Its fields are the node-wide concerns side by side
+/// (groups and their state machines, the namespace catalog and moves,
+/// requests in flight, forwards, watches, token waits, metadata sync, the
+/// step's outputs): each concern's methods are in its own file, but they
+/// share one `&mut self` because one step may touch several (a commit
+/// answers clients, wakes watches and token waits), hence many fields.
 pub struct Node {
     id: NodeId,
     cfg: Config,
