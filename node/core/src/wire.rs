@@ -215,6 +215,28 @@ impl RaftMsg {
     }
 }
 
+/// An append of no-op entries given as (index, term), for tests.
+#[cfg(test)]
+pub(crate) fn test_append(prev_index: u64, prev_term: u64, entries: &[(u64, u64)]) -> RaftMsg {
+    RaftMsg::Append {
+        prev_index,
+        prev_term,
+        entries: entries
+            .iter()
+            .map(|&(index, term)| crate::storage::Entry {
+                index,
+                term,
+                data: crate::storage::EntryData::Noop,
+            })
+            .collect(),
+        commit: 0,
+        round: 1,
+        transferring_to: None,
+        echo_us: 0,
+        lease_ok: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,23 +273,7 @@ mod tests {
     }
 
     fn append(prev_index: u64, entries: &[(u64, u64)]) -> RaftMsg {
-        RaftMsg::Append {
-            prev_index,
-            prev_term: 1,
-            entries: entries
-                .iter()
-                .map(|&(index, term)| crate::storage::Entry {
-                    index,
-                    term,
-                    data: crate::storage::EntryData::Noop,
-                })
-                .collect(),
-            commit: 0,
-            round: 1,
-            transferring_to: None,
-            echo_us: 0,
-            lease_ok: false,
-        }
+        test_append(prev_index, 1, entries)
     }
 
     #[test]

@@ -24,25 +24,7 @@ pub(super) fn node_with_log(id: NodeId, term: u64, terms: &[u64]) -> Node {
 }
 
 /// An append from a leader with no new commit and the given entries.
-pub(super) fn append(prev_index: u64, prev_term: u64, entries: &[(u64, u64)]) -> RaftMsg {
-    RaftMsg::Append {
-        prev_index,
-        prev_term,
-        entries: entries
-            .iter()
-            .map(|&(index, term)| Entry {
-                index,
-                term,
-                data: EntryData::Noop,
-            })
-            .collect(),
-        commit: 0,
-        round: 1,
-        transferring_to: None,
-        echo_us: 0,
-        lease_ok: false,
-    }
-}
+pub(super) use crate::wire::test_append as append;
 
 /// Terms of group 0's log, entry by entry.
 pub(super) fn log_terms(n: &Node) -> Vec<u64> {
