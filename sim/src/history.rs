@@ -94,7 +94,7 @@ pub struct WatchLog {
     pub recs: Vec<WatchRec>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EpisodeKind {
     Crash,
     Isolate,
@@ -106,6 +106,16 @@ pub enum EpisodeKind {
 }
 
 impl EpisodeKind {
+    pub const ALL: [EpisodeKind; 7] = [
+        EpisodeKind::Crash,
+        EpisodeKind::Isolate,
+        EpisodeKind::OneWayIn,
+        EpisodeKind::OneWayOut,
+        EpisodeKind::Asymmetric,
+        EpisodeKind::Pause,
+        EpisodeKind::FsyncFail,
+    ];
+
     /// Faults after which the other regions must take over the region's groups.
     pub fn takes_region_out(self) -> bool {
         !matches!(self, EpisodeKind::Asymmetric)
@@ -131,11 +141,77 @@ pub struct MoveRec {
     pub outcome: Outcome,
 }
 
+/// A state or event the sweep must reach: the simulator counts each per
+/// run, and a 500-seed sweep in which one never occurs fails (the sweep did
+/// not test what it claims to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Coverage {
+    /// A fault episode of this class began.
+    Fault(EpisodeKind),
+    /// A voter crashed right after granting a vote.
+    CrashAfterVote,
+    /// A follower installed a snapshot from its leader.
+    SnapshotInstall,
+    /// A client sent a write again with the same request id.
+    Retry,
+    /// ... to another region than its own.
+    RetryElsewhere,
+    /// ... to a node that installed a snapshot since the write began.
+    RetryAfterSnapshotInstall,
+    /// A retried write got its final answer.
+    RetryAnswered,
+    /// A leader answered a retry from its idempotency table.
+    RetryFromTable,
+    /// A retry joined its first copy, still waiting to commit.
+    RetryJoinedPending,
+}
+
+impl Coverage {
+    /// Every state a sweep must reach.
+    pub fn required() -> Vec<Coverage> {
+        let mut v: Vec<Coverage> = EpisodeKind::ALL
+            .iter()
+            .map(|&k| Coverage::Fault(k))
+            .collect();
+        v.extend([
+            Coverage::CrashAfterVote,
+            Coverage::SnapshotInstall,
+            Coverage::Retry,
+            Coverage::RetryElsewhere,
+            Coverage::RetryAfterSnapshotInstall,
+            Coverage::RetryAnswered,
+            Coverage::RetryFromTable,
+            Coverage::RetryJoinedPending,
+        ]);
+        v
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Coverage::Fault(k) => format!("fault: {k:?}"),
+            Coverage::CrashAfterVote => "fault: crash right after a vote".into(),
+            Coverage::SnapshotInstall => "snapshot installed from a leader".into(),
+            Coverage::Retry => "write retried with its request id".into(),
+            Coverage::RetryElsewhere => "retry sent to another region".into(),
+            Coverage::RetryAfterSnapshotInstall => {
+                "retry to a node that installed a snapshot since".into()
+            }
+            Coverage::RetryAnswered => "retried write answered".into(),
+            Coverage::RetryFromTable => "retry answered from the idempotency table".into(),
+            Coverage::RetryJoinedPending => "retry joined its pending first copy".into(),
+        }
+    }
+}
+
 /// What the world observed during a seed, for the checkers: one field per
 /// kind of observation a checker reads (operations, applied entries, leases,
 /// promises, votes, moves, ...), which is why there are more than 15.
 #[derive(Clone, Debug, Default)]
 pub struct History {
+    /// How often each coverage state occurred.
+    pub coverage: BTreeMap<Coverage, u64>,
+    /// When each retried op of `ops` (by index) was last sent.
+    pub retried_at: BTreeMap<usize, u64>,
     pub regions: u8,
     pub ops: Vec<OpRecord>,
     /// Client operations on the namespace that moves (`world::MOVING_NS`);
@@ -174,6 +250,10 @@ impl History {
             leases: vec![vec![Vec::new(); regions as usize]; regions as usize],
             ..History::default()
         }
+    }
+
+    pub fn cover(&mut self, c: Coverage) {
+        *self.coverage.entry(c).or_default() += 1;
     }
 
     pub fn record_applied(&mut self, group: GroupId, revision: u64, node: NodeId, a: Applied) {

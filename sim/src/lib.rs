@@ -9,7 +9,7 @@ pub mod world;
 use std::time::{Duration, Instant};
 
 use checkers::*;
-use history::Violation;
+use history::{Coverage, Violation};
 pub use world::{Options, World};
 
 /// Everything one seed produced: one field per figure the report prints
@@ -35,6 +35,10 @@ pub struct RunResult {
     pub episodes: usize,
     pub garbage_rejected: u64,
     pub moved: namespace_move::Report,
+    /// Request ids checked to have applied at most once.
+    pub request_ids: usize,
+    /// How often each coverage state occurred.
+    pub coverage: std::collections::BTreeMap<Coverage, u64>,
     pub violation: Option<Violation>,
 }
 
@@ -79,6 +83,8 @@ pub fn run_seed(opts: Options) -> (RunResult, World) {
         episodes: h.episodes.len(),
         garbage_rejected,
         moved: namespace_move::Report::default(),
+        request_ids: 0,
+        coverage: h.coverage.clone(),
         violation: None,
     };
     let result: Result<(), Violation> = (|| {
@@ -90,6 +96,7 @@ pub fn run_seed(opts: Options) -> (RunResult, World) {
         vote_safety::check(h)?;
         durable_before_reply::check(h)?;
         state_machine_safety::check(h, apply_errors)?;
+        r.request_ids = at_most_once::check(h)?;
         r.durability = durability::check(h)?;
         r.rpo_us = r.durability.rpo_samples_us.clone();
         (r.lin_keys, r.lin_ops) = linearizability::check(h)?;

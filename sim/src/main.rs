@@ -2,6 +2,7 @@
 //! summary; on a failure print the seed, the property, a trace excerpt and the
 //! exact command that replays it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -10,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use meridian_core::Mutants;
+use meridian_sim::history::Coverage;
 use meridian_sim::{run_seed, Options, RunResult};
 
 #[derive(Parser, Debug)]
@@ -50,6 +52,10 @@ struct Args {
     #[arg(long)]
     dump_trace: bool,
 }
+
+/// A sweep of at least this many seeds (faults on) must reach every
+/// coverage state, or it fails.
+const COVERAGE_SWEEP_SEEDS_MIN: usize = 100;
 
 fn parse_seeds(s: &str) -> Result<Vec<u64>> {
     if let Some((a, b)) = s.split_once("..=") {
@@ -271,6 +277,38 @@ fn main() -> Result<()> {
     for (seed, a, b) in &mismatches {
         println!("NONDETERMINISM: seed {seed}: trace hash {a:016x} then {b:016x}");
     }
+    // Coverage: how often each state the sweep must reach occurred.
+    let mut coverage: BTreeMap<Coverage, u64> = BTreeMap::new();
+    for r in &results {
+        for (c, n) in &r.coverage {
+            *coverage.entry(*c).or_default() += n;
+        }
+    }
+    println!();
+    println!("| coverage: state | occurrences | seeds |");
+    println!("|---|---|---|");
+    let mut unreached = Vec::new();
+    for c in Coverage::required() {
+        let n = coverage.get(&c).copied().unwrap_or(0);
+        let seeds = results
+            .iter()
+            .filter(|r| r.coverage.contains_key(&c))
+            .count();
+        println!("| {} | {n} | {seeds} |", c.name());
+        if n == 0 {
+            unreached.push(c.name());
+        }
+    }
+    // A full sweep with every fault class on must reach every state; a
+    // short or fault-free run only shows what it reached.
+    let sweep = results.len() >= COVERAGE_SWEEP_SEEDS_MIN && !args.no_faults;
+    for name in &unreached {
+        println!(
+            "{}: never reached: {name}",
+            if sweep { "COVERAGE FAILED" } else { "note" }
+        );
+    }
+    let coverage_failed = sweep && !unreached.is_empty();
     for r in failed.iter().take(5) {
         let Some(v) = &r.violation else { continue };
         println!();
@@ -314,7 +352,7 @@ fn main() -> Result<()> {
         results.len() - failed.len(),
         failed.len()
     );
-    if !failed.is_empty() || !mismatches.is_empty() {
+    if !failed.is_empty() || !mismatches.is_empty() || coverage_failed {
         std::process::exit(1);
     }
     Ok(())

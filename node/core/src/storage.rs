@@ -63,6 +63,11 @@ pub struct AdoptEffect {
     /// Newest change time of the old home (a group's times never go back).
     pub time_ms: u64,
     pub versions: Vec<AdoptVersion>,
+    /// On the last chunk: the namespace's earlier homes, newest first (the
+    /// old home first), each group once, with the revision a replica of it
+    /// must have applied to hold every write the namespace took there. A
+    /// retried write looks for its first result in their idempotency tables.
+    pub lineage: Vec<(GroupId, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -430,6 +430,14 @@ pub enum Observation {
         timeout_now_sent: bool,
         behind: u64,
     },
+    /// A write arrived with a request id seen before and was answered with
+    /// the first copy's fate: from the idempotency table (`from_table`), or
+    /// by joining the copy still waiting to commit.
+    WriteReplayed {
+        group: GroupId,
+        request_id: u64,
+        from_table: bool,
+    },
     /// Storage failed: the node stopped and will not acknowledge anything.
     Halted,
 }

@@ -147,3 +147,42 @@ fn a_new_leader_refuses_a_reuse_of_an_id_it_only_applied() {
         net.reply(2, 4)
     );
 }
+
+/// An async namespace answers a write once it is durable at the leader,
+/// before it commits. A retry arriving between the answer and the commit
+/// (its answer was lost on the way) used to find no trace of the first copy
+/// and wrote a second one (found by the simulator's retrying clients).
+#[test]
+fn a_retry_of_an_async_write_answered_before_commit_gets_the_same_answer() {
+    let mut net = settled();
+    let ns = "r0-async";
+    // The leader cannot replicate for now: the write stays uncommitted.
+    net.cut.insert(1);
+    net.cut.insert(2);
+    let now = net.now;
+    net.nodes[0].handle_client(now, 10, common::put_with_id(ns, "a", b"1", 91));
+    net.run_until(net.now + 10_000);
+    let first = written(net.reply(0, 10));
+    assert_eq!(
+        net.nodes[0].applied_revision(0),
+        first.1.revision - 1,
+        "not applied yet"
+    );
+    // The retry, same id: the same answer, no second copy.
+    let now = net.now;
+    net.nodes[0].handle_client(now, 11, common::put_with_id(ns, "a", b"1", 91));
+    net.run_until(net.now + 10_000);
+    assert_eq!(
+        written(net.reply(0, 11)),
+        first,
+        "the retry learns the first answer"
+    );
+    net.cut.clear();
+    net.run_until(net.now + 2_000_000);
+    let history: Vec<u64> = net.nodes[0]
+        .history(ns, "a")
+        .iter()
+        .map(|kv| kv.version)
+        .collect();
+    assert_eq!(history, vec![1], "one version: the write applied once");
+}

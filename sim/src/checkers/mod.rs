@@ -2,6 +2,7 @@
 //! Every checker takes the recorded `History` (and, for convergence, the final
 //! node states) and returns what it measured or the first violation.
 
+pub mod at_most_once;
 pub mod bounded_staleness;
 pub mod convergence;
 pub mod durability;

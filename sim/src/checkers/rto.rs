@@ -1,6 +1,7 @@
 //! RTO: after a region that led a group fails, the first acknowledged quorum
-//! write to that group's namespaces (invoked after the failure, so served by a
-//! leader elsewhere while the region is out) comes within the bound.
+//! write to that group's namespaces (invoked, or retried, after the failure,
+//! so served by a leader elsewhere while the region is out) comes within the
+//! bound.
 
 use meridian_core::ClientResponse;
 
@@ -13,10 +14,15 @@ pub fn check(h: &History) -> Result<Vec<u64>, Violation> {
     let mut samples = Vec::new();
     for ep in h.episodes.iter().filter(|e| e.kind.takes_region_out()) {
         for &g in &ep.led_groups {
+            let sent = |i: usize, r: &crate::history::OpRecord| {
+                h.retried_at.get(&i).copied().unwrap_or(r.invoke_us)
+            };
             let first = h
                 .ops
                 .iter()
-                .filter(|r| !r.is_async && r.group == g && r.invoke_us >= ep.start_us)
+                .enumerate()
+                .filter(|(i, r)| !r.is_async && r.group == g && sent(*i, r) >= ep.start_us)
+                .map(|(_, r)| r)
                 .filter(|r| {
                     matches!(
                         (&r.kind, &r.outcome),

@@ -40,8 +40,43 @@ impl World {
                     }
                 }
             }
-            Owner::Op { client, op, moving } => {
+            Owner::Op {
+                client, op, moving, ..
+            } => {
                 self.reqs.remove(&req);
+                let unknown = matches!(
+                    resp,
+                    ClientResponse::Error(ErrorCode::Timeout | ErrorCode::Indeterminate)
+                );
+                // A refusal answers for its own attempt only: after an
+                // earlier attempt's outcome was unknown, the write's still is.
+                let retried = self.clients[client]
+                    .retry
+                    .as_ref()
+                    .is_some_and(|(_, n)| *n > 1);
+                let refused_retry = retried && matches!(resp, ClientResponse::Error(_));
+                if unknown || refused_retry {
+                    self.op_rec(op, moving).outcome = if refused_retry {
+                        Outcome::Lost
+                    } else {
+                        Outcome::Done(resp.clone())
+                    };
+                    if self.maybe_retry(client, op, moving) {
+                        return;
+                    }
+                    if refused_retry {
+                        self.clients[client].retry = None;
+                        self.client_idle(client);
+                        return;
+                    }
+                }
+                if self.clients[client]
+                    .retry
+                    .take()
+                    .is_some_and(|(_, n)| n > 1)
+                {
+                    self.history.cover(Coverage::RetryAnswered);
+                }
                 let rec = if moving {
                     &mut self.history.mv_ops[op]
                 } else {
@@ -379,6 +414,9 @@ impl World {
             };
             (OpKind::Meta, ClientRequest::Meta(op))
         };
+        if let ClientRequest::Write { .. } = &request {
+            self.clients[c].retry = Some((request.clone(), 1));
+        }
         let req = self.next_req;
         self.next_req += 1;
         let rec = OpRecord {
@@ -405,9 +443,87 @@ impl World {
                 client: c,
                 op,
                 moving,
+                node: region,
             },
         );
         self.note(|| format!("client {c} -> node {region}: {request:?}"));
         self.client_request(region, req, request);
+    }
+
+    /// After a write's outcome became unknown (TIMEOUT, INDETERMINATE, or
+    /// its connection lost with its region), send it again with the same
+    /// request id after a backoff, as the real client library does. Returns
+    /// whether a retry is on its way (the client stays busy with it).
+    pub(super) fn maybe_retry(&mut self, client: usize, op: usize, moving: bool) -> bool {
+        let attempts = match &self.clients[client].retry {
+            Some((_, n)) => *n,
+            None => return false,
+        };
+        if attempts >= WRITE_ATTEMPTS_MAX || self.now >= self.opts.clients_stop_us {
+            self.clients[client].retry = None;
+            return false;
+        }
+        let backoff = self.rng.range(50_000, 1_000_000) << (attempts - 1).min(2);
+        let at = self.now + backoff;
+        self.schedule(at, Ev::ClientRetry { client, op, moving });
+        true
+    }
+
+    /// Send client `client`'s write again: to its own region or, half the
+    /// time (or when its own is down), to another that is up.
+    pub(super) fn retry_write(&mut self, client: usize, op: usize, moving: bool) {
+        let Some((request, attempts)) = self.clients[client].retry.clone() else {
+            return;
+        };
+        let n = self.opts.regions;
+        let home = self.clients[client].region;
+        let up: Vec<NodeId> = (0..n)
+            .filter(|&r| self.nodes[r as usize].node.is_some())
+            .collect();
+        let node = if up.contains(&home) && self.rng.chance(0.5) {
+            home
+        } else if let Some(&r) = up.iter().find(|&&r| r != home).or(up.first()) {
+            let others: Vec<NodeId> = up.iter().copied().filter(|&x| x != home).collect();
+            if others.is_empty() {
+                r
+            } else {
+                *self.rng.pick(&others)
+            }
+        } else {
+            // Every region is down: the outcome stays unknown.
+            self.clients[client].retry = None;
+            self.client_idle(client);
+            return;
+        };
+        self.clients[client].retry = Some((request.clone(), attempts + 1));
+        self.history.cover(Coverage::Retry);
+        if node != home {
+            self.history.cover(Coverage::RetryElsewhere);
+        }
+        if self.nodes[node as usize]
+            .installed_snapshot_at
+            .is_some_and(|t| t > self.op_rec(op, moving).invoke_us)
+        {
+            self.history.cover(Coverage::RetryAfterSnapshotInstall);
+        }
+        if !moving {
+            self.history.retried_at.insert(op, self.now);
+        }
+        let rec = self.op_rec(op, moving);
+        rec.outcome = Outcome::Pending;
+        rec.complete_us = None;
+        let req = self.next_req;
+        self.next_req += 1;
+        self.reqs.insert(
+            req,
+            Owner::Op {
+                client,
+                op,
+                moving,
+                node,
+            },
+        );
+        self.note(|| format!("client {client} retries -> node {node}: {request:?}"));
+        self.client_request(node, req, request);
     }
 }

@@ -10,16 +10,7 @@ impl World {
             return;
         }
         let n = self.opts.regions;
-        let kinds = [
-            EpisodeKind::Crash,
-            EpisodeKind::Isolate,
-            EpisodeKind::OneWayIn,
-            EpisodeKind::OneWayOut,
-            EpisodeKind::Asymmetric,
-            EpisodeKind::Pause,
-            EpisodeKind::FsyncFail,
-        ];
-        let kind = *self.rng.pick(&kinds);
+        let kind = *self.rng.pick(&EpisodeKind::ALL);
         // Prefer regions that lead something, so failovers are exercised.
         let leaders: Vec<NodeId> = (0..n)
             .filter(|&r| {
@@ -47,6 +38,7 @@ impl World {
         };
         let dur = end - self.now;
         self.note(|| format!("FAULT {kind:?} region {region} for {dur}us"));
+        self.history.cover(Coverage::Fault(kind));
         self.history.episodes.push(Episode {
             kind,
             region,
@@ -97,6 +89,7 @@ impl World {
         self.vote_crash_armed = false;
         let dur = self.rng.range(50_000, 600_000);
         self.note(|| format!("FAULT crash-after-vote region {n} for {dur}us"));
+        self.history.cover(Coverage::CrashAfterVote);
         // The vote reply is already on the wire; the node dies right after this step.
         self.pending_crash = Some(n);
         self.schedule(self.now + dur, Ev::Restart { node: n });

@@ -12,6 +12,7 @@ impl World {
         sn.inc += 1;
         sn.volatile.clear();
         sn.down_since = None;
+        sn.installs_seen = 0;
         let seed = self.opts.seed ^ (sn.inc << 32) ^ n as u64;
         match Node::new(self.cfg.clone(), n, sn.durable.clone(), local, seed) {
             Ok(node) => sn.node = Some(node),
@@ -51,9 +52,8 @@ impl World {
             .reqs
             .iter()
             .filter(|(_, o)| match o {
-                Owner::Op { client, .. } | Owner::Watch { client } => {
-                    self.clients[*client].region == n
-                }
+                Owner::Op { client, node, .. } => self.clients[*client].region == n || *node == n,
+                Owner::Watch { client } => self.clients[*client].region == n,
                 Owner::Admin { region, .. } => *region == n,
             })
             .map(|(r, o)| (*r, o.clone()))
@@ -61,9 +61,13 @@ impl World {
         for (r, o) in lost {
             self.reqs.remove(&r);
             match o {
-                Owner::Op { client, op, moving } => {
+                Owner::Op {
+                    client, op, moving, ..
+                } => {
                     self.op_rec(op, moving).outcome = Outcome::Lost;
-                    self.client_idle(client);
+                    if !self.maybe_retry(client, op, moving) {
+                        self.client_idle(client);
+                    }
                 }
                 Owner::Admin { mv, .. } => {
                     if let Some(m) = mv {
@@ -100,6 +104,13 @@ impl World {
                 return;
             };
             node.drain_actions(&mut actions);
+            let installs = node.stats().snapshots_installed;
+            let sn = &mut self.nodes[n as usize];
+            if installs > sn.installs_seen {
+                sn.installs_seen = installs;
+                sn.installed_snapshot_at = Some(self.now);
+                self.history.cover(Coverage::SnapshotInstall);
+            }
         }
         for a in actions.drain(..) {
             match a {
@@ -243,6 +254,20 @@ impl World {
                 m.insert(round, end);
             }
             Observation::Halted => self.note(|| format!("node {n} halted")),
+            Observation::WriteReplayed {
+                group,
+                request_id,
+                from_table,
+            } => {
+                self.note(|| {
+                    format!("node {n}: write {request_id:#x} of group {group} replayed (table: {from_table})")
+                });
+                self.history.cover(if from_table {
+                    Coverage::RetryFromTable
+                } else {
+                    Coverage::RetryJoinedPending
+                });
+            }
             Observation::TransferStarted { group, to } => {
                 self.note(|| format!("node {n}: hands group {group} over to {to}"))
             }

@@ -99,6 +99,10 @@ struct SimNode {
     fail_next_sync: bool,
     /// Halted after a storage failure, waiting for the operator's restart.
     down_since: Option<u64>,
+    /// Snapshot installs this life of the node reported so far.
+    installs_seen: u64,
+    /// When the node last installed a snapshot from a leader.
+    installed_snapshot_at: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -108,6 +112,8 @@ enum Owner {
         client: usize,
         op: usize,
         moving: bool,
+        /// The node the request went to (a retry may go to another region).
+        node: NodeId,
     },
     Watch {
         client: usize,
@@ -133,7 +139,14 @@ struct Client {
     watch: Option<usize>,
     watch_req: Option<RequestId>,
     watch_cursor: Option<u64>,
+    /// The write in flight, kept to retry it with the same request id (as
+    /// the real client library does) after TIMEOUT, INDETERMINATE or a lost
+    /// connection: (request, attempts so far).
+    retry: Option<(ClientRequest, u32)>,
 }
+
+/// Attempts of one write at most (the first and its retries).
+const WRITE_ATTEMPTS_MAX: u32 = 4;
 
 /// The whole simulated world of one seed. Its fields are the models it runs
 /// together (queue, network, clocks, disks, nodes, clients, operator, faults)
@@ -231,6 +244,8 @@ impl World {
                 paused_events: Vec::new(),
                 fail_next_sync: false,
                 down_since: None,
+                installs_seen: 0,
+                installed_snapshot_at: None,
             });
         }
         let mut history = History::new(opts.regions);
@@ -252,6 +267,7 @@ impl World {
                 watch: None,
                 watch_req: None,
                 watch_cursor: None,
+                retry: None,
             })
             .collect();
         let mut w = World {
@@ -419,6 +435,7 @@ impl World {
             Ev::NextEpisode => self.next_episode(),
             Ev::Garbage => self.garbage(),
             Ev::Admin => self.admin(),
+            Ev::ClientRetry { client, op, moving } => self.retry_write(client, op, moving),
         }
     }
 

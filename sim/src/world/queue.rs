@@ -49,6 +49,12 @@ pub(super) enum Ev {
     /// The operator's next step on the moving namespace: create it, then move
     /// its home region again and again.
     Admin,
+    /// A client sends its write again, same request id.
+    ClientRetry {
+        client: usize,
+        op: usize,
+        moving: bool,
+    },
 }
 
 impl Ev {

@@ -114,6 +114,8 @@ struct Persisted {
     /// revision of the last chunk). Changes before that revision happened in
     /// another group, so watches resuming from before it resync.
     adopted: BTreeMap<String, (GroupId, u64, u64)>,
+    /// Namespaces copied in: their earlier homes (see `AdoptEffect::lineage`).
+    lineage: BTreeMap<String, Vec<(GroupId, u64)>>,
 }
 
 /// The result of an idempotent write, kept so that a retry learns it.

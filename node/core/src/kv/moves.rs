@@ -33,6 +33,12 @@ impl GroupSm {
         self.state.adopted.get(ns).copied()
     }
 
+    /// The earlier homes of a namespace copied in here, newest first, with
+    /// the revision of each that holds every write it took there.
+    pub fn lineage(&self, ns: &str) -> &[(GroupId, u64)] {
+        self.state.lineage.get(ns).map_or(&[], |l| l.as_slice())
+    }
+
     /// Whether `ns`'s data still sits here (false once a move dropped it).
     pub fn holds_data(&self, ns: &str) -> bool {
         self.state.namespaces.contains_key(ns)
@@ -172,6 +178,7 @@ impl GroupSm {
                 self.state
                     .adopted
                     .insert(a.ns.clone(), (from, ns_rev, a.revision));
+                self.state.lineage.insert(a.ns.clone(), a.lineage.clone());
             }
         }
         Ok(a.last_ns_revision.is_some())

@@ -257,6 +257,7 @@ fn a_frozen_namespace_copies_chunk_by_chunk_with_its_history() {
         assert!(!versions.is_empty(), "a chunk always makes progress");
         revision += 1;
         dst.adopt(&AdoptEffect {
+            lineage: Vec::new(),
             ns: "n".into(),
             from: 0,
             revision,
@@ -291,6 +292,7 @@ fn a_frozen_namespace_copies_chunk_by_chunk_with_its_history() {
     let digest = dst.digest().unwrap();
     revision += 1;
     dst.adopt(&AdoptEffect {
+        lineage: Vec::new(),
         ns: "n".into(),
         from: 0,
         revision,

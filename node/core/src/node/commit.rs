@@ -90,18 +90,28 @@ impl Node {
         let ready: Vec<u64> = ls
             .pending_writes
             .range(..=durable)
-            .filter(|(_, w)| w.ack_on_durable)
+            .filter(|(_, w)| w.ack_on_durable && !w.acked)
             .map(|(i, _)| *i)
             .collect();
         for i in ready {
             let gr = &mut self.groups[g];
             let commit = gr.commit;
-            if let Some(ls) = gr.role.leading_mut() {
-                if i > commit && ls.pending_writes.contains_key(&i) {
-                    ls.async_acked.push_back((i, now));
-                }
+            let Some(ls) = gr.role.leading_mut() else {
+                return;
+            };
+            if i <= commit {
+                // Committed meanwhile: answered as it applies.
+                continue;
             }
-            self.finish_pending_write(g, i);
+            let Some(w) = ls.pending_writes.get_mut(&i) else {
+                continue;
+            };
+            ls.async_acked.push_back((i, now));
+            w.acked = true;
+            let (origins, resp) = (std::mem::take(&mut w.origins), w.resp.clone());
+            for o in origins {
+                self.respond(o, resp.clone());
+            }
         }
     }
 

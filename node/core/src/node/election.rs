@@ -248,6 +248,7 @@ impl Node {
                             fingerprint: w.fingerprint,
                             resp,
                             ack_on_durable,
+                            acked: false,
                         },
                     );
                     ls.pending_by_request.insert(w.request_id, e.index);

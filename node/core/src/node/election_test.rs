@@ -46,6 +46,7 @@ fn leaving_leadership_drops_leader_state_and_answers_its_waiters() {
             fingerprint: 0,
             resp: ClientResponse::Error(ErrorCode::Internal),
             ack_on_durable: false,
+            acked: false,
         },
     );
     n.out.clear();
@@ -73,4 +74,46 @@ fn a_vote_is_refused_to_a_candidate_whose_log_is_behind() {
     n.on_raft(0, 2, 3, vote).expect("in protocol");
     assert_eq!(n.groups[0].vote, None, "last term 1 < 2: not granted");
     assert_eq!(n.groups[0].term, 3, "the term still moves");
+}
+
+#[test]
+fn two_pre_candidates_with_equal_logs_settle_on_the_lower_id() {
+    let pre_vote = |last_index, last_term| RaftMsg::PreVote {
+        last_index,
+        last_term,
+    };
+    let granted = |n: &mut Node| {
+        n.out.iter().rev().find_map(|a| match a {
+            Action::Send { bytes, .. } => match Msg::decode(bytes, usize::MAX) {
+                Ok(Msg::Raft {
+                    body: RaftMsg::PreVoteResp { granted },
+                    ..
+                }) => Some(granted),
+                _ => None,
+            },
+            _ => None,
+        })
+    };
+    // Node 1 timed out: a pre-candidate at term 2 with entries 1@1, 2@2.
+    let mut n = node_with_log(1, 2, &[1, 2]);
+    n.election_timeout(0);
+    assert!(matches!(n.groups[0].role, Role::PreCandidate));
+    n.on_raft(0, 2, 3, pre_vote(2, 2)).expect("in protocol");
+    assert_eq!(
+        granted(&mut n),
+        Some(false),
+        "a higher id with an equal log waits"
+    );
+    n.on_raft(0, 0, 3, pre_vote(2, 2)).expect("in protocol");
+    assert_eq!(
+        granted(&mut n),
+        Some(true),
+        "a lower id with an equal log goes first"
+    );
+    n.on_raft(0, 2, 3, pre_vote(3, 2)).expect("in protocol");
+    assert_eq!(
+        granted(&mut n),
+        Some(true),
+        "a higher id with a newer log goes first"
+    );
 }

@@ -166,7 +166,7 @@ impl Node {
                     // One hop only. "Unavailable" promises the write did not
                     // happen, so first look for it: a duplicate of this message
                     // may have been appended while this node led.
-                    let resp = self.lookup_write(g, *request_id, *fingerprint);
+                    let resp = self.lookup_write(g, ns, *request_id, *fingerprint);
                     self.respond(origin, resp);
                     return;
                 }
@@ -193,11 +193,12 @@ impl Node {
     pub(super) fn lookup_write(
         &self,
         g: usize,
+        ns: &str,
         request_id: u64,
         fingerprint: u64,
     ) -> ClientResponse {
         if request_id != 0 {
-            if let Some(resp) = self.remembered_write(g, request_id, fingerprint) {
+            if let Some(resp) = self.remembered_write(g, ns, request_id, fingerprint) {
                 return resp;
             }
             let in_log = self.unapplied_any(
@@ -211,26 +212,42 @@ impl Node {
         ClientResponse::Error(ErrorCode::Unavailable)
     }
 
-    /// The answer to a write whose request id applied before: its result, or
-    /// a refusal if the id came with a different request then.
+    /// The first result of write `request_id` to `ns` in group `g`, if it
+    /// applied (or a refusal if the id was used for another write). A
+    /// namespace that moved here keeps the results of writes it took in its
+    /// earlier homes in those groups' tables (its lineage): every node
+    /// replicates every group, so they are looked up there. If this node's
+    /// replica of an earlier home has not yet applied everything the
+    /// namespace did there, it cannot tell, and says so (UNAVAILABLE: retry;
+    /// nothing applied).
     pub(super) fn remembered_write(
         &self,
         g: usize,
+        ns: &str,
         request_id: u64,
         fingerprint: u64,
     ) -> Option<ClientResponse> {
-        let r = self.sms[g].request_result(request_id)?;
-        if r.fingerprint != fingerprint {
-            return Some(ClientResponse::Error(ErrorCode::IdempotencyKeyReused));
+        let earlier = self.sms[g].lineage(ns).iter().copied();
+        for (home, need) in std::iter::once((g as GroupId, 0)).chain(earlier) {
+            let sm = &self.sms[home as usize];
+            if sm.revision() < need {
+                return Some(ClientResponse::Error(ErrorCode::Unavailable));
+            }
+            if let Some(r) = sm.request_result(request_id) {
+                if r.fingerprint != fingerprint {
+                    return Some(ClientResponse::Error(ErrorCode::IdempotencyKeyReused));
+                }
+                return Some(ClientResponse::Written {
+                    versions: r.versions.clone(),
+                    token: RevisionToken {
+                        group: home,
+                        revision: r.revision,
+                    },
+                    deleted: r.deleted,
+                });
+            }
         }
-        Some(ClientResponse::Written {
-            versions: r.versions.clone(),
-            token: RevisionToken {
-                group: g as GroupId,
-                revision: r.revision,
-            },
-            deleted: r.deleted,
-        })
+        None
     }
 
     pub(super) fn forward_or_fail(&mut self, g: usize, origin: Origin, req: ClientRequest) {

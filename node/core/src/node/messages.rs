@@ -123,8 +123,23 @@ impl Node {
                 last_index,
                 last_term,
             } => {
-                let granted =
-                    term > my_term && self.log_ok(g, last_index, last_term) && !self.in_promise(g);
+                // Two pre-candidates whose timers fired within a message
+                // delay of each other would both win their pre-votes, both
+                // campaign and split the vote, round after round (seen for
+                // 11 s with two live regions of three). A tie goes to the
+                // lower node id: a pre-candidate refuses a higher id whose
+                // log is not newer than its own. (Pre-votes bind nothing, so
+                // safety is untouched; the lower id keeps asking every
+                // heartbeat interval, so one of the two wins.)
+                let gr = &self.groups[g];
+                let (my_index, my_term_last) = (gr.log.last_index(), gr.log.last_term());
+                let theirs_newer = (last_term, last_index) > (my_term_last, my_index);
+                let tie_to_me =
+                    matches!(gr.role, Role::PreCandidate) && from > self.id && !theirs_newer;
+                let granted = term > my_term
+                    && self.log_ok(g, last_index, last_term)
+                    && !self.in_promise(g)
+                    && !tie_to_me;
                 let t = if granted { term } else { my_term };
                 self.send(
                     from,

@@ -139,6 +139,8 @@ pub struct Stats {
     pub requests_rerouted: u64,
     /// Log compactions put off while a snapshot was on its way to a follower.
     pub compactions_deferred: u64,
+    /// Snapshots received from a leader and installed.
+    pub snapshots_installed: u64,
 }
 
 /// A node's role in one group. Leading carries the state that exists only
@@ -247,6 +249,10 @@ struct PendingWrite {
     fingerprint: u64,
     resp: ClientResponse,
     ack_on_durable: bool,
+    /// Answered before it applied (async namespaces answer once it is
+    /// durable here). It stays until it applies, so that a retry arriving
+    /// in between learns the answer instead of writing a second copy.
+    acked: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -147,6 +147,18 @@ impl Node {
             let src_revision = self.sms[f].revision();
             let src_time_ms = self.sms[f].time_ms();
             let last_ns_revision = done.then(|| self.sms[f].ns_revision(&ns));
+            // Where the namespace took writes before, for retries that reach
+            // the new home (read from this node's replica of the old home,
+            // which applied the freeze: its lineage is final).
+            let mut lineage: Vec<(GroupId, u64)> = Vec::new();
+            if done {
+                lineage.push((from, freeze_rev));
+                for &(h, rev) in self.sms[f].lineage(&ns) {
+                    if h != to && lineage.iter().all(|&(x, _)| x != h) {
+                        lineage.push((h, rev));
+                    }
+                }
+            }
             let Some(ls) = self.groups[t].role.leading_mut() else {
                 continue;
             };
@@ -169,6 +181,7 @@ impl Node {
                 last_ns_revision,
                 time_ms: ov.time_ms,
                 versions,
+                lineage,
             };
             self.propose(t, EntryData::Adopt(effect));
         }

@@ -439,6 +439,7 @@ impl Node {
             true,
         );
         self.defer(Deferred::Send(from, reply(total, true)));
+        self.stats.snapshots_installed += 1;
         // Watchers of this group lost their history: resync them.
         let ids: Vec<RequestId> = self
             .watchers

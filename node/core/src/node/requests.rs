@@ -385,7 +385,8 @@ impl Node {
         // Idempotency first: a retried or duplicated write never applies twice,
         // and learns the first copy's fate, not a refusal claiming nothing happened.
         if request_id != 0 {
-            if let Some(resp) = self.remembered_write(g, request_id, fingerprint) {
+            if let Some(resp) = self.remembered_write(g, &ns, request_id, fingerprint) {
+                self.note_replay(g, request_id, true, &resp);
                 self.respond(origin, resp);
                 return;
             }
@@ -399,9 +400,19 @@ impl Node {
                         self.respond(origin, resp);
                         return;
                     }
-                    if !w.origins.contains(&origin) {
+                    if w.acked {
+                        // Answered already (an async write, durable here):
+                        // the retry gets the same answer at once.
+                        let resp = w.resp.clone();
+                        self.respond(origin, resp);
+                    } else if !w.origins.contains(&origin) {
                         w.origins.push(origin);
                     }
+                    self.out.push(Action::Observe(Observation::WriteReplayed {
+                        group: g as GroupId,
+                        request_id,
+                        from_table: false,
+                    }));
                 }
                 return;
             }
@@ -552,12 +563,25 @@ impl Node {
                 fingerprint,
                 resp,
                 ack_on_durable,
+                acked: false,
             },
         );
         if request_id != 0 {
             ls.pending_by_request.insert(request_id, index);
         }
         self.replicate_new(g, index);
+    }
+
+    /// Tell the observer a retried write was answered from the table (an
+    /// id reused for another write is a refusal, not a replay).
+    fn note_replay(&mut self, g: usize, request_id: u64, from_table: bool, resp: &ClientResponse) {
+        if matches!(resp, ClientResponse::Written { .. }) {
+            self.out.push(Action::Observe(Observation::WriteReplayed {
+                group: g as GroupId,
+                request_id,
+                from_table,
+            }));
+        }
     }
 
     pub(super) fn overlay_version(&self, g: usize, ns: &str, key: &str) -> (u64, u64) {
