@@ -141,6 +141,15 @@ pub struct MoveRec {
     pub outcome: Outcome,
 }
 
+/// A follower's promise to one leader's term, in true time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PromiseSpan {
+    pub leader: NodeId,
+    pub term: u64,
+    pub start_us: u64,
+    pub end_us: u64,
+}
+
 /// A state or event the sweep must reach: the simulator counts each per
 /// run, and a 500-seed sweep in which one never occurs fails (the sweep did
 /// not test what it claims to).
@@ -212,6 +221,12 @@ pub struct History {
     pub coverage: BTreeMap<Coverage, u64>,
     /// When each retried op of `ops` (by index) was last sent.
     pub retried_at: BTreeMap<usize, u64>,
+    /// Promises each follower made: (group, follower) -> spans of (leader,
+    /// term, true start, true end), in order.
+    pub promise_spans: BTreeMap<(GroupId, NodeId), Vec<PromiseSpan>>,
+    /// Candidacies started by a leadership transfer: (group, term, candidate).
+    /// The leader handing over releases its followers from their promises.
+    pub transfer_candidacies: std::collections::BTreeSet<(GroupId, u64, NodeId)>,
     pub regions: u8,
     pub ops: Vec<OpRecord>,
     /// Client operations on the namespace that moves (`world::MOVING_NS`);
@@ -249,6 +264,29 @@ impl History {
             applied: vec![BTreeMap::new(); regions as usize],
             leases: vec![vec![Vec::new(); regions as usize]; regions as usize],
             ..History::default()
+        }
+    }
+
+    /// A follower received a round of `leader`'s `term` at `at`: it promises
+    /// not to help elect anyone else until `end` (true time).
+    pub fn record_promise(
+        &mut self,
+        g: GroupId,
+        follower: NodeId,
+        leader: NodeId,
+        term: u64,
+        at: u64,
+        end: u64,
+    ) {
+        let spans = self.promise_spans.entry((g, follower)).or_default();
+        match spans.last_mut() {
+            Some(s) if (s.leader, s.term) == (leader, term) => s.end_us = s.end_us.max(end),
+            _ => spans.push(PromiseSpan {
+                leader,
+                term,
+                start_us: at,
+                end_us: end,
+            }),
         }
     }
 

@@ -94,6 +94,7 @@ pub fn run_seed(opts: Options) -> (RunResult, World) {
         r.lease_intervals = lease_safety::check(h)?;
         election_safety::check(h)?;
         vote_safety::check(h)?;
+        promise_safety::check(h)?;
         durable_before_reply::check(h)?;
         state_machine_safety::check(h, apply_errors)?;
         r.request_ids = at_most_once::check(h)?;

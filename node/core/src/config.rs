@@ -31,6 +31,10 @@ pub struct Mutants {
     pub read_before_noop_commit: bool,
     /// The old home of a moving namespace keeps taking writes after its freeze.
     pub write_after_freeze: bool,
+    /// A leader ignores its idempotency table: a retried write applies again.
+    pub retry_ignores_table: bool,
+    /// An async write forgets its request id once answered, before it commits.
+    pub async_ack_forgets_pending: bool,
 }
 
 impl Mutants {
@@ -41,16 +45,20 @@ impl Mutants {
             || self.stale_leader_append_accepted
             || self.read_before_noop_commit
             || self.write_after_freeze
+            || self.retry_ignores_table
+            || self.async_ack_forgets_pending
     }
 
     /// Names accepted by `Mutants::by_name`, in a stable order.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 8] = [
         "lease-without-drift-margin",
         "vote-not-persisted",
         "ack-before-quorum",
         "stale-leader-append-accepted",
         "read-before-noop-commit",
         "write-after-freeze",
+        "retry-ignores-table",
+        "async-ack-forgets-pending",
     ];
 
     pub fn by_name(name: &str) -> Option<Mutants> {
@@ -62,6 +70,8 @@ impl Mutants {
             "stale-leader-append-accepted" => m.stale_leader_append_accepted = true,
             "read-before-noop-commit" => m.read_before_noop_commit = true,
             "write-after-freeze" => m.write_after_freeze = true,
+            "retry-ignores-table" => m.retry_ignores_table = true,
+            "async-ack-forgets-pending" => m.async_ack_forgets_pending = true,
             _ => return None,
         }
         Some(m)

@@ -11,6 +11,7 @@ pub mod election_safety;
 pub mod lease_safety;
 pub mod linearizability;
 pub mod namespace_move;
+pub mod promise_safety;
 pub mod rto;
 pub mod state_machine_safety;
 pub mod vote_safety;

@@ -252,6 +252,7 @@ impl World {
                     .to_true(self.local(n) + self.cfg.election_timeout_us);
                 let m = self.promises.entry((group, n, leader, term)).or_default();
                 m.insert(round, end);
+                self.history.record_promise(group, n, leader, term, self.now, end);
             }
             Observation::Halted => self.note(|| format!("node {n} halted")),
             Observation::WriteReplayed {

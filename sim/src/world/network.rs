@@ -103,6 +103,16 @@ impl World {
                     if let Ok(Msg::Raft {
                         group,
                         term,
+                        body: RaftMsg::Vote { transfer: true, .. },
+                    }) = &msg
+                    {
+                        self.history
+                            .transfer_candidacies
+                            .insert((*group, *term, from));
+                    }
+                    if let Ok(Msg::Raft {
+                        group,
+                        term,
                         body: RaftMsg::VoteResp { granted: true },
                     }) = msg
                     {

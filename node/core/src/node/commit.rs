@@ -103,6 +103,11 @@ impl Node {
                 // Committed meanwhile: answered as it applies.
                 continue;
             }
+            if self.cfg.mutants.async_ack_forgets_pending {
+                ls.async_acked.push_back((i, now));
+                self.finish_pending_write(g, i);
+                continue;
+            }
             let Some(w) = ls.pending_writes.get_mut(&i) else {
                 continue;
             };

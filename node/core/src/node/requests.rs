@@ -384,7 +384,7 @@ impl Node {
         } = self.ns_index[&ns];
         // Idempotency first: a retried or duplicated write never applies twice,
         // and learns the first copy's fate, not a refusal claiming nothing happened.
-        if request_id != 0 {
+        if request_id != 0 && !self.cfg.mutants.retry_ignores_table {
             if let Some(resp) = self.remembered_write(g, &ns, request_id, fingerprint) {
                 self.note_replay(g, request_id, true, &resp);
                 self.respond(origin, resp);
