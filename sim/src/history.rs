@@ -161,6 +161,8 @@ pub enum Coverage {
     CrashAfterVote,
     /// A follower installed a snapshot from its leader.
     SnapshotInstall,
+    /// A leader sent an append cut short by its limits.
+    PartialAppend,
     /// A client sent a write again with the same request id.
     Retry,
     /// ... to another region than its own.
@@ -176,8 +178,9 @@ pub enum Coverage {
 }
 
 impl Coverage {
-    /// Every state a sweep must reach.
-    pub fn required() -> Vec<Coverage> {
+    /// Every state a sweep must reach (with swarm knobs on, also the states
+    /// only they create).
+    pub fn required(swarm: bool) -> Vec<Coverage> {
         let mut v: Vec<Coverage> = EpisodeKind::ALL
             .iter()
             .map(|&k| Coverage::Fault(k))
@@ -192,6 +195,9 @@ impl Coverage {
             Coverage::RetryFromTable,
             Coverage::RetryJoinedPending,
         ]);
+        if swarm {
+            v.push(Coverage::PartialAppend);
+        }
         v
     }
 
@@ -200,6 +206,7 @@ impl Coverage {
             Coverage::Fault(k) => format!("fault: {k:?}"),
             Coverage::CrashAfterVote => "fault: crash right after a vote".into(),
             Coverage::SnapshotInstall => "snapshot installed from a leader".into(),
+            Coverage::PartialAppend => "append cut short by its limits".into(),
             Coverage::Retry => "write retried with its request id".into(),
             Coverage::RetryElsewhere => "retry sent to another region".into(),
             Coverage::RetryAfterSnapshotInstall => {

@@ -48,6 +48,10 @@ struct Args {
     /// Print one line per seed.
     #[arg(long)]
     verbose: bool,
+    /// Swarm testing: each seed draws its own replication limits (tiny
+    /// appends, frequent or rare compaction).
+    #[arg(long)]
+    swarm: bool,
     /// Print the whole readable trace of each seed (use with one seed).
     #[arg(long)]
     dump_trace: bool,
@@ -78,6 +82,7 @@ fn options(args: &Args, seed: u64, mutants: Mutants) -> Options {
     o.ops_per_sec = args.ops_per_sec;
     o.faults = !args.no_faults;
     o.mutants = mutants;
+    o.swarm = args.swarm;
     o
 }
 
@@ -288,7 +293,7 @@ fn main() -> Result<()> {
     println!("| coverage: state | occurrences | seeds |");
     println!("|---|---|---|");
     let mut unreached = Vec::new();
-    for c in Coverage::required() {
+    for c in Coverage::required(args.swarm) {
         let n = coverage.get(&c).copied().unwrap_or(0);
         let seeds = results
             .iter()
@@ -338,12 +343,13 @@ fn main() -> Result<()> {
             .map(|m| format!(" --mutant {m}"))
             .unwrap_or_default();
         println!(
-            "replay: cargo run --release -p meridian-sim -- --seeds {} --duration-s {} --regions {} --ops-per-sec {}{}{m}",
+            "replay: cargo run --release -p meridian-sim -- --seeds {} --duration-s {} --regions {} --ops-per-sec {}{}{}{m}",
             r.seed,
             args.duration_s,
             args.regions,
             args.ops_per_sec,
-            if args.no_faults { " --no-faults" } else { "" }
+            if args.no_faults { " --no-faults" } else { "" },
+            if args.swarm { " --swarm" } else { "" }
         );
     }
     println!();

@@ -13,6 +13,7 @@ impl World {
         sn.volatile.clear();
         sn.down_since = None;
         sn.installs_seen = 0;
+        sn.partials_seen = 0;
         let seed = self.opts.seed ^ (sn.inc << 32) ^ n as u64;
         match Node::new(self.cfg.clone(), n, sn.durable.clone(), local, seed) {
             Ok(node) => sn.node = Some(node),
@@ -105,7 +106,12 @@ impl World {
             };
             node.drain_actions(&mut actions);
             let installs = node.stats().snapshots_installed;
+            let partials = node.stats().partial_appends;
             let sn = &mut self.nodes[n as usize];
+            if partials > sn.partials_seen {
+                sn.partials_seen = partials;
+                self.history.cover(Coverage::PartialAppend);
+            }
             if installs > sn.installs_seen {
                 sn.installs_seen = installs;
                 sn.installed_snapshot_at = Some(self.now);

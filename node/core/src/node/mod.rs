@@ -141,6 +141,9 @@ pub struct Stats {
     pub compactions_deferred: u64,
     /// Snapshots received from a leader and installed.
     pub snapshots_installed: u64,
+    /// Appends that carried part of what the follower lacks (the limits on
+    /// entries or bytes per message cut them short).
+    pub partial_appends: u64,
 }
 
 /// A node's role in one group. Leading carries the state that exists only

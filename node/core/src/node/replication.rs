@@ -153,6 +153,9 @@ impl Node {
         let Some(prev_term) = gr.log.term_at(prev_index) else {
             return;
         };
+        if !entries.is_empty() && prev_index + (entries.len() as u64) < gr.log.last_index() {
+            self.stats.partial_appends += 1;
+        }
         let peer = &mut ls.peers[p as usize];
         peer.sent_index = prev_index + entries.len() as u64;
         let msg = RaftMsg::Append {
