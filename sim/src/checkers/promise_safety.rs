@@ -2,8 +2,9 @@
 //! promise it made to another leader (before a restart, too) still runs in
 //! true time. Leases rest on these promises: a leader's lease ends before
 //! the promises of a majority, so no other leader can be elected, or take
-//! acknowledgements, while it serves reads locally. A leadership transfer is
-//! the exception: the leader handing over releases its followers.
+//! acknowledgements, while it serves reads locally. Two releases: a leader
+//! handing over (a transfer), and a former leader that stepped down and
+//! voted for the new one (its lease ended with its leadership).
 
 use crate::history::{History, Violation};
 
@@ -40,10 +41,16 @@ pub fn check(h: &History) -> Result<usize, Violation> {
         for w in spans.windows(2) {
             let (old, new) = (w[0], w[1]);
             checked += 1;
+            // The old leader itself voted for the new one: it stepped down
+            // first, and its lease, which the promise protected, with it.
+            let old_voted_new = h.votes.iter().any(|&(vg, vt, voter, cand, _)| {
+                (vg, vt, voter, cand) == (g, new.term, old.leader, new.leader)
+            });
             if new.leader != old.leader
                 && new.term > old.term
                 && new.start_us < old.end_us
                 && !released(g, new.term, new.leader)
+                && !old_voted_new
             {
                 return Err(Violation::new(
                     PROPERTY,
@@ -85,5 +92,8 @@ mod tests {
         h.record_promise(0, 2, 0, 3, 1_000, 5_000);
         h.record_promise(0, 2, 1, 4, 4_000, 8_000);
         assert_eq!(check(&h).expect_err("inside").property, PROPERTY);
+        // Unless the old leader stepped down and voted for the new one.
+        h.votes.push((0, 4, 0, 1, 3_900));
+        assert!(check(&h).is_ok(), "released by the old leader's vote");
     }
 }

@@ -117,3 +117,24 @@ fn two_pre_candidates_with_equal_logs_settle_on_the_lower_id() {
         "a higher id with a newer log goes first"
     );
 }
+
+#[test]
+fn a_promise_binds_a_vote_at_a_term_reached_another_way() {
+    // Node 1 follows leader 0 (term 2): it promised.
+    let mut n = node_with_log(1, 2, &[1, 2]);
+    n.on_raft(0, 0, 2, append(2, 2, &[])).expect("in protocol");
+    assert_eq!(n.groups[0].leader, Some(0));
+    // A refused pre-vote answer from node 2 carries term 3: node 1 moves to
+    // it (found by the simulator's promise checker, seed 1568 of 2000).
+    n.on_raft(0, 2, 3, RaftMsg::PreVoteResp { granted: false })
+        .expect("in protocol");
+    assert_eq!(n.groups[0].term, 3);
+    // Node 2 asks for a vote at that same term: the promise to 0 still runs.
+    let vote = RaftMsg::Vote {
+        last_index: 2,
+        last_term: 2,
+        transfer: false,
+    };
+    n.on_raft(0, 2, 3, vote).expect("in protocol");
+    assert_eq!(n.groups[0].vote, None, "no vote while the promise runs");
+}

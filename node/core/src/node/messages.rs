@@ -168,17 +168,22 @@ impl Node {
                 last_term,
                 transfer,
             } => {
+                let forced = transfer && self.groups[g].leader_transferring_to == Some(from);
+                let promised = self.in_promise(g) && !forced;
                 if term > my_term {
-                    let forced = transfer && self.groups[g].leader_transferring_to == Some(from);
-                    if self.in_promise(g) && !forced {
+                    if promised {
                         // Leader stickiness: ignore, keep the promise (and the term).
                         return Ok(());
                     }
                     self.become_follower(g, term, None);
                 }
                 let gr = &self.groups[g];
+                // A promise binds at any term: a node can reach the
+                // candidate's term by another message (a refused pre-vote
+                // answer carries it) while it still promises the old leader.
                 let granted = term == gr.term
                     && (gr.vote.is_none() || gr.vote == Some(from))
+                    && !(promised && gr.vote != Some(from))
                     && self.log_ok(g, last_index, last_term);
                 let reply = Msg::Raft {
                     group: g as GroupId,
