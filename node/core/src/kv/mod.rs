@@ -33,6 +33,18 @@ pub struct OldVersion {
     pub meta: ChangeMeta,
 }
 
+impl OldVersion {
+    fn to_kv(&self, key: &str) -> KeyValue {
+        KeyValue {
+            key: key.to_string(),
+            value: self.value.clone(),
+            version: self.version,
+            mod_revision: self.revision,
+            meta: self.meta.clone(),
+        }
+    }
+}
+
 impl KeyState {
     /// Make `next` the current version, the current one (if any) the newest
     /// of the history.
@@ -71,13 +83,7 @@ impl KeyState {
             .iter()
             .rev()
             .find(|o| keep(o.revision, &o.meta))
-            .map(|o| KeyValue {
-                key: key.to_string(),
-                value: o.value.clone(),
-                version: o.version,
-                mod_revision: o.revision,
-                meta: o.meta.clone(),
-            })
+            .map(|o| o.to_kv(key))
     }
 }
 
@@ -217,17 +223,7 @@ impl GroupSm {
         let Some(k) = self.state.namespaces.get(ns).and_then(|n| n.get(key)) else {
             return Vec::new();
         };
-        let mut out: Vec<KeyValue> = k
-            .history
-            .iter()
-            .map(|o| KeyValue {
-                key: key.to_string(),
-                value: o.value.clone(),
-                version: o.version,
-                mod_revision: o.revision,
-                meta: o.meta.clone(),
-            })
-            .collect();
+        let mut out: Vec<KeyValue> = k.history.iter().map(|o| o.to_kv(key)).collect();
         out.push(k.current(key));
         out
     }
