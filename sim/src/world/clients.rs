@@ -480,15 +480,13 @@ impl World {
         let up: Vec<NodeId> = (0..n)
             .filter(|&r| self.nodes[r as usize].node.is_some())
             .collect();
+        let others: Vec<NodeId> = up.iter().copied().filter(|&x| x != home).collect();
         let node = if up.contains(&home) && self.rng.chance(0.5) {
             home
-        } else if let Some(&r) = up.iter().find(|&&r| r != home).or(up.first()) {
-            let others: Vec<NodeId> = up.iter().copied().filter(|&x| x != home).collect();
-            if others.is_empty() {
-                r
-            } else {
-                *self.rng.pick(&others)
-            }
+        } else if !others.is_empty() {
+            *self.rng.pick(&others)
+        } else if up.contains(&home) {
+            home
         } else {
             // Every region is down: the outcome stays unknown.
             self.clients[client].retry = None;
