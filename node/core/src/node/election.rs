@@ -174,6 +174,7 @@ impl Node {
         let last = gr.log.last_index();
         let peer = Peer {
             match_index: 0,
+            next_index: last + 1,
             sent_index: last,
             acked_round: 0,
             last_heard_us: now,

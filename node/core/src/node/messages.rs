@@ -322,7 +322,8 @@ impl Node {
                 if done {
                     peer.snap_progress = None;
                     peer.match_index = peer.match_index.max(index);
-                    let next = peer.match_index + 1;
+                    peer.next_index = peer.match_index + 1;
+                    let next = peer.next_index;
                     self.send_append(g, from, next);
                     self.maybe_commit(g);
                 } else if let Some((i, _)) = peer.snap_progress {

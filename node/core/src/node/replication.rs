@@ -4,6 +4,12 @@
 
 use super::*;
 
+/// Appends in flight to one follower at most (each of up to
+/// `append_entries_max` entries): enough to cover a round trip with small
+/// appends, few enough that a follower that refuses them does not get a
+/// flood to refuse.
+const APPENDS_IN_FLIGHT_MAX: usize = 4;
+
 impl Node {
     /// Leader: append to the local log, persist, and count it once durable.
     pub(super) fn append_local(&mut self, g: usize, data: EntryData) -> u64 {
@@ -100,7 +106,7 @@ impl Node {
                 let Some(ls) = self.groups[g].role.leading() else {
                     return;
                 };
-                let from = ls.peers[p as usize].match_index + 1;
+                let from = ls.peers[p as usize].next_index;
                 self.send_append(g, p, from);
             }
         }
@@ -333,18 +339,35 @@ impl Node {
                 return;
             }
             peer.match_index = peer.match_index.max(match_index);
-            if peer.match_index >= peer.sent_index
-                && peer.match_index < my_last
-                && peer.snap_progress.is_none()
-            {
-                let next = peer.match_index + 1;
+            peer.next_index = peer.match_index + 1;
+            peer.sent_index = peer.sent_index.max(peer.match_index);
+            // Keep a bounded pipeline of appends in flight, so a follower
+            // catches up at `APPENDS_IN_FLIGHT_MAX` appends per round trip,
+            // not one, when appends are small.
+            let window = (APPENDS_IN_FLIGHT_MAX * self.cfg.append_entries_max) as u64;
+            for _ in 0..APPENDS_IN_FLIGHT_MAX {
+                let Some(ls) = self.groups[g].role.leading() else {
+                    break;
+                };
+                let peer = &ls.peers[from as usize];
+                if peer.sent_index >= my_last
+                    || peer.sent_index - peer.match_index >= window
+                    || peer.snap_progress.is_some()
+                {
+                    break;
+                }
+                let next = peer.sent_index + 1;
                 self.send_append(g, from, next);
             }
         } else if round > 0 {
-            // Log mismatch: back off to what the follower has and resend.
+            // Log mismatch: back off below the refused probe, and at once
+            // to just past the follower's log when that is shorter. (The
+            // refusal does not say which probe it answers; a stale one only
+            // backs off further than needed, never below what matched.)
             let next = (last_index + 1)
-                .min(peer.sent_index)
+                .min(peer.next_index - 1)
                 .max(peer.match_index + 1);
+            peer.next_index = next;
             peer.sent_index = next - 1;
             self.send_append(g, from, next);
         }

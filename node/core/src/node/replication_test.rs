@@ -42,3 +42,86 @@ fn an_out_of_shape_append_is_refused_whole() {
     assert_eq!(log_terms(&n), vec![1, 1]);
     assert_eq!(n.groups[0].term, 2, "not even the term moved");
 }
+
+/// Node 0 leading group 0 in term 5 over a log of `len` entries of term 4,
+/// with appends of at most `entries_max` entries; its output is cleared.
+fn leader_over(len: usize, entries_max: usize) -> Node {
+    let mut n = node_with_log(0, 4, &vec![4; len]);
+    n.cfg.append_entries_max = entries_max;
+    n.campaign(0, false);
+    n.on_raft(0, 1, 5, RaftMsg::VoteResp { granted: true })
+        .expect("in protocol");
+    assert!(n.groups[0].role.is_leader());
+    n
+}
+
+/// The appends in the node's output for `to`, as (prev index, entries), in order.
+fn appends_to(n: &Node, to: NodeId) -> Vec<(u64, usize)> {
+    n.out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to: t, bytes, .. } if *t == to => {
+                match Msg::decode(bytes, usize::MAX).expect("own message") {
+                    Msg::Raft {
+                        body:
+                            RaftMsg::Append {
+                                prev_index,
+                                entries,
+                                ..
+                            },
+                        ..
+                    } => Some((prev_index, entries.len())),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn resp(success: bool, match_index: u64, last_index: u64) -> RaftMsg {
+    RaftMsg::AppendResp {
+        success,
+        match_index,
+        last_index,
+        round: 1,
+        echo_us: 0,
+    }
+}
+
+#[test]
+fn a_new_leader_probes_past_its_log_and_heartbeats_resend_from_the_probe() {
+    // Followers usually hold the log a leader was elected with. Sending from
+    // entry 1 re-shipped all of it, 8 entries per round trip (swarm seed 152
+    // fell 15 s behind); the probe starts at the new leader's no-op.
+    let mut n = leader_over(40, 8);
+    let sent = appends_to(&n, 2);
+    assert!(!sent.is_empty(), "the no-op goes out");
+    assert!(sent.iter().all(|&(prev, _)| prev == 40), "{sent:?}");
+    n.out.clear();
+    n.heartbeat(0);
+    assert_eq!(
+        appends_to(&n, 2),
+        vec![(40, 1)],
+        "the heartbeat resends the probe"
+    );
+}
+
+#[test]
+fn a_refused_probe_backs_off_to_the_followers_log_then_pipelines() {
+    let mut n = leader_over(40, 8);
+    n.out.clear();
+    // The follower holds only 10 entries.
+    n.on_raft(0, 2, 5, resp(false, 0, 10)).expect("in protocol");
+    assert_eq!(appends_to(&n, 2), vec![(10, 8)]);
+    n.out.clear();
+    // It took them: up to four appends now fly at once, not one per round trip.
+    n.on_raft(0, 2, 5, resp(true, 18, 18)).expect("in protocol");
+    assert_eq!(appends_to(&n, 2), vec![(18, 8), (26, 8), (34, 7)]);
+    n.out.clear();
+    // A refusal of a follower whose log is as long but conflicts backs off by one.
+    let mut n = leader_over(40, 8);
+    n.out.clear();
+    n.on_raft(0, 2, 5, resp(false, 0, 40)).expect("in protocol");
+    assert_eq!(appends_to(&n, 2), vec![(39, 2)]);
+}
