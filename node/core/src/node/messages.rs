@@ -45,6 +45,16 @@ impl Node {
                     return Ok(());
                 }
                 self.forward_heard_us[from as usize] = self.now;
+                if !self.forwarded.get(&id).is_some_and(|f| f.to == from) {
+                    // Not the answer to the forward under way: the request was
+                    // answered, or rerouted (and may since sit in this node's
+                    // own log as leader), and this answers an earlier copy (a
+                    // duplicated forward answered twice, or the node it left).
+                    // Passing it on answered a write UNAVAILABLE, "nothing
+                    // happened", that then applied (swarm seeds 241 and 403).
+                    self.stats.stale_forward_replies += 1;
+                    return Ok(());
+                }
                 if resp == ClientResponse::Error(ErrorCode::Unavailable) && self.reroute(id) {
                     // The node we took for the leader no longer is, or is
                     // handing over; UNAVAILABLE promises nothing happened, so

@@ -34,6 +34,8 @@ mod watches;
 #[cfg(test)]
 mod election_test;
 #[cfg(test)]
+mod forward_test;
+#[cfg(test)]
 mod replication_test;
 #[cfg(test)]
 mod test_support;
