@@ -45,7 +45,7 @@ impl Node {
                     return Ok(());
                 }
                 self.forward_heard_us[from as usize] = self.now;
-                if !self.forwarded.get(&id).is_some_and(|f| f.to == from) {
+                if self.forwarded.get(&id).is_none_or(|f| f.to != from) {
                     // Not the answer to the forward under way: the request was
                     // answered, or rerouted (and may since sit in this node's
                     // own log as leader), and this answers an earlier copy (a
