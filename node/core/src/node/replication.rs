@@ -338,14 +338,19 @@ impl Node {
                 self.stats.peer_out_of_protocol += 1;
                 return;
             }
+            let advanced = match_index > peer.match_index;
             peer.match_index = peer.match_index.max(match_index);
             peer.next_index = peer.match_index + 1;
             peer.sent_index = peer.sent_index.max(peer.match_index);
             // Keep a bounded pipeline of appends in flight, so a follower
             // catches up at `APPENDS_IN_FLIGHT_MAX` appends per round trip,
-            // not one, when appends are small.
+            // not one, when appends are small. Only an answer that moved
+            // the match refills it: if every answer did, answers that move
+            // nothing (duplicates, or a follower that takes no entries)
+            // would each send several more appends, whose answers would
+            // send more: a storm that grows with every round trip.
             let window = (APPENDS_IN_FLIGHT_MAX * self.cfg.append_entries_max) as u64;
-            for _ in 0..APPENDS_IN_FLIGHT_MAX {
+            for _ in 0..APPENDS_IN_FLIGHT_MAX * usize::from(advanced) {
                 let Some(ls) = self.groups[g].role.leading() else {
                     break;
                 };
@@ -363,13 +368,17 @@ impl Node {
             // Log mismatch: back off below the refused probe, and at once
             // to just past the follower's log when that is shorter. (The
             // refusal does not say which probe it answers; a stale one only
-            // backs off further than needed, never below what matched.)
+            // backs off further than needed, never below what matched.) A
+            // refusal that moves nothing sends nothing: the probe under way
+            // stands, and the heartbeat resends it if it was lost.
             let next = (last_index + 1)
                 .min(peer.next_index - 1)
                 .max(peer.match_index + 1);
-            peer.next_index = next;
-            peer.sent_index = next - 1;
-            self.send_append(g, from, next);
+            if next < peer.next_index {
+                peer.next_index = next;
+                peer.sent_index = next - 1;
+                self.send_append(g, from, next);
+            }
         }
         self.update_lease(g);
         self.maybe_commit(g);

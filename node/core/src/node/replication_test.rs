@@ -125,3 +125,23 @@ fn a_refused_probe_backs_off_to_the_followers_log_then_pipelines() {
     n.on_raft(0, 2, 5, resp(false, 0, 40)).expect("in protocol");
     assert_eq!(appends_to(&n, 2), vec![(39, 2)]);
 }
+
+#[test]
+fn answers_that_move_nothing_send_nothing() {
+    // Duplicated answers, or a follower that takes none of the entries (its
+    // answers all say "matched up to 18"), must not each refill the pipeline
+    // or resend: every send would come back as more sends (seen as an event
+    // storm in a swarm seed with stalled appends).
+    let mut n = leader_over(40, 8);
+    n.on_raft(0, 2, 5, resp(false, 0, 10)).expect("in protocol");
+    n.on_raft(0, 2, 5, resp(true, 18, 18)).expect("in protocol");
+    n.out.clear();
+    for _ in 0..5 {
+        n.on_raft(0, 2, 5, resp(true, 18, 18)).expect("in protocol");
+        n.on_raft(0, 2, 5, resp(false, 0, 10)).expect("in protocol");
+    }
+    assert_eq!(appends_to(&n, 2), vec![], "stale answers sent appends");
+    // The heartbeat still resends from the match.
+    n.heartbeat(0);
+    assert_eq!(appends_to(&n, 2), vec![(18, 8)]);
+}
