@@ -103,10 +103,20 @@ pub enum EpisodeKind {
     Asymmetric,
     Pause,
     FsyncFail,
+    /// Buggify site (swarm only): the region's disk syncs take 50-400 ms,
+    /// as a degraded network volume's do, so its acknowledgements lag.
+    SlowDisk,
+    /// Buggify site (swarm only): the region's followers stay reachable
+    /// for heartbeats but take none of its entries (every append from it
+    /// arrives without them), so a leader there keeps leading while its
+    /// log does not replicate: the gray failure in which an async
+    /// namespace's RPO budget binds.
+    AppendsStalled,
 }
 
 impl EpisodeKind {
-    pub const ALL: [EpisodeKind; 7] = [
+    /// The fault classes of the standard scenario.
+    pub const CLASSIC: [EpisodeKind; 7] = [
         EpisodeKind::Crash,
         EpisodeKind::Isolate,
         EpisodeKind::OneWayIn,
@@ -116,9 +126,27 @@ impl EpisodeKind {
         EpisodeKind::FsyncFail,
     ];
 
-    /// Faults after which the other regions must take over the region's groups.
+    /// Every fault class and buggify site a swarm seed may draw.
+    pub const ALL: [EpisodeKind; 9] = [
+        EpisodeKind::Crash,
+        EpisodeKind::Isolate,
+        EpisodeKind::OneWayIn,
+        EpisodeKind::OneWayOut,
+        EpisodeKind::Asymmetric,
+        EpisodeKind::Pause,
+        EpisodeKind::FsyncFail,
+        EpisodeKind::SlowDisk,
+        EpisodeKind::AppendsStalled,
+    ];
+
+    /// Faults after which the other regions must take over the region's
+    /// groups. (Not a slow disk, nor stalled appends: the leader keeps
+    /// hearing from a majority, and Raft has no rule that makes it go.)
     pub fn takes_region_out(self) -> bool {
-        !matches!(self, EpisodeKind::Asymmetric)
+        !matches!(
+            self,
+            EpisodeKind::Asymmetric | EpisodeKind::SlowDisk | EpisodeKind::AppendsStalled
+        )
     }
 }
 
@@ -130,6 +158,10 @@ pub struct Episode {
     pub end_us: u64,
     /// Groups whose leader was in `region` when the episode started.
     pub led_groups: Vec<GroupId>,
+    /// Another episode ran during part of this one (swarm seeds only).
+    /// Overlapping outages may take a majority out, so RTO is not bounded
+    /// for them; every other checker still holds.
+    pub overlapped: bool,
 }
 
 /// One request of the operator to move `MOVING_NS`'s home region.
@@ -175,16 +207,25 @@ pub enum Coverage {
     RetryFromTable,
     /// A retry joined its first copy, still waiting to commit.
     RetryJoinedPending,
+    /// A fault episode began while another was running.
+    Overlap,
+    /// A crashed region restarted within a second.
+    QuickRestart,
+    /// An async write was refused because the oldest unreplicated
+    /// acknowledged write was older than the RPO budget.
+    BudgetRefusal,
 }
 
 impl Coverage {
     /// Every state a sweep must reach (with swarm knobs on, also the states
     /// only they create).
     pub fn required(swarm: bool) -> Vec<Coverage> {
-        let mut v: Vec<Coverage> = EpisodeKind::ALL
-            .iter()
-            .map(|&k| Coverage::Fault(k))
-            .collect();
+        let kinds: &[EpisodeKind] = if swarm {
+            &EpisodeKind::ALL
+        } else {
+            &EpisodeKind::CLASSIC
+        };
+        let mut v: Vec<Coverage> = kinds.iter().map(|&k| Coverage::Fault(k)).collect();
         v.extend([
             Coverage::CrashAfterVote,
             Coverage::SnapshotInstall,
@@ -196,7 +237,12 @@ impl Coverage {
             Coverage::RetryJoinedPending,
         ]);
         if swarm {
-            v.push(Coverage::PartialAppend);
+            v.extend([
+                Coverage::PartialAppend,
+                Coverage::Overlap,
+                Coverage::QuickRestart,
+                Coverage::BudgetRefusal,
+            ]);
         }
         v
     }
@@ -215,6 +261,9 @@ impl Coverage {
             Coverage::RetryAnswered => "retried write answered".into(),
             Coverage::RetryFromTable => "retry answered from the idempotency table".into(),
             Coverage::RetryJoinedPending => "retry joined its pending first copy".into(),
+            Coverage::Overlap => "fault began inside another".into(),
+            Coverage::QuickRestart => "crashed region back within a second".into(),
+            Coverage::BudgetRefusal => "async write refused: RPO budget reached".into(),
         }
     }
 }

@@ -88,6 +88,16 @@ pub fn run_seed(opts: Options) -> (RunResult, World) {
         violation: None,
     };
     let result: Result<(), Violation> = (|| {
+        if let Some(at) = w.storm {
+            return Err(Violation::new(
+                "bounded work",
+                Some(at),
+                format!(
+                    "{} events by t={at}us: messages that feed themselves",
+                    w.events
+                ),
+            ));
+        }
         if let Some(e) = w.restart_errors.first() {
             return Err(Violation::new("recovery", None, e.clone()));
         }

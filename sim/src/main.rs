@@ -48,10 +48,14 @@ struct Args {
     /// Print one line per seed.
     #[arg(long)]
     verbose: bool,
-    /// Swarm testing: each seed draws its own replication limits (tiny
-    /// appends, frequent or rare compaction).
+    /// Swarm testing: each seed draws its own fault mix (classes, buggify
+    /// sites, overlapping episodes, quick restarts) and limits (tiny
+    /// appends, frequent or rare compaction, long election timeouts).
     #[arg(long)]
     swarm: bool,
+    /// The long-timeout scenario: election timeout 3 s, RTO bound 30 s.
+    #[arg(long)]
+    long_timeouts: bool,
     /// Print the whole readable trace of each seed (use with one seed).
     #[arg(long)]
     dump_trace: bool,
@@ -74,7 +78,11 @@ fn parse_seeds(s: &str) -> Result<Vec<u64>> {
 }
 
 fn options(args: &Args, seed: u64, mutants: Mutants) -> Options {
-    let mut o = Options::standard(seed);
+    let mut o = if args.long_timeouts {
+        Options::long_timeout(seed)
+    } else {
+        Options::standard(seed)
+    };
     o.regions = args.regions;
     o.duration_us = args.duration_s * 1_000_000;
     o.fault_end_us = o.duration_us * 3 / 4;
@@ -343,13 +351,18 @@ fn main() -> Result<()> {
             .map(|m| format!(" --mutant {m}"))
             .unwrap_or_default();
         println!(
-            "replay: cargo run --release -p meridian-sim -- --seeds {} --duration-s {} --regions {} --ops-per-sec {}{}{}{m}",
+            "replay: cargo run --release -p meridian-sim -- --seeds {} --duration-s {} --regions {} --ops-per-sec {}{}{}{}{m}",
             r.seed,
             args.duration_s,
             args.regions,
             args.ops_per_sec,
             if args.no_faults { " --no-faults" } else { "" },
-            if args.swarm { " --swarm" } else { "" }
+            if args.swarm { " --swarm" } else { "" },
+            if args.long_timeouts {
+                " --long-timeouts"
+            } else {
+                ""
+            }
         );
     }
     println!();

@@ -44,6 +44,9 @@ impl World {
                 client, op, moving, ..
             } => {
                 self.reqs.remove(&req);
+                if resp == ClientResponse::Error(ErrorCode::RpoBudgetExceeded) {
+                    self.history.cover(Coverage::BudgetRefusal);
+                }
                 let unknown = matches!(
                     resp,
                     ClientResponse::Error(ErrorCode::Timeout | ErrorCode::Indeterminate)

@@ -1,16 +1,32 @@
-//! Fault episodes: crashes, isolation, one-way and asymmetric cuts, pauses,
-//! fsync failures, a crash right after a vote, healing, and garbage peer
-//! messages.
+//! Fault episodes: crashes (and quick restarts), isolation, one-way and
+//! asymmetric cuts, pauses, fsync failures, a crash right after a vote, and
+//! the swarm's buggify sites (slow disks, stalled appends); their overlap
+//! and healing; and garbage peer messages.
+//!
+//! Several episodes may run at once (swarm seeds): each keeps the links it
+//! cut, and healing one restores only what no other still holds.
 
+use super::swarm::EPISODES_CONCURRENT_MAX;
 use super::*;
+
+/// An episode under way.
+pub(super) struct Active {
+    /// Index in `History::episodes`.
+    episode: usize,
+    kind: EpisodeKind,
+    region: NodeId,
+    /// The one-way links it cut, (from, to).
+    links: Vec<(usize, usize)>,
+}
 
 impl World {
     pub(super) fn next_episode(&mut self) {
-        if self.now >= self.opts.fault_end_us {
+        self.episodes_scheduled -= 1;
+        if self.now >= self.opts.fault_end_us || self.active.len() >= EPISODES_CONCURRENT_MAX {
             return;
         }
         let n = self.opts.regions;
-        let kind = *self.rng.pick(&EpisodeKind::ALL);
+        let kind = *self.rng.pick(&self.swarm.kinds);
         // Prefer regions that lead something, so failovers are exercised.
         let leaders: Vec<NodeId> = (0..n)
             .filter(|&r| {
@@ -25,12 +41,18 @@ impl World {
         } else {
             self.rng.range(0, n as u64) as NodeId
         };
-        let max = if kind == EpisodeKind::Pause {
-            6_000_000
-        } else {
-            14_000_000
+        let quick = kind == EpisodeKind::Crash
+            && self.swarm.quick_restart_p > 0.0
+            && self.rng.chance(self.swarm.quick_restart_p);
+        let (min, max) = match kind {
+            _ if quick => (50_000, 1_000_000),
+            EpisodeKind::Pause => (1_000_000, 6_000_000),
+            // Long enough that an async leader's unreplicated tail ages past
+            // its budget (2 s).
+            EpisodeKind::AppendsStalled => (2_500_000, 8_000_000),
+            _ => (1_000_000, 14_000_000),
         };
-        let dur = self.rng.range(1_000_000, max);
+        let dur = self.rng.range(min, max);
         let end = (self.now + dur).min(self.opts.fault_end_us);
         let led_groups: Vec<GroupId> = match &self.nodes[region as usize].node {
             Some(x) => (0..n).filter(|&g| x.is_leader(g)).collect(),
@@ -39,47 +61,89 @@ impl World {
         let dur = end - self.now;
         self.note(|| format!("FAULT {kind:?} region {region} for {dur}us"));
         self.history.cover(Coverage::Fault(kind));
+        if quick {
+            self.history.cover(Coverage::QuickRestart);
+        }
+        let overlapped = !self.active.is_empty();
+        if overlapped {
+            self.history.cover(Coverage::Overlap);
+            for a in &self.active {
+                self.history.episodes[a.episode].overlapped = true;
+            }
+        }
         self.history.episodes.push(Episode {
             kind,
             region,
             start_us: self.now,
             end_us: end,
             led_groups,
+            overlapped,
         });
-        self.current_episode = Some(self.history.episodes.len() - 1);
+        let episode = self.history.episodes.len() - 1;
         let r = region as usize;
-        match kind {
-            EpisodeKind::Crash => {
-                self.crash(region);
-                self.vote_crash_armed = self.rng.chance(0.5);
-            }
-            EpisodeKind::Isolate => {
-                for o in 0..n as usize {
-                    if o != r {
-                        self.cut[r][o] = true;
-                        self.cut[o][r] = true;
-                    }
-                }
-            }
-            EpisodeKind::OneWayIn => (0..n as usize)
-                .filter(|&o| o != r)
-                .for_each(|o| self.cut[o][r] = true),
-            EpisodeKind::OneWayOut => (0..n as usize)
-                .filter(|&o| o != r)
-                .for_each(|o| self.cut[r][o] = true),
+        let others = (0..n as usize).filter(|&o| o != r);
+        let links: Vec<(usize, usize)> = match kind {
+            EpisodeKind::Isolate => others.flat_map(|o| [(r, o), (o, r)]).collect(),
+            EpisodeKind::OneWayIn => others.map(|o| (o, r)).collect(),
+            EpisodeKind::OneWayOut => others.map(|o| (r, o)).collect(),
             EpisodeKind::Asymmetric => {
                 let mut o = self.rng.range(0, n as u64) as usize;
                 if o == r {
                     o = (o + 1) % n as usize;
                 }
-                self.cut[r][o] = true;
-                self.cut[o][r] = true;
+                vec![(r, o), (o, r)]
+            }
+            _ => Vec::new(),
+        };
+        match kind {
+            EpisodeKind::Crash => {
+                self.crash(region);
+                self.vote_crash_armed = self.rng.chance(0.5);
             }
             EpisodeKind::Pause => self.nodes[r].paused = true,
             EpisodeKind::FsyncFail => self.nodes[r].fail_next_sync = true,
+            EpisodeKind::SlowDisk => self.nodes[r].slow_disks += 1,
+            EpisodeKind::AppendsStalled => self.nodes[r].appends_stalled += 1,
+            _ => {}
         }
+        self.active.push(Active {
+            episode,
+            kind,
+            region,
+            links,
+        });
+        self.recompute_cuts();
         self.refresh_links();
-        self.schedule(end, Ev::Heal { region, kind });
+        self.schedule(end, Ev::Heal { episode });
+        // Overlap: the next episode starts while this one runs.
+        if self.swarm.overlap_p > 0.0 && self.rng.chance(self.swarm.overlap_p) && dur > 200_000 {
+            let at = self.now + self.rng.range(100_000, dur);
+            self.schedule_episode(at);
+        }
+    }
+
+    /// A running episode of one of `kinds` holds region `n`.
+    pub(super) fn episode_holds(&self, n: NodeId, kinds: &[EpisodeKind]) -> bool {
+        self.active
+            .iter()
+            .any(|a| a.region == n && kinds.contains(&a.kind))
+    }
+
+    fn schedule_episode(&mut self, at: u64) {
+        self.episodes_scheduled += 1;
+        self.schedule(at, Ev::NextEpisode);
+    }
+
+    /// The links cut are those some running episode cuts.
+    fn recompute_cuts(&mut self) {
+        for row in self.cut.iter_mut() {
+            row.iter_mut().for_each(|c| *c = false);
+        }
+        for a in &self.active {
+            for &(x, y) in &a.links {
+                self.cut[x][y] = true;
+            }
+        }
     }
 
     /// Part of a crash episode: crash a voter right after it grants a vote (the
@@ -95,32 +159,47 @@ impl World {
         self.schedule(self.now + dur, Ev::Restart { node: n });
     }
 
-    pub(super) fn heal(&mut self, region: NodeId, kind: EpisodeKind) {
+    pub(super) fn heal(&mut self, episode: usize) {
+        let Some(k) = self.active.iter().position(|a| a.episode == episode) else {
+            return;
+        };
+        let Active { kind, region, .. } = self.active.remove(k);
         self.note(|| format!("HEAL {kind:?} region {region}"));
-        let n = self.opts.regions as usize;
-        for a in 0..n {
-            for b in 0..n {
-                self.cut[a][b] = false;
-            }
-        }
         let r = region as usize;
-        self.vote_crash_armed = false;
-        self.nodes[r].fail_next_sync = false;
-        if self.nodes[r].paused {
+        // What another running episode of the same kind holds on the region stays.
+        let still = self
+            .active
+            .iter()
+            .any(|a| a.kind == kind && a.region == region);
+        match kind {
+            EpisodeKind::Crash => self.vote_crash_armed = false,
+            EpisodeKind::FsyncFail if !still => self.nodes[r].fail_next_sync = false,
+            EpisodeKind::SlowDisk => self.nodes[r].slow_disks -= 1,
+            EpisodeKind::AppendsStalled => self.nodes[r].appends_stalled -= 1,
+            _ => {}
+        }
+        if kind == EpisodeKind::Pause && !still && self.nodes[r].paused {
             self.nodes[r].paused = false;
             let evs = std::mem::take(&mut self.nodes[r].paused_events);
             for ev in evs {
                 self.dispatch(ev);
             }
         }
-        if self.nodes[r].node.is_none() {
+        let crashed = self
+            .active
+            .iter()
+            .any(|a| a.kind == EpisodeKind::Crash && a.region == region);
+        if self.nodes[r].node.is_none() && !crashed {
             self.start_node(region);
         }
+        self.recompute_cuts();
         self.refresh_links();
-        self.current_episode = None;
-        if self.now < self.opts.fault_end_us {
+        if self.now < self.opts.fault_end_us
+            && self.active.is_empty()
+            && self.episodes_scheduled == 0
+        {
             let gap = self.rng.range(1_000_000, 4_000_000);
-            self.schedule(self.now + gap, Ev::NextEpisode);
+            self.schedule_episode(self.now + gap);
         }
     }
 

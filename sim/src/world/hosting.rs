@@ -122,9 +122,22 @@ impl World {
             match a {
                 Action::Send { to, channel, bytes } => self.net_send(n, to, channel, bytes),
                 Action::Persist { id, sync, ops } => {
-                    let lat = if sync { self.rng.range(500, 5_000) } else { 20 };
+                    let slow = sync && self.nodes[n as usize].slow_disks > 0;
+                    let lat = match sync {
+                        // A degraded volume (the slow-disk buggify site).
+                        true if slow => self.rng.range(50_000, 400_000),
+                        true => self.rng.range(500, 5_000),
+                        false => 20,
+                    };
                     let sn = &mut self.nodes[n as usize];
-                    let at = sn.disk_busy_until.max(self.now) + lat;
+                    // Writes complete in order. A slow volume's syncs overlap
+                    // (group commit) rather than queue one behind another,
+                    // which would push completions ever further behind.
+                    let at = if slow {
+                        (self.now + lat).max(sn.disk_busy_until)
+                    } else {
+                        sn.disk_busy_until.max(self.now) + lat
+                    };
                     sn.disk_busy_until = at;
                     let fail = sync && std::mem::take(&mut sn.fail_next_sync);
                     let inc = sn.inc;
@@ -214,8 +227,13 @@ impl World {
             }
         }
         if node.is_halted() && self.nodes[n as usize].down_since.is_none() {
-            // Storage failed: the node stopped; the operator restarts it.
+            // Storage failed: the node stopped; the operator restarts it (at
+            // the end of the fsync episode, or soon if that already ended).
             self.crash(n);
+            if !self.episode_holds(n, &[EpisodeKind::FsyncFail, EpisodeKind::Crash]) {
+                let at = self.now + self.rng.range(1_000_000, 3_000_000);
+                self.schedule(at, Ev::Restart { node: n });
+            }
         }
         if self.pending_crash == Some(n) {
             self.pending_crash = None;

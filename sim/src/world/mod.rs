@@ -17,9 +17,11 @@ mod faults;
 mod hosting;
 mod network;
 mod queue;
+mod swarm;
 
 use clock::Clock;
 use queue::{Ev, QItem};
+pub use swarm::Swarm;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -47,10 +49,11 @@ pub struct Options {
     pub rto_bound_us: u64,
     /// Record a readable trace (for replays of failures).
     pub trace: bool,
-    /// Swarm testing: each seed draws its own replication limits (see
-    /// `core_config`). Off in the standard sweep until the failures it finds
-    /// are fixed (issue 13).
+    /// Swarm testing: each seed draws its own fault mix (`Swarm`) and its
+    /// own replication limits and election timeout (`core_config`).
     pub swarm: bool,
+    /// The election timeout of the scenario (a swarm seed may stretch it).
+    pub election_timeout_us: u64,
 }
 
 impl Options {
@@ -70,6 +73,44 @@ impl Options {
             rto_bound_us: 10_000_000,
             trace: false,
             swarm: false,
+            election_timeout_us: 1_000_000,
+        }
+    }
+
+    /// The long-timeout scenario: what a deployment across distant regions
+    /// or flaky links configures, an election timeout of 3 s (heartbeats
+    /// scaled with it), with an RTO bound that matches it.
+    pub fn long_timeout(seed: u64) -> Options {
+        let mut o = Options::standard(seed);
+        o.election_timeout_us = 3_000_000;
+        o.rto_bound_us = o.rto_bound_for(o.election_timeout_us);
+        o
+    }
+
+    /// RTO bound for an election timeout: ten of them. Detection takes one
+    /// or two, an election a few more when votes split or a candidate's
+    /// log is behind; the rest is headroom (the standard scenario's worst
+    /// in 2,000 seeds is below six).
+    pub fn rto_bound_for(&self, election_timeout_us: u64) -> u64 {
+        10 * election_timeout_us
+    }
+
+    /// The election timeout this seed runs with: a swarm seed stretches the
+    /// scenario's threefold one time in four.
+    pub fn effective_election_timeout_us(&self) -> u64 {
+        if !self.swarm {
+            return self.election_timeout_us;
+        }
+        let mut knobs = Rng::new(self.seed ^ 0x5157_4152_4d00_0003);
+        self.election_timeout_us * *knobs.pick(&[1, 1, 1, 3])
+    }
+
+    /// The fault mix of this seed.
+    pub fn swarm_mix(&self) -> Swarm {
+        if self.swarm {
+            Swarm::draw(self.seed)
+        } else {
+            Swarm::standard()
         }
     }
 
@@ -98,6 +139,9 @@ impl Options {
         // A wide drift bound (clocks drift across all of it): leases that ignore
         // drift then have a real window in which to overlap.
         cfg.clock_drift_max_ppm = 100_000;
+        let et = self.effective_election_timeout_us();
+        cfg.heartbeat_interval_us = cfg.heartbeat_interval_us * et / cfg.election_timeout_us;
+        cfg.election_timeout_us = et;
         cfg.mutants = self.mutants;
         cfg
     }
@@ -122,6 +166,10 @@ struct SimNode {
     installed_snapshot_at: Option<u64>,
     /// Partial appends this life of the node reported so far.
     partials_seen: u64,
+    /// Running slow-disk episodes on this region.
+    slow_disks: u32,
+    /// Running stalled-appends episodes on this region.
+    appends_stalled: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -164,6 +212,12 @@ struct Client {
     retry: Option<(ClientRequest, u32)>,
 }
 
+/// Events per simulated second at most. A seed runs about 350 (a 3-region
+/// cluster at 100 operations a second); a hundred times that is a storm of
+/// messages that feed themselves, and stops the seed as a failure rather
+/// than filling memory.
+const EVENTS_PER_SIM_SECOND_MAX: u64 = 35_000;
+
 /// Attempts of one write at most (the first and its retries).
 const WRITE_ATTEMPTS_MAX: u32 = 4;
 
@@ -196,7 +250,10 @@ pub struct World {
     pub trace: Vec<(u64, String)>,
     pub garbage_sent: u64,
     pub restart_errors: Vec<String>,
-    current_episode: Option<usize>,
+    /// Fault episodes under way, and `NextEpisode` events queued.
+    active: Vec<faults::Active>,
+    episodes_scheduled: u32,
+    swarm: Swarm,
     actions: Vec<Action>,
     last_describe_s: u64,
     seen_rev: BTreeMap<(NodeId, GroupId), u64>,
@@ -207,6 +264,8 @@ pub struct World {
     lease_checked: BTreeMap<(NodeId, GroupId), u64>,
     /// The operator saw `MOVING_NS` created.
     moving_created: bool,
+    /// The run stopped at this time with too many events (a storm).
+    pub storm: Option<u64>,
 }
 
 fn mix(h: u64, x: u64) -> u64 {
@@ -266,11 +325,17 @@ impl World {
                 installs_seen: 0,
                 installed_snapshot_at: None,
                 partials_seen: 0,
+                slow_disks: 0,
+                appends_stalled: 0,
             });
         }
         let mut history = History::new(opts.regions);
         history.clock_drift_max_ppm = cfg.clock_drift_max_ppm;
-        history.rto_bound_us = opts.rto_bound_us;
+        history.rto_bound_us = if opts.swarm {
+            opts.rto_bound_for(cfg.election_timeout_us)
+        } else {
+            opts.rto_bound_us
+        };
         for ns in &cfg.namespaces {
             if let ReplicationMode::Async { rpo_budget_us } = ns.mode {
                 history.rpo_budget_us.insert(ns.name.clone(), rpo_budget_us);
@@ -314,7 +379,9 @@ impl World {
             trace: Vec::new(),
             garbage_sent: 0,
             restart_errors: Vec::new(),
-            current_episode: None,
+            active: Vec::new(),
+            episodes_scheduled: 0,
+            swarm: opts.swarm_mix(),
             actions: Vec::new(),
             last_describe_s: u64::MAX,
             seen_rev: BTreeMap::new(),
@@ -323,6 +390,7 @@ impl World {
             promises: BTreeMap::new(),
             lease_checked: BTreeMap::new(),
             moving_created: false,
+            storm: None,
             opts,
         };
         for i in 0..n {
@@ -334,6 +402,7 @@ impl World {
             w.schedule(at, Ev::ClientArrive { client: c });
         }
         if w.opts.faults {
+            w.episodes_scheduled += 1;
             w.schedule(2_000_000, Ev::NextEpisode);
             w.schedule(1_000_000, Ev::Garbage);
         }
@@ -446,9 +515,11 @@ impl World {
             Ev::PeerReset { node, peer } => {
                 self.with_node(node, |x, now| x.handle_peer_reset(now, peer))
             }
-            Ev::Heal { region, kind } => self.heal(region, kind),
+            Ev::Heal { episode } => self.heal(episode),
             Ev::Restart { node } => {
-                if self.nodes[node as usize].node.is_none() {
+                if self.nodes[node as usize].node.is_none()
+                    && !self.episode_holds(node, &[EpisodeKind::Crash])
+                {
                     self.start_node(node);
                 }
             }
@@ -459,10 +530,16 @@ impl World {
         }
     }
 
-    /// Run to the end of the scenario.
+    /// Run to the end of the scenario, or until `EVENTS_PER_SIM_SECOND_MAX`
+    /// is passed (a message storm; see `storm`).
     pub fn run(&mut self) {
+        let events_max = EVENTS_PER_SIM_SECOND_MAX * self.opts.duration_us.div_ceil(1_000_000);
         while let Some(Reverse(item)) = self.queue.pop() {
             if item.at > self.opts.duration_us {
+                break;
+            }
+            if self.events >= events_max {
+                self.storm = Some(item.at);
                 break;
             }
             self.now = item.at;

@@ -136,6 +136,11 @@ impl World {
                 if self.cut[f][t] || self.rng.chance(self.loss) {
                     return;
                 }
+                let bytes = if self.nodes[f].appends_stalled > 0 {
+                    without_entries(bytes)
+                } else {
+                    bytes
+                };
                 let mut delay = lat + jitter;
                 if self.rng.chance(self.reorder) {
                     delay += self.rng.range(0, 2 * lat + 1);
@@ -164,4 +169,48 @@ impl World {
             }
         }
     }
+}
+
+/// The stalled-appends buggify site: an append arrives as a heartbeat (the
+/// same position and commit, no entries), so the follower answers and the
+/// leader keeps leading, but nothing it proposes replicates. Every other
+/// message passes as it is.
+fn without_entries(bytes: Vec<u8>) -> Vec<u8> {
+    let Ok(Msg::Raft {
+        group,
+        term,
+        body:
+            RaftMsg::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+                round,
+                transferring_to,
+                echo_us,
+                lease_ok,
+            },
+    }) = Msg::decode(&bytes, usize::MAX)
+    else {
+        return bytes;
+    };
+    if entries.is_empty() {
+        return bytes;
+    }
+    let msg = Msg::Raft {
+        group,
+        term,
+        body: RaftMsg::Append {
+            prev_index,
+            prev_term,
+            entries: Vec::new(),
+            commit,
+            round,
+            transferring_to,
+            echo_us,
+            lease_ok,
+        },
+    };
+    // Invariant: a message that decoded re-encodes.
+    msg.encode().expect("a decoded message re-encodes")
 }

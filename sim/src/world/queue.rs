@@ -3,8 +3,6 @@
 
 use meridian_core::*;
 
-use crate::history::EpisodeKind;
-
 #[derive(Clone, Debug)]
 pub(super) enum Ev {
     Deliver {
@@ -40,9 +38,9 @@ pub(super) enum Ev {
     Restart {
         node: NodeId,
     },
+    /// Episode `episode` (index in `History::episodes`) ends.
     Heal {
-        region: NodeId,
-        kind: EpisodeKind,
+        episode: usize,
     },
     NextEpisode,
     Garbage,
