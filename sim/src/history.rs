@@ -211,6 +211,8 @@ pub enum Coverage {
     Overlap,
     /// A crashed region restarted within a second.
     QuickRestart,
+    /// A node restarted just before a vote request reached it.
+    RestartBeforeVote,
     /// An async write was refused because the oldest unreplicated
     /// acknowledged write was older than the RPO budget.
     BudgetRefusal,
@@ -241,6 +243,7 @@ impl Coverage {
                 Coverage::PartialAppend,
                 Coverage::Overlap,
                 Coverage::QuickRestart,
+                Coverage::RestartBeforeVote,
                 Coverage::BudgetRefusal,
             ]);
         }
@@ -263,6 +266,7 @@ impl Coverage {
             Coverage::RetryJoinedPending => "retry joined its pending first copy".into(),
             Coverage::Overlap => "fault began inside another".into(),
             Coverage::QuickRestart => "crashed region back within a second".into(),
+            Coverage::RestartBeforeVote => "node restarted just before a vote request".into(),
             Coverage::BudgetRefusal => "async write refused: RPO budget reached".into(),
         }
     }

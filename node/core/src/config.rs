@@ -35,6 +35,14 @@ pub struct Mutants {
     pub retry_ignores_table: bool,
     /// An async write forgets its request id once answered, before it commits.
     pub async_ack_forgets_pending: bool,
+    /// A restarted node forgets that it may have promised a leader, and votes
+    /// at once.
+    pub promise_forgotten_on_restart: bool,
+    /// An async leader never refuses writes for its RPO budget.
+    pub rpo_budget_ignored: bool,
+    /// Every append answer refills the pipeline and every refusal resends,
+    /// whether or not it moved anything.
+    pub pipeline_refills_on_any_answer: bool,
 }
 
 impl Mutants {
@@ -47,10 +55,13 @@ impl Mutants {
             || self.write_after_freeze
             || self.retry_ignores_table
             || self.async_ack_forgets_pending
+            || self.promise_forgotten_on_restart
+            || self.rpo_budget_ignored
+            || self.pipeline_refills_on_any_answer
     }
 
     /// Names accepted by `Mutants::by_name`, in a stable order.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 11] = [
         "lease-without-drift-margin",
         "vote-not-persisted",
         "ack-before-quorum",
@@ -59,6 +70,9 @@ impl Mutants {
         "write-after-freeze",
         "retry-ignores-table",
         "async-ack-forgets-pending",
+        "promise-forgotten-on-restart",
+        "rpo-budget-ignored",
+        "pipeline-refills-on-any-answer",
     ];
 
     pub fn by_name(name: &str) -> Option<Mutants> {
@@ -72,6 +86,9 @@ impl Mutants {
             "write-after-freeze" => m.write_after_freeze = true,
             "retry-ignores-table" => m.retry_ignores_table = true,
             "async-ack-forgets-pending" => m.async_ack_forgets_pending = true,
+            "promise-forgotten-on-restart" => m.promise_forgotten_on_restart = true,
+            "rpo-budget-ignored" => m.rpo_budget_ignored = true,
+            "pipeline-refills-on-any-answer" => m.pipeline_refills_on_any_answer = true,
             _ => return None,
         }
         Some(m)

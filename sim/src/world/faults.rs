@@ -65,12 +65,7 @@ impl World {
             self.history.cover(Coverage::QuickRestart);
         }
         let overlapped = !self.active.is_empty();
-        if overlapped {
-            self.history.cover(Coverage::Overlap);
-            for a in &self.active {
-                self.history.episodes[a.episode].overlapped = true;
-            }
-        }
+        self.mark_overlapped();
         self.history.episodes.push(Episode {
             kind,
             region,
@@ -119,6 +114,17 @@ impl World {
         if self.swarm.overlap_p > 0.0 && self.rng.chance(self.swarm.overlap_p) && dur > 200_000 {
             let at = self.now + self.rng.range(100_000, dur);
             self.schedule_episode(at);
+        }
+    }
+
+    /// A fault starts now: every running episode overlaps it.
+    pub(super) fn mark_overlapped(&mut self) {
+        if self.active.is_empty() {
+            return;
+        }
+        self.history.cover(Coverage::Overlap);
+        for a in &self.active {
+            self.history.episodes[a.episode].overlapped = true;
         }
     }
 

@@ -170,6 +170,8 @@ struct SimNode {
     slow_disks: u32,
     /// Running stalled-appends episodes on this region.
     appends_stalled: u32,
+    /// When the restart-before-vote site last bounced this node.
+    bounced_at: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -217,6 +219,9 @@ struct Client {
 /// messages that feed themselves, and stops the seed as a failure rather
 /// than filling memory.
 const EVENTS_PER_SIM_SECOND_MAX: u64 = 35_000;
+
+/// The restart-before-vote site bounces one node at most this often.
+const BOUNCE_GAP_US: u64 = 10_000_000;
 
 /// Attempts of one write at most (the first and its retries).
 const WRITE_ATTEMPTS_MAX: u32 = 4;
@@ -327,6 +332,7 @@ impl World {
                 partials_seen: 0,
                 slow_disks: 0,
                 appends_stalled: 0,
+                bounced_at: None,
             });
         }
         let mut history = History::new(opts.regions);
@@ -524,6 +530,22 @@ impl World {
                 }
             }
             Ev::NextEpisode => self.next_episode(),
+            Ev::Bounce { node, restart_at } => {
+                let sn = &mut self.nodes[node as usize];
+                // A restart resets the node's promise window, so bouncing
+                // a voter at every request would keep any election from
+                // ending: one bounce per node per `BOUNCE_GAP_US`.
+                let rested = sn.bounced_at.is_none_or(|b| self.now >= b + BOUNCE_GAP_US);
+                if sn.node.is_some() && rested {
+                    sn.bounced_at = Some(self.now);
+                    self.note(|| format!("BUGGIFY node {node} restarts before a vote request"));
+                    self.history.cover(Coverage::RestartBeforeVote);
+                    // A second fault inside a running episode: an overlap.
+                    self.mark_overlapped();
+                    self.crash(node);
+                    self.schedule(restart_at, Ev::Restart { node });
+                }
+            }
             Ev::Garbage => self.garbage(),
             Ev::Admin => self.admin(),
             Ev::ClientRetry { client, op, moving } => self.retry_write(client, op, moving),

@@ -136,6 +136,29 @@ impl World {
                 if self.cut[f][t] || self.rng.chance(self.loss) {
                     return;
                 }
+                if self.swarm.restart_before_vote_p > 0.0
+                    && self.now < self.opts.fault_end_us
+                    && bytes.len() < 48
+                    && matches!(
+                        Msg::decode(&bytes, 64),
+                        Ok(Msg::Raft {
+                            body: RaftMsg::Vote { .. } | RaftMsg::PreVote { .. },
+                            ..
+                        })
+                    )
+                    && self.rng.chance(self.swarm.restart_before_vote_p)
+                {
+                    // Down now, back before the request lands (it is at
+                    // least `lat` away).
+                    let restart_at = self.now + self.rng.range(1, lat.max(2));
+                    self.schedule(
+                        self.now,
+                        Ev::Bounce {
+                            node: to,
+                            restart_at,
+                        },
+                    );
+                }
                 let bytes = if self.nodes[f].appends_stalled > 0 {
                     without_entries(bytes)
                 } else {

@@ -38,6 +38,11 @@ pub(super) enum Ev {
     Restart {
         node: NodeId,
     },
+    /// Crash `node` and restart it at `restart_at` (a buggify site).
+    Bounce {
+        node: NodeId,
+        restart_at: u64,
+    },
     /// Episode `episode` (index in `History::episodes`) ends.
     Heal {
         episode: usize,

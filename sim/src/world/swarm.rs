@@ -27,6 +27,10 @@ pub struct Swarm {
     /// Chance that a crash is a quick restart: back within a second, while
     /// the election it caused may still be running.
     pub quick_restart_p: f64,
+    /// Buggify site: a node that a (pre-)vote request is on its way to
+    /// restarts just before it arrives, so the request meets a node that
+    /// may have promised another leader before it went down.
+    pub restart_before_vote_p: f64,
 }
 
 impl Swarm {
@@ -36,6 +40,7 @@ impl Swarm {
             kinds: EpisodeKind::CLASSIC.to_vec(),
             overlap_p: 0.0,
             quick_restart_p: 0.0,
+            restart_before_vote_p: 0.0,
         }
     }
 
@@ -54,6 +59,7 @@ impl Swarm {
             kinds,
             overlap_p: *rng.pick(&[0.0, 0.3, 0.6]),
             quick_restart_p: *rng.pick(&[0.0, 0.0, 0.5]),
+            restart_before_vote_p: *rng.pick(&[0.0, 0.0, 0.05]),
         }
     }
 }

@@ -96,7 +96,7 @@ impl Node {
                 election_deadline_us: now + rng.range(et, 2 * et),
                 // A restarted node forgot whom it promised: keep every promise it
                 // might have made by refusing votes for one election timeout.
-                leader_contact_us: Some(now),
+                leader_contact_us: (!cfg.mutants.promise_forgotten_on_restart).then_some(now),
                 leader_transferring_to: None,
                 votes: BTreeSet::new(),
                 snapshot: dg.snapshot.clone(),

@@ -338,7 +338,8 @@ impl Node {
                 self.stats.peer_out_of_protocol += 1;
                 return;
             }
-            let advanced = match_index > peer.match_index;
+            let advanced =
+                match_index > peer.match_index || self.cfg.mutants.pipeline_refills_on_any_answer;
             peer.match_index = peer.match_index.max(match_index);
             peer.next_index = peer.match_index + 1;
             peer.sent_index = peer.sent_index.max(peer.match_index);
@@ -374,7 +375,7 @@ impl Node {
             let next = (last_index + 1)
                 .min(peer.next_index - 1)
                 .max(peer.match_index + 1);
-            if next < peer.next_index {
+            if next < peer.next_index || self.cfg.mutants.pipeline_refills_on_any_answer {
                 peer.next_index = next;
                 peer.sent_index = next - 1;
                 self.send_append(g, from, next);
