@@ -103,15 +103,20 @@ impl Node {
                 // Committed meanwhile: answered as it applies.
                 continue;
             }
+            let ack = AsyncAck {
+                index: i,
+                term: gr.term,
+                at_us: Some(now),
+            };
             if self.cfg.mutants.async_ack_forgets_pending {
-                ls.async_acked.push_back((i, now));
+                gr.async_acked.push_back(ack);
                 self.finish_pending_write(g, i);
                 continue;
             }
             let Some(w) = ls.pending_writes.get_mut(&i) else {
                 continue;
             };
-            ls.async_acked.push_back((i, now));
+            gr.async_acked.push_back(ack);
             w.acked = true;
             let (origins, resp) = (std::mem::take(&mut w.origins), w.resp.clone());
             for o in origins {
@@ -250,10 +255,8 @@ impl Node {
         }
         let gr = &mut self.groups[g];
         let commit = gr.commit;
-        if let Some(ls) = gr.role.leading_mut() {
-            while ls.async_acked.front().is_some_and(|(i, _)| *i <= commit) {
-                ls.async_acked.pop_front();
-            }
+        while gr.async_acked.front().is_some_and(|a| a.index <= commit) {
+            gr.async_acked.pop_front();
         }
         self.check_token_waits(g as GroupId);
         self.maybe_compact(g);

@@ -172,6 +172,36 @@ impl Node {
         let gr = &mut self.groups[g];
         debug_assert_eq!(gr.vote, Some(id), "a leader voted for itself in its term");
         let last = gr.log.last_index();
+        // The uncommitted tail's async acknowledgements: this node's own keep
+        // their times; any other async write in it was acknowledged by some
+        // leader at some time unknown here, so the budget binds until it
+        // commits (it may be as old as the budget allows).
+        let commit = gr.commit;
+        let own: BTreeMap<(u64, u64), AsyncAck> = std::mem::take(&mut gr.async_acked)
+            .into_iter()
+            .map(|a| ((a.index, a.term), a))
+            .collect();
+        let mut acks = VecDeque::new();
+        for e in gr.log.iter_from(commit + 1) {
+            let EntryData::Write(w) = &e.data else {
+                continue;
+            };
+            let own = own.get(&(e.index, e.term));
+            let is_async = self
+                .ns_index
+                .get(&w.ns)
+                .is_some_and(|n| matches!(n.mode, ReplicationMode::Async { .. }));
+            match own {
+                Some(a) => acks.push_back(*a),
+                None if is_async => acks.push_back(AsyncAck {
+                    index: e.index,
+                    term: e.term,
+                    at_us: None,
+                }),
+                None => {}
+            }
+        }
+        gr.async_acked = acks;
         let peer = Peer {
             match_index: 0,
             next_index: last + 1,
@@ -194,7 +224,6 @@ impl Node {
             pending_reads: Vec::new(),
             pending_writes: BTreeMap::new(),
             pending_by_request: BTreeMap::new(),
-            async_acked: VecDeque::new(),
             overlay: Overlay {
                 keys: BTreeMap::new(),
                 revision: self.sms[g].revision(),

@@ -138,3 +138,94 @@ fn a_promise_binds_a_vote_at_a_term_reached_another_way() {
     n.on_raft(0, 2, 3, vote).expect("in protocol");
     assert_eq!(n.groups[0].vote, None, "no vote while the promise runs");
 }
+
+/// Node 0 whose group 0 holds a no-op and then an async write (entry 2,
+/// term 1), of which only the no-op committed; it has just won term 2.
+fn leader_over_an_async_tail(own_ack_us: Option<u64>) -> Node {
+    let mut n = node_with_log(0, 1, &[1]);
+    let write = Entry {
+        index: 2,
+        term: 1,
+        data: EntryData::Write(WriteEffect {
+            ns: "r0-async".into(),
+            revision: 1,
+            request_id: 0,
+            fingerprint: 0,
+            keys: Vec::new(),
+            reply_versions: Vec::new(),
+            meta: ChangeMeta::default(),
+            retention: Retention::default(),
+        }),
+    };
+    n.groups[0].log.push(write);
+    n.groups[0].durable_index = 2;
+    n.groups[0].commit = 1;
+    n.groups[0].applied = 1;
+    if let Some(at) = own_ack_us {
+        n.groups[0].async_acked.push_back(AsyncAck {
+            index: 2,
+            term: 1,
+            at_us: Some(at),
+        });
+    }
+    n.campaign(0, false);
+    n.on_raft(0, 1, 2, RaftMsg::VoteResp { granted: true })
+        .expect("in protocol");
+    assert!(n.groups[0].role.is_leader());
+    n
+}
+
+fn async_write_answer(n: &mut Node, req: RequestId) -> Option<ClientResponse> {
+    n.out.clear();
+    let now = n.now;
+    n.handle_client(
+        now,
+        req,
+        ClientRequest::Write {
+            ns: "r0-async".into(),
+            request_id: 0,
+            fingerprint: 0,
+            compares: Vec::new(),
+            ns_revision: None,
+            ops: vec![WriteOp::Put {
+                key: "k".into(),
+                value: b"v".to_vec(),
+            }],
+            meta: ChangeMeta::default(),
+        },
+    );
+    n.out.iter().find_map(|a| match a {
+        Action::Reply { req: r, resp } if *r == req => Some(resp.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_new_leader_over_an_async_tail_acknowledged_elsewhere_refuses_until_it_commits() {
+    // Entry 2 was acknowledged by some leader at a time this node cannot
+    // know: it may be as old as the budget allows.
+    let mut n = leader_over_an_async_tail(None);
+    assert_eq!(
+        async_write_answer(&mut n, 1),
+        Some(ClientResponse::Error(ErrorCode::RpoBudgetExceeded))
+    );
+}
+
+#[test]
+fn a_leader_reelected_over_its_own_async_tail_keeps_its_budget_clock() {
+    // It acknowledged entry 2 itself, 1.5 s before winning again; the
+    // budget (2 s) runs from then, not from the new term.
+    let now = 10 * Config::new(3).election_timeout_us;
+    let mut n = leader_over_an_async_tail(Some(now - 1_500_000));
+    assert_ne!(
+        async_write_answer(&mut n, 1),
+        Some(ClientResponse::Error(ErrorCode::RpoBudgetExceeded)),
+        "within the budget"
+    );
+    n.now += 600_000;
+    assert_eq!(
+        async_write_answer(&mut n, 2),
+        Some(ClientResponse::Error(ErrorCode::RpoBudgetExceeded)),
+        "2.1 s after the first acknowledgement"
+    );
+}

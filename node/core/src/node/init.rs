@@ -106,6 +106,7 @@ impl Node {
                 next_heartbeat_us: 0,
                 promised: (0, 0, 0),
                 campaign_transfer: false,
+                async_acked: VecDeque::new(),
             });
             sms.push(sm);
         }

@@ -311,6 +311,23 @@ struct Group {
     promised: (NodeId, u64, u64),
     /// The current candidacy was started by a leadership transfer.
     campaign_transfer: bool,
+    /// Async writes acknowledged before they committed, oldest first: the
+    /// RPO budget runs from the first. Kept across this node's terms: a
+    /// leader that lost its term with an unreplicated tail and won the
+    /// next (its log is the longest) must not start the budget anew
+    /// (swarm seed 1037 lost 3.5 s of acknowledged writes against 2 s).
+    async_acked: VecDeque<AsyncAck>,
+}
+
+/// An async write's entry acknowledged before it committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AsyncAck {
+    index: u64,
+    term: u64,
+    /// When it was acknowledged (local clock); None: by another leader or
+    /// an earlier life of this node, at a time unknown here, so as old as
+    /// the budget allows (the budget binds until it commits).
+    at_us: Option<u64>,
 }
 
 impl Group {
@@ -385,8 +402,6 @@ struct LeaderState {
     pending_writes: BTreeMap<u64, PendingWrite>,
     /// request id -> log index of a pending write.
     pending_by_request: BTreeMap<u64, u64>,
-    /// Async-acknowledged entries not yet committed: (index, ack time).
-    async_acked: VecDeque<(u64, u64)>,
     overlay: Overlay,
     /// Start a heartbeat round before this step ends.
     heartbeat_now: bool,

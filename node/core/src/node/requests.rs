@@ -443,12 +443,11 @@ impl Node {
             return;
         }
         if let ReplicationMode::Async { rpo_budget_us } = mode {
-            if !self.cfg.mutants.rpo_budget_ignored
-                && ls
-                    .async_acked
-                    .front()
-                    .is_some_and(|(_, t)| now.saturating_sub(*t) > rpo_budget_us)
-            {
+            let over = |a: &AsyncAck| {
+                a.at_us
+                    .is_none_or(|t| now.saturating_sub(t) > rpo_budget_us)
+            };
+            if !self.cfg.mutants.rpo_budget_ignored && gr.async_acked.front().is_some_and(over) {
                 self.respond(origin, ClientResponse::Error(ErrorCode::RpoBudgetExceeded));
                 return;
             }
