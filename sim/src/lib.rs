@@ -46,10 +46,24 @@ pub fn run_seed(opts: Options) -> (RunResult, World) {
     let start = Instant::now();
     let seed = opts.seed;
     let mut w = World::new(opts);
-    w.run();
+    // An assertion inside the core (debug builds check invariants densely)
+    // is the earliest sign of a bug: the seed fails on it, with its message,
+    // instead of the sweep dying. A planted mutant is caught the same way.
+    let assertion = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run()))
+        .err()
+        .map(|p| {
+            p.downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into())
+        });
     let wall = start.elapsed();
-    let finals = w.finals();
-    let moving_finals = w.moving_finals();
+    // A world stopped mid-step is not looked at further.
+    let (finals, moving_finals) = if assertion.is_some() {
+        (Vec::new(), Vec::new())
+    } else {
+        (w.finals(), w.moving_finals())
+    };
     let h = &w.history;
     let apply_errors: u64 = w
         .node_stats()
@@ -88,6 +102,13 @@ pub fn run_seed(opts: Options) -> (RunResult, World) {
         violation: None,
     };
     let result: Result<(), Violation> = (|| {
+        if let Some(msg) = &assertion {
+            return Err(Violation::new(
+                "core assertion",
+                Some(w.now),
+                format!("panicked: {msg}"),
+            ));
+        }
         if let Some(at) = w.storm {
             return Err(Violation::new(
                 "bounded work",
