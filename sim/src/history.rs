@@ -195,6 +195,9 @@ pub enum Coverage {
     SnapshotInstall,
     /// A leader sent an append cut short by its limits.
     PartialAppend,
+    /// A follower acknowledged a new leader's earlier-term entries without
+    /// any of its own (the leader has more after them).
+    OldTermAckedAlone,
     /// A client sent a write again with the same request id.
     Retry,
     /// ... to another region than its own.
@@ -241,6 +244,7 @@ impl Coverage {
         if swarm {
             v.extend([
                 Coverage::PartialAppend,
+                Coverage::OldTermAckedAlone,
                 Coverage::Overlap,
                 Coverage::QuickRestart,
                 Coverage::RestartBeforeVote,
@@ -256,6 +260,9 @@ impl Coverage {
             Coverage::CrashAfterVote => "fault: crash right after a vote".into(),
             Coverage::SnapshotInstall => "snapshot installed from a leader".into(),
             Coverage::PartialAppend => "append cut short by its limits".into(),
+            Coverage::OldTermAckedAlone => {
+                "leader's earlier-term entries acknowledged without its own".into()
+            }
             Coverage::Retry => "write retried with its request id".into(),
             Coverage::RetryElsewhere => "retry sent to another region".into(),
             Coverage::RetryAfterSnapshotInstall => {

@@ -89,6 +89,20 @@ impl World {
                             },
                     }) = &msg
                     {
+                        // A new leader's earlier-term entries acknowledged
+                        // without its own: the state partial appends create,
+                        // in which counting replicas of an old-term entry
+                        // would commit what a later leader may overwrite.
+                        let old_term_match = self.nodes[t].node.as_ref().is_some_and(|x| {
+                            x.is_leader(*group)
+                                && x.term_of(*group) == *term
+                                && x.log_term_at(*group, *match_index)
+                                    .is_some_and(|mt| mt < *term)
+                                && x.log_term_at(*group, *match_index + 1).is_some()
+                        });
+                        if old_term_match {
+                            self.history.cover(Coverage::OldTermAckedAlone);
+                        }
                         let d = &self.nodes[f].durable.groups[*group as usize];
                         let snap = d.snapshot.as_ref().map_or(0, |s| s.index);
                         if d.term < *term || *match_index > snap + d.entries.len() as u64 {

@@ -28,6 +28,12 @@ impl Node {
         self.groups.get(g as usize).map_or(0, |g| g.term)
     }
 
+    /// The term of entry `index` of group `g`'s log, if the log holds it
+    /// (not compacted away, not beyond its end).
+    pub fn log_term_at(&self, g: GroupId, index: u64) -> Option<u64> {
+        self.groups.get(g as usize)?.log.term_at(index)
+    }
+
     pub fn is_leader(&self, g: GroupId) -> bool {
         self.groups
             .get(g as usize)
