@@ -126,18 +126,13 @@ impl EpisodeKind {
         EpisodeKind::FsyncFail,
     ];
 
+    /// The buggify sites only swarm seeds draw.
+    pub const SWARM_ONLY: [EpisodeKind; 2] = [EpisodeKind::SlowDisk, EpisodeKind::AppendsStalled];
+
     /// Every fault class and buggify site a swarm seed may draw.
-    pub const ALL: [EpisodeKind; 9] = [
-        EpisodeKind::Crash,
-        EpisodeKind::Isolate,
-        EpisodeKind::OneWayIn,
-        EpisodeKind::OneWayOut,
-        EpisodeKind::Asymmetric,
-        EpisodeKind::Pause,
-        EpisodeKind::FsyncFail,
-        EpisodeKind::SlowDisk,
-        EpisodeKind::AppendsStalled,
-    ];
+    pub fn all() -> impl Iterator<Item = EpisodeKind> {
+        Self::CLASSIC.into_iter().chain(Self::SWARM_ONLY)
+    }
 
     /// Faults after which the other regions must take over the region's
     /// groups. (Not a slow disk, nor stalled appends: the leader keeps
@@ -225,12 +220,12 @@ impl Coverage {
     /// Every state a sweep must reach (with swarm knobs on, also the states
     /// only they create).
     pub fn required(swarm: bool) -> Vec<Coverage> {
-        let kinds: &[EpisodeKind] = if swarm {
-            &EpisodeKind::ALL
+        let kinds: Vec<EpisodeKind> = if swarm {
+            EpisodeKind::all().collect()
         } else {
-            &EpisodeKind::CLASSIC
+            EpisodeKind::CLASSIC.to_vec()
         };
-        let mut v: Vec<Coverage> = kinds.iter().map(|&k| Coverage::Fault(k)).collect();
+        let mut v: Vec<Coverage> = kinds.into_iter().map(Coverage::Fault).collect();
         v.extend([
             Coverage::CrashAfterVote,
             Coverage::SnapshotInstall,

@@ -76,8 +76,16 @@ impl World {
                 );
             }
             Channel::Group(_) | Channel::Forward => {
+                let mut vote_request = false;
                 if bytes.len() < 48 {
                     let msg = Msg::decode(&bytes, 64);
+                    vote_request = matches!(
+                        msg,
+                        Ok(Msg::Raft {
+                            body: RaftMsg::Vote { .. } | RaftMsg::PreVote { .. },
+                            ..
+                        })
+                    );
                     if let Ok(Msg::Raft {
                         group,
                         term,
@@ -152,14 +160,7 @@ impl World {
                 }
                 if self.swarm.restart_before_vote_p > 0.0
                     && self.now < self.opts.fault_end_us
-                    && bytes.len() < 48
-                    && matches!(
-                        Msg::decode(&bytes, 64),
-                        Ok(Msg::Raft {
-                            body: RaftMsg::Vote { .. } | RaftMsg::PreVote { .. },
-                            ..
-                        })
-                    )
+                    && vote_request
                     && self.rng.chance(self.swarm.restart_before_vote_p)
                 {
                     // Down now, back before the request lands (it is at
@@ -213,41 +214,16 @@ impl World {
 /// leader keeps leading, but nothing it proposes replicates. Every other
 /// message passes as it is.
 fn without_entries(bytes: Vec<u8>) -> Vec<u8> {
-    let Ok(Msg::Raft {
-        group,
-        term,
-        body:
-            RaftMsg::Append {
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-                round,
-                transferring_to,
-                echo_us,
-                lease_ok,
-            },
-    }) = Msg::decode(&bytes, usize::MAX)
-    else {
+    let Ok(mut msg) = Msg::decode(&bytes, usize::MAX) else {
         return bytes;
     };
-    if entries.is_empty() {
-        return bytes;
+    match &mut msg {
+        Msg::Raft {
+            body: RaftMsg::Append { entries, .. },
+            ..
+        } if !entries.is_empty() => entries.clear(),
+        _ => return bytes,
     }
-    let msg = Msg::Raft {
-        group,
-        term,
-        body: RaftMsg::Append {
-            prev_index,
-            prev_term,
-            entries: Vec::new(),
-            commit,
-            round,
-            transferring_to,
-            echo_us,
-            lease_ok,
-        },
-    };
     // Invariant: a message that decoded re-encodes.
     msg.encode().expect("a decoded message re-encodes")
 }

@@ -47,11 +47,7 @@ impl Swarm {
     /// Seed `seed`'s own mix.
     pub fn draw(seed: u64) -> Swarm {
         let mut rng = Rng::new(seed ^ 0x5357_4152_4d00_0002);
-        let mut kinds: Vec<EpisodeKind> = EpisodeKind::ALL
-            .iter()
-            .copied()
-            .filter(|_| rng.chance(0.75))
-            .collect();
+        let mut kinds: Vec<EpisodeKind> = EpisodeKind::all().filter(|_| rng.chance(0.75)).collect();
         if kinds.is_empty() {
             kinds.push(EpisodeKind::Crash);
         }
@@ -71,7 +67,7 @@ mod tests {
     #[test]
     fn seeds_draw_different_mixes_and_every_kind_is_drawn() {
         let mixes: Vec<Swarm> = (1..=200).map(Swarm::draw).collect();
-        for k in EpisodeKind::ALL {
+        for k in EpisodeKind::all() {
             let with = mixes.iter().filter(|m| m.kinds.contains(&k)).count();
             assert!((100..200).contains(&with), "{k:?} in {with} of 200 mixes");
         }

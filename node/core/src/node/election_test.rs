@@ -178,26 +178,8 @@ fn leader_over_an_async_tail(own_ack_us: Option<u64>) -> Node {
 fn async_write_answer(n: &mut Node, req: RequestId) -> Option<ClientResponse> {
     n.out.clear();
     let now = n.now;
-    n.handle_client(
-        now,
-        req,
-        ClientRequest::Write {
-            ns: "r0-async".into(),
-            request_id: 0,
-            fingerprint: 0,
-            compares: Vec::new(),
-            ns_revision: None,
-            ops: vec![WriteOp::Put {
-                key: "k".into(),
-                value: b"v".to_vec(),
-            }],
-            meta: ChangeMeta::default(),
-        },
-    );
-    n.out.iter().find_map(|a| match a {
-        Action::Reply { req: r, resp } if *r == req => Some(resp.clone()),
-        _ => None,
-    })
+    n.handle_client(now, req, put_k("r0-async", 0, 0));
+    reply_to(n, req).cloned()
 }
 
 #[test]

@@ -3,21 +3,6 @@
 use super::test_support::*;
 use super::*;
 
-fn write(request_id: u64) -> ClientRequest {
-    ClientRequest::Write {
-        ns: "r0-quorum".into(),
-        request_id,
-        fingerprint: 1,
-        compares: Vec::new(),
-        ns_revision: None,
-        ops: vec![WriteOp::Put {
-            key: "k".into(),
-            value: b"v".to_vec(),
-        }],
-        meta: ChangeMeta::default(),
-    }
-}
-
 fn reply_from(n: &mut Node, from: NodeId, id: RequestId, code: ErrorCode) {
     let bytes = Msg::ForwardReply {
         boot: n.boot,
@@ -30,12 +15,7 @@ fn reply_from(n: &mut Node, from: NodeId, id: RequestId, code: ErrorCode) {
     n.handle_message(now, from, &bytes).expect("in protocol");
 }
 
-fn answered(n: &Node, id: RequestId) -> Option<&ClientResponse> {
-    n.out.iter().find_map(|a| match a {
-        Action::Reply { req, resp } if *req == id => Some(resp),
-        _ => None,
-    })
-}
+use reply_to as answered;
 
 #[test]
 fn only_the_forward_under_way_is_answered_by_its_reply() {
@@ -43,7 +23,7 @@ fn only_the_forward_under_way_is_answered_by_its_reply() {
     let mut n = node_with_log(1, 4, &[4]);
     n.groups[0].leader = Some(0);
     let now = n.now;
-    n.handle_client(now, 5, write(77));
+    n.handle_client(now, 5, put_k("r0-quorum", 77, 1));
     assert_eq!(n.forwarded.get(&5).map(|f| f.to), Some(0), "forwarded to 0");
     n.out.clear();
     // A reply from a node it was not forwarded to answers nothing.

@@ -33,3 +33,27 @@ pub(super) fn log_terms(n: &Node) -> Vec<u64> {
         .map(|i| log.term_at(i).expect("entry"))
         .collect()
 }
+
+/// A client write putting `v` at key `k` of `ns`.
+pub(super) fn put_k(ns: &str, request_id: u64, fingerprint: u64) -> ClientRequest {
+    ClientRequest::Write {
+        ns: ns.into(),
+        request_id,
+        fingerprint,
+        compares: Vec::new(),
+        ns_revision: None,
+        ops: vec![WriteOp::Put {
+            key: "k".into(),
+            value: b"v".to_vec(),
+        }],
+        meta: ChangeMeta::default(),
+    }
+}
+
+/// The answer to client request `id` in the node's output, if any.
+pub(super) fn reply_to(n: &Node, id: RequestId) -> Option<&ClientResponse> {
+    n.out.iter().find_map(|a| match a {
+        Action::Reply { req, resp } if *req == id => Some(resp),
+        _ => None,
+    })
+}
