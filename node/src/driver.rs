@@ -17,8 +17,9 @@ use meridian_core::node::{Action, Node};
 use meridian_core::storage::{Storage, StorageOp};
 use meridian_core::types::{ClientRequest, ClientResponse, GroupId, Observation, RequestId};
 use meridian_core::GroupStatus;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::auth::AuthState;
 use crate::storage::RocksStorage;
 use crate::transport::{PeerEvent, Transport};
 
@@ -120,6 +121,19 @@ pub struct Driver {
     timer_at_us: Option<u64>,
     names: Vec<String>,
     actions: Vec<Action>,
+    /// The auth records of the metadata document, republished whenever it
+    /// changes (read by every request's authentication).
+    auth: watch::Sender<Arc<AuthState>>,
+}
+
+/// Parse the metadata document's auth records, logging any that grant
+/// nothing because they do not parse.
+fn auth_state(node: &Node) -> Arc<AuthState> {
+    let state = AuthState::from_view(&node.meta_view());
+    for (key, why) in &state.broken {
+        tracing::error!(record = %key, error = %why, "metadata record does not parse; it grants nothing");
+    }
+    Arc::new(state)
 }
 
 impl Driver {
@@ -138,8 +152,10 @@ impl Driver {
             .spawn(move || storage_thread(store, jobs_rx, done_tx))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start storage thread"));
+        let (auth, _) = watch::channel(auth_state(&node));
         (
             Driver {
+                auth,
                 node,
                 start,
                 transport,
@@ -152,6 +168,11 @@ impl Driver {
             },
             done_rx,
         )
+    }
+
+    /// The auth state, kept current by the driver.
+    pub fn auth_state(&self) -> watch::Receiver<Arc<AuthState>> {
+        self.auth.subscribe()
     }
 
     fn now(&self) -> u64 {
@@ -338,6 +359,9 @@ impl Driver {
                             behind,
                             "hand-over of the group's leadership timed out; leading on"
                         );
+                    }
+                    Observation::MetaChanged => {
+                        self.auth.send_replace(auth_state(&self.node));
                     }
                     Observation::Halted => {
                         tracing::error!("node halted after a storage failure");

@@ -3,6 +3,7 @@
 //! API and the driver loop that feeds the core its inputs (with the time) and
 //! carries out its actions.
 
+pub mod auth;
 pub mod config;
 pub mod configstore;
 pub mod core_client;

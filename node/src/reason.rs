@@ -87,6 +87,14 @@ reasons! {
     PatchTestFailed => "PATCH_TEST_FAILED", FailedPrecondition, 409;
     RollbackDeletes => "ROLLBACK_DELETES", FailedPrecondition, 409;
     Contended => "CONTENDED", Unavailable, 503;
+    // Identity and access (every API).
+    Unauthenticated => "UNAUTHENTICATED", Unauthenticated, 401;
+    TokenExpired => "TOKEN_EXPIRED", Unauthenticated, 401;
+    TokenRevoked => "TOKEN_REVOKED", Unauthenticated, 401;
+    PermissionDenied => "PERMISSION_DENIED", PermissionDenied, 403;
+    BadRole => "BAD_ROLE", InvalidArgument, 400;
+    UnknownRole => "UNKNOWN_ROLE", NotFound, 404;
+    UnknownToken => "UNKNOWN_TOKEN", NotFound, 404;
     // The HTTP API only.
     UnknownRoute => "UNKNOWN_ROUTE", NotFound, 404;
     MethodNotAllowed => "METHOD_NOT_ALLOWED", InvalidArgument, 405;

@@ -6,7 +6,10 @@
 //! competing nested objects:
 //! - `label/<key>` = value (concurrent sets: automerge's deterministic winner);
 //! - `grant/<principal>|<permission>#<grant id>` = the revocation ids the granter had seen;
-//! - `revoke/<principal>|<permission>#<revoke id>` = "1".
+//! - `revoke/<principal>|<permission>#<revoke id>` = "1";
+//! - records the shell interprets (`RECORD_PREFIXES`): `role/<name>`,
+//!   `token/<id>`, `token-revoked/<id>`, `ns/<namespace>`. A token revocation
+//!   can never be removed, so once merged it wins over everything.
 //!
 //! A permission is granted iff some grant has seen every revocation of it. A
 //! revocation concurrent with a grant was not seen by it, so the revocation wins;
@@ -17,6 +20,57 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ChangeHash, ReadDoc, ScalarValue, Value, ROOT};
 
 use crate::types::{MetaOp, NodeId};
+
+/// Where records may live (`MetaOp::PutRecord`).
+pub const RECORD_PREFIXES: &[&str] = &["role/", "token/", "token-revoked/", "ns/"];
+/// Records that are permanent once written.
+pub const PERMANENT_PREFIXES: &[&str] = &["token-revoked/"];
+/// Longest record key and value: a record is a small JSON document, and the
+/// whole metadata document is synced to every region.
+pub const RECORD_KEY_BYTES_MAX: usize = 512;
+pub const RECORD_VALUE_BYTES_MAX: usize = 16 << 10;
+/// Longest principal or permission name in a grant.
+pub const GRANT_NAME_BYTES_MAX: usize = 256;
+
+/// Whether a metadata edit is well-formed (a malformed one is refused before
+/// it touches the document).
+pub fn op_ok(op: &MetaOp) -> bool {
+    let name_ok =
+        |s: &str| !s.is_empty() && s.len() <= GRANT_NAME_BYTES_MAX && !s.contains(['|', '#', ',']);
+    let record_ok = |k: &str| {
+        k.len() <= RECORD_KEY_BYTES_MAX
+            && RECORD_PREFIXES
+                .iter()
+                .any(|p| k.len() > p.len() && k.starts_with(p))
+    };
+    match op {
+        MetaOp::SetLabel { key, value } => {
+            key.len() <= RECORD_KEY_BYTES_MAX && value.len() <= RECORD_VALUE_BYTES_MAX
+        }
+        MetaOp::Grant {
+            principal,
+            permission,
+        }
+        | MetaOp::Revoke {
+            principal,
+            permission,
+        } => name_ok(principal) && name_ok(permission),
+        MetaOp::PutRecord { key, value } => record_ok(key) && value.len() <= RECORD_VALUE_BYTES_MAX,
+        MetaOp::RemoveRecord { key } => {
+            record_ok(key) && !PERMANENT_PREFIXES.iter().any(|p| key.starts_with(p))
+        }
+    }
+}
+
+/// What the shell reads of the document: every record and every grant in
+/// force, each sorted (no map order reaches the shell).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetaView {
+    /// (key, value) of every record, by key.
+    pub records: Vec<(String, String)>,
+    /// (principal, permission) of every grant in force, sorted.
+    pub grants: Vec<(String, String)>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetaError {
@@ -89,7 +143,20 @@ impl MetaDoc {
 
     pub fn apply(&mut self, op: &MetaOp) -> Result<(), MetaError> {
         let err = |e: automerge::AutomergeError| MetaError::Edit(e.to_string());
+        if !op_ok(op) {
+            return Err(MetaError::Edit(format!("malformed metadata edit: {op:?}")));
+        }
         match op {
+            MetaOp::PutRecord { key, value } => {
+                self.doc
+                    .put(ROOT, key.as_str(), value.as_str())
+                    .map_err(err)?;
+            }
+            MetaOp::RemoveRecord { key } => {
+                if self.doc.get(ROOT, key.as_str()).map_err(err)?.is_some() {
+                    self.doc.delete(ROOT, key.as_str()).map_err(err)?;
+                }
+            }
             MetaOp::SetLabel { key, value } => {
                 self.doc
                     .put(ROOT, format!("label/{key}"), value.as_str())
@@ -126,6 +193,31 @@ impl MetaDoc {
 
     pub fn label(&self, key: &str) -> Option<String> {
         str_of(self.doc.get(ROOT, format!("label/{key}")).ok().flatten())
+    }
+
+    /// Every record and every grant in force.
+    pub fn view(&self) -> MetaView {
+        let mut records = Vec::new();
+        let mut grants = std::collections::BTreeSet::new();
+        for k in self.doc.keys(ROOT) {
+            if RECORD_PREFIXES.iter().any(|p| k.starts_with(p)) {
+                if let Some(v) = str_of(self.doc.get(ROOT, k.as_str()).ok().flatten()) {
+                    records.push((k, v));
+                }
+            } else if let Some(rest) = k.strip_prefix("grant/") {
+                if let Some((perm, _)) = rest.rsplit_once('#') {
+                    if let Some((principal, permission)) = perm.split_once('|') {
+                        grants.insert((principal.to_string(), permission.to_string()));
+                    }
+                }
+            }
+        }
+        records.sort();
+        let grants = grants
+            .into_iter()
+            .filter(|(p, perm)| self.granted(p, perm))
+            .collect();
+        MetaView { records, grants }
     }
 
     pub fn granted(&self, principal: &str, permission: &str) -> bool {
@@ -277,5 +369,72 @@ mod tests {
         let mut r = r;
         assert!(r.receive(1, b"garbage").is_err());
         assert!(MetaDoc::load(&[b"nonsense".to_vec()], 0, 3, 3).is_err());
+    }
+
+    #[test]
+    fn records_sync_and_revocations_are_permanent() {
+        let mut docs: Vec<MetaDoc> = (0..3)
+            .map(|r| MetaDoc::load(&[], r, 1, 3).unwrap())
+            .collect();
+        let put = |k: &str, v: &str| MetaOp::PutRecord {
+            key: k.into(),
+            value: v.into(),
+        };
+        docs[0].apply(&put("token/t1", "{}")).unwrap();
+        docs[1].apply(&put("role/reader", "[]")).unwrap();
+        docs[2]
+            .apply(&MetaOp::Grant {
+                principal: "ci".into(),
+                permission: "role:reader".into(),
+            })
+            .unwrap();
+        sync_all(&mut docs);
+        let v = docs[2].view();
+        assert_eq!(
+            v.records,
+            vec![
+                ("role/reader".to_string(), "[]".to_string()),
+                ("token/t1".to_string(), "{}".to_string())
+            ]
+        );
+        assert_eq!(
+            v.grants,
+            vec![("ci".to_string(), "role:reader".to_string())]
+        );
+        docs[1].apply(&put("token-revoked/t1", "1")).unwrap();
+        sync_all(&mut docs);
+        assert!(docs[0]
+            .view()
+            .records
+            .iter()
+            .any(|(k, _)| k == "token-revoked/t1"));
+        // Malformed edits and removing a revocation are refused whole.
+        for bad in [
+            MetaOp::RemoveRecord {
+                key: "token-revoked/t1".into(),
+            },
+            put("secret/x", "1"),
+            put("role/", "1"),
+            put("role/big", &"x".repeat(RECORD_VALUE_BYTES_MAX + 1)),
+            MetaOp::Grant {
+                principal: "a|b".into(),
+                permission: "role:x".into(),
+            },
+        ] {
+            assert!(!op_ok(&bad), "{bad:?}");
+            assert!(docs[0].apply(&bad).is_err());
+        }
+        assert_eq!(docs[0].view(), docs[1].view());
+        docs[0]
+            .apply(&MetaOp::RemoveRecord {
+                key: "role/reader".into(),
+            })
+            .unwrap();
+        sync_all(&mut docs);
+        assert!(!docs[2]
+            .view()
+            .records
+            .iter()
+            .any(|(k, _)| k == "role/reader"));
     }
 }

@@ -168,6 +168,18 @@ pub enum MetaOp {
         principal: String,
         permission: String,
     },
+    /// Set a record (`key` under one of `meta::RECORD_PREFIXES`): an auth
+    /// role, a token, a token's revocation, a namespace's description. The
+    /// shell gives records their meaning; the core replicates them.
+    /// Concurrent sets of one key: automerge's deterministic winner.
+    PutRecord {
+        key: String,
+        value: String,
+    },
+    /// Remove a record. Revocation records (`token-revoked/`) cannot be removed.
+    RemoveRecord {
+        key: String,
+    },
 }
 
 /// What a read asks for. All three share one consistency path.
@@ -440,4 +452,7 @@ pub enum Observation {
     },
     /// Storage failed: the node stopped and will not acknowledge anything.
     Halted,
+    /// The metadata document changed (a local edit, or a merge from a peer):
+    /// `Node::meta_view` has the new records and grants.
+    MetaChanged,
 }

@@ -279,6 +279,7 @@ impl World {
                 self.history.record_promise(group, n, leader, term, self.now, end);
             }
             Observation::Halted => self.note(|| format!("node {n} halted")),
+            Observation::MetaChanged => {}
             Observation::WriteReplayed {
                 group,
                 request_id,

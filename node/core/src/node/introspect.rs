@@ -12,6 +12,12 @@ impl Node {
         &self.cfg
     }
 
+    /// The metadata document's records and grants in force (auth state:
+    /// roles, tokens, revocations, grants).
+    pub fn meta_view(&self) -> crate::meta::MetaView {
+        self.meta.view()
+    }
+
     pub fn is_halted(&self) -> bool {
         self.halted
     }

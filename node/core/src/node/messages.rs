@@ -87,6 +87,7 @@ impl Node {
                                 // Merged from a peer: re-fetchable, so no fsync needed.
                                 self.persist(StorageOp::MetaChunk { bytes }, false);
                             }
+                            self.out.push(Action::Observe(Observation::MetaChanged));
                             self.meta_send_all(Some(from));
                         }
                         self.meta_send(from);

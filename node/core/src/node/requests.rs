@@ -126,9 +126,14 @@ impl Node {
                 }
                 Ok(())
             }
-            ClientRequest::Meta(_)
-            | ClientRequest::MetaGranted { .. }
-            | ClientRequest::CancelWatch { .. } => Ok(()),
+            ClientRequest::Meta(op) => {
+                if crate::meta::op_ok(op) {
+                    Ok(())
+                } else {
+                    Err(ErrorCode::InvalidRequest)
+                }
+            }
+            ClientRequest::MetaGranted { .. } | ClientRequest::CancelWatch { .. } => Ok(()),
         }
     }
 
@@ -329,6 +334,10 @@ impl Node {
                     Ok(()) => {
                         let bytes = self.meta.take_unsaved();
                         self.persist(StorageOp::MetaChunk { bytes }, true);
+                        // The shell's view changes at once: a revocation
+                        // denies before it is even durable (denying early is
+                        // safe; the answer waits for durability).
+                        self.out.push(Action::Observe(Observation::MetaChanged));
                         self.defer(Deferred::Respond(origin, ClientResponse::Done));
                         self.meta_send_all(None);
                     }

@@ -1,0 +1,397 @@
+//! Identity and access: who a request comes from (authentication) and what
+//! it may do (authorization), for every client API (gRPC and HTTP).
+//!
+//! Roles, API tokens, token revocations and grants of roles to principals
+//! live in the replicated metadata document (`meridian_core::meta`), so any
+//! region can change them, even while partitioned, and a revocation wins over
+//! a concurrent grant. The driver publishes a parsed `AuthState` each time
+//! the document changes; a request takes one snapshot (`Access`) and checks
+//! every key against it, so one request sees one state.
+//!
+//! Denials: a request naming a key it may not read or change is refused with
+//! PERMISSION_DENIED. The decision depends only on the caller's rules and the
+//! name it asked for, never on whether the key exists, so a denial reveals
+//! nothing about existence. Listings, subtree reads, searches, diffs and
+//! watches leave out what the caller may not read, as if it were absent.
+
+pub mod rules;
+pub mod tokens;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use meridian_core::meta::MetaView;
+use tokio::sync::watch;
+
+use crate::reason::Reason;
+pub use rules::{Action, Effect, Resource, Role, ROOT_ROLE};
+pub use tokens::TokenRecord;
+
+/// The grant permission that gives a principal a role.
+pub fn role_permission(role: &str) -> String {
+    format!("role:{role}")
+}
+
+/// A refusal: the stable reason and what to tell the caller.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("[{reason}] {message}")]
+pub struct AuthError {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl AuthError {
+    pub fn new(reason: Reason, message: impl Into<String>) -> AuthError {
+        AuthError {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// How a principal proved who it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Authentication is off in this region: everyone may do everything.
+    None,
+    Root,
+    Token,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::None => "none",
+            Method::Root => "root",
+            Method::Token => "token",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub method: Method,
+    /// The API token used, if any.
+    pub token_id: Option<String>,
+    /// The token's project scope.
+    pub project: Option<String>,
+    /// Roles in force: the token's and those granted to the principal.
+    pub roles: Vec<String>,
+}
+
+/// The auth records of the metadata document, parsed.
+#[derive(Debug, Default)]
+pub struct AuthState {
+    pub roles: BTreeMap<String, Role>,
+    /// Records that failed to parse (they grant nothing), with why.
+    pub broken: BTreeMap<String, String>,
+    pub tokens: BTreeMap<String, TokenRecord>,
+    pub revoked: BTreeSet<String>,
+    /// principal -> roles granted to it (grants in force).
+    pub grants: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl AuthState {
+    pub fn from_view(view: &MetaView) -> AuthState {
+        let mut s = AuthState::default();
+        for (k, v) in &view.records {
+            if let Some(name) = k.strip_prefix("role/") {
+                match Role::parse(name, v) {
+                    Ok(r) => {
+                        s.roles.insert(name.to_string(), r);
+                    }
+                    Err(e) => {
+                        s.broken.insert(k.clone(), e);
+                    }
+                }
+            } else if let Some(id) = k.strip_prefix("token-revoked/") {
+                s.revoked.insert(id.to_string());
+            } else if let Some(id) = k.strip_prefix("token/") {
+                match serde_json::from_str::<TokenRecord>(v) {
+                    Ok(t) => {
+                        s.tokens.insert(id.to_string(), t);
+                    }
+                    Err(e) => {
+                        s.broken.insert(k.clone(), e.to_string());
+                    }
+                }
+            }
+        }
+        for (principal, perm) in &view.grants {
+            if let Some(role) = perm.strip_prefix("role:") {
+                s.grants
+                    .entry(principal.clone())
+                    .or_default()
+                    .insert(role.to_string());
+            }
+        }
+        s
+    }
+
+    /// Whether `role` names a role that exists (built in or stored).
+    pub fn role_exists(&self, role: &str) -> bool {
+        role == ROOT_ROLE || self.roles.contains_key(role)
+    }
+}
+
+/// This region's authentication settings and the current auth state.
+#[derive(Clone)]
+pub struct Authority {
+    enabled: bool,
+    root_sha256: Option<String>,
+    state: watch::Receiver<Arc<AuthState>>,
+}
+
+/// One request's view: who it is and the state it is judged by.
+#[derive(Clone)]
+pub struct Access {
+    pub principal: Principal,
+    enabled: bool,
+    state: Arc<AuthState>,
+}
+
+impl Authority {
+    pub fn new(
+        enabled: bool,
+        root_sha256: Option<String>,
+        state: watch::Receiver<Arc<AuthState>>,
+    ) -> Authority {
+        Authority {
+            enabled,
+            root_sha256,
+            state,
+        }
+    }
+
+    /// Auth off, for tests of other things and for `enabled = false`.
+    pub fn disabled() -> Authority {
+        let (_tx, rx) = watch::channel(Arc::new(AuthState::default()));
+        Authority::new(false, None, rx)
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Who presents `bearer` (the token, without "Bearer "), judged at
+    /// wall-clock `now_ms`.
+    pub fn authenticate(&self, bearer: Option<&str>, now_ms: u64) -> Result<Access, AuthError> {
+        let state = self.state.borrow().clone();
+        if !self.enabled {
+            return Ok(Access {
+                principal: Principal {
+                    name: String::new(),
+                    method: Method::None,
+                    token_id: None,
+                    project: None,
+                    roles: vec![ROOT_ROLE.to_string()],
+                },
+                enabled: false,
+                state,
+            });
+        }
+        let Some(token) = bearer else {
+            return Err(AuthError::new(
+                Reason::Unauthenticated,
+                "no credential: send an API token as `authorization: Bearer <token>` \
+                 (the CLI reads MERIDIAN_TOKEN or `meridian auth login`)",
+            ));
+        };
+        let Some(id) = tokens::parse_id(token) else {
+            return Err(AuthError::new(
+                Reason::Unauthenticated,
+                "the credential is not a Meridian API token (mrd_<id>_<secret>)",
+            ));
+        };
+        if id == tokens::ROOT_ID {
+            return match &self.root_sha256 {
+                Some(h) if tokens::matches(token, h) => Ok(Access {
+                    principal: Principal {
+                        name: "root".into(),
+                        method: Method::Root,
+                        token_id: Some(id.to_string()),
+                        project: None,
+                        roles: vec![ROOT_ROLE.to_string()],
+                    },
+                    enabled: true,
+                    state,
+                }),
+                _ => Err(AuthError::new(
+                    Reason::Unauthenticated,
+                    "unknown token (the root credential does not match this region's)",
+                )),
+            };
+        }
+        let Some(rec) = state
+            .tokens
+            .get(id)
+            .filter(|r| tokens::matches(token, &r.sha256))
+        else {
+            return Err(AuthError::new(
+                Reason::Unauthenticated,
+                format!("unknown token {id}"),
+            ));
+        };
+        if state.revoked.contains(id) {
+            return Err(AuthError::new(
+                Reason::TokenRevoked,
+                format!("token {id} was revoked"),
+            ));
+        }
+        if rec.expires_ms.is_some_and(|e| now_ms >= e) {
+            return Err(AuthError::new(
+                Reason::TokenExpired,
+                format!("token {id} expired"),
+            ));
+        }
+        let mut roles: BTreeSet<String> = rec.roles.iter().cloned().collect();
+        if let Some(g) = state.grants.get(&rec.principal) {
+            roles.extend(g.iter().cloned());
+        }
+        Ok(Access {
+            principal: Principal {
+                name: rec.principal.clone(),
+                method: Method::Token,
+                token_id: Some(id.to_string()),
+                project: rec.project.clone(),
+                roles: roles.into_iter().collect(),
+            },
+            enabled: true,
+            state,
+        })
+    }
+}
+
+impl Access {
+    /// Everything allowed (auth off); for internal callers and tests.
+    pub fn open() -> Access {
+        match Authority::disabled().authenticate(None, 0) {
+            Ok(a) => a,
+            Err(_) => unreachable!("a disabled authority authenticates everyone"),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn state(&self) -> &AuthState {
+        &self.state
+    }
+
+    /// The author recorded with a change: the principal when auth is on,
+    /// else what the caller typed.
+    pub fn author(&self, typed: &str) -> String {
+        if self.enabled {
+            self.principal.name.clone()
+        } else {
+            typed.to_string()
+        }
+    }
+
+    fn roles(&self) -> impl Iterator<Item = Option<&Role>> {
+        self.principal.roles.iter().map(|r| {
+            if r == ROOT_ROLE {
+                None
+            } else {
+                self.state.roles.get(r).or(Some(&NO_ROLE))
+            }
+        })
+    }
+
+    /// Whether the caller may do `action` on `r`: some rule of its roles
+    /// allows it and none denies it (the root role allows everything, but a
+    /// deny in another role still wins). A project-scoped token acts only in
+    /// its project.
+    pub fn allowed(&self, action: Action, r: Resource<'_>) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        if let Some(p) = &self.principal.project {
+            if r.project != p {
+                return false;
+            }
+        }
+        let mut allow = false;
+        for role in self.roles() {
+            match role {
+                None => allow = true,
+                Some(role) => match role.decide(action, r) {
+                    Some(Effect::Deny) => return false,
+                    Some(Effect::Allow) => allow = true,
+                    None => {}
+                },
+            }
+        }
+        allow
+    }
+
+    /// `allowed`, or a PERMISSION_DENIED that names the principal, the
+    /// action and the resource.
+    pub fn check(&self, action: Action, r: Resource<'_>) -> Result<(), AuthError> {
+        if self.allowed(action, r) {
+            return Ok(());
+        }
+        let what = if r.project == "*" {
+            "the cluster".to_string()
+        } else if r.key.is_empty() {
+            format!("namespace {}/{}", r.project, r.environment)
+        } else {
+            format!("key {:?} in {}/{}", r.key, r.project, r.environment)
+        };
+        Err(AuthError::new(
+            Reason::PermissionDenied,
+            format!(
+                "{} may not {action} {what}",
+                if self.principal.name.is_empty() {
+                    "the caller"
+                } else {
+                    &self.principal.name
+                }
+            ),
+        ))
+    }
+
+    /// `check` of a key in a namespace.
+    pub fn check_key(&self, action: Action, ns: &str, key: &str) -> Result<(), AuthError> {
+        self.check(action, Resource::in_namespace(ns, key))
+    }
+
+    pub fn may_read(&self, ns: &str, key: &str) -> bool {
+        self.allowed(Action::Read, Resource::in_namespace(ns, key))
+    }
+
+    /// Whether the caller may read anything at all in `ns` (it sees the
+    /// namespace in listings).
+    pub fn may_read_somewhere(&self, ns: &str) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        let (project, env) = ns.split_once('/').unwrap_or((ns, ""));
+        if self
+            .principal
+            .project
+            .as_deref()
+            .is_some_and(|p| p != project)
+        {
+            return false;
+        }
+        self.roles().any(|r| match r {
+            None => true,
+            Some(r) => r.allows_somewhere_in(Action::Read, project, env),
+        })
+    }
+}
+
+/// An unknown or broken role: grants nothing.
+static NO_ROLE: std::sync::LazyLock<Role> = std::sync::LazyLock::new(|| {
+    match Role::compile("none", rules::RoleSpec { rules: Vec::new() }) {
+        Ok(r) => r,
+        Err(e) => unreachable!("the empty role compiles: {e}"),
+    }
+});
+
+#[cfg(test)]
+mod tests;

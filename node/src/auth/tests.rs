@@ -1,0 +1,239 @@
+//! Authentication and authorization against a metadata view: every way a
+//! credential is refused, and every permission denied where it should be.
+
+use super::*;
+
+const NOW_MS: u64 = 1_000_000;
+
+struct Fixture {
+    view: MetaView,
+    root: String,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
+            view: MetaView::default(),
+            root: tokens::generate(tokens::ROOT_ID),
+        }
+    }
+
+    fn role(&mut self, name: &str, json: &str) {
+        self.view
+            .records
+            .push((format!("role/{name}"), json.into()));
+    }
+
+    fn token(
+        &mut self,
+        principal: &str,
+        roles: &[&str],
+        project: Option<&str>,
+        expires_ms: Option<u64>,
+    ) -> String {
+        let id = tokens::new_id();
+        let t = tokens::generate(&id);
+        let rec = TokenRecord {
+            principal: principal.into(),
+            sha256: tokens::sha256_hex(&t),
+            created_ms: 0,
+            expires_ms,
+            project: project.map(str::to_string),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            created_by: "root".into(),
+            description: String::new(),
+        };
+        self.view
+            .records
+            .push((format!("token/{id}"), serde_json::to_string(&rec).unwrap()));
+        t
+    }
+
+    fn authority(&self) -> Authority {
+        let mut v = self.view.clone();
+        v.records.sort();
+        let (_tx, rx) = watch::channel(Arc::new(AuthState::from_view(&v)));
+        Authority::new(true, Some(tokens::sha256_hex(&self.root)), rx)
+    }
+}
+
+fn reason(r: Result<Access, AuthError>) -> Reason {
+    match r {
+        Ok(_) => panic!("authenticated"),
+        Err(e) => e.reason,
+    }
+}
+
+#[test]
+fn credentials_are_refused_when_missing_garbled_unknown_expired_or_revoked() {
+    let mut f = Fixture::new();
+    let good = f.token("ci", &[], None, None);
+    let expired = f.token("ci", &[], None, Some(NOW_MS));
+    let revoked = f.token("ci", &[], None, None);
+    let revoked_id = tokens::parse_id(&revoked).unwrap().to_string();
+    f.view
+        .records
+        .push((format!("token-revoked/{revoked_id}"), "1".into()));
+    let a = f.authority();
+    assert_eq!(
+        reason(a.authenticate(None, NOW_MS)),
+        Reason::Unauthenticated
+    );
+    assert_eq!(
+        reason(a.authenticate(Some("hunter2"), NOW_MS)),
+        Reason::Unauthenticated
+    );
+    let unknown = tokens::generate(&tokens::new_id());
+    assert_eq!(
+        reason(a.authenticate(Some(&unknown), NOW_MS)),
+        Reason::Unauthenticated
+    );
+    // The right id with the wrong secret.
+    let forged = tokens::generate(tokens::parse_id(&good).unwrap());
+    assert_eq!(
+        reason(a.authenticate(Some(&forged), NOW_MS)),
+        Reason::Unauthenticated
+    );
+    assert_eq!(
+        reason(a.authenticate(Some(&expired), NOW_MS)),
+        Reason::TokenExpired
+    );
+    assert!(a.authenticate(Some(&expired), NOW_MS - 1).is_ok());
+    assert_eq!(
+        reason(a.authenticate(Some(&revoked), NOW_MS)),
+        Reason::TokenRevoked
+    );
+    let wrong_root = tokens::generate(tokens::ROOT_ID);
+    assert_eq!(
+        reason(a.authenticate(Some(&wrong_root), NOW_MS)),
+        Reason::Unauthenticated
+    );
+    let p = a.authenticate(Some(&good), NOW_MS).unwrap().principal;
+    assert_eq!((p.name.as_str(), p.method), ("ci", Method::Token));
+    let r = a.authenticate(Some(&f.root), NOW_MS).unwrap();
+    assert_eq!(r.principal.method, Method::Root);
+    assert!(r.allowed(Action::Grant, Resource::CLUSTER));
+}
+
+#[test]
+fn what_no_rule_allows_is_denied_and_deny_beats_allow() {
+    let mut f = Fixture::new();
+    f.role(
+        "shop-reader",
+        r#"{"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read"]}]}"#,
+    );
+    f.role(
+        "shop-writer",
+        r#"{"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read", "write", "delete"]}]}"#,
+    );
+    f.role(
+        "no-secrets",
+        r#"{"rules": [{"effect": "deny", "keys": ["secrets.*"], "actions": ["read", "write", "delete"]}]}"#,
+    );
+    let none = f.token("nobody", &[], None, None);
+    let reader = f.token("ann", &["shop-reader"], None, None);
+    let writer = f.token("bob", &["shop-writer", "no-secrets"], None, None);
+    let rooted_but_denied = f.token("eve", &["root", "no-secrets"], None, None);
+    let broken_role = f.token("kim", &["ghost"], None, None);
+    let a = f.authority();
+    let who = |t: &str| a.authenticate(Some(t), NOW_MS).unwrap();
+    let (r, w) = (Action::Read, Action::Write);
+    let at = Resource::in_namespace;
+    assert!(!who(&none).allowed(r, at("shop/prod", "a")));
+    assert!(!who(&broken_role).allowed(r, at("shop/prod", "a")));
+    assert!(who(&reader).allowed(r, at("shop/prod", "a")));
+    assert!(!who(&reader).allowed(w, at("shop/prod", "a")));
+    assert!(!who(&reader).allowed(Action::Delete, at("shop/prod", "a")));
+    assert!(!who(&reader).allowed(r, at("blog/prod", "a")));
+    assert!(!who(&reader).allowed(Action::Admin, at("shop/prod", "")));
+    assert!(who(&writer).allowed(w, at("shop/prod", "a")));
+    assert!(!who(&writer).allowed(w, at("shop/prod", "secrets.db")));
+    assert!(!who(&writer).allowed(r, at("shop/prod", "secrets.db")));
+    assert!(!who(&rooted_but_denied).allowed(r, at("x/y", "secrets.k")));
+    assert!(who(&rooted_but_denied).allowed(r, at("x/y", "k")));
+    let e = who(&reader).check_key(w, "shop/prod", "a").unwrap_err();
+    assert_eq!(e.reason, Reason::PermissionDenied);
+    assert!(
+        e.message
+            .contains("ann may not write key \"a\" in shop/prod"),
+        "{e}"
+    );
+    assert!(who(&reader).may_read_somewhere("shop/prod"));
+    assert!(!who(&reader).may_read_somewhere("blog/prod"));
+    assert!(!who(&none).may_read_somewhere("shop/prod"));
+}
+
+#[test]
+fn a_project_scoped_token_acts_only_in_its_project() {
+    let mut f = Fixture::new();
+    let scoped = f.token("team-a", &["root"], Some("alpha"), None);
+    let a = f.authority();
+    let acc = a.authenticate(Some(&scoped), NOW_MS).unwrap();
+    assert!(acc.allowed(Action::Write, Resource::in_namespace("alpha/prod", "k")));
+    assert!(!acc.allowed(Action::Read, Resource::in_namespace("beta/prod", "k")));
+    assert!(!acc.allowed(Action::Grant, Resource::CLUSTER));
+    assert!(!acc.may_read_somewhere("beta/prod"));
+}
+
+#[test]
+fn roles_granted_to_a_principal_count_until_the_grant_is_revoked() {
+    use meridian_core::meta::MetaDoc;
+    use meridian_core::types::MetaOp;
+    let mut f = Fixture::new();
+    f.role(
+        "reader",
+        r#"{"rules": [{"effect": "allow", "actions": ["read"]}]}"#,
+    );
+    let t = f.token("ops", &[], None, None);
+    let mut doc = MetaDoc::load(&[], 0, 1, 1).unwrap();
+    for (k, v) in &f.view.records {
+        doc.apply(&MetaOp::PutRecord {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .unwrap();
+    }
+    let grant = MetaOp::Grant {
+        principal: "ops".into(),
+        permission: role_permission("reader"),
+    };
+    doc.apply(&grant).unwrap();
+    let judge = |doc: &MetaDoc| {
+        let (_tx, rx) = watch::channel(Arc::new(AuthState::from_view(&doc.view())));
+        let a = Authority::new(true, None, rx);
+        a.authenticate(Some(&t), NOW_MS)
+            .unwrap()
+            .allowed(Action::Read, Resource::in_namespace("p/e", "k"))
+    };
+    assert!(judge(&doc));
+    doc.apply(&MetaOp::Revoke {
+        principal: "ops".into(),
+        permission: role_permission("reader"),
+    })
+    .unwrap();
+    assert!(!judge(&doc));
+}
+
+#[test]
+fn broken_records_grant_nothing_and_are_reported() {
+    let mut f = Fixture::new();
+    f.role(
+        "bad",
+        r#"{"rules": [{"effect": "allow", "projects": ["[x"], "actions": ["read"]}]}"#,
+    );
+    f.view
+        .records
+        .push(("token/0123456789abcdef".into(), "{not json".into()));
+    let s = AuthState::from_view(&f.view);
+    assert!(s.broken.contains_key("role/bad"));
+    assert!(s.broken.contains_key("token/0123456789abcdef"));
+    assert!(!s.role_exists("bad"));
+    assert!(s.role_exists("root"));
+}
+
+#[test]
+fn auth_off_allows_everything_and_keeps_the_typed_author() {
+    let acc = Authority::disabled().authenticate(None, 0).unwrap();
+    assert!(acc.allowed(Action::Grant, Resource::CLUSTER));
+    assert_eq!(acc.author("typed"), "typed");
+}
