@@ -45,7 +45,7 @@ async fn main() -> Result<()> {
         .local_addr()?
         .port();
     let toml = format!(
-        "region = \"eu\"\ndata_dir = \"{d}/data\"\n[tls]\nca_cert = \"{d}/certs/ca.pem\"\ncert = \"{d}/certs/eu.pem\"\nkey = \"{d}/certs/eu-key.pem\"\n[[regions]]\nname = \"eu\"\ngrpc = \"127.0.0.1:{grpc_port}\"\npeer = \"127.0.0.1:{peer_port}\"\n",
+        "region = \"eu\"\ndata_dir = \"{d}/data\"\n[tls]\nca_cert = \"{d}/certs/ca.pem\"\ncert = \"{d}/certs/eu.pem\"\nkey = \"{d}/certs/eu-key.pem\"\n[auth]\nenabled = false\n[[regions]]\nname = \"eu\"\ngrpc = \"127.0.0.1:{grpc_port}\"\npeer = \"127.0.0.1:{peer_port}\"\n",
         d = dir.path().display()
     );
     let node = meridian_node::server::start(NodeConfig::parse(&toml)?).await?;

@@ -5,10 +5,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use meridian_proto::client::AuthChannel;
 use meridian_proto::v1::config_client::ConfigClient;
 use meridian_proto::v1::*;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use crate::output::{check_stream, emit, emit_event, emit_list, status_err, Output};
 use meridian_node::configstore::diff;
@@ -313,29 +313,6 @@ fn value_text(v: &str) -> Result<String> {
     Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
 }
 
-async fn connect(endpoints: &[String]) -> Result<ConfigClient<Channel>> {
-    let mut last = None;
-    for e in endpoints {
-        let url = if e.starts_with("http") {
-            e.clone()
-        } else {
-            format!("http://{e}")
-        };
-        let ep = tonic::transport::Endpoint::from_shared(url)?
-            .connect_timeout(std::time::Duration::from_secs(2));
-        match ep.connect().await {
-            Ok(ch) => return Ok(ConfigClient::new(ch)),
-            Err(e) => last = Some(e),
-        }
-    }
-    match last {
-        Some(e) => {
-            Err(e).with_context(|| format!("no region reachable (tried {})", endpoints.join(", ")))
-        }
-        None => bail!("no endpoints given"),
-    }
-}
-
 fn parse(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or(Value::Null)
 }
@@ -407,7 +384,7 @@ fn written(v: &Value) -> String {
 }
 
 async fn write(
-    c: &mut ConfigClient<Channel>,
+    c: &mut ConfigClient<AuthChannel>,
     ns: &str,
     ops: Vec<config_op::Op>,
     who: &Who,
@@ -430,7 +407,7 @@ async fn write(
 
 /// Write one operation and print what it changed.
 async fn write_and_show(
-    c: &mut ConfigClient<Channel>,
+    c: &mut ConfigClient<AuthChannel>,
     ns: &str,
     op: config_op::Op,
     who: &Who,
@@ -440,8 +417,13 @@ async fn write_and_show(
     emit(out, &v, written)
 }
 
-pub async fn run(cmd: ConfigCmd, endpoints: &[String], out: Output) -> Result<()> {
-    let mut c = connect(endpoints).await?;
+pub async fn run(
+    cmd: ConfigCmd,
+    endpoints: &[String],
+    token: Option<&str>,
+    out: Output,
+) -> Result<()> {
+    let mut c = ConfigClient::new(crate::auth_cmd::channel(endpoints, token).await?);
     let none = Who {
         author: String::new(),
         message: String::new(),

@@ -14,6 +14,7 @@ use meridian_proto::client::{Client, ClientOptions};
 use meridian_proto::v1::{Consistency, KeyValue, ListRequest};
 use serde_json::{json, Value};
 
+mod auth_cmd;
 mod config_cmd;
 mod output;
 
@@ -47,6 +48,10 @@ struct Cli {
         default_value = "eu"
     )]
     ns: String,
+    /// API token for client commands (default: MERIDIAN_TOKEN, else the file
+    /// `meridian auth login` wrote).
+    #[arg(long, global = true, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Output format of client commands.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Human)]
     output: Output,
@@ -169,6 +174,11 @@ enum Cmd {
     Config {
         #[command(subcommand)]
         cmd: config_cmd::ConfigCmd,
+    },
+    /// Identity and access: log in, who am I, API tokens, roles, grants.
+    Auth {
+        #[command(subcommand)]
+        cmd: auth_cmd::AuthCmd,
     },
     /// Cluster administration.
     Cluster {
@@ -307,6 +317,20 @@ pub fn dev_configs(dir: &Path, base_port: u16) -> Result<Vec<PathBuf>> {
         let names: Vec<String> = DEV_REGIONS.iter().map(|s| s.to_string()).collect();
         meridian_node::tls::generate_dev_certs(&certs, &names, false)?;
     }
+    // The cluster's root credential, made on its first start (the way etcd
+    // and Consul bootstrap): the secret in a 0600 file, only its hash in
+    // the regions' configs.
+    let root_file = dir.join("root.token");
+    let root = match std::fs::read_to_string(&root_file) {
+        Ok(t) => t.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let t = meridian_node::auth::tokens::generate(meridian_node::auth::tokens::ROOT_ID);
+            auth_cmd::write_private(&root_file, &format!("{t}\n"))?;
+            t
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", root_file.display())),
+    };
+    let root_hash = meridian_node::auth::tokens::sha256_hex(&root);
     let mut regions = String::new();
     for (i, r) in DEV_REGIONS.iter().enumerate() {
         let i = i as u16;
@@ -322,7 +346,7 @@ pub fn dev_configs(dir: &Path, base_port: u16) -> Result<Vec<PathBuf>> {
         let text = format!(
             "# Region {r} of the local development cluster (written by `meridian dev`).\n\
              region = \"{r}\"\ndata_dir = \"data/{r}\"\n\n[tls]\nca_cert = \"certs/ca.pem\"\n\
-             cert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n\n{regions}"
+             cert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n\n[auth]\nroot_token_sha256 = \"{root_hash}\"\n\n{regions}"
         );
         let path = dir.join(format!("{r}.toml"));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -366,6 +390,16 @@ async fn dev(dir: &Path, base_port: u16, fresh: bool) -> Result<()> {
         }
     }
     println!();
+    println!(
+        "Authentication is on. The root credential is in {} (mode 0600):",
+        dir.join("root.token").display()
+    );
+    println!(
+        "  export MERIDIAN_TOKEN=$(cat {})   # or: meridian auth login --token-file {}",
+        dir.join("root.token").display(),
+        dir.join("root.token").display()
+    );
+    println!();
     println!("Try it (in another terminal):");
     let ep = if base_port == 7000 {
         String::new()
@@ -381,7 +415,7 @@ async fn dev(dir: &Path, base_port: u16, fresh: bool) -> Result<()> {
     println!("  meridian{ep} config set shop/prod services.payment.max_connections 100");
     println!("  meridian{ep} config get shop/prod services.payment -o yaml");
     if let Some(h) = nodes.first().and_then(|n| n.http_addr) {
-        println!("  curl http://{h}/v1/config/shop/prod/services.payment");
+        println!("  curl -H \"Authorization: Bearer $MERIDIAN_TOKEN\" http://{h}/v1/config/shop/prod/services.payment");
     }
     println!();
     println!("Namespaces: eu, us, ap (quorum) and eu-async, us-async, ap-async. Ctrl-C stops.");
@@ -419,10 +453,15 @@ fn token_str(t: &Option<meridian_proto::v1::RevisionToken>) -> String {
 
 async fn client_command(cli: Cli) -> Result<()> {
     init_logs(cli.log_format.unwrap_or(LogFormat::Human), "warn");
+    let token = auth_cmd::resolve_token(cli.token.as_deref())?;
     if let Cmd::Config { cmd } = cli.cmd {
-        return config_cmd::run(cmd, &cli.endpoints, cli.output).await;
+        return config_cmd::run(cmd, &cli.endpoints, token.as_deref(), cli.output).await;
+    }
+    if let Cmd::Auth { cmd } = cli.cmd {
+        return auth_cmd::run(cmd, &cli.endpoints, token.as_deref(), cli.output).await;
     }
     let opts = ClientOptions {
+        token,
         connect_timeout: Duration::from_secs(2),
         ..ClientOptions::default()
     };
@@ -715,6 +754,7 @@ async fn client_command(cli: Cli) -> Result<()> {
         | Cmd::Dev { .. }
         | Cmd::Certs { .. }
         | Cmd::Config { .. }
+        | Cmd::Auth { .. }
         | Cmd::Completion { .. } => {}
     }
     Ok(())

@@ -49,6 +49,31 @@ pub struct NodeConfig {
     pub cluster: ClusterTuning,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// Authentication and access control of the client APIs (docs/auth.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Whether requests must carry a credential and pass the access rules.
+    /// On unless the file says `enabled = false` (the node then logs a
+    /// warning at start-up: anyone who reaches a port may do anything).
+    pub enabled: bool,
+    /// Hex SHA-256 of the root credential (`mrd_root_<secret>`), which may
+    /// do everything. `meridian certs` and `meridian dev` write the
+    /// credential (mode 0600) and this hash. None: no root credential.
+    pub root_token_sha256: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            enabled: true,
+            root_token_sha256: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -285,6 +310,13 @@ impl NodeConfig {
                 if !addrs.insert(a) {
                     return bad(format!("regions: address {a} used twice"));
                 }
+            }
+        }
+        if let Some(h) = &self.auth.root_token_sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!(
+                    "auth.root_token_sha256: {h:?} is not a hex SHA-256 (64 hex digits)"
+                ));
             }
         }
         if self.region_id(&self.region).is_none() {

@@ -3,6 +3,7 @@
 //! error codes mapped to gRPC status codes and stable reasons (documented in
 //! `proto/meridian/v1/meridian.proto`).
 
+use crate::auth::{Access, Action, Authority, Resource};
 use crate::core_client::CoreClient;
 use crate::reason::Reason;
 use std::pin::Pin;
@@ -84,6 +85,13 @@ fn why_invalid(request: &ClientRequest) -> Option<String> {
     }
 }
 
+/// A refused credential or permission as a status; logged, so refusals
+/// can be counted and traced to their principal.
+pub fn auth_status(e: crate::auth::AuthError) -> Status {
+    tracing::info!(reason = %e.reason, message = %e.message, "request refused");
+    status(e.reason, &e.message)
+}
+
 /// The driver is gone: the node is shutting down.
 fn stopping() -> Status {
     status(Reason::ShuttingDown, "the node is stopping")
@@ -104,6 +112,7 @@ fn unexpected(resp: &ClientResponse) -> Status {
 #[derive(Clone)]
 pub struct Api {
     core: CoreClient,
+    auth: Authority,
     regions: Arc<Vec<RegionEntry>>,
     /// Home group of each namespace (watch events carry it).
     ns_home: Arc<std::collections::BTreeMap<String, u8>>,
@@ -174,12 +183,14 @@ impl Drop for WatchGuard {
 impl Api {
     pub fn new(
         core: CoreClient,
+        auth: Authority,
         regions: Vec<RegionEntry>,
         ns_home: std::collections::BTreeMap<String, u8>,
         me: u8,
         home_return_delay_ms: u64,
     ) -> Api {
         Api {
+            auth,
             home_return_delay_ms,
             ns_home: Arc::new(ns_home),
             core,
@@ -223,13 +234,35 @@ impl Api {
         .await
     }
 
+    /// Who calls: its credential checked against this region's auth state.
+    fn access<T>(&self, r: &Request<T>) -> Result<Access, Status> {
+        self.auth.grpc(r).map_err(auth_status)
+    }
+
+    /// A write by `access`: every compared key needs `read` (a compare
+    /// reveals a version), every put `write` and every delete `delete`.
     async fn write(
         &self,
+        access: &Access,
         ns: String,
         request_id: u64,
         compares: Vec<CoreCompare>,
         ops: Vec<WriteOp>,
     ) -> Result<Response<WriteResponse>, Status> {
+        for c in &compares {
+            access
+                .check_key(Action::Read, &ns, &c.key)
+                .map_err(auth_status)?;
+        }
+        for op in &ops {
+            let action = match op {
+                WriteOp::Put { .. } => Action::Write,
+                WriteOp::Delete { .. } => Action::Delete,
+            };
+            access
+                .check_key(action, &ns, op.key())
+                .map_err(auth_status)?;
+        }
         let fingerprint = meridian_core::types::write_fingerprint(&ns, &compares, &ops);
         let resp = self
             .call(ClientRequest::Write {
@@ -239,7 +272,10 @@ impl Api {
                 compares,
                 ns_revision: None,
                 ops,
-                meta: meridian_core::types::ChangeMeta::default(),
+                meta: meridian_core::types::ChangeMeta {
+                    author: access.author(""),
+                    ..Default::default()
+                },
             })
             .await?;
         match resp {
@@ -273,7 +309,11 @@ impl Api {
 #[tonic::async_trait]
 impl Kv for Api {
     async fn get(&self, r: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
+        access
+            .check_key(Action::Read, &r.namespace, &r.key)
+            .map_err(auth_status)?;
         let resp = self
             .read(r.namespace, ReadQuery::Get { key: r.key }, r.read)
             .await?;
@@ -288,7 +328,17 @@ impl Kv for Api {
     }
 
     async fn list(&self, r: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
+        if !access.may_read_somewhere(&r.namespace) {
+            return Err(auth_status(crate::auth::AuthError::new(
+                Reason::PermissionDenied,
+                format!(
+                    "{} may not read anything in namespace {}",
+                    access.principal.name, r.namespace
+                ),
+            )));
+        }
         let limit = match r.limit {
             0 => LIST_LIMIT_DEFAULT,
             n => n.min(LIST_LIMIT_MAX),
@@ -318,7 +368,10 @@ impl Kv for Api {
                 after = k.key.clone();
             }
             for k in kvs {
-                if r.key_contains.is_empty() || k.key.contains(&r.key_contains) {
+                // What the caller may not read is left out, as if absent.
+                if (r.key_contains.is_empty() || k.key.contains(&r.key_contains))
+                    && access.may_read(&r.namespace, &k.key)
+                {
                     out.push(kv(k, r.keys_only));
                 }
             }
@@ -339,8 +392,10 @@ impl Kv for Api {
     }
 
     async fn put(&self, r: Request<PutRequest>) -> Result<Response<WriteResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         self.write(
+            &access,
             r.namespace,
             r.request_id,
             Vec::new(),
@@ -353,8 +408,10 @@ impl Kv for Api {
     }
 
     async fn delete(&self, r: Request<DeleteRequest>) -> Result<Response<WriteResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         self.write(
+            &access,
             r.namespace,
             r.request_id,
             Vec::new(),
@@ -367,6 +424,7 @@ impl Kv for Api {
         &self,
         r: Request<CompareAndSetRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         let op = if r.delete {
             WriteOp::Delete { key: r.key.clone() }
@@ -377,6 +435,7 @@ impl Kv for Api {
             }
         };
         self.write(
+            &access,
             r.namespace,
             r.request_id,
             vec![CoreCompare {
@@ -389,6 +448,7 @@ impl Kv for Api {
     }
 
     async fn txn(&self, r: Request<TxnRequest>) -> Result<Response<WriteResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         let mut ops = Vec::new();
         for o in r.ops {
@@ -413,13 +473,25 @@ impl Kv for Api {
                 version: c.version,
             })
             .collect();
-        self.write(r.namespace, r.request_id, compares, ops).await
+        self.write(&access, r.namespace, r.request_id, compares, ops)
+            .await
     }
 
     type WatchStream = WatchStream;
 
     async fn watch(&self, r: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
+        if !access.may_read_somewhere(&r.namespace) {
+            return Err(auth_status(crate::auth::AuthError::new(
+                Reason::PermissionDenied,
+                format!(
+                    "{} may not read anything in namespace {}",
+                    access.principal.name, r.namespace
+                ),
+            )));
+        }
+        let ns = r.namespace.clone();
         let group = u32::from(self.ns_home.get(&r.namespace).copied().unwrap_or(0));
         let request = ClientRequest::Watch {
             ns: r.namespace,
@@ -444,14 +516,24 @@ impl Kv for Api {
                         _ = out.closed() => return,
                     };
                     let msg = match item {
-                    Some(ClientResponse::WatchEvents { events, revision }) => Ok(WatchResponse {
-                        events: events.into_iter().map(|k| kv(k, false)).collect(),
+                    // Only keys the caller may read are delivered (judged by
+                    // its rules when the watch opened).
+                    // A batch with nothing readable is not sent at all: its
+                    // revision would tell that something changed.
+                    Some(ClientResponse::WatchEvents { events, revision }) => {
+                        let events: Vec<KeyValue> = events.into_iter().filter(|k| access.may_read(&ns, &k.key)).map(|k| kv(k, false)).collect();
+                        if events.is_empty() {
+                            continue;
+                        }
+                        Ok(WatchResponse {
+                        events,
                         revision,
                         resync: false,
                         group,
-                    }),
+                    })
+                    }
                     Some(ClientResponse::WatchResync { snapshot, revision }) => Ok(WatchResponse {
-                        events: snapshot.into_iter().map(|k| kv(k, false)).collect(),
+                        events: snapshot.into_iter().filter(|k| access.may_read(&ns, &k.key)).map(|k| kv(k, false)).collect(),
                         revision,
                         resync: true,
                         group,
@@ -477,7 +559,11 @@ impl Kv for Api {
         &self,
         r: Request<HistoryRequest>,
     ) -> Result<Response<HistoryResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
+        access
+            .check_key(Action::Read, &r.namespace, &r.key)
+            .map_err(auth_status)?;
         let resp = self
             .read(r.namespace, ReadQuery::History { key: r.key }, r.read)
             .await?;
@@ -513,8 +599,12 @@ impl Admin for Api {
 
     async fn cluster_status(
         &self,
-        _r: Request<ClusterStatusRequest>,
+        r: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
+        // The status names every namespace and region: a cluster-wide read.
+        self.access(&r)?
+            .check(Action::Read, Resource::CLUSTER)
+            .map_err(auth_status)?;
         let (tx, rx) = oneshot::channel();
         self.core
             .send(Input::Status { reply: tx })
@@ -583,6 +673,9 @@ impl Admin for Api {
         &self,
         r: Request<TransferLeaseRequest>,
     ) -> Result<Response<TransferLeaseResponse>, Status> {
+        self.access(&r)?
+            .check(Action::Admin, Resource::CLUSTER)
+            .map_err(auth_status)?;
         let r = r.into_inner();
         let Some(to) = self.regions.iter().position(|x| x.name == r.to_region) else {
             return Err(status(

@@ -2,6 +2,7 @@
 //! configuration-engine calls (JSON travels as text) and engine errors into
 //! statuses with the same stable reasons as the HTTP API.
 
+use crate::auth::{Access, Authority};
 use crate::reason::Reason;
 use std::pin::Pin;
 
@@ -21,11 +22,16 @@ use crate::configstore::{diff, CfgError};
 #[derive(Clone)]
 pub struct ConfigApi {
     store: ConfigStore,
+    auth: Authority,
 }
 
 impl ConfigApi {
-    pub fn new(store: ConfigStore) -> ConfigApi {
-        ConfigApi { store }
+    pub fn new(store: ConfigStore, auth: Authority) -> ConfigApi {
+        ConfigApi { store, auth }
+    }
+
+    fn access<T>(&self, r: &Request<T>) -> Result<Access, Status> {
+        self.auth.grpc(r).map_err(crate::grpc::auth_status)
     }
 }
 
@@ -52,7 +58,7 @@ fn json(field: &str, s: &str) -> Result<Value, Status> {
     })
 }
 
-fn read_opts(r: Option<ConfigReadOptions>) -> Result<ReadOpts, Status> {
+fn read_opts(access: &Access, r: Option<ConfigReadOptions>) -> Result<ReadOpts, Status> {
     let r = r.unwrap_or_default();
     let as_of = match (r.revision, r.time_ms) {
         (0, 0) => AsOf::Latest,
@@ -61,6 +67,7 @@ fn read_opts(r: Option<ConfigReadOptions>) -> Result<ReadOpts, Status> {
         _ => return Err(st(CfgError::invalid("give revision or time_ms, not both"))),
     };
     Ok(ReadOpts {
+        access: access.clone(),
         raw: r.raw,
         as_of,
         consistency: match (r.stale, r.max_staleness_ms) {
@@ -187,6 +194,7 @@ impl Config for ConfigApi {
         &self,
         r: Request<CreateNamespaceRequest>,
     ) -> Result<Response<NamespaceInfo>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         let spec = CreateNs {
             home_region: r.home_region,
@@ -197,7 +205,7 @@ impl Config for ConfigApi {
         };
         let i = self
             .store
-            .create_namespace(&r.project, &r.environment, &spec)
+            .create_namespace(&access, &r.project, &r.environment, &spec)
             .await
             .map_err(st)?;
         Ok(Response::new(info(i)))
@@ -207,10 +215,11 @@ impl Config for ConfigApi {
         &self,
         r: Request<MoveNamespaceRequest>,
     ) -> Result<Response<NamespaceInfo>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         let i = self
             .store
-            .move_namespace(&r.project, &r.environment, &r.home_region)
+            .move_namespace(&access, &r.project, &r.environment, &r.home_region)
             .await
             .map_err(st)?;
         Ok(Response::new(info(i)))
@@ -220,13 +229,18 @@ impl Config for ConfigApi {
         &self,
         r: Request<ListNamespacesRequest>,
     ) -> Result<Response<ListNamespacesResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         let prefix = if r.project.is_empty() {
             String::new()
         } else {
             format!("{}/", r.project)
         };
-        let list = self.store.list_namespaces(&prefix).await.map_err(st)?;
+        let list = self
+            .store
+            .list_namespaces(&access, &prefix)
+            .await
+            .map_err(st)?;
         Ok(Response::new(ListNamespacesResponse {
             namespaces: list.into_iter().map(info).collect(),
         }))
@@ -236,6 +250,7 @@ impl Config for ConfigApi {
         &self,
         r: Request<GetConfigRequest>,
     ) -> Result<Response<GetConfigResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         let ns = ns_of(r.ns)?;
         let default = match r.default_json {
@@ -244,7 +259,7 @@ impl Config for ConfigApi {
         };
         let g = self
             .store
-            .get(&ns, &r.path, &read_opts(r.read)?, default)
+            .get(&ns, &r.path, &read_opts(&access, r.read)?, default)
             .await
             .map_err(st)?;
         Ok(Response::new(GetConfigResponse {
@@ -260,6 +275,7 @@ impl Config for ConfigApi {
         &self,
         r: Request<BulkGetRequest>,
     ) -> Result<Response<BulkGetResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         let ns = ns_of(r.ns)?;
         let mut defaults = Map::new();
@@ -269,7 +285,7 @@ impl Config for ConfigApi {
         }
         let (values, missing, token) = self
             .store
-            .bulk_get(&ns, &r.keys, &defaults, &read_opts(r.read)?)
+            .bulk_get(&ns, &r.keys, &defaults, &read_opts(&access, r.read)?)
             .await
             .map_err(st)?;
         Ok(Response::new(BulkGetResponse {
@@ -286,6 +302,7 @@ impl Config for ConfigApi {
         &self,
         r: Request<ListConfigRequest>,
     ) -> Result<Response<ListConfigResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         let ns = ns_of(r.ns)?;
         let limit = if r.limit == 0 { 100 } else { r.limit as usize };
@@ -298,7 +315,7 @@ impl Config for ConfigApi {
                 &r.search,
                 limit,
                 &r.page_token,
-                &read_opts(r.read)?,
+                &read_opts(&access, r.read)?,
             )
             .await
             .map_err(st)?;
@@ -313,46 +330,52 @@ impl Config for ConfigApi {
         &self,
         r: Request<ConfigWriteRequest>,
     ) -> Result<Response<ConfigWriteResponse>, Status> {
-        self.write_common(r.into_inner(), false).await
+        self.write_common(self.access(&r)?, r.into_inner(), false)
+            .await
     }
 
     async fn validate(
         &self,
         r: Request<ConfigWriteRequest>,
     ) -> Result<Response<ConfigWriteResponse>, Status> {
-        self.write_common(r.into_inner(), true).await
+        self.write_common(self.access(&r)?, r.into_inner(), true)
+            .await
     }
 
     async fn config_history(
         &self,
         r: Request<ConfigHistoryRequest>,
     ) -> Result<Response<ConfigHistoryResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         let ns = ns_of(r.ns)?;
-        let h = self.store.history(&ns, &r.key).await.map_err(st)?;
+        let h = self.store.history(&access, &ns, &r.key).await.map_err(st)?;
         Ok(Response::new(ConfigHistoryResponse {
             versions: h.into_iter().map(entry).collect(),
         }))
     }
 
     async fn diff(&self, r: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         let reference = r.ns.clone().unwrap_or_default();
         let ns = ns_of(r.ns)?;
         let d = match r.what {
             Some(diff_request::What::Versions(v)) => {
                 self.store
-                    .diff_versions(&ns, &v.key, v.from_version, v.to_version)
+                    .diff_versions(&access, &ns, &v.key, v.from_version, v.to_version)
                     .await
             }
             Some(diff_request::What::Revisions(v)) => {
                 self.store
-                    .diff_revisions(&ns, &v.path, v.from_revision, v.to_revision)
+                    .diff_revisions(&access, &ns, &v.path, v.from_revision, v.to_revision)
                     .await
             }
             Some(diff_request::What::Environments(e)) => {
                 let other = ns_name(&reference.project, &e.other_environment);
-                self.store.diff_envs(&other, &ns, &e.path, e.raw).await
+                self.store
+                    .diff_envs(&access, &other, &ns, &e.path, e.raw)
+                    .await
             }
             None => Err(CfgError::invalid(
                 "say what to diff: versions, revisions or environments",
@@ -368,13 +391,16 @@ impl Config for ConfigApi {
         &self,
         r: Request<RollbackRequest>,
     ) -> Result<Response<ConfigWriteResponse>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         let ns = ns_of(r.ns)?;
         let key = (!r.key.is_empty()).then_some(r.key.as_str());
         let opts = WriteOpts {
+            access,
             author: r.author,
             message: r.message,
-            ..WriteOpts::default()
+            idempotency_key: None,
+            dry_run: false,
         };
         let w = self
             .store
@@ -388,8 +414,9 @@ impl Config for ConfigApi {
         &self,
         r: Request<NamespaceRef>,
     ) -> Result<Response<TemplateResponse>, Status> {
+        let access = self.access(&r)?;
         let ns = ns_of(Some(r.into_inner()))?;
-        let (inherits, vars) = self.store.template(&ns).await.map_err(st)?;
+        let (inherits, vars) = self.store.template(&access, &ns).await.map_err(st)?;
         Ok(Response::new(TemplateResponse {
             inherits: inherits.unwrap_or_default(),
             vars_json: Value::Object(vars.unwrap_or_default()).to_string(),
@@ -402,11 +429,12 @@ impl Config for ConfigApi {
         &self,
         r: Request<WatchConfigRequest>,
     ) -> Result<Response<Self::WatchConfigStream>, Status> {
+        let access = self.access(&r)?;
         let r = r.into_inner();
         let ns = ns_of(r.ns)?;
         let rx = self
             .store
-            .watch(&ns, &r.path, r.raw, &r.resume_token)
+            .watch(&access, &ns, &r.path, r.raw, &r.resume_token)
             .await
             .map_err(st)?;
         let stream = futures::stream::unfold(rx, |mut rx| async move {
@@ -428,12 +456,14 @@ impl Config for ConfigApi {
 impl ConfigApi {
     async fn write_common(
         &self,
+        access: Access,
         r: ConfigWriteRequest,
         dry_run: bool,
     ) -> Result<Response<ConfigWriteResponse>, Status> {
         let ns = ns_of(r.ns)?;
         let ops = r.ops.into_iter().map(op).collect::<Result<Vec<_>, _>>()?;
         let opts = WriteOpts {
+            access,
             author: r.author,
             message: r.message,
             idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),

@@ -9,10 +9,12 @@ use std::time::Instant;
 
 use meridian_core::node::Node;
 use meridian_proto::v1::admin_server::AdminServer;
+use meridian_proto::v1::auth_server::AuthServer;
 use meridian_proto::v1::kv_server::KvServer;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::auth::Authority;
 use crate::config::NodeConfig;
 use crate::configstore::engine::Limits;
 use crate::configstore::ConfigStore;
@@ -130,6 +132,17 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     let names: Vec<String> = cfg.regions.iter().map(|r| r.name.clone()).collect();
     let names_for_store = names.clone();
     let (driver, storage_rx) = Driver::new(node, start, store, transport.clone(), names);
+    let auth = Authority::new(
+        cfg.auth.enabled,
+        cfg.auth.root_token_sha256.clone(),
+        driver.auth_state(),
+    );
+    if !cfg.auth.enabled {
+        tracing::warn!(
+            region = %cfg.region,
+            "authentication is OFF ([auth] enabled = false): anyone who reaches this region's ports may read and change everything"
+        );
+    }
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE_MAX);
     let driver = tokio::spawn(driver.run(input_rx, peer_rx, storage_rx));
 
@@ -150,14 +163,16 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
             txn_ops_max: core.txn_ops_max,
         },
     );
+    let auth_api = crate::grpc_auth::AuthApi::new(core_client.clone(), auth.clone());
     let api = Api::new(
         core_client,
+        auth.clone(),
         cfg.regions.clone(),
         ns_home,
         me,
         core.home_return_delay_us / 1000,
     );
-    let config_api = ConfigApi::new(store.clone());
+    let config_api = ConfigApi::new(store.clone(), auth.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<KvServer<Api>>().await;
     health_reporter.set_serving::<AdminServer<Api>>().await;
@@ -190,6 +205,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
                 .max_encoding_message_size(64 << 20),
         )
         .add_service(AdminServer::new(api))
+        .add_service(AuthServer::new(auth_api))
         .add_service(
             ConfigServer::new(config_api)
                 .max_decoding_message_size(max_msg * 4)
@@ -229,7 +245,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
                 .map_err(|cause| StartError::ListenHttp { addr, cause })?;
             let addr = listener.local_addr().unwrap_or(addr);
             let (tx, rx) = oneshot::channel::<()>();
-            let app = crate::configstore::http::router(store);
+            let app = crate::configstore::http::router(store, auth.clone());
             let listener = axum::serve::ListenerExt::tap_io(listener, |c| {
                 let _ = c.set_nodelay(true);
             });

@@ -25,6 +25,8 @@ pub enum ClientError {
     NoEndpoints,
     #[error("invalid endpoint {0}: {1}")]
     BadEndpoint(String, String),
+    #[error("{0}")]
+    Invalid(String),
     /// The node's message (without the "[REASON] " prefix it also carries
     /// for plain gRPC clients) and the stable reason, once each.
     #[error("{} ({})", message_of(status, reason.as_deref()), reason.as_deref().unwrap_or("TRANSPORT"))]
@@ -80,7 +82,39 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
     /// How often round-trip times are measured again.
     pub probe_interval: Duration,
+    /// API token sent with every call (`authorization: Bearer <token>`).
+    pub token: Option<String>,
 }
+
+/// Adds the caller's API token to every request of a channel.
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// None: no token (calls go unauthenticated). A token that cannot be a
+    /// header value is refused here rather than dropped.
+    pub fn new(token: Option<&str>) -> Result<Bearer, ClientError> {
+        match token {
+            None => Ok(Bearer(None)),
+            Some(t) => format!("Bearer {t}")
+                .parse()
+                .map(|v| Bearer(Some(v)))
+                .map_err(|_| ClientError::Invalid("the API token is not printable ASCII".into())),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// A channel whose every call carries the API token.
+pub type AuthChannel = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -91,13 +125,14 @@ impl Default for ClientOptions {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             probe_interval: Duration::from_secs(10),
+            token: None,
         }
     }
 }
 
 struct Region {
     url: String,
-    channel: Channel,
+    channel: AuthChannel,
     /// Last measured round-trip time; None: unreachable at the last probe.
     rtt: Option<Duration>,
     /// Failures since the last success (pushes the region down the order).
@@ -155,6 +190,7 @@ impl Client {
         if urls.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
+        let bearer = Bearer::new(opts.token.as_deref())?;
         let mut regions = Vec::new();
         for url in urls {
             let url = if url.contains("://") {
@@ -171,7 +207,7 @@ impl Client {
                 .keep_alive_while_idle(true);
             regions.push(Region {
                 url,
-                channel: ep.connect_lazy(),
+                channel: AuthChannel::new(ep.connect_lazy(), bearer.clone()),
                 rtt: None,
                 failures: 0,
             });
@@ -199,7 +235,7 @@ impl Client {
 
     /// Measure the round-trip time to every region (one Ping each, concurrently).
     pub async fn probe(&self) {
-        let chans: Vec<Channel> = lock(&self.inner.regions)
+        let chans: Vec<AuthChannel> = lock(&self.inner.regions)
             .iter()
             .map(|r| r.channel.clone())
             .collect();
@@ -246,7 +282,7 @@ impl Client {
         idx
     }
 
-    fn pick(&self, attempt: u32) -> (usize, Channel) {
+    fn pick(&self, attempt: u32) -> (usize, AuthChannel) {
         let regions = lock(&self.inner.regions);
         let order = self.order(&regions);
         let i = order[attempt as usize % order.len()];
@@ -278,7 +314,7 @@ impl Client {
     /// Run `f` against the preferred region, failing over and backing off.
     async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AuthChannel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut last = None;

@@ -124,8 +124,15 @@ impl Cluster {
                 Some(p) => format!("peer_bind = \"127.0.0.1:{p}\"\n"),
                 None => String::new(),
             };
+            // Tests of other things run with auth off (said explicitly, as
+            // the node requires); the auth tests pass their own [auth].
+            let auth = if extra_toml.contains("[auth]") {
+                ""
+            } else {
+                "[auth]\nenabled = false\n"
+            };
             let text = format!(
-                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n{bind}[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n{regions}{extra_toml}"
+                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n{bind}[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n{auth}{regions}{extra_toml}"
             );
             let p = dir.path().join(format!("{r}.toml"));
             std::fs::write(&p, text).expect("write config");
@@ -264,6 +271,7 @@ pub fn fast_opts() -> ClientOptions {
         backoff_base: Duration::from_millis(25),
         backoff_max: Duration::from_millis(500),
         probe_interval: Duration::from_secs(2),
+        token: None,
     }
 }
 

@@ -152,7 +152,44 @@ pub struct Access {
     state: Arc<AuthState>,
 }
 
+/// Wall-clock milliseconds since the Unix epoch (token expiry, creation).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The token in an `authorization` header value: `Bearer <token>` (the
+/// scheme is case-insensitive, RFC 7235). None if it has another scheme.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 impl Authority {
+    /// Authenticate a gRPC call by its `authorization: Bearer` metadata.
+    pub fn grpc<T>(&self, r: &tonic::Request<T>) -> Result<Access, AuthError> {
+        let header = match r.metadata().get("authorization") {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| {
+                AuthError::new(
+                    Reason::Unauthenticated,
+                    "the authorization metadata is not ASCII",
+                )
+            })?),
+        };
+        let token = match header {
+            None => None,
+            Some(h) => Some(bearer(h).ok_or_else(|| {
+                AuthError::new(
+                    Reason::Unauthenticated,
+                    "the authorization metadata is not `Bearer <token>`",
+                )
+            })?),
+        };
+        self.authenticate(token, wall_ms())
+    }
+
     pub fn new(
         enabled: bool,
         root_sha256: Option<String>,

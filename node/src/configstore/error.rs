@@ -82,3 +82,10 @@ impl From<RenderError> for CfgError {
         CfgError::new(reason, e.to_string())
     }
 }
+
+impl From<crate::auth::AuthError> for CfgError {
+    fn from(e: crate::auth::AuthError) -> CfgError {
+        tracing::info!(reason = %e.reason, message = %e.message, "request refused");
+        CfgError::new(e.reason, e.message)
+    }
+}

@@ -209,6 +209,7 @@ pub async fn run(ctx: &Ctx) -> Result<WorkloadReport> {
             backoff_base: Duration::from_millis(20),
             backoff_max: Duration::from_millis(200),
             probe_interval: Duration::from_secs(1),
+            token: None,
         };
         let mut writers = Vec::new();
         for _ in 0..p.failover_writers {

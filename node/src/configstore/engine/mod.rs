@@ -23,6 +23,7 @@ mod writes;
 
 pub use watch::WatchEvent;
 
+use crate::auth::{Access, Action};
 use crate::core_client::CoreClient;
 use crate::reason::Reason;
 use std::collections::{BTreeMap, BTreeSet};
@@ -92,8 +93,11 @@ pub enum ReadConsistency {
     Stale,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub struct ReadOpts {
+    /// Who reads: what it may not read is left out of everything the read
+    /// returns (values, subtrees, listings, searches, references, diffs).
+    pub access: Access,
     /// The namespace's own stored values: no inheritance, no rendering.
     pub raw: bool,
     pub as_of: AsOf,
@@ -199,8 +203,11 @@ pub enum Op {
     },
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub struct WriteOpts {
+    /// Who writes: every key the write changes needs `write` (a put) or
+    /// `delete`, and schemas and template settings `admin`.
+    pub access: Access,
     pub author: String,
     pub message: String,
     pub idempotency_key: Option<String>,
@@ -276,6 +283,15 @@ struct Layer {
 }
 
 impl Layer {
+    /// Leave out what `access` may not read, judged as keys of `view_ns`
+    /// (an inherited layer's values are part of the child's configuration).
+    fn restrict(&mut self, access: &Access, view_ns: &str) {
+        if access.enabled() {
+            self.leaves.retain(|k, _| access.may_read(view_ns, k));
+            self.kvs.retain(|k, _| access.may_read(view_ns, k));
+        }
+    }
+
     fn parent(&self) -> Option<String> {
         self.meta
             .get(INHERITS_KEY)
@@ -573,9 +589,10 @@ impl ConfigStore {
         path: &str,
         opts: &ReadOpts,
     ) -> Result<Vec<Layer>, CfgError> {
-        let first = self
+        let mut first = self
             .load_layer(ns, path, opts.as_of, opts.consistency)
             .await?;
+        first.restrict(&opts.access, ns);
         let mut lineage = layers::Lineage::new(ns);
         let mut chain = vec![first];
         if opts.raw {
@@ -589,9 +606,10 @@ impl ConfigStore {
                 AsOf::Revision(_) => AsOf::Latest,
                 other => other,
             };
-            let layer = self
+            let mut layer = self
                 .load_layer(&parent, path, as_of, opts.consistency)
                 .await?;
+            layer.restrict(&opts.access, ns);
             chain.push(layer);
         }
         Ok(chain)
@@ -630,6 +648,9 @@ impl ConfigStore {
                     format!("reference to missing key {k:?}"),
                 ));
             }
+            // A reference to a key the caller may not read resolves as
+            // if the key were absent: its value never leaks through it.
+            let view_ns = chain.first().map(|l| l.ns.clone()).unwrap_or_default();
             for (i, layer) in chain.iter_mut().enumerate() {
                 let as_of = match opts.as_of {
                     AsOf::Revision(_) if i > 0 => AsOf::Latest,
@@ -637,6 +658,7 @@ impl ConfigStore {
                 };
                 let token = layer.token;
                 self.extend_layer(layer, &k, as_of, token).await?;
+                layer.restrict(&opts.access, &view_ns);
             }
         }
         Err(CfgError::new(

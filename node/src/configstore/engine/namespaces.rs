@@ -8,12 +8,14 @@ use crate::reason::Reason;
 impl ConfigStore {
     pub async fn create_namespace(
         &self,
+        access: &Access,
         project: &str,
         environment: &str,
         spec: &CreateNs,
     ) -> Result<NamespaceInfo, CfgError> {
         check_name("project", project)?;
         check_name("environment", environment)?;
+        access.check_key(Action::Admin, &ns_name(project, environment), "")?;
         let home = self
             .regions
             .iter()
@@ -125,11 +127,13 @@ impl ConfigStore {
     /// `call`) while the old home is frozen and the new one copies the data.
     pub async fn move_namespace(
         &self,
+        access: &Access,
         project: &str,
         environment: &str,
         to_region: &str,
     ) -> Result<NamespaceInfo, CfgError> {
         let ns = ns_name(project, environment);
+        access.check_key(Action::Admin, &ns, "")?;
         let to = self
             .regions
             .iter()
@@ -205,10 +209,17 @@ impl ConfigStore {
         }
     }
 
-    /// Namespaces in the catalog whose name starts with `prefix`.
-    pub async fn list_namespaces(&self, prefix: &str) -> Result<Vec<NamespaceInfo>, CfgError> {
+    /// Namespaces in the catalog whose name starts with `prefix`, of those
+    /// the caller may read something in.
+    pub async fn list_namespaces(
+        &self,
+        access: &Access,
+        prefix: &str,
+    ) -> Result<Vec<NamespaceInfo>, CfgError> {
         let token = self.probe(CATALOG_NS).await?;
-        self.list_namespaces_at(prefix, token).await
+        let mut all = self.list_namespaces_at(prefix, token).await?;
+        all.retain(|n| access.may_read_somewhere(&n.name));
+        Ok(all)
     }
 
     /// The namespaces this region's catalog replica holds, without a round

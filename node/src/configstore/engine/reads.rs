@@ -16,6 +16,7 @@ impl ConfigStore {
         default: Option<Value>,
     ) -> Result<GetResult, CfgError> {
         tree::check_path(path).map_err(|m| CfgError::new(Reason::InvalidKey, m))?;
+        check_path_read(&opts.access, ns, path)?;
         let mut chain = self.load_chain(ns, path, opts).await?;
         let token = token_str(chain[0].token);
         let mut value = if opts.raw {
@@ -68,6 +69,7 @@ impl ConfigStore {
         }
         for p in paths {
             tree::check_key(p).map_err(|m| CfgError::new(Reason::InvalidKey, m))?;
+            check_path_read(&opts.access, ns, p)?;
         }
         let mut chain = self.load_chain(ns, "", opts).await?;
         let token = token_str(chain[0].token);
@@ -165,8 +167,14 @@ impl ConfigStore {
     }
 
     /// Every retained version of a key, oldest first.
-    pub async fn history(&self, ns: &str, key: &str) -> Result<Vec<Entry>, CfgError> {
+    pub async fn history(
+        &self,
+        access: &Access,
+        ns: &str,
+        key: &str,
+    ) -> Result<Vec<Entry>, CfgError> {
         tree::check_key(key).map_err(|m| CfgError::new(Reason::InvalidKey, m))?;
+        access.check_key(Action::Read, ns, key)?;
         let token = self.probe(ns).await?;
         let q = ReadQuery::History {
             key: key.to_string(),
@@ -186,7 +194,12 @@ impl ConfigStore {
     }
 
     /// The schemas attached in this namespace, by prefix.
-    pub async fn schemas(&self, ns: &str) -> Result<BTreeMap<String, Value>, CfgError> {
+    pub async fn schemas(
+        &self,
+        access: &Access,
+        ns: &str,
+    ) -> Result<BTreeMap<String, Value>, CfgError> {
+        may_read_namespace(access, ns)?;
         let l = self
             .load_layer(ns, "$", AsOf::Latest, ReadConsistency::Linearizable)
             .await?;
@@ -199,8 +212,10 @@ impl ConfigStore {
     /// The parent environment and variables of a namespace.
     pub async fn template(
         &self,
+        access: &Access,
         ns: &str,
     ) -> Result<(Option<String>, Option<Map<String, Value>>), CfgError> {
+        may_read_namespace(access, ns)?;
         let l = self
             .load_layer(ns, "$", AsOf::Latest, ReadConsistency::Linearizable)
             .await?;
@@ -210,12 +225,13 @@ impl ConfigStore {
 
     pub async fn diff_versions(
         &self,
+        access: &Access,
         ns: &str,
         key: &str,
         from_version: u64,
         to_version: u64,
     ) -> Result<Vec<diff::Change>, CfgError> {
-        let h = self.history(ns, key).await?;
+        let h = self.history(access, ns, key).await?;
         let pick = |v: u64| -> Result<Option<Value>, CfgError> {
             if v == 0 {
                 return Ok(None);
@@ -236,22 +252,18 @@ impl ConfigStore {
 
     pub async fn diff_revisions(
         &self,
+        access: &Access,
         ns: &str,
         path: &str,
         from: u64,
         to: u64,
     ) -> Result<Vec<diff::Change>, CfgError> {
         tree::check_path(path).map_err(|m| CfgError::new(Reason::InvalidKey, m))?;
-        let read = |r: u64| ReadOpts {
-            raw: true,
-            as_of: AsOf::Revision(r),
-            consistency: ReadConsistency::Linearizable,
-        };
-        let a = self.load_layer(ns, path, read(from).as_of, ReadConsistency::Linearizable);
-        let a = a.await?;
-        let b = self
-            .load_layer(ns, path, read(to).as_of, ReadConsistency::Linearizable)
-            .await?;
+        let lin = ReadConsistency::Linearizable;
+        let mut a = self.load_layer(ns, path, AsOf::Revision(from), lin).await?;
+        let mut b = self.load_layer(ns, path, AsOf::Revision(to), lin).await?;
+        a.restrict(access, ns);
+        b.restrict(access, ns);
         let va = tree::assemble(&a.leaves, path);
         let vb = tree::assemble(&b.leaves, path);
         Ok(diff::diff(va.as_ref(), vb.as_ref()))
@@ -260,19 +272,48 @@ impl ConfigStore {
     /// The effective (or raw) configuration of two environments compared.
     pub async fn diff_envs(
         &self,
+        access: &Access,
         from_ns: &str,
         to_ns: &str,
         path: &str,
         raw: bool,
     ) -> Result<Vec<diff::Change>, CfgError> {
         let opts = ReadOpts {
+            access: access.clone(),
             raw,
-            ..ReadOpts::default()
+            as_of: AsOf::Latest,
+            consistency: ReadConsistency::Linearizable,
         };
         let a = self.get(from_ns, path, &opts, Some(Value::Null)).await?;
         let b = self.get(to_ns, path, &opts, Some(Value::Null)).await?;
         let va = a.found.then_some(a.value);
         let vb = b.found.then_some(b.value);
         Ok(diff::diff(va.as_ref(), vb.as_ref()))
+    }
+}
+
+/// A namespace-wide read (schemas, template): the caller must be able to
+/// read something in it.
+fn may_read_namespace(access: &Access, ns: &str) -> Result<(), CfgError> {
+    if access.may_read_somewhere(ns) {
+        Ok(())
+    } else {
+        Err(crate::auth::AuthError::new(
+            Reason::PermissionDenied,
+            format!("{} may not read anything in {ns}", access.principal.name),
+        )
+        .into())
+    }
+}
+
+/// A read that names a path: refused unless the caller's rules match the
+/// path itself (a subtree's values are then filtered key by key), decided by
+/// the name alone so a refusal says nothing about what exists. The whole
+/// environment (the empty path) needs only some readable key.
+fn check_path_read(access: &Access, ns: &str, path: &str) -> Result<(), CfgError> {
+    if path.is_empty() {
+        may_read_namespace(access, ns)
+    } else {
+        Ok(access.check_key(Action::Read, ns, path)?)
     }
 }

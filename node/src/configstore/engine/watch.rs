@@ -146,6 +146,7 @@ impl ConfigStore {
     /// then one event per change that alters an effective value.
     pub async fn watch(
         &self,
+        access: &Access,
         ns: &str,
         path: &str,
         raw: bool,
@@ -158,8 +159,10 @@ impl ConfigStore {
             Some(decode_watch_token(resume_token)?)
         };
         let opts = ReadOpts {
+            access: access.clone(),
             raw,
-            ..ReadOpts::default()
+            as_of: AsOf::Latest,
+            consistency: ReadConsistency::Linearizable,
         };
         let mut chain = self.load_chain(ns, "", &opts).await?;
         // Subscribe before computing the first event, from the revisions read,

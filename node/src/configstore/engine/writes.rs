@@ -26,6 +26,21 @@ impl ConfigStore {
                 ),
             ));
         }
+        // What each operation names, judged by the name alone before
+        // anything is read, so a refusal says nothing about what exists
+        // (the keys the write turns out to change are judged again below).
+        for op in &ops {
+            let (action, key) = match op {
+                Op::Put { key, .. } => (Action::Write, key.as_str()),
+                Op::Merge { path, .. } | Op::Patch { path, .. } => (Action::Write, path.as_str()),
+                Op::Delete { key, .. } => (Action::Delete, key.as_str()),
+                Op::Restore { key, .. } => (Action::Write, key.as_str()),
+                Op::SetSchema { .. } | Op::DeleteSchema { .. } | Op::SetTemplate { .. } => {
+                    (Action::Admin, "")
+                }
+            };
+            opts.access.check_key(action, ns, key)?;
+        }
         let request_id = match &opts.idempotency_key {
             Some(k) if k.is_empty() || k.len() > 256 => {
                 return Err(CfgError::invalid("idempotency keys are 1-256 bytes"))
@@ -54,14 +69,23 @@ impl ConfigStore {
             } else {
                 ReadConsistency::Linearizable
             };
-            let evaluated = self.evaluate(ns, &ops, consistency).await;
+            let evaluated = self.evaluate(ns, &ops, consistency, &opts.access).await;
             let was_optimistic = std::mem::replace(&mut optimistic, false);
             let (layer, work, core_ops, changes) = match evaluated {
                 Ok(e) => e,
                 Err(_) if was_optimistic => continue,
                 Err(e) => return Err(e),
             };
-            let raw_diff = layer_diff(&layer, &work);
+            // The diff shows only what the caller may read (a writer that
+            // may not read a key learns nothing of its old value).
+            let raw_diff = if opts.access.enabled() {
+                let (mut a, mut b) = (layer.clone(), work.clone());
+                a.restrict(&opts.access, ns);
+                b.restrict(&opts.access, ns);
+                layer_diff(&a, &b)
+            } else {
+                layer_diff(&layer, &work)
+            };
             if core_ops.is_empty() {
                 if was_optimistic {
                     continue;
@@ -96,7 +120,7 @@ impl ConfigStore {
                     ns_revision: Some(layer.ns_revision),
                     ops: core_ops,
                     meta: ChangeMeta {
-                        author: opts.author.clone(),
+                        author: opts.access.author(&opts.author),
                         message: opts.message.clone(),
                         time_ms: now_ms(),
                     },
@@ -149,6 +173,7 @@ impl ConfigStore {
         ns: &str,
         ops: &[Op],
         consistency: ReadConsistency,
+        access: &Access,
     ) -> Result<(Layer, Layer, Vec<WriteOp>, Vec<KeyChange>), CfgError> {
         let layer = self.load_layer(ns, "", AsOf::Latest, consistency).await?;
         let mut work = layer.clone();
@@ -156,6 +181,19 @@ impl ConfigStore {
             self.apply_op(&mut work, op).await?;
         }
         let (core_ops, changes) = self.core_ops(&layer, &work)?;
+        // Every key the write changes, judged before anything commits (or
+        // a dry run reports): puts need `write`, deletes `delete`, schemas
+        // and template settings (`$` keys) `admin`.
+        for c in &changes {
+            let action = if c.key.starts_with('$') {
+                Action::Admin
+            } else if c.op == "delete" {
+                Action::Delete
+            } else {
+                Action::Write
+            };
+            access.check_key(action, ns, &c.key)?;
+        }
         if !core_ops.is_empty() {
             self.validate_affected(&work).await?;
         }
@@ -486,6 +524,11 @@ impl ConfigStore {
         allow_delete: bool,
         opts: &WriteOpts,
     ) -> Result<WriteResult, CfgError> {
+        // Naming a key the caller may not read is refused before anything
+        // is looked up, so the answer says nothing about the key's past.
+        if let Some(k) = key {
+            opts.access.check_key(Action::Read, ns, k)?;
+        }
         let target = self
             .load_layer(
                 ns,

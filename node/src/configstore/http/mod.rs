@@ -4,6 +4,7 @@
 //! Errors are `{"error": {"reason", "message", "details"?}}` with the same
 //! stable reasons as gRPC.
 
+use crate::auth::{Access, Authority};
 use crate::reason::Reason;
 use std::collections::BTreeMap;
 
@@ -42,7 +43,50 @@ fn ok(v: impl serde::Serialize) -> Res {
     Ok(Json(v).into_response())
 }
 
-pub fn router(store: ConfigStore) -> Router {
+/// The caller of an HTTP request, authenticated by `Authorization: Bearer
+/// <token>` or `X-API-Key: <token>` against the router's `Authority`.
+pub(super) struct Caller(pub Access);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = CfgError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Caller, CfgError> {
+        let Some(auth) = parts.extensions.get::<Authority>().cloned() else {
+            return Err(CfgError::new(
+                Reason::Internal,
+                "the HTTP router has no authority",
+            ));
+        };
+        let header = |name: &str| -> Result<Option<String>, CfgError> {
+            match parts.headers.get(name) {
+                None => Ok(None),
+                Some(v) => v.to_str().map(|s| Some(s.to_string())).map_err(|_| {
+                    CfgError::new(
+                        Reason::Unauthenticated,
+                        format!("header {name} is not ASCII"),
+                    )
+                }),
+            }
+        };
+        let token = match (header("authorization")?, header("x-api-key")?) {
+            (Some(h), _) => Some(crate::auth::bearer(&h).map(str::to_string).ok_or_else(|| {
+                CfgError::new(
+                    Reason::Unauthenticated,
+                    "the Authorization header is not `Bearer <token>`",
+                )
+            })?),
+            (None, k) => k,
+        };
+        auth.authenticate(token.as_deref(), crate::auth::wall_ms())
+            .map(Caller)
+            .map_err(CfgError::from)
+    }
+}
+
+pub fn router(store: ConfigStore, auth: Authority) -> Router {
     // Bodies well above the value limit still reach the handler, which
     // answers VALUE_TOO_LARGE; past this, the body is refused unread.
     let body_max = store.limits().value_bytes_max * 4 + (1 << 20);
@@ -85,6 +129,7 @@ pub fn router(store: ConfigStore) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(body_max))
+        .layer(axum::Extension(auth))
         .with_state(store)
 }
 
@@ -123,6 +168,7 @@ async fn openapi() -> Response {
 
 /// One operation, written with the caller's author, message and idempotency key.
 async fn write_one(
+    access: &Access,
     st: &ConfigStore,
     project: &str,
     env: &str,
@@ -131,22 +177,31 @@ async fn write_one(
     q: &BTreeMap<String, String>,
 ) -> Res {
     let r = st
-        .write(&ns_name(project, env), vec![op], &write_opts(headers, q)?)
+        .write(
+            &ns_name(project, env),
+            vec![op],
+            &write_opts(access, headers, q)?,
+        )
         .await?;
     ok(r)
 }
 
 // ----- handlers -----
 
-async fn list_namespaces(State(st): State<ConfigStore>, Query(q): Q) -> Res {
+async fn list_namespaces(
+    Caller(access): Caller,
+    State(st): State<ConfigStore>,
+    Query(q): Q,
+) -> Res {
     let prefix = q
         .get("project")
         .map(|p| format!("{p}/"))
         .unwrap_or_default();
-    ok(json!({ "namespaces": st.list_namespaces(&prefix).await? }))
+    ok(json!({ "namespaces": st.list_namespaces(&access, &prefix).await? }))
 }
 
 async fn create_namespace(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -180,12 +235,13 @@ async fn create_namespace(
         history_age_ms_max: u("history_age_ms_max"),
     };
     let info = st
-        .create_namespace(&s("project"), &s("environment"), &spec)
+        .create_namespace(&access, &s("project"), &s("environment"), &spec)
         .await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
 async fn move_namespace(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     headers: HeaderMap,
@@ -198,33 +254,36 @@ async fn move_namespace(
             "the body needs \"home_region\": the region to move to",
         ));
     };
-    ok(st.move_namespace(&project, &env, to).await?)
+    ok(st.move_namespace(&access, &project, &env, to).await?)
 }
 
 async fn get_root(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
 ) -> Res {
-    get_common(st, project, env, String::new(), q).await
+    get_common(access, st, project, env, String::new(), q).await
 }
 
 async fn get_path(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env, path)): Path<(String, String, String)>,
     Query(q): Q,
 ) -> Res {
-    get_common(st, project, env, path, q).await
+    get_common(access, st, project, env, path, q).await
 }
 
 async fn get_common(
+    access: Access,
     st: ConfigStore,
     project: String,
     env: String,
     path: String,
     q: BTreeMap<String, String>,
 ) -> Res {
-    let opts = read_opts(&q)?;
+    let opts = read_opts(&access, &q)?;
     let default = match q.get("default") {
         None => None,
         Some(d) => Some(serde_json::from_str(d).map_err(|e| {
@@ -241,6 +300,7 @@ async fn get_common(
 }
 
 async fn put_path(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env, path)): Path<(String, String, String)>,
     Query(q): Q,
@@ -253,33 +313,35 @@ async fn put_path(
         value,
         if_version: q_u64(&q, "if_version")?,
     };
-    write_one(&st, &project, &env, op, &headers, &q).await
+    write_one(&access, &st, &project, &env, op, &headers, &q).await
 }
 
 async fn patch_root(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Res {
-    patch_common(st, project, env, String::new(), q, headers, body).await
+    patch_common(access, st, (project, env), String::new(), q, headers, body).await
 }
 
 async fn patch_path(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env, path)): Path<(String, String, String)>,
     Query(q): Q,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Res {
-    patch_common(st, project, env, path, q, headers, body).await
+    patch_common(access, st, (project, env), path, q, headers, body).await
 }
 
 async fn patch_common(
+    access: Access,
     st: ConfigStore,
-    project: String,
-    env: String,
+    (project, env): (String, String),
     path: String,
     q: BTreeMap<String, String>,
     headers: HeaderMap,
@@ -299,10 +361,11 @@ async fn patch_common(
             if_version: q_u64(&q, "if_version")?,
         }
     };
-    write_one(&st, &project, &env, op, &headers, &q).await
+    write_one(&access, &st, &project, &env, op, &headers, &q).await
 }
 
 async fn delete_path(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env, path)): Path<(String, String, String)>,
     Query(q): Q,
@@ -313,10 +376,11 @@ async fn delete_path(
         recursive: q_bool(&q, "recursive")?,
         if_version: q_u64(&q, "if_version")?,
     };
-    write_one(&st, &project, &env, op, &headers, &q).await
+    write_one(&access, &st, &project, &env, op, &headers, &q).await
 }
 
 async fn txn(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
@@ -326,12 +390,17 @@ async fn txn(
     let b = body_json(&headers, body)?;
     let ops = parse_ops(&b)?;
     let r = st
-        .write(&ns_name(&project, &env), ops, &write_opts(&headers, &q)?)
+        .write(
+            &ns_name(&project, &env),
+            ops,
+            &write_opts(&access, &headers, &q)?,
+        )
         .await?;
     ok(r)
 }
 
 async fn validate(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
@@ -340,13 +409,14 @@ async fn validate(
 ) -> Res {
     let b = body_json(&headers, body)?;
     let ops = parse_ops(&b)?;
-    let mut opts = write_opts(&headers, &q)?;
+    let mut opts = write_opts(&access, &headers, &q)?;
     opts.dry_run = true;
     let r = st.write(&ns_name(&project, &env), ops, &opts).await?;
     ok(json!({ "valid": true, "changes": r.changes, "diff": r.diff }))
 }
 
 async fn bulk(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
@@ -372,12 +442,18 @@ async fn bulk(
         .cloned()
         .unwrap_or_default();
     let (values, missing, token) = st
-        .bulk_get(&ns_name(&project, &env), &keys, &defaults, &read_opts(&q)?)
+        .bulk_get(
+            &ns_name(&project, &env),
+            &keys,
+            &defaults,
+            &read_opts(&access, &q)?,
+        )
         .await?;
     ok(json!({ "values": values, "missing": missing, "token": token }))
 }
 
 async fn list(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
@@ -392,20 +468,22 @@ async fn list(
             &g("search"),
             limit,
             &g("page_token"),
-            &read_opts(&q)?,
+            &read_opts(&access, &q)?,
         )
         .await?;
     ok(r)
 }
 
 async fn history(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env, key)): Path<(String, String, String)>,
 ) -> Res {
-    ok(json!({ "versions": st.history(&ns_name(&project, &env), &key).await? }))
+    ok(json!({ "versions": st.history(&access, &ns_name(&project, &env), &key).await? }))
 }
 
 async fn diff_versions(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env, key)): Path<(String, String, String)>,
     Query(q): Q,
@@ -414,12 +492,13 @@ async fn diff_versions(
         q_u64(&q, "from_version")?.ok_or_else(|| CfgError::invalid("from_version is required"))?;
     let to = q_u64(&q, "to_version")?.ok_or_else(|| CfgError::invalid("to_version is required"))?;
     let d = st
-        .diff_versions(&ns_name(&project, &env), &key, from, to)
+        .diff_versions(&access, &ns_name(&project, &env), &key, from, to)
         .await?;
     ok(json!({ "changes": d }))
 }
 
 async fn diff_revisions(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
@@ -430,12 +509,17 @@ async fn diff_revisions(
         q_u64(&q, "to_revision")?.ok_or_else(|| CfgError::invalid("to_revision is required"))?;
     let path = q.get("path").cloned().unwrap_or_default();
     let d = st
-        .diff_revisions(&ns_name(&project, &env), &path, from, to)
+        .diff_revisions(&access, &ns_name(&project, &env), &path, from, to)
         .await?;
     ok(json!({ "changes": d }))
 }
 
-async fn diff_envs(State(st): State<ConfigStore>, Path(project): Path<String>, Query(q): Q) -> Res {
+async fn diff_envs(
+    Caller(access): Caller,
+    State(st): State<ConfigStore>,
+    Path(project): Path<String>,
+    Query(q): Q,
+) -> Res {
     let from = q
         .get("from")
         .ok_or_else(|| CfgError::invalid("from (an environment) is required"))?;
@@ -445,6 +529,7 @@ async fn diff_envs(State(st): State<ConfigStore>, Path(project): Path<String>, Q
     let path = q.get("path").cloned().unwrap_or_default();
     let d = st
         .diff_envs(
+            &access,
             &ns_name(&project, from),
             &ns_name(&project, to),
             &path,
@@ -455,6 +540,7 @@ async fn diff_envs(State(st): State<ConfigStore>, Path(project): Path<String>, Q
 }
 
 async fn rollback(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
@@ -479,13 +565,14 @@ async fn rollback(
             key,
             revision,
             allow_delete,
-            &write_opts(&headers, &q)?,
+            &write_opts(&access, &headers, &q)?,
         )
         .await?;
     ok(r)
 }
 
 async fn put_schema(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
@@ -495,6 +582,7 @@ async fn put_schema(
     let schema = body_json(&headers, body)?;
     let prefix = q.get("prefix").cloned().unwrap_or_default();
     write_one(
+        &access,
         &st,
         &project,
         &env,
@@ -506,12 +594,13 @@ async fn put_schema(
 }
 
 async fn get_schema(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
 ) -> Res {
     let prefix = q.get("prefix").cloned().unwrap_or_default();
-    let schemas = st.schemas(&ns_name(&project, &env)).await?;
+    let schemas = st.schemas(&access, &ns_name(&project, &env)).await?;
     match schemas.get(&prefix) {
         Some(s) => ok(json!({ "prefix": prefix, "schema": s })),
         None => Err(CfgError::new(
@@ -522,6 +611,7 @@ async fn get_schema(
 }
 
 async fn delete_schema(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
@@ -529,6 +619,7 @@ async fn delete_schema(
 ) -> Res {
     let prefix = q.get("prefix").cloned().unwrap_or_default();
     write_one(
+        &access,
         &st,
         &project,
         &env,
@@ -540,6 +631,7 @@ async fn delete_schema(
 }
 
 async fn put_template(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
@@ -563,6 +655,7 @@ async fn put_template(
         return Err(CfgError::invalid("give inherits, vars or both"));
     }
     write_one(
+        &access,
         &st,
         &project,
         &env,
@@ -574,16 +667,18 @@ async fn put_template(
 }
 
 async fn get_template(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
 ) -> Res {
-    let (inherits, vars) = st.template(&ns_name(&project, &env)).await?;
+    let (inherits, vars) = st.template(&access, &ns_name(&project, &env)).await?;
     ok(json!({ "inherits": inherits, "vars": Value::Object(vars.unwrap_or_else(Map::new)) }))
 }
 
 /// Server-sent events: one `data:` line of JSON per watch event (a
 /// `WatchEvent`); an error ends the stream with `event: error`.
 async fn watch(
+    Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
@@ -605,7 +700,13 @@ async fn watch(
         .filter(|t| !t.is_empty())
         .unwrap_or(last_event_id);
     let rx = st
-        .watch(&ns_name(&project, &env), &path, q_bool(&q, "raw")?, &token)
+        .watch(
+            &access,
+            &ns_name(&project, &env),
+            &path,
+            q_bool(&q, "raw")?,
+            &token,
+        )
         .await?;
     let stream = futures::stream::unfold((rx, false), |(mut rx, ended)| async move {
         if ended {

@@ -92,7 +92,10 @@ pub(super) fn q_bool(q: &BTreeMap<String, String>, name: &str) -> Result<bool, C
     }
 }
 
-pub(super) fn read_opts(q: &BTreeMap<String, String>) -> Result<ReadOpts, CfgError> {
+pub(super) fn read_opts(
+    access: &Access,
+    q: &BTreeMap<String, String>,
+) -> Result<ReadOpts, CfgError> {
     let as_of = match (q_u64(q, "revision")?, q_u64(q, "time_ms")?) {
         (Some(_), Some(_)) => return Err(CfgError::invalid("give revision or time_ms, not both")),
         (Some(r), None) => AsOf::Revision(r),
@@ -119,6 +122,7 @@ pub(super) fn read_opts(q: &BTreeMap<String, String>) -> Result<ReadOpts, CfgErr
         }
     };
     Ok(ReadOpts {
+        access: access.clone(),
         raw: q_bool(q, "raw")?,
         as_of,
         consistency,
@@ -126,6 +130,7 @@ pub(super) fn read_opts(q: &BTreeMap<String, String>) -> Result<ReadOpts, CfgErr
 }
 
 pub(super) fn write_opts(
+    access: &Access,
     h: &HeaderMap,
     q: &BTreeMap<String, String>,
 ) -> Result<WriteOpts, CfgError> {
@@ -140,6 +145,7 @@ pub(super) fn write_opts(
     };
     let idem = header("idempotency-key")?;
     Ok(WriteOpts {
+        access: access.clone(),
         author: header("x-meridian-author")?,
         message: header("x-meridian-message")?,
         idempotency_key: (!idem.is_empty()).then_some(idem),

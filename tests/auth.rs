@@ -1,0 +1,825 @@
+//! Identity and access against a real 3-region cluster with auth on: every
+//! Config operation (gRPC and HTTP) and the KV API against each credential
+//! (none, another project's, read-only, writer, admin, revoked, expired),
+//! with the expected allow or deny and the data unchanged after every deny;
+//! reads that leave out what the caller may not read (list, subtree, diff,
+//! watch, namespaces); the author of a change is the principal; and a
+//! revocation made in one region refused in the others within a bound.
+
+// Test helpers fail the test by panicking; that is what unwrap is for here.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{reason, Cluster};
+use meridian_proto::client::{AuthChannel, Bearer};
+use meridian_proto::v1::auth_client::AuthClient;
+use meridian_proto::v1::config_client::ConfigClient;
+use meridian_proto::v1::kv_client::KvClient;
+use meridian_proto::v1::*;
+use serde_json::{json, Value};
+
+async fn chan(addr: &str, token: Option<&str>) -> AuthChannel {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    AuthChannel::new(ch, Bearer::new(token).unwrap())
+}
+
+fn ns(p: &str, e: &str) -> Option<NamespaceRef> {
+    Some(NamespaceRef {
+        project: p.into(),
+        environment: e.into(),
+    })
+}
+
+fn put(key: &str, v: Value) -> ConfigOp {
+    ConfigOp {
+        op: Some(config_op::Op::Put(PutOp {
+            key: key.into(),
+            value_json: v.to_string(),
+            if_version: None,
+        })),
+    }
+}
+
+fn write_req(p: &str, key: &str, v: Value) -> ConfigWriteRequest {
+    ConfigWriteRequest {
+        ns: ns(p, "prod"),
+        ops: vec![put(key, v)],
+        author: "typed-by-the-caller".into(),
+        message: "auth test".into(),
+        idempotency_key: String::new(),
+    }
+}
+
+fn get_req(p: &str, path: &str) -> GetConfigRequest {
+    GetConfigRequest {
+        ns: ns(p, "prod"),
+        path: path.into(),
+        read: Some(ConfigReadOptions {
+            raw: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// What a credential is expected to get: allowed, or refused with a reason.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Want {
+    Ok,
+    No(&'static str),
+}
+use Want::{No, Ok as Yes};
+
+const CREDS: [&str; 8] = [
+    "none", "garbled", "other", "ro", "writer", "admin", "revoked", "expired",
+];
+
+/// How each credential fares when it is authenticated but not allowed.
+fn denied_for(cred: &str) -> Want {
+    match cred {
+        "none" | "garbled" => No("UNAUTHENTICATED"),
+        "revoked" => No("TOKEN_REVOKED"),
+        "expired" => No("TOKEN_EXPIRED"),
+        _ => No("PERMISSION_DENIED"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_operation_against_every_credential() {
+    let root_token = meridian_node::auth::tokens::generate("root");
+    let extra = format!(
+        "[auth]\nroot_token_sha256 = \"{}\"\n",
+        meridian_node::auth::tokens::sha256_hex(&root_token)
+    );
+    let mut cl = Cluster::new(&extra);
+    cl.start_all();
+    let eu = cl.grpc[0].clone();
+    // Wait for the cluster with the root credential (cluster status needs one).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut a =
+            meridian_proto::v1::admin_client::AdminClient::new(chan(&eu, Some(&root_token)).await);
+        if let Ok(s) = a.cluster_status(ClusterStatusRequest {}).await {
+            if s.get_ref().groups.iter().all(|g| g.leader.is_some()) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster not ready:\n{}",
+            cl.log(0)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut root_cfg = ConfigClient::new(chan(&eu, Some(&root_token)).await);
+    let mut root_auth = AuthClient::new(chan(&eu, Some(&root_token)).await);
+    for p in ["shop", "blog"] {
+        root_cfg
+            .create_namespace(CreateNamespaceRequest {
+                project: p.into(),
+                environment: "prod".into(),
+                home_region: "eu".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    root_cfg
+        .write(write_req("shop", "services.a", json!(1)))
+        .await
+        .unwrap();
+    root_cfg
+        .write(write_req("shop", "secrets.k", json!("s1")))
+        .await
+        .unwrap();
+    root_cfg
+        .write(write_req("blog", "x", json!(1)))
+        .await
+        .unwrap();
+
+    let role = |name: &str, rules: Value| PutRoleRequest {
+        name: name.into(),
+        rules_json: json!({ "rules": rules }).to_string(),
+    };
+    for r in [
+        role(
+            "shop-read",
+            json!([{"effect": "allow", "projects": ["shop"], "actions": ["read"]}]),
+        ),
+        role(
+            "shop-write",
+            json!([
+                {"effect": "allow", "projects": ["shop"], "actions": ["read", "write", "delete"]},
+                {"effect": "deny", "keys": ["secrets.*"], "actions": ["read", "write", "delete"]}
+            ]),
+        ),
+        role(
+            "shop-admin",
+            json!([{"effect": "allow", "projects": ["shop"], "actions": ["read", "write", "delete", "admin"]}]),
+        ),
+        role(
+            "blog-all",
+            json!([{"effect": "allow", "projects": ["blog"], "actions": ["read", "write", "delete", "admin"]}]),
+        ),
+    ] {
+        root_auth.put_role(r).await.unwrap();
+    }
+    // Bad roles are refused with BAD_ROLE and change nothing.
+    let e = root_auth
+        .put_role(role(
+            "bad",
+            json!([{"effect": "allow", "projects": ["[x"], "actions": ["read"]}]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "BAD_ROLE", "{e:?}");
+    let e = root_auth
+        .create_token(CreateTokenRequest {
+            principal: "x".into(),
+            roles: vec!["ghost".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "UNKNOWN_ROLE", "{e:?}");
+
+    let mut tokens = std::collections::BTreeMap::new();
+    for (cred, principal, roles, ttl_ms) in [
+        ("other", "blogger", "blog-all", 0),
+        ("ro", "ann", "shop-read", 0),
+        ("writer", "bob", "shop-write", 0),
+        ("admin", "ada", "shop-admin", 0),
+        ("revoked", "rex", "shop-admin", 0),
+        ("expired", "old", "shop-admin", 1),
+    ] {
+        let t = root_auth
+            .create_token(CreateTokenRequest {
+                principal: principal.into(),
+                ttl_ms,
+                roles: vec![roles.into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.insert(cred, (t.token, t.info.unwrap().id));
+    }
+    root_auth
+        .revoke_token(RevokeTokenRequest {
+            id: tokens["revoked"].1.clone(),
+        })
+        .await
+        .unwrap();
+    tokens.insert("garbled", ("mrd_not-a-token".into(), String::new()));
+    let token_of = |cred: &str| tokens.get(cred).map(|t| t.0.clone());
+
+    // The whole raw state both projects hold, as root sees it.
+    let snapshot = |mut c: ConfigClient<AuthChannel>| async move {
+        let mut out = Vec::new();
+        for p in ["shop", "blog"] {
+            let r = c.get_config(get_req(p, "")).await.unwrap().into_inner();
+            out.push(r.value_json);
+        }
+        let nss = c
+            .list_namespaces(ListNamespacesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .namespaces
+            .len();
+        (out, nss)
+    };
+
+    type Op = fn(
+        ConfigClient<AuthChannel>,
+    ) -> futures::future::BoxFuture<'static, Result<(), tonic::Status>>;
+    type Expect = fn(&str) -> Want;
+    let ops: Vec<(&str, Op, Expect)> = vec![
+        (
+            "get shop value",
+            |mut c| {
+                Box::pin(async move {
+                    c.get_config(get_req("shop", "services.a"))
+                        .await
+                        .map(|_| ())
+                })
+            },
+            |cred| {
+                if ["ro", "writer", "admin"].contains(&cred) {
+                    Yes
+                } else {
+                    denied_for(cred)
+                }
+            },
+        ),
+        (
+            "get shop secret (denied by a deny rule)",
+            |mut c| {
+                Box::pin(
+                    async move { c.get_config(get_req("shop", "secrets.k")).await.map(|_| ()) },
+                )
+            },
+            |cred| {
+                if ["ro", "admin"].contains(&cred) {
+                    Yes
+                } else {
+                    denied_for(cred)
+                }
+            },
+        ),
+        (
+            "get a key that does not exist (no existence leak)",
+            |mut c| {
+                Box::pin(async move {
+                    c.get_config(get_req("blog", "nothing.here"))
+                        .await
+                        .map(|_| ())
+                })
+            },
+            |cred| {
+                if cred == "other" {
+                    No("NOT_FOUND")
+                } else {
+                    denied_for(cred)
+                }
+            },
+        ),
+        (
+            "set shop value",
+            |mut c| {
+                Box::pin(async move {
+                    c.write(write_req("shop", "services.a", json!(2)))
+                        .await
+                        .map(|_| ())
+                })
+            },
+            |cred| {
+                if ["writer", "admin"].contains(&cred) {
+                    Yes
+                } else {
+                    denied_for(cred)
+                }
+            },
+        ),
+        (
+            "set shop secret",
+            |mut c| {
+                Box::pin(async move {
+                    c.write(write_req("shop", "secrets.k", json!("s2")))
+                        .await
+                        .map(|_| ())
+                })
+            },
+            |cred| {
+                if cred == "admin" {
+                    Yes
+                } else {
+                    denied_for(cred)
+                }
+            },
+        ),
+        (
+            "delete an absent shop value (allowed callers learn it is absent)",
+            |mut c| {
+                Box::pin(async move {
+                    c.write(ConfigWriteRequest {
+                        ns: ns("shop", "prod"),
+                        ops: vec![ConfigOp {
+                            op: Some(config_op::Op::Delete(DeleteOp {
+                                key: "services.gone".into(),
+                                recursive: false,
+                                if_version: None,
+                            })),
+                        }],
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            },
+            |cred| {
+                if ["writer", "admin"].contains(&cred) {
+                    No("NOT_FOUND")
+                } else {
+                    denied_for(cred)
+                }
+            },
+        ),
+        (
+            "set a schema (admin)",
+            |mut c| {
+                Box::pin(async move {
+                    c.write(ConfigWriteRequest {
+                        ns: ns("shop", "prod"),
+                        ops: vec![ConfigOp {
+                            op: Some(config_op::Op::SetSchema(SetSchemaOp {
+                                prefix: "services".into(),
+                                schema_json: "{\"type\": \"object\"}".into(),
+                            })),
+                        }],
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            },
+            |cred| {
+                if cred == "admin" {
+                    Yes
+                } else {
+                    denied_for(cred)
+                }
+            },
+        ),
+        (
+            "history of a shop value",
+            |mut c| {
+                Box::pin(async move {
+                    c.config_history(ConfigHistoryRequest {
+                        ns: ns("shop", "prod"),
+                        key: "services.a".into(),
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            },
+            |cred| {
+                if ["ro", "writer", "admin"].contains(&cred) {
+                    Yes
+                } else {
+                    denied_for(cred)
+                }
+            },
+        ),
+        (
+            "rollback of a shop value",
+            |mut c| {
+                Box::pin(async move {
+                    // Put services.r, then roll it back to revision 1 (before it
+                    // existed: a delete). The rollback is tried first on its own, so
+                    // a caller that may not roll back is refused by the rollback.
+                    let rb = RollbackRequest {
+                        ns: ns("shop", "prod"),
+                        key: "services.r".into(),
+                        revision: 1,
+                        allow_delete: true,
+                        ..Default::default()
+                    };
+                    match c.rollback(rb.clone()).await {
+                        Err(e) if reason(&e) != "NOT_FOUND" => return Err(e),
+                        _ => {}
+                    }
+                    c.write(write_req("shop", "services.r", json!(1))).await?;
+                    c.rollback(rb).await.map(|_| ())
+                })
+            },
+            |cred| {
+                if ["writer", "admin"].contains(&cred) {
+                    Yes
+                } else {
+                    denied_for(cred)
+                }
+            },
+        ),
+        (
+            "create an environment (admin)",
+            |mut c| {
+                Box::pin(async move {
+                    c.create_namespace(CreateNamespaceRequest {
+                        project: "shop".into(),
+                        environment: "staging".into(),
+                        home_region: "us".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            },
+            |cred| {
+                if cred == "admin" {
+                    Yes
+                } else {
+                    denied_for(cred)
+                }
+            },
+        ),
+        (
+            "template of shop (namespace read)",
+            |mut c| {
+                Box::pin(async move {
+                    c.get_template(NamespaceRef {
+                        project: "shop".into(),
+                        environment: "prod".into(),
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            },
+            |cred| {
+                if ["ro", "writer", "admin"].contains(&cred) {
+                    Yes
+                } else {
+                    denied_for(cred)
+                }
+            },
+        ),
+    ];
+    for (name, op, want) in &ops {
+        for cred in CREDS {
+            let before = snapshot(ConfigClient::new(chan(&eu, Some(&root_token)).await)).await;
+            let c = ConfigClient::new(chan(&eu, token_of(cred).as_deref()).await);
+            let got = match op(c).await {
+                Ok(()) => Yes,
+                Err(s) => No(Box::leak(reason(&s).into_boxed_str())),
+            };
+            let expected = want(cred);
+            assert_eq!(got, expected, "{name} as {cred}");
+            if got != Yes {
+                let after = snapshot(ConfigClient::new(chan(&eu, Some(&root_token)).await)).await;
+                assert_eq!(
+                    before, after,
+                    "{name} as {cred} was refused but changed data"
+                );
+            }
+        }
+    }
+
+    // Reads leave out what the caller may not read.
+    let mut writer = ConfigClient::new(chan(&eu, token_of("writer").as_deref()).await);
+    let whole = writer
+        .get_config(get_req("shop", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let v: Value = serde_json::from_str(&whole.value_json).unwrap();
+    assert!(
+        v.get("services").is_some() && v.get("secrets").is_none(),
+        "{v}"
+    );
+    let list = writer
+        .list_config(ListConfigRequest {
+            ns: ns("shop", "prod"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!list.entries.is_empty());
+    assert!(
+        list.entries.iter().all(|e| !e.key.starts_with("secrets")),
+        "{:?}",
+        list.entries
+    );
+    let found = writer
+        .list_config(ListConfigRequest {
+            ns: ns("shop", "prod"),
+            search: "s2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        found.entries.is_empty(),
+        "a search matched a secret's value: {:?}",
+        found.entries
+    );
+    let diff = writer
+        .diff(DiffRequest {
+            ns: ns("shop", "prod"),
+            what: Some(diff_request::What::Revisions(RevisionsDiff {
+                path: String::new(),
+                from_revision: 1,
+                to_revision: 0,
+            })),
+        })
+        .await;
+    if let Ok(d) = diff {
+        assert!(
+            !format!("{:?}", d.into_inner()).contains("secrets"),
+            "a diff showed a secret"
+        );
+    }
+    let mut other = ConfigClient::new(chan(&eu, token_of("other").as_deref()).await);
+    let seen: Vec<String> = other
+        .list_namespaces(ListNamespacesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .namespaces
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(seen, vec!["blog/prod".to_string()]);
+    // A watch delivers only permitted keys.
+    let mut stream = writer
+        .watch_config(WatchConfigRequest {
+            ns: ns("shop", "prod"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(!first.changes.is_empty());
+    assert!(
+        first.changes.iter().all(|c| !c.key.starts_with("secrets")),
+        "{:?}",
+        first.changes
+    );
+    // The author of a change is the principal, not what the caller typed.
+    let h = root_cfg
+        .config_history(ConfigHistoryRequest {
+            ns: ns("shop", "prod"),
+            key: "services.a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let authors: Vec<&str> = h.versions.iter().map(|v| v.author.as_str()).collect();
+    assert!(
+        authors.contains(&"bob") && !authors.contains(&"typed-by-the-caller"),
+        "{authors:?}"
+    );
+
+    // The KV API: a KV namespace is a project with an empty environment.
+    let mut kv_root = KvClient::new(chan(&eu, Some(&root_token)).await);
+    kv_root
+        .put(PutRequest {
+            namespace: "eu".into(),
+            key: "app/a".into(),
+            value: b"1".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut kv_admin = KvClient::new(chan(&eu, token_of("admin").as_deref()).await);
+    let e = kv_admin
+        .get(GetRequest {
+            namespace: "eu".into(),
+            key: "app/a".into(),
+            read: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "PERMISSION_DENIED");
+    let e = kv_admin
+        .put(PutRequest {
+            namespace: "eu".into(),
+            key: "app/a".into(),
+            value: b"2".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "PERMISSION_DENIED");
+    let e = KvClient::new(chan(&eu, None).await)
+        .get(GetRequest {
+            namespace: "eu".into(),
+            key: "app/a".into(),
+            read: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "UNAUTHENTICATED");
+    let v = kv_root
+        .get(GetRequest {
+            namespace: "eu".into(),
+            key: "app/a".into(),
+            read: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        v.kv.unwrap().value,
+        b"1".to_vec(),
+        "a refused KV put changed the value"
+    );
+
+    // The HTTP API: Bearer or X-API-Key; 401 without, 403 when not allowed.
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/config/shop/prod/services.a", cl.http[0]);
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(http.get(&url).send().await.unwrap()), 401);
+    assert_eq!(
+        status(
+            http.get(&url)
+                .bearer_auth(token_of("ro").unwrap())
+                .send()
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            http.get(&url)
+                .header("x-api-key", token_of("ro").unwrap())
+                .send()
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            http.get(&url)
+                .bearer_auth(token_of("other").unwrap())
+                .send()
+                .await
+                .unwrap()
+        ),
+        403
+    );
+    let r = http
+        .put(&url)
+        .bearer_auth(token_of("ro").unwrap())
+        .json(&json!(9))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["reason"], "PERMISSION_DENIED", "{body}");
+    assert_eq!(
+        status(
+            http.get(&url)
+                .bearer_auth(token_of("revoked").unwrap())
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+
+    // Token management needs `grant`; a caller may revoke its own token.
+    let mut ro_auth = AuthClient::new(chan(&eu, token_of("ro").as_deref()).await);
+    let e = ro_auth
+        .create_token(CreateTokenRequest {
+            principal: "mallory".into(),
+            roles: vec!["root".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "PERMISSION_DENIED");
+    let e = ro_auth
+        .grant_role(GrantRoleRequest {
+            principal: "ann".into(),
+            role: "shop-admin".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "PERMISSION_DENIED");
+    let listed = root_auth
+        .list_tokens(ListTokensRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed
+        .tokens
+        .iter()
+        .any(|t| t.revoked && t.principal == "rex"));
+    assert!(
+        !format!("{listed:?}").contains(&tokens["ro"].0),
+        "a listing showed a secret"
+    );
+
+    // A grant to a principal gives its tokens the role; revoking takes it away.
+    root_auth
+        .grant_role(GrantRoleRequest {
+            principal: "blogger".into(),
+            role: "shop-read".into(),
+        })
+        .await
+        .unwrap();
+    other
+        .get_config(get_req("shop", "services.a"))
+        .await
+        .unwrap();
+    root_auth
+        .revoke_role(GrantRoleRequest {
+            principal: "blogger".into(),
+            role: "shop-read".into(),
+        })
+        .await
+        .unwrap();
+    let e = other
+        .get_config(get_req("shop", "services.a"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&e),
+        "PERMISSION_DENIED",
+        "refused in the revoking region at once"
+    );
+
+    // A token revoked in eu is refused at once there, and in us and ap
+    // within the bound (metadata sync between connected regions).
+    let t = root_auth
+        .create_token(CreateTokenRequest {
+            principal: "ci".into(),
+            roles: vec!["shop-read".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for addr in &cl.grpc {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut c = ConfigClient::new(chan(addr, Some(&t.token)).await);
+        while c.get_config(get_req("shop", "services.a")).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the new token never worked at {addr}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let id = t.info.unwrap().id;
+    let revoked_at = Instant::now();
+    root_auth
+        .revoke_token(RevokeTokenRequest { id })
+        .await
+        .unwrap();
+    let mut c = ConfigClient::new(chan(&eu, Some(&t.token)).await);
+    assert_eq!(
+        reason(
+            &c.get_config(get_req("shop", "services.a"))
+                .await
+                .unwrap_err()
+        ),
+        "TOKEN_REVOKED"
+    );
+    let mut worst = Duration::ZERO;
+    for addr in &cl.grpc[1..] {
+        let mut c = ConfigClient::new(chan(addr, Some(&t.token)).await);
+        loop {
+            match c.get_config(get_req("shop", "services.a")).await {
+                Err(e) if reason(&e) == "TOKEN_REVOKED" => break,
+                _ => {
+                    assert!(
+                        revoked_at.elapsed() < Duration::from_secs(5),
+                        "revocation never reached {addr}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        worst = worst.max(revoked_at.elapsed());
+    }
+    println!(
+        "revocation refused in every region {} ms after it was acknowledged in eu",
+        worst.as_millis()
+    );
+    assert!(
+        worst < Duration::from_secs(1),
+        "revocation took {worst:?} to reach every region"
+    );
+}
