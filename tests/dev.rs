@@ -63,10 +63,37 @@ fn dev_starts_serves_and_stops_quietly_on_ctrl_c() {
             break;
         }
     }
-    // It serves: a put and a get through the CLI.
+    // Auth is on: the root credential is in root.token (0600), and a
+    // command without a credential is refused.
+    let root_file = dir.path().join("root.token");
+    let root = std::fs::read_to_string(&root_file).expect("dev wrote root.token");
+    let root = root.trim().to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&root_file)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "root.token mode {mode:o}");
+    }
+    let no_creds = dir.path().join("no-credentials");
     let endpoints = format!("127.0.0.1:{},127.0.0.1:{}", base + 1, base + 2);
     let out = Command::new(bin())
         .args(["--endpoints", &endpoints, "put", "app/x", "on"])
+        .env_remove("MERIDIAN_TOKEN")
+        .env("MERIDIAN_CREDENTIALS", &no_creds)
+        .output()
+        .expect("put");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("UNAUTHENTICATED"),
+        "a put without a credential: {err}"
+    );
+    // It serves: a put and a get through the CLI, with the root credential.
+    let out = Command::new(bin())
+        .args(["--endpoints", &endpoints, "put", "app/x", "on"])
+        .env("MERIDIAN_TOKEN", &root)
         .output()
         .expect("put");
     assert!(
@@ -89,6 +116,7 @@ fn dev_starts_serves_and_stops_quietly_on_ctrl_c() {
                 "--consistency",
                 "stale",
             ])
+            .env("MERIDIAN_TOKEN", &root)
             .output()
             .expect("get");
         if out.status.success() {
