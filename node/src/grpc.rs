@@ -330,15 +330,9 @@ impl Kv for Api {
     async fn list(&self, r: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let access = self.access(&r)?;
         let r = r.into_inner();
-        if !access.may_read_somewhere(&r.namespace) {
-            return Err(auth_status(crate::auth::AuthError::new(
-                Reason::PermissionDenied,
-                format!(
-                    "{} may not read anything in namespace {}",
-                    access.principal.name, r.namespace
-                ),
-            )));
-        }
+        access
+            .check_namespace_read(&r.namespace)
+            .map_err(auth_status)?;
         let limit = match r.limit {
             0 => LIST_LIMIT_DEFAULT,
             n => n.min(LIST_LIMIT_MAX),
@@ -482,15 +476,9 @@ impl Kv for Api {
     async fn watch(&self, r: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let access = self.access(&r)?;
         let r = r.into_inner();
-        if !access.may_read_somewhere(&r.namespace) {
-            return Err(auth_status(crate::auth::AuthError::new(
-                Reason::PermissionDenied,
-                format!(
-                    "{} may not read anything in namespace {}",
-                    access.principal.name, r.namespace
-                ),
-            )));
-        }
+        access
+            .check_namespace_read(&r.namespace)
+            .map_err(auth_status)?;
         let ns = r.namespace.clone();
         let group = u32::from(self.ns_home.get(&r.namespace).copied().unwrap_or(0));
         let request = ClientRequest::Watch {

@@ -106,6 +106,48 @@ impl AuthApi {
     }
 }
 
+impl AuthApi {
+    /// Give (`grant`) or take away a role: `grant` on the cluster. A role
+    /// must exist to be given; one that no longer exists can still be taken.
+    async fn role_edit(
+        &self,
+        req: Request<GrantRoleRequest>,
+        grant: bool,
+    ) -> Result<Response<GrantRoleResponse>, Status> {
+        let a = self.granting(&req, Resource::CLUSTER)?;
+        let r = req.into_inner();
+        check_principal(&r.principal)?;
+        if grant {
+            Self::known_roles(a.state(), std::slice::from_ref(&r.role))?;
+        } else if !valid_name(&r.role) {
+            return Err(bad(
+                Reason::UnknownRole,
+                format!("no role named {:?}", r.role),
+            ));
+        }
+        let (principal, permission) = (r.principal.clone(), role_permission(&r.role));
+        self.edit(if grant {
+            MetaOp::Grant {
+                principal,
+                permission,
+            }
+        } else {
+            MetaOp::Revoke {
+                principal,
+                permission,
+            }
+        })
+        .await?;
+        let what = if grant {
+            "role granted"
+        } else {
+            "role revoked"
+        };
+        tracing::info!(principal = %r.principal, role = %r.role, by = %a.principal.name, "{what}");
+        Ok(Response::new(GrantRoleResponse {}))
+    }
+}
+
 fn check_principal(p: &str) -> Result<(), Status> {
     if valid_name(p) && p != "root" {
         Ok(())
@@ -320,39 +362,14 @@ impl Auth for AuthApi {
         &self,
         req: Request<GrantRoleRequest>,
     ) -> Result<Response<GrantRoleResponse>, Status> {
-        let a = self.granting(&req, Resource::CLUSTER)?;
-        let r = req.into_inner();
-        check_principal(&r.principal)?;
-        Self::known_roles(a.state(), std::slice::from_ref(&r.role))?;
-        self.edit(MetaOp::Grant {
-            principal: r.principal.clone(),
-            permission: role_permission(&r.role),
-        })
-        .await?;
-        tracing::info!(principal = %r.principal, role = %r.role, by = %a.principal.name, "role granted");
-        Ok(Response::new(GrantRoleResponse {}))
+        self.role_edit(req, true).await
     }
 
     async fn revoke_role(
         &self,
         req: Request<GrantRoleRequest>,
     ) -> Result<Response<GrantRoleResponse>, Status> {
-        let a = self.granting(&req, Resource::CLUSTER)?;
-        let r = req.into_inner();
-        check_principal(&r.principal)?;
-        if !valid_name(&r.role) {
-            return Err(bad(
-                Reason::UnknownRole,
-                format!("no role named {:?}", r.role),
-            ));
-        }
-        self.edit(MetaOp::Revoke {
-            principal: r.principal.clone(),
-            permission: role_permission(&r.role),
-        })
-        .await?;
-        tracing::info!(principal = %r.principal, role = %r.role, by = %a.principal.name, "role revoked");
-        Ok(Response::new(GrantRoleResponse {}))
+        self.role_edit(req, false).await
     }
 
     async fn list_grants(

@@ -400,6 +400,21 @@ impl Access {
         self.allowed(Action::Read, Resource::in_namespace(ns, key))
     }
 
+    /// `may_read_somewhere`, or a PERMISSION_DENIED naming the namespace:
+    /// the check of a namespace-wide read (list, watch, schemas, template).
+    pub fn check_namespace_read(&self, ns: &str) -> Result<(), AuthError> {
+        if self.may_read_somewhere(ns) {
+            return Ok(());
+        }
+        Err(AuthError::new(
+            Reason::PermissionDenied,
+            format!(
+                "{} may not read anything in namespace {ns}",
+                self.principal.name
+            ),
+        ))
+    }
+
     /// Whether the caller may read anything at all in `ns` (it sees the
     /// namespace in listings).
     pub fn may_read_somewhere(&self, ns: &str) -> bool {

@@ -199,7 +199,7 @@ impl ConfigStore {
         access: &Access,
         ns: &str,
     ) -> Result<BTreeMap<String, Value>, CfgError> {
-        may_read_namespace(access, ns)?;
+        access.check_namespace_read(ns)?;
         let l = self
             .load_layer(ns, "$", AsOf::Latest, ReadConsistency::Linearizable)
             .await?;
@@ -215,7 +215,7 @@ impl ConfigStore {
         access: &Access,
         ns: &str,
     ) -> Result<(Option<String>, Option<Map<String, Value>>), CfgError> {
-        may_read_namespace(access, ns)?;
+        access.check_namespace_read(ns)?;
         let l = self
             .load_layer(ns, "$", AsOf::Latest, ReadConsistency::Linearizable)
             .await?;
@@ -292,27 +292,13 @@ impl ConfigStore {
     }
 }
 
-/// A namespace-wide read (schemas, template): the caller must be able to
-/// read something in it.
-fn may_read_namespace(access: &Access, ns: &str) -> Result<(), CfgError> {
-    if access.may_read_somewhere(ns) {
-        Ok(())
-    } else {
-        Err(crate::auth::AuthError::new(
-            Reason::PermissionDenied,
-            format!("{} may not read anything in {ns}", access.principal.name),
-        )
-        .into())
-    }
-}
-
 /// A read that names a path: refused unless the caller's rules match the
 /// path itself (a subtree's values are then filtered key by key), decided by
 /// the name alone so a refusal says nothing about what exists. The whole
 /// environment (the empty path) needs only some readable key.
 fn check_path_read(access: &Access, ns: &str, path: &str) -> Result<(), CfgError> {
     if path.is_empty() {
-        may_read_namespace(access, ns)
+        Ok(access.check_namespace_read(ns)?)
     } else {
         Ok(access.check_key(Action::Read, ns, path)?)
     }
