@@ -614,6 +614,12 @@ async fn inbound(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
+        // This node is closing its endpoint (shutting down): a handshake
+        // under way ends with it, which is no peer's fault.
+        Err(quinn::ConnectionError::LocallyClosed) => {
+            tracing::debug!(%remote, "peer handshake ended by this node's shutdown");
+            return;
+        }
         Err(e) => {
             // Includes a certificate from another CA: the handshake fails.
             tracing::warn!(%remote, error = %e, "rejected peer connection (TLS handshake failed)");
