@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use meridian_proto::client::AuthChannel;
 use meridian_proto::v1::kv_client::KvClient;
 use meridian_proto::v1::{
     op, CompareAndSetRequest, Consistency, GetRequest, Op, PutRequest, ReadOptions, TxnRequest,
 };
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
 
 /// The namespace the workloads use on Meridian: the default quorum namespace
 /// homed at the first region.
@@ -47,19 +47,25 @@ impl Level {
 
 #[derive(Clone)]
 pub enum Conn {
-    Meridian(KvClient<Channel>),
+    Meridian(KvClient<AuthChannel>),
     Etcd(Box<etcd_client::KvClient>),
 }
 
 /// A gRPC channel to a Meridian region (`127.0.0.1:port`), TCP_NODELAY on.
 pub async fn meridian(addr: &str) -> Result<Conn> {
-    let ch = Endpoint::from_shared(format!("http://{addr}"))?
+    meridian_as(addr, None).await
+}
+
+/// `meridian`, each call carrying the API token `token`.
+pub async fn meridian_as(addr: &str, token: Option<&str>) -> Result<Conn> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await
         .with_context(|| format!("connecting to Meridian at {addr}"))?;
-    Ok(Conn::Meridian(KvClient::new(ch)))
+    let bearer = meridian_proto::client::Bearer::new(token)?;
+    Ok(Conn::Meridian(KvClient::new(AuthChannel::new(ch, bearer))))
 }
 
 /// An etcd client of the given endpoints (its own HTTP/2 connection).

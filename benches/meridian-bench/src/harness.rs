@@ -12,8 +12,29 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use meridian_netlab::{Lab, LinkSpec, Region};
+use meridian_proto::client::{AuthChannel, Bearer};
 use meridian_proto::v1::admin_client::AdminClient;
 use meridian_proto::v1::ClusterStatusRequest;
+
+/// A root credential (`mrd_root_<secret>`) and the hex SHA-256 a region's
+/// `[auth] root_token_sha256` names it by.
+fn root_credential() -> (String, String) {
+    let secret: [u8; 32] = rand::random();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let token = format!("mrd_root_{}", hex(&secret));
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let sha = hex(digest.as_ref());
+    (token, sha)
+}
+
+/// A lazily connected channel to `addr` whose calls carry `token`.
+pub fn channel(addr: &str, token: Option<&str>) -> Result<AuthChannel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy();
+    Ok(AuthChannel::new(ch, Bearer::new(token)?))
+}
 
 /// Region names, in region-id order.
 pub const REGIONS: [&str; 3] = ["eu", "us", "ap"];
@@ -127,11 +148,30 @@ pub struct MeridianCluster {
     procs: Vec<Option<Child>>,
     /// The network lab between regions, when the cluster runs through one.
     pub lab: Option<Lab>,
+    /// The root credential, when the regions run with auth on.
+    pub root_token: Option<String>,
 }
 
 impl MeridianCluster {
     /// Start `regions` regions and wait until every group has a leader.
     pub async fn start(bin: &Path, regions: usize, wan: Option<&Wan>) -> Result<MeridianCluster> {
+        MeridianCluster::start_with(bin, regions, wan, false).await
+    }
+
+    /// `start`, with access control on (`auth`: a root credential in
+    /// `root_token`) or off, as every other workload runs.
+    pub async fn start_with(
+        bin: &Path,
+        regions: usize,
+        wan: Option<&Wan>,
+        auth: bool,
+    ) -> Result<MeridianCluster> {
+        let (root_token, auth_toml) = if auth {
+            let (t, sha) = root_credential();
+            (Some(t), format!("[auth]\nroot_token_sha256 = \"{sha}\"\n"))
+        } else {
+            (None, "[auth]\nenabled = false\n".to_string())
+        };
         anyhow::ensure!((1..=3).contains(&regions), "1 to 3 regions");
         let dir = tempfile::tempdir()?;
         let names: Vec<&str> = REGIONS[..regions].to_vec();
@@ -197,7 +237,7 @@ impl MeridianCluster {
                 String::new()
             };
             let text = format!(
-                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n{bind}[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n[auth]\nenabled = false\n{table}[log]\nlevel = \"warn\"\n"
+                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n{bind}[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n{auth_toml}{table}[log]\nlevel = \"warn\"\n"
             );
             let p = dir.path().join(format!("{r}.toml"));
             std::fs::write(&p, text)?;
@@ -210,6 +250,7 @@ impl MeridianCluster {
             configs,
             procs: (0..regions).map(|_| None).collect(),
             lab,
+            root_token,
         };
         for i in 0..regions {
             c.start_region(i)?;
@@ -260,7 +301,7 @@ impl MeridianCluster {
                 );
             }
             let ok = async {
-                let mut a = AdminClient::connect(format!("http://{}", self.grpc[i])).await?;
+                let mut a = self.admin(i)?;
                 let s = a
                     .cluster_status(ClusterStatusRequest {})
                     .await?
@@ -283,9 +324,17 @@ impl MeridianCluster {
         }
     }
 
+    /// The Admin service of region `i`, as root when auth is on.
+    pub fn admin(&self, i: usize) -> Result<AdminClient<AuthChannel>> {
+        Ok(AdminClient::new(channel(
+            &self.grpc[i],
+            self.root_token.as_deref(),
+        )?))
+    }
+
     /// The region whose node leads the group homed at region `home`.
     pub async fn leader_of(&self, home: usize, ask: usize) -> Result<usize> {
-        let mut a = AdminClient::connect(format!("http://{}", self.grpc[ask])).await?;
+        let mut a = self.admin(ask)?;
         let s = a
             .cluster_status(ClusterStatusRequest {})
             .await?

@@ -62,13 +62,14 @@ struct Args {
     watchers: Option<Vec<usize>>,
 }
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 7] = [
     "read",
     "write",
     "watch",
     "cross-region",
     "config-write",
     "failover",
+    "auth",
 ];
 
 fn machine() -> String {
@@ -175,6 +176,7 @@ async fn main_() -> Result<()> {
             "cross-region" => workloads::cross_region::run(&ctx).await,
             "config-write" => workloads::config_write::run(&ctx).await,
             "failover" => workloads::failover::run(&ctx).await,
+            "auth" => workloads::auth::run(&ctx).await,
             _ => unreachable!("names were checked against ALL"),
         }
         .with_context(|| format!("workload {name}"))?;

@@ -120,6 +120,9 @@ pub struct WorkloadReport {
     /// Short name, also the plot's file name.
     pub name: String,
     pub title: String,
+    /// The two columns' names when they are not Meridian and etcd (a
+    /// workload comparing two runs of Meridian).
+    pub columns: Option<(String, String)>,
     /// How it was run: sizes, clients, durations.
     pub setup: String,
     pub figures: Vec<Figure>,
@@ -190,7 +193,11 @@ impl WorkloadReport {
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "### {}\n\n{}\n", self.title, self.setup);
-        let _ = writeln!(s, "| figure | Meridian | etcd | Meridian ÷ etcd | target |");
+        let (a, b) = self
+            .columns
+            .clone()
+            .unwrap_or_else(|| ("Meridian".into(), "etcd".into()));
+        let _ = writeln!(s, "| figure | {a} | {b} | {a} ÷ {b} | target |");
         let _ = writeln!(s, "|---|---|---|---|---|");
         for f in &self.figures {
             let ratio = match f.ratio() {

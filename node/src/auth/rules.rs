@@ -9,7 +9,7 @@
 //! Globs are `globset`'s (`*`, `?`, `[...]`, `{a,b}`; `*` also matches `.`
 //! and `/`), and an empty list means `["*"]`.
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::GlobBuilder;
 use serde::{Deserialize, Serialize};
 
 /// Rules in one role at most, and globs in one rule: a role is evaluated on
@@ -122,8 +122,15 @@ impl<'a> Resource<'a> {
     }
 }
 
+/// One field's globs, each translated by `globset` into a regular
+/// expression and matched with `regex` directly: a rule is evaluated on every
+/// request, and `GlobMatcher::is_match` first builds a path candidate (an
+/// allocation per call). `*` alone matches everything without a regex.
 #[derive(Debug)]
-struct Globs(Vec<GlobMatcher>);
+struct Globs {
+    any: bool,
+    res: Vec<regex::bytes::Regex>,
+}
 
 impl Globs {
     fn compile(field: &str, pats: &[String]) -> Result<Globs, String> {
@@ -138,7 +145,8 @@ impl Globs {
         } else {
             pats.iter().map(String::as_str).collect()
         };
-        let mut out = Vec::new();
+        let mut res = Vec::new();
+        let mut any = false;
         for p in pats {
             if p.is_empty() || p.len() > GLOB_BYTES_MAX {
                 return Err(format!(
@@ -150,13 +158,19 @@ impl Globs {
                 .literal_separator(false)
                 .build()
                 .map_err(|e| format!("{field}: bad glob {p:?}: {e}"))?;
-            out.push(g.compile_matcher());
+            if p == "*" {
+                any = true;
+                continue;
+            }
+            let re = regex::bytes::Regex::new(g.regex())
+                .map_err(|e| format!("{field}: glob {p:?} does not compile: {e}"))?;
+            res.push(re);
         }
-        Ok(Globs(out))
+        Ok(Globs { any, res })
     }
 
     fn matches(&self, s: &str) -> bool {
-        self.0.iter().any(|g| g.is_match(s))
+        self.any || self.res.iter().any(|r| r.is_match(s.as_bytes()))
     }
 }
 

@@ -65,15 +65,23 @@ pub fn parse_id(token: &str) -> Option<&str> {
     (id_ok && secret_ok).then_some(id)
 }
 
-/// Whether `token` hashes to `sha256` (hex), compared in constant time.
+/// Whether `token` hashes to `sha256` (hex), compared in constant time and
+/// without allocating (it runs on every request).
 pub fn matches(token: &str, sha256: &str) -> bool {
-    let got = sha256_hex(token);
-    got.len() == sha256.len()
-        && got
-            .bytes()
-            .zip(sha256.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b.to_ascii_lowercase()))
-            == 0
+    let got = digest::digest(&digest::SHA256, token.as_bytes());
+    let want = sha256.as_bytes();
+    if want.len() != got.as_ref().len() * 2 {
+        return false;
+    }
+    let nibble = |c: u8| -> Option<u8> { (c as char).to_digit(16).map(|d| d as u8) };
+    let mut diff = 0u8;
+    for (i, b) in got.as_ref().iter().enumerate() {
+        match (nibble(want[2 * i]), nibble(want[2 * i + 1])) {
+            (Some(h), Some(l)) => diff |= b ^ (h << 4 | l),
+            _ => return false,
+        }
+    }
+    diff == 0
 }
 
 /// Parse a duration such as `30d`, `12h`, `45m`, `90s` into milliseconds.

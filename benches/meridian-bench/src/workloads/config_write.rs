@@ -213,6 +213,7 @@ fn report(ctx: &Ctx, runs: &[Run]) -> WorkloadReport {
         .collect();
     let [a, b, c] = p.wan_ms;
     WorkloadReport {
+        columns: None,
         name: "config-write".into(),
         title: "Config writes from the home region and from another region".into(),
         setup: format!(

@@ -139,6 +139,7 @@ fn report(ctx: &Ctx, runs: Vec<Run>, lab_stats: String) -> WorkloadReport {
         .collect();
     let [a, b, c] = p.wan_ms;
     WorkloadReport {
+        columns: None,
         name: "cross-region".into(),
         title: "Cross-region (WAN through meridian-netlab)".into(),
         setup: format!(

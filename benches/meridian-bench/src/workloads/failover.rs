@@ -324,6 +324,7 @@ fn report(ctx: &Ctx, runs: Vec<Run>) -> WorkloadReport {
         })
         .collect();
     WorkloadReport {
+        columns: None,
         name: "failover".into(),
         title: "Failover: SIGKILL the leader under write load".into(),
         setup: format!(

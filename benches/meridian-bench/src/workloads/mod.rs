@@ -10,6 +10,7 @@ use futures::future::try_join_all;
 
 use crate::conn::Conn;
 
+pub mod auth;
 pub mod config_write;
 pub mod cross_region;
 pub mod failover;

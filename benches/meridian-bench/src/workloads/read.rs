@@ -104,7 +104,12 @@ async fn drive(
     Ok((all, start.elapsed()))
 }
 
-async fn measure(system: &'static str, conns: &[Conn], level: Level, ctx: &Ctx) -> Result<Run> {
+pub(super) async fn measure(
+    system: &'static str,
+    conns: &[Conn],
+    level: Level,
+    ctx: &Ctx,
+) -> Result<Run> {
     let p = &ctx.p;
     drive(conns, level, p.read_clients, p.warmup, ctx, 1).await?;
     let (t, elapsed) = drive(conns, level, p.read_clients, p.duration, ctx, 2).await?;
@@ -226,6 +231,7 @@ fn report(ctx: &Ctx, runs: Vec<Run>) -> WorkloadReport {
         })
         .collect();
     WorkloadReport {
+        columns: None,
         name: "read".into(),
         title: "Read-heavy".into(),
         setup: format!(

@@ -305,6 +305,7 @@ fn report(ctx: &Ctx, runs: Vec<Run>) -> WorkloadReport {
         })
         .collect();
     WorkloadReport {
+        columns: None,
         name: "watch".into(),
         title: "Watch fan-out".into(),
         setup: format!(

@@ -40,7 +40,7 @@ pub struct Run {
 /// Keys each client cycles through.
 const KEYS_PER_CLIENT: usize = 16;
 
-async fn drive(
+pub(super) async fn drive(
     conns: &[Conn],
     kind: Kind,
     clients: usize,
@@ -241,6 +241,7 @@ fn report(ctx: &Ctx, runs: Vec<Run>) -> WorkloadReport {
         })
         .collect();
     WorkloadReport {
+        columns: None,
         name: "write".into(),
         title: "Writes (fsynced): put and compare-and-set".into(),
         setup: format!(
