@@ -423,6 +423,7 @@ mod tests {
             b.record(Duration::from_micros(300 + 2 * i));
         }
         WorkloadReport {
+            columns: None,
             name: "read".into(),
             title: "Reads <&>".into(),
             setup: "setup".into(),

@@ -57,6 +57,7 @@ fn every_workload_runs_against_both_systems_and_writes_table_json_and_plots() {
         "### Cross-region",
         "### Config writes from the home region",
         "### Failover",
+        "### Access control: auth on against auth off",
     ] {
         assert!(md.contains(title), "{title} missing from:\n{md}");
     }
@@ -79,9 +80,18 @@ fn every_workload_runs_against_both_systems_and_writes_table_json_and_plots() {
             "watch",
             "cross-region",
             "config-write",
-            "failover"
+            "failover",
+            "auth"
         ]
     );
+    // Auth: both runs measured, reads and puts, with the token's role in force.
+    let auth = workloads.iter().find(|w| w["name"] == "auth").unwrap();
+    let runs = auth["raw"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for r in runs {
+        assert!(r["reads_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["writes_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
     let by = |n: &str| workloads.iter().find(|w| w["name"] == n).unwrap();
 
     // Config writes: home and non-home, on loopback and through the lab.
