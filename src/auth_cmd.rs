@@ -232,6 +232,8 @@ pub async fn run(
         return Ok(());
     }
     let mut c = AuthClient::new(channel(endpoints, token).await?);
+    // `grant` and `revoke` differ only in the call and the words.
+    let grant = matches!(cmd, AuthCmd::Grant { .. });
     match cmd {
         AuthCmd::Login { .. } | AuthCmd::Logout => Ok(()),
         AuthCmd::Whoami => {
@@ -393,30 +395,26 @@ pub async fn run(
                 })
             }
         },
-        AuthCmd::Grant { principal, role } => {
-            c.grant_role(GrantRoleRequest {
+        AuthCmd::Grant { principal, role } | AuthCmd::Revoke { principal, role } => {
+            let req = GrantRoleRequest {
                 principal: principal.clone(),
                 role: role.clone(),
-            })
-            .await
-            .map_err(status_err)?;
+            };
+            if grant {
+                c.grant_role(req).await.map_err(status_err)?;
+            } else {
+                c.revoke_role(req).await.map_err(status_err)?;
+            }
             emit(
                 out,
                 &json!({ "principal": principal, "role": role }),
-                |_| format!("granted {role} to {principal}\n"),
-            )
-        }
-        AuthCmd::Revoke { principal, role } => {
-            c.revoke_role(GrantRoleRequest {
-                principal: principal.clone(),
-                role: role.clone(),
-            })
-            .await
-            .map_err(status_err)?;
-            emit(
-                out,
-                &json!({ "principal": principal, "role": role }),
-                |_| format!("revoked {role} from {principal}\n"),
+                |_| {
+                    if grant {
+                        format!("granted {role} to {principal}\n")
+                    } else {
+                        format!("revoked {role} from {principal}\n")
+                    }
+                },
             )
         }
         AuthCmd::Grants { principal } => {

@@ -36,13 +36,7 @@ fn ns(p: &str, e: &str) -> Option<NamespaceRef> {
 }
 
 fn put(key: &str, v: Value) -> ConfigOp {
-    ConfigOp {
-        op: Some(config_op::Op::Put(PutOp {
-            key: key.into(),
-            value_json: v.to_string(),
-            if_version: None,
-        })),
-    }
+    common::put_op(key, &v)
 }
 
 fn write_req(p: &str, key: &str, v: Value) -> ConfigWriteRequest {

@@ -24,13 +24,7 @@ fn ns(env: &str) -> Option<NamespaceRef> {
 }
 
 fn put(key: &str, v: Value) -> ConfigOp {
-    ConfigOp {
-        op: Some(config_op::Op::Put(PutOp {
-            key: key.into(),
-            value_json: v.to_string(),
-            if_version: None,
-        })),
-    }
+    common::put_op(key, &v)
 }
 
 async fn write(

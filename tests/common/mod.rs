@@ -303,3 +303,15 @@ pub fn reason(s: &tonic::Status) -> String {
         .unwrap_or("<none>")
         .to_string()
 }
+
+/// A Config write's put of `v` (JSON) at `key`.
+pub fn put_op(key: &str, v: &serde_json::Value) -> meridian_proto::v1::ConfigOp {
+    use meridian_proto::v1::{config_op, ConfigOp, PutOp};
+    ConfigOp {
+        op: Some(config_op::Op::Put(PutOp {
+            key: key.into(),
+            value_json: v.to_string(),
+            if_version: None,
+        })),
+    }
+}
