@@ -8,10 +8,10 @@ use meridian_proto::v1::auth_server::Auth;
 use meridian_proto::v1::*;
 use tonic::{Request, Response, Status};
 
-use crate::auth::rules::valid_name;
+use crate::auth::rules::{valid_name, RoleSpec, RuleSpec};
 use crate::auth::{
-    role_permission, tokens, wall_ms, Access, Action, AuthError, AuthState, Authority, Resource,
-    TokenRecord, ROOT_ROLE,
+    role_permission, tokens, wall_ms, Access, Action, AuthError, AuthState, Authority, Effect,
+    Resource, TokenRecord, ROOT_ROLE,
 };
 use crate::core_client::CoreClient;
 use crate::grpc::{auth_status, error_status, status};
@@ -343,9 +343,19 @@ impl Auth for AuthApi {
         req: Request<ListRolesRequest>,
     ) -> Result<Response<ListRolesResponse>, Status> {
         let a = self.access(&req)?;
+        // The built-in role, shown as the rules it amounts to.
+        let root = RoleSpec {
+            rules: vec![RuleSpec {
+                effect: Effect::Allow,
+                projects: vec!["*".into()],
+                environments: vec!["*".into()],
+                keys: vec!["*".into()],
+                actions: Action::ALL.to_vec(),
+            }],
+        };
         let mut roles = vec![RoleInfo {
             name: ROOT_ROLE.into(),
-            rules_json: r#"{"rules":[{"effect":"allow","projects":["*"],"environments":["*"],"keys":["*"],"actions":["read","write","delete","admin","grant","reveal","flags"]}]}"#.into(),
+            rules_json: serde_json::to_string(&root).unwrap_or_default(),
             builtin: true,
         }];
         for (name, role) in &a.state().roles {

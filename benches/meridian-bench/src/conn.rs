@@ -58,9 +58,7 @@ pub async fn meridian(addr: &str) -> Result<Conn> {
 
 /// `meridian`, each call carrying the API token `token`.
 pub async fn meridian_as(addr: &str, token: Option<&str>) -> Result<Conn> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(2))
+    let ch = crate::harness::endpoint(addr)?
         .connect()
         .await
         .with_context(|| format!("connecting to Meridian at {addr}"))?;

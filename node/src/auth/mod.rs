@@ -169,23 +169,38 @@ pub fn bearer(header: &str) -> Option<&str> {
 impl Authority {
     /// Authenticate a gRPC call by its `authorization: Bearer` metadata.
     pub fn grpc<T>(&self, r: &tonic::Request<T>) -> Result<Access, AuthError> {
-        let header = match r.metadata().get("authorization") {
-            None => None,
-            Some(v) => Some(v.to_str().map_err(|_| {
-                AuthError::new(
-                    Reason::Unauthenticated,
-                    "the authorization metadata is not ASCII",
-                )
-            })?),
-        };
-        let token = match header {
-            None => None,
-            Some(h) => Some(bearer(h).ok_or_else(|| {
-                AuthError::new(
-                    Reason::Unauthenticated,
-                    "the authorization metadata is not `Bearer <token>`",
-                )
-            })?),
+        let authorization = r.metadata().get("authorization").map(|v| v.as_bytes());
+        self.from_headers(authorization, None)
+    }
+
+    /// Authenticate by the raw values of an `authorization` header (`Bearer
+    /// <token>`, which wins) and an `x-api-key` header (the token itself),
+    /// the one reading of credentials that gRPC and HTTP share.
+    pub fn from_headers(
+        &self,
+        authorization: Option<&[u8]>,
+        api_key: Option<&[u8]>,
+    ) -> Result<Access, AuthError> {
+        fn text<'a>(name: &str, v: &'a [u8]) -> Result<&'a str, AuthError> {
+            std::str::from_utf8(v)
+                .ok()
+                .filter(|s| s.is_ascii())
+                .ok_or_else(|| {
+                    AuthError::new(Reason::Unauthenticated, format!("{name} is not ASCII"))
+                })
+        }
+        let token = match (authorization, api_key) {
+            (Some(h), _) => {
+                let h = text("the authorization header", h)?;
+                Some(bearer(h).ok_or_else(|| {
+                    AuthError::new(
+                        Reason::Unauthenticated,
+                        "the authorization header is not `Bearer <token>`",
+                    )
+                })?)
+            }
+            (None, Some(k)) => Some(text("the x-api-key header", k)?),
+            (None, None) => None,
         };
         self.authenticate(token, wall_ms())
     }

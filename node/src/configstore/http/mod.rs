@@ -60,27 +60,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
                 "the HTTP router has no authority",
             ));
         };
-        let header = |name: &str| -> Result<Option<String>, CfgError> {
-            match parts.headers.get(name) {
-                None => Ok(None),
-                Some(v) => v.to_str().map(|s| Some(s.to_string())).map_err(|_| {
-                    CfgError::new(
-                        Reason::Unauthenticated,
-                        format!("header {name} is not ASCII"),
-                    )
-                }),
-            }
-        };
-        let token = match (header("authorization")?, header("x-api-key")?) {
-            (Some(h), _) => Some(crate::auth::bearer(&h).map(str::to_string).ok_or_else(|| {
-                CfgError::new(
-                    Reason::Unauthenticated,
-                    "the Authorization header is not `Bearer <token>`",
-                )
-            })?),
-            (None, k) => k,
-        };
-        auth.authenticate(token.as_deref(), crate::auth::wall_ms())
+        let value = |name: &str| parts.headers.get(name).map(|v| v.as_bytes());
+        auth.from_headers(value("authorization"), value("x-api-key"))
             .map(Caller)
             .map_err(CfgError::from)
     }
