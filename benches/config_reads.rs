@@ -36,7 +36,13 @@ async fn main() -> Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5000);
     let dir = tempfile::tempdir()?;
-    meridian_node::tls::generate_dev_certs(&dir.path().join("certs"), &["eu".to_string()], false)?;
+    meridian_node::tls::generate_dev_certs(
+        &dir.path().join("certs"),
+        &["eu".to_string()],
+        &[],
+        &[],
+        false,
+    )?;
     // Free ports, found by binding and releasing (nothing else runs here).
     let grpc_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -45,7 +51,7 @@ async fn main() -> Result<()> {
         .local_addr()?
         .port();
     let toml = format!(
-        "region = \"eu\"\ndata_dir = \"{d}/data\"\n[tls]\nca_cert = \"{d}/certs/ca.pem\"\ncert = \"{d}/certs/eu.pem\"\nkey = \"{d}/certs/eu-key.pem\"\n[auth]\nenabled = false\n[[regions]]\nname = \"eu\"\ngrpc = \"127.0.0.1:{grpc_port}\"\npeer = \"127.0.0.1:{peer_port}\"\n",
+        "region = \"eu\"\ndata_dir = \"{d}/data\"\n[tls]\nca_cert = \"{d}/certs/ca.pem\"\ncert = \"{d}/certs/eu.pem\"\nkey = \"{d}/certs/eu-key.pem\"\n[api_tls]\nplaintext = true\n[auth]\nenabled = false\n[[regions]]\nname = \"eu\"\ngrpc = \"127.0.0.1:{grpc_port}\"\npeer = \"127.0.0.1:{peer_port}\"\n",
         d = dir.path().display()
     );
     let node = meridian_node::server::start(NodeConfig::parse(&toml)?).await?;

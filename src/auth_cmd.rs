@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use meridian_proto::client::{AuthChannel, Bearer};
+use meridian_proto::client::{endpoint, AuthChannel, Bearer, ClientTls};
 use meridian_proto::v1::auth_client::AuthClient;
 use meridian_proto::v1::*;
 use serde_json::{json, Value};
@@ -145,18 +145,32 @@ pub fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// A channel to the first reachable region, carrying `token`.
-pub async fn channel(endpoints: &[String], token: Option<&str>) -> Result<AuthChannel> {
+/// Where client commands go and with what: the regions' endpoints, the
+/// API token and the TLS settings.
+pub struct Target {
+    pub endpoints: Vec<String>,
+    pub token: Option<String>,
+    pub tls: Option<ClientTls>,
+}
+
+impl Target {
+    /// A channel to the first reachable region, carrying the token.
+    pub async fn channel(&self) -> Result<AuthChannel> {
+        channel(&self.endpoints, self.token.as_deref(), self.tls.as_ref()).await
+    }
+}
+
+/// A channel to the first reachable region, carrying `token`, over TLS
+/// unless an endpoint says http:// (`meridian_proto::client::endpoint`).
+pub async fn channel(
+    endpoints: &[String],
+    token: Option<&str>,
+    tls: Option<&ClientTls>,
+) -> Result<AuthChannel> {
     let bearer = Bearer::new(token)?;
     let mut last = None;
     for e in endpoints {
-        let url = if e.starts_with("http") {
-            e.clone()
-        } else {
-            format!("http://{e}")
-        };
-        let ep = tonic::transport::Endpoint::from_shared(url)?
-            .connect_timeout(std::time::Duration::from_secs(2));
+        let ep = endpoint(e, tls)?.connect_timeout(std::time::Duration::from_secs(2));
         match ep.connect().await {
             Ok(ch) => return Ok(AuthChannel::new(ch, bearer)),
             Err(e) => last = Some(e),
@@ -180,12 +194,7 @@ fn token_json(t: &TokenInfo) -> Value {
     })
 }
 
-pub async fn run(
-    cmd: AuthCmd,
-    endpoints: &[String],
-    token: Option<&str>,
-    out: Output,
-) -> Result<()> {
+pub async fn run(cmd: AuthCmd, target: &Target, out: Output) -> Result<()> {
     if let AuthCmd::Logout = cmd {
         if let Some(p) = credentials_path() {
             match std::fs::remove_file(&p) {
@@ -213,7 +222,8 @@ pub async fn run(
             }
         };
         let t = t.trim().to_string();
-        let mut c = AuthClient::new(channel(endpoints, Some(&t)).await?);
+        let mut c =
+            AuthClient::new(channel(&target.endpoints, Some(&t), target.tls.as_ref()).await?);
         let who = c
             .who_am_i(WhoAmIRequest {})
             .await
@@ -231,7 +241,7 @@ pub async fn run(
         );
         return Ok(());
     }
-    let mut c = AuthClient::new(channel(endpoints, token).await?);
+    let mut c = AuthClient::new(target.channel().await?);
     // `grant` and `revoke` differ only in the call and the words.
     let grant = matches!(cmd, AuthCmd::Grant { .. });
     match cmd {

@@ -417,13 +417,8 @@ async fn write_and_show(
     emit(out, &v, written)
 }
 
-pub async fn run(
-    cmd: ConfigCmd,
-    endpoints: &[String],
-    token: Option<&str>,
-    out: Output,
-) -> Result<()> {
-    let mut c = ConfigClient::new(crate::auth_cmd::channel(endpoints, token).await?);
+pub async fn run(cmd: ConfigCmd, target: &crate::auth_cmd::Target, out: Output) -> Result<()> {
+    let mut c = ConfigClient::new(target.channel().await?);
     let none = Who {
         author: String::new(),
         message: String::new(),

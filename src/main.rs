@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use meridian_node::NodeConfig;
-use meridian_proto::client::{Client, ClientOptions};
+use meridian_proto::client::{Client, ClientOptions, ClientTls};
 use meridian_proto::v1::{Consistency, KeyValue, ListRequest};
 use serde_json::{json, Value};
 
@@ -52,6 +52,28 @@ struct Cli {
     /// `meridian auth login` wrote).
     #[arg(long, global = true, env = "MERIDIAN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM certificate of the cluster CA, to verify the regions' TLS
+    /// (`meridian dev`: meridian-dev/certs/ca.pem). Needed unless every
+    /// endpoint is http:// (a region serving plaintext).
+    #[arg(long, global = true, env = "MERIDIAN_CACERT")]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; the principal is the name
+    /// it carries. With --key.
+    #[arg(
+        long = "cert",
+        global = true,
+        env = "MERIDIAN_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(
+        long = "key",
+        global = true,
+        env = "MERIDIAN_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     /// Output format of client commands.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Human)]
     output: Output,
@@ -95,13 +117,24 @@ enum Cmd {
         #[arg(long)]
         fresh: bool,
     },
-    /// Create a development CA and a certificate per region.
+    /// Create a development CA and, per region, a peer certificate and a
+    /// client-API server certificate; optionally client certificates for
+    /// mutual TLS.
     Certs {
         #[arg(long, default_value = "certs")]
         out: PathBuf,
         /// Region names, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',', required_unless_present = "clients")]
         regions: Vec<String>,
+        /// More names (DNS names or IP addresses) for the client-API
+        /// certificates, besides <region>.meridian, localhost, 127.0.0.1
+        /// and ::1; comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        api_hosts: Vec<String>,
+        /// Also issue a client certificate (client-<name>.pem) whose
+        /// common name is <name>, for mutual TLS; comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<String>,
         /// Replace existing files, starting a new CA.
         #[arg(long)]
         force: bool,
@@ -275,10 +308,13 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Certs {
             ref out,
             ref regions,
+            ref api_hosts,
+            ref clients,
             force,
         } => {
             let reused = !force && out.join("ca.pem").exists();
-            let files = meridian_node::tls::generate_dev_certs(out, regions, force)?;
+            let files =
+                meridian_node::tls::generate_dev_certs(out, regions, api_hosts, clients, force)?;
             for (i, f) in files.iter().enumerate() {
                 let private = f.to_string_lossy().ends_with("-key.pem");
                 let what = if reused && i < 2 {
@@ -315,7 +351,7 @@ pub fn dev_configs(dir: &Path, base_port: u16) -> Result<Vec<PathBuf>> {
     let certs = dir.join("certs");
     if !certs.join("ca.pem").exists() {
         let names: Vec<String> = DEV_REGIONS.iter().map(|s| s.to_string()).collect();
-        meridian_node::tls::generate_dev_certs(&certs, &names, false)?;
+        meridian_node::tls::generate_dev_certs(&certs, &names, &[], &[], false)?;
     }
     // The cluster's root credential, made on its first start (the way etcd
     // and Consul bootstrap): the secret in a 0600 file, only its hash in
@@ -346,7 +382,9 @@ pub fn dev_configs(dir: &Path, base_port: u16) -> Result<Vec<PathBuf>> {
         let text = format!(
             "# Region {r} of the local development cluster (written by `meridian dev`).\n\
              region = \"{r}\"\ndata_dir = \"data/{r}\"\n\n[tls]\nca_cert = \"certs/ca.pem\"\n\
-             cert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n\n[auth]\nroot_token_sha256 = \"{root_hash}\"\n\n{regions}"
+             cert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n\n\
+             [api_tls]\ncert = \"certs/{r}-api.pem\"\nkey = \"certs/{r}-api-key.pem\"\n\
+             client_ca = \"certs/ca.pem\"\n\n[auth]\nroot_token_sha256 = \"{root_hash}\"\n\n{regions}"
         );
         let path = dir.join(format!("{r}.toml"));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -383,7 +421,7 @@ async fn dev(dir: &Path, base_port: u16, fresh: bool) -> Result<()> {
     for n in &nodes {
         match n.http_addr {
             Some(h) => println!(
-                "  region {:<3} gRPC {}  HTTP http://{h}",
+                "  region {:<3} gRPC {}  HTTP https://{h}",
                 n.region, n.grpc_addr
             ),
             None => println!("  region {:<3} gRPC {}", n.region, n.grpc_addr),
@@ -398,6 +436,14 @@ async fn dev(dir: &Path, base_port: u16, fresh: bool) -> Result<()> {
         "  export MERIDIAN_TOKEN=$(cat {})   # or: meridian auth login --token-file {}",
         dir.join("root.token").display(),
         dir.join("root.token").display()
+    );
+    println!(
+        "The client APIs speak TLS with certificates from the cluster CA {}:",
+        dir.join("certs/ca.pem").display()
+    );
+    println!(
+        "  export MERIDIAN_CACERT={}",
+        dir.join("certs/ca.pem").display()
     );
     println!();
     println!("Try it (in another terminal):");
@@ -415,7 +461,7 @@ async fn dev(dir: &Path, base_port: u16, fresh: bool) -> Result<()> {
     println!("  meridian{ep} config set shop/prod services.payment.max_connections 100");
     println!("  meridian{ep} config get shop/prod services.payment -o yaml");
     if let Some(h) = nodes.first().and_then(|n| n.http_addr) {
-        println!("  curl -H \"Authorization: Bearer $MERIDIAN_TOKEN\" http://{h}/v1/config/shop/prod/services.payment");
+        println!("  curl --cacert $MERIDIAN_CACERT -H \"Authorization: Bearer $MERIDIAN_TOKEN\" https://{h}/v1/config/shop/prod/services.payment");
     }
     println!();
     println!("Namespaces: eu, us, ap (quorum) and eu-async, us-async, ap-async. Ctrl-C stops.");
@@ -454,14 +500,27 @@ fn token_str(t: &Option<meridian_proto::v1::RevisionToken>) -> String {
 async fn client_command(cli: Cli) -> Result<()> {
     init_logs(cli.log_format.unwrap_or(LogFormat::Human), "warn");
     let token = auth_cmd::resolve_token(cli.token.as_deref())?;
+    let tls = match &cli.cacert {
+        None => None,
+        Some(ca) => Some(ClientTls::from_files(
+            ca,
+            cli.client_cert.as_deref().zip(cli.client_key.as_deref()),
+        )?),
+    };
+    let target = auth_cmd::Target {
+        endpoints: cli.endpoints.clone(),
+        token: token.clone(),
+        tls: tls.clone(),
+    };
     if let Cmd::Config { cmd } = cli.cmd {
-        return config_cmd::run(cmd, &cli.endpoints, token.as_deref(), cli.output).await;
+        return config_cmd::run(cmd, &target, cli.output).await;
     }
     if let Cmd::Auth { cmd } = cli.cmd {
-        return auth_cmd::run(cmd, &cli.endpoints, token.as_deref(), cli.output).await;
+        return auth_cmd::run(cmd, &target, cli.output).await;
     }
     let opts = ClientOptions {
         token,
+        tls,
         connect_timeout: Duration::from_secs(2),
         ..ClientOptions::default()
     };

@@ -4,7 +4,9 @@
 //! with the expected allow or deny and the data unchanged after every deny;
 //! reads that leave out what the caller may not read (list, subtree, diff,
 //! watch, namespaces); the author of a change is the principal; and a
-//! revocation made in one region refused in the others within a bound.
+//! revocation made in one region refused in the others within a bound; and
+//! client certificates (mutual TLS) as principals, with TLS refusing clients
+//! that do not speak it or present a certificate from another CA.
 
 // Test helpers fail the test by panicking; that is what unwrap is for here.
 #![allow(clippy::unwrap_used)]
@@ -22,7 +24,7 @@ use meridian_proto::v1::*;
 use serde_json::{json, Value};
 
 async fn chan(addr: &str, token: Option<&str>) -> AuthChannel {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let ch = meridian_proto::client::endpoint(addr, Some(&common::client_tls()))
         .unwrap()
         .connect_lazy();
     AuthChannel::new(ch, Bearer::new(token).unwrap())
@@ -61,6 +63,36 @@ fn get_req(p: &str, path: &str) -> GetConfigRequest {
     }
 }
 
+/// A running 3-region cluster with auth on, and its root credential.
+async fn auth_cluster() -> (Cluster, String) {
+    let root_token = meridian_node::auth::tokens::generate("root");
+    let extra = format!(
+        "[auth]\nroot_token_sha256 = \"{}\"\n",
+        meridian_node::auth::tokens::sha256_hex(&root_token)
+    );
+    let mut cl = Cluster::new(&extra);
+    cl.start_all();
+    // Wait for the cluster with the root credential (cluster status needs one).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut a = meridian_proto::v1::admin_client::AdminClient::new(
+            chan(&cl.grpc[0], Some(&root_token)).await,
+        );
+        if let Ok(s) = a.cluster_status(ClusterStatusRequest {}).await {
+            if s.get_ref().groups.iter().all(|g| g.leader.is_some()) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster not ready:\n{}",
+            cl.log(0)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (cl, root_token)
+}
+
 /// What a credential is expected to get: allowed, or refused with a reason.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Want {
@@ -85,31 +117,8 @@ fn denied_for(cred: &str) -> Want {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_operation_against_every_credential() {
-    let root_token = meridian_node::auth::tokens::generate("root");
-    let extra = format!(
-        "[auth]\nroot_token_sha256 = \"{}\"\n",
-        meridian_node::auth::tokens::sha256_hex(&root_token)
-    );
-    let mut cl = Cluster::new(&extra);
-    cl.start_all();
+    let (cl, root_token) = auth_cluster().await;
     let eu = cl.grpc[0].clone();
-    // Wait for the cluster with the root credential (cluster status needs one).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut a =
-            meridian_proto::v1::admin_client::AdminClient::new(chan(&eu, Some(&root_token)).await);
-        if let Ok(s) = a.cluster_status(ClusterStatusRequest {}).await {
-            if s.get_ref().groups.iter().all(|g| g.leader.is_some()) {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cluster not ready:\n{}",
-            cl.log(0)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let mut root_cfg = ConfigClient::new(chan(&eu, Some(&root_token)).await);
     let mut root_auth = AuthClient::new(chan(&eu, Some(&root_token)).await);
     for p in ["shop", "blog"] {
@@ -578,7 +587,7 @@ async fn every_operation_against_every_credential() {
     );
 
     // The HTTP API: Bearer or X-API-Key; 401 without, 403 when not allowed.
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let url = format!("{}/v1/config/shop/prod/services.a", cl.http[0]);
     let status = |r: reqwest::Response| r.status().as_u16();
     assert_eq!(status(http.get(&url).send().await.unwrap()), 401);
@@ -757,4 +766,171 @@ async fn every_operation_against_every_credential() {
         worst < Duration::from_secs(1),
         "revocation took {worst:?} to reach every region"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_certificates_are_principals_and_tls_refuses_strangers() {
+    let (cl, root_token) = auth_cluster().await;
+    let eu = cl.grpc[0].clone();
+    let mut root_cfg = ConfigClient::new(chan(&eu, Some(&root_token)).await);
+    let mut root_auth = AuthClient::new(chan(&eu, Some(&root_token)).await);
+    root_cfg
+        .create_namespace(CreateNamespaceRequest {
+            project: "shop".into(),
+            environment: "prod".into(),
+            home_region: "eu".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    root_cfg
+        .write(write_req("shop", "services.a", json!(1)))
+        .await
+        .unwrap();
+    root_auth
+        .put_role(PutRoleRequest {
+            name: "shop-read".into(),
+            rules_json:
+                json!({"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read"]}]})
+                    .to_string(),
+        })
+        .await
+        .unwrap();
+    root_auth
+        .grant_role(GrantRoleRequest {
+            principal: "alice".into(),
+            role: "shop-read".into(),
+        })
+        .await
+        .unwrap();
+
+    // alice's certificate (CN alice) makes her alice, with alice's grants:
+    // she reads, and may not write. bob's proves bob, who has no grants.
+    let alice = common::channel_with(&eu, &common::client_tls_as("alice")).await;
+    let who = AuthClient::new(alice.clone())
+        .who_am_i(WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            who.principal.as_str(),
+            who.method.as_str(),
+            who.roles.clone()
+        ),
+        ("alice", "certificate", vec!["shop-read".to_string()])
+    );
+    let mut alice_cfg = ConfigClient::new(alice);
+    let got = alice_cfg
+        .get_config(get_req("shop", "services.a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.value_json, "1");
+    let e = alice_cfg
+        .write(write_req("shop", "services.a", json!(2)))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "PERMISSION_DENIED", "{e:?}");
+    let mut bob_cfg =
+        ConfigClient::new(common::channel_with(&eu, &common::client_tls_as("bob")).await);
+    let e = bob_cfg
+        .get_config(get_req("shop", "services.a"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "PERMISSION_DENIED", "{e:?}");
+    // TLS without a certificate and without a token: no principal.
+    let e = ConfigClient::new(common::channel(&eu).await)
+        .get_config(get_req("shop", "services.a"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "UNAUTHENTICATED", "{e:?}");
+
+    // The HTTP API reads the same certificate.
+    let url = format!("{}/v1/config/shop/prod/services.a", cl.http[0]);
+    let r = common::http_client_with(Some("alice"))
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = common::http_client().get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // Strangers: a client certificate from another CA is refused at the
+    // handshake (and logged); a client that does not trust the cluster CA
+    // does not get through; plaintext gRPC and HTTP reach nothing.
+    let other = cl.dir().join("other-ca");
+    let out = std::process::Command::new(common::bin())
+        .args(["certs", "--out"])
+        .arg(&other)
+        .args(["--clients", "alice"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let read = |f: &str| std::fs::read(other.join(f)).unwrap();
+    let forged = meridian_proto::client::ClientTls {
+        ca_pem: std::fs::read(common::ca_path()).unwrap(),
+        identity: Some((read("client-alice.pem"), read("client-alice-key.pem"))),
+    };
+    let e = ConfigClient::new(
+        meridian_proto::client::endpoint(&eu, Some(&forged))
+            .unwrap()
+            .connect_lazy(),
+    )
+    .get_config(get_req("shop", "services.a"))
+    .await
+    .unwrap_err();
+    assert_eq!(
+        reason(&e),
+        "<none>",
+        "refused by TLS, not by a handler: {e:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cl.log(0).contains("client TLS handshake failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no handshake failure logged:\n{}",
+            cl.log(0)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let distrust = meridian_proto::client::ClientTls {
+        ca_pem: read("ca.pem"),
+        identity: None,
+    };
+    let e = meridian_proto::client::endpoint(&eu, Some(&distrust))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{e:?}").contains("InvalidCertificate"),
+        "the server's certificate is not trusted: {e:?}"
+    );
+    let e = ConfigClient::new(
+        meridian_proto::client::endpoint(&format!("http://{eu}"), None)
+            .unwrap()
+            .connect_lazy(),
+    )
+    .get_config(get_req("shop", "services.a"))
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&e), "<none>", "plaintext gRPC: {e:?}");
+    let plain = cl.http[0].replace("https://", "http://");
+    assert!(
+        common::http_client()
+            .get(format!("{plain}/v1/namespaces"))
+            .send()
+            .await
+            .is_err(),
+        "plaintext HTTP got an answer"
+    );
+    // Nothing changed.
+    let got = ConfigClient::new(chan(&eu, Some(&root_token)).await)
+        .get_config(get_req("shop", "services.a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.value_json, "1");
 }

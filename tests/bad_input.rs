@@ -53,11 +53,7 @@ impl Codec for RawCodec {
 }
 
 async fn raw_call(addr: &str, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = common::channel(addr).await;
     let mut grpc = tonic::client::Grpc::new(ch);
     grpc.ready().await.expect("ready");
     grpc.unary(

@@ -35,12 +35,22 @@ fn certs_protects_keys_and_refuses_to_overwrite() {
         "ca-key.pem",
         "eu.pem",
         "eu-key.pem",
+        "eu-api.pem",
+        "eu-api-key.pem",
         "us.pem",
         "us-key.pem",
+        "us-api.pem",
+        "us-api-key.pem",
     ] {
         assert!(stdout.contains(f), "{f} not listed: {stdout}");
     }
-    for k in ["ca-key.pem", "eu-key.pem", "us-key.pem"] {
+    for k in [
+        "ca-key.pem",
+        "eu-key.pem",
+        "us-key.pem",
+        "eu-api-key.pem",
+        "us-api-key.pem",
+    ] {
         assert_eq!(mode(&out.join(k)), 0o600, "{k}");
     }
     let ca = std::fs::read(out.join("ca.pem")).expect("ca");
@@ -61,6 +71,29 @@ fn certs_protects_keys_and_refuses_to_overwrite() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("using existing"));
     assert_eq!(std::fs::read(out.join("ca.pem")).expect("ca"), ca);
     assert_eq!(mode(&out.join("ap-key.pem")), 0o600);
+
+    // Client certificates alone, from the same CA; not twice.
+    let client = |name: &str| {
+        Command::new(common::bin())
+            .args(["certs", "--out"])
+            .arg(&out)
+            .args(["--clients", name])
+            .output()
+            .expect("run meridian certs")
+    };
+    let o = client("alice");
+    assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("client-alice.pem"));
+    assert_eq!(mode(&out.join("client-alice-key.pem")), 0o600);
+    assert_eq!(std::fs::read(out.join("ca.pem")).expect("ca"), ca);
+    let o = client("alice");
+    assert!(
+        !o.status.success(),
+        "client-alice.pem replaced without --force"
+    );
+    let o = client("a b");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("client name"), "{err}");
 
     // --force starts over, keys still private even where a file was looser.
     std::fs::set_permissions(

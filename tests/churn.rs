@@ -44,8 +44,8 @@ const WARM_UP: Duration = Duration::from_secs(15);
 const READY: Duration = Duration::from_secs(30);
 
 fn channel(addr: &str) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
+    meridian_proto::client::endpoint(addr, Some(&common::client_tls()))
+        .expect("endpoint")
         .connect_timeout(Duration::from_millis(300))
         .timeout(ATTEMPT_TIMEOUT)
         .connect_lazy()

@@ -238,6 +238,7 @@ async fn cli_arguments_and_error_text() {
     let v = json_doc(&ok(&c, &["-o", "json", "config", "get", "cli/dev", "db"]));
     assert_eq!(v, serde_json::json!({"pool": 5}));
     let mut child = Command::new(bin())
+        .env("MERIDIAN_CACERT", common::ca_path())
         .args([
             "--endpoints",
             &c.grpc.join(","),
@@ -269,6 +270,7 @@ async fn cli_arguments_and_error_text() {
     );
     // Without $USER and $LOGNAME, the author is the uid's name from /etc/passwd.
     let out = Command::new(bin())
+        .env("MERIDIAN_CACERT", common::ca_path())
         .args([
             "--endpoints",
             &c.grpc.join(","),
@@ -310,6 +312,7 @@ async fn cli_arguments_and_error_text() {
 
     // Connect errors name the address.
     let out = Command::new(bin())
+        .env("MERIDIAN_CACERT", common::ca_path())
         .args(["--endpoints", "127.0.0.1:1", "get", "k"])
         .output()
         .expect("run");

@@ -29,7 +29,7 @@ enum Body {
 
 impl Api {
     async fn new(base: &str) -> Api {
-        let http = reqwest::Client::new();
+        let http = common::http_client();
         let spec: Value = http
             .get(format!("{base}/v1/openapi.json"))
             .send()
@@ -1664,7 +1664,7 @@ async fn http_refuses_what_it_does_not_understand_and_resumes_watches() {
     let c = Cluster::running().await;
     let (eu, us) = (c.http[0].as_str(), c.http[1].as_str());
     let api = Api::new(eu).await;
-    let http = reqwest::Client::new();
+    let http = common::http_client();
 
     let r = http.get(format!("{eu}/v1/nope")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);

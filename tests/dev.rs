@@ -77,11 +77,15 @@ fn dev_starts_serves_and_stops_quietly_on_ctrl_c() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "root.token mode {mode:o}");
     }
+    // The client APIs speak TLS with certificates from the dev CA.
+    let ca = dir.path().join("certs/ca.pem");
+    assert!(ca.exists(), "no dev CA at {}", ca.display());
     let no_creds = dir.path().join("no-credentials");
     let endpoints = format!("127.0.0.1:{},127.0.0.1:{}", base + 1, base + 2);
     let out = Command::new(bin())
         .args(["--endpoints", &endpoints, "put", "app/x", "on"])
         .env_remove("MERIDIAN_TOKEN")
+        .env("MERIDIAN_CACERT", &ca)
         .env("MERIDIAN_CREDENTIALS", &no_creds)
         .output()
         .expect("put");
@@ -94,6 +98,7 @@ fn dev_starts_serves_and_stops_quietly_on_ctrl_c() {
     let out = Command::new(bin())
         .args(["--endpoints", &endpoints, "put", "app/x", "on"])
         .env("MERIDIAN_TOKEN", &root)
+        .env("MERIDIAN_CACERT", &ca)
         .output()
         .expect("put");
     assert!(
@@ -117,6 +122,7 @@ fn dev_starts_serves_and_stops_quietly_on_ctrl_c() {
                 "stale",
             ])
             .env("MERIDIAN_TOKEN", &root)
+            .env("MERIDIAN_CACERT", &ca)
             .output()
             .expect("get");
         if out.status.success() {

@@ -1,6 +1,6 @@
 //! A gRPC client that is not Meridian's own: Python grpcio with stubs generated
 //! from `proto/` at run time lists the services (server reflection), then puts
-//! and gets. Needs python3 with grpcio, grpcio-tools and grpcio-reflection
+//! and gets, over TLS (BoringSSL) with a client certificate. Needs python3 with grpcio, grpcio-tools and grpcio-reflection
 //! (`scripts/setup.sh` installs them); fails loudly when they are missing.
 
 mod common;
@@ -25,6 +25,9 @@ async fn a_client_generated_from_the_proto_lists_services_puts_and_gets() {
         .arg(format!("{root}/tests/python/grpc_check.py"))
         .arg(&c.grpc[2])
         .arg(format!("{root}/proto"))
+        .arg(common::ca_path())
+        .arg(common::certs_dir().join("client-alice.pem"))
+        .arg(common::certs_dir().join("client-alice-key.pem"))
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);

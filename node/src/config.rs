@@ -38,6 +38,10 @@ pub struct NodeConfig {
     #[serde(default)]
     pub peer_bind: Option<std::net::SocketAddr>,
     pub tls: TlsConfig,
+    /// TLS on the client APIs (gRPC and HTTP). Required, unless
+    /// `plaintext = true` says otherwise.
+    #[serde(default)]
+    pub api_tls: ApiTlsConfig,
     /// Every region of the cluster, in the same order on every node (the order
     /// gives region ids). Between 1 and 32; an odd count is recommended.
     pub regions: Vec<RegionEntry>,
@@ -85,6 +89,44 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key of `cert`.
     pub key: PathBuf,
+}
+
+/// TLS on the client APIs (docs/auth.md): a server certificate, and
+/// optionally a CA whose client certificates authenticate principals
+/// (mutual TLS).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiTlsConfig {
+    /// PEM certificate chain the client APIs present (`meridian certs`
+    /// writes `<region>-api.pem`, valid for the region's name, localhost
+    /// and the loopback addresses).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM file of the CA whose client certificates are accepted (mutual
+    /// TLS). A client certificate is optional; one that is presented must
+    /// verify, and then names the caller's principal. None: no client
+    /// certificates are asked for.
+    pub client_ca: Option<PathBuf>,
+    /// Which name of a client certificate is the principal:
+    /// "subject-cn" (default), "san-dns", "san-uri" or "san-email" (the first
+    /// such subject alternative name).
+    pub principal_from: PrincipalFrom,
+    /// Serve the client APIs without TLS. Must be said explicitly; the node
+    /// then warns at start-up that tokens and values cross the network in
+    /// the clear.
+    pub plaintext: bool,
+}
+
+/// Which name of a verified client certificate is its principal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrincipalFrom {
+    #[default]
+    SubjectCn,
+    SanDns,
+    SanUri,
+    SanEmail,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -241,12 +283,19 @@ impl NodeConfig {
         })?;
         // Relative paths are relative to the config file.
         let base = path.parent().unwrap_or(Path::new("."));
+        let api = &mut cfg.api_tls;
         for p in [
             &mut cfg.data_dir,
             &mut cfg.tls.ca_cert,
             &mut cfg.tls.cert,
             &mut cfg.tls.key,
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            [&mut api.cert, &mut api.key, &mut api.client_ca]
+                .into_iter()
+                .flatten(),
+        ) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -309,6 +358,28 @@ impl NodeConfig {
             for a in [r.peer, r.grpc] {
                 if !addrs.insert(a) {
                     return bad(format!("regions: address {a} used twice"));
+                }
+            }
+        }
+        let api = &self.api_tls;
+        match (&api.cert, &api.key, api.plaintext) {
+            (Some(_), Some(_), false) => {}
+            (None, None, false) => {
+                return bad(
+                    "api_tls: the client APIs need TLS: set api_tls.cert and api_tls.key \
+                     (`meridian certs` writes <region>-api.pem and <region>-api-key.pem), \
+                     or say api_tls.plaintext = true to serve them in the clear"
+                        .into(),
+                )
+            }
+            (_, _, false) => return bad("api_tls: cert and key go together: set both".into()),
+            (cert, key, true) => {
+                if cert.is_some() || key.is_some() || api.client_ca.is_some() {
+                    return bad(
+                        "api_tls: plaintext = true contradicts cert, key and client_ca: \
+                         remove them, or remove plaintext"
+                            .into(),
+                    );
                 }
             }
         }
@@ -439,6 +510,9 @@ data_dir = "data/eu"
 ca_cert = "ca.pem"
 cert = "eu.pem"
 key = "eu-key.pem"
+[api_tls]
+cert = "eu-api.pem"
+key = "eu-api-key.pem"
 [[regions]]
 name = "eu"
 peer = "127.0.0.1:7101"
@@ -504,5 +578,40 @@ grpc = "127.0.0.1:7003"
         let text = GOOD.replace("7102", "7101");
         let e = NodeConfig::parse(&text).expect_err("must fail").to_string();
         assert!(e.contains("used twice"), "{e}");
+    }
+
+    #[test]
+    fn client_apis_need_tls_unless_plaintext_is_explicit() {
+        let no_tls = GOOD.replace(
+            "[api_tls]\ncert = \"eu-api.pem\"\nkey = \"eu-api-key.pem\"\n",
+            "",
+        );
+        assert!(!no_tls.contains("api_tls"));
+        let e = NodeConfig::parse(&no_tls)
+            .expect_err("must fail")
+            .to_string();
+        assert!(
+            e.contains("api_tls") && e.contains("plaintext = true"),
+            "{e}"
+        );
+        let plain = format!("{no_tls}\n[api_tls]\nplaintext = true\n");
+        assert!(NodeConfig::parse(&plain).expect("valid").api_tls.plaintext);
+        let both = GOOD.replace("[api_tls]\n", "[api_tls]\nplaintext = true\n");
+        let e = NodeConfig::parse(&both).expect_err("must fail").to_string();
+        assert!(e.contains("contradicts"), "{e}");
+        let half = GOOD.replace("key = \"eu-api-key.pem\"\n", "");
+        let e = NodeConfig::parse(&half).expect_err("must fail").to_string();
+        assert!(e.contains("cert and key go together"), "{e}");
+        let bad = GOOD.replace("[api_tls]\n", "[api_tls]\nprincipal_from = \"issuer\"\n");
+        let e = NodeConfig::parse(&bad).expect_err("must fail").to_string();
+        assert!(e.contains("subject-cn"), "lists the choices: {e}");
+        let san = GOOD.replace("[api_tls]\n", "[api_tls]\nprincipal_from = \"san-uri\"\n");
+        assert_eq!(
+            NodeConfig::parse(&san)
+                .expect("valid")
+                .api_tls
+                .principal_from,
+            PrincipalFrom::SanUri
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! The region node: the thin IO shell around `meridian-core`. It owns the
 //! RocksDB storage engine, the QUIC peer transport with mutual TLS, the gRPC
-//! API and the driver loop that feeds the core its inputs (with the time) and
+//! and HTTP APIs over TLS and the driver loop that feeds the core its inputs (with the time) and
 //! carries out its actions.
 
+pub mod api_tls;
 pub mod auth;
 pub mod config;
 pub mod configstore;

@@ -1,6 +1,6 @@
 //! Starting and stopping a region node: open storage (refusing a corrupt data
-//! directory), restart the core from it, bring up the QUIC transport and the
-//! gRPC server (with the standard health service and server reflection), and
+//! directory), restart the core from it, bring up the QUIC transport, the
+//! client APIs' TLS (`api_tls`) and the gRPC server (with the standard health service and server reflection), and
 //! run the driver until shutdown.
 
 use std::net::SocketAddr;
@@ -99,6 +99,13 @@ impl RunningNode {
 pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     let me = cfg.id();
     let tls = TlsMaterial::load(&cfg.tls.ca_cert, &cfg.tls.cert, &cfg.tls.key)?;
+    let api_tls = crate::api_tls::ApiTls::load(&cfg.api_tls)?;
+    if api_tls.is_none() {
+        tracing::warn!(
+            region = %cfg.region,
+            "the client APIs serve PLAINTEXT ([api_tls] plaintext = true): tokens, values and secrets cross the network in the clear"
+        );
+    }
     let regions = cfg.regions.len() as u8;
     let (store, durable) = RocksStorage::open_loaded(&cfg.data_dir, regions, me)?;
     let core = cfg.core_config();
@@ -214,18 +221,11 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);
-    // Small responses must not wait for a delayed ACK (Nagle): set TCP_NODELAY
-    // on every accepted connection (the builder's setting applies only to
-    // listeners it binds itself).
-    let incoming = futures::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            if let Ok(c) = &conn {
-                let _ = c.set_nodelay(true);
-            }
-            conn
-        },
-    );
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::api_tls::accept(
+        listener,
+        api_tls.clone(),
+        crate::api_tls::Api::Grpc,
+    ));
     let region = cfg.region.clone();
     let grpc = tokio::spawn(async move {
         let res = router
@@ -245,10 +245,10 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
                 .map_err(|cause| StartError::ListenHttp { addr, cause })?;
             let addr = listener.local_addr().unwrap_or(addr);
             let (tx, rx) = oneshot::channel::<()>();
-            let app = crate::configstore::http::router(store, auth.clone());
-            let listener = axum::serve::ListenerExt::tap_io(listener, |c| {
-                let _ = c.set_nodelay(true);
-            });
+            let app = crate::configstore::http::router(store, auth.clone())
+                .into_make_service_with_connect_info::<crate::api_tls::ClientConn>();
+            let listener = crate::api_tls::HttpListener::new(listener, api_tls.clone())
+                .map_err(|cause| StartError::ListenHttp { addr, cause })?;
             let task = tokio::spawn(async move {
                 let res = axum::serve(listener, app)
                     .with_graceful_shutdown(async {
@@ -268,6 +268,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         grpc = %grpc_addr,
         http = %shown(http_addr),
         peer = %shown(transport.local_addr()),
+        client_tls = api_tls.is_some(),
         "region node serving"
     );
     Ok(RunningNode {

@@ -1,6 +1,8 @@
 //! Certificates and TLS for the inter-region transport. `meridian certs`
-//! creates a development cluster CA and one certificate per region (rcgen);
-//! each region's certificate names it as `<region>.meridian`. Both sides of
+//! creates a development cluster CA and, per region, a peer certificate and
+//! a client-API server certificate (rcgen), plus client certificates for
+//! mutual TLS on the client APIs (`api_tls.rs` serves them); each region's
+//! peer certificate names it as `<region>.meridian`. Both sides of
 //! every QUIC connection present a certificate and verify the other's against
 //! the cluster CA (mutual TLS), and the region a peer claims must be the one
 //! its certificate names.
@@ -43,6 +45,10 @@ pub enum TlsError {
         "bad region name {0:?}: a region name is 1-32 letters, digits or '-' (as in the config)"
     )]
     BadRegionName(String),
+    #[error(
+        "bad client name {0:?}: a client name is 1-32 letters, digits or '-' (it becomes the certificate's common name and file name)"
+    )]
+    BadClientName(String),
     #[error("{0} already exists: pass --force to replace it (and start a new CA), or choose another --out")]
     Exists(PathBuf),
     #[error("{present} exists but {missing} does not: cannot reuse half a CA; pass --force to start a new one")]
@@ -81,14 +87,20 @@ fn write_file(path: &Path, text: &str, private: bool) -> Result<(), TlsError> {
     f.sync_all().map_err(err)
 }
 
-/// Write `ca.pem`, `ca-key.pem` and `<region>.pem`, `<region>-key.pem` for
-/// every region into `dir`; private keys with mode 0600. An existing CA
+/// Write `ca.pem`, `ca-key.pem`; for every region `<region>.pem`,
+/// `<region>-key.pem` (the peer certificate) and `<region>-api.pem`,
+/// `<region>-api-key.pem` (the client APIs' server certificate, also valid
+/// for `api_hosts`); and `client-<name>.pem`, `client-<name>-key.pem` for
+/// every client in `clients` (mutual TLS), all into `dir`; private keys
+/// with mode 0600. An existing CA
 /// there (both files) is reused, so regions can be added later. Nothing is
 /// overwritten unless `force`, which starts a new CA and replaces every
 /// file it writes. Returns every file written or reused, CA first.
 pub fn generate_dev_certs(
     dir: &Path,
     regions: &[String],
+    api_hosts: &[String],
+    clients: &[String],
     force: bool,
 ) -> Result<Vec<PathBuf>, TlsError> {
     // Check everything before writing anything.
@@ -97,13 +109,31 @@ pub fn generate_dev_certs(
             return Err(TlsError::BadRegionName(r.clone()));
         }
     }
+    for c in clients {
+        if !crate::config::valid_name(c) {
+            return Err(TlsError::BadClientName(c.clone()));
+        }
+    }
     if !force {
-        for r in regions {
-            for f in [format!("{r}.pem"), format!("{r}-key.pem")] {
-                let p = dir.join(f);
-                if p.exists() {
-                    return Err(TlsError::Exists(p));
-                }
+        let leaves = regions
+            .iter()
+            .flat_map(|r| {
+                [
+                    format!("{r}.pem"),
+                    format!("{r}-key.pem"),
+                    format!("{r}-api.pem"),
+                    format!("{r}-api-key.pem"),
+                ]
+            })
+            .chain(
+                clients
+                    .iter()
+                    .flat_map(|c| [format!("client-{c}.pem"), format!("client-{c}-key.pem")]),
+            );
+        for f in leaves {
+            let p = dir.join(f);
+            if p.exists() {
+                return Err(TlsError::Exists(p));
             }
         }
         let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
@@ -157,21 +187,65 @@ pub fn generate_dev_certs(
     let issuer = Issuer::new(ca_params, ca_key);
     let mut out = vec![ca_cert_path, ca_key_path];
     for r in regions {
-        let mut p = CertificateParams::new(vec![region_dns_name(r)])?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, region_dns_name(r));
-        p.distinguished_name = dn;
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let key = KeyPair::generate()?;
-        let cert = p.signed_by(&key, &issuer)?;
-        out.push(write(&format!("{r}.pem"), &cert.pem())?);
-        out.push(write(&format!("{r}-key.pem"), &key.serialize_pem())?);
+        // The peer certificate: it names the region, for both ends of QUIC.
+        let dns = region_dns_name(r);
+        let (cert, key) = issue_leaf(&issuer, &dns, std::slice::from_ref(&dns), Purpose::Peer)?;
+        out.push(write(&format!("{r}.pem"), &cert)?);
+        out.push(write(&format!("{r}-key.pem"), &key)?);
+        // The client APIs' server certificate: the region's name, the
+        // loopback names clients use in development, and `api_hosts`.
+        let mut names = vec![dns, "localhost".into(), "127.0.0.1".into(), "::1".into()];
+        names.extend(api_hosts.iter().cloned());
+        let (cert, key) = issue_leaf(&issuer, &region_dns_name(r), &names, Purpose::Server)?;
+        out.push(write(&format!("{r}-api.pem"), &cert)?);
+        out.push(write(&format!("{r}-api-key.pem"), &key)?);
+    }
+    for c in clients {
+        // A client certificate for mutual TLS on the client APIs; the
+        // subject's common name is the principal (`api_tls.principal_from`).
+        let (cert, key) = issue_leaf(&issuer, c, &[], Purpose::Client)?;
+        out.push(write(&format!("client-{c}.pem"), &cert)?);
+        out.push(write(&format!("client-{c}-key.pem"), &key)?);
     }
     Ok(out)
+}
+
+/// What a leaf certificate is for (its extended key usages).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A region's peer certificate: both ends of a QUIC connection.
+    Peer,
+    /// A client API server.
+    Server,
+    /// A client of the client APIs.
+    Client,
+}
+
+/// A new key pair and a certificate for it signed by `issuer`, with common
+/// name `cn` and subject alternative names `names` (DNS names or IP
+/// addresses); PEM texts (certificate, key).
+fn issue_leaf(
+    issuer: &Issuer<'_, KeyPair>,
+    cn: &str,
+    names: &[String],
+    purpose: Purpose,
+) -> Result<(String, String), TlsError> {
+    let mut p = CertificateParams::new(names.to_vec())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.extended_key_usages = match purpose {
+        Purpose::Peer => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        Purpose::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Purpose::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
@@ -181,7 +255,7 @@ fn read(path: &Path) -> Result<String, TlsError> {
     })
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let text = read(path)?;
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut text.as_bytes()).collect();
     let certs = certs.map_err(|e| TlsError::Pem {
@@ -197,7 +271,7 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let text = read(path)?;
     rustls_pemfile::private_key(&mut text.as_bytes())
         .map_err(|e| TlsError::Pem {
@@ -234,7 +308,7 @@ impl TlsMaterial {
         })
     }
 
-    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         Arc::new(rustls::crypto::ring::default_provider())
     }
 

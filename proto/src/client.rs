@@ -84,6 +84,72 @@ pub struct ClientOptions {
     pub probe_interval: Duration,
     /// API token sent with every call (`authorization: Bearer <token>`).
     pub token: Option<String>,
+    /// TLS to the regions: the CA that signed their client-API
+    /// certificates, and optionally a client certificate (mutual TLS).
+    /// Needed for every `https://` or scheme-less endpoint.
+    pub tls: Option<ClientTls>,
+}
+
+/// What a client needs for TLS: the cluster CA's certificate (PEM) and,
+/// for mutual TLS, a client certificate and its key (PEM).
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ClientTls {
+    /// Read the CA and, if given, the client certificate and key.
+    pub fn from_files(
+        ca: &std::path::Path,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<ClientTls, ClientError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| ClientError::Invalid(format!("cannot read {}: {e}", p.display())))
+        };
+        Ok(ClientTls {
+            ca_pem: read(ca)?,
+            identity: match identity {
+                None => None,
+                Some((cert, key)) => Some((read(cert)?, read(key)?)),
+            },
+        })
+    }
+}
+
+/// The endpoint of one region's gRPC API. `http://host:port` is plaintext
+/// (for a region whose config says `api_tls.plaintext = true`);
+/// `https://host:port` and a bare `host:port` are TLS, verified against
+/// `tls`'s CA, with its client certificate if it has one.
+pub fn endpoint(url: &str, tls: Option<&ClientTls>) -> Result<Endpoint, ClientError> {
+    let url = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("https://{url}")
+    };
+    let bad = |e: &dyn std::fmt::Display| ClientError::BadEndpoint(url.clone(), e.to_string());
+    let ep = Endpoint::from_shared(url.clone()).map_err(|e| bad(&e))?;
+    if url.starts_with("http://") {
+        return Ok(ep);
+    }
+    if !url.starts_with("https://") {
+        return Err(bad(
+            &"the scheme must be https:// (TLS) or http:// (plaintext)",
+        ));
+    }
+    let Some(tls) = tls else {
+        return Err(ClientError::Invalid(format!(
+            "{url} is TLS, which needs the cluster CA's certificate: give --cacert \
+             (MERIDIAN_CACERT), or write http://... for a region that serves plaintext"
+        )));
+    };
+    let mut cfg = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+    if let Some((cert, key)) = &tls.identity {
+        cfg = cfg.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    ep.tls_config(cfg).map_err(|e| bad(&e))
 }
 
 /// Adds the caller's API token to every request of a channel.
@@ -126,6 +192,7 @@ impl Default for ClientOptions {
             backoff_max: Duration::from_secs(2),
             probe_interval: Duration::from_secs(10),
             token: None,
+            tls: None,
         }
     }
 }
@@ -183,7 +250,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Client {
-    /// Connect to a cluster given every region's gRPC URL (`http://host:port`).
+    /// Connect to a cluster given every region's gRPC address (see `endpoint`).
     /// Measures round-trip times before returning; unreachable regions are kept
     /// and tried last.
     pub async fn connect(urls: &[String], opts: ClientOptions) -> Result<Client, ClientError> {
@@ -193,20 +260,14 @@ impl Client {
         let bearer = Bearer::new(opts.token.as_deref())?;
         let mut regions = Vec::new();
         for url in urls {
-            let url = if url.contains("://") {
-                url.clone()
-            } else {
-                format!("http://{url}")
-            };
-            let ep = Endpoint::from_shared(url.clone())
-                .map_err(|e| ClientError::BadEndpoint(url.clone(), e.to_string()))?
+            let ep = endpoint(url, opts.tls.as_ref())?
                 .connect_timeout(opts.connect_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
                 .keep_alive_while_idle(true);
             regions.push(Region {
-                url,
+                url: url.clone(),
                 channel: AuthChannel::new(ep.connect_lazy(), bearer.clone()),
                 rtt: None,
                 failures: 0,

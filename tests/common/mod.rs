@@ -1,6 +1,6 @@
 //! Test harness: three real `meridian serve` processes on loopback, each with
-//! its own RocksDB directory, certificates from one development CA, and free
-//! ports. Processes are killed (SIGKILL) when the harness is dropped.
+//! its own RocksDB directory, certificates from one development CA (one per
+//! test process; clients trust it and speak TLS), and free ports. Processes are killed (SIGKILL) when the harness is dropped.
 
 #![allow(dead_code)]
 
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meridian_proto::client::{Client, ClientOptions};
+use meridian_proto::client::{Client, ClientOptions, ClientTls};
 
 pub const REGIONS: [&str; 3] = ["eu", "us", "ap"];
 
@@ -16,13 +16,113 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_meridian")
 }
 
+/// The certificates of every cluster this test process starts, made once
+/// by `meridian certs`: one CA; peer and client-API certificates for eu, us
+/// and ap; client certificates (mutual TLS) for `CLIENTS`.
+pub fn certs_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(bin())
+            .args(["certs", "--out"])
+            .arg(dir.path())
+            .args(["--regions", "eu,us,ap", "--clients", &CLIENTS.join(",")])
+            .output()
+            .expect("run meridian certs");
+        assert!(out.status.success(), "meridian certs failed: {out:?}");
+        dir
+    })
+    .path()
+}
+
+/// Principals with a client certificate in `certs_dir()`.
+pub const CLIENTS: [&str; 2] = ["alice", "bob"];
+
+/// The cluster CA's certificate (PEM file).
+pub fn ca_path() -> PathBuf {
+    certs_dir().join("ca.pem")
+}
+
+/// TLS for clients of the test clusters: their CA, no client certificate.
+pub fn client_tls() -> ClientTls {
+    ClientTls::from_files(&ca_path(), None).expect("client TLS")
+}
+
+/// TLS with `name`'s client certificate (one of `CLIENTS`).
+pub fn client_tls_as(name: &str) -> ClientTls {
+    let d = certs_dir();
+    ClientTls::from_files(
+        &d.join("ca.pem"),
+        Some((
+            &d.join(format!("client-{name}.pem")),
+            &d.join(format!("client-{name}-key.pem")),
+        )),
+    )
+    .expect("client TLS")
+}
+
+/// A gRPC channel to `addr` over TLS (no token).
+pub async fn channel(addr: &str) -> tonic::transport::Channel {
+    channel_with(addr, &client_tls()).await
+}
+
+/// A gRPC channel to `addr` with the given TLS settings.
+pub async fn channel_with(addr: &str, tls: &ClientTls) -> tonic::transport::Channel {
+    meridian_proto::client::endpoint(addr, Some(tls))
+        .expect("endpoint")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e:?}"))
+}
+
+/// An HTTP client that trusts the test clusters' CA (rustls with ring,
+/// configured here, as a user of reqwest would).
+pub fn http_client() -> reqwest::Client {
+    http_client_with(None)
+}
+
+/// `http_client`, presenting `name`'s client certificate if given.
+pub fn http_client_with(name: Option<&str>) -> reqwest::Client {
+    let pem = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &pem(ca_path())[..]) {
+        roots.add(c.expect("CA certificate")).expect("add CA");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots);
+    let cfg = match name {
+        None => builder.with_no_client_auth(),
+        Some(n) => {
+            let d = certs_dir();
+            let chain = rustls_pemfile::certs(&mut &pem(d.join(format!("client-{n}.pem")))[..])
+                .collect::<Result<Vec<_>, _>>()
+                .expect("client certificate");
+            let key =
+                rustls_pemfile::private_key(&mut &pem(d.join(format!("client-{n}-key.pem")))[..])
+                    .expect("client key")
+                    .expect("a key in the file");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        }
+    };
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .build()
+        .expect("reqwest client")
+}
+
 /// (success, stdout, stderr) of `meridian --endpoints <grpc> args`, as the
-/// user `cli-user` without colours.
+/// user `cli-user` without colours, trusting the test clusters' CA.
 pub fn cli_at(grpc: &[String], args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin())
         .arg("--endpoints")
         .arg(grpc.join(","))
         .args(args)
+        .env("MERIDIAN_CACERT", ca_path())
         .env("USER", "cli-user")
         .env("NO_COLOR", "1")
         .output()
@@ -65,7 +165,7 @@ pub struct Cluster {
     pub peer_real: Vec<u16>,
     pub peer_front: Vec<u16>,
     pub grpc: Vec<String>,
-    /// HTTP/JSON API base URLs (`http://127.0.0.1:port`).
+    /// HTTP/JSON API base URLs (`https://127.0.0.1:port`).
     pub http: Vec<String>,
     pub configs: Vec<PathBuf>,
     procs: Vec<Option<Child>>,
@@ -97,13 +197,12 @@ impl Cluster {
 
     fn build(extra_toml: &str, lab: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let out = Command::new(bin())
-            .args(["certs", "--out"])
-            .arg(dir.path().join("certs"))
-            .args(["--regions", "eu,us,ap"])
-            .output()
-            .expect("run meridian certs");
-        assert!(out.status.success(), "meridian certs failed: {out:?}");
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).expect("certs dir");
+        for e in std::fs::read_dir(certs_dir()).expect("read certs") {
+            let e = e.expect("cert file");
+            std::fs::copy(e.path(), certs.join(e.file_name())).expect("copy cert");
+        }
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let http_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let peer_real: Vec<u16> = if lab {
@@ -131,8 +230,17 @@ impl Cluster {
             } else {
                 "[auth]\nenabled = false\n"
             };
+            // The client APIs speak TLS (with client certificates from the
+            // cluster CA accepted), unless a test says otherwise.
+            let api_tls = if extra_toml.contains("[api_tls]") {
+                String::new()
+            } else {
+                format!(
+                    "[api_tls]\ncert = \"certs/{r}-api.pem\"\nkey = \"certs/{r}-api-key.pem\"\nclient_ca = \"certs/ca.pem\"\n"
+                )
+            };
             let text = format!(
-                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n{bind}[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n{auth}{regions}{extra_toml}"
+                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n{bind}[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n{api_tls}{auth}{regions}{extra_toml}"
             );
             let p = dir.path().join(format!("{r}.toml"));
             std::fs::write(&p, text).expect("write config");
@@ -145,7 +253,7 @@ impl Cluster {
                 .collect(),
             http: http_ports
                 .iter()
-                .map(|p| format!("http://127.0.0.1:{p}"))
+                .map(|p| format!("https://127.0.0.1:{p}"))
                 .collect(),
             peer_front: ports.iter().map(|(_, p)| *p).collect(),
             peer_real,
@@ -272,6 +380,7 @@ pub fn fast_opts() -> ClientOptions {
         backoff_max: Duration::from_millis(500),
         probe_interval: Duration::from_secs(2),
         token: None,
+        tls: Some(client_tls()),
     }
 }
 
@@ -290,9 +399,7 @@ impl Drop for Cluster {
 pub type ConfigClient = meridian_proto::v1::config_client::ConfigClient<tonic::transport::Channel>;
 
 pub async fn config_client(addr: &str) -> ConfigClient {
-    ConfigClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to the Config service")
+    ConfigClient::new(channel(addr).await)
 }
 
 /// The stable reason a gRPC error carries in its metadata.

@@ -1,7 +1,9 @@
 """An independent gRPC client for Meridian: Python grpcio with stubs generated
 from proto/meridian/v1/meridian.proto at run time (nothing of Meridian's own
 code). Lists the services through server reflection, checks health, then does
-a Put and a Get. Usage: grpc_check.py HOST:PORT PROTO_ROOT"""
+a Put and a Get, over TLS verified against the cluster CA, presenting a
+client certificate (mutual TLS). Usage:
+grpc_check.py HOST:PORT PROTO_ROOT CA_PEM CLIENT_CERT_PEM CLIENT_KEY_PEM"""
 
 import importlib
 import os
@@ -14,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 
 def main() -> int:
-    addr, proto_root = sys.argv[1], sys.argv[2]
+    addr, proto_root, ca, cert, key = sys.argv[1:6]
     out = tempfile.mkdtemp()
     rc = protoc.main([
         "protoc", f"-I{proto_root}", f"--python_out={out}", f"--grpc_python_out={out}",
@@ -27,7 +29,13 @@ def main() -> int:
     pb = importlib.import_module("meridian.v1.meridian_pb2")
     pb_grpc = importlib.import_module("meridian.v1.meridian_pb2_grpc")
 
-    ch = grpc.insecure_channel(addr)
+    def read(p):
+        with open(p, "rb") as f:
+            return f.read()
+
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
+    ch = grpc.secure_channel(addr, creds)
     grpc.channel_ready_future(ch).result(timeout=10)
 
     refl = reflection_pb2_grpc.ServerReflectionStub(ch)

@@ -246,7 +246,7 @@ impl MeridianCluster {
                 String::new()
             };
             let text = format!(
-                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n{bind}[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n{auth_toml}{table}[log]\nlevel = \"warn\"\n"
+                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n{bind}[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n[api_tls]\nplaintext = true\n{auth_toml}{table}[log]\nlevel = \"warn\"\n"
             );
             let p = dir.path().join(format!("{r}.toml"));
             std::fs::write(&p, text)?;

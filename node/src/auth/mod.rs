@@ -56,6 +56,8 @@ pub enum Method {
     None,
     Root,
     Token,
+    /// A client certificate verified against `api_tls.client_ca`.
+    Certificate,
 }
 
 impl Method {
@@ -64,6 +66,7 @@ impl Method {
             Method::None => "none",
             Method::Root => "root",
             Method::Token => "token",
+            Method::Certificate => "certificate",
         }
     }
 }
@@ -167,19 +170,24 @@ pub fn bearer(header: &str) -> Option<&str> {
 }
 
 impl Authority {
-    /// Authenticate a gRPC call by its `authorization: Bearer` metadata.
+    /// Authenticate a gRPC call by its `authorization: Bearer` metadata, or
+    /// else its connection's client certificate.
     pub fn grpc<T>(&self, r: &tonic::Request<T>) -> Result<Access, AuthError> {
         let authorization = r.metadata().get("authorization").map(|v| v.as_bytes());
-        self.from_headers(authorization, None)
+        let conn = r.extensions().get::<crate::api_tls::ClientConn>();
+        self.from_headers(authorization, None, conn)
     }
 
     /// Authenticate by the raw values of an `authorization` header (`Bearer
     /// <token>`, which wins) and an `x-api-key` header (the token itself),
-    /// the one reading of credentials that gRPC and HTTP share.
+    /// else by the connection's client certificate: the one reading of
+    /// credentials that gRPC and HTTP share. A token, when sent, decides
+    /// alone: a bad token is refused even over a good certificate.
     pub fn from_headers(
         &self,
         authorization: Option<&[u8]>,
         api_key: Option<&[u8]>,
+        conn: Option<&crate::api_tls::ClientConn>,
     ) -> Result<Access, AuthError> {
         fn text<'a>(name: &str, v: &'a [u8]) -> Result<&'a str, AuthError> {
             std::str::from_utf8(v)
@@ -202,7 +210,8 @@ impl Authority {
             (None, Some(k)) => Some(text("the x-api-key header", k)?),
             (None, None) => None,
         };
-        self.authenticate(token, wall_ms())
+        let cert = conn.and_then(|c| c.cert_principal.as_deref());
+        self.authenticate(token, cert, wall_ms())
     }
 
     pub fn new(
@@ -227,9 +236,15 @@ impl Authority {
         self.enabled
     }
 
-    /// Who presents `bearer` (the token, without "Bearer "), judged at
-    /// wall-clock `now_ms`.
-    pub fn authenticate(&self, bearer: Option<&str>, now_ms: u64) -> Result<Access, AuthError> {
+    /// Who presents `bearer` (the token, without "Bearer "), or else a
+    /// client certificate naming `cert_principal`, judged at wall-clock
+    /// `now_ms`.
+    pub fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        cert_principal: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Access, AuthError> {
         let state = self.state.borrow().clone();
         if !self.enabled {
             return Ok(Access {
@@ -245,6 +260,26 @@ impl Authority {
             });
         }
         let Some(token) = bearer else {
+            if let Some(name) = cert_principal {
+                // A certificate proves the name; what it may do comes
+                // from the roles granted to that name.
+                let roles = state
+                    .grants
+                    .get(name)
+                    .map(|g| g.iter().cloned().collect())
+                    .unwrap_or_default();
+                return Ok(Access {
+                    principal: Principal {
+                        name: name.to_string(),
+                        method: Method::Certificate,
+                        token_id: None,
+                        project: None,
+                        roles,
+                    },
+                    enabled: true,
+                    state,
+                });
+            }
             return Err(AuthError::new(
                 Reason::Unauthenticated,
                 "no credential: send an API token as `authorization: Bearer <token>` \
@@ -319,7 +354,7 @@ impl Authority {
 impl Access {
     /// Everything allowed (auth off); for internal callers and tests.
     pub fn open() -> Access {
-        match Authority::disabled().authenticate(None, 0) {
+        match Authority::disabled().authenticate(None, None, 0) {
             Ok(a) => a,
             Err(_) => unreachable!("a disabled authority authenticates everyone"),
         }

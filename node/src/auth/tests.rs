@@ -76,43 +76,78 @@ fn credentials_are_refused_when_missing_garbled_unknown_expired_or_revoked() {
         .push((format!("token-revoked/{revoked_id}"), "1".into()));
     let a = f.authority();
     assert_eq!(
-        reason(a.authenticate(None, NOW_MS)),
+        reason(a.authenticate(None, None, NOW_MS)),
         Reason::Unauthenticated
     );
     assert_eq!(
-        reason(a.authenticate(Some("hunter2"), NOW_MS)),
+        reason(a.authenticate(Some("hunter2"), None, NOW_MS)),
         Reason::Unauthenticated
     );
     let unknown = tokens::generate(&tokens::new_id());
     assert_eq!(
-        reason(a.authenticate(Some(&unknown), NOW_MS)),
+        reason(a.authenticate(Some(&unknown), None, NOW_MS)),
         Reason::Unauthenticated
     );
     // The right id with the wrong secret.
     let forged = tokens::generate(tokens::parse_id(&good).unwrap());
     assert_eq!(
-        reason(a.authenticate(Some(&forged), NOW_MS)),
+        reason(a.authenticate(Some(&forged), None, NOW_MS)),
         Reason::Unauthenticated
     );
     assert_eq!(
-        reason(a.authenticate(Some(&expired), NOW_MS)),
+        reason(a.authenticate(Some(&expired), None, NOW_MS)),
         Reason::TokenExpired
     );
-    assert!(a.authenticate(Some(&expired), NOW_MS - 1).is_ok());
+    assert!(a.authenticate(Some(&expired), None, NOW_MS - 1).is_ok());
     assert_eq!(
-        reason(a.authenticate(Some(&revoked), NOW_MS)),
+        reason(a.authenticate(Some(&revoked), None, NOW_MS)),
         Reason::TokenRevoked
     );
     let wrong_root = tokens::generate(tokens::ROOT_ID);
     assert_eq!(
-        reason(a.authenticate(Some(&wrong_root), NOW_MS)),
+        reason(a.authenticate(Some(&wrong_root), None, NOW_MS)),
         Reason::Unauthenticated
     );
-    let p = a.authenticate(Some(&good), NOW_MS).unwrap().principal;
+    let p = a.authenticate(Some(&good), None, NOW_MS).unwrap().principal;
     assert_eq!((p.name.as_str(), p.method), ("ci", Method::Token));
-    let r = a.authenticate(Some(&f.root), NOW_MS).unwrap();
+    let r = a.authenticate(Some(&f.root), None, NOW_MS).unwrap();
     assert_eq!(r.principal.method, Method::Root);
     assert!(r.allowed(Action::Grant, Resource::CLUSTER));
+}
+
+#[test]
+fn a_client_certificate_names_a_principal_whose_grants_decide() {
+    let mut f = Fixture::new();
+    f.role(
+        "shop-reader",
+        r#"{"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read"]}]}"#,
+    );
+    f.view
+        .grants
+        .push(("alice".into(), role_permission("shop-reader")));
+    let a = f.authority();
+    let alice = a.authenticate(None, Some("alice"), NOW_MS).unwrap();
+    assert_eq!(alice.principal.method, Method::Certificate);
+    assert_eq!(alice.principal.roles, ["shop-reader"]);
+    assert!(alice.allowed(Action::Read, Resource::in_namespace("shop/prod", "k")));
+    assert!(!alice.allowed(Action::Write, Resource::in_namespace("shop/prod", "k")));
+    // A certificate without grants proves a name and allows nothing.
+    let bob = a.authenticate(None, Some("bob"), NOW_MS).unwrap();
+    assert!(bob.principal.roles.is_empty());
+    assert!(!bob.allowed(Action::Read, Resource::in_namespace("shop/prod", "k")));
+    // A token, when sent, decides alone: a bad one is refused even over a
+    // good certificate, and a good one acts as its own principal.
+    assert_eq!(
+        reason(a.authenticate(Some("mrd_garbage"), Some("alice"), NOW_MS)),
+        Reason::Unauthenticated
+    );
+    let t = f.token("ci", &[], None, None);
+    let a = f.authority();
+    let ci = a.authenticate(Some(&t), Some("alice"), NOW_MS).unwrap();
+    assert_eq!(
+        (ci.principal.name.as_str(), ci.principal.method),
+        ("ci", Method::Token)
+    );
 }
 
 #[test]
@@ -136,7 +171,7 @@ fn what_no_rule_allows_is_denied_and_deny_beats_allow() {
     let rooted_but_denied = f.token("eve", &["root", "no-secrets"], None, None);
     let broken_role = f.token("kim", &["ghost"], None, None);
     let a = f.authority();
-    let who = |t: &str| a.authenticate(Some(t), NOW_MS).unwrap();
+    let who = |t: &str| a.authenticate(Some(t), None, NOW_MS).unwrap();
     let (r, w) = (Action::Read, Action::Write);
     let at = Resource::in_namespace;
     assert!(!who(&none).allowed(r, at("shop/prod", "a")));
@@ -168,7 +203,7 @@ fn a_project_scoped_token_acts_only_in_its_project() {
     let mut f = Fixture::new();
     let scoped = f.token("team-a", &["root"], Some("alpha"), None);
     let a = f.authority();
-    let acc = a.authenticate(Some(&scoped), NOW_MS).unwrap();
+    let acc = a.authenticate(Some(&scoped), None, NOW_MS).unwrap();
     assert!(acc.allowed(Action::Write, Resource::in_namespace("alpha/prod", "k")));
     assert!(!acc.allowed(Action::Read, Resource::in_namespace("beta/prod", "k")));
     assert!(!acc.allowed(Action::Grant, Resource::CLUSTER));
@@ -201,7 +236,7 @@ fn roles_granted_to_a_principal_count_until_the_grant_is_revoked() {
     let judge = |doc: &MetaDoc| {
         let (_tx, rx) = watch::channel(Arc::new(AuthState::from_view(&doc.view())));
         let a = Authority::new(true, None, rx);
-        a.authenticate(Some(&t), NOW_MS)
+        a.authenticate(Some(&t), None, NOW_MS)
             .unwrap()
             .allowed(Action::Read, Resource::in_namespace("p/e", "k"))
     };
@@ -233,7 +268,7 @@ fn broken_records_grant_nothing_and_are_reported() {
 
 #[test]
 fn auth_off_allows_everything_and_keeps_the_typed_author() {
-    let acc = Authority::disabled().authenticate(None, 0).unwrap();
+    let acc = Authority::disabled().authenticate(None, None, 0).unwrap();
     assert!(acc.allowed(Action::Grant, Resource::CLUSTER));
     assert_eq!(acc.author("typed"), "typed");
 }

@@ -620,6 +620,20 @@ async fn inbound(incoming: quinn::Incoming, shared: Arc<Shared>) {
             tracing::debug!(%remote, "peer handshake ended by this node's shutdown");
             return;
         }
+        // The dialing peer closed its side during the handshake (its own
+        // shutdown or restart: an application close then travels as the
+        // transport's APPLICATION_ERROR, RFC 9000 section 10.2.3). Not a
+        // rejection, and not worth a warning.
+        Err(quinn::ConnectionError::ApplicationClosed(_)) => {
+            tracing::info!(%remote, "peer closed its connection during the handshake");
+            return;
+        }
+        Err(quinn::ConnectionError::ConnectionClosed(c))
+            if c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR =>
+        {
+            tracing::info!(%remote, "peer closed its connection during the handshake");
+            return;
+        }
         Err(e) => {
             // Includes a certificate from another CA: the handshake fails.
             tracing::warn!(%remote, error = %e, "rejected peer connection (TLS handshake failed)");

@@ -210,11 +210,14 @@ pub async fn run(ctx: &Ctx) -> Result<WorkloadReport> {
             backoff_max: Duration::from_millis(200),
             probe_interval: Duration::from_secs(1),
             token: None,
+            tls: None,
         };
+        // The bench's regions serve plaintext (as its etcd does).
+        let urls: Vec<String> = cluster.grpc.iter().map(|a| format!("http://{a}")).collect();
         let mut writers = Vec::new();
         for _ in 0..p.failover_writers {
             writers.push(Writer::Meridian(
-                Client::connect(&cluster.grpc, opts.clone()).await?,
+                Client::connect(&urls, opts.clone()).await?,
             ));
         }
         let leader = cluster.leader_of(0, 0).await?;

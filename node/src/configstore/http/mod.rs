@@ -44,7 +44,8 @@ fn ok(v: impl serde::Serialize) -> Res {
 }
 
 /// The caller of an HTTP request, authenticated by `Authorization: Bearer
-/// <token>` or `X-API-Key: <token>` against the router's `Authority`.
+/// <token>` or `X-API-Key: <token>`, else its connection's client
+/// certificate, against the router's `Authority`.
 pub(super) struct Caller(pub Access);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
@@ -61,7 +62,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
             ));
         };
         let value = |name: &str| parts.headers.get(name).map(|v| v.as_bytes());
-        auth.from_headers(value("authorization"), value("x-api-key"))
+        let conn = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<crate::api_tls::ClientConn>>()
+            .map(|c| &c.0);
+        auth.from_headers(value("authorization"), value("x-api-key"), conn)
             .map(Caller)
             .map_err(CfgError::from)
     }
