@@ -65,9 +65,14 @@ fn get_req(p: &str, path: &str) -> GetConfigRequest {
 
 /// A running 3-region cluster with auth on, and its root credential.
 async fn auth_cluster() -> (Cluster, String) {
+    auth_cluster_with("").await
+}
+
+/// `auth_cluster`, with `more` appended to the `[auth]` table.
+async fn auth_cluster_with(more: &str) -> (Cluster, String) {
     let root_token = meridian_node::auth::tokens::generate("root");
     let extra = format!(
-        "[auth]\nroot_token_sha256 = \"{}\"\n",
+        "[auth]\nroot_token_sha256 = \"{}\"\n{more}",
         meridian_node::auth::tokens::sha256_hex(&root_token)
     );
     let mut cl = Cluster::new(&extra);
@@ -933,4 +938,184 @@ async fn client_certificates_are_principals_and_tls_refuses_strangers() {
         .unwrap()
         .into_inner();
     assert_eq!(got.value_json, "1");
+}
+
+/// An OIDC provider's key set endpoint: answers every request with the
+/// current JWKS document (HTTP/1.1, one request per connection) and counts
+/// the fetches.
+struct JwksServer {
+    url: String,
+    doc: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn jwks_server(doc: String) -> JwksServer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(doc));
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (d, n) = (doc.clone(), fetches.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let (d, n) = (d.clone(), n.clone());
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => req.extend_from_slice(&buf[..k]),
+                    }
+                }
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = d.lock().unwrap().clone();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    JwksServer { url, doc, fetches }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oidc_jwts_are_principals_with_mapped_roles_and_keys_rotate() {
+    use meridian_node::auth::oidc::testkit::TestIssuer;
+    let k1 = TestIssuer::new("k1");
+    let k2 = TestIssuer::new("k2");
+    let idp = jwks_server(TestIssuer::jwks(&[&k1])).await;
+    let (cl, root_token) = auth_cluster_with(&format!(
+        "[auth.oidc]\nissuer = \"https://idp.test\"\naudience = \"meridian\"\n\
+         jwks_url = \"{}\"\njwks_refetch_min_s = 1\nroles_claim = \"groups\"\n\
+         [auth.oidc.role_map]\nshop-team = [\"shop-read\"]\n",
+        idp.url
+    ))
+    .await;
+    let eu = cl.grpc[0].clone();
+    let mut root_cfg = ConfigClient::new(chan(&eu, Some(&root_token)).await);
+    root_cfg
+        .create_namespace(CreateNamespaceRequest {
+            project: "shop".into(),
+            environment: "prod".into(),
+            home_region: "eu".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    root_cfg
+        .write(write_req("shop", "services.a", json!(1)))
+        .await
+        .unwrap();
+    AuthClient::new(chan(&eu, Some(&root_token)).await)
+        .put_role(PutRoleRequest {
+            name: "shop-read".into(),
+            rules_json:
+                json!({"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read"]}]})
+                    .to_string(),
+        })
+        .await
+        .unwrap();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = |aud: &str| json!({"iss": "https://idp.test", "aud": aud, "exp": exp, "sub": "alice", "groups": ["shop-team"]});
+    let jwt = k1.sign(&claims("meridian"));
+
+    // Every region verifies it (each fetched the key set at start-up):
+    // principal oidc:alice, roles from the groups claim.
+    for addr in &cl.grpc {
+        let who = AuthClient::new(chan(addr, Some(&jwt)).await)
+            .who_am_i(WhoAmIRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (
+                who.principal.as_str(),
+                who.method.as_str(),
+                who.roles.clone()
+            ),
+            ("oidc:alice", "jwt", vec!["shop-read".to_string()]),
+            "at {addr}"
+        );
+    }
+    let mut alice = ConfigClient::new(chan(&eu, Some(&jwt)).await);
+    assert_eq!(
+        alice
+            .get_config(get_req("shop", "services.a"))
+            .await
+            .unwrap()
+            .into_inner()
+            .value_json,
+        "1"
+    );
+    let e = alice
+        .write(write_req("shop", "services.a", json!(2)))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "PERMISSION_DENIED", "{e:?}");
+    let r = common::http_client()
+        .get(format!("{}/v1/config/shop/prod/services.a", cl.http[0]))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // Another audience, or a key the issuer never published: refused.
+    let e = ConfigClient::new(chan(&eu, Some(&k1.sign(&claims("other")))).await)
+        .get_config(get_req("shop", "services.a"))
+        .await
+        .unwrap_err();
+    assert!(
+        reason(&e) == "UNAUTHENTICATED" && e.message().contains("audience"),
+        "{e:?}"
+    );
+
+    // The key set is cached: many calls, no fetch per call.
+    let before = idp.fetches.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..50 {
+        alice
+            .get_config(get_req("shop", "services.a"))
+            .await
+            .unwrap();
+    }
+    let after = idp.fetches.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        after - before <= 1,
+        "{} fetches for 50 calls",
+        after - before
+    );
+
+    // The provider rotates to k2: a token signed by it is refused until
+    // the region has fetched the set again (asked for by the unknown key
+    // id), then accepted.
+    *idp.doc.lock().unwrap() = TestIssuer::jwks(&[&k1, &k2]);
+    let jwt2 = k2.sign(&claims("meridian"));
+    let mut c2 = ConfigClient::new(chan(&eu, Some(&jwt2)).await);
+    let rotated = Instant::now();
+    loop {
+        match c2.get_config(get_req("shop", "services.a")).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(e.message().contains("\"k2\""), "{e:?}");
+                assert!(
+                    rotated.elapsed() < Duration::from_secs(10),
+                    "the rotated key was never fetched"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    println!(
+        "a JWT signed by a rotated-in key was accepted {} ms after the rotation",
+        rotated.elapsed().as_millis()
+    );
 }

@@ -69,6 +69,8 @@ pub struct AuthConfig {
     /// do everything. `meridian certs` and `meridian dev` write the
     /// credential (mode 0600) and this hash. None: no root credential.
     pub root_token_sha256: Option<String>,
+    /// OIDC/JWT bearer tokens from an identity provider (docs/auth.md).
+    pub oidc: Option<OidcConfig>,
 }
 
 impl Default for AuthConfig {
@@ -76,8 +78,76 @@ impl Default for AuthConfig {
         AuthConfig {
             enabled: true,
             root_token_sha256: None,
+            oidc: None,
         }
     }
+}
+
+/// Verify JWT bearer tokens issued by an OpenID Connect provider: the
+/// signature against its JSON Web Key Set, the issuer, the audience and the
+/// validity window; then name the principal and map claims to roles.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The `iss` every token must carry (exactly).
+    pub issuer: String,
+    /// An `aud` every token must carry (one of its audiences).
+    pub audience: String,
+    /// The provider's JWKS, a JSON file (read at start-up) ...
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// ... or a URL fetched at start-up, then every `jwks_refresh_s` and
+    /// when a token names a key id the cached set lacks (at most once per
+    /// `jwks_refetch_min_s`). Exactly one of the two.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// PEM CA certificates to trust for an https `jwks_url` besides the
+    /// system's.
+    #[serde(default)]
+    pub jwks_ca: Option<PathBuf>,
+    #[serde(default = "default_jwks_refresh_s")]
+    pub jwks_refresh_s: u64,
+    #[serde(default = "default_jwks_refetch_min_s")]
+    pub jwks_refetch_min_s: u64,
+    /// Signature algorithms accepted (JWA names: RS256, ES256, EdDSA, ...).
+    #[serde(default = "default_oidc_algorithms")]
+    pub algorithms: Vec<String>,
+    /// The claim that names the principal.
+    #[serde(default = "default_principal_claim")]
+    pub principal_claim: String,
+    /// Put before the claim's value, so that provider names cannot pose as
+    /// token or certificate principals (Kubernetes' `--oidc-username-prefix`).
+    #[serde(default = "default_principal_prefix")]
+    pub principal_prefix: String,
+    /// A claim (a string or a list of strings, e.g. "groups") whose values
+    /// `role_map` turns into roles.
+    #[serde(default)]
+    pub roles_claim: Option<String>,
+    /// Claim value -> Meridian roles. Values not listed give no role.
+    #[serde(default)]
+    pub role_map: std::collections::BTreeMap<String, Vec<String>>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+}
+
+fn default_jwks_refresh_s() -> u64 {
+    300
+}
+fn default_jwks_refetch_min_s() -> u64 {
+    10
+}
+fn default_oidc_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+fn default_principal_claim() -> String {
+    "sub".into()
+}
+fn default_principal_prefix() -> String {
+    "oidc:".into()
+}
+fn default_leeway_s() -> u64 {
+    30
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -295,6 +365,13 @@ impl NodeConfig {
             [&mut api.cert, &mut api.key, &mut api.client_ca]
                 .into_iter()
                 .flatten(),
+        )
+        .chain(
+            cfg.auth
+                .oidc
+                .iter_mut()
+                .flat_map(|o| [&mut o.jwks_file, &mut o.jwks_ca])
+                .flatten(),
         ) {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -381,6 +458,22 @@ impl NodeConfig {
                             .into(),
                     );
                 }
+            }
+        }
+        if let Some(o) = &self.auth.oidc {
+            if o.jwks_file.is_some() == o.jwks_url.is_some() {
+                return bad("auth.oidc: give exactly one of jwks_file and jwks_url".into());
+            }
+            if o.issuer.is_empty() || o.audience.is_empty() {
+                return bad("auth.oidc: issuer and audience must not be empty".into());
+            }
+            if let Err(e) = crate::auth::oidc::algorithms(&o.algorithms) {
+                return bad(format!("auth.oidc.algorithms: {e}"));
+            }
+            if o.jwks_refresh_s == 0 || o.jwks_refetch_min_s == 0 {
+                return bad(
+                    "auth.oidc: jwks_refresh_s and jwks_refetch_min_s must be at least 1".into(),
+                );
             }
         }
         if let Some(h) = &self.auth.root_token_sha256 {

@@ -36,6 +36,8 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
+    Oidc(#[from] crate::auth::oidc::OidcError),
+    #[error(transparent)]
     Storage(#[from] crate::storage::StoreError),
     #[error("cannot start the core: {0}")]
     Core(#[from] meridian_core::InitError),
@@ -100,6 +102,9 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     let me = cfg.id();
     let tls = TlsMaterial::load(&cfg.tls.ca_cert, &cfg.tls.cert, &cfg.tls.key)?;
     let api_tls = crate::api_tls::ApiTls::load(&cfg.api_tls)?;
+    // The process's default TLS provider (reqwest's, for an OIDC key set
+    // URL): ring, as everywhere else. Already installed is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if api_tls.is_none() {
         tracing::warn!(
             region = %cfg.region,
@@ -144,6 +149,14 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         cfg.auth.root_token_sha256.clone(),
         driver.auth_state(),
     );
+    let auth = match &cfg.auth.oidc {
+        None => auth,
+        Some(o) => {
+            let oidc = crate::auth::oidc::Oidc::load(o)?;
+            tokio::spawn(oidc.clone().refresher());
+            auth.with_oidc(oidc)
+        }
+    };
     if !cfg.auth.enabled {
         tracing::warn!(
             region = %cfg.region,

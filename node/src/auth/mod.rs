@@ -14,6 +14,7 @@
 //! nothing about existence. Listings, subtree reads, searches, diffs and
 //! watches leave out what the caller may not read, as if it were absent.
 
+pub mod oidc;
 pub mod rules;
 pub mod tokens;
 
@@ -58,6 +59,8 @@ pub enum Method {
     Token,
     /// A client certificate verified against `api_tls.client_ca`.
     Certificate,
+    /// A JWT from the OIDC provider of `[auth.oidc]`.
+    Jwt,
 }
 
 impl Method {
@@ -67,6 +70,7 @@ impl Method {
             Method::Root => "root",
             Method::Token => "token",
             Method::Certificate => "certificate",
+            Method::Jwt => "jwt",
         }
     }
 }
@@ -144,6 +148,7 @@ impl AuthState {
 pub struct Authority {
     enabled: bool,
     root_sha256: Option<String>,
+    oidc: Option<Arc<oidc::Oidc>>,
     state: watch::Receiver<Arc<AuthState>>,
 }
 
@@ -222,8 +227,15 @@ impl Authority {
         Authority {
             enabled,
             root_sha256,
+            oidc: None,
             state,
         }
+    }
+
+    /// Also accept JWTs that `oidc` verifies.
+    pub fn with_oidc(mut self, oidc: Arc<oidc::Oidc>) -> Authority {
+        self.oidc = Some(oidc);
+        self
     }
 
     /// Auth off, for tests of other things and for `enabled = false`.
@@ -286,10 +298,13 @@ impl Authority {
                  (the CLI reads MERIDIAN_TOKEN or `meridian auth login`)",
             ));
         };
+        if !token.starts_with("mrd_") && token.bytes().filter(|b| *b == b'.').count() == 2 {
+            return self.authenticate_jwt(token, state);
+        }
         let Some(id) = tokens::parse_id(token) else {
             return Err(AuthError::new(
                 Reason::Unauthenticated,
-                "the credential is not a Meridian API token (mrd_<id>_<secret>)",
+                "the credential is not a Meridian API token (mrd_<id>_<secret>) or a JWT",
             ));
         };
         if id == tokens::ROOT_ID {
@@ -343,6 +358,35 @@ impl Authority {
                 method: Method::Token,
                 token_id: Some(id.to_string()),
                 project: rec.project.clone(),
+                roles: roles.into_iter().collect(),
+            },
+            enabled: true,
+            state,
+        })
+    }
+}
+
+impl Authority {
+    /// A JWT (three dot-separated parts): verified by `[auth.oidc]`; its
+    /// roles are those its claims map to and those granted to its principal.
+    fn authenticate_jwt(&self, jwt: &str, state: Arc<AuthState>) -> Result<Access, AuthError> {
+        let Some(oidc) = &self.oidc else {
+            return Err(AuthError::new(
+                Reason::Unauthenticated,
+                "the credential is a JWT, but this region has no [auth.oidc] issuer to verify it",
+            ));
+        };
+        let v = oidc.verify(jwt)?;
+        let mut roles = v.roles;
+        if let Some(g) = state.grants.get(&v.principal) {
+            roles.extend(g.iter().cloned());
+        }
+        Ok(Access {
+            principal: Principal {
+                name: v.principal,
+                method: Method::Jwt,
+                token_id: None,
+                project: None,
                 roles: roles.into_iter().collect(),
             },
             enabled: true,

@@ -272,3 +272,98 @@ fn auth_off_allows_everything_and_keeps_the_typed_author() {
     assert!(acc.allowed(Action::Grant, Resource::CLUSTER));
     assert_eq!(acc.author("typed"), "typed");
 }
+
+fn oidc_config(jwks_file: &std::path::Path) -> crate::config::OidcConfig {
+    let toml = format!(
+        "issuer = \"https://idp.example\"\naudience = \"meridian\"\njwks_file = \"{}\"\n\
+         roles_claim = \"groups\"\n[role_map]\nshop-team = [\"shop-reader\"]\n",
+        jwks_file.display()
+    );
+    toml::from_str(&toml).unwrap()
+}
+
+#[test]
+fn jwts_are_verified_against_issuer_audience_keys_and_time() {
+    use oidc::testkit::TestIssuer;
+    let idp = TestIssuer::new("k1");
+    let stranger = TestIssuer::new("k1"); // same key id, another key
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, TestIssuer::jwks(&[&idp])).unwrap();
+    let mut f = Fixture::new();
+    f.role(
+        "shop-reader",
+        r#"{"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read"]}]}"#,
+    );
+    f.role(
+        "blog-reader",
+        r#"{"rules": [{"effect": "allow", "projects": ["blog"], "actions": ["read"]}]}"#,
+    );
+    f.view
+        .grants
+        .push(("oidc:alice".into(), role_permission("blog-reader")));
+    let a = f
+        .authority()
+        .with_oidc(oidc::Oidc::load(&oidc_config(&jwks)).unwrap());
+    let now_s = wall_ms() / 1000;
+    let claims = |iss: &str, aud: &str, exp: u64| {
+        serde_json::json!({
+            "iss": iss, "aud": aud, "exp": exp, "sub": "alice",
+            "groups": ["shop-team", "unmapped"],
+        })
+    };
+    let good = idp.sign(&claims("https://idp.example", "meridian", now_s + 600));
+    let acc = a.authenticate(Some(&good), None, NOW_MS).unwrap();
+    assert_eq!(acc.principal.name, "oidc:alice");
+    assert_eq!(acc.principal.method, Method::Jwt);
+    assert_eq!(acc.principal.roles, ["blog-reader", "shop-reader"]);
+    assert!(acc.allowed(Action::Read, Resource::in_namespace("shop/prod", "k")));
+    assert!(!acc.allowed(Action::Write, Resource::in_namespace("shop/prod", "k")));
+
+    let refused = |jwt: &str| match a.authenticate(Some(jwt), None, NOW_MS) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => (e.reason, e.message),
+    };
+    let (r, m) = refused(&idp.sign(&claims("https://evil.example", "meridian", now_s + 600)));
+    assert_eq!(r, Reason::Unauthenticated);
+    assert!(m.contains("issuer"), "{m}");
+    let (r, m) = refused(&idp.sign(&claims("https://idp.example", "other-app", now_s + 600)));
+    assert_eq!(r, Reason::Unauthenticated);
+    assert!(m.contains("audience"), "{m}");
+    let (r, m) = refused(&stranger.sign(&claims("https://idp.example", "meridian", now_s + 600)));
+    assert_eq!(r, Reason::Unauthenticated);
+    assert!(m.contains("signature"), "{m}");
+    let (r, _) = refused(&idp.sign(&claims("https://idp.example", "meridian", now_s - 3600)));
+    assert_eq!(r, Reason::TokenExpired);
+    let (r, m) = refused(&TestIssuer::new("k9").sign(&claims(
+        "https://idp.example",
+        "meridian",
+        now_s + 600,
+    )));
+    assert_eq!(r, Reason::Unauthenticated);
+    assert!(m.contains("\"k9\""), "{m}");
+    // An HMAC token (alg confusion with the public key) is not accepted.
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims("https://idp.example", "meridian", now_s + 600),
+        &jsonwebtoken::EncodingKey::from_secret(b"k1"),
+    )
+    .unwrap();
+    let (r, m) = refused(&hs);
+    assert_eq!(r, Reason::Unauthenticated);
+    assert!(m.contains("HS256"), "{m}");
+    let (_, m) = refused("eyJhbGciOi.garbage.here");
+    assert!(m.contains("malformed"), "{m}");
+    let no_sub = idp.sign(&serde_json::json!({
+        "iss": "https://idp.example", "aud": "meridian", "exp": now_s + 600,
+    }));
+    let (_, m) = refused(&no_sub);
+    assert!(m.contains("\"sub\""), "{m}");
+    // A region without [auth.oidc] says why it refuses a JWT.
+    let (r, m) = match f.authority().authenticate(Some(&good), None, NOW_MS) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => (e.reason, e.message),
+    };
+    assert_eq!(r, Reason::Unauthenticated);
+    assert!(m.contains("[auth.oidc]"), "{m}");
+}
