@@ -138,22 +138,31 @@ fn auth_state(node: &Node) -> Arc<AuthState> {
 
 impl Driver {
     /// Build the driver around a node started from `store`'s contents.
+    /// Also returns the storage thread, which owns the database and ends
+    /// (closing it) once the driver is dropped: join it before the process
+    /// exits, or RocksDB may still be closing while exit destroys its
+    /// statics (an abort, "pthread lock: Invalid argument").
     pub fn new(
         node: Node,
         start: Instant,
         store: RocksStorage,
         transport: Arc<Transport>,
         names: Vec<String>,
-    ) -> (Driver, mpsc::UnboundedReceiver<StorageDone>) {
+    ) -> Result<
+        (
+            Driver,
+            mpsc::UnboundedReceiver<StorageDone>,
+            std::thread::JoinHandle<()>,
+        ),
+        std::io::Error,
+    > {
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        std::thread::Builder::new()
+        let storage = std::thread::Builder::new()
             .name("meridian-storage".into())
-            .spawn(move || storage_thread(store, jobs_rx, done_tx))
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start storage thread"));
+            .spawn(move || storage_thread(store, jobs_rx, done_tx))?;
         let (auth, _) = watch::channel(auth_state(&node));
-        (
+        Ok((
             Driver {
                 auth,
                 node,
@@ -167,7 +176,8 @@ impl Driver {
                 actions: Vec::new(),
             },
             done_rx,
-        )
+            storage,
+        ))
     }
 
     /// The auth state, kept current by the driver.

@@ -37,6 +37,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Oidc(#[from] crate::auth::oidc::OidcError),
+    #[error("cannot start the storage thread: {0}")]
+    StorageThread(std::io::Error),
     #[error(transparent)]
     Storage(#[from] crate::storage::StoreError),
     #[error("cannot start the core: {0}")]
@@ -71,6 +73,7 @@ pub struct RunningNode {
     http: Option<JoinHandle<()>>,
     grpc: JoinHandle<()>,
     driver: JoinHandle<()>,
+    storage_thread: Option<std::thread::JoinHandle<()>>,
     transport: Arc<Transport>,
 }
 
@@ -90,6 +93,12 @@ impl RunningNode {
         self.transport.close();
         self.driver.abort();
         let _ = (&mut self.driver).await;
+        // The driver is gone, so the storage thread's queue is closed: it
+        // finishes its batch and closes the database. Wait for that, so a
+        // process that exits next never exits under RocksDB's feet.
+        if let Some(t) = self.storage_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
     }
 
     /// Resolves when the gRPC server ends.
@@ -143,12 +152,15 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     )?);
     let names: Vec<String> = cfg.regions.iter().map(|r| r.name.clone()).collect();
     let names_for_store = names.clone();
-    let (driver, storage_rx) = Driver::new(node, start, store, transport.clone(), names);
+    let (driver, storage_rx, storage_thread) =
+        Driver::new(node, start, store, transport.clone(), names)
+            .map_err(StartError::StorageThread)?;
     let auth = Authority::new(
         cfg.auth.enabled,
         cfg.auth.root_token_sha256.clone(),
         driver.auth_state(),
     );
+    let auth = auth.with_limits(crate::auth::limits::RateLimits::new(&cfg.rate_limit));
     let auth = match &cfg.auth.oidc {
         None => auth,
         Some(o) => {
@@ -294,6 +306,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         http,
         grpc,
         driver,
+        storage_thread: Some(storage_thread),
         transport,
     })
 }
