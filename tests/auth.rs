@@ -1119,3 +1119,85 @@ async fn oidc_jwts_are_principals_with_mapped_roles_and_keys_rotate() {
         rotated.elapsed().as_millis()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_per_principal_and_failed_logins_per_source() {
+    let (cl, root_token) = auth_cluster_with(
+        "[rate_limit]\nprincipal_rps = 20\nprincipal_burst = 20\nfailed_auth_burst = 5\nfailed_auth_per_s = 1\n",
+    )
+    .await;
+    let eu = cl.grpc[0].clone();
+    let mut root_auth = AuthClient::new(chan(&eu, Some(&root_token)).await);
+    let t = root_auth
+        .create_token(CreateTokenRequest {
+            principal: "ci".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // ci's burst, then RATE_LIMITED with when to retry; root, another
+    // principal, is not held up by ci.
+    let mut ci = AuthClient::new(chan(&eu, Some(&t.token)).await);
+    let mut limited = None;
+    for _ in 0..60 {
+        if let Err(e) = ci.who_am_i(WhoAmIRequest {}).await {
+            limited = Some(e);
+            break;
+        }
+    }
+    let e = limited.expect("60 calls at once never hit a 20-request burst");
+    assert_eq!(reason(&e), "RATE_LIMITED", "{e:?}");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    let ms: u64 = e
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after-ms");
+    assert!((1..=1000).contains(&ms), "retry after {ms} ms");
+    root_auth.who_am_i(WhoAmIRequest {}).await.unwrap();
+    // The HTTP API shares the buckets: 429 with Retry-After (seconds).
+    let http = common::http_client();
+    let mut got = None;
+    for _ in 0..60 {
+        let r = http
+            .get(format!("{}/v1/namespaces", cl.http[0]))
+            .bearer_auth(&t.token)
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 429 {
+            got = Some(r);
+            break;
+        }
+    }
+    let r = got.expect("no 429 over HTTP");
+    assert_eq!(r.headers()["retry-after"], "1");
+    // After the wait, ci may call again.
+    tokio::time::sleep(Duration::from_millis(ms.max(100))).await;
+    ci.who_am_i(WhoAmIRequest {}).await.unwrap();
+
+    // Failed logins from one address: five are answered UNAUTHENTICATED,
+    // then the address is refused before its credential is read, even a
+    // good one, until the bucket refills (1 per second).
+    let mut bad = AuthClient::new(chan(&eu, Some("mrd_0123456789abcdef_nope")).await);
+    for _ in 0..5 {
+        let e = bad.who_am_i(WhoAmIRequest {}).await.unwrap_err();
+        assert_eq!(reason(&e), "UNAUTHENTICATED", "{e:?}");
+    }
+    let e = bad.who_am_i(WhoAmIRequest {}).await.unwrap_err();
+    assert_eq!(reason(&e), "RATE_LIMITED", "{e:?}");
+    assert!(e.message().contains("failed authentications"), "{e:?}");
+    let e = root_auth.who_am_i(WhoAmIRequest {}).await.unwrap_err();
+    assert_eq!(
+        reason(&e),
+        "RATE_LIMITED",
+        "the address is throttled: {e:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while root_auth.who_am_i(WhoAmIRequest {}).await.is_err() {
+        assert!(Instant::now() < deadline, "the throttle never lifted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub rate_limit: crate::auth::limits::RateLimitConfig,
 }
 
 /// Authentication and access control of the client APIs (docs/auth.md).

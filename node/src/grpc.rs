@@ -89,7 +89,11 @@ fn why_invalid(request: &ClientRequest) -> Option<String> {
 /// can be counted and traced to their principal.
 pub fn auth_status(e: crate::auth::AuthError) -> Status {
     tracing::info!(reason = %e.reason, message = %e.message, "request refused");
-    status(e.reason, &e.message)
+    let mut s = status(e.reason, &e.message);
+    if let Some(ms) = e.retry_after_ms {
+        s.metadata_mut().insert("retry-after-ms", ms.into());
+    }
+    s
 }
 
 /// The driver is gone: the node is shutting down.

@@ -95,6 +95,7 @@ reasons! {
     BadRole => "BAD_ROLE", InvalidArgument, 400;
     UnknownRole => "UNKNOWN_ROLE", NotFound, 404;
     UnknownToken => "UNKNOWN_TOKEN", NotFound, 404;
+    RateLimited => "RATE_LIMITED", ResourceExhausted, 429;
     // The HTTP API only.
     UnknownRoute => "UNKNOWN_ROUTE", NotFound, 404;
     MethodNotAllowed => "METHOD_NOT_ALLOWED", InvalidArgument, 405;

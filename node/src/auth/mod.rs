@@ -14,6 +14,7 @@
 //! nothing about existence. Listings, subtree reads, searches, diffs and
 //! watches leave out what the caller may not read, as if it were absent.
 
+pub mod limits;
 pub mod oidc;
 pub mod rules;
 pub mod tokens;
@@ -39,6 +40,8 @@ pub fn role_permission(role: &str) -> String {
 pub struct AuthError {
     pub reason: Reason,
     pub message: String,
+    /// RATE_LIMITED: when the caller may try again.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl AuthError {
@@ -46,6 +49,7 @@ impl AuthError {
         AuthError {
             reason,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
 }
@@ -149,6 +153,7 @@ pub struct Authority {
     enabled: bool,
     root_sha256: Option<String>,
     oidc: Option<Arc<oidc::Oidc>>,
+    limits: Arc<limits::RateLimits>,
     state: watch::Receiver<Arc<AuthState>>,
 }
 
@@ -187,7 +192,9 @@ impl Authority {
     /// <token>`, which wins) and an `x-api-key` header (the token itself),
     /// else by the connection's client certificate: the one reading of
     /// credentials that gRPC and HTTP share. A token, when sent, decides
-    /// alone: a bad token is refused even over a good certificate.
+    /// alone: a bad token is refused even over a good certificate. The
+    /// rate limits apply here: per source before the credential is read
+    /// (and failed authentications counted against it), per principal after.
     pub fn from_headers(
         &self,
         authorization: Option<&[u8]>,
@@ -216,7 +223,25 @@ impl Authority {
             (None, None) => None,
         };
         let cert = conn.and_then(|c| c.cert_principal.as_deref());
-        self.authenticate(token, cert, wall_ms())
+        let source = conn.map(|c| c.remote.ip());
+        let now = std::time::Instant::now();
+        if let Some(ip) = source {
+            self.limits.before(ip, now)?;
+        }
+        match self.authenticate(token, cert, wall_ms()) {
+            Ok(access) => {
+                if self.enabled {
+                    self.limits.principal(&access.principal.name, now)?;
+                }
+                Ok(access)
+            }
+            Err(e) => {
+                if let Some(ip) = source {
+                    self.limits.failed(ip, now);
+                }
+                Err(e)
+            }
+        }
     }
 
     pub fn new(
@@ -228,8 +253,15 @@ impl Authority {
             enabled,
             root_sha256,
             oidc: None,
+            limits: Arc::new(limits::RateLimits::default()),
             state,
         }
+    }
+
+    /// Apply `limits` to every request.
+    pub fn with_limits(mut self, limits: limits::RateLimits) -> Authority {
+        self.limits = Arc::new(limits);
+        self
     }
 
     /// Also accept JWTs that `oidc` verifies.

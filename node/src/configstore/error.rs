@@ -15,6 +15,9 @@ pub struct CfgError {
     pub reason: Reason,
     pub message: String,
     pub details: Option<Value>,
+    /// RATE_LIMITED: when the caller may try again (HTTP `Retry-After`,
+    /// gRPC `retry-after-ms`).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl CfgError {
@@ -23,6 +26,7 @@ impl CfgError {
             reason,
             message: message.into(),
             details: None,
+            retry_after_ms: None,
         }
     }
 
@@ -65,6 +69,9 @@ impl CfgError {
                 s.metadata_mut().insert("meridian-details", v);
             }
         }
+        if let Some(ms) = self.retry_after_ms {
+            s.metadata_mut().insert("retry-after-ms", ms.into());
+        }
         s
     }
 }
@@ -86,6 +93,8 @@ impl From<RenderError> for CfgError {
 impl From<crate::auth::AuthError> for CfgError {
     fn from(e: crate::auth::AuthError) -> CfgError {
         tracing::info!(reason = %e.reason, message = %e.message, "request refused");
-        CfgError::new(e.reason, e.message)
+        let mut c = CfgError::new(e.reason, e.message);
+        c.retry_after_ms = e.retry_after_ms;
+        c
     }
 }

@@ -33,7 +33,13 @@ type Q = Query<BTreeMap<String, String>>;
 impl IntoResponse for CfgError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-        (code, Json(self.body())).into_response()
+        let mut r = (code, Json(self.body())).into_response();
+        if let Some(ms) = self.retry_after_ms {
+            // RFC 9110: whole seconds; never 0 for a wait that is not over.
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, ms.div_ceil(1000).into());
+        }
+        r
     }
 }
 
