@@ -70,12 +70,26 @@ async fn auth_cluster() -> (Cluster, String) {
 
 /// `auth_cluster`, with `more` appended to the `[auth]` table.
 async fn auth_cluster_with(more: &str) -> (Cluster, String) {
+    let (cl, _, root) = auth_cluster_in(more, false).await;
+    (cl, root)
+}
+
+/// `auth_cluster_with`, its peer traffic through `meridian-netlab` if `lab`.
+async fn auth_cluster_in(more: &str, lab: bool) -> (Cluster, Option<meridian_netlab::Lab>, String) {
     let root_token = meridian_node::auth::tokens::generate("root");
     let extra = format!(
         "[auth]\nroot_token_sha256 = \"{}\"\n{more}",
         meridian_node::auth::tokens::sha256_hex(&root_token)
     );
-    let mut cl = Cluster::new(&extra);
+    let (mut cl, lab) = if lab {
+        let cl = Cluster::behind_lab(&extra);
+        let lab = meridian_netlab::Lab::start(cl.lab_regions())
+            .await
+            .expect("start the network lab");
+        (cl, Some(lab))
+    } else {
+        (Cluster::new(&extra), None)
+    };
     cl.start_all();
     // Wait for the cluster with the root credential (cluster status needs one).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -95,7 +109,7 @@ async fn auth_cluster_with(more: &str) -> (Cluster, String) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (cl, root_token)
+    (cl, lab, root_token)
 }
 
 /// What a credential is expected to get: allowed, or refused with a reason.
@@ -1200,4 +1214,142 @@ async fn rate_limits_per_principal_and_failed_logins_per_source() {
         assert!(Instant::now() < deadline, "the throttle never lifted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A stale read of shop/prod's services.a (served by the region itself).
+fn stale_get() -> GetConfigRequest {
+    let mut r = get_req("shop", "services.a");
+    r.read.as_mut().unwrap().stale = true;
+    r
+}
+
+/// Wait (up to `within`) until `addr` answers a stale read with `token`
+/// with `want` ("OK" or a reason); how long it took.
+async fn until_reads(addr: &str, token: &str, want: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    let mut c = ConfigClient::new(chan(addr, Some(token)).await);
+    loop {
+        let got = match c.get_config(stale_get()).await {
+            Ok(_) => "OK".to_string(),
+            Err(e) => reason(&e),
+        };
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{addr} still answers {got}, not {want}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocations_cross_a_partition_and_a_cut_off_region_is_bounded() {
+    const BOUND_MS: u64 = 2000;
+    let (cl, lab, root) =
+        auth_cluster_in(&format!("cut_off_deny_after_ms = {BOUND_MS}\n"), true).await;
+    let lab = lab.unwrap();
+    let (eu, us, ap) = (cl.grpc[0].clone(), cl.grpc[1].clone(), cl.grpc[2].clone());
+    let mut root_cfg = ConfigClient::new(chan(&eu, Some(&root)).await);
+    root_cfg
+        .create_namespace(CreateNamespaceRequest {
+            project: "shop".into(),
+            environment: "prod".into(),
+            home_region: "eu".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    root_cfg
+        .write(write_req("shop", "services.a", json!(1)))
+        .await
+        .unwrap();
+    let mut root_eu = AuthClient::new(chan(&eu, Some(&root)).await);
+    root_eu
+        .put_role(PutRoleRequest {
+            name: "shop-read".into(),
+            rules_json:
+                json!({"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read"]}]})
+                    .to_string(),
+        })
+        .await
+        .unwrap();
+    let mut tokens = Vec::new();
+    for p in ["ci-1", "ci-2"] {
+        tokens.push(
+            root_eu
+                .create_token(CreateTokenRequest {
+                    principal: p.into(),
+                    roles: vec!["shop-read".into()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let (t1, t2) = (tokens[0].token.clone(), tokens[1].token.clone());
+    for addr in [&eu, &us, &ap] {
+        for t in [&t1, &t2] {
+            until_reads(addr, t, "OK", Duration::from_secs(10)).await;
+        }
+    }
+
+    // ap is cut off. A revocation made in ap is refused there at once,
+    // while eu, which has not heard of it, still accepts the token.
+    lab.isolate("ap", true).unwrap();
+    let isolated = Instant::now();
+    AuthClient::new(chan(&ap, Some(&root)).await)
+        .revoke_token(RevokeTokenRequest {
+            id: tokens[0].info.as_ref().unwrap().id.clone(),
+        })
+        .await
+        .unwrap();
+    let mut c = ConfigClient::new(chan(&ap, Some(&t1)).await);
+    assert_eq!(
+        reason(&c.get_config(stale_get()).await.unwrap_err()),
+        "TOKEN_REVOKED"
+    );
+    // A revocation made in eu cannot reach ap. ap keeps serving t2 with the
+    // rights it last saw until it has been cut off for the bound, then
+    // refuses every credential but root (UNAVAILABLE), reads included.
+    root_eu
+        .revoke_token(RevokeTokenRequest {
+            id: tokens[1].info.as_ref().unwrap().id.clone(),
+        })
+        .await
+        .unwrap();
+    until_reads(&eu, &t2, "TOKEN_REVOKED", Duration::from_secs(1)).await;
+    until_reads(&ap, &t2, "UNAVAILABLE", Duration::from_secs(30)).await;
+    let cut_off_after = isolated.elapsed();
+    assert!(
+        cut_off_after >= Duration::from_millis(BOUND_MS),
+        "ap refused t2 {cut_off_after:?} after the cut, before the bound"
+    );
+    println!(
+        "ap refused non-root credentials {} ms after it was cut off (bound {BOUND_MS} ms + the time to notice the cut)",
+        cut_off_after.as_millis()
+    );
+    until_reads(&ap, &root, "OK", Duration::from_secs(1)).await;
+    until_reads(&eu, &t1, "OK", Duration::from_secs(1)).await;
+
+    // Healed: each revocation reaches the regions that missed it.
+    lab.isolate("ap", false).unwrap();
+    let healed = Instant::now();
+    let t1_eu = until_reads(&eu, &t1, "TOKEN_REVOKED", Duration::from_secs(30)).await;
+    let t1_us = until_reads(&us, &t1, "TOKEN_REVOKED", Duration::from_secs(30)).await;
+    let t2_ap = until_reads(&ap, &t2, "TOKEN_REVOKED", Duration::from_secs(30)).await;
+    println!(
+        "after the heal, revocations were refused everywhere {} ms later (eu {} ms, us {} ms, ap {} ms; reconnection included)",
+        healed.elapsed().as_millis(),
+        t1_eu.as_millis(),
+        t1_us.as_millis(),
+        t2_ap.as_millis()
+    );
+    assert!(
+        healed.elapsed() < Duration::from_secs(10),
+        "revocations took {:?} to cross the healed partition",
+        healed.elapsed()
+    );
 }

@@ -73,6 +73,13 @@ pub struct AuthConfig {
     pub root_token_sha256: Option<String>,
     /// OIDC/JWT bearer tokens from an identity provider (docs/auth.md).
     pub oidc: Option<OidcConfig>,
+    /// A region cut off from a majority of regions for longer than this
+    /// refuses every request whose rights come from the replicated
+    /// metadata (API tokens, client certificates and JWTs; not the root
+    /// credential, and not revocations), since a revocation made elsewhere
+    /// cannot reach it. None (the default): it keeps serving them with the
+    /// rights it last saw, as Consul's `acl.down_policy = "extend-cache"`.
+    pub cut_off_deny_after_ms: Option<u64>,
 }
 
 impl Default for AuthConfig {
@@ -81,6 +88,7 @@ impl Default for AuthConfig {
             enabled: true,
             root_token_sha256: None,
             oidc: None,
+            cut_off_deny_after_ms: None,
         }
     }
 }

@@ -107,6 +107,28 @@ impl RunningNode {
     }
 }
 
+/// How often a region checks that it is in contact with a majority.
+const CONTACT_CHECK_MS: u64 = 100;
+
+/// Keep `contact` current: in contact while this region and the peers it
+/// is connected to are a majority. Ends with the transport.
+async fn watch_contact(contact: Arc<crate::auth::Contact>, transport: Arc<Transport>, regions: u8) {
+    let weak = Arc::downgrade(&transport);
+    drop(transport);
+    loop {
+        let Some(t) = weak.upgrade() else {
+            return;
+        };
+        // The transport counts this region's own link as connected.
+        let up = (0..regions).filter(|p| t.is_connected(*p)).count();
+        drop(t);
+        if up * 2 > usize::from(regions) {
+            contact.in_contact();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(CONTACT_CHECK_MS)).await;
+    }
+}
+
 pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     let me = cfg.id();
     let tls = TlsMaterial::load(&cfg.tls.ca_cert, &cfg.tls.cert, &cfg.tls.key)?;
@@ -161,6 +183,14 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         driver.auth_state(),
     );
     let auth = auth.with_limits(crate::auth::limits::RateLimits::new(&cfg.rate_limit));
+    let auth = match cfg.auth.cut_off_deny_after_ms {
+        None => auth,
+        Some(bound_ms) => {
+            let contact = Arc::new(crate::auth::Contact::new(bound_ms));
+            tokio::spawn(watch_contact(contact.clone(), transport.clone(), regions));
+            auth.with_contact(contact)
+        }
+    };
     let auth = match &cfg.auth.oidc {
         None => auth,
         Some(o) => {

@@ -154,7 +154,45 @@ pub struct Authority {
     root_sha256: Option<String>,
     oidc: Option<Arc<oidc::Oidc>>,
     limits: Arc<limits::RateLimits>,
+    contact: Option<Arc<Contact>>,
     state: watch::Receiver<Arc<AuthState>>,
+}
+
+/// Whether this region is in contact with a majority of regions, so that
+/// revocations made elsewhere reach it; kept by a task of the shell.
+pub struct Contact {
+    start: std::time::Instant,
+    /// When the region was last in contact (ms since `start`).
+    last_ms: std::sync::atomic::AtomicU64,
+    deny_after_ms: u64,
+}
+
+impl Contact {
+    pub fn new(deny_after_ms: u64) -> Contact {
+        Contact {
+            start: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            deny_after_ms,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// The region is in contact now.
+    pub fn in_contact(&self) {
+        self.last_ms
+            .store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the region has been cut off, if longer than the bound.
+    fn over_bound_ms(&self) -> Option<u64> {
+        let cut = self
+            .now_ms()
+            .saturating_sub(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        (cut > self.deny_after_ms).then_some(cut)
+    }
 }
 
 /// One request's view: who it is and the state it is judged by.
@@ -183,9 +221,43 @@ impl Authority {
     /// Authenticate a gRPC call by its `authorization: Bearer` metadata, or
     /// else its connection's client certificate.
     pub fn grpc<T>(&self, r: &tonic::Request<T>) -> Result<Access, AuthError> {
+        let access = self.grpc_even_cut_off(r)?;
+        self.check_contact(&access)?;
+        Ok(access)
+    }
+
+    /// `grpc`, also while the region is cut off beyond its bound: for
+    /// revocations, which only take rights away and must work in any
+    /// region, partitioned or not.
+    pub fn grpc_even_cut_off<T>(&self, r: &tonic::Request<T>) -> Result<Access, AuthError> {
         let authorization = r.metadata().get("authorization").map(|v| v.as_bytes());
         let conn = r.extensions().get::<crate::api_tls::ClientConn>();
-        self.from_headers(authorization, None, conn)
+        self.read_credentials(authorization, None, conn)
+    }
+
+    /// Refuse a principal whose rights come from the replicated metadata
+    /// while this region has been cut off from a majority for longer than
+    /// `auth.cut_off_deny_after_ms`.
+    fn check_contact(&self, a: &Access) -> Result<(), AuthError> {
+        let Some(c) = &self.contact else {
+            return Ok(());
+        };
+        if matches!(a.principal.method, Method::None | Method::Root) {
+            return Ok(());
+        }
+        match c.over_bound_ms() {
+            None => Ok(()),
+            Some(cut) => Err(AuthError::new(
+                Reason::Unavailable,
+                format!(
+                    "this region has been cut off from a majority of regions for {cut} ms \
+                     (more than auth.cut_off_deny_after_ms = {} ms), so revocations made \
+                     elsewhere may be missing: credentials other than root are refused here \
+                     until it reconnects; use another region",
+                    c.deny_after_ms
+                ),
+            )),
+        }
     }
 
     /// Authenticate by the raw values of an `authorization` header (`Bearer
@@ -196,6 +268,17 @@ impl Authority {
     /// rate limits apply here: per source before the credential is read
     /// (and failed authentications counted against it), per principal after.
     pub fn from_headers(
+        &self,
+        authorization: Option<&[u8]>,
+        api_key: Option<&[u8]>,
+        conn: Option<&crate::api_tls::ClientConn>,
+    ) -> Result<Access, AuthError> {
+        let access = self.read_credentials(authorization, api_key, conn)?;
+        self.check_contact(&access)?;
+        Ok(access)
+    }
+
+    fn read_credentials(
         &self,
         authorization: Option<&[u8]>,
         api_key: Option<&[u8]>,
@@ -254,8 +337,16 @@ impl Authority {
             root_sha256,
             oidc: None,
             limits: Arc::new(limits::RateLimits::default()),
+            contact: None,
             state,
         }
+    }
+
+    /// Refuse metadata principals while `contact` says the region is cut
+    /// off beyond its bound (`auth.cut_off_deny_after_ms`).
+    pub fn with_contact(mut self, contact: Arc<Contact>) -> Authority {
+        self.contact = Some(contact);
+        self
     }
 
     /// Apply `limits` to every request.
