@@ -41,6 +41,24 @@ pub enum ConfigCmd {
         #[arg(long)]
         to: String,
     },
+    /// Describe an environment for the people who own it: `config describe
+    /// shop/prod --description "..." --owners team-shop --label tier=1`.
+    /// Replicated metadata: any region takes it, even while cut off.
+    Describe {
+        /// project/environment
+        ns: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// The owners (replacing the old list), comma-separated; "" for none.
+        #[arg(long, value_delimiter = ',')]
+        owners: Option<Vec<String>>,
+        /// key=value (Kubernetes label syntax); repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// A label key to remove; repeatable.
+        #[arg(long = "unlabel")]
+        unlabels: Vec<String>,
+    },
     /// List environments (of one project): `config envs shop`.
     Envs {
         #[arg(default_value = "")]
@@ -475,6 +493,60 @@ pub async fn run(cmd: ConfigCmd, target: &crate::auth_cmd::Target, out: Output) 
                 )
             })
         }
+        ConfigCmd::Describe {
+            ns,
+            description,
+            owners,
+            labels,
+            unlabels,
+        } => {
+            let mut set_labels = std::collections::HashMap::new();
+            for l in labels {
+                let Some((k, v)) = l.split_once('=') else {
+                    bail!("--label {l:?}: write key=value");
+                };
+                set_labels.insert(k.to_string(), v.to_string());
+            }
+            let i = c
+                .describe_namespace(DescribeNamespaceRequest {
+                    ns: Some(ns_ref(&ns)?),
+                    description,
+                    set_owners: owners.is_some(),
+                    owners: owners
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|o| !o.is_empty())
+                        .collect(),
+                    set_labels,
+                    remove_labels: unlabels,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let labels: std::collections::BTreeMap<_, _> = i.labels.into_iter().collect();
+            let v = json!({"name": i.name, "description": i.description, "owners": i.owners, "labels": labels});
+            emit(out, &v, |v| {
+                let labels: Vec<String> = v["labels"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, l)| format!("{k}={}", l.as_str().unwrap_or("")))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let owners: Vec<&str> = v["owners"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                format!(
+                    "{}: {}\n  owners: {}\n  labels: {}\n",
+                    v["name"].as_str().unwrap_or(""),
+                    v["description"].as_str().unwrap_or(""),
+                    owners.join(", "),
+                    labels.join(" ")
+                )
+            })
+        }
         ConfigCmd::Envs { project } => {
             let l = c
                 .list_namespaces(ListNamespacesRequest { project })
@@ -484,7 +556,12 @@ pub async fn run(cmd: ConfigCmd, target: &crate::auth_cmd::Target, out: Output) 
             let v: Vec<Value> = l
                 .namespaces
                 .iter()
-                .map(|n| json!({"name": n.name, "home_region": n.home_region, "mode": n.mode, "history_versions_max": n.history_versions_max}))
+                .map(|n| {
+                    let labels: std::collections::BTreeMap<_, _> = n.labels.iter().collect();
+                    json!({"name": n.name, "home_region": n.home_region, "mode": n.mode,
+                           "history_versions_max": n.history_versions_max,
+                           "description": n.description, "owners": n.owners, "labels": labels})
+                })
                 .collect();
             let v = Value::Array(v);
             emit_list(out, &v, "", |v| {
@@ -492,11 +569,17 @@ pub async fn run(cmd: ConfigCmd, target: &crate::auth_cmd::Target, out: Output) 
                     .map(|a| {
                         a.iter()
                             .map(|n| {
+                                let d = n["description"].as_str().unwrap_or("");
                                 format!(
-                                    "{}  home={} mode={}\n",
+                                    "{}  home={} mode={}{}\n",
                                     n["name"].as_str().unwrap_or(""),
                                     n["home_region"].as_str().unwrap_or(""),
-                                    n["mode"].as_str().unwrap_or("")
+                                    n["mode"].as_str().unwrap_or(""),
+                                    if d.is_empty() {
+                                        String::new()
+                                    } else {
+                                        format!("  {d}")
+                                    }
                                 )
                             })
                             .collect()

@@ -247,13 +247,15 @@ async fn every_operation_against_every_credential() {
             let r = c.get_config(get_req(p, "")).await.unwrap().into_inner();
             out.push(r.value_json);
         }
-        let nss = c
+        let nss: Vec<(String, String, Vec<String>)> = c
             .list_namespaces(ListNamespacesRequest::default())
             .await
             .unwrap()
             .into_inner()
             .namespaces
-            .len();
+            .into_iter()
+            .map(|n| (n.name, n.description, n.owners))
+            .collect();
         (out, nss)
     };
 
@@ -274,6 +276,23 @@ async fn every_operation_against_every_credential() {
                 })
             },
             (&["ro", "writer", "admin"], Yes),
+        ),
+        (
+            "describe the shop namespace (metadata)",
+            |mut c| {
+                Box::pin(async move {
+                    c.describe_namespace(DescribeNamespaceRequest {
+                        ns: ns("shop", "prod"),
+                        description: Some("the shop".into()),
+                        owners: vec!["team-shop".into()],
+                        set_owners: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            },
+            (&["admin"], Yes),
         ),
         (
             "get shop secret (denied by a deny rule)",

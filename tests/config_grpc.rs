@@ -84,6 +84,112 @@ async fn grpc_config_api_covers_configuration_management() {
             (format!("pay/{env}").as_str(), home)
         );
     }
+    // Descriptions, owners and labels: replicated metadata, editable in any
+    // region; edits of different fields in two regions both survive.
+    eu.describe_namespace(DescribeNamespaceRequest {
+        ns: ns("prod"),
+        description: Some("payments, production".into()),
+        owners: vec!["team-pay".into(), "sre".into()],
+        set_owners: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    ap.describe_namespace(DescribeNamespaceRequest {
+        ns: ns("prod"),
+        set_labels: [("tier", "1"), ("pci", "yes")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let described = |n: &NamespaceInfo| {
+        let mut labels: Vec<(String, String)> = n
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.sort();
+        (n.description.clone(), n.owners.clone(), labels)
+    };
+    let want = (
+        "payments, production".to_string(),
+        vec!["team-pay".to_string(), "sre".to_string()],
+        vec![
+            ("pci".to_string(), "yes".to_string()),
+            ("tier".to_string(), "1".to_string()),
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = us
+            .list_namespaces(ListNamespacesRequest {
+                project: "pay".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let prod = l.namespaces.iter().find(|n| n.name == "pay/prod").unwrap();
+        if described(prod) == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "us never saw both edits: {:?}",
+            described(prod)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (labels, what) in [
+        (vec![("Bad Key", "1")], "a key with a space"),
+        (vec![("tier", "-x")], "a value that starts with '-'"),
+        (vec![("k", &*"x".repeat(64))], "a value of 64 characters"),
+    ] {
+        let e = eu
+            .describe_namespace(DescribeNamespaceRequest {
+                ns: ns("prod"),
+                set_labels: labels
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "INVALID_REQUEST", "{what}: {e:?}");
+    }
+    let e = eu
+        .describe_namespace(DescribeNamespaceRequest {
+            ns: ns("nope"),
+            description: Some("x".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "UNKNOWN_NAMESPACE", "{e:?}");
+    // The HTTP API: the same fields, and a null label removes it.
+    let http = common::http_client();
+    let r: Value = http
+        .patch(format!("{}/v1/namespaces/pay/prod", cl.http[1]))
+        .json(&json!({"labels": {"pci": null}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["labels"], json!({"tier": "1"}), "{r}");
+    assert_eq!(r["owners"], json!(["team-pay", "sre"]), "{r}");
+    let r = http
+        .patch(format!("{}/v1/namespaces/pay/prod", cl.http[1]))
+        .json(&json!({"labels": {"tier": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
     let e = us
         .create_namespace(CreateNamespaceRequest {
             project: "pay".into(),

@@ -1425,6 +1425,45 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
         .await;
     assert_eq!((s, reason(&v)), (404, "UNKNOWN_NAMESPACE"));
 
+    // --- describing an environment: description, owners, labels ---
+    let desc = "/v1/namespaces/{project}/{env}";
+    let (s, v) = api
+        .call(
+            "patch",
+            eu,
+            desc,
+            "/v1/namespaces/shop/prod",
+            &[],
+            Body::Json(json!({"description": "the shop", "owners": ["team-shop"], "labels": {"tier": "1"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["description"], &v["owners"], &v["labels"]),
+        (
+            &json!("the shop"),
+            &json!(["team-shop"]),
+            &json!({"tier": "1"})
+        )
+    );
+    for (body, want) in [
+        (json!({"labels": {"tier": 1}}), (400, "INVALID_REQUEST")),
+        (json!({"colour": "red"}), (400, "INVALID_REQUEST")),
+        (json!({"labels": {"-bad": "1"}}), (400, "INVALID_REQUEST")),
+    ] {
+        let (s, v) = api
+            .call(
+                "patch",
+                eu,
+                desc,
+                "/v1/namespaces/shop/prod",
+                &[],
+                Body::Json(body),
+            )
+            .await;
+        assert_eq!((s, reason(&v)), want, "{v}");
+    }
+
     let left = api.unexercised();
     assert!(
         left.is_empty(),

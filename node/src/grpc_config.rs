@@ -246,6 +246,27 @@ impl Config for ConfigApi {
         }))
     }
 
+    async fn describe_namespace(
+        &self,
+        r: Request<DescribeNamespaceRequest>,
+    ) -> Result<Response<NamespaceInfo>, Status> {
+        let access = self.access(&r)?;
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let d = crate::configstore::engine::DescribeNs {
+            description: r.description,
+            owners: r.set_owners.then_some(r.owners),
+            set_labels: r.set_labels.into_iter().collect(),
+            remove_labels: r.remove_labels,
+        };
+        let i = self
+            .store
+            .describe_namespace(&access, &ns, &d)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(info(i)))
+    }
+
     async fn get_config(
         &self,
         r: Request<GetConfigRequest>,
@@ -485,5 +506,8 @@ fn info(i: engine::NamespaceInfo) -> NamespaceInfo {
         history_versions_max: i.history_versions_max,
         history_age_ms_max: i.history_age_ms_max,
         moving_to_region: i.moving_to_region,
+        description: i.description,
+        owners: i.owners,
+        labels: i.labels.into_iter().collect(),
     }
 }

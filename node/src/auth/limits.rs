@@ -69,6 +69,10 @@ struct Table<K> {
     capacity: f64,
     entries_max: usize,
     buckets: Mutex<HashMap<K, Bucket>>,
+    /// Whether `buckets` may hold anything: lets `peek`, which every
+    /// request makes on the failed-login table, skip the lock while no
+    /// source has failed (the common case).
+    used: std::sync::atomic::AtomicBool,
 }
 
 impl<K: Hash + Eq + Clone> Table<K> {
@@ -83,6 +87,7 @@ impl<K: Hash + Eq + Clone> Table<K> {
             capacity: f64::from(capacity.max(1)),
             entries_max: entries_max.max(1),
             buckets: Mutex::new(HashMap::new()),
+            used: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -104,6 +109,7 @@ impl<K: Hash + Eq + Clone> Table<K> {
     }
 
     fn entry<'m>(&self, map: &'m mut HashMap<K, Bucket>, key: &K, now: Instant) -> &'m mut Bucket {
+        self.used.store(true, std::sync::atomic::Ordering::Release);
         if !map.contains_key(key) && map.len() >= self.entries_max {
             // Forget callers whose buckets are full again: they are idle, and
             // a fresh bucket is full too, so nothing is lost.
@@ -140,6 +146,9 @@ impl<K: Hash + Eq + Clone> Table<K> {
 
     /// Whether `key` has a token, without taking it.
     fn peek(&self, key: &K, now: Instant) -> Result<(), u64> {
+        if !self.used.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
         let mut map = self.lock();
         match map.get_mut(key) {
             None => Ok(()),

@@ -102,6 +102,24 @@ pub struct AuthState {
     pub revoked: BTreeSet<String>,
     /// principal -> roles granted to it (grants in force).
     pub grants: BTreeMap<String, BTreeSet<String>>,
+    /// Namespace descriptions, owners and labels (records `ns/<name>|...`).
+    pub namespaces: BTreeMap<String, NsMeta>,
+}
+
+/// What people say about a namespace: replicated metadata any region may
+/// edit, each field its own record (so concurrent edits of different
+/// fields in different regions both survive).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NsMeta {
+    pub description: String,
+    pub owners: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The record key of one field of a namespace's metadata: `ns/<name>|description`,
+/// `ns/<name>|owners` or `ns/<name>|label|<key>`.
+pub fn ns_record(ns: &str, field: &str) -> String {
+    format!("ns/{ns}|{field}")
 }
 
 impl AuthState {
@@ -116,6 +134,25 @@ impl AuthState {
                     Err(e) => {
                         s.broken.insert(k.clone(), e);
                     }
+                }
+            } else if let Some(rest) = k.strip_prefix("ns/") {
+                let (ns, field) = rest.split_once('|').unwrap_or((rest, ""));
+                let m = s.namespaces.entry(ns.to_string()).or_default();
+                let parsed = match field {
+                    "description" => serde_json::from_str(v).map(|d| m.description = d),
+                    "owners" => serde_json::from_str(v).map(|o| m.owners = o),
+                    f => match f.strip_prefix("label|") {
+                        Some(key) => serde_json::from_str(v).map(|l| {
+                            m.labels.insert(key.to_string(), l);
+                        }),
+                        None => {
+                            s.broken.insert(k.clone(), "unknown namespace field".into());
+                            Ok(())
+                        }
+                    },
+                };
+                if let Err(e) = parsed {
+                    s.broken.insert(k.clone(), e.to_string());
                 }
             } else if let Some(id) = k.strip_prefix("token-revoked/") {
                 s.revoked.insert(id.to_string());

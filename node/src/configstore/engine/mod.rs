@@ -257,6 +257,23 @@ pub struct NamespaceInfo {
     /// Set while the namespace's home moves to this region.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub moving_to_region: Option<String>,
+    /// What people say about it (replicated metadata, `describe_namespace`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A change to a namespace's description, owners and labels; what is None
+/// or empty stays as it is.
+#[derive(Clone, Debug, Default)]
+pub struct DescribeNs {
+    pub description: Option<String>,
+    pub owners: Option<Vec<String>>,
+    pub set_labels: BTreeMap<String, String>,
+    pub remove_labels: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default)]

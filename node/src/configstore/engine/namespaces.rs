@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::reason::Reason;
+use meridian_core::types::MetaOp;
 
 impl ConfigStore {
     pub async fn create_namespace(
@@ -96,7 +97,76 @@ impl ConfigStore {
             moving_to_region: s
                 .moving_to
                 .and_then(|g| self.regions.get(g as usize).cloned()),
+            description: String::new(),
+            owners: Vec::new(),
+            labels: BTreeMap::new(),
         }
+    }
+
+    /// Change a namespace's description, owners and labels (permission
+    /// `admin` on it). They are replicated metadata: any region takes the
+    /// change, also while cut off, and concurrent changes of different
+    /// fields all survive. Returns the namespace with the change applied.
+    pub async fn describe_namespace(
+        &self,
+        access: &Access,
+        ns: &str,
+        d: &DescribeNs,
+    ) -> Result<NamespaceInfo, CfgError> {
+        access.check_key(Action::Admin, ns, "")?;
+        check_description(d)?;
+        let project = ns.split_once('/').map_or(ns, |(p, _)| p);
+        let mut info = self
+            .list_namespaces_local(&format!("{project}/"))
+            .await?
+            .into_iter()
+            .find(|n| n.name == ns)
+            .ok_or_else(|| {
+                CfgError::new(Reason::UnknownNamespace, format!("no namespace {ns:?}"))
+            })?;
+        let meta = access
+            .state()
+            .namespaces
+            .get(ns)
+            .cloned()
+            .unwrap_or_default();
+        let mut ops = Vec::new();
+        let mut put = |field: String, value: String| {
+            ops.push(MetaOp::PutRecord {
+                key: crate::auth::ns_record(ns, &field),
+                value,
+            })
+        };
+        let (mut description, mut owners, mut labels) =
+            (meta.description, meta.owners, meta.labels);
+        if let Some(v) = &d.description {
+            put("description".into(), Value::from(v.clone()).to_string());
+            description = v.clone();
+        }
+        if let Some(v) = &d.owners {
+            put("owners".into(), Value::from(v.clone()).to_string());
+            owners = v.clone();
+        }
+        for (k, v) in &d.set_labels {
+            put(format!("label|{k}"), Value::from(v.clone()).to_string());
+            labels.insert(k.clone(), v.clone());
+        }
+        for k in &d.remove_labels {
+            ops.push(MetaOp::RemoveRecord {
+                key: crate::auth::ns_record(ns, &format!("label|{k}")),
+            });
+            labels.remove(k);
+        }
+        for op in ops {
+            match self.core.call(ClientRequest::Meta(op)).await {
+                Ok(ClientResponse::Done) => {}
+                Ok(ClientResponse::Error(code)) => return Err(CfgError::core(code)),
+                Ok(other) => return Err(unexpected(&other)),
+                Err(_) => return Err(CfgError::new(Reason::ShuttingDown, "the node is stopping")),
+            }
+        }
+        (info.description, info.owners, info.labels) = (description, owners, labels);
+        Ok(info)
     }
 
     /// The catalog entry of a namespace, read after catching up with the
@@ -219,6 +289,13 @@ impl ConfigStore {
         let token = self.probe(CATALOG_NS).await?;
         let mut all = self.list_namespaces_at(prefix, token).await?;
         all.retain(|n| access.may_read_somewhere(&n.name));
+        for n in &mut all {
+            if let Some(m) = access.state().namespaces.get(&n.name) {
+                n.description = m.description.clone();
+                n.owners = m.owners.clone();
+                n.labels = m.labels.clone();
+            }
+        }
         Ok(all)
     }
 
@@ -302,4 +379,62 @@ impl ConfigStore {
         self.read(ns, q, Consistency::Stale, Some(token)).await?;
         Ok(())
     }
+}
+
+/// Longest namespace description, in bytes; most owners and labels.
+const DESCRIPTION_BYTES_MAX: usize = 1024;
+const OWNERS_MAX: usize = 32;
+const LABELS_MAX: usize = 64;
+
+/// A label key or value as Kubernetes has them: at most 63 characters,
+/// alphanumerics with '-', '_' or '.' inside (a value may be empty).
+fn label_ok(s: &str, key: bool) -> bool {
+    if s.is_empty() {
+        return !key;
+    }
+    let b = s.as_bytes();
+    s.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+fn check_description(d: &DescribeNs) -> Result<(), CfgError> {
+    if d.description
+        .as_ref()
+        .is_some_and(|s| s.len() > DESCRIPTION_BYTES_MAX)
+    {
+        return Err(CfgError::invalid(format!(
+            "a description is at most {DESCRIPTION_BYTES_MAX} bytes"
+        )));
+    }
+    if let Some(o) = &d.owners {
+        if o.len() > OWNERS_MAX {
+            return Err(CfgError::invalid(format!("at most {OWNERS_MAX} owners")));
+        }
+        if let Some(bad) = o
+            .iter()
+            .find(|o| o.is_empty() || o.len() > 256 || o.chars().any(char::is_control))
+        {
+            return Err(CfgError::invalid(format!(
+                "owner {bad:?}: 1-256 characters, none of them control characters"
+            )));
+        }
+    }
+    if d.set_labels.len() > LABELS_MAX {
+        return Err(CfgError::invalid(format!("at most {LABELS_MAX} labels")));
+    }
+    for (k, v) in &d.set_labels {
+        if !label_ok(k, true) || !label_ok(v, false) {
+            return Err(CfgError::invalid(format!(
+                "label {k}={v}: keys and values are at most 63 letters, digits, '-', '_' or '.', \
+                 beginning and ending with a letter or digit (as Kubernetes labels)"
+            )));
+        }
+    }
+    if let Some(k) = d.remove_labels.iter().find(|k| !label_ok(k, true)) {
+        return Err(CfgError::invalid(format!("{k:?} is not a label key")));
+    }
+    Ok(())
 }

@@ -13,7 +13,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, patch, post, put};
 use axum::{Json, Router};
 use meridian_core::types::AsOf;
 use serde_json::{json, Map, Value};
@@ -88,6 +88,7 @@ pub fn router(store: ConfigStore, auth: Authority) -> Router {
             "/v1/namespaces",
             get(list_namespaces).post(create_namespace),
         )
+        .route("/v1/namespaces/{project}/{env}", patch(describe_namespace))
         .route("/v1/namespaces/{project}/{env}/move", post(move_namespace))
         .route(
             "/v1/config/{project}/{env}",
@@ -247,6 +248,60 @@ async fn move_namespace(
         ));
     };
     ok(st.move_namespace(&access, &project, &env, to).await?)
+}
+
+/// Set a namespace's description, owners and labels: `{"description": "...",
+/// "owners": [...], "labels": {"key": "value", "gone": null}}`, each
+/// optional (a null label removes it).
+async fn describe_namespace(
+    Caller(access): Caller,
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let b = body_json(&headers, body)?;
+    only_fields(&b, "the body", &["description", "owners", "labels"])?;
+    let mut d = crate::configstore::engine::DescribeNs::default();
+    match b.get("description") {
+        None => {}
+        Some(Value::String(s)) => d.description = Some(s.clone()),
+        Some(_) => return Err(CfgError::invalid("\"description\" must be a string")),
+    }
+    match b.get("owners") {
+        None => {}
+        Some(Value::Array(a)) => {
+            let owners: Option<Vec<String>> =
+                a.iter().map(|o| o.as_str().map(str::to_string)).collect();
+            d.owners = Some(
+                owners
+                    .ok_or_else(|| CfgError::invalid("\"owners\" must be an array of strings"))?,
+            );
+        }
+        Some(_) => return Err(CfgError::invalid("\"owners\" must be an array of strings")),
+    }
+    match b.get("labels") {
+        None => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                match v {
+                    Value::String(s) => {
+                        d.set_labels.insert(k.clone(), s.clone());
+                    }
+                    Value::Null => d.remove_labels.push(k.clone()),
+                    _ => {
+                        return Err(CfgError::invalid(format!(
+                            "label {k:?}: a string, or null to remove it"
+                        )))
+                    }
+                }
+            }
+        }
+        Some(_) => return Err(CfgError::invalid("\"labels\" must be an object")),
+    }
+    ok(st
+        .describe_namespace(&access, &ns_name(&project, &env), &d)
+        .await?)
 }
 
 async fn get_root(
