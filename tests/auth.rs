@@ -112,6 +112,32 @@ async fn auth_cluster_in(more: &str, lab: bool) -> (Cluster, Option<meridian_net
     (cl, lab, root_token)
 }
 
+/// As root at `addr`: namespace shop/prod (homed in eu) with services.a = 1,
+/// and a role `shop-read` that may read project shop.
+async fn shop_with_a_reader_role(addr: &str, root: &str) {
+    let mut cfg = ConfigClient::new(chan(addr, Some(root)).await);
+    cfg.create_namespace(CreateNamespaceRequest {
+        project: "shop".into(),
+        environment: "prod".into(),
+        home_region: "eu".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    cfg.write(write_req("shop", "services.a", json!(1)))
+        .await
+        .unwrap();
+    AuthClient::new(chan(addr, Some(root)).await)
+        .put_role(PutRoleRequest {
+            name: "shop-read".into(),
+            rules_json:
+                json!({"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read"]}]})
+                    .to_string(),
+        })
+        .await
+        .unwrap();
+}
+
 /// What a credential is expected to get: allowed, or refused with a reason.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Want {
@@ -810,30 +836,8 @@ async fn every_operation_against_every_credential() {
 async fn client_certificates_are_principals_and_tls_refuses_strangers() {
     let (cl, root_token) = auth_cluster().await;
     let eu = cl.grpc[0].clone();
-    let mut root_cfg = ConfigClient::new(chan(&eu, Some(&root_token)).await);
+    shop_with_a_reader_role(&eu, &root_token).await;
     let mut root_auth = AuthClient::new(chan(&eu, Some(&root_token)).await);
-    root_cfg
-        .create_namespace(CreateNamespaceRequest {
-            project: "shop".into(),
-            environment: "prod".into(),
-            home_region: "eu".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    root_cfg
-        .write(write_req("shop", "services.a", json!(1)))
-        .await
-        .unwrap();
-    root_auth
-        .put_role(PutRoleRequest {
-            name: "shop-read".into(),
-            rules_json:
-                json!({"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read"]}]})
-                    .to_string(),
-        })
-        .await
-        .unwrap();
     root_auth
         .grant_role(GrantRoleRequest {
             principal: "alice".into(),
@@ -1031,29 +1035,7 @@ async fn oidc_jwts_are_principals_with_mapped_roles_and_keys_rotate() {
     ))
     .await;
     let eu = cl.grpc[0].clone();
-    let mut root_cfg = ConfigClient::new(chan(&eu, Some(&root_token)).await);
-    root_cfg
-        .create_namespace(CreateNamespaceRequest {
-            project: "shop".into(),
-            environment: "prod".into(),
-            home_region: "eu".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    root_cfg
-        .write(write_req("shop", "services.a", json!(1)))
-        .await
-        .unwrap();
-    AuthClient::new(chan(&eu, Some(&root_token)).await)
-        .put_role(PutRoleRequest {
-            name: "shop-read".into(),
-            rules_json:
-                json!({"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read"]}]})
-                    .to_string(),
-        })
-        .await
-        .unwrap();
+    shop_with_a_reader_role(&eu, &root_token).await;
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -1270,30 +1252,8 @@ async fn revocations_cross_a_partition_and_a_cut_off_region_is_bounded() {
         auth_cluster_in(&format!("cut_off_deny_after_ms = {BOUND_MS}\n"), true).await;
     let lab = lab.unwrap();
     let (eu, us, ap) = (cl.grpc[0].clone(), cl.grpc[1].clone(), cl.grpc[2].clone());
-    let mut root_cfg = ConfigClient::new(chan(&eu, Some(&root)).await);
-    root_cfg
-        .create_namespace(CreateNamespaceRequest {
-            project: "shop".into(),
-            environment: "prod".into(),
-            home_region: "eu".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    root_cfg
-        .write(write_req("shop", "services.a", json!(1)))
-        .await
-        .unwrap();
+    shop_with_a_reader_role(&eu, &root).await;
     let mut root_eu = AuthClient::new(chan(&eu, Some(&root)).await);
-    root_eu
-        .put_role(PutRoleRequest {
-            name: "shop-read".into(),
-            rules_json:
-                json!({"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read"]}]})
-                    .to_string(),
-        })
-        .await
-        .unwrap();
     let mut tokens = Vec::new();
     for p in ["ci-1", "ci-2"] {
         tokens.push(

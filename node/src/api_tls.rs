@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::{ApiTlsConfig, PrincipalFrom};
-use crate::tls::{load_certs, load_key, TlsError, TlsMaterial};
+use crate::tls::{load_certs, load_key, load_roots, TlsError, TlsMaterial};
 
 /// TLS handshakes in progress at once; more connections wait to start one.
 const HANDSHAKES_MAX: usize = 1024;
@@ -68,13 +68,7 @@ impl ApiTls {
         let builder = match &cfg.client_ca {
             None => builder.with_no_client_auth(),
             Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for c in load_certs(ca)? {
-                    roots.add(c).map_err(|e| TlsError::Pem {
-                        path: ca.to_path_buf(),
-                        reason: e.to_string(),
-                    })?;
-                }
+                let roots = load_roots(ca)?;
                 // A client certificate is optional (tokens work without
                 // one), but one that is presented must verify.
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(

@@ -292,17 +292,22 @@ pub struct TlsMaterial {
     pub key: Arc<PrivateKeyDer<'static>>,
 }
 
+/// The CA certificates of a PEM file, as a root store.
+pub(crate) fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(path)? {
+        roots.add(c).map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
 impl TlsMaterial {
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMaterial, TlsError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(ca)? {
-            roots.add(c).map_err(|e| TlsError::Pem {
-                path: ca.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        }
         Ok(TlsMaterial {
-            ca: Arc::new(roots),
+            ca: Arc::new(load_roots(ca)?),
             chain: load_certs(cert)?,
             key: Arc::new(load_key(key)?),
         })
