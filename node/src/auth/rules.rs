@@ -129,7 +129,41 @@ impl<'a> Resource<'a> {
 #[derive(Debug)]
 struct Globs {
     any: bool,
-    res: Vec<regex::bytes::Regex>,
+    pats: Vec<Pat>,
+}
+
+/// One compiled glob. Most globs in roles are a name or a prefix
+/// (`shop`, `services.*`); those compare strings, since a shared regex
+/// costs a pool checkout per match on every request's every rule.
+#[derive(Debug)]
+enum Pat {
+    Exact(String),
+    /// `<prefix>*`: `*` matches any run of characters, separators included.
+    Prefix(String),
+    Re(regex::bytes::Regex),
+}
+
+impl Pat {
+    fn new(glob: &str, regex: &str) -> Result<Pat, regex::Error> {
+        let meta = |c: char| matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\' | ',');
+        if !glob.contains(meta) {
+            return Ok(Pat::Exact(glob.to_string()));
+        }
+        if let Some(prefix) = glob.strip_suffix('*') {
+            if !prefix.contains(meta) {
+                return Ok(Pat::Prefix(prefix.to_string()));
+            }
+        }
+        regex::bytes::Regex::new(regex).map(Pat::Re)
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            Pat::Exact(e) => s == e,
+            Pat::Prefix(p) => s.starts_with(p.as_str()),
+            Pat::Re(r) => r.is_match(s.as_bytes()),
+        }
+    }
 }
 
 impl Globs {
@@ -145,7 +179,7 @@ impl Globs {
         } else {
             pats.iter().map(String::as_str).collect()
         };
-        let mut res = Vec::new();
+        let mut compiled = Vec::new();
         let mut any = false;
         for p in pats {
             if p.is_empty() || p.len() > GLOB_BYTES_MAX {
@@ -162,15 +196,18 @@ impl Globs {
                 any = true;
                 continue;
             }
-            let re = regex::bytes::Regex::new(g.regex())
+            let pat = Pat::new(p, g.regex())
                 .map_err(|e| format!("{field}: glob {p:?} does not compile: {e}"))?;
-            res.push(re);
+            compiled.push(pat);
         }
-        Ok(Globs { any, res })
+        Ok(Globs {
+            any,
+            pats: compiled,
+        })
     }
 
     fn matches(&self, s: &str) -> bool {
-        self.any || self.res.iter().any(|r| r.is_match(s.as_bytes()))
+        self.any || self.pats.iter().any(|p| p.matches(s))
     }
 }
 
@@ -279,6 +316,66 @@ impl Role {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_and_prefixes_match_as_their_globs_do() {
+        let globs = [
+            "shop",
+            "k*",
+            "services.*",
+            "secrets/*",
+            "ap-*",
+            "a?c",
+            "a[bc]*",
+            "{a,b}*",
+            "**/flags/*",
+            "*x",
+            "a*b",
+            "a.b",
+            "a\\*",
+            "",
+        ];
+        let strings = [
+            "",
+            "shop",
+            "shops",
+            "k",
+            "key",
+            "services.",
+            "services.a.b",
+            "secrets/x/y",
+            "ap-",
+            "ap-east",
+            "abc",
+            "ac",
+            "axc",
+            "b",
+            "x/flags/y",
+            "flags/y",
+            "ax",
+            "ab",
+            "a.b",
+            "a*",
+            "axb",
+        ];
+        for g in globs.iter().filter(|g| !g.is_empty()) {
+            let glob = GlobBuilder::new(g)
+                .literal_separator(false)
+                .build()
+                .expect("glob");
+            let oracle = regex::bytes::Regex::new(glob.regex()).expect("regex");
+            let pat = Pat::new(g, glob.regex()).expect("pattern");
+            for s in strings {
+                assert_eq!(
+                    pat.matches(s),
+                    oracle.is_match(s.as_bytes()),
+                    "glob {g:?} ({pat:?}) on {s:?}"
+                );
+            }
+        }
+        assert!(matches!(Pat::new("shop", "").unwrap(), Pat::Exact(_)));
+        assert!(matches!(Pat::new("k*", "").unwrap(), Pat::Prefix(_)));
+    }
 
     fn role(json: &str) -> Role {
         Role::parse("r", json).unwrap()
