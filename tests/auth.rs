@@ -138,6 +138,22 @@ async fn shop_with_a_reader_role(addr: &str, root: &str) {
         .unwrap();
 }
 
+/// WhoAmI over `channel`: (principal, method, roles).
+async fn who<C>(channel: C) -> (String, String, Vec<String>)
+where
+    C: tonic::client::GrpcService<tonic::body::Body>,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let w = AuthClient::new(channel)
+        .who_am_i(WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    (w.principal, w.method, w.roles)
+}
+
 /// What a credential is expected to get: allowed, or refused with a reason.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Want {
@@ -849,18 +865,13 @@ async fn client_certificates_are_principals_and_tls_refuses_strangers() {
     // alice's certificate (CN alice) makes her alice, with alice's grants:
     // she reads, and may not write. bob's proves bob, who has no grants.
     let alice = common::channel_with(&eu, &common::client_tls_as("alice")).await;
-    let who = AuthClient::new(alice.clone())
-        .who_am_i(WhoAmIRequest {})
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
+        who(alice.clone()).await,
         (
-            who.principal.as_str(),
-            who.method.as_str(),
-            who.roles.clone()
-        ),
-        ("alice", "certificate", vec!["shop-read".to_string()])
+            "alice".into(),
+            "certificate".into(),
+            vec!["shop-read".into()]
+        )
     );
     let mut alice_cfg = ConfigClient::new(alice);
     let got = alice_cfg
@@ -1047,18 +1058,9 @@ async fn oidc_jwts_are_principals_with_mapped_roles_and_keys_rotate() {
     // Every region verifies it (each fetched the key set at start-up):
     // principal oidc:alice, roles from the groups claim.
     for addr in &cl.grpc {
-        let who = AuthClient::new(chan(addr, Some(&jwt)).await)
-            .who_am_i(WhoAmIRequest {})
-            .await
-            .unwrap()
-            .into_inner();
         assert_eq!(
-            (
-                who.principal.as_str(),
-                who.method.as_str(),
-                who.roles.clone()
-            ),
-            ("oidc:alice", "jwt", vec!["shop-read".to_string()]),
+            who(chan(addr, Some(&jwt)).await).await,
+            ("oidc:alice".into(), "jwt".into(), vec!["shop-read".into()]),
             "at {addr}"
         );
     }

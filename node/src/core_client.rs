@@ -6,10 +6,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use meridian_core::types::{ClientRequest, ClientResponse, RequestId};
+use meridian_core::types::{ClientRequest, ClientResponse, MetaOp, RequestId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::{Input, ReplyTo};
+use crate::reason::Reason;
 
 /// The driver is gone: the node is stopping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +48,21 @@ impl CoreClient {
         };
         self.inputs.send(input).await.map_err(|_| Stopped)?;
         rx.await.map_err(|_| Stopped)
+    }
+
+    /// Edit the metadata document, answered once the edit is durable in
+    /// this region; a refusal as its stable reason and message (for the
+    /// Auth service and the configuration engine alike).
+    pub async fn edit_meta(&self, op: MetaOp) -> Result<(), (Reason, String)> {
+        match self.call(ClientRequest::Meta(op)).await {
+            Ok(ClientResponse::Done) => Ok(()),
+            Ok(ClientResponse::Error(code)) => Err((Reason::from(code), code.to_string())),
+            Ok(other) => Err((
+                Reason::Internal,
+                format!("unexpected response from the core: {other:?}"),
+            )),
+            Err(Stopped) => Err((Reason::ShuttingDown, "the node is stopping".into())),
+        }
     }
 
     /// Open a watch: its request id (to cancel it) and the stream of its

@@ -3,7 +3,7 @@
 //! and synced to the others; this region's auth state has it before the
 //! answer, so a revocation is refused here at once.
 
-use meridian_core::types::{ClientRequest, ClientResponse, MetaOp};
+use meridian_core::types::MetaOp;
 use meridian_proto::v1::auth_server::Auth;
 use meridian_proto::v1::*;
 use tonic::{Request, Response, Status};
@@ -14,7 +14,7 @@ use crate::auth::{
     Resource, TokenRecord, ROOT_ROLE,
 };
 use crate::core_client::CoreClient;
-use crate::grpc::{auth_status, error_status, status};
+use crate::grpc::{auth_status, status};
 use crate::reason::Reason;
 
 /// Tokens one principal may hold at most, and tokens in the cluster: every
@@ -81,19 +81,10 @@ impl AuthApi {
     }
 
     async fn edit(&self, op: MetaOp) -> Result<(), Status> {
-        match self
-            .core
-            .call(ClientRequest::Meta(op))
+        self.core
+            .edit_meta(op)
             .await
-            .map_err(|_| status(Reason::ShuttingDown, "the node is stopping"))?
-        {
-            ClientResponse::Done => Ok(()),
-            ClientResponse::Error(code) => Err(error_status(code)),
-            other => Err(status(
-                Reason::Internal,
-                &format!("unexpected response from the core: {other:?}"),
-            )),
-        }
+            .map_err(|(reason, message)| status(reason, &message))
     }
 
     fn known_roles(state: &AuthState, roles: &[String]) -> Result<(), Status> {

@@ -158,12 +158,10 @@ impl ConfigStore {
             labels.remove(k);
         }
         for op in ops {
-            match self.core.call(ClientRequest::Meta(op)).await {
-                Ok(ClientResponse::Done) => {}
-                Ok(ClientResponse::Error(code)) => return Err(CfgError::core(code)),
-                Ok(other) => return Err(unexpected(&other)),
-                Err(_) => return Err(CfgError::new(Reason::ShuttingDown, "the node is stopping")),
-            }
+            self.core
+                .edit_meta(op)
+                .await
+                .map_err(|(reason, message)| CfgError::new(reason, message))?;
         }
         (info.description, info.owners, info.labels) = (description, owners, labels);
         Ok(info)
