@@ -116,8 +116,11 @@ impl ConfigStore {
         access.check_key(Action::Admin, ns, "")?;
         check_description(d)?;
         let project = ns.split_once('/').map_or(ns, |(p, _)| p);
+        // Catch up with the catalog first: a namespace created a moment ago
+        // in another region must be found here too.
+        let token = self.probe(CATALOG_NS).await?;
         let mut info = self
-            .list_namespaces_local(&format!("{project}/"))
+            .list_namespaces_at(&format!("{project}/"), token)
             .await?
             .into_iter()
             .find(|n| n.name == ns)
