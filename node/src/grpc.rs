@@ -278,8 +278,10 @@ impl Api {
                 ops,
                 meta: meridian_core::types::ChangeMeta {
                     author: access.author(""),
-                    ..Default::default()
+                    message: String::new(),
+                    time_ms: crate::auth::wall_ms(),
                 },
+                audit: Box::new(access.audit_ctx()),
             })
             .await?;
         match resp {

@@ -4,6 +4,7 @@
 //! carries out its actions.
 
 pub mod api_tls;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod configstore;

@@ -216,6 +216,10 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     // One handle into the driver for the gRPC API and the configuration
     // engine (request ids are unique per process).
     let core_client = crate::core_client::CoreClient::new(input_tx);
+    // Records of refusals and of auth and namespace operations go through
+    // this region's home group (a write's record rides in its own entry).
+    let (auditor, _audit_task) = crate::audit::Auditor::start(core_client.clone(), me);
+    let auth = auth.with_auditor(auditor);
     let store = ConfigStore::new(
         core_client.clone(),
         names_for_store,

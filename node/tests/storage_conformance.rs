@@ -40,6 +40,14 @@ fn entry(rng: &mut Rng, index: u64, term: u64) -> Entry {
                 versions_max: rng.range(0, 5) as u32,
                 age_ms_max: rng.range(0, 2),
             },
+            audit: meridian_core::audit::AuditCtx {
+                region: rng.range(0, 3) as u8,
+                principal: format!("author-{}", rng.range(0, 3)),
+                method: "token".into(),
+                action: "Kv.Put".into(),
+                request_id: format!("{:x}", rng.next_u64()),
+                client: "127.0.0.1:4000".into(),
+            },
         })
     };
     Entry { index, term, data }

@@ -151,6 +151,9 @@ pub struct Config {
     pub watchers_max: usize,
     /// Write request ids remembered per group for idempotent retries.
     pub idempotency_ids_max: usize,
+    /// Audit records kept per group (cluster-wide: every replica must keep
+    /// the same ones, or their chains' retained ranges differ).
+    pub audit_retention: crate::audit::AuditRetention,
     pub pending_requests_max: usize,
     /// Entries appended but not committed, per group, before writes get `Overloaded`.
     pub uncommitted_entries_max: u64,
@@ -199,6 +202,7 @@ impl Config {
             txn_ops_max: 128,
             list_keys_max: 1000,
             scan_keys_max: 200_000,
+            audit_retention: crate::audit::AuditRetention::default(),
             history_versions_max: 16,
             watch_history_max: 10_000,
             watchers_max: 50_000,

@@ -8,6 +8,7 @@
 //! order could reach its output. The region node (`node/`) and the simulator
 //! (`sim/`) drive the very same code.
 
+pub mod audit;
 pub mod config;
 pub mod kv;
 pub mod log;

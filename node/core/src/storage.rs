@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditCtx, AuditEvent};
 use crate::types::{ChangeMeta, GroupId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +39,9 @@ pub enum EntryData {
     /// the freeze at `freeze_revision` is this group's latest (a no-op if a
     /// later move brought the namespace back).
     Drop { ns: String, freeze_revision: u64 },
+    /// Audit records of events other than writes, appended to the group's
+    /// chain as they apply (no revision of their own).
+    Audit(Vec<AuditEvent>),
 }
 
 /// One chunk of a namespace move. Chunks carry every retained version of
@@ -106,6 +110,9 @@ pub struct WriteEffect {
     /// The namespace's retention when the leader proposed the write; carried in
     /// the entry so every replica prunes history identically.
     pub retention: Retention,
+    /// Who asked and from where: the write's audit record is made from it
+    /// and the write as the entry applies.
+    pub audit: AuditCtx,
 }
 
 impl WriteEffect {
@@ -145,8 +152,12 @@ impl Entry {
                         .map(AdoptVersion::size_bytes)
                         .sum::<usize>()
             }
+            EntryData::Audit(events) => {
+                24 + events.iter().map(AuditEvent::size_bytes).sum::<usize>()
+            }
             EntryData::Write(w) => {
                 64 + w.ns.len()
+                    + w.audit.size_bytes()
                     + w.meta.author.len()
                     + w.meta.message.len()
                     + w.keys

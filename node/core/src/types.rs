@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditCtx, AuditEvent, AuditFilter, AuditPage};
+
 /// A region's node. Region `i` runs node `i`.
 pub type NodeId = u8;
 /// A home group; group `g` is homed in region `g`.
@@ -235,6 +237,25 @@ pub enum ClientRequest {
         ns_revision: Option<u64>,
         ops: Vec<WriteOp>,
         meta: ChangeMeta,
+        /// Who asked and from where: becomes the write's audit record, in
+        /// the same log entry as the write. (Boxed: it would double the
+        /// size of every request in the driver's queues.)
+        audit: Box<AuditCtx>,
+    },
+    /// Append audit records of events other than writes (refusals, auth
+    /// changes, moves) to `group`'s chain, through its log. `Done` once
+    /// committed. At most `audit::AUDIT_BATCH_MAX` events.
+    Audit {
+        group: GroupId,
+        events: Vec<AuditEvent>,
+    },
+    /// A page of `group`'s audit records as this region's replica holds
+    /// them (records are immutable once applied, so any replica answers).
+    AuditQuery {
+        group: GroupId,
+        filter: AuditFilter,
+        after_seq: u64,
+        limit: u32,
     },
     /// Add a namespace to the catalog (through group 0's log). `Conflict`: it exists.
     CreateNamespace {
@@ -390,6 +411,8 @@ pub enum ClientResponse {
         revision: u64,
     },
     Granted(bool),
+    /// A page of a group's audit records (`ClientRequest::AuditQuery`).
+    AuditPage(Box<AuditPage>),
     Done,
     Error(ErrorCode),
 }

@@ -25,6 +25,9 @@ use std::sync::Arc;
 use meridian_core::meta::MetaView;
 use tokio::sync::watch;
 
+use meridian_core::audit::{AuditCtx, AuditEvent, RESULT_OK};
+
+use crate::audit::Auditor;
 use crate::reason::Reason;
 pub use rules::{Action, Effect, Resource, Role, ROOT_ROLE};
 pub use tokens::TokenRecord;
@@ -192,6 +195,7 @@ pub struct Authority {
     oidc: Option<Arc<oidc::Oidc>>,
     limits: Arc<limits::RateLimits>,
     contact: Option<Arc<Contact>>,
+    auditor: Option<Auditor>,
     state: watch::Receiver<Arc<AuthState>>,
 }
 
@@ -238,6 +242,81 @@ pub struct Access {
     pub principal: Principal,
     enabled: bool,
     state: Arc<AuthState>,
+    /// What was asked and from where (for the audit log).
+    pub request: RequestInfo,
+}
+
+/// One request's particulars, for its audit records.
+#[derive(Clone, Default)]
+pub struct RequestInfo {
+    /// The operation: `Kv.Put` (gRPC service and method) or `PUT /v1/...`.
+    pub op: String,
+    /// The caller's `x-request-id`, or a fresh one.
+    pub request_id: String,
+    /// The client's address.
+    pub client: String,
+    auditor: Option<Auditor>,
+}
+
+impl RequestInfo {
+    /// The particulars of a gRPC request.
+    pub fn grpc<T>(r: &tonic::Request<T>) -> RequestInfo {
+        let op = r
+            .extensions()
+            .get::<tonic::GrpcMethod<'static>>()
+            .map(|m| {
+                let service = m.service().rsplit('.').next().unwrap_or(m.service());
+                format!("{service}.{}", m.method())
+            })
+            .unwrap_or_default();
+        let id = r
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok());
+        let conn = r.extensions().get::<crate::api_tls::ClientConn>();
+        RequestInfo::new(op, id, conn)
+    }
+
+    pub fn new(
+        op: String,
+        request_id: Option<&str>,
+        conn: Option<&crate::api_tls::ClientConn>,
+    ) -> RequestInfo {
+        RequestInfo {
+            op,
+            request_id: match request_id {
+                Some(id) if !id.is_empty() => id.to_string(),
+                _ => format!("{:016x}", rand::random::<u64>()),
+            },
+            client: conn.map(|c| c.remote.to_string()).unwrap_or_default(),
+            auditor: None,
+        }
+    }
+
+    fn ctx(&self, principal: &Principal) -> AuditCtx {
+        AuditCtx {
+            region: self.auditor.as_ref().map_or(0, Auditor::region),
+            principal: principal.name.clone(),
+            method: principal.method.as_str().to_string(),
+            action: self.op.clone(),
+            request_id: self.request_id.clone(),
+            client: self.client.clone(),
+        }
+    }
+
+    /// Hand an event to the auditor (none in unit tests of other things).
+    fn record(&self, ctx: AuditCtx, ns: &str, keys: &[&str], result: &str, detail: &str) {
+        if let Some(a) = &self.auditor {
+            a.record(AuditEvent {
+                time_ms: wall_ms(),
+                ctx,
+                ns: ns.to_string(),
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+                result: result.to_string(),
+                detail: detail.to_string(),
+            });
+        }
+    }
 }
 
 /// Wall-clock milliseconds since the Unix epoch (token expiry, creation).
@@ -263,13 +342,28 @@ impl Authority {
         Ok(access)
     }
 
+    /// Record a refusal before any principal is known.
+    fn refused(&self, info: &RequestInfo, principal: Option<&Principal>, e: &AuthError) {
+        let ctx = match principal {
+            Some(p) => info.ctx(p),
+            None => AuditCtx {
+                action: info.op.clone(),
+                request_id: info.request_id.clone(),
+                client: info.client.clone(),
+                region: info.auditor.as_ref().map_or(0, Auditor::region),
+                ..AuditCtx::default()
+            },
+        };
+        info.record(ctx, "", &[], e.reason.as_str(), &e.message);
+    }
+
     /// `grpc`, also while the region is cut off beyond its bound: for
     /// revocations, which only take rights away and must work in any
     /// region, partitioned or not.
     pub fn grpc_even_cut_off<T>(&self, r: &tonic::Request<T>) -> Result<Access, AuthError> {
         let authorization = r.metadata().get("authorization").map(|v| v.as_bytes());
         let conn = r.extensions().get::<crate::api_tls::ClientConn>();
-        self.read_credentials(authorization, None, conn)
+        self.read_credentials(authorization, None, conn, RequestInfo::grpc(r))
     }
 
     /// Refuse a principal whose rights come from the replicated metadata
@@ -284,17 +378,27 @@ impl Authority {
         }
         match c.over_bound_ms() {
             None => Ok(()),
-            Some(cut) => Err(AuthError::new(
-                Reason::Unavailable,
-                format!(
-                    "this region has been cut off from a majority of regions for {cut} ms \
+            Some(cut) => Err(self.noted(
+                &a.request,
+                Some(&a.principal),
+                AuthError::new(
+                    Reason::Unavailable,
+                    format!(
+                        "this region has been cut off from a majority of regions for {cut} ms \
                      (more than auth.cut_off_deny_after_ms = {} ms), so revocations made \
                      elsewhere may be missing: credentials other than root are refused here \
                      until it reconnects; use another region",
-                    c.deny_after_ms
+                        c.deny_after_ms
+                    ),
                 ),
             )),
         }
+    }
+
+    /// `refused`, passing the error on.
+    fn noted(&self, info: &RequestInfo, p: Option<&Principal>, e: AuthError) -> AuthError {
+        self.refused(info, p, &e);
+        e
     }
 
     /// Authenticate by the raw values of an `authorization` header (`Bearer
@@ -309,13 +413,32 @@ impl Authority {
         authorization: Option<&[u8]>,
         api_key: Option<&[u8]>,
         conn: Option<&crate::api_tls::ClientConn>,
+        info: RequestInfo,
     ) -> Result<Access, AuthError> {
-        let access = self.read_credentials(authorization, api_key, conn)?;
+        let access = self.read_credentials(authorization, api_key, conn, info)?;
         self.check_contact(&access)?;
         Ok(access)
     }
 
     fn read_credentials(
+        &self,
+        authorization: Option<&[u8]>,
+        api_key: Option<&[u8]>,
+        conn: Option<&crate::api_tls::ClientConn>,
+        mut info: RequestInfo,
+    ) -> Result<Access, AuthError> {
+        info.auditor = self.auditor.clone();
+        let result = self.read_credentials_inner(authorization, api_key, conn);
+        match result {
+            Ok(mut access) => {
+                access.request = info;
+                Ok(access)
+            }
+            Err(e) => Err(self.noted(&info, None, e)),
+        }
+    }
+
+    fn read_credentials_inner(
         &self,
         authorization: Option<&[u8]>,
         api_key: Option<&[u8]>,
@@ -375,8 +498,15 @@ impl Authority {
             oidc: None,
             limits: Arc::new(limits::RateLimits::default()),
             contact: None,
+            auditor: None,
             state,
         }
+    }
+
+    /// Record refusals, and give every request's `Access` the auditor.
+    pub fn with_auditor(mut self, auditor: Auditor) -> Authority {
+        self.auditor = Some(auditor);
+        self
     }
 
     /// Refuse metadata principals while `contact` says the region is cut
@@ -429,6 +559,7 @@ impl Authority {
                 },
                 enabled: false,
                 state,
+                request: RequestInfo::default(),
             });
         }
         let Some(token) = bearer else {
@@ -450,6 +581,7 @@ impl Authority {
                     },
                     enabled: true,
                     state,
+                    request: RequestInfo::default(),
                 });
             }
             return Err(AuthError::new(
@@ -479,6 +611,7 @@ impl Authority {
                     },
                     enabled: true,
                     state,
+                    request: RequestInfo::default(),
                 }),
                 _ => Err(AuthError::new(
                     Reason::Unauthenticated,
@@ -522,6 +655,7 @@ impl Authority {
             },
             enabled: true,
             state,
+            request: RequestInfo::default(),
         })
     }
 }
@@ -551,6 +685,7 @@ impl Authority {
             },
             enabled: true,
             state,
+            request: RequestInfo::default(),
         })
     }
 }
@@ -632,7 +767,7 @@ impl Access {
         } else {
             format!("key {:?} in {}/{}", r.key, r.project, r.environment)
         };
-        Err(AuthError::new(
+        let e = AuthError::new(
             Reason::PermissionDenied,
             format!(
                 "{} may not {action} {what}",
@@ -642,7 +777,34 @@ impl Access {
                     &self.principal.name
                 }
             ),
-        ))
+        );
+        let ns = if r.project == "*" {
+            String::new()
+        } else {
+            format!("{}/{}", r.project, r.environment)
+        };
+        let keys: &[&str] = if r.key.is_empty() { &[] } else { &[r.key] };
+        self.audit_refusal(&ns, keys, &e);
+        Err(e)
+    }
+
+    /// The audit context of a write this request makes (carried in the
+    /// write's log entry).
+    pub fn audit_ctx(&self) -> AuditCtx {
+        self.request.ctx(&self.principal)
+    }
+
+    /// Record an accepted request other than a write (token, role, grant
+    /// and namespace operations).
+    pub fn audit_ok(&self, ns: &str, keys: &[&str], detail: &str) {
+        self.request
+            .record(self.audit_ctx(), ns, keys, RESULT_OK, detail);
+    }
+
+    /// Record a refusal of this request.
+    pub fn audit_refusal(&self, ns: &str, keys: &[&str], e: &AuthError) {
+        self.request
+            .record(self.audit_ctx(), ns, keys, e.reason.as_str(), &e.message);
     }
 
     /// `check` of a key in a namespace.
@@ -660,13 +822,15 @@ impl Access {
         if self.may_read_somewhere(ns) {
             return Ok(());
         }
-        Err(AuthError::new(
+        let e = AuthError::new(
             Reason::PermissionDenied,
             format!(
                 "{} may not read anything in namespace {ns}",
                 self.principal.name
             ),
-        ))
+        );
+        self.audit_refusal(ns, &[], &e);
+        Err(e)
     }
 
     /// Whether the caller may read anything at all in `ns` (it sees the

@@ -398,6 +398,17 @@ impl World {
                         message: String::new(),
                         time_ms: self.nodes[region as usize].clock.local(self.now) / 1000,
                     },
+                    // The record a region's shell would attach: every
+                    // replica must chain it identically (convergence
+                    // compares whole state machines, audit chain included).
+                    audit: Box::new(meridian_core::audit::AuditCtx {
+                        region,
+                        principal: format!("client-{c}"),
+                        method: "sim".into(),
+                        action: "Kv.Txn".into(),
+                        request_id: format!("{request_id:x}"),
+                        client: format!("client-{c}"),
+                    }),
                 },
             )
         } else {

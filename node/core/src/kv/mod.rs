@@ -9,6 +9,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{
+    clip, AuditEvent, AuditLog, AuditRetention, AUDIT_KEYS_MAX, AUDIT_TEXT_MAX, RESULT_OK,
+};
 use crate::rng::fnv1a;
 use crate::storage::{AdoptEffect, AdoptVersion, WriteEffect};
 use crate::types::{AsOf, ChangeMeta, GroupId, KeyValue};
@@ -122,6 +125,8 @@ struct Persisted {
     adopted: BTreeMap<String, (GroupId, u64, u64)>,
     /// Namespaces copied in: their earlier homes (see `AdoptEffect::lineage`).
     lineage: BTreeMap<String, Vec<(GroupId, u64)>>,
+    /// The group's audit chain: a record per write and per audited event.
+    audit: AuditLog,
 }
 
 /// The result of an idempotent write, kept so that a retry learns it.
@@ -148,6 +153,7 @@ pub struct GroupSm {
     changes_max: usize,
     history_max: usize,
     requests_max: usize,
+    audit_keep: AuditRetention,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,7 +194,33 @@ impl GroupSm {
             changes_max,
             history_max: history_max.max(1),
             requests_max: requests_max.max(1),
+            audit_keep: AuditRetention::default(),
         }
+    }
+
+    /// Keep audit records as `keep` says (a cluster-wide setting).
+    pub fn with_audit_retention(mut self, keep: AuditRetention) -> GroupSm {
+        self.audit_keep = keep;
+        self
+    }
+
+    /// The group's audit chain.
+    pub fn audit(&self) -> &AuditLog {
+        &self.state.audit
+    }
+
+    /// Append the records of an `EntryData::Audit` batch.
+    pub fn apply_audit(&mut self, events: &[AuditEvent]) {
+        for e in events {
+            self.state
+                .audit
+                .append(self.state.revision, e.clone(), self.audit_keep);
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn audit_mut_for_test(&mut self) -> &mut AuditLog {
+        &mut self.state.audit
     }
 
     pub fn revision(&self) -> u64 {
@@ -392,6 +424,9 @@ impl GroupSm {
                 }
             }
         }
+        self.state
+            .audit
+            .append(w.revision, write_record(w), self.audit_keep);
         for c in &out {
             self.changes.push_back(c.clone());
         }
@@ -456,6 +491,31 @@ impl GroupSm {
     /// A digest of the whole state: equal digests, equal data.
     pub fn digest(&self) -> Result<u64, crate::wire::EncodeError> {
         Ok(fnv1a(&self.encode()?))
+    }
+}
+
+/// The audit record of a write: who, from where, which keys, and the
+/// change message.
+fn write_record(w: &WriteEffect) -> AuditEvent {
+    let mut keys: Vec<String> = w
+        .keys
+        .iter()
+        .take(AUDIT_KEYS_MAX)
+        .map(|k| clip(&k.key, AUDIT_TEXT_MAX))
+        .collect();
+    keys.dedup();
+    let more = w.keys.len().saturating_sub(AUDIT_KEYS_MAX);
+    let mut detail = clip(&w.meta.message, AUDIT_TEXT_MAX - 32);
+    if more > 0 {
+        detail = format!("{detail} (+{more} more keys)");
+    }
+    AuditEvent {
+        time_ms: w.meta.time_ms,
+        ctx: w.audit.clone(),
+        ns: w.ns.clone(),
+        keys,
+        result: RESULT_OK.to_string(),
+        detail,
     }
 }
 

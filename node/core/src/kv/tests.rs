@@ -72,6 +72,7 @@ fn put(rev: u64, key: &str, v: &str, version: u64) -> WriteEffect {
         reply_versions: vec![version],
         meta: ChangeMeta::default(),
         retention: Default::default(),
+        audit: Default::default(),
     }
 }
 

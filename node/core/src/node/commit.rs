@@ -243,6 +243,7 @@ impl Node {
                         }));
                     }
                 }
+                EntryData::Audit(events) => self.sms[g].apply_audit(events),
                 EntryData::Noop | EntryData::Write(_) => {}
             }
             self.finish_pending_write(g, index);

@@ -155,6 +155,7 @@ fn leader_over_an_async_tail(own_ack_us: Option<u64>) -> Node {
             reply_versions: Vec::new(),
             meta: ChangeMeta::default(),
             retention: Retention::default(),
+            audit: Default::default(),
         }),
     };
     n.groups[0].log.push(write);

@@ -178,6 +178,12 @@ impl Node {
                     return;
                 }
             }
+            ClientRequest::Audit { group, .. } => {
+                if !self.groups[*group as usize].role.is_leader() {
+                    self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+                    return;
+                }
+            }
             ClientRequest::TransferLeader { .. } => {}
             _ => {
                 self.respond(origin, ClientResponse::Error(ErrorCode::InvalidRequest));

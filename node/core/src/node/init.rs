@@ -64,7 +64,8 @@ impl Node {
                 cfg.history_versions_max,
                 cfg.watch_history_max,
                 cfg.idempotency_ids_max,
-            );
+            )
+            .with_audit_retention(cfg.audit_retention);
             let (si, st) = match &dg.snapshot {
                 Some(s) => {
                     sm.restore(&s.data)

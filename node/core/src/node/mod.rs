@@ -42,6 +42,7 @@ mod test_support;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use crate::audit::{AuditCtx, AuditEvent};
 use crate::config::Config;
 use crate::kv::{Change, GroupSm, ScanError};
 use crate::log::Log;
@@ -436,6 +437,7 @@ struct ProposedWrite {
     ns_revision: Option<u64>,
     ops: Vec<WriteOp>,
     meta: ChangeMeta,
+    audit: Box<AuditCtx>,
 }
 
 impl ProposedWrite {
@@ -448,7 +450,22 @@ impl ProposedWrite {
             ns_revision: self.ns_revision,
             ops: self.ops,
             meta: self.meta,
+            audit: self.audit,
         }
+    }
+}
+
+impl Node {
+    /// The audit context of a write the core makes itself (the catalog's
+    /// part of a namespace creation or move).
+    fn internal_audit(&self, action: &str) -> Box<AuditCtx> {
+        Box::new(AuditCtx {
+            region: self.id,
+            principal: "meridian".to_string(),
+            method: "internal".to_string(),
+            action: action.to_string(),
+            ..AuditCtx::default()
+        })
     }
 }
 

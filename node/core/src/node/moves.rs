@@ -245,6 +245,7 @@ impl Node {
                 version: cur.version,
             }],
             ns_revision: None,
+            audit: self.internal_audit("namespace.move.complete"),
             ops: vec![WriteOp::Put {
                 key: ns.to_string(),
                 value,
@@ -367,6 +368,7 @@ impl Node {
                 version: cur.version,
             }],
             ns_revision: None,
+            audit: self.internal_audit("namespace.move"),
             ops: vec![WriteOp::Put { key: ns, value }],
             meta: ChangeMeta::default(),
         })

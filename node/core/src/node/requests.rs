@@ -55,12 +55,15 @@ impl Node {
                 compares,
                 ops,
                 meta,
+                audit,
                 ..
             } => {
                 if !ns_ok(ns) {
                     return Err(ErrorCode::UnknownNamespace);
                 }
-                if meta.author.len() + meta.message.len() > CHANGE_META_BYTES_MAX {
+                if meta.author.len() + meta.message.len() > CHANGE_META_BYTES_MAX
+                    || !audit.in_bounds()
+                {
                     return Err(ErrorCode::InvalidRequest);
                 }
                 if ops.is_empty() {
@@ -133,6 +136,22 @@ impl Node {
                     Err(ErrorCode::InvalidRequest)
                 }
             }
+            ClientRequest::Audit { group, events } => {
+                if *group >= self.cfg.regions
+                    || events.is_empty()
+                    || events.len() > crate::audit::AUDIT_BATCH_MAX
+                    || !events.iter().all(AuditEvent::in_bounds)
+                {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                Ok(())
+            }
+            ClientRequest::AuditQuery { group, filter, .. } => {
+                if *group >= self.cfg.regions || !filter.in_bounds() {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                Ok(())
+            }
             ClientRequest::MetaGranted { .. } | ClientRequest::CancelWatch { .. } => Ok(()),
         }
     }
@@ -170,6 +189,7 @@ impl Node {
                     ns_revision: None,
                     ops: vec![WriteOp::Put { key: ns, value }],
                     meta: ChangeMeta::default(),
+                    audit: self.internal_audit("namespace.create"),
                 }
             }
             ClientRequest::MoveNamespace { ns, to } if checked.is_ok() => {
@@ -213,6 +233,21 @@ impl Node {
                 self.out.push(Action::Reply {
                     req,
                     resp: ClientResponse::Granted(g),
+                });
+            }
+            ClientRequest::AuditQuery {
+                group,
+                filter,
+                after_seq,
+                limit,
+            } => {
+                let page =
+                    self.sms[group as usize]
+                        .audit()
+                        .query(&filter, after_seq, limit as usize);
+                self.out.push(Action::Reply {
+                    req,
+                    resp: ClientResponse::AuditPage(Box::new(page)),
                 });
             }
             other => {
@@ -297,6 +332,7 @@ impl Node {
                 ns_revision,
                 ops,
                 meta,
+                audit,
             } => {
                 let gi = self.home_group(&ns) as usize;
                 let w = ProposedWrite {
@@ -307,11 +343,20 @@ impl Node {
                     ns_revision,
                     ops,
                     meta,
+                    audit,
                 };
                 if self.groups[gi].role.is_leader() {
                     self.leader_write(gi, origin, w);
                 } else {
                     self.forward_or_fail(gi, origin, w.into_request());
+                }
+            }
+            ClientRequest::Audit { group, events } => {
+                let gi = group as usize;
+                if self.groups[gi].role.is_leader() {
+                    self.leader_audit(gi, origin, events);
+                } else {
+                    self.forward_or_fail(gi, origin, ClientRequest::Audit { group, events });
                 }
             }
             ClientRequest::TransferLeader { group, to } => {
@@ -351,6 +396,7 @@ impl Node {
             | ClientRequest::CancelWatch { .. }
             | ClientRequest::CreateNamespace { .. }
             | ClientRequest::MoveNamespace { .. }
+            | ClientRequest::AuditQuery { .. }
             | ClientRequest::MetaGranted { .. } => {
                 self.respond(origin, ClientResponse::Error(ErrorCode::InvalidRequest));
             }
@@ -387,6 +433,7 @@ impl Node {
             ns_revision,
             ops,
             meta,
+            audit,
         } = w;
         let NsEntry {
             mode, retention, ..
@@ -548,6 +595,7 @@ impl Node {
             reply_versions: versions.clone(),
             meta,
             retention,
+            audit: *audit,
         };
         let appended = self.append_local(g, EntryData::Write(effect));
         debug_assert_eq!(appended, index);
@@ -578,6 +626,42 @@ impl Node {
         if request_id != 0 {
             ls.pending_by_request.insert(request_id, index);
         }
+        self.replicate_new(g, index);
+    }
+
+    /// Leader: append a batch of audit records; answered `Done` once it
+    /// commits. (A batch whose leader is deposed first is answered
+    /// `Indeterminate`: the shell resends it, so records of events other
+    /// than writes are kept at least once.)
+    fn leader_audit(&mut self, g: usize, origin: Origin, events: Vec<AuditEvent>) {
+        let gr = &self.groups[g];
+        let Some(ls) = gr.role.leading() else {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+            return;
+        };
+        if ls.transfer.is_some() {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+            return;
+        }
+        if gr.log.last_index().saturating_sub(gr.commit) >= self.cfg.uncommitted_entries_max {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Overloaded));
+            return;
+        }
+        let index = self.append_local(g, EntryData::Audit(events));
+        let Some(ls) = self.groups[g].role.leading_mut() else {
+            return;
+        };
+        ls.pending_writes.insert(
+            index,
+            PendingWrite {
+                origins: vec![origin],
+                request_id: 0,
+                fingerprint: 0,
+                resp: ClientResponse::Done,
+                ack_on_durable: false,
+                acked: false,
+            },
+        );
         self.replicate_new(g, index);
     }
 

@@ -47,6 +47,7 @@ pub(super) fn put_k(ns: &str, request_id: u64, fingerprint: u64) -> ClientReques
             value: b"v".to_vec(),
         }],
         meta: ChangeMeta::default(),
+        audit: Default::default(),
     }
 }
 

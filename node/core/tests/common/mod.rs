@@ -175,6 +175,7 @@ pub fn write_ops(ns: &str, ops: Vec<WriteOp>, request_id: u64) -> ClientRequest 
         ns_revision: None,
         ops,
         meta: ChangeMeta::default(),
+        audit: Default::default(),
     }
 }
 

@@ -124,6 +124,7 @@ impl ConfigStore {
                         message: opts.message.clone(),
                         time_ms: now_ms(),
                     },
+                    audit: Box::new(opts.access.audit_ctx()),
                 })
                 .await;
             let resp = match resp {
@@ -239,6 +240,8 @@ impl ConfigStore {
                     key: PROBE_KEY.to_string(),
                 }],
                 meta: ChangeMeta::default(),
+                // Never applies (the compare cannot hold): no record.
+                audit: Default::default(),
             })
             .await?;
         match resp {

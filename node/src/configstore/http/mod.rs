@@ -72,7 +72,13 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
             .extensions
             .get::<axum::extract::ConnectInfo<crate::api_tls::ClientConn>>()
             .map(|c| &c.0);
-        auth.from_headers(value("authorization"), value("x-api-key"), conn)
+        let op = format!("{} {}", parts.method, parts.uri.path());
+        let id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok());
+        let info = crate::auth::RequestInfo::new(op, id, conn);
+        auth.from_headers(value("authorization"), value("x-api-key"), conn, info)
             .map(Caller)
             .map_err(CfgError::from)
     }
