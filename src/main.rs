@@ -14,6 +14,7 @@ use meridian_proto::client::{Client, ClientOptions, ClientTls};
 use meridian_proto::v1::{Consistency, KeyValue, ListRequest};
 use serde_json::{json, Value};
 
+mod audit_cmd;
 mod auth_cmd;
 mod config_cmd;
 mod output;
@@ -212,6 +213,11 @@ enum Cmd {
     Auth {
         #[command(subcommand)]
         cmd: auth_cmd::AuthCmd,
+    },
+    /// The audit log: list, export as JSON lines, verify the hash chains.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit_cmd::AuditCmd,
     },
     /// Cluster administration.
     Cluster {
@@ -515,6 +521,9 @@ async fn client_command(cli: Cli) -> Result<()> {
     if let Cmd::Config { cmd } = cli.cmd {
         return config_cmd::run(cmd, &target, cli.output).await;
     }
+    if let Cmd::Audit { cmd } = cli.cmd {
+        return audit_cmd::run(cmd, &target, cli.output).await;
+    }
     if let Cmd::Auth { cmd } = cli.cmd {
         return auth_cmd::run(cmd, &target, cli.output).await;
     }
@@ -814,6 +823,7 @@ async fn client_command(cli: Cli) -> Result<()> {
         | Cmd::Certs { .. }
         | Cmd::Config { .. }
         | Cmd::Auth { .. }
+        | Cmd::Audit { .. }
         | Cmd::Completion { .. } => {}
     }
     Ok(())

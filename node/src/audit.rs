@@ -17,13 +17,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
 use meridian_core::audit::{
-    clip, AuditCtx, AuditEvent, AUDIT_BATCH_MAX, AUDIT_KEYS_MAX, AUDIT_TEXT_MAX, RESULT_OK,
+    clip, verify_chain, AuditCtx, AuditEvent, AuditFilter, AuditPage, AuditRecord, AUDIT_BATCH_MAX,
+    AUDIT_KEYS_MAX, AUDIT_PAGE_MAX, AUDIT_TEXT_MAX, RESULT_OK,
 };
-use meridian_core::types::{ClientRequest, ClientResponse, NodeId};
+use meridian_core::types::{ClientRequest, ClientResponse, GroupId, NodeId};
 use tokio::sync::mpsc;
 
+use crate::auth::{Access, Action, Resource};
 use crate::core_client::CoreClient;
+use crate::reason::Reason;
 
 /// Events waiting for the auditor's task at most.
 const QUEUE_MAX: usize = 10_000;
@@ -215,6 +220,283 @@ fn lost_event(region: NodeId, lost: u64) -> AuditEvent {
             "{lost} audit events were not recorded: the region's audit queue ({QUEUE_MAX} events) was full"
         ),
     }
+}
+
+/// A record as the APIs show it (JSON for HTTP and the CLI; the gRPC
+/// message has the same fields).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordView {
+    pub group: u32,
+    pub seq: u64,
+    pub revision: u64,
+    pub time_ms: u64,
+    pub region: String,
+    pub principal: String,
+    pub method: String,
+    pub action: String,
+    pub namespace: String,
+    pub keys: Vec<String>,
+    pub request_id: String,
+    pub result: String,
+    pub client: String,
+    pub detail: String,
+    pub hash: String,
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl RecordView {
+    pub fn new(group: GroupId, r: &AuditRecord, regions: &[String]) -> RecordView {
+        let e = &r.event;
+        RecordView {
+            group: group.into(),
+            seq: r.seq,
+            revision: r.revision,
+            time_ms: e.time_ms,
+            region: regions
+                .get(e.ctx.region as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("region-{}", e.ctx.region)),
+            principal: e.ctx.principal.clone(),
+            method: e.ctx.method.clone(),
+            action: e.ctx.action.clone(),
+            namespace: e.ns.clone(),
+            keys: e.keys.clone(),
+            request_id: e.ctx.request_id.clone(),
+            result: e.result.clone(),
+            client: e.ctx.client.clone(),
+            detail: e.detail.clone(),
+            hash: hex(&r.hash),
+        }
+    }
+}
+
+/// A query over every group's chain (or one group's).
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    pub filter: AuditFilter,
+    /// Records per page (clamped to 1..=AUDIT_PAGE_MAX; 0: 100).
+    pub limit: usize,
+    pub page_token: String,
+    pub group: Option<GroupId>,
+}
+
+/// A page of records and the token of the next (None: none now).
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub records: Vec<RecordView>,
+    pub next_page_token: Option<String>,
+}
+
+type Refusal = (Reason, String);
+
+fn core_error(other: ClientResponse) -> Refusal {
+    match other {
+        ClientResponse::Error(code) => (Reason::from(code), code.to_string()),
+        other => (
+            Reason::Internal,
+            format!("unexpected response from the core: {other:?}"),
+        ),
+    }
+}
+
+async fn page(
+    core: &CoreClient,
+    group: GroupId,
+    filter: &AuditFilter,
+    after_seq: u64,
+    limit: usize,
+) -> Result<AuditPage, Refusal> {
+    let request = ClientRequest::AuditQuery {
+        group,
+        filter: filter.clone(),
+        after_seq,
+        limit: limit as u32,
+    };
+    match core.call(request).await {
+        Ok(ClientResponse::AuditPage(p)) => Ok(*p),
+        Ok(other) => Err(core_error(other)),
+        Err(_) => Err((Reason::ShuttingDown, "the node is stopping".into())),
+    }
+}
+
+/// Page tokens: `a1.` then each group's cursor (the last sequence number
+/// looked at), dot-separated.
+fn parse_token(token: &str, groups: usize) -> Result<Vec<u64>, Refusal> {
+    let bad = || {
+        (
+            Reason::InvalidRequest,
+            format!("page_token {token:?} is not one this cluster issued"),
+        )
+    };
+    if token.is_empty() {
+        return Ok(vec![0; groups]);
+    }
+    let rest = token.strip_prefix("a1.").ok_or_else(bad)?;
+    let cursors: Vec<u64> = rest
+        .split('.')
+        .map(|c| c.parse::<u64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    if cursors.len() != groups {
+        return Err(bad());
+    }
+    Ok(cursors)
+}
+
+fn make_token(cursors: &[u64]) -> String {
+    let parts: Vec<String> = cursors.iter().map(u64::to_string).collect();
+    format!("a1.{}", parts.join("."))
+}
+
+/// Whether `access` may see a record: `admin` on its namespace, or on the
+/// cluster for records without one.
+fn visible(access: &Access, e: &AuditEvent) -> bool {
+    if !access.enabled() {
+        return true;
+    }
+    let r = if e.ns.is_empty() {
+        Resource::CLUSTER
+    } else {
+        Resource::in_namespace(&e.ns, "")
+    };
+    access.allowed(Action::Admin, r)
+}
+
+/// One page of `q` as `access` may see it: each group's chain read from
+/// this region's replica, merged by (time, group, sequence number).
+pub async fn query(
+    core: &CoreClient,
+    regions: &[String],
+    access: &Access,
+    q: &Query,
+) -> Result<Page, Refusal> {
+    if !q.filter.in_bounds() {
+        return Err((
+            Reason::InvalidRequest,
+            format!("a filter field is longer than {AUDIT_TEXT_MAX} bytes"),
+        ));
+    }
+    let groups = regions.len();
+    let limit = match q.limit {
+        0 => 100,
+        n => n.min(AUDIT_PAGE_MAX),
+    };
+    let mut cursors = parse_token(&q.page_token, groups)?;
+    if let Some(g) = q.group {
+        if g as usize >= groups {
+            return Err((
+                Reason::InvalidRequest,
+                format!("group {g} does not exist (this cluster has {groups})"),
+            ));
+        }
+    }
+    let wanted = |g: usize| q.group.is_none_or(|w| w as usize == g);
+    // Per group: records fetched and not yet taken, how far the group was
+    // scanned, and whether more remain to scan.
+    let mut buf: Vec<VecDeque<AuditRecord>> = vec![VecDeque::new(); groups];
+    let mut scanned: Vec<u64> = cursors.clone();
+    let mut more: Vec<bool> = (0..groups).map(wanted).collect();
+    let mut out = Vec::with_capacity(limit);
+    while out.len() < limit {
+        // Refill empty buffers of groups with more to scan.
+        for g in 0..groups {
+            while buf[g].is_empty() && more[g] {
+                let p = page(core, g as GroupId, &q.filter, scanned[g], limit).await?;
+                scanned[g] = p.cursor;
+                more[g] = p.more;
+                buf[g].extend(p.records.into_iter().filter(|r| visible(access, &r.event)));
+            }
+        }
+        let next = (0..groups)
+            .filter_map(|g| buf[g].front().map(|r| ((r.event.time_ms, g, r.seq), g)))
+            .min();
+        let Some((_, g)) = next else {
+            break;
+        };
+        let Some(r) = buf[g].pop_front() else {
+            break;
+        };
+        cursors[g] = r.seq;
+        out.push(RecordView::new(g as GroupId, &r, regions));
+    }
+    // A group whose fetched records were all taken was looked at up to
+    // where its scan got.
+    for g in 0..groups {
+        if buf[g].is_empty() {
+            cursors[g] = cursors[g].max(scanned[g]);
+        }
+    }
+    let done = (0..groups).all(|g| buf[g].is_empty() && !more[g]);
+    Ok(Page {
+        records: out,
+        next_page_token: (!done).then(|| make_token(&cursors)),
+    })
+}
+
+/// One group's chain as this region holds it, verified.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChainReport {
+    pub group: u32,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub head_hash: String,
+    pub ok: bool,
+    pub broken_seq: u64,
+    pub problem: String,
+}
+
+/// Verify this region's copy of group `g`'s chain, a page at a time (the
+/// hashing runs here, off the core's thread). Records appended meanwhile are
+/// verified too; if retention drops records not yet verified, the group
+/// starts over (a few times at most).
+pub async fn verify_group(core: &CoreClient, g: GroupId) -> Result<ChainReport, Refusal> {
+    let all = AuditFilter::default();
+    'attempt: for _ in 0..3 {
+        let first = page(core, g, &all, 0, AUDIT_PAGE_MAX).await?;
+        let first_seq = first.first_seq;
+        let mut prev = first.floor_hash;
+        let mut expected = first.first_seq;
+        let mut p = first;
+        loop {
+            if p.first_seq > expected {
+                continue 'attempt;
+            }
+            match verify_chain(prev, expected, &p.records) {
+                Ok(h) => prev = h,
+                Err(b) => {
+                    return Ok(ChainReport {
+                        group: g.into(),
+                        first_seq: p.first_seq,
+                        last_seq: p.last_seq,
+                        head_hash: hex(&p.head_hash),
+                        ok: false,
+                        broken_seq: b.seq(),
+                        problem: b.to_string(),
+                    })
+                }
+            }
+            expected += p.records.len() as u64;
+            if !p.more {
+                return Ok(ChainReport {
+                    group: g.into(),
+                    first_seq,
+                    last_seq: expected - 1,
+                    head_hash: hex(&prev),
+                    ok: true,
+                    broken_seq: 0,
+                    problem: String::new(),
+                });
+            }
+            p = page(core, g, &all, p.cursor, AUDIT_PAGE_MAX).await?;
+        }
+    }
+    Err((
+        Reason::Unavailable,
+        format!("group {g}'s audit chain changed faster than it could be verified; retry"),
+    ))
 }
 
 #[cfg(test)]

@@ -667,7 +667,8 @@ impl Admin for Api {
         &self,
         r: Request<TransferLeaseRequest>,
     ) -> Result<Response<TransferLeaseResponse>, Status> {
-        self.access(&r)?
+        let access = self.access(&r)?;
+        access
             .check(Action::Admin, Resource::CLUSTER)
             .map_err(auth_status)?;
         let r = r.into_inner();
@@ -690,7 +691,14 @@ impl Admin for Api {
             })
             .await?
         {
-            ClientResponse::Done => Ok(Response::new(TransferLeaseResponse {})),
+            ClientResponse::Done => {
+                access.audit_ok(
+                    "",
+                    &[],
+                    &format!("lease of group {} transferred to {}", r.group, r.to_region),
+                );
+                Ok(Response::new(TransferLeaseResponse {}))
+            }
             other => Err(unexpected(&other)),
         }
     }

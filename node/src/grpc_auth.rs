@@ -141,8 +141,15 @@ impl AuthApi {
             "role revoked"
         };
         tracing::info!(principal = %r.principal, role = %r.role, by = %a.principal.name, "{what}");
+        a.audit_ok("", &[], &format!("{what}: {} to {}", r.role, r.principal));
         Ok(Response::new(GrantRoleResponse {}))
     }
+}
+
+/// The namespace an audit record of a token names: its project's (every
+/// environment), or none for an unscoped token.
+fn token_ns(project: Option<&str>) -> String {
+    project.map_or(String::new(), |p| format!("{p}/*"))
 }
 
 fn check_principal(p: &str) -> Result<(), Status> {
@@ -239,6 +246,17 @@ impl Auth for AuthApi {
         })
         .await?;
         tracing::info!(token = %id, principal = %rec.principal, by = %a.principal.name, "API token created");
+        a.audit_ok(
+            &token_ns(rec.project.as_deref()),
+            &[],
+            &format!(
+                "token {id} created for {} (roles {}; expires {})",
+                rec.principal,
+                rec.roles.join(","),
+                rec.expires_ms
+                    .map_or("never".to_string(), |e| format!("at {e} ms"))
+            ),
+        );
         let info = info(&id, &rec, &AuthState::default(), now);
         Ok(Response::new(CreateTokenResponse {
             token,
@@ -286,12 +304,18 @@ impl Auth for AuthApi {
             ));
         };
         let principal = t.principal.clone();
+        let project = t.project.clone();
         self.edit(MetaOp::PutRecord {
             key: format!("token-revoked/{id}"),
             value: format!("{{\"by\":{:?},\"at_ms\":{}}}", a.principal.name, wall_ms()),
         })
         .await?;
         tracing::info!(token = %id, principal = %principal, by = %a.principal.name, "API token revoked");
+        a.audit_ok(
+            &token_ns(project.as_deref()),
+            &[],
+            &format!("token {id} of {principal} revoked"),
+        );
         Ok(Response::new(RevokeTokenResponse {}))
     }
 
@@ -311,6 +335,7 @@ impl Auth for AuthApi {
         })
         .await?;
         tracing::info!(role = %r.name, by = %a.principal.name, "role set");
+        a.audit_ok("", &[], &format!("role {} set: {}", r.name, r.rules_json));
         Ok(Response::new(PutRoleResponse {}))
     }
 
@@ -333,6 +358,7 @@ impl Auth for AuthApi {
         })
         .await?;
         tracing::info!(role = %name, by = %a.principal.name, "role deleted");
+        a.audit_ok("", &[], &format!("role {name} deleted"));
         Ok(Response::new(DeleteRoleResponse {}))
     }
 

@@ -11,6 +11,7 @@ pub mod configstore;
 pub mod core_client;
 pub mod driver;
 pub mod grpc;
+pub mod grpc_audit;
 pub mod grpc_auth;
 pub mod grpc_config;
 pub mod reason;

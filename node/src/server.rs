@@ -230,6 +230,12 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         },
     );
     let auth_api = crate::grpc_auth::AuthApi::new(core_client.clone(), auth.clone());
+    let audit_api = crate::grpc_audit::AuditApi::new(
+        core_client.clone(),
+        auth.clone(),
+        cfg.regions.iter().map(|r| r.name.clone()).collect(),
+        me as usize,
+    );
     let api = Api::new(
         core_client,
         auth.clone(),
@@ -272,6 +278,10 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         )
         .add_service(AdminServer::new(api))
         .add_service(AuthServer::new(auth_api))
+        .add_service(
+            meridian_proto::v1::audit_server::AuditServer::new(audit_api)
+                .max_encoding_message_size(64 << 20),
+        )
         .add_service(
             ConfigServer::new(config_api)
                 .max_decoding_message_size(max_msg * 4)

@@ -446,6 +446,16 @@ impl ConfigStore {
         &self.limits
     }
 
+    /// The handle into the core (for the audit API, which shares this router).
+    pub fn core(&self) -> &CoreClient {
+        &self.core
+    }
+
+    /// Region names, by node id.
+    pub fn regions(&self) -> &[String] {
+        &self.regions
+    }
+
     /// One core request. A namespace that is moving home is waited out (the
     /// refused request did not apply, so it is safe to repeat) for a bounded
     /// time: a move looks like a short stall, not an error.

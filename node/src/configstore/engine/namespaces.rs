@@ -7,7 +7,45 @@ use crate::reason::Reason;
 use meridian_core::types::MetaOp;
 
 impl ConfigStore {
+    /// Create a namespace (permission `admin` on it); audited.
     pub async fn create_namespace(
+        &self,
+        access: &Access,
+        project: &str,
+        environment: &str,
+        spec: &CreateNs,
+    ) -> Result<NamespaceInfo, CfgError> {
+        let info = self
+            .create_namespace_inner(access, project, environment, spec)
+            .await?;
+        access.audit_ok(
+            &ns_name(project, environment),
+            &[],
+            &format!("namespace created, home {}", info.home_region),
+        );
+        Ok(info)
+    }
+
+    /// Move a namespace's home (see `move_namespace_inner`); audited.
+    pub async fn move_namespace(
+        &self,
+        access: &Access,
+        project: &str,
+        environment: &str,
+        to_region: &str,
+    ) -> Result<NamespaceInfo, CfgError> {
+        let info = self
+            .move_namespace_inner(access, project, environment, to_region)
+            .await?;
+        access.audit_ok(
+            &ns_name(project, environment),
+            &[],
+            &format!("namespace moved to {to_region}"),
+        );
+        Ok(info)
+    }
+
+    async fn create_namespace_inner(
         &self,
         access: &Access,
         project: &str,
@@ -167,6 +205,7 @@ impl ConfigStore {
                 .map_err(|(reason, message)| CfgError::new(reason, message))?;
         }
         (info.description, info.owners, info.labels) = (description, owners, labels);
+        access.audit_ok(ns, &[], "namespace description, owners or labels changed");
         Ok(info)
     }
 
@@ -196,7 +235,7 @@ impl ConfigStore {
     /// Move a namespace's home region, online, and wait until the move is
     /// complete: reads go on throughout; writes stall (they are retried, see
     /// `call`) while the old home is frozen and the new one copies the data.
-    pub async fn move_namespace(
+    async fn move_namespace_inner(
         &self,
         access: &Access,
         project: &str,

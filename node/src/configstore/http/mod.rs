@@ -96,6 +96,8 @@ pub fn router(store: ConfigStore, auth: Authority) -> Router {
         )
         .route("/v1/namespaces/{project}/{env}", patch(describe_namespace))
         .route("/v1/namespaces/{project}/{env}/move", post(move_namespace))
+        .route("/v1/audit", get(audit_query))
+        .route("/v1/audit/verify", get(audit_verify))
         .route(
             "/v1/config/{project}/{env}",
             get(get_root).patch(patch_root),
@@ -186,6 +188,89 @@ async fn write_one(
 }
 
 // ----- handlers -----
+
+/// The audit log: records by time, principal, namespace, key, action and
+/// result, merged across groups, a page at a time.
+async fn audit_query(Caller(access): Caller, State(st): State<ConfigStore>, Query(q): Q) -> Res {
+    const FIELDS: [&str; 10] = [
+        "from_ms",
+        "to_ms",
+        "principal",
+        "namespace",
+        "key_prefix",
+        "action_prefix",
+        "denied_only",
+        "limit",
+        "page_token",
+        "group",
+    ];
+    if let Some(k) = q.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(CfgError::invalid(format!(
+            "unknown query parameter {k:?} (known: {})",
+            FIELDS.join(", ")
+        )));
+    }
+    let text = |k: &str| q.get(k).cloned().unwrap_or_default();
+    let number = |k: &str| -> Result<u64, CfgError> {
+        match q.get(k) {
+            None => Ok(0),
+            Some(v) => v
+                .parse()
+                .map_err(|_| CfgError::invalid(format!("{k} must be a whole number, not {v:?}"))),
+        }
+    };
+    let denied_only = match q.get("denied_only").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(CfgError::invalid(format!(
+                "denied_only must be true or false, not {v:?}"
+            )))
+        }
+    };
+    let group = match q.get("group") {
+        None => None,
+        Some(_) => Some(u8::try_from(number("group")?).map_err(|_| {
+            CfgError::invalid("group is a group number of this cluster".to_string())
+        })?),
+    };
+    let query = crate::audit::Query {
+        filter: meridian_core::audit::AuditFilter {
+            from_ms: number("from_ms")?,
+            to_ms: number("to_ms")?,
+            principal: text("principal"),
+            ns: text("namespace"),
+            key_prefix: text("key_prefix"),
+            action_prefix: text("action_prefix"),
+            denied_only,
+        },
+        limit: number("limit")? as usize,
+        page_token: text("page_token"),
+        group,
+    };
+    let page = crate::audit::query(st.core(), st.regions(), &access, &query)
+        .await
+        .map_err(|(reason, m)| CfgError::new(reason, m))?;
+    ok(json!({
+        "records": page.records,
+        "next_page_token": page.next_page_token.unwrap_or_default(),
+    }))
+}
+
+/// Verify this region's copy of every group's audit chain.
+async fn audit_verify(Caller(access): Caller, State(st): State<ConfigStore>) -> Res {
+    access.check(crate::auth::Action::Admin, crate::auth::Resource::CLUSTER)?;
+    let mut groups = Vec::new();
+    for g in 0..st.regions().len() {
+        groups.push(
+            crate::audit::verify_group(st.core(), g as u8)
+                .await
+                .map_err(|(reason, m)| CfgError::new(reason, m))?,
+        );
+    }
+    let all_ok = groups.iter().all(|g| g.ok);
+    ok(json!({ "ok": all_ok, "groups": groups }))
+}
 
 async fn list_namespaces(
     Caller(access): Caller,
