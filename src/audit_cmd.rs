@@ -54,7 +54,7 @@ pub struct Filter {
     namespace: String,
     /// Records naming a key with this prefix.
     #[arg(long, default_value = "")]
-    key: String,
+    key_prefix: String,
     /// Records whose action starts with this (Kv.Put, Auth., PUT /v1/config).
     #[arg(long, default_value = "")]
     action: String,
@@ -92,7 +92,7 @@ impl Filter {
                 .unwrap_or(0),
             principal: self.principal.clone(),
             namespace: self.namespace.clone(),
-            key_prefix: self.key.clone(),
+            key_prefix: self.key_prefix.clone(),
             action_prefix: self.action.clone(),
             denied_only: self.denied,
             limit,

@@ -956,3 +956,16 @@ fn status_text(s: &meridian_proto::v1::ClusterStatusResponse) -> String {
     let _ = writeln!(o, "namespaces: {}", s.namespaces.join(", "));
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over every subcommand (two arguments
+    /// with one long name, say), which otherwise fail only when a user runs
+    /// that subcommand.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1334,3 +1334,305 @@ async fn revocations_cross_a_partition_and_a_cut_off_region_is_bounded() {
         healed.elapsed()
     );
 }
+
+/// Every audit record `q` matches at `addr`, following page tokens.
+async fn audit_all(addr: &str, token: &str, q: AuditQueryRequest) -> Vec<AuditRecord> {
+    let mut client =
+        meridian_proto::v1::audit_client::AuditClient::new(chan(addr, Some(token)).await);
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let resp = client
+            .query(AuditQueryRequest {
+                page_token,
+                ..q.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(resp.records);
+        if resp.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = resp.next_page_token;
+    }
+}
+
+/// Wait (bounded) until the records at `addr` satisfy `done`.
+async fn audit_until(
+    addr: &str,
+    token: &str,
+    done: impl Fn(&[AuditRecord]) -> bool,
+) -> Vec<AuditRecord> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = audit_all(addr, token, AuditQueryRequest::default()).await;
+        if done(&all) {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the audit log never got there; it holds:\n{all:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The audit log: a write's record (author, request id, client, keys), a
+/// refusal, a failed authentication, token, role and namespace operations;
+/// filters and pages; visible only to admins; kept by the other regions
+/// when one is lost; and `meridian audit verify` passing on the cluster and
+/// failing, naming the record, once a byte of one region's storage changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_log_records_pages_survives_a_region_and_detects_tampering() {
+    let (mut cl, root) = auth_cluster().await;
+    let (eu, us) = (cl.grpc[0].clone(), cl.grpc[1].clone());
+    shop_with_a_reader_role(&eu, &root).await;
+    let alice = AuthClient::new(chan(&eu, Some(&root)).await)
+        .create_token(CreateTokenRequest {
+            principal: "alice".into(),
+            roles: vec!["shop-read".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    // A write whose request id marks its record (the tamper target below).
+    let mut marked = tonic::Request::new(write_req("shop", "services.marked", json!(2)));
+    marked
+        .metadata_mut()
+        .insert("x-request-id", "tamper-target-0001".parse().unwrap());
+    ConfigClient::new(chan(&eu, Some(&root)).await)
+        .write(marked)
+        .await
+        .unwrap();
+    let denied = ConfigClient::new(chan(&eu, Some(&alice)).await)
+        .write(write_req("shop", "services.a", json!(9)))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&denied), "PERMISSION_DENIED");
+    let garbled = ConfigClient::new(chan(&us, Some("mrd_nope_nope")).await)
+        .get_config(get_req("shop", "services"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&garbled), "UNAUTHENTICATED");
+
+    // Every kind of record arrives (refusals are batched: wait for them),
+    // readable in any region.
+    let all = audit_until(&us, &root, |rs| {
+        rs.iter()
+            .any(|r| r.principal == "alice" && r.result == "PERMISSION_DENIED")
+            && rs.iter().any(|r| r.result == "UNAUTHENTICATED")
+            && rs.iter().any(|r| r.request_id == "tamper-target-0001")
+    })
+    .await;
+    let write = all
+        .iter()
+        .find(|r| r.request_id == "tamper-target-0001")
+        .unwrap();
+    assert_eq!(
+        (
+            write.principal.as_str(),
+            write.method.as_str(),
+            write.action.as_str(),
+            write.namespace.as_str(),
+            write.result.as_str(),
+            write.region.as_str(),
+            write.group,
+        ),
+        ("root", "root", "Config.Write", "shop/prod", "OK", "eu", 0),
+        "{write:#?}"
+    );
+    assert!(
+        write.keys.iter().any(|k| k.contains("marked")),
+        "{write:#?}"
+    );
+    assert!(write.client.starts_with("127.0.0.1:"), "{write:#?}");
+    assert_eq!(write.detail, "auth test", "the change message");
+    let refusal = all
+        .iter()
+        .find(|r| r.principal == "alice" && r.result == "PERMISSION_DENIED")
+        .unwrap();
+    assert_eq!(
+        (
+            refusal.method.as_str(),
+            refusal.action.as_str(),
+            refusal.namespace.as_str()
+        ),
+        ("token", "Config.Write", "shop/prod"),
+        "{refusal:#?}"
+    );
+    assert!(
+        refusal.detail.contains("alice may not write"),
+        "{refusal:#?}"
+    );
+    let unauthenticated = all.iter().find(|r| r.result == "UNAUTHENTICATED").unwrap();
+    assert_eq!(
+        (unauthenticated.region.as_str(), unauthenticated.group),
+        ("us", 1),
+        "a refusal goes through the serving region's home group: {unauthenticated:#?}"
+    );
+    for (action, detail) in [
+        ("Config.CreateNamespace", "namespace created"),
+        ("Auth.PutRole", "role shop-read set"),
+        ("Auth.CreateToken", "created for alice"),
+    ] {
+        assert!(
+            all.iter()
+                .any(|r| r.action == action && r.result == "OK" && r.detail.contains(detail)),
+            "no {action} record: {all:#?}"
+        );
+    }
+
+    // Filters.
+    let q = |f: AuditQueryRequest| audit_all(&us, &root, f);
+    let by_alice = q(AuditQueryRequest {
+        principal: "alice".into(),
+        ..Default::default()
+    })
+    .await;
+    assert!(!by_alice.is_empty() && by_alice.iter().all(|r| r.principal == "alice"));
+    let refusals = q(AuditQueryRequest {
+        denied_only: true,
+        ..Default::default()
+    })
+    .await;
+    assert!(refusals.len() >= 2 && refusals.iter().all(|r| r.result != "OK"));
+    let in_shop = q(AuditQueryRequest {
+        namespace: "shop".into(),
+        key_prefix: "services.m".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        in_shop
+            .iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["tamper-target-0001"]
+    );
+    let t = write.time_ms;
+    let at_write = q(AuditQueryRequest {
+        from_ms: t,
+        to_ms: t + 1,
+        action_prefix: "Config.Write".into(),
+        ..Default::default()
+    })
+    .await;
+    assert!(at_write
+        .iter()
+        .any(|r| r.request_id == "tamper-target-0001"));
+    assert!(at_write.iter().all(|r| r.time_ms == t));
+
+    // Pages of two give every record once, as one big page does.
+    let snapshot_now = q(AuditQueryRequest {
+        to_ms: t + 1,
+        ..Default::default()
+    })
+    .await;
+    let paged = q(AuditQueryRequest {
+        to_ms: t + 1,
+        limit: 2,
+        ..Default::default()
+    })
+    .await;
+    let ids = |rs: &[AuditRecord]| {
+        let mut v: Vec<(u32, u64)> = rs.iter().map(|r| (r.group, r.seq)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&paged), ids(&snapshot_now));
+    assert_eq!(paged.len(), snapshot_now.len(), "no record twice");
+    let bad_token =
+        meridian_proto::v1::audit_client::AuditClient::new(chan(&us, Some(&root)).await)
+            .query(AuditQueryRequest {
+                page_token: "garbage".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(reason(&bad_token), "INVALID_REQUEST");
+
+    // Only admins read the log: alice (a reader) sees none of it and may
+    // not verify.
+    assert!(audit_all(&us, &alice, AuditQueryRequest::default())
+        .await
+        .is_empty());
+    let no = meridian_proto::v1::audit_client::AuditClient::new(chan(&us, Some(&alice)).await)
+        .verify(AuditVerifyRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&no), "PERMISSION_DENIED");
+
+    // The CLI: list as JSON, and verify every region's chains.
+    let listed: Value = serde_json::from_str(&common::ok_at(
+        &cl.grpc,
+        &[
+            "--token",
+            &root,
+            "audit",
+            "list",
+            "--principal",
+            "alice",
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    assert!(listed["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["principal"] == "alice"));
+    let verified = common::ok_at(&cl.grpc, &["--token", &root, "audit", "verify"]);
+    assert!(verified.contains("audit log verified"), "{verified}");
+
+    // Lose eu, the home of group 0: its records are still in us.
+    cl.kill9(0);
+    let kept = audit_all(
+        &us,
+        &root,
+        AuditQueryRequest {
+            group: Some(0),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(kept.iter().any(|r| r.request_id == "tamper-target-0001"));
+
+    // Change one byte of that record in eu's storage (resealing the
+    // checksums, as someone who knows the format would), restart eu, and
+    // verification fails, naming the record.
+    let changed = meridian_node::storage::RocksStorage::tamper_for_test(
+        &cl.data_dir(0),
+        b"tamper-target-0001",
+        b"tamper-target-0002",
+    )
+    .unwrap();
+    assert!(changed > 0, "the record is somewhere in eu's storage");
+    cl.start(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut a = meridian_proto::v1::admin_client::AdminClient::new(
+            chan(&cl.grpc[0], Some(&root)).await,
+        );
+        if let Ok(s) = a.cluster_status(ClusterStatusRequest {}).await {
+            if s.get_ref().groups.iter().all(|g| g.leader.is_some()) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "eu not back:\n{}", cl.log(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, out, err) = common::cli_at(&cl.grpc, &["--token", &root, "audit", "verify"]);
+    assert!(
+        !ok,
+        "verification passed over a tampered store:\n{out}\n{err}"
+    );
+    let named = format!("group 0 record {}", write.seq);
+    assert!(
+        out.contains(&named) || err.contains(&named),
+        "the failure names {named}:\n{out}\n{err}"
+    );
+}

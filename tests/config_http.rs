@@ -1464,6 +1464,65 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
         assert_eq!((s, reason(&v)), want, "{v}");
     }
 
+    // --- the audit log: this test's writes, in pages; chains verified ---
+    let audit = "/v1/audit";
+    let (s, v) = api
+        .call(
+            "get",
+            us,
+            audit,
+            "/v1/audit?namespace=shop/prod&action_prefix=PUT&limit=2",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let page = v["records"].as_array().unwrap();
+    assert_eq!(page.len(), 2, "{v}");
+    assert!(page.iter().all(|r| r["namespace"] == "shop/prod"
+        && r["action"].as_str().unwrap().starts_with("PUT /v1/")
+        && r["result"] == "OK"));
+    let next = v["next_page_token"].as_str().unwrap().to_string();
+    assert!(!next.is_empty());
+    let (s, v) = api
+        .call(
+            "get",
+            us,
+            audit,
+            &format!("/v1/audit?namespace=shop/prod&action_prefix=PUT&limit=2&page_token={next}"),
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| !page.iter().any(|p| p["hash"] == r["hash"])));
+    for bad in [
+        "/v1/audit?colour=red",
+        "/v1/audit?limit=ten",
+        "/v1/audit?denied_only=maybe",
+        "/v1/audit?page_token=a1.x",
+    ] {
+        let (s, v) = api.call("get", us, audit, bad, &[], Body::None).await;
+        assert_eq!((s, reason(&v)), (400, "INVALID_REQUEST"), "{bad}: {v}");
+    }
+    let (s, v) = api
+        .call(
+            "get",
+            ap,
+            "/v1/audit/verify",
+            "/v1/audit/verify",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["ok"], json!(true), "{v}");
+    assert_eq!(v["groups"].as_array().unwrap().len(), 3);
+
     let left = api.unexercised();
     assert!(
         left.is_empty(),

@@ -271,6 +271,14 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // The RPC's path, for audit records (`RequestInfo::grpc`).
+        .layer(tower::util::MapRequestLayer::new(
+            |mut req: http::Request<tonic::body::Body>| {
+                let path = crate::auth::RpcPath(req.uri().path().to_string());
+                req.extensions_mut().insert(path);
+                req
+            },
+        ))
         .add_service(
             KvServer::new(api.clone())
                 .max_decoding_message_size(max_msg)

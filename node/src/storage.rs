@@ -231,6 +231,41 @@ impl RocksStorage {
         Ok((s, d))
     }
 
+    /// Replace every occurrence of `from` with `to` (same length) in every
+    /// stored value of a closed database, resealing each value's checksum:
+    /// what an attacker with the disk and this format could do. For tests of
+    /// the audit log's tamper evidence only. Returns the values changed.
+    #[doc(hidden)]
+    pub fn tamper_for_test(dir: &Path, from: &[u8], to: &[u8]) -> Result<usize, StoreError> {
+        assert_eq!(from.len(), to.len(), "a same-length replacement");
+        let db = DB::open(&Options::default(), dir)?;
+        let mut changed = Vec::new();
+        for item in db.iterator(rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            let Some(payload) = open_sealed(&k, &v) else {
+                continue;
+            };
+            if let Some(at) = payload.windows(from.len()).position(|w| w == from) {
+                let mut p = payload.to_vec();
+                let mut i = at;
+                while i + from.len() <= p.len() {
+                    if &p[i..i + from.len()] == from {
+                        p[i..i + from.len()].copy_from_slice(to);
+                        i += from.len();
+                    } else {
+                        i += 1;
+                    }
+                }
+                changed.push((k.to_vec(), seal(&k, &p)));
+            }
+        }
+        for (k, v) in &changed {
+            db.put(k, v)?;
+        }
+        db.flush()?;
+        Ok(changed.len())
+    }
+
     /// Flush memtables to SST files (tests and orderly shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;

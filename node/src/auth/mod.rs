@@ -246,6 +246,11 @@ pub struct Access {
     pub request: RequestInfo,
 }
 
+/// A gRPC request's path (`/meridian.v1.Kv/Put`), put in its extensions by
+/// a layer of the server.
+#[derive(Clone, Debug)]
+pub struct RpcPath(pub String);
+
 /// One request's particulars, for its audit records.
 #[derive(Clone, Default)]
 pub struct RequestInfo {
@@ -261,12 +266,14 @@ pub struct RequestInfo {
 impl RequestInfo {
     /// The particulars of a gRPC request.
     pub fn grpc<T>(r: &tonic::Request<T>) -> RequestInfo {
+        // `/meridian.v1.Kv/Put` -> `Kv.Put`.
         let op = r
             .extensions()
-            .get::<tonic::GrpcMethod<'static>>()
-            .map(|m| {
-                let service = m.service().rsplit('.').next().unwrap_or(m.service());
-                format!("{service}.{}", m.method())
+            .get::<RpcPath>()
+            .and_then(|p| p.0.rsplit_once('/'))
+            .map(|(service, method)| {
+                let service = service.rsplit('.').next().unwrap_or(service);
+                format!("{service}.{method}")
             })
             .unwrap_or_default();
         let id = r
