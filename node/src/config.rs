@@ -277,6 +277,12 @@ pub struct ClusterTuning {
     /// RESOURCE_EXHAUSTED (reason OVERLOADED). Each costs about 20 KiB (measured by
     /// `meridian-bench watch`), so the default bounds them to about 1 GiB.
     pub watchers_max: usize,
+    /// Audit records each group keeps (the oldest go first). Each is held
+    /// in memory in every region until the storage engine keeps state on disk.
+    pub audit_records_max: usize,
+    /// Audit records older than this (against the group's newest) are
+    /// dropped; 0: kept until `audit_records_max` drops them.
+    pub audit_retention_days: u64,
 }
 
 /// A core configuration error in the file's terms: the core counts
@@ -297,6 +303,7 @@ fn file_names(core_message: &str) -> String {
         ),
         ("clock_drift_max_ppm", "cluster.clock_drift_max_ppm"),
         ("message_bytes_max", "cluster.message_bytes_max"),
+        ("audit_records_max", "cluster.audit_records_max"),
     ] {
         m = m.replace(core, file);
     }
@@ -320,6 +327,8 @@ impl Default for ClusterTuning {
             compact_after_entries: c.compact_after_entries,
             message_bytes_max: c.message_bytes_max,
             watchers_max: c.watchers_max,
+            audit_records_max: c.audit_retention.records_max,
+            audit_retention_days: c.audit_retention.age_ms_max / (24 * 3600 * 1000),
         }
     }
 }
@@ -583,6 +592,10 @@ impl NodeConfig {
         c.compact_after_entries = t.compact_after_entries;
         c.message_bytes_max = t.message_bytes_max;
         c.watchers_max = t.watchers_max;
+        c.audit_retention = meridian_core::audit::AuditRetention {
+            records_max: t.audit_records_max,
+            age_ms_max: t.audit_retention_days.saturating_mul(24 * 3600 * 1000),
+        };
         c.namespaces = self
             .namespace_entries()
             .into_iter()

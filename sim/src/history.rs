@@ -20,6 +20,24 @@ pub enum OpKind {
         ops: Vec<WriteOp>,
     },
     Meta,
+    /// A permission check (`ClientRequest::MetaGranted`), as a region's shell
+    /// makes one for every request.
+    MetaCheck {
+        principal: String,
+        permission: String,
+    },
+}
+
+/// A permission check a node answered, with the grant and revocation keys
+/// that node held as it answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermCheck {
+    pub node: NodeId,
+    pub at_us: u64,
+    pub principal: String,
+    pub permission: String,
+    pub answer: bool,
+    pub keys: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -317,6 +335,12 @@ pub struct History {
     pub clock_drift_max_ppm: u64,
     pub rpo_budget_us: BTreeMap<String, u64>,
     pub rto_bound_us: u64,
+    /// Every permission check answered (see `checkers::revocation`).
+    pub perm_checks: Vec<PermCheck>,
+    /// Every grant key, with the revocation keys of its permission that its
+    /// origin node held when it made the grant (observed by the simulator
+    /// as the grant first appeared there, not taken from the grant's value).
+    pub grants_saw: BTreeMap<String, Vec<String>>,
 }
 
 impl History {

@@ -29,6 +29,9 @@ pub struct RunResult {
     pub lin_keys: usize,
     pub lin_ops: usize,
     pub watch_events: usize,
+    /// Permission checks judged, and those refused although a grant
+    /// existed (a revocation had won over it).
+    pub perm_checks: (usize, usize),
     pub bounded_reads: usize,
     pub lease_intervals: usize,
     pub elections: usize,
@@ -91,6 +94,7 @@ pub fn run_seed(opts: Options) -> (RunResult, World) {
         lin_keys: 0,
         lin_ops: 0,
         watch_events: 0,
+        perm_checks: (0, 0),
         bounded_reads: 0,
         lease_intervals: 0,
         elections: h.elections.len(),
@@ -136,6 +140,7 @@ pub fn run_seed(opts: Options) -> (RunResult, World) {
         r.rto_us = rto::check(h)?;
         convergence::check(h, &finals)?;
         r.watch_events = watch_completeness::check(h)?;
+        r.perm_checks = revocation::check(h)?;
         r.moved = namespace_move::check(h, &moving_finals)?;
         r.moved.moves_completed = h.moves_completed.len();
         Ok(())

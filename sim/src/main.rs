@@ -230,6 +230,11 @@ fn main() -> Result<()> {
         sum(&|r| r.watch_events as u64)
     );
     println!(
+        "| permission checks judged (refused over a grant: a revocation won) | {} ({}) |",
+        sum(&|r| r.perm_checks.0 as u64),
+        sum(&|r| r.perm_checks.1 as u64)
+    );
+    println!(
         "| namespace moves: acknowledged / copies completed / ops checked | {} / {} / {} |",
         sum(&|r| r.moved.moves_started as u64),
         sum(&|r| r.moved.moves_completed as u64),

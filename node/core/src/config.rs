@@ -43,6 +43,9 @@ pub struct Mutants {
     /// Every append answer refills the pipeline and every refusal resends,
     /// whether or not it moved anything.
     pub pipeline_refills_on_any_answer: bool,
+    /// A grant counts even when a revocation it never saw exists: a grant
+    /// wins over a concurrent revocation.
+    pub grant_wins_over_revoke: bool,
 }
 
 impl Mutants {
@@ -58,10 +61,11 @@ impl Mutants {
             || self.promise_forgotten_on_restart
             || self.rpo_budget_ignored
             || self.pipeline_refills_on_any_answer
+            || self.grant_wins_over_revoke
     }
 
     /// Names accepted by `Mutants::by_name`, in a stable order.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "lease-without-drift-margin",
         "vote-not-persisted",
         "ack-before-quorum",
@@ -73,6 +77,7 @@ impl Mutants {
         "promise-forgotten-on-restart",
         "rpo-budget-ignored",
         "pipeline-refills-on-any-answer",
+        "grant-wins-over-revoke",
     ];
 
     pub fn by_name(name: &str) -> Option<Mutants> {
@@ -89,6 +94,7 @@ impl Mutants {
             "promise-forgotten-on-restart" => m.promise_forgotten_on_restart = true,
             "rpo-budget-ignored" => m.rpo_budget_ignored = true,
             "pipeline-refills-on-any-answer" => m.pipeline_refills_on_any_answer = true,
+            "grant-wins-over-revoke" => m.grant_wins_over_revoke = true,
             _ => return None,
         }
         Some(m)
@@ -237,6 +243,12 @@ impl Config {
         }
         if self.lease_duration_us() == 0 {
             return Err("lease_margin_us leaves no lease at all".into());
+        }
+        if !(1..=10_000_000).contains(&self.audit_retention.records_max) {
+            return Err(format!(
+                "audit_records_max must be 1..=10000000, got {}",
+                self.audit_retention.records_max
+            ));
         }
         if self.snapshot_chunk_bytes + 4096 > self.message_bytes_max
             || self.append_bytes_max + self.value_bytes_max + 4096 > self.message_bytes_max * 2

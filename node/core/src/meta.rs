@@ -87,6 +87,8 @@ pub struct MetaDoc {
     peers: Vec<sync::State>,
     saved_heads: Vec<ChangeHash>,
     next_id: u64,
+    /// The `grant_wins_over_revoke` mutant (tests of the simulator only).
+    grant_wins: bool,
 }
 
 fn actor(region: NodeId, incarnation: u64) -> ActorId {
@@ -126,6 +128,7 @@ impl MetaDoc {
             peers: (0..regions).map(|_| sync::State::new()).collect(),
             saved_heads,
             next_id: 0,
+            grant_wins: false,
         })
     }
 
@@ -220,8 +223,29 @@ impl MetaDoc {
         MetaView { records, grants }
     }
 
+    /// Plant the `grant_wins_over_revoke` mutant.
+    pub fn plant_grant_wins(&mut self) {
+        self.grant_wins = true;
+    }
+
+    /// The keys of every grant and revocation (`grant/...#id`,
+    /// `revoke/...#id`), sorted: what the simulator's revocation checker
+    /// builds its own model from.
+    pub fn permission_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .doc
+            .keys(ROOT)
+            .filter(|k| k.starts_with("grant/") || k.starts_with("revoke/"))
+            .collect();
+        keys.sort();
+        keys
+    }
+
     pub fn granted(&self, principal: &str, permission: &str) -> bool {
         let perm = format!("{principal}|{permission}");
+        if self.grant_wins {
+            return !self.keys_with_prefix(&format!("grant/{perm}#")).is_empty();
+        }
         let revokes: Vec<String> = self
             .keys_with_prefix(&format!("revoke/{perm}#"))
             .into_iter()

@@ -12,6 +12,7 @@ pub mod lease_safety;
 pub mod linearizability;
 pub mod namespace_move;
 pub mod promise_safety;
+pub mod revocation;
 pub mod rto;
 pub mod state_machine_safety;
 pub mod vote_safety;

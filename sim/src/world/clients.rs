@@ -41,7 +41,10 @@ impl World {
                 }
             }
             Owner::Op {
-                client, op, moving, ..
+                client,
+                op,
+                moving,
+                node,
             } => {
                 self.reqs.remove(&req);
                 if resp == ClientResponse::Error(ErrorCode::RpoBudgetExceeded) {
@@ -107,6 +110,24 @@ impl World {
                         }
                         let t = cl.tokens.entry(token.group).or_insert(*token);
                         t.revision = t.revision.max(token.revision);
+                    }
+                    (
+                        OpKind::MetaCheck {
+                            principal,
+                            permission,
+                        },
+                        ClientResponse::Granted(answer),
+                    ) => {
+                        // Answered in this step: the node's keys as sampled
+                        // are the ones it judged by.
+                        self.history.perm_checks.push(PermCheck {
+                            node,
+                            at_us: self.now,
+                            principal: principal.clone(),
+                            permission: permission.clone(),
+                            answer: *answer,
+                            keys: self.nodes[node as usize].perm_keys.clone(),
+                        });
                     }
                     _ => {}
                 }
@@ -426,7 +447,26 @@ impl World {
                     permission: "write".into(),
                 },
             };
-            (OpKind::Meta, ClientRequest::Meta(op))
+            // Labels are rarely set: every third label op checks a
+            // permission instead, as each request a region's shell serves
+            // does (no new random draw, so seeds keep their runs).
+            match op {
+                MetaOp::SetLabel { .. } if seq.is_multiple_of(3) => {
+                    let principal = format!("p{}", seq % 2);
+                    let permission = "write".to_string();
+                    (
+                        OpKind::MetaCheck {
+                            principal: principal.clone(),
+                            permission: permission.clone(),
+                        },
+                        ClientRequest::MetaGranted {
+                            principal,
+                            permission,
+                        },
+                    )
+                }
+                op => (OpKind::Meta, ClientRequest::Meta(op)),
+            }
         };
         if let ClientRequest::Write { .. } = &request {
             self.clients[c].retry = Some((request.clone(), 1));

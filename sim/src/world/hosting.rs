@@ -25,6 +25,7 @@ impl World {
         }
         let inc = self.nodes[n as usize].inc;
         self.note(|| format!("node {n} started (incarnation {inc})"));
+        self.sample_perm_keys(n);
         self.after_step(n);
         self.refresh_links();
         // Clients of this region re-open their watches.
@@ -241,6 +242,34 @@ impl World {
         }
     }
 
+    /// Read node `n`'s grant and revocation keys. A grant key seen for the
+    /// first time is new at this node, its origin (a grant reaches other
+    /// nodes only after its origin applied it): record which revocations
+    /// of its permission the origin held as it made the grant.
+    pub(super) fn sample_perm_keys(&mut self, n: NodeId) {
+        let Some(node) = &self.nodes[n as usize].node else {
+            return;
+        };
+        let keys = node.meta_permission_keys();
+        for k in &keys {
+            let Some(rest) = k.strip_prefix("grant/") else {
+                continue;
+            };
+            if self.history.grants_saw.contains_key(k) {
+                continue;
+            }
+            let perm = rest.rsplit_once('#').map_or(rest, |(p, _)| p);
+            let revokes = format!("revoke/{perm}#");
+            let saw: Vec<String> = keys
+                .iter()
+                .filter(|r| r.starts_with(&revokes))
+                .cloned()
+                .collect();
+            self.history.grants_saw.insert(k.clone(), saw);
+        }
+        self.nodes[n as usize].perm_keys = keys;
+    }
+
     pub(super) fn observe(&mut self, n: NodeId, o: Observation) {
         match o {
             Observation::BecameLeader { group, term } => {
@@ -279,7 +308,7 @@ impl World {
                 self.history.record_promise(group, n, leader, term, self.now, end);
             }
             Observation::Halted => self.note(|| format!("node {n} halted")),
-            Observation::MetaChanged => {}
+            Observation::MetaChanged => self.sample_perm_keys(n),
             Observation::WriteReplayed {
                 group,
                 request_id,

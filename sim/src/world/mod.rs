@@ -172,6 +172,9 @@ struct SimNode {
     appends_stalled: u32,
     /// When the restart-before-vote site last bounced this node.
     bounced_at: Option<u64>,
+    /// The grant and revocation keys of the node's metadata document, as
+    /// last sampled (on every `MetaChanged` and every start).
+    perm_keys: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -333,6 +336,7 @@ impl World {
                 slow_disks: 0,
                 appends_stalled: 0,
                 bounced_at: None,
+                perm_keys: Vec::new(),
             });
         }
         let mut history = History::new(opts.regions);

@@ -30,8 +30,11 @@ impl Node {
         let mut rng = Rng::new(seed ^ ((id as u64) << 56) ^ durable.incarnation);
         let incarnation = durable.incarnation + 1;
         let boot = rng.next_u64();
-        let meta = MetaDoc::load(&durable.meta_chunks, id, incarnation, cfg.regions)
+        let mut meta = MetaDoc::load(&durable.meta_chunks, id, incarnation, cfg.regions)
             .map_err(|e| InitError::Corrupt(e.to_string()))?;
+        if cfg.mutants.grant_wins_over_revoke {
+            meta.plant_grant_wins();
+        }
         let mut ns_index = BTreeMap::new();
         ns_index.insert(
             CATALOG_NS.to_string(),

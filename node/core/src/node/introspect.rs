@@ -18,6 +18,11 @@ impl Node {
         self.meta.view()
     }
 
+    /// Every grant and revocation key of the metadata document, sorted.
+    pub fn meta_permission_keys(&self) -> Vec<String> {
+        self.meta.permission_keys()
+    }
+
     pub fn is_halted(&self) -> bool {
         self.halted
     }
