@@ -274,7 +274,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         // The RPC's path, for audit records (`RequestInfo::grpc`).
         .layer(tower::util::MapRequestLayer::new(
             |mut req: http::Request<tonic::body::Body>| {
-                let path = crate::auth::RpcPath(req.uri().path().to_string());
+                let path = crate::auth::RpcPath(req.uri().path().into());
                 req.extensions_mut().insert(path);
                 req
             },

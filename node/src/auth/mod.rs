@@ -247,67 +247,96 @@ pub struct Access {
 }
 
 /// A gRPC request's path (`/meridian.v1.Kv/Put`), put in its extensions by
-/// a layer of the server.
+/// a layer of the server (shared, so that copying it costs no allocation).
 #[derive(Clone, Debug)]
-pub struct RpcPath(pub String);
+pub struct RpcPath(pub Arc<str>);
 
-/// One request's particulars, for its audit records.
+/// What a request asked for, formatted only when a record is made.
+#[derive(Clone, Debug, Default)]
+enum Op {
+    #[default]
+    Unknown,
+    Grpc(RpcPath),
+    Http(String),
+}
+
+/// One request's particulars, for its audit records. Every request carries
+/// one, so it is kept raw (no formatting, no random id) until a record is
+/// actually made.
 #[derive(Clone, Default)]
 pub struct RequestInfo {
-    /// The operation: `Kv.Put` (gRPC service and method) or `PUT /v1/...`.
-    pub op: String,
-    /// The caller's `x-request-id`, or a fresh one.
-    pub request_id: String,
-    /// The client's address.
-    pub client: String,
+    op: Op,
+    /// The caller's `x-request-id`, if it sent one.
+    request_id: Option<String>,
+    client: Option<std::net::SocketAddr>,
     auditor: Option<Auditor>,
 }
 
 impl RequestInfo {
     /// The particulars of a gRPC request.
     pub fn grpc<T>(r: &tonic::Request<T>) -> RequestInfo {
-        // `/meridian.v1.Kv/Put` -> `Kv.Put`.
-        let op = r
-            .extensions()
-            .get::<RpcPath>()
-            .and_then(|p| p.0.rsplit_once('/'))
-            .map(|(service, method)| {
-                let service = service.rsplit('.').next().unwrap_or(service);
-                format!("{service}.{method}")
-            })
-            .unwrap_or_default();
-        let id = r
-            .metadata()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok());
-        let conn = r.extensions().get::<crate::api_tls::ClientConn>();
-        RequestInfo::new(op, id, conn)
+        RequestInfo {
+            op: r
+                .extensions()
+                .get::<RpcPath>()
+                .map_or(Op::Unknown, |p| Op::Grpc(p.clone())),
+            request_id: r
+                .metadata()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|id| !id.is_empty())
+                .map(str::to_string),
+            client: r
+                .extensions()
+                .get::<crate::api_tls::ClientConn>()
+                .map(|c| c.remote),
+            auditor: None,
+        }
     }
 
+    /// The particulars of an HTTP request: `op` is its method and path.
     pub fn new(
         op: String,
         request_id: Option<&str>,
         conn: Option<&crate::api_tls::ClientConn>,
     ) -> RequestInfo {
         RequestInfo {
-            op,
-            request_id: match request_id {
-                Some(id) if !id.is_empty() => id.to_string(),
-                _ => format!("{:016x}", rand::random::<u64>()),
-            },
-            client: conn.map(|c| c.remote.to_string()).unwrap_or_default(),
+            op: Op::Http(op),
+            request_id: request_id.filter(|id| !id.is_empty()).map(str::to_string),
+            client: conn.map(|c| c.remote),
             auditor: None,
         }
     }
 
-    fn ctx(&self, principal: &Principal) -> AuditCtx {
+    /// The operation: `Kv.Put` (gRPC service and method) or `PUT /v1/...`.
+    pub fn op(&self) -> String {
+        match &self.op {
+            Op::Unknown => String::new(),
+            Op::Http(op) => op.clone(),
+            // `/meridian.v1.Kv/Put` -> `Kv.Put`.
+            Op::Grpc(p) => match p.0.rsplit_once('/') {
+                Some((service, method)) => {
+                    let service = service.rsplit('.').next().unwrap_or(service);
+                    format!("{service}.{method}")
+                }
+                None => p.0.to_string(),
+            },
+        }
+    }
+
+    /// The context of a record of this request, by `principal` (None: not
+    /// authenticated). A request without an `x-request-id` gets a fresh one.
+    fn ctx(&self, principal: Option<&Principal>) -> AuditCtx {
         AuditCtx {
             region: self.auditor.as_ref().map_or(0, Auditor::region),
-            principal: principal.name.clone(),
-            method: principal.method.as_str().to_string(),
-            action: self.op.clone(),
-            request_id: self.request_id.clone(),
-            client: self.client.clone(),
+            principal: principal.map_or(String::new(), |p| p.name.clone()),
+            method: principal.map_or(String::new(), |p| p.method.as_str().to_string()),
+            action: self.op(),
+            request_id: self
+                .request_id
+                .clone()
+                .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
+            client: self.client.map_or(String::new(), |c| c.to_string()),
         }
     }
 
@@ -351,17 +380,9 @@ impl Authority {
 
     /// Record a refusal before any principal is known.
     fn refused(&self, info: &RequestInfo, principal: Option<&Principal>, e: &AuthError) {
-        let ctx = match principal {
-            Some(p) => info.ctx(p),
-            None => AuditCtx {
-                action: info.op.clone(),
-                request_id: info.request_id.clone(),
-                client: info.client.clone(),
-                region: info.auditor.as_ref().map_or(0, Auditor::region),
-                ..AuditCtx::default()
-            },
-        };
-        info.record(ctx, "", &[], e.reason.as_str(), &e.message);
+        if info.auditor.is_some() {
+            info.record(info.ctx(principal), "", &[], e.reason.as_str(), &e.message);
+        }
     }
 
     /// `grpc`, also while the region is cut off beyond its bound: for
@@ -798,20 +819,24 @@ impl Access {
     /// The audit context of a write this request makes (carried in the
     /// write's log entry).
     pub fn audit_ctx(&self) -> AuditCtx {
-        self.request.ctx(&self.principal)
+        self.request.ctx(Some(&self.principal))
     }
 
     /// Record an accepted request other than a write (token, role, grant
     /// and namespace operations).
     pub fn audit_ok(&self, ns: &str, keys: &[&str], detail: &str) {
-        self.request
-            .record(self.audit_ctx(), ns, keys, RESULT_OK, detail);
+        if self.request.auditor.is_some() {
+            self.request
+                .record(self.audit_ctx(), ns, keys, RESULT_OK, detail);
+        }
     }
 
     /// Record a refusal of this request.
     pub fn audit_refusal(&self, ns: &str, keys: &[&str], e: &AuthError) {
-        self.request
-            .record(self.audit_ctx(), ns, keys, e.reason.as_str(), &e.message);
+        if self.request.auditor.is_some() {
+            self.request
+                .record(self.audit_ctx(), ns, keys, e.reason.as_str(), &e.message);
+        }
     }
 
     /// `check` of a key in a namespace.
