@@ -91,25 +91,29 @@ async fn auth_cluster_in(more: &str, lab: bool) -> (Cluster, Option<meridian_net
         (Cluster::new(&extra), None)
     };
     cl.start_all();
-    // Wait for the cluster with the root credential (cluster status needs one).
+    ready_as(&cl, 0, &root_token).await;
+    (cl, lab, root_token)
+}
+
+/// Wait until region `i` sees a leader for every group, asking with the
+/// root credential (cluster status needs one).
+async fn ready_as(cl: &Cluster, i: usize, root: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut a = meridian_proto::v1::admin_client::AdminClient::new(
-            chan(&cl.grpc[0], Some(&root_token)).await,
-        );
+        let mut a =
+            meridian_proto::v1::admin_client::AdminClient::new(chan(&cl.grpc[i], Some(root)).await);
         if let Ok(s) = a.cluster_status(ClusterStatusRequest {}).await {
             if s.get_ref().groups.iter().all(|g| g.leader.is_some()) {
-                break;
+                return;
             }
         }
         assert!(
             Instant::now() < deadline,
-            "cluster not ready:\n{}",
-            cl.log(0)
+            "region {i} not ready:\n{}",
+            cl.log(i)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (cl, lab, root_token)
 }
 
 /// As root at `addr`: namespace shop/prod (homed in eu) with services.a = 1,
@@ -1612,19 +1616,7 @@ async fn audit_log_records_pages_survives_a_region_and_detects_tampering() {
     .unwrap();
     assert!(changed > 0, "the record is somewhere in eu's storage");
     cl.start(0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut a = meridian_proto::v1::admin_client::AdminClient::new(
-            chan(&cl.grpc[0], Some(&root)).await,
-        );
-        if let Ok(s) = a.cluster_status(ClusterStatusRequest {}).await {
-            if s.get_ref().groups.iter().all(|g| g.leader.is_some()) {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "eu not back:\n{}", cl.log(0));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ready_as(&cl, 0, &root).await;
     let (ok, out, err) = common::cli_at(&cl.grpc, &["--token", &root, "audit", "verify"]);
     assert!(
         !ok,

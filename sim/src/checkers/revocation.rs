@@ -22,22 +22,11 @@ pub fn check(h: &History) -> Result<(usize, usize), Violation> {
     let mut refused_over_grant = 0;
     for c in &h.perm_checks {
         let perm = format!("{}|{}", c.principal, c.permission);
-        let grants: Vec<&String> = c
-            .keys
-            .iter()
-            .filter(|k| {
-                k.strip_prefix("grant/")
-                    .is_some_and(|r| r.starts_with(&format!("{perm}#")))
-            })
-            .collect();
-        let revokes: Vec<&String> = c
-            .keys
-            .iter()
-            .filter(|k| {
-                k.strip_prefix("revoke/")
-                    .is_some_and(|r| r.starts_with(&format!("{perm}#")))
-            })
-            .collect();
+        let of = |kind: &str| -> Vec<&String> {
+            let prefix = format!("{kind}/{perm}#");
+            c.keys.iter().filter(|k| k.starts_with(&prefix)).collect()
+        };
+        let (grants, revokes) = (of("grant"), of("revoke"));
         let mut expected = false;
         for g in &grants {
             let Some(saw) = h.grants_saw.get(*g) else {

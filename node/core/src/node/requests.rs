@@ -609,10 +609,8 @@ impl Node {
             },
             deleted,
         };
-        let Some(ls) = self.groups[g].role.leading_mut() else {
-            return;
-        };
-        ls.pending_writes.insert(
+        self.await_entry(
+            g,
             index,
             PendingWrite {
                 origins: vec![origin],
@@ -623,9 +621,18 @@ impl Node {
                 acked: false,
             },
         );
-        if request_id != 0 {
-            ls.pending_by_request.insert(request_id, index);
+    }
+
+    /// Leader: answer `w`'s origins once the entry at `index` (just
+    /// appended) commits, and send it to the peers.
+    fn await_entry(&mut self, g: usize, index: u64, w: PendingWrite) {
+        let Some(ls) = self.groups[g].role.leading_mut() else {
+            return;
+        };
+        if w.request_id != 0 {
+            ls.pending_by_request.insert(w.request_id, index);
         }
+        ls.pending_writes.insert(index, w);
         self.replicate_new(g, index);
     }
 
@@ -648,10 +655,8 @@ impl Node {
             return;
         }
         let index = self.append_local(g, EntryData::Audit(events));
-        let Some(ls) = self.groups[g].role.leading_mut() else {
-            return;
-        };
-        ls.pending_writes.insert(
+        self.await_entry(
+            g,
             index,
             PendingWrite {
                 origins: vec![origin],
@@ -662,7 +667,6 @@ impl Node {
                 acked: false,
             },
         );
-        self.replicate_new(g, index);
     }
 
     /// Tell the observer a retried write was answered from the table (an
