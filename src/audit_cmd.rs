@@ -323,12 +323,15 @@ async fn verify(target: &Target, out: Output) -> Result<()> {
         let mut s = String::new();
         for reg in r["regions"].as_array().into_iter().flatten() {
             for g in reg["groups"].as_array().into_iter().flatten() {
+                let span = if g["last_seq"].as_u64() < g["first_seq"].as_u64() {
+                    "no records".to_string()
+                } else {
+                    format!("records {}..={}", g["first_seq"], g["last_seq"])
+                };
                 s.push_str(&format!(
-                    "{} group {}: records {}..={} {}\n",
+                    "{} group {}: {span} {}\n",
                     reg["region"].as_str().unwrap_or(""),
                     g["group"],
-                    g["first_seq"],
-                    g["last_seq"],
                     if g["ok"] == json!(true) {
                         "ok".to_string()
                     } else {

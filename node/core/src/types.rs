@@ -262,6 +262,9 @@ pub enum ClientRequest {
         ns: String,
         settings: NsSettings,
         request_id: u64,
+        /// Wall-clock time of the request (ms since the Unix epoch), as the
+        /// shell stamps a write's: the catalog entry's change time.
+        time_ms: u64,
     },
     /// Move a catalog namespace's home to group `to`, online: the old home
     /// freezes it (its writes answer `NamespaceMoving`), the new home copies it

@@ -260,6 +260,7 @@ impl World {
                     adopt_revision: 0,
                 },
                 request_id: 0xAD_0000_0001,
+                time_ms: self.nodes[region as usize].clock.local(self.now) / 1000,
             }
         } else {
             let to = self.rng.range(0, n) as GroupId;

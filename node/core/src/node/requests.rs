@@ -170,6 +170,7 @@ impl Node {
                 ns,
                 settings,
                 request_id,
+                time_ms,
             } => {
                 let Ok(value) = settings.encode() else {
                     self.out.push(Action::Reply {
@@ -188,7 +189,10 @@ impl Node {
                     }],
                     ns_revision: None,
                     ops: vec![WriteOp::Put { key: ns, value }],
-                    meta: ChangeMeta::default(),
+                    meta: ChangeMeta {
+                        time_ms,
+                        ..ChangeMeta::default()
+                    },
                     audit: self.internal_audit("namespace.create"),
                 }
             }

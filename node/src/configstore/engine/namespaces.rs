@@ -96,6 +96,7 @@ impl ConfigStore {
                 ns: ns.clone(),
                 settings: settings.clone(),
                 request_id: rand::random::<u64>() | 1,
+                time_ms: now_ms(),
             })
             .await?;
         match resp {
