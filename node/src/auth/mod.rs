@@ -196,7 +196,87 @@ pub struct Authority {
     limits: Arc<limits::RateLimits>,
     contact: Option<Arc<Contact>>,
     auditor: Option<Auditor>,
+    cache: Arc<TokenCache>,
     state: watch::Receiver<Arc<AuthState>>,
+}
+
+/// API tokens verified under the current auth state, so that a token's
+/// SHA-256 is not recomputed and its principal not rebuilt on every request.
+/// The cache belongs to one `AuthState`: any change of it (a revocation, a
+/// grant, a new role) empties the cache, so a revoked token is never
+/// served from it. Expiry is checked on every hit. Entries are found by a
+/// keyed hash of the token and confirmed by comparing the whole token in
+/// constant time.
+#[derive(Default)]
+pub struct TokenCache {
+    inner: std::sync::Mutex<CacheInner>,
+    keys: std::collections::hash_map::RandomState,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    /// The state the entries were verified under (held, so that its
+    /// address cannot be reused by a later state).
+    state: Option<Arc<AuthState>>,
+    entries: std::collections::HashMap<u64, CachedToken>,
+}
+
+struct CachedToken {
+    token: Box<str>,
+    principal: Arc<Principal>,
+    expires_ms: Option<u64>,
+}
+
+/// Tokens kept at most (then the cache starts over).
+const TOKEN_CACHE_MAX: usize = 4096;
+
+impl TokenCache {
+    fn slot(&self, token: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.keys.hash_one(token)
+    }
+
+    fn get(&self, token: &str, state: &Arc<AuthState>, now_ms: u64) -> Option<Arc<Principal>> {
+        let inner = self.inner.lock().ok()?;
+        if !inner.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, state)) {
+            return None;
+        }
+        let e = inner.entries.get(&self.slot(token))?;
+        let same = e.token.len() == token.len()
+            && e.token
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |d, (a, b)| d | (a ^ b))
+                == 0;
+        (same && e.expires_ms.is_none_or(|x| now_ms < x)).then(|| e.principal.clone())
+    }
+
+    fn put(
+        &self,
+        token: &str,
+        state: &Arc<AuthState>,
+        principal: Arc<Principal>,
+        expires_ms: Option<u64>,
+    ) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        if !inner.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, state))
+            || inner.entries.len() >= TOKEN_CACHE_MAX
+        {
+            inner.entries.clear();
+            inner.state = Some(state.clone());
+        }
+        let slot = self.slot(token);
+        inner.entries.insert(
+            slot,
+            CachedToken {
+                token: token.into(),
+                principal,
+                expires_ms,
+            },
+        );
+    }
 }
 
 /// Whether this region is in contact with a majority of regions, so that
@@ -239,7 +319,8 @@ impl Contact {
 /// One request's view: who it is and the state it is judged by.
 #[derive(Clone)]
 pub struct Access {
-    pub principal: Principal,
+    /// Shared: a cached token's principal is not copied per request.
+    pub principal: Arc<Principal>,
     enabled: bool,
     state: Arc<AuthState>,
     /// What was asked and from where (for the audit log).
@@ -527,6 +608,7 @@ impl Authority {
             limits: Arc::new(limits::RateLimits::default()),
             contact: None,
             auditor: None,
+            cache: Arc::new(TokenCache::default()),
             state,
         }
     }
@@ -578,13 +660,13 @@ impl Authority {
         let state = self.state.borrow().clone();
         if !self.enabled {
             return Ok(Access {
-                principal: Principal {
+                principal: Arc::new(Principal {
                     name: String::new(),
                     method: Method::None,
                     token_id: None,
                     project: None,
                     roles: vec![ROOT_ROLE.to_string()],
-                },
+                }),
                 enabled: false,
                 state,
                 request: RequestInfo::default(),
@@ -600,13 +682,13 @@ impl Authority {
                     .map(|g| g.iter().cloned().collect())
                     .unwrap_or_default();
                 return Ok(Access {
-                    principal: Principal {
+                    principal: Arc::new(Principal {
                         name: name.to_string(),
                         method: Method::Certificate,
                         token_id: None,
                         project: None,
                         roles,
-                    },
+                    }),
                     enabled: true,
                     state,
                     request: RequestInfo::default(),
@@ -630,13 +712,13 @@ impl Authority {
         if id == tokens::ROOT_ID {
             return match &self.root_sha256 {
                 Some(h) if tokens::matches(token, h) => Ok(Access {
-                    principal: Principal {
+                    principal: Arc::new(Principal {
                         name: "root".into(),
                         method: Method::Root,
                         token_id: Some(id.to_string()),
                         project: None,
                         roles: vec![ROOT_ROLE.to_string()],
-                    },
+                    }),
                     enabled: true,
                     state,
                     request: RequestInfo::default(),
@@ -646,6 +728,14 @@ impl Authority {
                     "unknown token (the root credential does not match this region's)",
                 )),
             };
+        }
+        if let Some(principal) = self.cache.get(token, &state, now_ms) {
+            return Ok(Access {
+                principal,
+                enabled: true,
+                state,
+                request: RequestInfo::default(),
+            });
         }
         let Some(rec) = state
             .tokens
@@ -673,14 +763,17 @@ impl Authority {
         if let Some(g) = state.grants.get(&rec.principal) {
             roles.extend(g.iter().cloned());
         }
+        let principal = Arc::new(Principal {
+            name: rec.principal.clone(),
+            method: Method::Token,
+            token_id: Some(id.to_string()),
+            project: rec.project.clone(),
+            roles: roles.into_iter().collect(),
+        });
+        self.cache
+            .put(token, &state, principal.clone(), rec.expires_ms);
         Ok(Access {
-            principal: Principal {
-                name: rec.principal.clone(),
-                method: Method::Token,
-                token_id: Some(id.to_string()),
-                project: rec.project.clone(),
-                roles: roles.into_iter().collect(),
-            },
+            principal,
             enabled: true,
             state,
             request: RequestInfo::default(),
@@ -704,13 +797,13 @@ impl Authority {
             roles.extend(g.iter().cloned());
         }
         Ok(Access {
-            principal: Principal {
+            principal: Arc::new(Principal {
                 name: v.principal,
                 method: Method::Jwt,
                 token_id: None,
                 project: None,
                 roles: roles.into_iter().collect(),
-            },
+            }),
             enabled: true,
             state,
             request: RequestInfo::default(),

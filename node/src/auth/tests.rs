@@ -367,3 +367,44 @@ fn jwts_are_verified_against_issuer_audience_keys_and_time() {
     assert_eq!(r, Reason::Unauthenticated);
     assert!(m.contains("[auth.oidc]"), "{m}");
 }
+
+/// A token verified once is served from the cache afterwards, but never
+/// past its expiry, and never after the auth state changed (a revocation,
+/// or a change to the principal's roles).
+#[test]
+fn cached_tokens_expire_and_are_dropped_when_the_state_changes() {
+    let mut f = Fixture::new();
+    let t = f.token("ci", &["reader"], None, Some(NOW_MS + 10));
+    let other = f.token("ci", &[], None, None);
+    let mut v = f.view.clone();
+    v.records.sort();
+    let (tx, rx) = watch::channel(Arc::new(AuthState::from_view(&v)));
+    let a = Authority::new(true, Some(tokens::sha256_hex(&f.root)), rx);
+    let first = a.authenticate(Some(&t), None, NOW_MS).unwrap();
+    let again = a.authenticate(Some(&t), None, NOW_MS + 1).unwrap();
+    assert!(
+        Arc::ptr_eq(&first.principal, &again.principal),
+        "the second call is served from the cache"
+    );
+    // A different token of the same length is not mistaken for it.
+    assert!(!Arc::ptr_eq(
+        &a.authenticate(Some(&other), None, NOW_MS)
+            .unwrap()
+            .principal,
+        &first.principal
+    ));
+    assert_eq!(
+        reason(a.authenticate(Some(&t), None, NOW_MS + 10)),
+        Reason::TokenExpired,
+        "expiry is checked on a cache hit too"
+    );
+    // Revoke it: the next call sees the new state, whatever was cached.
+    let id = tokens::parse_id(&t).unwrap().to_string();
+    v.records.push((format!("token-revoked/{id}"), "1".into()));
+    v.records.sort();
+    tx.send(Arc::new(AuthState::from_view(&v))).unwrap();
+    assert_eq!(
+        reason(a.authenticate(Some(&t), None, NOW_MS + 2)),
+        Reason::TokenRevoked
+    );
+}
