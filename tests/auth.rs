@@ -1628,3 +1628,65 @@ async fn audit_log_records_pages_survives_a_region_and_detects_tampering() {
         "the failure names {named}:\n{out}\n{err}"
     );
 }
+
+/// A schema violation never quotes a value the caller may not read: a
+/// writer who may not read `hidden.*` references it from a key it may
+/// write, under a schema the referenced value breaks; the refusal says
+/// where and which keyword, not what the value is. Root, who may read
+/// everything, is told the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schema_violations_do_not_quote_values_the_caller_may_not_read() {
+    let (cl, root) = auth_cluster().await;
+    let eu = cl.grpc[0].clone();
+    shop_with_a_reader_role(&eu, &root).await;
+    let mut cfg = ConfigClient::new(chan(&eu, Some(&root)).await);
+    let schema = ConfigOp {
+        op: Some(config_op::Op::SetSchema(SetSchemaOp {
+            prefix: "services".into(),
+            schema_json: json!({"type": "object", "properties": {"x": {"type": "integer"}}})
+                .to_string(),
+        })),
+    };
+    let mut req = write_req("shop", "hidden.key", json!("s3cr3t-value"));
+    req.ops.push(schema);
+    cfg.write(req).await.unwrap();
+    let mut auth = AuthClient::new(chan(&eu, Some(&root)).await);
+    auth.put_role(PutRoleRequest {
+        name: "svc-writer".into(),
+        rules_json: json!({"rules": [
+            {"effect": "allow", "projects": ["shop"], "keys": ["services*"], "actions": ["read", "write"]}
+        ]})
+        .to_string(),
+    })
+    .await
+    .unwrap();
+    let writer = auth
+        .create_token(CreateTokenRequest {
+            principal: "svc".into(),
+            roles: vec!["svc-writer".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let probe = write_req("shop", "services.x", json!("${ref:hidden.key}"));
+    let e = ConfigClient::new(chan(&eu, Some(&writer)).await)
+        .write(probe.clone())
+        .await
+        .unwrap_err();
+    let said = format!("{} {:?}", e.message(), e.details());
+    assert_eq!(reason(&e), "SCHEMA_VIOLATION", "{said}");
+    assert!(
+        !said.contains("s3cr3t"),
+        "the refusal leaks the value: {said}"
+    );
+    assert!(said.contains("/x"), "it still says where: {said}");
+    let e = cfg.write(probe).await.unwrap_err();
+    assert_eq!(reason(&e), "SCHEMA_VIOLATION");
+    assert!(
+        e.message().contains("s3cr3t-value"),
+        "root may read it all: {}",
+        e.message()
+    );
+}

@@ -178,7 +178,7 @@ fn report(ctx: &Ctx, runs: Vec<Run>) -> WorkloadReport {
         name: "auth".into(),
         title: "Access control: auth on against auth off".into(),
         setup: format!(
-            "Meridian only, 1 region, run four times: [auth] enabled = false (off) or on (on), in the order off, on, on, off; with auth on every call carrying an API token whose role has 4 rules (allows, a deny). {} keys of {} B; reads: {} closed-loop clients over {} connections, {} reads per write; puts: {} clients. {:.1} s warm-up, {:.1} s measured. The columns are the two runs, not two systems.",
+            "Meridian only, 1 region, run four times: [auth] enabled = false (off) or on (on), in the order off, on, on, off; with auth on every call carrying an API token whose role has 4 rules (allows, a deny). {} keys of {} B; reads: {} closed-loop clients over {} connections, {} reads per write; puts: {} clients. {:.1} s warm-up, {:.1} s measured. The columns are the two modes (each the mean of its two runs), not two systems.",
             p.keys,
             p.value_bytes,
             p.read_clients,

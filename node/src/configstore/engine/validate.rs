@@ -97,7 +97,16 @@ impl ConfigStore {
 
     /// Render and validate every environment the change to `work.ns` affects:
     /// itself and every environment that inherits from it, directly or not.
-    pub(super) async fn validate_affected(&self, work: &Layer) -> Result<(), CfgError> {
+    /// Validate every environment the write to `work` affects. A
+    /// violation's message quotes the offending value only if `access` may
+    /// read every key the environment is made of: a rendered value can carry
+    /// a referenced key's value, and a schema error must not become a way
+    /// to read what the caller may not.
+    pub(super) async fn validate_affected(
+        &self,
+        work: &Layer,
+        access: &Access,
+    ) -> Result<(), CfgError> {
         let ns = work.ns.as_str();
         let project = ns.split_once('/').map(|(p, _)| p);
         let mut envs: Vec<String> = vec![ns.to_string()];
@@ -169,6 +178,7 @@ impl ConfigStore {
                 chain.push(layer);
             }
             let (leaves, vars) = effective(&chain);
+            let hidden = access.enabled() && leaves.keys().any(|k| !access.may_read(env, k));
             let mut r = Renderer::new(&leaves, &vars, true);
             let rendered = r.subtree("").map_err(|e| {
                 let mut err = CfgError::from(e);
@@ -190,12 +200,22 @@ impl ConfigStore {
                     CfgError::new(Reason::BadSchema, format!("schema at {prefix:?}: {e}"))
                 })?;
                 for e in validator.iter_errors(&instance) {
+                    let message = if hidden {
+                        format!(
+                            "the value does not satisfy the schema's {:?} (not shown: {} may not \
+                             read every key of {env})",
+                            e.schema_path().as_str(),
+                            access.principal.name
+                        )
+                    } else {
+                        e.to_string()
+                    };
                     problems.push(serde_json::json!({
                         "environment": env,
                         "schema_prefix": prefix,
                         "instance_path": e.instance_path().as_str(),
                         "schema_path": e.schema_path().as_str(),
-                        "message": e.to_string(),
+                        "message": message,
                     }));
                 }
             }

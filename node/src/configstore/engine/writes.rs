@@ -196,7 +196,7 @@ impl ConfigStore {
             access.check_key(action, ns, &c.key)?;
         }
         if !core_ops.is_empty() {
-            self.validate_affected(&work).await?;
+            self.validate_affected(&work, access).await?;
         }
         Ok((layer, work, core_ops, changes))
     }
