@@ -278,7 +278,9 @@ pub struct ClusterTuning {
     /// `meridian-bench watch`), so the default bounds them to about 1 GiB.
     pub watchers_max: usize,
     /// Audit records each group keeps (the oldest go first). Each is held
-    /// in memory in every region until the storage engine keeps state on disk.
+    /// in memory and in every snapshot in every region until the storage
+    /// engine keeps state on disk, so a large value slows snapshots and the
+    /// catch-up of a restarted region (docs/auth.md, "Retention").
     pub audit_records_max: usize,
     /// Audit records older than this (against the group's newest) are
     /// dropped; 0: kept until `audit_records_max` drops them.
