@@ -84,10 +84,12 @@ fn every_workload_runs_against_both_systems_and_writes_table_json_and_plots() {
             "auth"
         ]
     );
-    // Auth: both runs measured, reads and puts, with the token's role in force.
+    // Auth: four runs measured (off, on, on, off), reads and puts, with the
+    // token's role in force.
     let auth = workloads.iter().find(|w| w["name"] == "auth").unwrap();
     let runs = auth["raw"].as_array().unwrap();
-    assert_eq!(runs.len(), 2, "{runs:?}");
+    let order: Vec<bool> = runs.iter().map(|r| r["auth"].as_bool().unwrap()).collect();
+    assert_eq!(order, [false, true, true, false], "{runs:?}");
     for r in runs {
         assert!(r["reads_per_s"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["writes_per_s"].as_f64().unwrap() > 0.0, "{r}");
