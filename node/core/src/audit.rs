@@ -297,7 +297,7 @@ pub struct AuditRetention {
 impl Default for AuditRetention {
     fn default() -> Self {
         AuditRetention {
-            records_max: 10_000,
+            records_max: 1_000,
             age_ms_max: 90 * 24 * 3600 * 1000,
         }
     }
