@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
+use meridian_proto::client::AuthChannel;
 use meridian_proto::v1::audit_client::AuditClient;
 use meridian_proto::v1::*;
 use serde_json::{json, Value};
@@ -166,20 +167,12 @@ pub async fn run(cmd: AuditCmd, target: &Target, out: Output) -> Result<()> {
             all,
         } => {
             let mut client = AuditClient::new(target.channel().await?);
-            let mut token = page_token;
             let mut records = Vec::new();
-            let next = loop {
-                let resp = client
-                    .query(filter.request(limit, token)?)
-                    .await
-                    .map_err(status_err)?
-                    .into_inner();
-                records.extend(resp.records.iter().map(record_json));
-                if resp.next_page_token.is_empty() || !all {
-                    break resp.next_page_token;
-                }
-                token = resp.next_page_token;
-            };
+            let next = pages(&mut client, filter.request(limit, page_token)?, all, |rs| {
+                records.extend(rs.iter().map(record_json));
+                Ok(())
+            })
+            .await?;
             match out {
                 Output::Jsonl => {
                     for r in &records {
@@ -206,52 +199,64 @@ pub async fn run(cmd: AuditCmd, target: &Target, out: Output) -> Result<()> {
         }
         AuditCmd::Export { filter } => {
             let mut client = AuditClient::new(target.channel().await?);
-            let mut token = String::new();
-            loop {
-                let resp = client
-                    .query(filter.request(1000, token)?)
-                    .await
-                    .map_err(status_err)?
-                    .into_inner();
-                for r in &resp.records {
-                    println!("{}", serde_json::to_string(&record_json(r))?);
-                }
-                if resp.next_page_token.is_empty() {
-                    return Ok(());
-                }
-                token = resp.next_page_token;
-            }
+            pages(
+                &mut client,
+                filter.request(1000, String::new())?,
+                true,
+                |rs| {
+                    for r in rs {
+                        println!("{}", serde_json::to_string(&record_json(r))?);
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+            Ok(())
         }
         AuditCmd::Verify => verify(target, out).await,
     }
 }
 
-/// The hashes of one group's records in one region, by sequence number.
-async fn hashes(
-    client: &mut AuditClient<meridian_proto::client::AuthChannel>,
-    group: u32,
-) -> Result<std::collections::BTreeMap<u64, String>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut token = String::new();
+/// Run `req` page after page (only the first unless `all`), handing each
+/// page's records to `each`. Returns the token of the page after the last
+/// one fetched ("" once there are no more).
+async fn pages(
+    client: &mut AuditClient<AuthChannel>,
+    mut req: AuditQueryRequest,
+    all: bool,
+    mut each: impl FnMut(&[AuditRecord]) -> Result<()>,
+) -> Result<String> {
     loop {
         let resp = client
-            .query(AuditQueryRequest {
-                limit: 1000,
-                page_token: token,
-                group: Some(group),
-                ..AuditQueryRequest::default()
-            })
+            .query(req.clone())
             .await
             .map_err(status_err)?
             .into_inner();
-        for r in resp.records {
-            out.insert(r.seq, r.hash);
+        each(&resp.records)?;
+        if resp.next_page_token.is_empty() || !all {
+            return Ok(resp.next_page_token);
         }
-        if resp.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        token = resp.next_page_token;
+        req.page_token = resp.next_page_token;
     }
+}
+
+/// The hashes of one group's records in one region, by sequence number.
+async fn hashes(
+    client: &mut AuditClient<AuthChannel>,
+    group: u32,
+) -> Result<std::collections::BTreeMap<u64, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let req = AuditQueryRequest {
+        limit: 1000,
+        group: Some(group),
+        ..AuditQueryRequest::default()
+    };
+    pages(client, req, true, |rs| {
+        out.extend(rs.iter().map(|r| (r.seq, r.hash.clone())));
+        Ok(())
+    })
+    .await?;
+    Ok(out)
 }
 
 async fn verify(target: &Target, out: Output) -> Result<()> {

@@ -26,6 +26,7 @@ use meridian_core::audit::{
 use meridian_core::types::{ClientRequest, ClientResponse, GroupId, NodeId};
 use tokio::sync::mpsc;
 
+use crate::auth::tokens::hex;
 use crate::auth::{Access, Action, Resource};
 use crate::core_client::CoreClient;
 use crate::reason::Reason;
@@ -241,10 +242,6 @@ pub struct RecordView {
     pub client: String,
     pub detail: String,
     pub hash: String,
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl RecordView {
