@@ -64,7 +64,7 @@ pub struct Filter {
     denied: bool,
 }
 
-fn time_ms(flag: &str, s: &str) -> Result<u64> {
+pub(crate) fn time_ms(flag: &str, s: &str) -> Result<u64> {
     if let Ok(ms) = s.parse::<u64>() {
         return Ok(ms);
     }

@@ -85,6 +85,9 @@ pub enum ConfigCmd {
         /// this far behind, else a linearizable read.
         #[arg(long)]
         max_staleness_ms: Option<u64>,
+        /// Show secrets in plaintext (needs the reveal permission; audited).
+        #[arg(long)]
+        reveal: bool,
     },
     /// Read several keys at once.
     Bulk {
@@ -123,6 +126,8 @@ pub enum ConfigCmd {
         #[arg(long)]
         if_version: Option<u64>,
         #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
         who: Who,
     },
     /// Apply an RFC 7386 merge patch to a subtree.
@@ -130,6 +135,8 @@ pub enum ConfigCmd {
         ns: String,
         path: String,
         patch: String,
+        #[command(flatten)]
+        secret: SecretArgs,
         #[command(flatten)]
         who: Who,
     },
@@ -160,7 +167,13 @@ pub enum ConfigCmd {
         string: bool,
     },
     /// Every retained version of a key.
-    History { ns: String, key: String },
+    History {
+        ns: String,
+        key: String,
+        /// Show a secret's versions in plaintext (needs reveal; audited).
+        #[arg(long)]
+        reveal: bool,
+    },
     /// Structural diff: of a key's versions, the environment's revisions, or
     /// against another environment of the project.
     /// `config diff NS KEY --from-version 1 --to-version 2`,
@@ -241,6 +254,49 @@ pub enum ConfigCmd {
 }
 
 #[derive(clap::Args)]
+pub struct SecretArgs {
+    /// Store the value as a secret: encrypted at rest, redacted on reads
+    /// without --reveal (docs/secrets.md). Pass the value as `-` (stdin) to
+    /// keep it out of the process list and shell history.
+    #[arg(long)]
+    secret: bool,
+    /// When the secret stops revealing: an RFC 3339 time or ms since the epoch.
+    #[arg(long, requires = "secret", conflicts_with = "expires_in")]
+    expires_at: Option<String>,
+    /// When the secret stops revealing, from now: 30d, 12h, 90m, 45s.
+    #[arg(long, requires = "secret")]
+    expires_in: Option<String>,
+    /// How often the secret should be rotated: 90d, 12h, ...
+    #[arg(long, requires = "secret")]
+    rotate_every: Option<String>,
+}
+
+impl SecretArgs {
+    fn spec(&self) -> Result<Option<SecretSpec>> {
+        if !self.secret {
+            return Ok(None);
+        }
+        let ttl = |flag: &str, s: &str| {
+            meridian_node::auth::tokens::parse_ttl_ms(s)
+                .map_err(|e| anyhow::anyhow!("--{flag} {s:?}: {e}"))
+        };
+        let expires_at_ms = match (&self.expires_at, &self.expires_in) {
+            (Some(t), _) => crate::audit_cmd::time_ms("expires-at", t)?,
+            (None, Some(d)) => meridian_node::auth::wall_ms() + ttl("expires-in", d)?,
+            (None, None) => 0,
+        };
+        let rotate_every_ms = match &self.rotate_every {
+            Some(d) => ttl("rotate-every", d)?,
+            None => 0,
+        };
+        Ok(Some(SecretSpec {
+            expires_at_ms,
+            rotate_every_ms,
+        }))
+    }
+}
+
+#[derive(clap::Args, Debug)]
 pub struct Who {
     /// Who makes the change (default: the OS user running the command).
     #[arg(long, default_value = "")]
@@ -596,6 +652,7 @@ pub async fn run(cmd: ConfigCmd, target: &crate::auth_cmd::Target, out: Output) 
             default,
             stale,
             max_staleness_ms,
+            reveal,
         } => {
             let r = c
                 .get_config(GetConfigRequest {
@@ -607,6 +664,7 @@ pub async fn run(cmd: ConfigCmd, target: &crate::auth_cmd::Target, out: Output) 
                         time_ms,
                         stale,
                         max_staleness_ms: max_staleness_ms.unwrap_or(0),
+                        reveal,
                     }),
                     default_json: default.map(|d| json_arg(&d, false)).transpose()?,
                 })
@@ -688,12 +746,14 @@ pub async fn run(cmd: ConfigCmd, target: &crate::auth_cmd::Target, out: Output) 
             value,
             string,
             if_version,
+            secret,
             who,
         } => {
             let op = config_op::Op::Put(PutOp {
                 key,
                 value_json: json_arg(&value_text(&value)?, string)?,
                 if_version,
+                secret: secret.spec()?,
             });
             write_and_show(&mut c, &ns, op, &who, out).await
         }
@@ -701,12 +761,14 @@ pub async fn run(cmd: ConfigCmd, target: &crate::auth_cmd::Target, out: Output) 
             ns,
             path,
             patch,
+            secret,
             who,
         } => {
             let op = config_op::Op::Merge(MergeOp {
                 path,
                 patch_json: patch,
                 if_version: None,
+                secret: secret.spec()?,
             });
             write_and_show(&mut c, &ns, op, &who, out).await
         }
@@ -745,6 +807,7 @@ pub async fn run(cmd: ConfigCmd, target: &crate::auth_cmd::Target, out: Output) 
                 key,
                 value_json: json_arg(&value_text(&value)?, string)?,
                 if_version: None,
+                secret: None,
             });
             let v = write(&mut c, &ns, vec![op], &none, true).await?;
             emit(out, &v, |v| {
@@ -754,11 +817,12 @@ pub async fn run(cmd: ConfigCmd, target: &crate::auth_cmd::Target, out: Output) 
                 )
             })
         }
-        ConfigCmd::History { ns, key } => {
+        ConfigCmd::History { ns, key, reveal } => {
             let r = c
                 .config_history(ConfigHistoryRequest {
                     ns: Some(ns_ref(&ns)?),
                     key,
+                    reveal,
                 })
                 .await
                 .map_err(status_err)?

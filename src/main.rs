@@ -18,6 +18,7 @@ mod audit_cmd;
 mod auth_cmd;
 mod config_cmd;
 mod output;
+mod secrets_cmd;
 
 use output::{emit, emit_event, emit_list, Failure, Output};
 
@@ -219,6 +220,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: audit_cmd::AuditCmd,
     },
+    /// Secrets: the keyring of key-encryption keys (docs/secrets.md).
+    Secrets {
+        #[command(subcommand)]
+        cmd: secrets_cmd::SecretsCmd,
+    },
     /// Cluster administration.
     Cluster {
         #[command(subcommand)]
@@ -373,6 +379,12 @@ pub fn dev_configs(dir: &Path, base_port: u16) -> Result<Vec<PathBuf>> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", root_file.display())),
     };
     let root_hash = meridian_node::auth::tokens::sha256_hex(&root);
+    // The keyring of secrets' key-encryption keys, shared by the regions
+    // (one file here; in production a copy in each region).
+    let keyring = dir.join("keyring.toml");
+    if !keyring.exists() {
+        meridian_node::secrets::keyring::FileKeyring::create(&keyring)?;
+    }
     let mut regions = String::new();
     for (i, r) in DEV_REGIONS.iter().enumerate() {
         let i = i as u16;
@@ -390,7 +402,8 @@ pub fn dev_configs(dir: &Path, base_port: u16) -> Result<Vec<PathBuf>> {
              region = \"{r}\"\ndata_dir = \"data/{r}\"\n\n[tls]\nca_cert = \"certs/ca.pem\"\n\
              cert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n\n\
              [api_tls]\ncert = \"certs/{r}-api.pem\"\nkey = \"certs/{r}-api-key.pem\"\n\
-             client_ca = \"certs/ca.pem\"\n\n[auth]\nroot_token_sha256 = \"{root_hash}\"\n\n{regions}"
+             client_ca = \"certs/ca.pem\"\n\n[auth]\nroot_token_sha256 = \"{root_hash}\"\n\n\
+             [secrets]\nkeyring_file = \"keyring.toml\"\n\n{regions}"
         );
         let path = dir.join(format!("{r}.toml"));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -520,6 +533,9 @@ async fn client_command(cli: Cli) -> Result<()> {
     };
     if let Cmd::Config { cmd } = cli.cmd {
         return config_cmd::run(cmd, &target, cli.output).await;
+    }
+    if let Cmd::Secrets { cmd } = cli.cmd {
+        return secrets_cmd::run(cmd, cli.output);
     }
     if let Cmd::Audit { cmd } = cli.cmd {
         return audit_cmd::run(cmd, &target, cli.output).await;
@@ -824,6 +840,7 @@ async fn client_command(cli: Cli) -> Result<()> {
         | Cmd::Config { .. }
         | Cmd::Auth { .. }
         | Cmd::Audit { .. }
+        | Cmd::Secrets { .. }
         | Cmd::Completion { .. } => {}
     }
     Ok(())

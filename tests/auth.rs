@@ -430,6 +430,7 @@ async fn every_operation_against_every_credential() {
                     c.config_history(ConfigHistoryRequest {
                         ns: ns("shop", "prod"),
                         key: "services.a".into(),
+                        reveal: false,
                     })
                     .await
                     .map(|_| ())
@@ -605,6 +606,7 @@ async fn every_operation_against_every_credential() {
         .config_history(ConfigHistoryRequest {
             ns: ns("shop", "prod"),
             key: "services.a".into(),
+            reveal: false,
         })
         .await
         .unwrap()

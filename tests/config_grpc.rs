@@ -303,6 +303,7 @@ async fn grpc_config_api_covers_configuration_management() {
                     key: "k".into(),
                     value_json: "{oops".into(),
                     if_version: None,
+                    secret: None,
                 })),
             }],
             "INVALID_JSON",
@@ -313,6 +314,7 @@ async fn grpc_config_api_covers_configuration_management() {
                     key: "svc.db.port".into(),
                     value_json: "1".into(),
                     if_version: Some(99),
+                    secret: None,
                 })),
             }],
             "CAS_CONFLICT",
@@ -420,6 +422,7 @@ async fn grpc_config_api_covers_configuration_management() {
             path: "svc.flags".into(),
             patch_json: json!({"dark_mode": true, "beta": "on"}).to_string(),
             if_version: None,
+            secret: None,
         })),
     };
     write(&mut us, "base", vec![merge]).await.unwrap();
@@ -431,6 +434,7 @@ async fn grpc_config_api_covers_configuration_management() {
         .config_history(ConfigHistoryRequest {
             ns: ns("base"),
             key: "svc.flags.dark_mode".into(),
+            reveal: false,
         })
         .await
         .unwrap()
@@ -443,6 +447,7 @@ async fn grpc_config_api_covers_configuration_management() {
             key: "svc.flags.dark_mode".into(),
             value_json: "false".into(),
             if_version: Some(v),
+            secret: None,
         })),
     };
     assert_eq!(

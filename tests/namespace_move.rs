@@ -33,6 +33,7 @@ async fn put(c: &mut C, key: &str, v: Value) -> Result<ConfigWriteResponse, toni
                 key: key.into(),
                 value_json: v.to_string(),
                 if_version: None,
+                secret: None,
             })),
         }],
         author: "mover-test".into(),
@@ -208,6 +209,7 @@ async fn an_environment_moves_home_online_and_loses_nothing() {
         .config_history(ConfigHistoryRequest {
             ns: ns(),
             key: "counter".into(),
+            reveal: false,
         })
         .await
         .unwrap()
@@ -233,6 +235,7 @@ async fn an_environment_moves_home_online_and_loses_nothing() {
         .config_history(ConfigHistoryRequest {
             ns: ns(),
             key: "db.pool".into(),
+            reveal: false,
         })
         .await
         .unwrap()

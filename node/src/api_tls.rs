@@ -45,6 +45,8 @@ pub struct ClientConn {
     /// The principal named by the client's certificate, verified against
     /// `api_tls.client_ca`; None without one.
     pub cert_principal: Option<Arc<str>>,
+    /// The connection is TLS (secrets may travel over it).
+    pub tls: bool,
 }
 
 /// A region's client-API TLS settings, loaded.
@@ -228,6 +230,7 @@ async fn accept_loop(
                 info: ClientConn {
                     remote,
                     cert_principal: None,
+                    tls: false,
                 },
             };
             if tx.send(Ok(conn)).await.is_err() {
@@ -279,6 +282,7 @@ async fn accept_loop(
                 info: ClientConn {
                     remote,
                     cert_principal,
+                    tls: true,
                 },
             };
             let _ = tx.send(Ok(conn)).await;
@@ -359,6 +363,7 @@ impl axum::serve::Listener for HttpListener {
         Ok(ClientConn {
             remote: self.local,
             cert_principal: None,
+            tls: false,
         })
     }
 }

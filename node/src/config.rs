@@ -57,6 +57,22 @@ pub struct NodeConfig {
     pub auth: AuthConfig,
     #[serde(default)]
     pub rate_limit: crate::auth::limits::RateLimitConfig,
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+}
+
+/// Secrets (docs/secrets.md).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// The keyring: key-encryption keys, the same file in every region
+    /// (`meridian secrets keyring create`). None, missing or bad: the region
+    /// serves everything else and answers secret operations with
+    /// KEYRING_UNAVAILABLE.
+    pub keyring_file: Option<PathBuf>,
+    /// Accept secret values written over a client connection without TLS
+    /// (default false: such writes fail with SECRET_NEEDS_TLS).
+    pub allow_plaintext: bool,
 }
 
 /// Authentication and access control of the client APIs (docs/auth.md).
@@ -393,7 +409,9 @@ impl NodeConfig {
                 .iter_mut()
                 .flat_map(|o| [&mut o.jwks_file, &mut o.jwks_ca])
                 .flatten(),
-        ) {
+        )
+        .chain(cfg.secrets.keyring_file.iter_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

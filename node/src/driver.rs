@@ -376,6 +376,14 @@ impl Driver {
                     Observation::Halted => {
                         tracing::error!("node halted after a storage failure");
                     }
+                    Observation::SnapshotInstalled { group, index, from } => {
+                        tracing::info!(
+                            group = %self.names.get(group as usize).map_or("?", |s| s.as_str()),
+                            index,
+                            from = %self.names.get(from as usize).map_or("?", |s| s.as_str()),
+                            "installed a snapshot of the group from its leader"
+                        );
+                    }
                     Observation::NamespaceMoved {
                         ns,
                         group,

@@ -80,6 +80,14 @@ fn read_opts(access: &Access, r: Option<ConfigReadOptions>) -> Result<ReadOpts, 
                 )))
             }
         },
+        reveal: r.reveal,
+    })
+}
+
+fn secret_spec(s: Option<SecretSpec>) -> Option<crate::configstore::engine::SecretSpec> {
+    s.map(|s| crate::configstore::engine::SecretSpec {
+        expires_ms: s.expires_at_ms,
+        rotate_every_ms: s.rotate_every_ms,
     })
 }
 
@@ -136,6 +144,7 @@ fn op(o: ConfigOp) -> Result<Op, Status> {
             value: json(&format!("the value of {}", p.key), &p.value_json)?,
             key: p.key,
             if_version: p.if_version,
+            secret: secret_spec(p.secret),
         },
         P::Delete(d) => Op::Delete {
             key: d.key,
@@ -146,6 +155,7 @@ fn op(o: ConfigOp) -> Result<Op, Status> {
             patch: json(&format!("the merge patch for {:?}", m.path), &m.patch_json)?,
             path: m.path,
             if_version: m.if_version,
+            secret: secret_spec(m.secret),
         },
         P::Patch(p) => Op::Patch {
             patch: json(&format!("the JSON patch for {:?}", p.path), &p.patch_json)?,
@@ -370,7 +380,11 @@ impl Config for ConfigApi {
         let access = self.access(&r)?;
         let r = r.into_inner();
         let ns = ns_of(r.ns)?;
-        let h = self.store.history(&access, &ns, &r.key).await.map_err(st)?;
+        let h = self
+            .store
+            .history(&access, &ns, &r.key, r.reveal)
+            .await
+            .map_err(st)?;
         Ok(Response::new(ConfigHistoryResponse {
             versions: h.into_iter().map(entry).collect(),
         }))
@@ -417,6 +431,7 @@ impl Config for ConfigApi {
         let ns = ns_of(r.ns)?;
         let key = (!r.key.is_empty()).then_some(r.key.as_str());
         let opts = WriteOpts {
+            secure_channel: access.secure_channel(),
             access,
             author: r.author,
             message: r.message,
@@ -484,6 +499,7 @@ impl ConfigApi {
         let ns = ns_of(r.ns)?;
         let ops = r.ops.into_iter().map(op).collect::<Result<Vec<_>, _>>()?;
         let opts = WriteOpts {
+            secure_channel: access.secure_channel(),
             access,
             author: r.author,
             message: r.message,

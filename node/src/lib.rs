@@ -15,6 +15,7 @@ pub mod grpc_audit;
 pub mod grpc_auth;
 pub mod grpc_config;
 pub mod reason;
+pub mod secrets;
 pub mod server;
 pub mod storage;
 pub mod tls;

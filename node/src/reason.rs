@@ -96,6 +96,12 @@ reasons! {
     UnknownRole => "UNKNOWN_ROLE", NotFound, 404;
     UnknownToken => "UNKNOWN_TOKEN", NotFound, 404;
     RateLimited => "RATE_LIMITED", ResourceExhausted, 429;
+    // Secrets (the Config service and the HTTP API; see docs/secrets.md).
+    KeyringUnavailable => "KEYRING_UNAVAILABLE", Unavailable, 503;
+    SecretCorrupt => "SECRET_CORRUPT", DataLoss, 500;
+    // 410 Gone: the version exists but no longer reveals.
+    SecretExpired => "SECRET_EXPIRED", FailedPrecondition, 410;
+    SecretNeedsTls => "SECRET_NEEDS_TLS", FailedPrecondition, 403;
     // The HTTP API only.
     UnknownRoute => "UNKNOWN_ROUTE", NotFound, 404;
     MethodNotAllowed => "METHOD_NOT_ALLOWED", InvalidArgument, 405;

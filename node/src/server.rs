@@ -228,6 +228,10 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
             value_bytes_max: core.value_bytes_max,
             txn_ops_max: core.txn_ops_max,
         },
+        crate::secrets::Secrets::load(
+            cfg.secrets.keyring_file.as_deref(),
+            cfg.secrets.allow_plaintext,
+        ),
     );
     let auth_api = crate::grpc_auth::AuthApi::new(core_client.clone(), auth.clone());
     let audit_api = crate::grpc_audit::AuditApi::new(

@@ -100,6 +100,9 @@ fn key_m(seq: u64) -> Vec<u8> {
 }
 
 /// Value framing: CRC32C(key ‖ payload) little-endian, then the payload.
+/// A stored record: its key and its sealed value.
+pub type RawRecord = (Vec<u8>, Vec<u8>);
+
 fn seal(key: &[u8], payload: &[u8]) -> Vec<u8> {
     let crc = crc32c::crc32c_append(crc32c::crc32c(key), payload);
     let mut v = Vec::with_capacity(payload.len() + 4);
@@ -236,6 +239,19 @@ impl RocksStorage {
     /// what an attacker with the disk and this format could do. For tests of
     /// the audit log's tamper evidence only. Returns the values changed.
     #[doc(hidden)]
+    /// Every record of a closed data directory as stored (keys and sealed
+    /// values, decompressed), read-only: what a scan of the files for a
+    /// string cannot see through RocksDB's block compression.
+    pub fn raw_records(dir: &Path) -> Result<Vec<RawRecord>, StoreError> {
+        let db = DB::open_for_read_only(&Options::default(), dir, false)?;
+        let mut out = Vec::new();
+        for item in db.iterator(rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     pub fn tamper_for_test(dir: &Path, from: &[u8], to: &[u8]) -> Result<usize, StoreError> {
         assert_eq!(from.len(), to.len(), "a same-length replacement");
         let db = DB::open(&Options::default(), dir)?;

@@ -169,6 +169,8 @@ pub struct Cluster {
     pub http: Vec<String>,
     pub configs: Vec<PathBuf>,
     procs: Vec<Option<Child>>,
+    /// The regions' `RUST_LOG` (default "info").
+    pub rust_log: String,
 }
 
 impl Cluster {
@@ -217,6 +219,15 @@ impl Cluster {
                 ports[i].0, ports[i].1, http_ports[i]
             ));
         }
+        // One keyring of secrets' key-encryption keys for the cluster (each
+        // region reads the same file), unless a test brings its own.
+        let secrets = if extra_toml.contains("[secrets]") {
+            ""
+        } else {
+            meridian_node::secrets::keyring::FileKeyring::create(&dir.path().join("keyring.toml"))
+                .expect("create the keyring");
+            "[secrets]\nkeyring_file = \"keyring.toml\"\n"
+        };
         let mut configs = Vec::new();
         for (i, r) in REGIONS.iter().enumerate() {
             let bind = match peer_real.get(i) {
@@ -240,7 +251,7 @@ impl Cluster {
                 )
             };
             let text = format!(
-                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n{bind}[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n{api_tls}{auth}{regions}{extra_toml}"
+                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n{bind}[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n{api_tls}{auth}{secrets}{regions}{extra_toml}"
             );
             let p = dir.path().join(format!("{r}.toml"));
             std::fs::write(&p, text).expect("write config");
@@ -260,6 +271,7 @@ impl Cluster {
             dir,
             configs,
             procs: vec![None, None, None],
+            rust_log: "info".to_string(),
         }
     }
 
@@ -283,7 +295,7 @@ impl Cluster {
         let child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(&self.configs[i])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.rust_log)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -419,6 +431,7 @@ pub fn put_op(key: &str, v: &serde_json::Value) -> meridian_proto::v1::ConfigOp 
             key: key.into(),
             value_json: v.to_string(),
             if_version: None,
+            secret: None,
         })),
     }
 }

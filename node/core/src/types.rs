@@ -476,6 +476,13 @@ pub enum Observation {
         request_id: u64,
         from_table: bool,
     },
+    /// This follower installed a snapshot of `group` at `index` sent by
+    /// `from` (its log had fallen behind the leader's compaction).
+    SnapshotInstalled {
+        group: GroupId,
+        index: u64,
+        from: NodeId,
+    },
     /// Storage failed: the node stopped and will not acknowledge anything.
     Halted,
     /// The metadata document changed (a local edit, or a merge from a peer):

@@ -350,6 +350,8 @@ pub struct RequestInfo {
     /// The caller's `x-request-id`, if it sent one.
     request_id: Option<String>,
     client: Option<std::net::SocketAddr>,
+    /// The request came over TLS.
+    tls: bool,
     auditor: Option<Auditor>,
 }
 
@@ -371,6 +373,10 @@ impl RequestInfo {
                 .extensions()
                 .get::<crate::api_tls::ClientConn>()
                 .map(|c| c.remote),
+            tls: r
+                .extensions()
+                .get::<crate::api_tls::ClientConn>()
+                .is_some_and(|c| c.tls),
             auditor: None,
         }
     }
@@ -385,6 +391,7 @@ impl RequestInfo {
             op: Op::Http(op),
             request_id: request_id.filter(|id| !id.is_empty()).map(str::to_string),
             client: conn.map(|c| c.remote),
+            tls: conn.is_some_and(|c| c.tls),
             auditor: None,
         }
     }
@@ -924,6 +931,20 @@ impl Access {
         }
     }
 
+    /// Record that this request revealed secrets (their keys, never their
+    /// values): the one audit record of a reveal, made whether auth is on
+    /// or off, as action `secret.reveal`.
+    pub fn audit_reveal(&self, ns: &str, keys: &[&str]) {
+        if self.request.auditor.is_some() {
+            let mut ctx = self.audit_ctx();
+            ctx.action = format!("secret.reveal ({})", ctx.action);
+            for chunk in keys.chunks(meridian_core::audit::AUDIT_KEYS_MAX) {
+                self.request
+                    .record(ctx.clone(), ns, chunk, RESULT_OK, "revealed");
+            }
+        }
+    }
+
     /// Record a refusal of this request.
     pub fn audit_refusal(&self, ns: &str, keys: &[&str], e: &AuthError) {
         if self.request.auditor.is_some() {
@@ -939,6 +960,17 @@ impl Access {
 
     pub fn may_read(&self, ns: &str, key: &str) -> bool {
         self.allowed(Action::Read, Resource::in_namespace(ns, key))
+    }
+
+    /// Whether the request came over TLS.
+    pub fn secure_channel(&self) -> bool {
+        self.request.tls
+    }
+
+    /// Whether `action` on `key` in `ns` is allowed (no refusal recorded:
+    /// for filtering, as `may_read`).
+    pub fn may(&self, action: Action, ns: &str, key: &str) -> bool {
+        self.allowed(action, Resource::in_namespace(ns, key))
     }
 
     /// `may_read_somewhere`, or a PERMISSION_DENIED naming the namespace:

@@ -2,8 +2,11 @@
 //! parent's) and interpolation of `${ref:key}` (another key of the effective
 //! configuration, any JSON type when the whole string is the placeholder) and
 //! `${var:name}` (a namespace variable; a child's variables override its
-//! parent's). `$${` escapes a literal `${`. Pure functions: the engine loads
-//! leaves, these compute the effective, rendered values.
+//! parent's), and `${secret:key}` (a secret: whatever the reader may see of
+//! it, the plaintext for a reveal, else its redaction). A secret's own
+//! value is never interpolated. `$${` escapes a literal `${`. Pure
+//! functions: the engine loads leaves, these compute the effective,
+//! rendered values.
 
 use std::collections::BTreeMap;
 
@@ -64,6 +67,9 @@ pub struct Renderer<'a> {
     /// The leaves are the whole effective namespace: a missing reference is an
     /// error, not a key to load.
     pub complete: bool,
+    /// Keys that are secrets: taken as they are (never interpolated), and
+    /// the only keys `${secret:}` may name.
+    secrets: Option<&'a std::collections::BTreeSet<String>>,
     stack: Vec<String>,
     done: BTreeMap<String, Value>,
 }
@@ -78,9 +84,20 @@ impl<'a> Renderer<'a> {
             leaves,
             vars,
             complete,
+            secrets: None,
             stack: Vec::new(),
             done: BTreeMap::new(),
         }
+    }
+
+    /// The keys that are secrets.
+    pub fn with_secrets(mut self, secrets: &'a std::collections::BTreeSet<String>) -> Self {
+        self.secrets = Some(secrets);
+        self
+    }
+
+    fn is_secret(&self, key: &str) -> bool {
+        self.secrets.is_some_and(|s| s.contains(key))
     }
 
     /// The rendered value of the leaf `key`.
@@ -101,6 +118,10 @@ impl<'a> Renderer<'a> {
         let Some(raw) = self.leaves.get(key) else {
             return Err(RenderError::Need(key.to_string()));
         };
+        if self.is_secret(key) {
+            // A secret is opaque: `${` in its plaintext is just text.
+            return Ok(raw.clone());
+        }
         let raw = raw.clone();
         self.stack.push(key.to_string());
         let out = self.value(key, &raw);
@@ -157,6 +178,9 @@ impl<'a> Renderer<'a> {
         if let [Part::Var(n)] = parts.as_slice() {
             return self.var(key, n);
         }
+        if let [Part::Secret(r)] = parts.as_slice() {
+            return self.secret(key, r);
+        }
         let mut out = String::new();
         for p in parts {
             let v = match p {
@@ -166,6 +190,7 @@ impl<'a> Renderer<'a> {
                 }
                 Part::Ref(r) => self.reference(key, &r)?,
                 Part::Var(n) => self.var(key, &n)?,
+                Part::Secret(r) => self.secret(key, &r)?,
             };
             match v {
                 Value::String(x) => out.push_str(&x),
@@ -196,6 +221,29 @@ impl<'a> Renderer<'a> {
         }
     }
 
+    fn secret(&mut self, from: &str, r: &str) -> Result<Value, RenderError> {
+        if tree::check_key(r).is_err() {
+            return Err(RenderError::BadTemplate {
+                key: from.to_string(),
+                message: format!("{r:?} is not a valid key"),
+            });
+        }
+        match self.leaves.get(r) {
+            None if self.complete => Err(RenderError::MissingRef {
+                from: from.to_string(),
+                reference: r.to_string(),
+            }),
+            None => Err(RenderError::Need(r.to_string())),
+            Some(_) if !self.is_secret(r) => Err(RenderError::BadTemplate {
+                key: from.to_string(),
+                message: format!(
+                    "${{secret:{r}}} names a key that is not a secret; use ${{ref:{r}}}"
+                ),
+            }),
+            Some(v) => Ok(v.clone()),
+        }
+    }
+
     fn var(&mut self, from: &str, name: &str) -> Result<Value, RenderError> {
         self.vars
             .get(name)
@@ -211,6 +259,7 @@ enum Part {
     Text(String),
     Ref(String),
     Var(String),
+    Secret(String),
 }
 
 fn parse(key: &str, s: &str) -> Result<Vec<Part>, RenderError> {
@@ -236,9 +285,11 @@ fn parse(key: &str, s: &str) -> Result<Vec<Part>, RenderError> {
                 Part::Ref(r.to_string())
             } else if let Some(v) = body.strip_prefix("var:") {
                 Part::Var(v.to_string())
+            } else if let Some(r) = body.strip_prefix("secret:") {
+                Part::Secret(r.to_string())
             } else {
                 return Err(bad(format!(
-                    "unknown placeholder ${{{body}}}; use ${{ref:key}} or ${{var:name}}"
+                    "unknown placeholder ${{{body}}}; use ${{ref:key}}, ${{var:name}} or ${{secret:key}}"
                 )));
             };
             if !text.is_empty() {
@@ -268,6 +319,31 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect()
+    }
+
+    #[test]
+    fn secrets_are_opaque_and_only_secret_placeholders_name_them() {
+        let leaves = map(&[
+            ("db.password", json!("p${ref:x}w")),
+            ("dsn", json!("u:${secret:db.password}@h")),
+            ("whole", json!("${secret:db.password}")),
+            ("bad", json!("${secret:x}")),
+            ("x", json!(1)),
+        ]);
+        let vars = Map::new();
+        let secrets: std::collections::BTreeSet<String> = ["db.password".to_string()].into();
+        let mut r = Renderer::new(&leaves, &vars, true).with_secrets(&secrets);
+        // A secret's own text is never interpolated.
+        assert_eq!(r.leaf("db.password").unwrap(), json!("p${ref:x}w"));
+        assert_eq!(r.leaf("dsn").unwrap(), json!("u:p${ref:x}w@h"));
+        assert_eq!(r.leaf("whole").unwrap(), json!("p${ref:x}w"));
+        assert!(matches!(
+            r.leaf("bad"),
+            Err(RenderError::BadTemplate { .. })
+        ));
+        // Without the secrets named, ${secret:} names no secret.
+        let mut plain = Renderer::new(&leaves, &vars, true);
+        assert!(plain.leaf("dsn").is_err());
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub const DEPTH_MAX: usize = 32;
 pub const SCHEMA_KEY_PREFIX: &str = "$schema:";
 pub const VARS_KEY: &str = "$vars";
 pub const INHERITS_KEY: &str = "$inherits";
+/// Every key of the namespace that ever held a secret (a JSON array, kept by
+/// the engine): once secret, always secret, even after a delete.
+pub const SECRETS_KEY: &str = "$secrets";
 
 /// Check a user key: dot-separated segments of `[A-Za-z0-9_-]`.
 pub fn check_key(key: &str) -> Result<(), String> {

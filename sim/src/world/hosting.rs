@@ -344,6 +344,9 @@ impl World {
                 self.note(|| format!("node {n}: {ns} now complete in group {group} at {revision}"));
                 self.history.moves_completed.insert((group, revision));
             }
+            Observation::SnapshotInstalled { group, index, from } => self.note(|| {
+                format!("node {n}: installed group {group}'s snapshot at {index} from {from}")
+            }),
         }
     }
 }

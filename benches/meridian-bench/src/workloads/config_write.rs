@@ -59,6 +59,7 @@ async fn set(c: &mut ConfigClient<Channel>, key: &str, i: usize) -> Result<()> {
                 key: key.into(),
                 value_json: i.to_string(),
                 if_version: None,
+                secret: None,
             })),
         }],
         author: "bench".into(),

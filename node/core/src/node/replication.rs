@@ -456,6 +456,12 @@ impl Node {
         if g == 0 {
             self.refresh_catalog();
         }
+        self.out
+            .push(Action::Observe(Observation::SnapshotInstalled {
+                group: g as GroupId,
+                index,
+                from,
+            }));
         let gr = &mut self.groups[g];
         gr.log.compact_to(index, sterm);
         gr.commit = gr.commit.max(index);

@@ -17,6 +17,7 @@
 mod layers;
 mod namespaces;
 mod reads;
+mod secrets;
 mod validate;
 mod watch;
 mod writes;
@@ -26,6 +27,7 @@ pub use watch::WatchEvent;
 use crate::auth::{Access, Action};
 use crate::core_client::CoreClient;
 use crate::reason::Reason;
+use crate::secrets::Secrets;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -42,7 +44,7 @@ use tokio::sync::mpsc;
 use super::diff;
 use super::error::CfgError;
 use super::render::{self, RenderError, Renderer};
-use super::tree::{self, INHERITS_KEY, SCHEMA_KEY_PREFIX, VARS_KEY};
+use super::tree::{self, INHERITS_KEY, SCHEMA_KEY_PREFIX, SECRETS_KEY, VARS_KEY};
 
 /// Read-validate-write cycles tried before a write gives up as contended.
 const WRITE_ATTEMPTS_MAX: usize = 8;
@@ -78,6 +80,9 @@ pub struct ConfigStore {
     core: CoreClient,
     regions: Arc<Vec<String>>,
     limits: Limits,
+    /// Seals secret values before they reach the core; opens them for
+    /// callers allowed to reveal them.
+    secrets: Secrets,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,6 +107,10 @@ pub struct ReadOpts {
     pub raw: bool,
     pub as_of: AsOf,
     pub consistency: ReadConsistency,
+    /// Show the plaintext of secrets the caller may `reveal` (each reveal
+    /// is audited); without it, or without the permission, a secret reads
+    /// as its redaction (`secrets::redaction`).
+    pub reveal: bool,
 }
 
 /// One stored version of a key, as the API shows it.
@@ -167,6 +176,8 @@ pub enum Op {
         key: String,
         value: Value,
         if_version: Option<u64>,
+        /// Store the value as a secret (encrypted; redacted on reads).
+        secret: Option<SecretSpec>,
     },
     Delete {
         key: String,
@@ -178,6 +189,8 @@ pub enum Op {
         path: String,
         patch: Value,
         if_version: Option<u64>,
+        /// Store every value the patch sets as a secret.
+        secret: Option<SecretSpec>,
     },
     /// RFC 6902 JSON patch applied to the subtree at `path`.
     Patch {
@@ -200,7 +213,18 @@ pub enum Op {
     Restore {
         key: String,
         value: Option<Value>,
+        /// The value is a secret's plaintext (opened from its old version).
+        secret: Option<SecretSpec>,
     },
+}
+
+/// A write's marking of its values as secrets, with their lifecycle.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SecretSpec {
+    /// Wall-clock ms after which reveals fail with SECRET_EXPIRED (0: never).
+    pub expires_ms: u64,
+    /// How often the secret should be rotated, in ms (0: no policy).
+    pub rotate_every_ms: u64,
 }
 
 #[derive(Clone)]
@@ -212,6 +236,9 @@ pub struct WriteOpts {
     pub message: String,
     pub idempotency_key: Option<String>,
     pub dry_run: bool,
+    /// The request came over TLS (secret writes over a plaintext channel
+    /// are refused unless `[secrets] allow_plaintext`).
+    pub secure_channel: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -295,6 +322,13 @@ struct Layer {
     leaves: BTreeMap<String, Value>,
     /// `$` keys: schemas, variables, parent.
     meta: BTreeMap<String, Value>,
+    /// Keys that are secrets: stored as envelopes (their `leaves` hold the
+    /// redaction until revealed), or, in a write's working copy, marked
+    /// secret by the write.
+    secrets: BTreeMap<String, SecretSpec>,
+    /// Secrets whose plaintext `leaves` holds (a read with reveal; never in
+    /// a write's layers).
+    revealed: BTreeSet<String>,
     ns_revision: u64,
     token: Option<RevisionToken>,
 }
@@ -306,6 +340,7 @@ impl Layer {
         if access.enabled() {
             self.leaves.retain(|k, _| access.may_read(view_ns, k));
             self.kvs.retain(|k, _| access.may_read(view_ns, k));
+            self.secrets.retain(|k, _| access.may_read(view_ns, k));
         }
     }
 
@@ -317,11 +352,34 @@ impl Layer {
     }
 }
 
-/// Decode a stored value: JSON, or (bytes written through the raw KV API)
-/// the text as a JSON string.
 /// The fingerprint of a write for its idempotency key: its namespace and
 /// operations as JSON (object keys sorted, so equal writes hash equally).
+///
+/// A secret's value is left out: the fingerprint is stored (the core's
+/// idempotency table) and a hash of a short secret could be searched. Two
+/// writes that differ only in a secret's value count as the same write.
 fn ops_fingerprint(ns: &str, ops: &[Op]) -> Result<u64, CfgError> {
+    let mut ops = ops.to_vec();
+    for op in &mut ops {
+        match op {
+            Op::Put {
+                value,
+                secret: Some(_),
+                ..
+            }
+            | Op::Merge {
+                patch: value,
+                secret: Some(_),
+                ..
+            }
+            | Op::Restore {
+                value: Some(value),
+                secret: Some(_),
+                ..
+            } => *value = Value::Null,
+            _ => {}
+        }
+    }
     let bytes = serde_json::to_vec(&(ns, ops)).map_err(|e| {
         CfgError::new(
             Reason::Internal,
@@ -342,7 +400,8 @@ fn layer_diff(before: &Layer, after: &Layer) -> Vec<diff::Change> {
     let keys: BTreeSet<&String> = before.meta.keys().chain(after.meta.keys()).collect();
     for k in keys {
         let (a, b) = (before.meta.get(k), after.meta.get(k));
-        if a == b {
+        // The registry of secret keys is the engine's bookkeeping.
+        if a == b || k == SECRETS_KEY {
             continue;
         }
         let path = format!("/{}", k.replace('~', "~0").replace('/', "~1"));
@@ -372,15 +431,25 @@ fn display_key(k: &str) -> String {
     }
 }
 
-fn decode(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+/// Decode a stored value: JSON, or (bytes written through the raw KV API)
+/// the text as a JSON string. A secret's envelope decodes as its redaction:
+/// no code path turns stored bytes into a secret's plaintext but
+/// `ConfigStore::open_secret`.
+fn decode(kv: &KeyValue) -> Option<Value> {
+    let bytes = kv.value.as_deref()?;
+    if crate::secrets::is_envelope(bytes) {
+        return Some(secrets::redaction(kv.version));
+    }
+    Some(
+        serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())),
+    )
 }
 
 fn entry(kv: &KeyValue) -> Entry {
     Entry {
         key: kv.key.clone(),
-        value: kv.value.as_deref().map(decode),
+        value: decode(kv),
         version: kv.version,
         revision: kv.mod_revision,
         author: kv.meta.author.clone(),
@@ -434,11 +503,17 @@ fn schema_prefix_of(meta_key: &str) -> Option<&str> {
 }
 
 impl ConfigStore {
-    pub fn new(core: CoreClient, regions: Vec<String>, limits: Limits) -> ConfigStore {
+    pub fn new(
+        core: CoreClient,
+        regions: Vec<String>,
+        limits: Limits,
+        secrets: Secrets,
+    ) -> ConfigStore {
         ConfigStore {
             core,
             regions: Arc::new(regions),
             limits,
+            secrets,
         }
     }
 
@@ -581,8 +656,8 @@ impl ConfigStore {
             ..Layer::default()
         };
         for kv in meta_kvs {
-            if let Some(v) = kv.value.as_deref() {
-                layer.meta.insert(kv.key.clone(), decode(v));
+            if let Some(v) = decode(&kv) {
+                layer.meta.insert(kv.key.clone(), v);
             }
         }
         self.extend_layer(&mut layer, path, as_of, token).await?;
@@ -601,8 +676,18 @@ impl ConfigStore {
             if kv.key.starts_with('$') || !tree::is_under(&kv.key, path) {
                 continue;
             }
-            if let Some(v) = kv.value.as_deref() {
-                layer.leaves.insert(kv.key.clone(), decode(v));
+            if let Some(v) = decode(&kv) {
+                // A stored secret: the next version keeps its rotation
+                // policy (an expiry belongs to one version).
+                if kv.value.as_deref().is_some_and(crate::secrets::is_envelope) {
+                    let attrs = kv.value.as_deref().and_then(secrets::stored_attrs);
+                    let spec = SecretSpec {
+                        expires_ms: 0,
+                        rotate_every_ms: attrs.map_or(0, |a| a.rotate_ms),
+                    };
+                    layer.secrets.insert(kv.key.clone(), spec);
+                }
+                layer.leaves.insert(kv.key.clone(), v);
             }
             layer.kvs.insert(kv.key.clone(), kv);
         }
@@ -622,22 +707,24 @@ impl ConfigStore {
         first.restrict(&opts.access, ns);
         let mut lineage = layers::Lineage::new(ns);
         let mut chain = vec![first];
-        if opts.raw {
-            return Ok(chain);
+        if !opts.raw {
+            while let Some(parent) = chain.last().and_then(Layer::parent) {
+                lineage.step(&parent)?;
+                // Inherited layers are read as of the same time; a revision belongs
+                // to the child's group, so parents are read at their latest state.
+                let as_of = match opts.as_of {
+                    AsOf::Revision(_) => AsOf::Latest,
+                    other => other,
+                };
+                let mut layer = self
+                    .load_layer(&parent, path, as_of, opts.consistency)
+                    .await?;
+                layer.restrict(&opts.access, ns);
+                chain.push(layer);
+            }
         }
-        while let Some(parent) = chain.last().and_then(Layer::parent) {
-            lineage.step(&parent)?;
-            // Inherited layers are read as of the same time; a revision belongs
-            // to the child's group, so parents are read at their latest state.
-            let as_of = match opts.as_of {
-                AsOf::Revision(_) => AsOf::Latest,
-                other => other,
-            };
-            let mut layer = self
-                .load_layer(&parent, path, as_of, opts.consistency)
-                .await?;
-            layer.restrict(&opts.access, ns);
-            chain.push(layer);
+        if opts.reveal {
+            self.reveal_chain(&mut chain, opts)?;
         }
         Ok(chain)
     }
@@ -653,7 +740,8 @@ impl ConfigStore {
         let mut loaded: BTreeSet<String> = BTreeSet::new();
         for _ in 0..RENDER_LOADS_MAX {
             let (leaves, vars) = effective(chain);
-            let mut r = Renderer::new(&leaves, &vars, false);
+            let secret_keys = effective_secrets(chain, &leaves);
+            let mut r = Renderer::new(&leaves, &vars, false).with_secrets(&secret_keys);
             let mut out = Vec::with_capacity(paths.len());
             let mut need = None;
             for p in paths {
@@ -687,6 +775,9 @@ impl ConfigStore {
                 self.extend_layer(layer, &k, as_of, token).await?;
                 layer.restrict(&opts.access, &view_ns);
             }
+            if opts.reveal {
+                self.reveal_chain(chain, opts)?;
+            }
         }
         Err(CfgError::new(
             Reason::ReferenceCycle,
@@ -707,6 +798,21 @@ fn effective(chain: &[Layer]) -> (BTreeMap<String, Value>, Map<String, Value>) {
         }
     }
     (leaves, vars)
+}
+
+/// Which of a chain's effective `leaves` are secrets (judged by the layer
+/// each effective leaf comes from, child first).
+fn effective_secrets(chain: &[Layer], leaves: &BTreeMap<String, Value>) -> BTreeSet<String> {
+    leaves
+        .keys()
+        .filter(|k| {
+            chain
+                .iter()
+                .find(|l| l.leaves.contains_key(*k))
+                .is_some_and(|l| l.secrets.contains_key(*k))
+        })
+        .cloned()
+        .collect()
 }
 
 /// Schemas in force in a chain: a child's schema at a prefix replaces its parent's.

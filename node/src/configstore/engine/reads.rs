@@ -18,6 +18,11 @@ impl ConfigStore {
         tree::check_path(path).map_err(|m| CfgError::new(Reason::InvalidKey, m))?;
         check_path_read(&opts.access, ns, path)?;
         let mut chain = self.load_chain(ns, path, opts).await?;
+        // A reveal of one secret the caller may not reveal is refused, not
+        // answered with its redaction (a subtree reveals what it may).
+        if opts.reveal && chain.iter().any(|l| l.secrets.contains_key(path)) {
+            opts.access.check_key(Action::Reveal, ns, path)?;
+        }
         let token = token_str(chain[0].token);
         let mut value = if opts.raw {
             tree::assemble(&chain[0].leaves, path)
@@ -113,6 +118,12 @@ impl ConfigStore {
         } else {
             Some(tree::glob(glob).map_err(CfgError::invalid)?)
         };
+        if opts.reveal && !search.is_empty() {
+            return Err(CfgError::invalid(
+                "a search never matches secrets' plaintext, so it cannot reveal them: \
+                 search without reveal, then read the keys found with reveal",
+            ));
+        }
         let limit = limit.clamp(1, LIST_LIMIT_MAX);
         let mut chain = self.load_chain(ns, prefix, opts).await?;
         let token = token_str(chain[0].token);
@@ -166,12 +177,14 @@ impl ConfigStore {
         })
     }
 
-    /// Every retained version of a key, oldest first.
+    /// Every retained version of a key, oldest first; with `reveal`, a
+    /// secret's versions in plaintext (needs `reveal` on the key).
     pub async fn history(
         &self,
         access: &Access,
         ns: &str,
         key: &str,
+        reveal: bool,
     ) -> Result<Vec<Entry>, CfgError> {
         tree::check_key(key).map_err(|m| CfgError::new(Reason::InvalidKey, m))?;
         access.check_key(Action::Read, ns, key)?;
@@ -187,7 +200,15 @@ impl ConfigStore {
                         format!("{key:?} was never written in {ns}"),
                     ));
                 }
-                Ok(versions.iter().map(entry).collect())
+                let mut entries: Vec<Entry> = versions.iter().map(entry).collect();
+                let secret = versions
+                    .iter()
+                    .any(|v| v.value.as_deref().is_some_and(crate::secrets::is_envelope));
+                if reveal && secret {
+                    access.check_key(Action::Reveal, ns, key)?;
+                    self.reveal_history(access, ns, key, &versions, &mut entries)?;
+                }
+                Ok(entries)
             }
             other => Err(unexpected(&other)),
         }
@@ -231,7 +252,8 @@ impl ConfigStore {
         from_version: u64,
         to_version: u64,
     ) -> Result<Vec<diff::Change>, CfgError> {
-        let h = self.history(access, ns, key).await?;
+        // A diff of a secret shows that it changed, never its values.
+        let h = self.history(access, ns, key, false).await?;
         let pick = |v: u64| -> Result<Option<Value>, CfgError> {
             if v == 0 {
                 return Ok(None);
@@ -283,6 +305,7 @@ impl ConfigStore {
             raw,
             as_of: AsOf::Latest,
             consistency: ReadConsistency::Linearizable,
+            reveal: false,
         };
         let a = self.get(from_ns, path, &opts, Some(Value::Null)).await?;
         let b = self.get(to_ns, path, &opts, Some(Value::Null)).await?;

@@ -102,11 +102,17 @@ impl ConfigStore {
     /// read every key the environment is made of: a rendered value can carry
     /// a referenced key's value, and a schema error must not become a way
     /// to read what the caller may not.
+    ///
+    /// Secrets stored before this write read as their redactions here
+    /// (their plaintext is never opened to validate another key's change):
+    /// a violation at a redaction is not counted, the secret having been
+    /// checked when it was written. Returns the keys of `work` that the
+    /// schemas in force mark `writeOnly` (to be stored as secrets).
     pub(super) async fn validate_affected(
         &self,
         work: &Layer,
         access: &Access,
-    ) -> Result<(), CfgError> {
+    ) -> Result<BTreeSet<String>, CfgError> {
         let ns = work.ns.as_str();
         let project = ns.split_once('/').map(|(p, _)| p);
         let mut envs: Vec<String> = vec![ns.to_string()];
@@ -146,6 +152,7 @@ impl ConfigStore {
             }
         }
         let mut problems = Vec::new();
+        let mut marks = BTreeSet::new();
         // The written environment's ancestors are read linearizably: a
         // schema or value committed in a parent before this write began must
         // bind it, and the commit's compare covers only this environment.
@@ -178,8 +185,21 @@ impl ConfigStore {
                 chain.push(layer);
             }
             let (leaves, vars) = effective(&chain);
-            let hidden = access.enabled() && leaves.keys().any(|k| !access.may_read(env, k));
-            let mut r = Renderer::new(&leaves, &vars, true);
+            let schemas = effective_schemas(&chain);
+            let marked = secrets::schema_marks(&schemas, &leaves);
+            if env == ns {
+                marks = secrets::schema_marks(&schemas, &work.leaves);
+            }
+            // A message quotes no value where it could be a secret's or one
+            // the caller may not read.
+            let hidden = !marked.is_empty()
+                || chain.iter().any(|l| !l.secrets.is_empty())
+                || (access.enabled() && leaves.keys().any(|k| !access.may_read(env, k)));
+            let secret_keys: BTreeSet<String> = effective_secrets(&chain, &leaves)
+                .into_iter()
+                .chain(marked.iter().cloned())
+                .collect();
+            let mut r = Renderer::new(&leaves, &vars, true).with_secrets(&secret_keys);
             let rendered = r.subtree("").map_err(|e| {
                 let mut err = CfgError::from(e);
                 if env != ns {
@@ -187,7 +207,7 @@ impl ConfigStore {
                 }
                 err
             })?;
-            for (prefix, schema) in effective_schemas(&chain) {
+            for (prefix, schema) in schemas {
                 let instance = match (&rendered, prefix.is_empty()) {
                     (_, true) => rendered.clone().unwrap_or(Value::Object(Map::new())),
                     (Some(_), false) => match r.subtree(&prefix)? {
@@ -200,10 +220,13 @@ impl ConfigStore {
                     CfgError::new(Reason::BadSchema, format!("schema at {prefix:?}: {e}"))
                 })?;
                 for e in validator.iter_errors(&instance) {
+                    if secrets::is_redaction(e.instance()) {
+                        continue;
+                    }
                     let message = if hidden {
                         format!(
-                            "the value does not satisfy the schema's {:?} (not shown: {} may not \
-                             read every key of {env})",
+                            "the value does not satisfy the schema's {:?} (not shown: it may be \
+                             a secret, or {} may not read every key of {env})",
                             e.schema_path().as_str(),
                             access.principal.name
                         )
@@ -221,7 +244,7 @@ impl ConfigStore {
             }
         }
         if problems.is_empty() {
-            return Ok(());
+            return Ok(marks);
         }
         let first = &problems[0];
         let msg = format!(

@@ -53,7 +53,8 @@ fn flat_state(
     } else {
         effective(chain)
     };
-    let mut r = Renderer::new(&leaves, &vars, true);
+    let secret_keys = effective_secrets(chain, &leaves);
+    let mut r = Renderer::new(&leaves, &vars, true).with_secrets(&secret_keys);
     let mut out = BTreeMap::new();
     for k in leaves.keys().filter(|k| tree::is_under(k, path)) {
         let v = if raw { leaves[k].clone() } else { r.leaf(k)? };
@@ -102,12 +103,14 @@ fn state_changes(
 
 fn apply_event(layer: &mut Layer, kv: KeyValue) {
     let is_meta = kv.key.starts_with('$');
-    match kv.value.as_deref() {
-        Some(bytes) => {
-            let v = decode(bytes);
+    match decode(&kv) {
+        Some(v) => {
             if is_meta {
                 layer.meta.insert(kv.key.clone(), v);
             } else {
+                if kv.value.as_deref().is_some_and(crate::secrets::is_envelope) {
+                    layer.secrets.entry(kv.key.clone()).or_default();
+                }
                 layer.leaves.insert(kv.key.clone(), v);
             }
         }
@@ -163,6 +166,10 @@ impl ConfigStore {
             raw,
             as_of: AsOf::Latest,
             consistency: ReadConsistency::Linearizable,
+            // A watch shows secrets as their redactions (a new version
+            // reads as a changed redaction); a service reads the value
+            // with reveal when told it changed.
+            reveal: false,
         };
         let mut chain = self.load_chain(ns, "", &opts).await?;
         // Subscribe before computing the first event, from the revisions read,

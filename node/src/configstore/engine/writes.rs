@@ -5,6 +5,41 @@
 use super::*;
 use crate::reason::Reason;
 
+/// A write planned from what it read: the core's operations, what they
+/// change, the compares sealed secrets need, the result as a diff may show
+/// it (secrets as the redaction of their new version), and how many secret
+/// values it seals.
+pub(super) struct Planned {
+    pub ops: Vec<WriteOp>,
+    pub changes: Vec<KeyChange>,
+    pub compares: Vec<Compare>,
+    pub shown: Layer,
+    pub sealed: usize,
+}
+
+/// The keys whose stored values differ between `before` and `after`, in
+/// key order, as puts and deletes (versions left 0).
+fn key_changes(before: &Layer, after: &Layer) -> Vec<KeyChange> {
+    let old: BTreeMap<&String, &Value> = before.leaves.iter().chain(before.meta.iter()).collect();
+    let new: BTreeMap<&String, &Value> = after.leaves.iter().chain(after.meta.iter()).collect();
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).copied().collect();
+    let mut changes = Vec::new();
+    for k in keys {
+        let op = match (old.get(k), new.get(k)) {
+            (Some(a), Some(b)) if a == b => continue,
+            (_, Some(_)) => "put",
+            (Some(_), None) => "delete",
+            (None, None) => continue,
+        };
+        changes.push(KeyChange {
+            key: k.clone(),
+            op,
+            version: 0,
+        });
+    }
+    changes
+}
+
 impl ConfigStore {
     /// Apply `ops` atomically (or, in a dry run, only check them).
     pub async fn write(
@@ -71,20 +106,37 @@ impl ConfigStore {
             };
             let evaluated = self.evaluate(ns, &ops, consistency, &opts.access).await;
             let was_optimistic = std::mem::replace(&mut optimistic, false);
-            let (layer, work, core_ops, changes) = match evaluated {
+            let (layer, planned) = match evaluated {
                 Ok(e) => e,
                 Err(_) if was_optimistic => continue,
                 Err(e) => return Err(e),
             };
+            let Planned {
+                ops: core_ops,
+                changes,
+                compares,
+                shown,
+                sealed,
+            } = planned;
+            if sealed > 0 && !opts.secure_channel && !self.secrets.allow_plaintext() {
+                return Err(CfgError::new(
+                    Reason::SecretNeedsTls,
+                    format!(
+                        "the write stores {sealed} secret value(s) sent over a connection \
+                         without TLS; this region refuses that ([secrets] allow_plaintext)"
+                    ),
+                ));
+            }
             // The diff shows only what the caller may read (a writer that
-            // may not read a key learns nothing of its old value).
+            // may not read a key learns nothing of its old value), and
+            // secrets as their redactions.
             let raw_diff = if opts.access.enabled() {
-                let (mut a, mut b) = (layer.clone(), work.clone());
+                let (mut a, mut b) = (layer.clone(), shown.clone());
                 a.restrict(&opts.access, ns);
                 b.restrict(&opts.access, ns);
                 layer_diff(&a, &b)
             } else {
-                layer_diff(&layer, &work)
+                layer_diff(&layer, &shown)
             };
             if core_ops.is_empty() {
                 if was_optimistic {
@@ -104,7 +156,10 @@ impl ConfigStore {
                 return Ok(WriteResult {
                     revision: layer.ns_revision,
                     token: token_str(layer.token),
-                    changes,
+                    changes: changes
+                        .into_iter()
+                        .filter(|c| c.key != SECRETS_KEY)
+                        .collect(),
                     replayed: false,
                     dry_run: true,
                     diff: raw_diff,
@@ -116,7 +171,7 @@ impl ConfigStore {
                     ns: ns.to_string(),
                     request_id,
                     fingerprint,
-                    compares: Vec::new(),
+                    compares,
                     ns_revision: Some(layer.ns_revision),
                     ops: core_ops,
                     meta: ChangeMeta {
@@ -144,6 +199,7 @@ impl ConfigStore {
                         .into_iter()
                         .zip(versions)
                         .map(|(c, v)| KeyChange { version: v, ..c })
+                        .filter(|c| c.key != SECRETS_KEY)
                         .collect();
                     return Ok(WriteResult {
                         revision: token.revision,
@@ -167,26 +223,45 @@ impl ConfigStore {
     }
 
     /// Read the namespace at `consistency`, apply `ops` to a copy and
-    /// validate every environment the change affects: (what was read, the
-    /// result, the core's operations, the key changes without versions).
+    /// validate every environment the change affects: what was read, and
+    /// the write planned from it.
     async fn evaluate(
         &self,
         ns: &str,
         ops: &[Op],
         consistency: ReadConsistency,
         access: &Access,
-    ) -> Result<(Layer, Layer, Vec<WriteOp>, Vec<KeyChange>), CfgError> {
+    ) -> Result<(Layer, Planned), CfgError> {
         let layer = self.load_layer(ns, "", AsOf::Latest, consistency).await?;
         let mut work = layer.clone();
         for op in ops {
             self.apply_op(&mut work, op).await?;
         }
-        let (core_ops, changes) = self.core_ops(&layer, &work)?;
+        // Once secret, always secret: a key deleted as a secret comes back as one.
+        secrets::keep_registry(&mut work);
+        let differs = layer.leaves != work.leaves
+            || layer.meta != work.meta
+            || work.secrets.keys().any(|k| !layer.secrets.contains_key(k));
+        if differs {
+            // Validation also says which keys the schemas in force mark
+            // `writeOnly`: they are stored as secrets.
+            for k in self.validate_affected(&work, access).await? {
+                work.secrets.entry(k).or_default();
+            }
+            secrets::keep_registry(&mut work);
+        }
+        let tombstones = self.tombstone_versions(&layer, &work).await?;
+        let planned = self.core_ops(&layer, &work, &tombstones)?;
+        let changes = planned.changes.clone();
         // Every key the write changes, judged before anything commits (or
         // a dry run reports): puts need `write`, deletes `delete`, schemas
         // and template settings (`$` keys) `admin`.
         for c in &changes {
-            let action = if c.key.starts_with('$') {
+            let action = if c.key == SECRETS_KEY {
+                // The engine's own record of which keys are secrets: it
+                // changes with a secret's write, which is judged itself.
+                continue;
+            } else if c.key.starts_with('$') {
                 Action::Admin
             } else if c.op == "delete" {
                 Action::Delete
@@ -195,10 +270,7 @@ impl ConfigStore {
             };
             access.check_key(action, ns, &c.key)?;
         }
-        if !core_ops.is_empty() {
-            self.validate_affected(&work, access).await?;
-        }
-        Ok((layer, work, core_ops, changes))
+        Ok((layer, planned))
     }
 
     /// The changes (versions left 0) and raw diff of the write that applied
@@ -215,8 +287,7 @@ impl ConfigStore {
         let after = self
             .load_layer(ns, "", AsOf::Revision(revision), stale)
             .await?;
-        let (_, changes) = self.core_ops(&before, &after)?;
-        Ok((changes, layer_diff(&before, &after)))
+        Ok((key_changes(&before, &after), layer_diff(&before, &after)))
     }
 
     /// If a write with this request id already applied, its result.
@@ -258,6 +329,7 @@ impl ConfigStore {
                             .into_iter()
                             .zip(versions)
                             .map(|(c, version)| KeyChange { version, ..c })
+                            .filter(|c| c.key != SECRETS_KEY)
                             .collect();
                         (changes, diff)
                     }
@@ -288,6 +360,7 @@ impl ConfigStore {
                 key,
                 value,
                 if_version,
+                secret,
             } => {
                 tree::check_key(key).map_err(key_err)?;
                 self.check_value(key, value)?;
@@ -304,6 +377,9 @@ impl ConfigStore {
                     ));
                 }
                 work.leaves.insert(key.clone(), value.clone());
+                if let Some(spec) = secret {
+                    work.secrets.insert(key.clone(), *spec);
+                }
             }
             Op::Delete {
                 key,
@@ -344,6 +420,7 @@ impl ConfigStore {
                 path,
                 patch,
                 if_version,
+                secret,
             } => {
                 tree::check_path(path).map_err(key_err)?;
                 if !path.is_empty() {
@@ -351,7 +428,16 @@ impl ConfigStore {
                 }
                 let mut doc = tree::assemble(&work.leaves, path).unwrap_or(Value::Null);
                 json_patch::merge(&mut doc, patch);
+                let before = secret.map(|_| work.leaves.clone());
                 self.replace_subtree(work, path, &doc)?;
+                // Every value the patch set (or changed) becomes a secret.
+                if let (Some(spec), Some(before)) = (secret, before) {
+                    for (k, v) in &work.leaves {
+                        if tree::is_under(k, path) && before.get(k) != Some(v) {
+                            work.secrets.insert(k.clone(), *spec);
+                        }
+                    }
+                }
             }
             Op::Patch { path, patch } => {
                 tree::check_path(path).map_err(key_err)?;
@@ -415,12 +501,15 @@ impl ConfigStore {
                     }
                 }
             }
-            Op::Restore { key, value } => match value {
+            Op::Restore { key, value, secret } => match value {
                 Some(v) if key.starts_with('$') => {
                     work.meta.insert(key.clone(), v.clone());
                 }
                 Some(v) => {
                     work.leaves.insert(key.clone(), v.clone());
+                    if let Some(spec) = secret {
+                        work.secrets.insert(key.clone(), *spec);
+                    }
                 }
                 None => {
                     work.leaves.remove(key);
@@ -465,56 +554,98 @@ impl ConfigStore {
         Ok(())
     }
 
-    /// The core operations turning `before` into `after`, and what they change.
+    /// The core operations turning `before` into `after`: secrets sealed
+    /// for the version they will be (each with a compare on the key's
+    /// version, so a version other than the one sealed for cannot apply).
     pub(super) fn core_ops(
         &self,
         before: &Layer,
         after: &Layer,
-    ) -> Result<(Vec<WriteOp>, Vec<KeyChange>), CfgError> {
-        let mut ops = Vec::new();
-        let mut changes = Vec::new();
-        let old: BTreeMap<&String, &Value> =
-            before.leaves.iter().chain(before.meta.iter()).collect();
-        let new: BTreeMap<&String, &Value> = after.leaves.iter().chain(after.meta.iter()).collect();
-        let keys: BTreeSet<&String> = old.keys().chain(new.keys()).copied().collect();
-        for k in keys {
-            match (old.get(k), new.get(k)) {
-                (Some(a), Some(b)) if a == b => {}
-                (_, Some(b)) => {
-                    ops.push(WriteOp::Put {
-                        key: k.clone(),
-                        value: serde_json::to_vec(b).map_err(|e| {
-                            CfgError::new(Reason::Internal, format!("cannot encode {k:?}: {e}"))
-                        })?,
-                    });
-                    changes.push(KeyChange {
-                        key: k.clone(),
-                        op: "put",
-                        version: 0,
-                    });
-                }
-                (Some(_), None) => {
-                    ops.push(WriteOp::Delete { key: k.clone() });
-                    changes.push(KeyChange {
-                        key: k.clone(),
-                        op: "delete",
-                        version: 0,
-                    });
-                }
-                (None, None) => {}
+        tombstones: &BTreeMap<String, u64>,
+    ) -> Result<Planned, CfgError> {
+        let mut changes = key_changes(before, after);
+        // A key marked secret whose stored value is plain and unchanged is
+        // sealed now: once marked, every stored leaf is an envelope.
+        for k in after.secrets.keys() {
+            let convert = after.leaves.contains_key(k)
+                && !before.secrets.contains_key(k)
+                && before.leaves.get(k) == after.leaves.get(k);
+            if convert {
+                changes.push(KeyChange {
+                    key: k.clone(),
+                    op: "put",
+                    version: 0,
+                });
             }
         }
-        if ops.len() > self.limits.txn_ops_max {
+        changes.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut planned = Planned {
+            ops: Vec::with_capacity(changes.len()),
+            changes: Vec::new(),
+            compares: Vec::new(),
+            shown: after.clone(),
+            sealed: 0,
+        };
+        for c in &changes {
+            let k = &c.key;
+            if c.op == "delete" {
+                planned.ops.push(WriteOp::Delete { key: k.clone() });
+                continue;
+            }
+            let b = after
+                .leaves
+                .get(k)
+                .or_else(|| after.meta.get(k))
+                .ok_or_else(|| {
+                    CfgError::new(Reason::Internal, format!("{k:?} changed but has no value"))
+                })?;
+            if secrets::is_redaction(b) {
+                return Err(CfgError::invalid(format!(
+                    "{k}: {b} is a secret's redaction, not a value; write the value itself \
+                     (a read with reveal shows it to those allowed)"
+                )));
+            }
+            let value = match after.secrets.get(k) {
+                Some(spec) if !k.starts_with('$') => {
+                    let prior = before
+                        .kvs
+                        .get(k)
+                        .map(|kv| kv.version)
+                        .or_else(|| tombstones.get(k).copied())
+                        .unwrap_or(0);
+                    let version = prior + 1;
+                    planned.compares.push(Compare {
+                        key: k.clone(),
+                        version: prior,
+                    });
+                    planned
+                        .shown
+                        .leaves
+                        .insert(k.clone(), secrets::redaction(version));
+                    planned.sealed += 1;
+                    self.seal_value(&after.ns, k, version, b, *spec)?
+                }
+                _ => serde_json::to_vec(b).map_err(|e| {
+                    CfgError::new(Reason::Internal, format!("cannot encode {k:?}: {e}"))
+                })?,
+            };
+            planned.ops.push(WriteOp::Put {
+                key: k.clone(),
+                value,
+            });
+        }
+        planned.changes = changes;
+        if planned.ops.len() > self.limits.txn_ops_max {
             return Err(CfgError::new(
                 Reason::TooManyOps,
                 format!(
                     "the write changes {} keys; at most {} per write",
-                    ops.len(),
+                    planned.ops.len(),
                     self.limits.txn_ops_max
                 ),
             ));
         }
-        Ok((ops, changes))
+        Ok(planned)
     }
 
     /// Roll a key (or, with `key` None, the whole namespace) back to what it
@@ -554,6 +685,7 @@ impl ConfigStore {
             ops.push(Op::Restore {
                 key: k.clone(),
                 value: v.cloned(),
+                secret: None,
             })
         };
         let mut deleted: Vec<String> = Vec::new();
@@ -601,7 +733,8 @@ impl ConfigStore {
                     .chain(target.meta.keys())
                     .chain(current.meta.keys())
                     .collect();
-                for k in all {
+                // The registry of secrets only grows: a rollback keeps it.
+                for k in all.into_iter().filter(|k| *k != SECRETS_KEY) {
                     let v = target.leaves.get(k).or_else(|| target.meta.get(k));
                     let now = current.leaves.get(k).or_else(|| current.meta.get(k));
                     if v != now {
@@ -613,7 +746,24 @@ impl ConfigStore {
                 }
             }
         }
+        // A secret rolls back to its old plaintext, opened here and sealed
+        // again as the new version (the caller sees neither).
+        for op in &mut ops {
+            if let Op::Restore {
+                key,
+                value: Some(v),
+                secret,
+            } = op
+            {
+                if let (Some(spec), Some(kv)) = (target.secrets.get(key), target.kvs.get(key)) {
+                    *v = self.open_secret(ns, kv)?;
+                    *secret = Some(*spec);
+                }
+            }
+        }
         let mut opts = opts.clone();
+        // What a rollback stores comes from the store, not over the wire.
+        opts.secure_channel = true;
         if opts.message.is_empty() {
             opts.message = match key {
                 Some(k) => format!("rollback of {k} to revision {revision}"),

@@ -18,7 +18,9 @@ use axum::{Json, Router};
 use meridian_core::types::AsOf;
 use serde_json::{json, Map, Value};
 
-use super::engine::{ns_name, ConfigStore, CreateNs, Op, ReadConsistency, ReadOpts, WriteOpts};
+use super::engine::{
+    ns_name, ConfigStore, CreateNs, Op, ReadConsistency, ReadOpts, SecretSpec, WriteOpts,
+};
 use super::error::CfgError;
 
 /// The OpenAPI document of this API.
@@ -450,6 +452,7 @@ async fn put_path(
         key: path,
         value,
         if_version: q_u64(&q, "if_version")?,
+        secret: q_secret(&q)?,
     };
     write_one(&access, &st, &project, &env, op, &headers, &q).await
 }
@@ -497,6 +500,7 @@ async fn patch_common(
             path,
             patch,
             if_version: q_u64(&q, "if_version")?,
+            secret: q_secret(&q)?,
         }
     };
     write_one(&access, &st, &project, &env, op, &headers, &q).await
@@ -616,8 +620,13 @@ async fn history(
     Caller(access): Caller,
     State(st): State<ConfigStore>,
     Path((project, env, key)): Path<(String, String, String)>,
+    Query(q): Q,
 ) -> Res {
-    ok(json!({ "versions": st.history(&access, &ns_name(&project, &env), &key).await? }))
+    let reveal = q_bool(&q, "reveal")?;
+    let versions = st
+        .history(&access, &ns_name(&project, &env), &key, reveal)
+        .await?;
+    ok(json!({ "versions": versions }))
 }
 
 async fn diff_versions(

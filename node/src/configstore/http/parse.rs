@@ -126,7 +126,58 @@ pub(super) fn read_opts(
         raw: q_bool(q, "raw")?,
         as_of,
         consistency,
+        reveal: q_bool(q, "reveal")?,
     })
+}
+
+/// A write's secret marking from the query: `secret=true`, with optional
+/// `expires_at_ms` and `rotate_every_ms` (which need `secret`).
+pub(super) fn q_secret(q: &BTreeMap<String, String>) -> Result<Option<SecretSpec>, CfgError> {
+    let expires_ms = q_u64(q, "expires_at_ms")?;
+    let rotate_every_ms = q_u64(q, "rotate_every_ms")?;
+    if !q_bool(q, "secret")? {
+        if expires_ms.is_some() || rotate_every_ms.is_some() {
+            return Err(CfgError::invalid(
+                "expires_at_ms and rotate_every_ms go with secret=true",
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(SecretSpec {
+        expires_ms: expires_ms.unwrap_or(0),
+        rotate_every_ms: rotate_every_ms.unwrap_or(0),
+    }))
+}
+
+/// An operation's `"secret"`: absent or false (not marked), true, or an
+/// object with `expires_at_ms` and `rotate_every_ms`.
+fn op_secret(i: usize, v: Option<&Value>) -> Result<Option<SecretSpec>, CfgError> {
+    match v {
+        None | Some(Value::Bool(false)) => Ok(None),
+        Some(Value::Bool(true)) => Ok(Some(SecretSpec::default())),
+        Some(o @ Value::Object(m)) => {
+            only_fields(
+                o,
+                &format!("ops[{i}].secret"),
+                &["expires_at_ms", "rotate_every_ms"],
+            )?;
+            let n = |k: &str| -> Result<u64, CfgError> {
+                match m.get(k) {
+                    None => Ok(0),
+                    Some(v) => v.as_u64().ok_or_else(|| {
+                        CfgError::invalid(format!("ops[{i}].secret.{k} must be a whole number"))
+                    }),
+                }
+            };
+            Ok(Some(SecretSpec {
+                expires_ms: n("expires_at_ms")?,
+                rotate_every_ms: n("rotate_every_ms")?,
+            }))
+        }
+        Some(_) => Err(CfgError::invalid(format!(
+            "ops[{i}].secret is true, false or {{\"expires_at_ms\": .., \"rotate_every_ms\": ..}}"
+        ))),
+    }
 }
 
 pub(super) fn write_opts(
@@ -150,6 +201,7 @@ pub(super) fn write_opts(
         message: header("x-meridian-message")?,
         idempotency_key: (!idem.is_empty()).then_some(idem),
         dry_run: q_bool(q, "dry_run")?,
+        secure_channel: access.secure_channel(),
     })
 }
 
@@ -168,9 +220,9 @@ pub fn parse_ops(body: &Value) -> Result<Vec<Op>, CfgError> {
 
 pub(super) fn parse_op(i: usize, o: &Value) -> Result<Op, CfgError> {
     let known: &[&str] = match o.get("op").and_then(Value::as_str) {
-        Some("put") => &["op", "key", "value", "if_version"],
+        Some("put") => &["op", "key", "value", "if_version", "secret"],
         Some("delete") => &["op", "key", "recursive", "if_version"],
-        Some("merge") => &["op", "key", "path", "patch", "if_version"],
+        Some("merge") => &["op", "key", "path", "patch", "if_version", "secret"],
         Some("patch") => &["op", "key", "path", "patch"],
         _ => &[
             "op",
@@ -180,6 +232,7 @@ pub(super) fn parse_op(i: usize, o: &Value) -> Result<Op, CfgError> {
             "patch",
             "if_version",
             "recursive",
+            "secret",
         ],
     };
     only_fields(o, &format!("ops[{i}]"), known)?;
@@ -197,6 +250,7 @@ pub(super) fn parse_op(i: usize, o: &Value) -> Result<Op, CfgError> {
                 .cloned()
                 .ok_or_else(|| CfgError::invalid(format!("ops[{i}] (put) needs \"value\"")))?,
             if_version,
+            secret: op_secret(i, o.get("secret"))?,
         }),
         Some("delete") => Ok(Op::Delete {
             key: need("key")?,
@@ -210,6 +264,7 @@ pub(super) fn parse_op(i: usize, o: &Value) -> Result<Op, CfgError> {
                 .cloned()
                 .ok_or_else(|| CfgError::invalid(format!("ops[{i}] (merge) needs \"patch\"")))?,
             if_version,
+            secret: op_secret(i, o.get("secret"))?,
         }),
         Some("patch") => Ok(Op::Patch {
             path: key(),

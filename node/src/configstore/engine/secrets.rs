@@ -1,0 +1,323 @@
+//! Secrets in the configuration engine: the redaction a secret reads as,
+//! revealing secrets to callers allowed to (audited), sealing the values a
+//! write marks secret, and what makes a key secret (the write itself, a
+//! schema's `writeOnly`, or having been one: once secret, always secret).
+
+use super::*;
+use crate::reason::Reason;
+use crate::secrets::envelope::{Attrs, Envelope};
+use crate::secrets::SecretError;
+
+/// Secrets one read may reveal at most (each is one AES-GCM open and part
+/// of an audit record).
+pub const REVEALS_PER_READ_MAX: usize = 1000;
+
+/// What a secret reads as without a reveal: names its version, so a diff or
+/// a write sees a change of the secret, never its value.
+pub fn redaction(version: u64) -> Value {
+    Value::String(format!("<redacted secret v{version}>"))
+}
+
+/// Whether a value is a secret's redaction (it is never stored as a value).
+pub fn is_redaction(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        s.strip_prefix("<redacted secret v")
+            .and_then(|r| r.strip_suffix('>'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+impl From<SecretError> for CfgError {
+    fn from(e: SecretError) -> CfgError {
+        let reason = match e {
+            SecretError::Keyring(_) => Reason::KeyringUnavailable,
+            SecretError::Corrupt(_) => Reason::SecretCorrupt,
+            SecretError::Expired { .. } => Reason::SecretExpired,
+        };
+        CfgError::new(reason, e.to_string())
+    }
+}
+
+/// Whether `key` (relative to a schema attached at `prefix`) sits where the
+/// schema says `writeOnly: true`: at the schema's root, or along
+/// `properties` / `additionalProperties` / `allOf` to the key.
+fn write_only_at(schema: &Value, rel: &[&str]) -> bool {
+    let Some(obj) = schema.as_object() else {
+        return false;
+    };
+    if obj.get("writeOnly").and_then(Value::as_bool) == Some(true) {
+        return true;
+    }
+    if let Some(Value::Array(all)) = obj.get("allOf") {
+        if all.iter().any(|s| write_only_at(s, rel)) {
+            return true;
+        }
+    }
+    let Some((first, rest)) = rel.split_first() else {
+        return false;
+    };
+    let child = obj
+        .get("properties")
+        .and_then(|p| p.get(*first))
+        .or_else(|| obj.get("additionalProperties").filter(|a| a.is_object()));
+    child.is_some_and(|c| write_only_at(c, rest))
+}
+
+/// The keys of `leaves` that the schemas in force mark secret.
+pub(super) fn schema_marks(
+    schemas: &BTreeMap<String, Value>,
+    leaves: &BTreeMap<String, Value>,
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (prefix, schema) in schemas {
+        for k in leaves.keys() {
+            if !tree::is_under(k, prefix) {
+                continue;
+            }
+            let rel = if prefix.is_empty() {
+                k.as_str()
+            } else {
+                k[prefix.len()..].trim_start_matches('.')
+            };
+            let segs: Vec<&str> = if rel.is_empty() {
+                Vec::new()
+            } else {
+                rel.split('.').collect()
+            };
+            if write_only_at(schema, &segs) {
+                out.insert(k.clone());
+            }
+        }
+    }
+    out
+}
+
+impl ConfigStore {
+    /// The plaintext of a stored secret version, as the JSON it was written
+    /// as. Fails (never a guess) on a missing keyring, a damaged envelope or
+    /// an expired version.
+    pub(super) fn open_secret(&self, ns: &str, kv: &KeyValue) -> Result<Value, CfgError> {
+        let stored = kv
+            .value
+            .as_deref()
+            .ok_or_else(|| CfgError::new(Reason::NotFound, format!("{} is deleted", kv.key)))?;
+        let opened = self.secrets.open(ns, &kv.key, kv.version, stored)?;
+        if opened.attrs.expires_ms != 0 && now_ms() > opened.attrs.expires_ms {
+            return Err(SecretError::Expired {
+                expires_ms: opened.attrs.expires_ms,
+            }
+            .into());
+        }
+        serde_json::from_slice(opened.plaintext.expose()).map_err(|_| {
+            SecretError::Corrupt(format!(
+                "version {} of {:?} in {ns} opened but is not JSON",
+                kv.version, kv.key
+            ))
+            .into()
+        })
+    }
+
+    /// The envelope of `value` as version `version` of `key` in `ns`.
+    pub(super) fn seal_value(
+        &self,
+        ns: &str,
+        key: &str,
+        version: u64,
+        value: &Value,
+        spec: SecretSpec,
+    ) -> Result<Vec<u8>, CfgError> {
+        let plain =
+            zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(|e| {
+                CfgError::new(Reason::Internal, format!("cannot encode {key:?}: {e}"))
+            })?);
+        if plain.len() > crate::secrets::PLAINTEXT_BYTES_MAX {
+            return Err(CfgError::new(
+                Reason::ValueTooLarge,
+                format!(
+                    "{key}: a secret holds at most {} bytes",
+                    crate::secrets::PLAINTEXT_BYTES_MAX
+                ),
+            ));
+        }
+        let attrs = Attrs {
+            expires_ms: spec.expires_ms,
+            rotate_ms: spec.rotate_every_ms,
+        };
+        Ok(self.secrets.seal(ns, key, version, &plain, attrs)?)
+    }
+
+    /// Replace the redactions in `chain` by plaintext where the caller may
+    /// `reveal` (judged as keys of the environment read), and audit what was
+    /// revealed. The rest stay redacted, as a filtered read leaves out what
+    /// may not be read.
+    pub(super) fn reveal_chain(
+        &self,
+        chain: &mut [Layer],
+        opts: &ReadOpts,
+    ) -> Result<(), CfgError> {
+        let view_ns = chain.first().map(|l| l.ns.clone()).unwrap_or_default();
+        let mut revealed: Vec<String> = Vec::new();
+        for layer in chain.iter_mut() {
+            let keys: Vec<String> = layer
+                .secrets
+                .keys()
+                .filter(|k| layer.leaves.contains_key(*k) && !layer.revealed.contains(*k))
+                .filter(|k| opts.access.may(Action::Reveal, &view_ns, k))
+                .cloned()
+                .collect();
+            for k in keys {
+                if revealed.len() == REVEALS_PER_READ_MAX {
+                    return Err(CfgError::new(
+                        Reason::TooManyOps,
+                        format!(
+                            "the read reveals more than {REVEALS_PER_READ_MAX} secrets; \
+                             read a narrower path"
+                        ),
+                    ));
+                }
+                let Some(kv) = layer.kvs.get(&k) else {
+                    continue;
+                };
+                let v = self.open_secret(&layer.ns, kv)?;
+                layer.leaves.insert(k.clone(), v);
+                layer.revealed.insert(k.clone());
+                revealed.push(k);
+            }
+        }
+        if !revealed.is_empty() {
+            let keys: Vec<&str> = revealed.iter().map(String::as_str).collect();
+            opts.access.audit_reveal(&view_ns, &keys);
+        }
+        Ok(())
+    }
+
+    /// Every version of a key's history with secrets opened (the caller
+    /// may `reveal` the key: checked by the caller), and the reveal audited.
+    pub(super) fn reveal_history(
+        &self,
+        access: &Access,
+        ns: &str,
+        key: &str,
+        versions: &[KeyValue],
+        entries: &mut [Entry],
+    ) -> Result<(), CfgError> {
+        let mut any = false;
+        for (kv, e) in versions.iter().zip(entries.iter_mut()) {
+            if kv.value.as_deref().is_some_and(crate::secrets::is_envelope) {
+                e.value = Some(self.open_secret(ns, kv)?);
+                any = true;
+            }
+        }
+        if any {
+            access.audit_reveal(ns, &[key]);
+        }
+        Ok(())
+    }
+
+    /// The versions of keys a write seals that are not live in `before`
+    /// (never written, or deleted: a scan shows neither), so each is sealed
+    /// for the version it will be.
+    pub(super) async fn tombstone_versions(
+        &self,
+        before: &Layer,
+        work: &Layer,
+    ) -> Result<BTreeMap<String, u64>, CfgError> {
+        let mut out = BTreeMap::new();
+        for k in work.secrets.keys() {
+            if !work.leaves.contains_key(k) || before.kvs.contains_key(k) {
+                continue;
+            }
+            let q = ReadQuery::Get { key: k.clone() };
+            match self
+                .read(&before.ns, q, Consistency::Stale, before.token)
+                .await?
+            {
+                ClientResponse::Value { kv, .. } => {
+                    out.insert(k.clone(), kv.version);
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The keys a namespace's `$secrets` registry names.
+pub(super) fn registry(layer: &Layer) -> BTreeSet<String> {
+    layer
+        .meta
+        .get(SECRETS_KEY)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Mark the keys the registry names as secrets, and add to it every key
+/// `work` holds as a secret: once secret, always secret.
+pub(super) fn keep_registry(work: &mut Layer) {
+    let mut reg = registry(work);
+    let n = reg.len();
+    for k in reg.iter() {
+        work.secrets.entry(k.clone()).or_default();
+    }
+    for k in work.secrets.keys() {
+        if work.leaves.contains_key(k) {
+            reg.insert(k.clone());
+        }
+    }
+    if reg.len() != n {
+        work.meta.insert(
+            SECRETS_KEY.to_string(),
+            Value::Array(reg.into_iter().map(Value::String).collect()),
+        );
+    }
+}
+
+/// The lifecycle attributes of a stored secret (in the clear in its
+/// envelope), for listings; None if the bytes are not an envelope.
+pub fn stored_attrs(bytes: &[u8]) -> Option<Attrs> {
+    Envelope::decode(bytes).ok().map(|e| e.attrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn redactions_are_recognised_and_plain_strings_are_not() {
+        assert!(is_redaction(&redaction(3)));
+        assert!(!is_redaction(&json!("<redacted secret v>")));
+        assert!(!is_redaction(&json!("<redacted secret v3x>")));
+        assert!(!is_redaction(&json!(3)));
+    }
+
+    #[test]
+    fn write_only_marks_subtrees_and_properties() {
+        let leaves: BTreeMap<String, Value> = ["db.password", "db.host", "tls.key", "tls.x.y"]
+            .iter()
+            .map(|k| (k.to_string(), json!(1)))
+            .collect();
+        let mut schemas = BTreeMap::new();
+        schemas.insert(
+            "db".to_string(),
+            json!({"properties": {"password": {"type": "string", "writeOnly": true}}}),
+        );
+        schemas.insert("tls".to_string(), json!({"writeOnly": true}));
+        let marks = schema_marks(&schemas, &leaves);
+        assert_eq!(
+            marks.into_iter().collect::<Vec<_>>(),
+            vec!["db.password", "tls.key", "tls.x.y"]
+        );
+        let mut root = BTreeMap::new();
+        root.insert(
+            String::new(),
+            json!({"allOf": [{"properties": {"db": {"additionalProperties": {"writeOnly": true}}}}]}),
+        );
+        assert_eq!(schema_marks(&root, &leaves).len(), 2);
+    }
+}

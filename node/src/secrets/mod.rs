@@ -1,0 +1,306 @@
+//! Secrets: values encrypted at rest by envelope encryption, decrypted
+//! only by the region serving a caller allowed to reveal them (docs/secrets.md).
+//!
+//! The core, the log, snapshots, peers and RocksDB only ever hold the
+//! envelope (`envelope.rs`): a fresh AES-256-GCM data key per version,
+//! wrapped by a key-encryption key of the region's keyring (`keyring.rs`),
+//! the ciphertext bound to its namespace, key and version. `Secrets` is the
+//! region's handle: seal a plaintext for a version, open a stored envelope.
+//! Without a usable keyring the region still serves everything else, and
+//! secret operations fail with KEYRING_UNAVAILABLE.
+
+pub mod envelope;
+pub mod keyring;
+
+use envelope::{Attrs, Envelope, DEK_BYTES, NONCE_BYTES};
+use keyring::{aead_key, random, FileKeyring, KeyWrapper};
+use ring::aead::{Aad, Nonce};
+use std::path::Path;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+pub use envelope::is_envelope;
+
+/// A secret's plaintext must fit in this (it is sealed whole, in memory).
+pub const PLAINTEXT_BYTES_MAX: usize = 1 << 20;
+
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SecretError {
+    /// No keyring, a wrong one, or one without the version needed.
+    #[error("keyring unavailable: {0}")]
+    Keyring(String),
+    /// The stored envelope is damaged or was moved: it fails its tag.
+    #[error("secret corrupt: {0}")]
+    Corrupt(String),
+    /// The version's `expires_at` has passed.
+    #[error("the secret expired at {expires_ms} ms since the epoch")]
+    Expired { expires_ms: u64 },
+}
+
+/// A revealed plaintext. Its `Debug` shows only its length, so a log line
+/// or error that formats one never carries the secret; it is wiped on drop.
+pub struct Plaintext(Zeroizing<Vec<u8>>);
+
+impl Plaintext {
+    pub fn new(bytes: Vec<u8>) -> Plaintext {
+        Plaintext(Zeroizing::new(bytes))
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Plaintext(<redacted {} bytes>)", self.0.len())
+    }
+}
+
+/// What reveal found in a stored envelope.
+#[derive(Debug)]
+pub struct Opened {
+    pub plaintext: Plaintext,
+    pub attrs: Attrs,
+    pub kek_version: u32,
+}
+
+/// A region's secrets handle: its keyring, if it has a usable one.
+#[derive(Clone)]
+pub struct Secrets {
+    keyring: Result<Arc<dyn KeyWrapper>, String>,
+    /// Accept secret writes on a client connection without TLS.
+    allow_plaintext: bool,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("keyring", &self.keyring.as_ref().map(|k| k.versions()))
+            .field("allow_plaintext", &self.allow_plaintext)
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// The secrets handle of a region: `keyring_file` loaded if given. A
+    /// missing or bad keyring is not fatal (everything else is served); it
+    /// is logged once here and named by every secret operation's error.
+    pub fn load(keyring_file: Option<&Path>, allow_plaintext: bool) -> Secrets {
+        let keyring = match keyring_file {
+            None => Err("no keyring is configured ([secrets] keyring_file)".to_string()),
+            Some(p) => match FileKeyring::load(p) {
+                Ok(k) => {
+                    tracing::info!(
+                        keyring = %p.display(),
+                        versions = ?k.versions(),
+                        active = k.active(),
+                        "secrets keyring loaded"
+                    );
+                    Ok(Arc::new(k) as Arc<dyn KeyWrapper>)
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "{e}: secret reads and writes answer KEYRING_UNAVAILABLE; \
+                         everything else is served"
+                    );
+                    Err(e.to_string())
+                }
+            },
+        };
+        Secrets {
+            keyring,
+            allow_plaintext,
+        }
+    }
+
+    /// With a keyring given directly (tests, a KMS).
+    pub fn with_keyring(keyring: Arc<dyn KeyWrapper>, allow_plaintext: bool) -> Secrets {
+        Secrets {
+            keyring: Ok(keyring),
+            allow_plaintext,
+        }
+    }
+
+    pub fn allow_plaintext(&self) -> bool {
+        self.allow_plaintext
+    }
+
+    fn keyring(&self) -> Result<&Arc<dyn KeyWrapper>, SecretError> {
+        self.keyring
+            .as_ref()
+            .map_err(|why| SecretError::Keyring(why.clone()))
+    }
+
+    /// The envelope of `plaintext` as version `version` of `key` in `ns`.
+    pub fn seal(
+        &self,
+        ns: &str,
+        key: &str,
+        version: u64,
+        plaintext: &[u8],
+        attrs: Attrs,
+    ) -> Result<Vec<u8>, SecretError> {
+        let ring = self.keyring()?;
+        let kek_version = ring.active();
+        let kek_check = ring.check(kek_version).ok_or_else(|| {
+            SecretError::Keyring(format!("the active KEK version {kek_version} is missing"))
+        })?;
+        let dek = Zeroizing::new(random::<DEK_BYTES>()?);
+        let wrapped = ring.wrap(
+            kek_version,
+            &dek,
+            &envelope::wrap_aad(kek_version, ns, key, version),
+        )?;
+        let nonce = random::<NONCE_BYTES>()?;
+        let mut sealed = plaintext.to_vec();
+        aead_key(&dek)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(envelope::data_aad(ns, key, version, &attrs)),
+                &mut sealed,
+            )
+            .map_err(|_| SecretError::Keyring("sealing failed".into()))?;
+        Ok(Envelope {
+            kek_version,
+            kek_check,
+            wrapped,
+            nonce,
+            attrs,
+            sealed,
+        }
+        .encode())
+    }
+
+    /// The plaintext of a stored envelope, if it is version `version` of
+    /// `key` in `ns` and was sealed under a KEK this keyring holds.
+    pub fn open(
+        &self,
+        ns: &str,
+        key: &str,
+        version: u64,
+        stored: &[u8],
+    ) -> Result<Opened, SecretError> {
+        let env = Envelope::decode(stored)?;
+        let ring = self.keyring()?;
+        match ring.check(env.kek_version) {
+            None => {
+                return Err(SecretError::Keyring(format!(
+                    "this region's keyring has no KEK version {} (it holds {:?})",
+                    env.kek_version,
+                    ring.versions()
+                )))
+            }
+            Some(c) if c != env.kek_check => {
+                return Err(SecretError::Keyring(format!(
+                    "this region's KEK version {} is not the key that sealed this secret \
+                     (a different keyring file?)",
+                    env.kek_version
+                )))
+            }
+            Some(_) => {}
+        }
+        let dek = ring.unwrap(
+            env.kek_version,
+            &env.wrapped,
+            &envelope::wrap_aad(env.kek_version, ns, key, version),
+        )?;
+        let mut buf = Zeroizing::new(env.sealed.clone());
+        let plain = aead_key(&dek)
+            .open_in_place(
+                Nonce::assume_unique_for_key(env.nonce),
+                Aad::from(envelope::data_aad(ns, key, version, &env.attrs)),
+                &mut buf,
+            )
+            .map_err(|_| {
+                SecretError::Corrupt(format!(
+                    "version {version} of {key:?} in {ns} fails its authentication tag"
+                ))
+            })?;
+        Ok(Opened {
+            plaintext: Plaintext::new(plain.to_vec()),
+            attrs: env.attrs,
+            kek_version: env.kek_version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets(dir: &Path) -> Secrets {
+        let p = dir.join("keyring");
+        FileKeyring::create(&p).unwrap();
+        Secrets::load(Some(&p), false)
+    }
+
+    #[test]
+    fn seal_open_and_every_way_a_ciphertext_must_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secrets(dir.path());
+        let attrs = Attrs {
+            expires_ms: 5,
+            rotate_ms: 0,
+        };
+        let env = s.seal("p/e", "db.pw", 3, b"hunter2-marker", attrs).unwrap();
+        assert!(is_envelope(&env));
+        assert!(
+            !env.windows(7).any(|w| w == b"hunter2"),
+            "plaintext in the envelope"
+        );
+        let o = s.open("p/e", "db.pw", 3, &env).unwrap();
+        assert_eq!(o.plaintext.expose(), b"hunter2-marker");
+        assert_eq!(o.attrs, attrs);
+        assert!(!format!("{o:?}").contains("hunter2"));
+        // Moved to another key, version or namespace: corrupt, never garbage.
+        for (ns, key, v) in [
+            ("p/f", "db.pw", 3),
+            ("p/e", "db.pw2", 3),
+            ("p/e", "db.pw", 4),
+        ] {
+            assert!(
+                matches!(s.open(ns, key, v, &env), Err(SecretError::Corrupt(_))),
+                "{ns} {key} {v} opened"
+            );
+        }
+        // Every single flipped bit fails (header, wrapped key, attrs, data).
+        for i in 6..env.len() {
+            let mut bad = env.clone();
+            bad[i] ^= 0x01;
+            match s.open("p/e", "db.pw", 3, &bad) {
+                Err(SecretError::Corrupt(_)) | Err(SecretError::Keyring(_)) => {}
+                other => panic!("byte {i} flipped: {other:?}"),
+            }
+        }
+        // Another keyring's version 1: told apart from damage.
+        let other = tempfile::tempdir().unwrap();
+        let s2 = secrets(other.path());
+        let e = s2.open("p/e", "db.pw", 3, &env).unwrap_err();
+        assert!(matches!(e, SecretError::Keyring(_)), "{e}");
+        assert!(e.to_string().contains("different keyring"), "{e}");
+        // No keyring at all.
+        let none = Secrets::load(None, false);
+        assert!(matches!(
+            none.seal("p/e", "k", 1, b"x", Attrs::default()),
+            Err(SecretError::Keyring(_))
+        ));
+        assert!(matches!(
+            none.open("p/e", "db.pw", 3, &env),
+            Err(SecretError::Keyring(_))
+        ));
+    }
+
+    #[test]
+    fn each_version_gets_a_fresh_data_key_and_nonce() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secrets(dir.path());
+        let a =
+            Envelope::decode(&s.seal("p/e", "k", 1, b"same", Attrs::default()).unwrap()).unwrap();
+        let b =
+            Envelope::decode(&s.seal("p/e", "k", 1, b"same", Attrs::default()).unwrap()).unwrap();
+        assert_ne!(a.wrapped, b.wrapped);
+        assert_ne!(a.nonce, b.nonce);
+        assert_ne!(a.sealed, b.sealed);
+    }
+}

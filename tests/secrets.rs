@@ -1,0 +1,930 @@
+//! Secrets against a real 3-region cluster (docs/secrets.md): a planted
+//! marker written as secrets in every way a value becomes one, through
+//! rotation, templates, rollback, snapshots, a snapshot installed in a
+//! restarted region and a new key-encryption key, is then found in no file
+//! under any region's directory (RocksDB, logs at trace level) and in no
+//! response made without reveal, while a reveal returns it intact; the
+//! reveal permission denies through gRPC, HTTP and `${secret:}`; and the
+//! faults (no keyring, a wrong keyring, a tampered ciphertext, a plaintext
+//! channel) each answer with their stable reason.
+
+// Test helpers fail the test by panicking; that is what unwrap is for here.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{reason, Cluster, ConfigClient};
+use meridian_proto::v1::*;
+use serde_json::{json, Value};
+
+fn ns() -> Option<NamespaceRef> {
+    Some(NamespaceRef {
+        project: "shop".into(),
+        environment: "prod".into(),
+    })
+}
+
+fn secret_put(key: &str, v: &Value) -> ConfigOp {
+    ConfigOp {
+        op: Some(config_op::Op::Put(PutOp {
+            key: key.into(),
+            value_json: v.to_string(),
+            if_version: None,
+            secret: Some(SecretSpec::default()),
+        })),
+    }
+}
+
+fn write(ops: Vec<ConfigOp>) -> ConfigWriteRequest {
+    ConfigWriteRequest {
+        ns: ns(),
+        ops,
+        author: "secrets-test".into(),
+        message: "secrets test".into(),
+        idempotency_key: String::new(),
+    }
+}
+
+fn read(reveal: bool, raw: bool, stale: bool) -> Option<ConfigReadOptions> {
+    Some(ConfigReadOptions {
+        raw,
+        stale,
+        reveal,
+        ..Default::default()
+    })
+}
+
+async fn get(c: &mut ConfigClient, path: &str, reveal: bool) -> Result<Value, tonic::Status> {
+    let r = c
+        .get_config(GetConfigRequest {
+            ns: ns(),
+            path: path.into(),
+            read: read(reveal, false, false),
+            default_json: None,
+        })
+        .await?
+        .into_inner();
+    Ok(serde_json::from_str(&r.value_json).unwrap())
+}
+
+async fn create_shop(c: &mut ConfigClient) {
+    c.create_namespace(CreateNamespaceRequest {
+        project: "shop".into(),
+        environment: "prod".into(),
+        home_region: "eu".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// Every file under `dir` that holds `needle`, as paths.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                files += 1;
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    out.push(p.display().to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        files > 10,
+        "only {files} files scanned under {}",
+        dir.display()
+    );
+    out
+}
+
+/// Wait until `f` holds, checking every 100 ms, for at most `within`.
+async fn until<F, Fut>(within: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_planted_secret_is_found_nowhere_but_in_a_reveal() {
+    // Snapshots every 64 entries, so they hold secrets and a restarted
+    // region installs one; every log line our crates write, at trace.
+    let mut cl = Cluster::new("[cluster]\ncompact_after_entries = 64\n");
+    cl.rust_log = "debug,meridian=trace,meridian_node=trace,meridian_core=trace,\
+                   quinn=info,quinn_proto=info,h2=info,hyper=info,rustls=info,tower=info"
+        .to_string();
+    cl.start_all();
+    for i in 0..3 {
+        cl.wait_ready(i, Duration::from_secs(30)).await;
+    }
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let marker = format!("PLANTED{nonce:x}");
+    let m = |s: &str| format!("{marker}-{s}");
+    // A plain value with its own marker: the scan must find it (it sees
+    // what is stored), or finding no secret proves nothing.
+    let control = format!("CONTROL{nonce:x}");
+    let eu = cl.grpc[0].clone();
+    let mut c = common::config_client(&eu).await;
+    create_shop(&mut c).await;
+    let mut answers: Vec<String> = Vec::new();
+    // Writes retry (idempotently) through leadership changes: regions are
+    // killed and restarted under them.
+    let seq = std::sync::atomic::AtomicU64::new(0);
+    let w = |c: &mut ConfigClient, ops: Vec<ConfigOp>| {
+        let mut c = c.clone();
+        let mut req = write(ops);
+        req.idempotency_key = format!(
+            "w{}",
+            seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match c.write(req.clone()).await {
+                    Ok(r) => return r.into_inner(),
+                    Err(e)
+                        if ["INDETERMINATE", "UNAVAILABLE", "TIMEOUT"]
+                            .contains(&reason(&e).as_str())
+                            && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(e) => panic!("write failed: {e:?}"),
+                }
+            }
+        }
+    };
+
+    // 1. Marked by the write, by a merge, by a schema's writeOnly.
+    let r = w(&mut c, vec![secret_put("db.password", &json!(m("v1")))]).await;
+    answers.push(format!("{r:?}"));
+    let merge = ConfigOp {
+        op: Some(config_op::Op::Merge(MergeOp {
+            path: "tls".into(),
+            patch_json: json!({"key": m("tls")}).to_string(),
+            if_version: None,
+            secret: Some(SecretSpec {
+                expires_at_ms: 0,
+                rotate_every_ms: 86_400_000,
+            }),
+        })),
+    };
+    answers.push(format!("{:?}", w(&mut c, vec![merge]).await));
+    let schema = ConfigOp {
+        op: Some(config_op::Op::SetSchema(SetSchemaOp {
+            prefix: "api".into(),
+            schema_json: json!({"type": "object", "properties": {
+                "token": {"type": "string", "writeOnly": true},
+                "url": {"type": "string"}}})
+            .to_string(),
+        })),
+    };
+    w(&mut c, vec![schema]).await;
+    let r = w(
+        &mut c,
+        vec![
+            common::put_op("api.token", &json!(m("api"))),
+            common::put_op("api.url", &json!("https://api.example")),
+            common::put_op("plain.control", &json!(control)),
+            common::put_op("app.dsn", &json!("postgres://u:${secret:db.password}@h/db")),
+        ],
+    )
+    .await;
+    answers.push(format!("{r:?}"));
+    // 2. Rotated without the flag (still a secret); another deleted and
+    // written again without it (still a secret); rolled back (re-sealed).
+    let r = w(&mut c, vec![common::put_op("db.password", &json!(m("v2")))]).await;
+    let rev_v2 = r.revision;
+    answers.push(format!("{r:?}"));
+    let del = ConfigOp {
+        op: Some(config_op::Op::Delete(DeleteOp {
+            key: "tls.key".into(),
+            recursive: false,
+            if_version: None,
+        })),
+    };
+    answers.push(format!("{:?}", w(&mut c, vec![del]).await));
+    let r = w(&mut c, vec![common::put_op("tls.key", &json!(m("tls2")))]).await;
+    answers.push(format!("{r:?}"));
+    let r = w(&mut c, vec![common::put_op("db.password", &json!(m("v4")))]).await;
+    answers.push(format!("{r:?}"));
+    let r = c
+        .rollback(RollbackRequest {
+            ns: ns(),
+            key: "db.password".into(),
+            revision: rev_v2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    answers.push(format!("{r:?}"));
+    assert_eq!(
+        get(&mut c, "db.password", true).await.unwrap(),
+        json!(m("v2"))
+    );
+
+    // 3. Snapshots: plain writes past the compaction threshold, with
+    // region us down, then a rotation it misses; it must install a snapshot.
+    for i in 0..80 {
+        w(
+            &mut c,
+            vec![common::put_op(&format!("filler.k{i}"), &json!(i))],
+        )
+        .await;
+    }
+    cl.kill9(1);
+    for i in 0..150 {
+        w(
+            &mut c,
+            vec![common::put_op(&format!("filler.k{i}"), &json!(i + 1000))],
+        )
+        .await;
+    }
+    w(&mut c, vec![common::put_op("db.password", &json!(m("v6")))]).await;
+    cl.start(1);
+    cl.wait_ready(1, Duration::from_secs(30)).await;
+    until(
+        Duration::from_secs(60),
+        "us installs a snapshot",
+        || async { cl.log(1).contains("installed a snapshot") },
+    )
+    .await;
+    let us = common::config_client(&cl.grpc[1]).await;
+    until(
+        Duration::from_secs(30),
+        "us reveals the newest version",
+        || {
+            let mut us = us.clone();
+            let want = json!(m("v6"));
+            async move {
+                let r = us
+                    .get_config(GetConfigRequest {
+                        ns: ns(),
+                        path: "db.password".into(),
+                        read: read(true, true, true),
+                        default_json: None,
+                    })
+                    .await;
+                r.is_ok_and(|r| {
+                    serde_json::from_str::<Value>(&r.get_ref().value_json).ok() == Some(want)
+                })
+            }
+        },
+    )
+    .await;
+
+    // 4. A new key-encryption key: every region restarts with the keyring
+    // holding version 2 as active; old secrets still open, new ones use it.
+    let keyring = cl.dir().join("keyring.toml");
+    assert_eq!(
+        meridian_node::secrets::keyring::FileKeyring::add_version(&keyring, true).unwrap(),
+        2
+    );
+    for i in 0..3 {
+        cl.kill9(i);
+        cl.start(i);
+        cl.wait_ready(i, Duration::from_secs(30)).await;
+    }
+    let mut c = common::config_client(&eu).await;
+    let r = w(&mut c, vec![common::put_op("db.password", &json!(m("v7")))]).await;
+    answers.push(format!("{r:?}"));
+
+    // 5. Everything a caller without reveal can ask.
+    for (path, raw) in [("", false), ("", true), ("db", false), ("app.dsn", false)] {
+        let r = c
+            .get_config(GetConfigRequest {
+                ns: ns(),
+                path: path.into(),
+                read: read(false, raw, false),
+                default_json: None,
+            })
+            .await
+            .unwrap();
+        answers.push(format!("{r:?}"));
+    }
+    let dsn = get(&mut c, "app.dsn", false).await.unwrap();
+    assert!(
+        dsn.as_str()
+            .unwrap()
+            .starts_with("postgres://u:<redacted secret v"),
+        "{dsn}"
+    );
+    let r = c
+        .bulk_get(BulkGetRequest {
+            ns: ns(),
+            keys: vec!["db.password".into(), "api.token".into(), "tls.key".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    answers.push(format!("{r:?}"));
+    for search in ["", "PLANTED", &marker] {
+        let r = c
+            .list_config(ListConfigRequest {
+                ns: ns(),
+                search: search.into(),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if !search.is_empty() {
+            assert!(
+                r.entries.is_empty(),
+                "search {search:?} matched a secret: {r:?}"
+            );
+        }
+        answers.push(format!("{r:?}"));
+    }
+    let h = c
+        .config_history(ConfigHistoryRequest {
+            ns: ns(),
+            key: "db.password".into(),
+            reveal: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(h.versions.len() >= 6, "{h:?}");
+    answers.push(format!("{h:?}"));
+    let d = c
+        .diff(DiffRequest {
+            ns: ns(),
+            what: Some(diff_request::What::Versions(VersionsDiff {
+                key: "db.password".into(),
+                from_version: 1,
+                to_version: 2,
+            })),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        d.changes.len(),
+        1,
+        "a diff shows that a secret changed: {d:?}"
+    );
+    answers.push(format!("{d:?}"));
+    let d = c
+        .diff(DiffRequest {
+            ns: ns(),
+            what: Some(diff_request::What::Revisions(RevisionsDiff {
+                path: String::new(),
+                from_revision: 1,
+                to_revision: rev_v2 + 3,
+            })),
+        })
+        .await
+        .unwrap();
+    answers.push(format!("{d:?}"));
+    let v = c
+        .validate(write(vec![common::put_op("db.password", &json!("x"))]))
+        .await
+        .unwrap();
+    answers.push(format!("{v:?}"));
+    let mut watch = c
+        .watch_config(WatchConfigRequest {
+            ns: ns(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    answers.push(format!("{first:?}"));
+    let audit = meridian_proto::v1::audit_client::AuditClient::new(common::channel(&eu).await)
+        .query(AuditQueryRequest {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    answers.push(format!("{audit:?}"));
+    let http = common::http_client();
+    for url in [
+        format!("{}/v1/config/shop/prod", cl.http[0]),
+        format!("{}/v1/config/shop/prod?raw=true", cl.http[0]),
+        format!("{}/v1/config/shop/prod/db.password", cl.http[0]),
+        format!("{}/v1/history/shop/prod/db.password", cl.http[0]),
+        format!("{}/v1/list/shop/prod", cl.http[0]),
+        format!(
+            "{}/v1/diff/shop/prod/db.password?from_version=1&to_version=2",
+            cl.http[0]
+        ),
+    ] {
+        let r = http.get(&url).send().await.unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert!(status.is_success(), "{url}: {status} {body}");
+        answers.push(body);
+    }
+    // The raw KV API holds the envelope: ciphertext, not the marker.
+    let kv = meridian_proto::v1::kv_client::KvClient::new(common::channel(&eu).await)
+        .get(GetRequest {
+            namespace: "shop/prod".into(),
+            key: "db.password".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    answers.push(format!("{kv:?}"));
+    for a in &answers {
+        assert!(
+            !a.contains(&marker),
+            "a response without reveal holds the secret: {a}"
+        );
+    }
+
+    // 6. With reveal, every version comes back intact.
+    assert_eq!(
+        get(&mut c, "db.password", true).await.unwrap(),
+        json!(m("v7"))
+    );
+    assert_eq!(
+        get(&mut c, "tls.key", true).await.unwrap(),
+        json!(m("tls2"))
+    );
+    assert_eq!(
+        get(&mut c, "api.token", true).await.unwrap(),
+        json!(m("api"))
+    );
+    assert_eq!(
+        get(&mut c, "app.dsn", true).await.unwrap(),
+        json!(format!("postgres://u:{}@h/db", m("v7")))
+    );
+    let h = c
+        .config_history(ConfigHistoryRequest {
+            ns: ns(),
+            key: "db.password".into(),
+            reveal: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let seen: Vec<String> = h.versions.iter().map(|v| v.value_json.clone()).collect();
+    for v in ["v1", "v2", "v4", "v6", "v7"] {
+        let want = json!(m(v)).to_string();
+        assert!(seen.contains(&want), "history lacks {want}: {seen:?}");
+    }
+
+    // 7. Nothing on disk: every file's bytes (the WAL, SSTs, every log
+    // line), and every RocksDB record decompressed (SSTs are LZ4 blocks, which
+    // a byte scan cannot see through).
+    for i in 0..3 {
+        cl.kill9(i);
+    }
+    let holding = files_holding(cl.dir(), marker.as_bytes());
+    assert!(
+        holding.is_empty(),
+        "the secret's plaintext is in {holding:?}"
+    );
+    let mut control_seen = 0;
+    for i in 0..3 {
+        let records = meridian_node::storage::RocksStorage::raw_records(&cl.data_dir(i)).unwrap();
+        assert!(records.len() > 3, "region {i}: {} records", records.len());
+        for (k, v) in &records {
+            for part in [k, v] {
+                assert!(
+                    !part.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                    "region {i}: the secret's plaintext is in record {:?}",
+                    String::from_utf8_lossy(k)
+                );
+                if part.windows(control.len()).any(|w| w == control.as_bytes()) {
+                    control_seen += 1;
+                }
+            }
+        }
+    }
+    // The scan sees stored values: the plain control value is there.
+    assert!(
+        control_seen >= 3,
+        "the plain control value was seen {control_seen} times"
+    );
+}
+
+/// Wait until region `i`, serving its client APIs without TLS, sees a
+/// leader for every group.
+async fn ready_plain(cl: &Cluster, i: usize) {
+    let addr = format!("http://{}", cl.grpc[i]);
+    until(Duration::from_secs(30), "the region is ready", || {
+        let addr = addr.clone();
+        async move {
+            let ch = meridian_proto::client::endpoint(&addr, None)
+                .unwrap()
+                .connect_lazy();
+            let mut a = meridian_proto::v1::admin_client::AdminClient::new(ch);
+            a.cluster_status(ClusterStatusRequest {})
+                .await
+                .is_ok_and(|s| s.get_ref().groups.iter().all(|g| g.leader.is_some()))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keyring_faults_tampering_and_plaintext_channels_answer_with_their_reasons() {
+    // Client APIs without TLS; eu alone accepts secrets over them.
+    let mut cl = Cluster::new("[api_tls]\nplaintext = true\n");
+    let text = std::fs::read_to_string(&cl.configs[0]).unwrap();
+    std::fs::write(
+        &cl.configs[0],
+        text.replace(
+            "keyring_file = \"keyring.toml\"\n",
+            "keyring_file = \"keyring.toml\"\nallow_plaintext = true\n",
+        ),
+    )
+    .unwrap();
+    cl.start_all();
+    for i in 0..3 {
+        ready_plain(&cl, i).await;
+    }
+    let plain = |addr: &str| {
+        let ch = meridian_proto::client::endpoint(&format!("http://{addr}"), None)
+            .unwrap()
+            .connect_lazy();
+        meridian_proto::v1::config_client::ConfigClient::new(ch)
+    };
+    let mut eu = plain(&cl.grpc[0]);
+    create_shop(&mut eu).await;
+    eu.write(write(vec![secret_put("db.password", &json!("s3cret"))]))
+        .await
+        .unwrap();
+    // us refuses a secret over plaintext (and stores nothing), not a plain value.
+    let mut us = plain(&cl.grpc[1]);
+    let e = us
+        .write(write(vec![secret_put("db.other", &json!("s3cret2"))]))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "SECRET_NEEDS_TLS", "{e:?}");
+    us.write(write(vec![common::put_op("plain", &json!(1))]))
+        .await
+        .unwrap();
+    let e = us
+        .get_config(GetConfigRequest {
+            ns: ns(),
+            path: "db.other".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "NOT_FOUND");
+
+    // A tampered ciphertext (one byte flipped, written back through the raw
+    // KV API): SECRET_CORRUPT, never garbage.
+    let mut kv = meridian_proto::v1::kv_client::KvClient::new(
+        meridian_proto::client::endpoint(&format!("http://{}", cl.grpc[0]), None)
+            .unwrap()
+            .connect_lazy(),
+    );
+    eu.write(write(vec![secret_put("tls.key", &json!("k"))]))
+        .await
+        .unwrap();
+    let stored = kv
+        .get(GetRequest {
+            namespace: "shop/prod".into(),
+            key: "tls.key".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = stored.kv.unwrap().value;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    kv.put(PutRequest {
+        namespace: "shop/prod".into(),
+        key: "tls.key".into(),
+        value: bytes,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let e = get(&mut eu, "tls.key", true).await.unwrap_err();
+    assert_eq!(reason(&e), "SECRET_CORRUPT", "{e:?}");
+    // Without reveal it reads as a redaction like any secret.
+    let v = get(&mut eu, "tls.key", false).await.unwrap();
+    assert!(v.as_str().unwrap().starts_with("<redacted secret v"), "{v}");
+
+    // No keyring in us: it serves everything else.
+    cl.kill9(1);
+    let cfg = std::fs::read_to_string(&cl.configs[1]).unwrap();
+    std::fs::write(
+        &cl.configs[1],
+        cfg.replace(
+            "keyring_file = \"keyring.toml\"",
+            "keyring_file = \"absent.toml\"",
+        ),
+    )
+    .unwrap();
+    cl.start(1);
+    ready_plain(&cl, 1).await;
+    let mut us = plain(&cl.grpc[1]);
+    assert_eq!(get(&mut us, "plain", false).await.unwrap(), json!(1));
+    let v = get(&mut us, "db.password", false).await.unwrap();
+    assert!(v.as_str().unwrap().starts_with("<redacted secret v"), "{v}");
+    let e = get(&mut us, "db.password", true).await.unwrap_err();
+    assert_eq!(reason(&e), "KEYRING_UNAVAILABLE", "{e:?}");
+    assert!(e.message().contains("absent.toml"), "{e:?}");
+    assert!(
+        cl.log(1).contains("KEYRING_UNAVAILABLE"),
+        "no error logged at start-up"
+    );
+
+    // A different keyring in us: told apart from a damaged secret.
+    cl.kill9(1);
+    let other = cl.dir().join("other.toml");
+    meridian_node::secrets::keyring::FileKeyring::create(&other).unwrap();
+    std::fs::write(
+        &cl.configs[1],
+        cfg.replace(
+            "keyring_file = \"keyring.toml\"",
+            "keyring_file = \"other.toml\"",
+        ),
+    )
+    .unwrap();
+    cl.start(1);
+    ready_plain(&cl, 1).await;
+    let mut us = plain(&cl.grpc[1]);
+    let e = get(&mut us, "db.password", true).await.unwrap_err();
+    assert_eq!(reason(&e), "KEYRING_UNAVAILABLE", "{e:?}");
+    assert!(e.message().contains("different keyring"), "{e:?}");
+    // eu, with the right keyring, still reveals it.
+    assert_eq!(
+        get(&mut eu, "db.password", true).await.unwrap(),
+        json!("s3cret")
+    );
+    // A value that is a redaction cannot be written as a value.
+    let e = eu
+        .write(write(vec![common::put_op(
+            "copy",
+            &json!("<redacted secret v1>"),
+        )]))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "INVALID_REQUEST", "{e:?}");
+}
+
+/// A Config client of `addr` presenting `token`.
+async fn as_token(
+    addr: &str,
+    token: &str,
+) -> meridian_proto::v1::config_client::ConfigClient<meridian_proto::client::AuthChannel> {
+    let ch = meridian_proto::client::endpoint(addr, Some(&common::client_tls()))
+        .unwrap()
+        .connect_lazy();
+    meridian_proto::v1::config_client::ConfigClient::new(meridian_proto::client::AuthChannel::new(
+        ch,
+        meridian_proto::client::Bearer::new(Some(token)).unwrap(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reveal_is_a_permission_through_grpc_http_and_templates() {
+    let root = meridian_node::auth::tokens::generate("root");
+    let mut cl = Cluster::new(&format!(
+        "[auth]\nroot_token_sha256 = \"{}\"\n",
+        meridian_node::auth::tokens::sha256_hex(&root)
+    ));
+    cl.start_all();
+    let eu = cl.grpc[0].clone();
+    let mut rootc = as_token(&eu, &root).await;
+    until(Duration::from_secs(30), "eu serves root", || {
+        let mut c = rootc.clone();
+        async move {
+            c.list_namespaces(ListNamespacesRequest::default())
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    for (p, e) in [("shop", "prod"), ("blog", "prod")] {
+        rootc
+            .create_namespace(CreateNamespaceRequest {
+                project: p.into(),
+                environment: e.into(),
+                home_region: "eu".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let mut w = write(vec![
+        secret_put("db.password", &json!("pw-shop")),
+        secret_put("api.token", &json!("tok-shop")),
+        common::put_op("app.dsn", &json!("postgres://u:${secret:db.password}@h")),
+    ]);
+    rootc.write(w.clone()).await.unwrap();
+    w.ns = Some(NamespaceRef {
+        project: "blog".into(),
+        environment: "prod".into(),
+    });
+    w.ops = vec![secret_put("db.password", &json!("pw-blog"))];
+    rootc.write(w).await.unwrap();
+
+    let mut auth = meridian_proto::v1::auth_client::AuthClient::new({
+        let ch = meridian_proto::client::endpoint(&eu, Some(&common::client_tls()))
+            .unwrap()
+            .connect_lazy();
+        meridian_proto::client::AuthChannel::new(
+            ch,
+            meridian_proto::client::Bearer::new(Some(&root)).unwrap(),
+        )
+    });
+    let roles = [
+        (
+            "shop-read",
+            json!({"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read"]}]}),
+        ),
+        (
+            "shop-db-reveal",
+            json!({"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read"]},
+                              {"effect": "allow", "projects": ["shop"], "keys": ["db.**"], "actions": ["reveal"]}]}),
+        ),
+        (
+            "blog-all",
+            json!({"rules": [{"effect": "allow", "projects": ["blog"], "actions": ["read", "reveal"]}]}),
+        ),
+    ];
+    let mut tokens = std::collections::BTreeMap::new();
+    for (name, rules) in roles {
+        auth.put_role(PutRoleRequest {
+            name: name.into(),
+            rules_json: rules.to_string(),
+        })
+        .await
+        .unwrap();
+        let t = auth
+            .create_token(CreateTokenRequest {
+                principal: format!("p-{name}"),
+                roles: vec![name.into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.insert(name, t.token);
+    }
+    let get_as = |token: String, path: &'static str, reveal: bool| {
+        let eu = eu.clone();
+        async move {
+            let mut c = as_token(&eu, &token).await;
+            c.get_config(GetConfigRequest {
+                ns: ns(),
+                path: path.into(),
+                read: read(reveal, false, false),
+                default_json: None,
+            })
+            .await
+            .map(|r| serde_json::from_str::<Value>(&r.get_ref().value_json).unwrap())
+        }
+    };
+    let redacted = |v: &Value| v.as_str().is_some_and(|s| s.contains("<redacted secret v"));
+
+    // Read-only: reads redactions; a reveal of the secret is refused.
+    let ro = tokens["shop-read"].clone();
+    assert!(redacted(
+        &get_as(ro.clone(), "db.password", false).await.unwrap()
+    ));
+    let e = get_as(ro.clone(), "db.password", true).await.unwrap_err();
+    assert_eq!(reason(&e), "PERMISSION_DENIED", "{e:?}");
+    // A subtree reveal shows what it may: nothing, here.
+    let all = get_as(ro.clone(), "", true).await.unwrap();
+    assert!(
+        redacted(&all["db"]["password"]) && redacted(&all["api"]["token"]),
+        "{all}"
+    );
+    // ${secret:} renders the redaction for it.
+    let dsn = get_as(ro.clone(), "app.dsn", true).await.unwrap();
+    assert!(redacted(&dsn), "{dsn}");
+    let e = as_token(&eu, &ro)
+        .await
+        .config_history(ConfigHistoryRequest {
+            ns: ns(),
+            key: "db.password".into(),
+            reveal: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "PERMISSION_DENIED", "{e:?}");
+
+    // Reveal on db.** only.
+    let dbr = tokens["shop-db-reveal"].clone();
+    assert_eq!(
+        get_as(dbr.clone(), "db.password", true).await.unwrap(),
+        json!("pw-shop")
+    );
+    let e = get_as(dbr.clone(), "api.token", true).await.unwrap_err();
+    assert_eq!(reason(&e), "PERMISSION_DENIED", "{e:?}");
+    let all = get_as(dbr.clone(), "", true).await.unwrap();
+    assert_eq!(all["db"]["password"], json!("pw-shop"), "{all}");
+    assert!(redacted(&all["api"]["token"]), "{all}");
+    assert_eq!(
+        get_as(dbr.clone(), "app.dsn", true).await.unwrap(),
+        json!("postgres://u:pw-shop@h")
+    );
+    // Without asking for reveal, even a revealer reads redactions.
+    assert!(redacted(
+        &get_as(dbr.clone(), "db.password", false).await.unwrap()
+    ));
+
+    // Another project's revealer: refused on shop.
+    let blog = tokens["blog-all"].clone();
+    let e = get_as(blog.clone(), "db.password", true).await.unwrap_err();
+    assert_eq!(reason(&e), "PERMISSION_DENIED", "{e:?}");
+
+    // HTTP: the same decisions.
+    let http = common::http_client();
+    let url = format!("{}/v1/config/shop/prod/db.password?reveal=true", cl.http[0]);
+    for (token, status, want) in [
+        (&ro, 403, None),
+        (&blog, 403, None),
+        (&dbr, 200, Some("pw-shop")),
+        (&root, 200, Some("pw-shop")),
+    ] {
+        let r = http.get(&url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{token}");
+        let body: Value = r.json().await.unwrap();
+        match want {
+            Some(v) => assert_eq!(body["value"], json!(v), "{body}"),
+            None => assert_eq!(
+                body["error"]["reason"],
+                json!("PERMISSION_DENIED"),
+                "{body}"
+            ),
+        }
+    }
+    let r = http
+        .get(format!("{}/v1/config/shop/prod/db.password", cl.http[0]))
+        .header("x-api-key", &dbr)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert!(redacted(&body["value"]), "{body}");
+
+    // Every reveal is audited, with keys and never values.
+    let audit = meridian_proto::v1::audit_client::AuditClient::new({
+        let ch = meridian_proto::client::endpoint(&eu, Some(&common::client_tls()))
+            .unwrap()
+            .connect_lazy();
+        meridian_proto::client::AuthChannel::new(
+            ch,
+            meridian_proto::client::Bearer::new(Some(&root)).unwrap(),
+        )
+    });
+    let mut audit = audit;
+    until(
+        Duration::from_secs(10),
+        "the reveals are in the audit log",
+        || {
+            let mut a = audit.clone();
+            async move {
+                let r = a
+                    .query(AuditQueryRequest {
+                        action_prefix: "secret.reveal".into(),
+                        principal: "p-shop-db-reveal".into(),
+                        limit: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                r.records
+                    .iter()
+                    .any(|x| x.keys.contains(&"db.password".to_string()))
+            }
+        },
+    )
+    .await;
+    let all = audit
+        .query(AuditQueryRequest {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let text = format!("{all:?}");
+    for s in ["pw-shop", "tok-shop", "pw-blog"] {
+        assert!(!text.contains(s), "the audit log holds a secret: {s}");
+    }
+}
