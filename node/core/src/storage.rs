@@ -42,6 +42,11 @@ pub enum EntryData {
     /// Audit records of events other than writes, appended to the group's
     /// chain as they apply (no revision of their own).
     Audit(Vec<AuditEvent>),
+    /// Stored versions' bytes replaced in place (`ClientRequest::ReplaceValues`).
+    ReplaceValues {
+        ns: String,
+        items: Vec<crate::types::ValuePatch>,
+    },
 }
 
 /// One chunk of a namespace move. Chunks carry every retained version of
@@ -154,6 +159,13 @@ impl Entry {
             }
             EntryData::Audit(events) => {
                 24 + events.iter().map(AuditEvent::size_bytes).sum::<usize>()
+            }
+            EntryData::ReplaceValues { ns, items } => {
+                24 + ns.len()
+                    + items
+                        .iter()
+                        .map(|i| 24 + i.key.len() + i.value.len())
+                        .sum::<usize>()
             }
             EntryData::Write(w) => {
                 64 + w.ns.len()

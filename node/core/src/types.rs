@@ -249,6 +249,16 @@ pub enum ClientRequest {
         group: GroupId,
         events: Vec<AuditEvent>,
     },
+    /// Replace the stored bytes of existing versions in place, through the
+    /// home group's log: no new version, revision or watch event. Each item
+    /// applies only if the version still holds bytes hashing (FNV-1a) to
+    /// `expect`, so a stale or repeated request changes nothing. The shells
+    /// use it to re-wrap secrets under a new key-encryption key. `Done` once
+    /// committed. At most `REPLACE_ITEMS_MAX` items.
+    ReplaceValues {
+        ns: String,
+        items: Vec<ValuePatch>,
+    },
     /// A page of `group`'s audit records as this region's replica holds
     /// them (records are immutable once applied, so any replica answers).
     AuditQuery {
@@ -294,12 +304,27 @@ pub enum ClientRequest {
     },
 }
 
+/// Items one `ClientRequest::ReplaceValues` carries at most.
+pub const REPLACE_ITEMS_MAX: usize = 256;
+
+/// One stored version's new bytes (`ClientRequest::ReplaceValues`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValuePatch {
+    pub key: String,
+    pub version: u64,
+    /// FNV-1a of the bytes the version must hold for the patch to apply.
+    pub expect: u64,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
 impl ClientRequest {
     /// The namespace a read, write or watch is about (what its errors name).
     pub fn namespace(&self) -> Option<&str> {
         match self {
             ClientRequest::Read { ns, .. }
             | ClientRequest::Write { ns, .. }
+            | ClientRequest::ReplaceValues { ns, .. }
             | ClientRequest::Watch { ns, .. } => Some(ns),
             _ => None,
         }

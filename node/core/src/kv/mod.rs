@@ -209,6 +209,36 @@ impl GroupSm {
         &self.state.audit
     }
 
+    /// Replace stored versions' bytes in place where they still hold what
+    /// the patch expects (`EntryData::ReplaceValues`): no new version, no
+    /// revision. Returns how many applied.
+    pub fn apply_replace(&mut self, ns: &str, items: &[crate::types::ValuePatch]) -> usize {
+        let Some(n) = self.state.namespaces.get_mut(ns) else {
+            return 0;
+        };
+        let mut applied = 0;
+        for it in items {
+            let Some(st) = n.get_mut(&it.key) else {
+                continue;
+            };
+            let slot = if st.version == it.version {
+                Some(&mut st.value)
+            } else {
+                st.history
+                    .iter_mut()
+                    .find(|o| o.version == it.version)
+                    .map(|o| &mut o.value)
+            };
+            if let Some(v) = slot {
+                if v.as_deref().is_some_and(|b| fnv1a(b) == it.expect) {
+                    *v = Some(it.value.clone());
+                    applied += 1;
+                }
+            }
+        }
+        applied
+    }
+
     /// Append the records of an `EntryData::Audit` batch.
     pub fn apply_audit(&mut self, events: &[AuditEvent]) {
         for e in events {

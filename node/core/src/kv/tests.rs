@@ -315,3 +315,40 @@ fn a_frozen_namespace_copies_chunk_by_chunk_with_its_history() {
     src.drop_namespace("n", 5);
     assert!(!src.holds_data("n") && src.frozen("n").is_some());
 }
+
+#[test]
+fn replace_values_swaps_bytes_in_place_only_where_they_are_as_expected() {
+    use crate::types::ValuePatch;
+    let mut sm = GroupSm::new(["n".to_string()], 5, 3, 10);
+    sm.apply(&put(1, "a", "one", 1)).unwrap();
+    sm.apply(&put(2, "a", "two", 2)).unwrap();
+    let revision = sm.revision();
+    let patch = |version: u64, old: &str, new: &str| ValuePatch {
+        key: "a".into(),
+        version,
+        expect: fnv1a(old.as_bytes()),
+        value: new.as_bytes().to_vec(),
+    };
+    // A current and a historical version; a stale expectation; an absent
+    // version and key: only the first two apply.
+    let items = vec![
+        patch(2, "two", "TWO"),
+        patch(1, "one", "ONE"),
+        patch(1, "stale", "X"),
+        patch(7, "two", "X"),
+        ValuePatch {
+            key: "zz".into(),
+            ..patch(1, "one", "X")
+        },
+    ];
+    assert_eq!(sm.apply_replace("n", &items), 2);
+    assert_eq!(sm.get("n", "a").value.as_deref(), Some(&b"TWO"[..]));
+    let h = sm.history("n", "a");
+    assert_eq!(h[0].value.as_deref(), Some(&b"ONE"[..]));
+    assert_eq!((h[0].version, h[1].version), (1, 2));
+    // No new version, no revision; applying again changes nothing.
+    assert_eq!(sm.get("n", "a").version, 2);
+    assert_eq!(sm.revision(), revision);
+    assert_eq!(sm.apply_replace("n", &items), 0);
+    assert_eq!(sm.apply_replace("absent", &items), 0);
+}

@@ -244,6 +244,9 @@ impl Node {
                     }
                 }
                 EntryData::Audit(events) => self.sms[g].apply_audit(events),
+                EntryData::ReplaceValues { ns, items } => {
+                    self.sms[g].apply_replace(ns, items);
+                }
                 EntryData::Noop | EntryData::Write(_) => {}
             }
             self.finish_pending_write(g, index);

@@ -178,6 +178,13 @@ impl Node {
                     return;
                 }
             }
+            ClientRequest::ReplaceValues { ns, .. } => {
+                let g = self.home_group(ns) as usize;
+                if !self.groups[g].role.is_leader() {
+                    self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+                    return;
+                }
+            }
             ClientRequest::Audit { group, .. } => {
                 if !self.groups[*group as usize].role.is_leader() {
                     self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));

@@ -146,6 +146,21 @@ impl Node {
                 }
                 Ok(())
             }
+            ClientRequest::ReplaceValues { ns, items } => {
+                if !ns_ok(ns) || ns.starts_with(RESERVED_NS_PREFIX) {
+                    return Err(ErrorCode::UnknownNamespace);
+                }
+                if items.is_empty() || items.len() > crate::types::REPLACE_ITEMS_MAX {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+                for it in items {
+                    key_ok(&it.key)?;
+                    if it.value.len() > self.cfg.value_bytes_max {
+                        return Err(ErrorCode::ValueTooLarge);
+                    }
+                }
+                Ok(())
+            }
             ClientRequest::AuditQuery { group, filter, .. } => {
                 if *group >= self.cfg.regions || !filter.in_bounds() {
                     return Err(ErrorCode::InvalidRequest);
@@ -361,6 +376,14 @@ impl Node {
                     self.leader_audit(gi, origin, events);
                 } else {
                     self.forward_or_fail(gi, origin, ClientRequest::Audit { group, events });
+                }
+            }
+            ClientRequest::ReplaceValues { ns, items } => {
+                let gi = self.home_group(&ns) as usize;
+                if self.groups[gi].role.is_leader() {
+                    self.leader_replace(gi, origin, ns, items);
+                } else {
+                    self.forward_or_fail(gi, origin, ClientRequest::ReplaceValues { ns, items });
                 }
             }
             ClientRequest::TransferLeader { group, to } => {
@@ -638,6 +661,49 @@ impl Node {
         }
         ls.pending_writes.insert(index, w);
         self.replicate_new(g, index);
+    }
+
+    /// Leader: append a replacement of stored versions' bytes; answered
+    /// `Done` once it commits (each item applies only where its version
+    /// still holds the expected bytes). Refused while the namespace moves:
+    /// the copy to its new home would miss it.
+    fn leader_replace(
+        &mut self,
+        g: usize,
+        origin: Origin,
+        ns: String,
+        items: Vec<crate::types::ValuePatch>,
+    ) {
+        let gr = &self.groups[g];
+        let Some(ls) = gr.role.leading() else {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+            return;
+        };
+        if ls.transfer.is_some() {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
+            return;
+        }
+        if self.sms[g].frozen(&ns).is_some() {
+            self.respond(origin, ClientResponse::Error(ErrorCode::NamespaceMoving));
+            return;
+        }
+        if gr.log.last_index().saturating_sub(gr.commit) >= self.cfg.uncommitted_entries_max {
+            self.respond(origin, ClientResponse::Error(ErrorCode::Overloaded));
+            return;
+        }
+        let index = self.append_local(g, EntryData::ReplaceValues { ns, items });
+        self.await_entry(
+            g,
+            index,
+            PendingWrite {
+                origins: vec![origin],
+                request_id: 0,
+                fingerprint: 0,
+                resp: ClientResponse::Done,
+                ack_on_durable: false,
+                acked: false,
+            },
+        );
     }
 
     /// Leader: append a batch of audit records; answered `Done` once it
