@@ -535,7 +535,7 @@ async fn client_command(cli: Cli) -> Result<()> {
         return config_cmd::run(cmd, &target, cli.output).await;
     }
     if let Cmd::Secrets { cmd } = cli.cmd {
-        return secrets_cmd::run(cmd, cli.output);
+        return secrets_cmd::run(cmd, &target, cli.output).await;
     }
     if let Cmd::Audit { cmd } = cli.cmd {
         return audit_cmd::run(cmd, &target, cli.output).await;

@@ -3,12 +3,16 @@
 //! never crosses the network, so a new KEK version is added to one file
 //! and that file copied to every region.
 
-use crate::output::{emit, Output};
-use anyhow::Result;
+use crate::auth_cmd::{channel, Target};
+use crate::output::{emit, status_err, Output};
+use anyhow::{bail, Result};
 use clap::Subcommand;
 use meridian_node::secrets::keyring::{FileKeyring, KeyWrapper};
-use serde_json::json;
+use meridian_proto::v1::config_client::ConfigClient;
+use meridian_proto::v1::{RewrapSecretsRequest, SecretsStatusRequest, SecretsStatusResponse};
+use serde_json::{json, Value};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 #[derive(Subcommand)]
 pub enum SecretsCmd {
@@ -17,6 +21,24 @@ pub enum SecretsCmd {
         #[command(subcommand)]
         cmd: KeyringCmd,
     },
+    /// Each region's keyring (versions and fingerprints) and its stored
+    /// secret versions by KEK version (every --endpoints region).
+    Status {
+        /// Have each region read its keyring file again first.
+        #[arg(long)]
+        reload: bool,
+    },
+    /// Move every stored secret to the active KEK, online. First add a
+    /// version to the keyring (`keyring add FILE --activate`) and copy the
+    /// file to every region; this checks that every region (--endpoints:
+    /// give them all) holds it, re-wraps every secret version, and waits
+    /// until every region holds them all under it. Older versions can then
+    /// be pruned from the keyring.
+    RotateKek {
+        /// How long to wait for every region to apply the re-wrap.
+        #[arg(long, default_value_t = 60)]
+        wait_s: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -24,13 +46,14 @@ pub enum KeyringCmd {
     /// Write a new keyring with one random key (mode 0600). Refuses to
     /// overwrite: an existing keyring's keys decrypt stored secrets.
     Create { file: PathBuf },
-    /// Add a random key version; with --activate new secrets use it once
-    /// regions load the file. Copy the file to every region first.
-    Add {
-        file: PathBuf,
-        #[arg(long)]
-        activate: bool,
-    },
+    /// Add a random key version, not active yet. Copy the file to every
+    /// region, check they all hold it (`secrets status --reload`), then
+    /// `activate` it.
+    Add { file: PathBuf },
+    /// Make a version the one new secrets are sealed with (every region
+    /// must hold it already), then copy the file to every region and run
+    /// `secrets rotate-kek`.
+    Activate { file: PathBuf, version: u32 },
     /// The versions a keyring holds and their public fingerprints (never
     /// the keys).
     Show { file: PathBuf },
@@ -47,8 +70,162 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-pub fn run(cmd: SecretsCmd, out: Output) -> Result<()> {
-    let SecretsCmd::Keyring { cmd } = cmd;
+/// Each region's status, asked of every endpoint.
+async fn statuses(target: &Target, reload: bool) -> Result<Vec<(String, SecretsStatusResponse)>> {
+    let mut out = Vec::new();
+    for e in &target.endpoints {
+        let ch = channel(
+            std::slice::from_ref(e),
+            target.token.as_deref(),
+            target.tls.as_ref(),
+        )
+        .await?;
+        let s = ConfigClient::new(ch)
+            .secrets_status(SecretsStatusRequest { reload })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        out.push((e.clone(), s));
+    }
+    Ok(out)
+}
+
+fn status_json(endpoint: &str, s: &SecretsStatusResponse) -> Value {
+    json!({
+        "endpoint": endpoint,
+        "keyring_file": s.keyring_file,
+        "keyring_error": s.keyring_error,
+        "active_kek": s.active_kek,
+        "versions": s.versions.iter().map(|v| json!({"version": v.version, "fingerprint": v.fingerprint})).collect::<Vec<_>>(),
+        "secret_versions": s.secret_versions,
+        "by_kek": s.by_kek.iter().map(|(k, n)| (k.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+fn status_text(v: &Value) -> String {
+    let mut s = String::new();
+    for r in v["regions"].as_array().into_iter().flatten() {
+        let err = r["keyring_error"].as_str().unwrap_or("");
+        if !err.is_empty() {
+            s.push_str(&format!(
+                "{}: NO KEYRING: {err}\n",
+                r["endpoint"].as_str().unwrap_or("")
+            ));
+            continue;
+        }
+        let versions: Vec<String> = r["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| {
+                format!(
+                    "v{} {}",
+                    x["version"],
+                    x["fingerprint"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        s.push_str(&format!(
+            "{}: active KEK v{} (holds {}); {} secret version(s), by KEK: {}\n",
+            r["endpoint"].as_str().unwrap_or(""),
+            r["active_kek"],
+            versions.join(", "),
+            r["secret_versions"],
+            r["by_kek"]
+        ));
+    }
+    s
+}
+
+/// `secrets rotate-kek`: check every region holds the same active KEK,
+/// re-wrap, wait until every region holds every secret under it.
+async fn rotate_kek(target: &Target, wait_s: u64, out: Output) -> Result<()> {
+    let before = statuses(target, true).await?;
+    let Some((_, first)) = before.first() else {
+        bail!("give every region's endpoint with --endpoints");
+    };
+    let want = first
+        .versions
+        .iter()
+        .find(|v| v.version == first.active_kek)
+        .map(|v| (first.active_kek, v.fingerprint.clone()));
+    for (e, s) in &before {
+        if !s.keyring_error.is_empty() {
+            bail!("{e} has no usable keyring: {}", s.keyring_error);
+        }
+        let theirs = s
+            .versions
+            .iter()
+            .find(|v| v.version == s.active_kek)
+            .map(|v| (s.active_kek, v.fingerprint.clone()));
+        if theirs != want {
+            bail!(
+                "{e}'s active KEK is {theirs:?}, not {want:?} as at {}: copy the same keyring \
+                 file to every region first (nothing was re-wrapped)",
+                target.endpoints[0]
+            );
+        }
+    }
+    let active = first.active_kek;
+    let mut client = ConfigClient::new(target.channel().await?);
+    let deadline = Instant::now() + Duration::from_secs(wait_s);
+    let mut rewrapped = 0;
+    // Re-wrap, then wait for every region to hold every version under the
+    // active KEK. A write sealed under the old KEK by a region just before
+    // it loaded the new one can commit after a pass: the next pass moves it.
+    let (done, now) = loop {
+        rewrapped += client
+            .rewrap_secrets(RewrapSecretsRequest {})
+            .await
+            .map_err(status_err)?
+            .into_inner()
+            .rewrapped;
+        let now = statuses(target, false).await?;
+        let done = now
+            .iter()
+            .all(|(_, s)| s.by_kek.keys().all(|k| *k == active));
+        if done || Instant::now() >= deadline {
+            break (done, now);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let v = json!({
+        "active_kek": active,
+        "rewrapped": rewrapped,
+        "done": done,
+        "regions": now.iter().map(|(e, s)| status_json(e, s)).collect::<Vec<_>>(),
+    });
+    emit(out, &v, |v| {
+        let mut s = format!(
+            "re-wrapped {} secret version(s) under KEK v{active}\n{}",
+            v["rewrapped"],
+            status_text(v)
+        );
+        if done {
+            s.push_str(&format!(
+                "every region holds every secret under v{active}: older versions can be \
+                 removed (meridian secrets keyring prune FILE --below {active}, then copy it)\n"
+            ));
+        }
+        s
+    })?;
+    if !done {
+        bail!("not every region holds every secret under KEK v{active} after {wait_s} s");
+    }
+    Ok(())
+}
+
+pub async fn run(cmd: SecretsCmd, target: &Target, out: Output) -> Result<()> {
+    let cmd = match cmd {
+        SecretsCmd::Keyring { cmd } => cmd,
+        SecretsCmd::Status { reload } => {
+            let all = statuses(target, reload).await?;
+            let v =
+                json!({"regions": all.iter().map(|(e, s)| status_json(e, s)).collect::<Vec<_>>()});
+            return emit(out, &v, status_text);
+        }
+        SecretsCmd::RotateKek { wait_s } => return rotate_kek(target, wait_s, out).await,
+    };
     match cmd {
         KeyringCmd::Create { file } => {
             FileKeyring::create(&file)?;
@@ -62,18 +239,27 @@ pub fn run(cmd: SecretsCmd, out: Output) -> Result<()> {
                 )
             })
         }
-        KeyringCmd::Add { file, activate } => {
-            let v = FileKeyring::add_version(&file, activate)?;
-            let doc = json!({"file": file.display().to_string(), "added": v, "active": activate});
+        KeyringCmd::Add { file } => {
+            let v = FileKeyring::add_version(&file)?;
+            let doc = json!({"file": file.display().to_string(), "added": v});
             emit(out, &doc, |_| {
                 format!(
-                    "added key version {v} to {}{}. Copy the file to every region.\n",
+                    "added key version {v} to {} (not active). Copy the file to every region, \
+                     check with `meridian secrets status --reload`, then \
+                     `meridian secrets keyring activate {} {v}`.\n",
                     file.display(),
-                    if activate {
-                        "; it is the active version"
-                    } else {
-                        ""
-                    }
+                    file.display()
+                )
+            })
+        }
+        KeyringCmd::Activate { file, version } => {
+            FileKeyring::activate(&file, version)?;
+            let doc = json!({"file": file.display().to_string(), "active": version});
+            emit(out, &doc, |_| {
+                format!(
+                    "key version {version} is active in {}. Copy the file to every region, \
+                     then run `meridian secrets rotate-kek`.\n",
+                    file.display()
                 )
             })
         }

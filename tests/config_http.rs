@@ -1523,6 +1523,45 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
     assert_eq!(v["ok"], json!(true), "{v}");
     assert_eq!(v["groups"].as_array().unwrap().len(), 3);
 
+    // Secrets over HTTP: a secret put, a redacted read, a reveal, the
+    // keyring status and a re-wrap (nothing to move: one KEK version).
+    let url = "/v1/config/shop/prod/vault.pw?secret=true";
+    let (s, v) = api
+        .call("put", us, CFG, url, &[], Body::Json(json!("pw")))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let url = "/v1/config/shop/prod/vault.pw";
+    let (s, v) = api.call("get", us, CFG, url, &[], Body::None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["value"]
+            .as_str()
+            .unwrap()
+            .starts_with("<redacted secret v"),
+        "{v}"
+    );
+    let url = "/v1/config/shop/prod/vault.pw?reveal=true";
+    let (s, v) = api.call("get", us, CFG, url, &[], Body::None).await;
+    assert_eq!((s, &v["value"]), (200, &json!("pw")), "{v}");
+    let st = "/v1/secrets/status";
+    let (s, v) = api
+        .call(
+            "get",
+            us,
+            st,
+            "/v1/secrets/status?reload=true",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["keyring"]["active"], json!(1), "{v}");
+    assert_eq!(v["census"]["by_kek"]["1"], json!(1), "{v}");
+    let rw = "/v1/secrets/rewrap";
+    let (s, v) = api.call("post", us, rw, rw, &[], Body::None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["census"]["rewrapped"], json!(0), "{v}");
+
     let left = api.unexercised();
     assert!(
         left.is_empty(),

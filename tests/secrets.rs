@@ -296,9 +296,10 @@ async fn a_planted_secret_is_found_nowhere_but_in_a_reveal() {
     // holding version 2 as active; old secrets still open, new ones use it.
     let keyring = cl.dir().join("keyring.toml");
     assert_eq!(
-        meridian_node::secrets::keyring::FileKeyring::add_version(&keyring, true).unwrap(),
+        meridian_node::secrets::keyring::FileKeyring::add_version(&keyring).unwrap(),
         2
     );
+    meridian_node::secrets::keyring::FileKeyring::activate(&keyring, 2).unwrap();
     for i in 0..3 {
         cl.kill9(i);
         cl.start(i);
@@ -926,5 +927,148 @@ async fn reveal_is_a_permission_through_grpc_http_and_templates() {
     let text = format!("{all:?}");
     for s in ["pw-shop", "tok-shop", "pw-blog"] {
         assert!(!text.contains(s), "the audit log holds a secret: {s}");
+    }
+}
+
+/// Environment `e{r}` of project shop, homed in region `r`.
+fn env_of(r: usize) -> Option<NamespaceRef> {
+    Some(NamespaceRef {
+        project: "shop".into(),
+        environment: format!("e{r}"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kek_rotation_under_load_fails_nothing_and_the_old_kek_can_go() {
+    let cl = Cluster::running().await;
+    let mut c = common::config_client(&cl.grpc[0]).await;
+    const KEYS: usize = 8;
+    // One environment homed in each region, so the writers of the load do
+    // not contend on one environment's revision (issue 18).
+    for r in 0..3 {
+        c.create_namespace(CreateNamespaceRequest {
+            project: "shop".into(),
+            environment: format!("e{r}"),
+            home_region: ["eu", "us", "ap"][r].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        for i in 0..KEYS {
+            for n in 0..3 {
+                let mut w = write(vec![secret_put(
+                    &format!("s.k{i}"),
+                    &json!(format!("val-{i}-{n}")),
+                )]);
+                w.ns = env_of(r);
+                until(Duration::from_secs(10), "the first writes", || {
+                    let (mut c, w) = (c.clone(), w.clone());
+                    async move { c.write(w).await.is_ok() }
+                })
+                .await;
+            }
+        }
+    }
+    // Continuous load in every region: secret writes to its environment,
+    // reveals of every environment. Every request must succeed, and every
+    // reveal give a value that was written.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for r in 0..3 {
+        let addr = cl.grpc[r].clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = common::config_client(&addr).await;
+            let (mut writes, mut reads) = (0u64, 0u64);
+            let mut n = 100 * (r as u64 + 1);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let i = (n as usize) % KEYS;
+                n += 1;
+                let mut w = write(vec![secret_put(
+                    &format!("s.k{i}"),
+                    &json!(format!("val-{i}-{n}")),
+                )]);
+                w.ns = env_of(r);
+                c.write(w)
+                    .await
+                    .unwrap_or_else(|e| panic!("a write in region {r} failed: {e:?}"));
+                writes += 1;
+                let env = (n as usize) % 3;
+                let v = c
+                    .get_config(GetConfigRequest {
+                        ns: env_of(env),
+                        path: format!("s.k{i}"),
+                        read: read(true, false, false),
+                        default_json: None,
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("a reveal in region {r} failed: {e:?}"))
+                    .into_inner();
+                assert!(v.value_json.starts_with(&format!("\"val-{i}-")), "{v:?}");
+                reads += 1;
+            }
+            (writes, reads)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let keyring = cl.dir().join("keyring.toml");
+    // The procedure docs/secrets.md gives: add a version and let every
+    // region load it; then make it active; then re-wrap.
+    let ring = meridian_node::secrets::keyring::FileKeyring::add_version;
+    assert_eq!(ring(&keyring).unwrap(), 2);
+    let status = common::ok_at(&cl.grpc, &["secrets", "status", "--reload", "-o", "json"]);
+    assert_eq!(status.matches("\"version\": 2").count(), 3, "{status}");
+    meridian_node::secrets::keyring::FileKeyring::activate(&keyring, 2).unwrap();
+    let out = common::ok_at(&cl.grpc, &["secrets", "rotate-kek"]);
+    assert!(
+        out.contains("every region holds every secret under v2"),
+        "{out}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut writes, mut reads) = (0, 0);
+    for t in tasks {
+        let (w, r) = t.await.unwrap();
+        writes += w;
+        reads += r;
+    }
+    assert!(
+        writes > 30 && reads > 30,
+        "too little load: {writes} writes, {reads} reads"
+    );
+    eprintln!("during the rotation: {writes} secret writes and {reads} reveals, none failed");
+
+    // Version 1 removed from the keyring (the file every region reads):
+    // every version of every secret still reveals, in every region.
+    meridian_node::secrets::keyring::FileKeyring::remove_below(&keyring, 2).unwrap();
+    let status = common::ok_at(&cl.grpc, &["secrets", "status", "--reload", "-o", "json"]);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    for r in status["regions"].as_array().unwrap() {
+        assert_eq!(r["versions"].as_array().unwrap().len(), 1, "{r}");
+        assert_eq!(
+            r["by_kek"].as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["2"],
+            "{r}"
+        );
+    }
+    for r in 0..3 {
+        let mut c = common::config_client(&cl.grpc[r]).await;
+        for env in 0..3 {
+            for i in 0..KEYS {
+                let h = c
+                    .config_history(ConfigHistoryRequest {
+                        ns: env_of(env),
+                        key: format!("s.k{i}"),
+                        reveal: true,
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("region {r}, e{env} s.k{i}: {e:?}"))
+                    .into_inner();
+                assert!(!h.versions.is_empty());
+                for v in h.versions {
+                    assert!(v.value_json.contains(&format!("val-{i}-")), "{v:?}");
+                }
+            }
+        }
     }
 }

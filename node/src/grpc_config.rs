@@ -84,6 +84,39 @@ fn read_opts(access: &Access, r: Option<ConfigReadOptions>) -> Result<ReadOpts, 
     })
 }
 
+fn secrets_status(
+    keyring: crate::secrets::KeyringStatus,
+    census: crate::configstore::engine::SecretsCensus,
+) -> SecretsStatusResponse {
+    let (active_kek, versions, keyring_error) = match keyring.keyring {
+        Ok((active, versions)) => (
+            active,
+            versions
+                .into_iter()
+                .map(|(version, check)| KekVersion {
+                    version,
+                    fingerprint: crate::auth::tokens::hex(&check),
+                })
+                .collect(),
+            String::new(),
+        ),
+        Err(e) => (0, Vec::new(), e),
+    };
+    SecretsStatusResponse {
+        keyring_file: keyring
+            .file
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        keyring_error,
+        active_kek,
+        versions,
+        namespaces: census.namespaces as u64,
+        secret_versions: census.secret_versions,
+        by_kek: census.by_kek.into_iter().collect(),
+        rewrapped: census.rewrapped,
+    }
+}
+
 fn secret_spec(s: Option<SecretSpec>) -> Option<crate::configstore::engine::SecretSpec> {
     s.map(|s| crate::configstore::engine::SecretSpec {
         expires_ms: s.expires_at_ms,
@@ -457,6 +490,29 @@ impl Config for ConfigApi {
             inherits: inherits.unwrap_or_default(),
             vars_json: Value::Object(vars.unwrap_or_default()).to_string(),
         }))
+    }
+
+    async fn secrets_status(
+        &self,
+        r: Request<SecretsStatusRequest>,
+    ) -> Result<Response<SecretsStatusResponse>, Status> {
+        let access = self.access(&r)?;
+        let (keyring, census) = self
+            .store
+            .secrets_census(&access, r.get_ref().reload)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(secrets_status(keyring, census)))
+    }
+
+    async fn rewrap_secrets(
+        &self,
+        r: Request<RewrapSecretsRequest>,
+    ) -> Result<Response<SecretsStatusResponse>, Status> {
+        let access = self.access(&r)?;
+        let census = self.store.rewrap_secrets(&access).await.map_err(st)?;
+        let keyring = self.store.secrets_keyring();
+        Ok(Response::new(secrets_status(keyring, census)))
     }
 
     type WatchConfigStream = WatchStream;

@@ -129,6 +129,9 @@ async fn watch_contact(contact: Arc<crate::auth::Contact>, transport: Arc<Transp
     }
 }
 
+/// How often a region looks at its keyring file for a change.
+const KEYRING_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     let me = cfg.id();
     let tls = TlsMaterial::load(&cfg.tls.ca_cert, &cfg.tls.cert, &cfg.tls.key)?;
@@ -220,6 +223,11 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     // this region's home group (a write's record rides in its own entry).
     let (auditor, _audit_task) = crate::audit::Auditor::start(core_client.clone(), me);
     let auth = auth.with_auditor(auditor);
+    let secrets = crate::secrets::Secrets::load(
+        cfg.secrets.keyring_file.as_deref(),
+        cfg.secrets.allow_plaintext,
+    );
+    secrets.spawn_reloader(KEYRING_RELOAD_EVERY);
     let store = ConfigStore::new(
         core_client.clone(),
         names_for_store,
@@ -228,10 +236,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
             value_bytes_max: core.value_bytes_max,
             txn_ops_max: core.txn_ops_max,
         },
-        crate::secrets::Secrets::load(
-            cfg.secrets.keyring_file.as_deref(),
-            cfg.secrets.allow_plaintext,
-        ),
+        secrets.clone(),
     );
     let auth_api = crate::grpc_auth::AuthApi::new(core_client.clone(), auth.clone());
     let audit_api = crate::grpc_audit::AuditApi::new(

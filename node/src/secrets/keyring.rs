@@ -181,9 +181,11 @@ impl FileKeyring {
         )
     }
 
-    /// Add a random version to a keyring file and return it; with
-    /// `activate`, new secrets use it from the region's next keyring load.
-    pub fn add_version(path: &Path, activate: bool) -> Result<u32, SecretError> {
+    /// Add a random version to a keyring file, not yet active, and return
+    /// it. Every region must hold a version before any region seals with
+    /// it, so activating is a second step (`activate`) once the file with
+    /// the new version is in every region.
+    pub fn add_version(path: &Path) -> Result<u32, SecretError> {
         let ring = FileKeyring::load(path)?;
         let next = ring.keys.keys().max().copied().unwrap_or(0) + 1;
         let mut keys: BTreeMap<String, String> = ring
@@ -192,9 +194,40 @@ impl FileKeyring {
             .map(|(v, k)| (v.to_string(), b64(k)))
             .collect();
         keys.insert(next.to_string(), b64(&random::<32>()?));
-        let active = if activate { next } else { ring.active };
-        write_new(path, &KeyringFile { active, keys }, true)?;
+        write_new(
+            path,
+            &KeyringFile {
+                active: ring.active,
+                keys,
+            },
+            true,
+        )?;
         Ok(next)
+    }
+
+    /// Make `version` (which the file holds) the one new secrets use.
+    pub fn activate(path: &Path, version: u32) -> Result<(), SecretError> {
+        let ring = FileKeyring::load(path)?;
+        if !ring.keys.contains_key(&version) {
+            return Err(SecretError::Keyring(format!(
+                "keyring {} has no version {version} (it holds {:?})",
+                path.display(),
+                ring.versions()
+            )));
+        }
+        let keys = ring
+            .keys
+            .iter()
+            .map(|(v, k)| (v.to_string(), b64(k)))
+            .collect();
+        write_new(
+            path,
+            &KeyringFile {
+                active: version,
+                keys,
+            },
+            true,
+        )
     }
 
     /// Copy a keyring file keeping only versions at least `min_version`
@@ -340,7 +373,15 @@ mod tests {
         assert!(FileKeyring::create(&p).is_err(), "overwrote a keyring");
         let k = FileKeyring::load(&p).unwrap();
         assert_eq!((k.active(), k.versions()), (1, vec![1]));
-        assert_eq!(FileKeyring::add_version(&p, true).unwrap(), 2);
+        assert_eq!(FileKeyring::add_version(&p).unwrap(), 2);
+        let k2 = FileKeyring::load(&p).unwrap();
+        assert_eq!(
+            (k2.active(), k2.versions()),
+            (1, vec![1, 2]),
+            "added, not active"
+        );
+        assert!(FileKeyring::activate(&p, 3).is_err());
+        FileKeyring::activate(&p, 2).unwrap();
         let k2 = FileKeyring::load(&p).unwrap();
         assert_eq!((k2.active(), k2.versions()), (2, vec![1, 2]));
         assert_eq!(k.check(1), k2.check(1), "version 1 kept its key");
@@ -373,7 +414,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
         FileKeyring::create(&p).unwrap();
-        FileKeyring::add_version(&p, false).unwrap();
+        FileKeyring::add_version(&p).unwrap();
         let k = FileKeyring::load(&p).unwrap();
         let dek = [9u8; 32];
         let w = k.wrap(1, &dek, b"here").unwrap();

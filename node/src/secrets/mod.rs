@@ -15,8 +15,8 @@ pub mod keyring;
 use envelope::{Attrs, Envelope, DEK_BYTES, NONCE_BYTES};
 use keyring::{aead_key, random, FileKeyring, KeyWrapper};
 use ring::aead::{Aad, Nonce};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use zeroize::Zeroizing;
 
 pub use envelope::is_envelope;
@@ -65,10 +65,15 @@ pub struct Opened {
     pub kek_version: u32,
 }
 
-/// A region's secrets handle: its keyring, if it has a usable one.
+type Keyring = Result<Arc<dyn KeyWrapper>, String>;
+
+/// A region's secrets handle: its keyring, if it has a usable one. Clones
+/// share the keyring, which `reload` replaces while the region serves.
 #[derive(Clone)]
 pub struct Secrets {
-    keyring: Result<Arc<dyn KeyWrapper>, String>,
+    keyring: Arc<RwLock<Keyring>>,
+    /// Where the keyring is read from (None: none configured, or given).
+    file: Option<PathBuf>,
     /// Accept secret writes on a client connection without TLS.
     allow_plaintext: bool,
 }
@@ -76,10 +81,23 @@ pub struct Secrets {
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Secrets")
-            .field("keyring", &self.keyring.as_ref().map(|k| k.versions()))
+            .field("keyring", &self.current().map(|k| k.versions()))
             .field("allow_plaintext", &self.allow_plaintext)
             .finish()
     }
+}
+
+/// A KEK version and its public fingerprint.
+pub type KekFingerprint = (u32, [u8; envelope::KEK_CHECK_BYTES]);
+
+/// What a region's keyring holds (no key material): for operators and for
+/// checking that every region has a new KEK before secrets are re-wrapped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyringStatus {
+    pub file: Option<PathBuf>,
+    /// The active version and every version with its public fingerprint;
+    /// or why there is no usable keyring.
+    pub keyring: Result<(u32, Vec<KekFingerprint>), String>,
 }
 
 impl Secrets {
@@ -109,7 +127,8 @@ impl Secrets {
             },
         };
         Secrets {
-            keyring,
+            keyring: Arc::new(RwLock::new(keyring)),
+            file: keyring_file.map(Path::to_path_buf),
             allow_plaintext,
         }
     }
@@ -117,8 +136,71 @@ impl Secrets {
     /// With a keyring given directly (tests, a KMS).
     pub fn with_keyring(keyring: Arc<dyn KeyWrapper>, allow_plaintext: bool) -> Secrets {
         Secrets {
-            keyring: Ok(keyring),
+            keyring: Arc::new(RwLock::new(Ok(keyring))),
+            file: None,
             allow_plaintext,
+        }
+    }
+
+    /// The keyring file this region reads, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Read the keyring file again (a new KEK version was added to it). A
+    /// file that no longer loads keeps the keyring in use, so a bad copy
+    /// never takes secrets away from a serving region; the error is returned.
+    pub fn reload(&self) -> Result<KeyringStatus, SecretError> {
+        if let Some(p) = &self.file {
+            reload_into(&self.keyring, p)?;
+        }
+        Ok(self.status())
+    }
+
+    /// Reload the keyring file whenever it changes (size or modification
+    /// time, looked at every `every`), so a new KEK version copied to the
+    /// region is in use within that time, without a restart. Ends when the
+    /// last handle is dropped.
+    pub fn spawn_reloader(&self, every: std::time::Duration) {
+        let Some(path) = self.file.clone() else {
+            return;
+        };
+        let slot = Arc::downgrade(&self.keyring);
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()))
+        };
+        tokio::spawn(async move {
+            let mut seen = stamp(&path);
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(slot) = slot.upgrade() else {
+                    return;
+                };
+                let now = stamp(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                if let Err(e) = reload_into(&slot, &path) {
+                    tracing::error!("{e}: keeping the keyring in use");
+                }
+            }
+        });
+    }
+
+    pub fn status(&self) -> KeyringStatus {
+        KeyringStatus {
+            file: self.file.clone(),
+            keyring: self.current().map(|k| {
+                let versions = k
+                    .versions()
+                    .into_iter()
+                    .map(|v| (v, k.check(v).unwrap_or_default()))
+                    .collect();
+                (k.active(), versions)
+            }),
         }
     }
 
@@ -126,10 +208,71 @@ impl Secrets {
         self.allow_plaintext
     }
 
-    fn keyring(&self) -> Result<&Arc<dyn KeyWrapper>, SecretError> {
+    fn current(&self) -> Keyring {
         self.keyring
-            .as_ref()
-            .map_err(|why| SecretError::Keyring(why.clone()))
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn keyring(&self) -> Result<Arc<dyn KeyWrapper>, SecretError> {
+        self.current().map_err(SecretError::Keyring)
+    }
+
+    /// The envelope `stored` (version `version` of `key` in `ns`) with its
+    /// data key wrapped by the active KEK instead, the sealed data untouched;
+    /// None if it already is. Fails if the keyring lacks the KEK it is under.
+    pub fn rewrap(
+        &self,
+        ns: &str,
+        key: &str,
+        version: u64,
+        stored: &[u8],
+    ) -> Result<Option<Vec<u8>>, SecretError> {
+        let mut env = Envelope::decode(stored)?;
+        let ring = self.keyring()?;
+        let active = ring.active();
+        if env.kek_version == active {
+            return Ok(None);
+        }
+        Self::check_kek(ring.as_ref(), &env)?;
+        let dek = ring.unwrap(
+            env.kek_version,
+            &env.wrapped,
+            &envelope::wrap_aad(env.kek_version, ns, key, version),
+        )?;
+        env.kek_check = ring.check(active).ok_or_else(|| {
+            SecretError::Keyring(format!("the active KEK version {active} is missing"))
+        })?;
+        env.wrapped = ring.wrap(active, &dek, &envelope::wrap_aad(active, ns, key, version))?;
+        env.kek_version = active;
+        Ok(Some(env.encode()))
+    }
+
+    /// The KEK version an envelope is under, if it is one.
+    pub fn kek_version_of(stored: &[u8]) -> Option<u32> {
+        Envelope::decode(stored).ok().map(|e| e.kek_version)
+    }
+
+    /// The active KEK version, if a keyring is loaded.
+    pub fn active_kek(&self) -> Option<u32> {
+        self.current().ok().map(|k| k.active())
+    }
+
+    fn check_kek(ring: &dyn KeyWrapper, env: &Envelope) -> Result<(), SecretError> {
+        match ring.check(env.kek_version) {
+            None => Err(SecretError::Keyring(format!(
+                "this region's keyring has no KEK version {} (it holds {:?})",
+                env.kek_version,
+                ring.versions()
+            ))),
+            Some(c) if c != env.kek_check => Err(SecretError::Keyring(format!(
+                "this region's KEK version {} is not the key that sealed this secret \
+                 (a different keyring file?)",
+                env.kek_version
+            ))),
+            Some(_) => Ok(()),
+        }
     }
 
     /// The envelope of `plaintext` as version `version` of `key` in `ns`.
@@ -183,23 +326,7 @@ impl Secrets {
     ) -> Result<Opened, SecretError> {
         let env = Envelope::decode(stored)?;
         let ring = self.keyring()?;
-        match ring.check(env.kek_version) {
-            None => {
-                return Err(SecretError::Keyring(format!(
-                    "this region's keyring has no KEK version {} (it holds {:?})",
-                    env.kek_version,
-                    ring.versions()
-                )))
-            }
-            Some(c) if c != env.kek_check => {
-                return Err(SecretError::Keyring(format!(
-                    "this region's KEK version {} is not the key that sealed this secret \
-                     (a different keyring file?)",
-                    env.kek_version
-                )))
-            }
-            Some(_) => {}
-        }
+        Self::check_kek(ring.as_ref(), &env)?;
         let dek = ring.unwrap(
             env.kek_version,
             &env.wrapped,
@@ -223,6 +350,19 @@ impl Secrets {
             kek_version: env.kek_version,
         })
     }
+}
+
+/// Load `p` into `slot`, unless it does not load.
+fn reload_into(slot: &RwLock<Keyring>, p: &Path) -> Result<(), SecretError> {
+    let k = FileKeyring::load(p)?;
+    tracing::info!(
+        keyring = %p.display(),
+        versions = ?k.versions(),
+        active = k.active(),
+        "secrets keyring loaded"
+    );
+    *slot.write().unwrap_or_else(|e| e.into_inner()) = Ok(Arc::new(k) as Arc<dyn KeyWrapper>);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -289,6 +429,50 @@ mod tests {
             none.open("p/e", "db.pw", 3, &env),
             Err(SecretError::Keyring(_))
         ));
+    }
+
+    #[test]
+    fn rewrap_moves_a_secret_to_the_new_kek_and_the_old_one_can_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keyring");
+        FileKeyring::create(&p).unwrap();
+        let s = Secrets::load(Some(&p), false);
+        let old = s.seal("p/e", "k", 4, b"value", Attrs::default()).unwrap();
+        assert_eq!(
+            s.rewrap("p/e", "k", 4, &old).unwrap(),
+            None,
+            "already current"
+        );
+        FileKeyring::add_version(&p).unwrap();
+        FileKeyring::activate(&p, 2).unwrap();
+        // Not reloaded yet: still version 1 only.
+        assert_eq!(s.active_kek(), Some(1));
+        let st = s.reload().unwrap();
+        assert_eq!(st.keyring.as_ref().unwrap().0, 2);
+        let new = s.rewrap("p/e", "k", 4, &old).unwrap().unwrap();
+        assert_eq!(Secrets::kek_version_of(&new), Some(2));
+        assert_eq!(
+            Envelope::decode(&new).unwrap().sealed,
+            Envelope::decode(&old).unwrap().sealed,
+            "the sealed data is untouched"
+        );
+        // Bound to its place: a re-wrap for another version fails.
+        assert!(s.rewrap("p/e", "k", 5, &old).is_err());
+        FileKeyring::remove_below(&p, 2).unwrap();
+        s.reload().unwrap();
+        assert_eq!(
+            s.open("p/e", "k", 4, &new).unwrap().plaintext.expose(),
+            b"value"
+        );
+        let e = s.open("p/e", "k", 4, &old).unwrap_err();
+        assert!(matches!(e, SecretError::Keyring(_)), "{e}");
+        // A broken file keeps the keyring in use.
+        std::fs::write(&p, "garbage").unwrap();
+        assert!(s.reload().is_err());
+        assert_eq!(
+            s.open("p/e", "k", 4, &new).unwrap().plaintext.expose(),
+            b"value"
+        );
     }
 
     #[test]

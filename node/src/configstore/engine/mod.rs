@@ -22,6 +22,7 @@ mod validate;
 mod watch;
 mod writes;
 
+pub use secrets::SecretsCensus;
 pub use watch::WatchEvent;
 
 use crate::auth::{Access, Action};

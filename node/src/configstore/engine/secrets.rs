@@ -242,6 +242,160 @@ impl ConfigStore {
     }
 }
 
+/// Stored secret versions, and the KEK versions they are under.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SecretsCensus {
+    /// The active KEK of the region that counted (None: no keyring).
+    pub active_kek: Option<u32>,
+    pub namespaces: usize,
+    /// Every retained version of every secret.
+    pub secret_versions: u64,
+    /// Of those, how many are under each KEK version.
+    pub by_kek: BTreeMap<u32, u64>,
+    /// Versions re-wrapped under the active KEK by this call.
+    pub rewrapped: u64,
+}
+
+impl ConfigStore {
+    /// Every retained version of every secret of `ns`, as read at
+    /// `consistency` (the `$secrets` registry names the keys, deleted ones
+    /// included).
+    async fn secret_versions(
+        &self,
+        ns: &str,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<KeyValue>, CfgError> {
+        let layer = self.load_layer(ns, "$", AsOf::Latest, consistency).await?;
+        let mut out = Vec::new();
+        for key in registry(&layer) {
+            let q = ReadQuery::History { key };
+            match self.read(ns, q, Consistency::Stale, layer.token).await? {
+                ClientResponse::History { versions, .. } => out.extend(
+                    versions
+                        .into_iter()
+                        .filter(|v| v.value.as_deref().is_some_and(crate::secrets::is_envelope)),
+                ),
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Count the stored secret versions by KEK version, as this region's
+    /// replicas hold them (after `reload`ing the keyring file if asked):
+    /// once no version is under an old KEK in any region, it can be removed.
+    pub async fn secrets_census(
+        &self,
+        access: &Access,
+        reload: bool,
+    ) -> Result<(crate::secrets::KeyringStatus, SecretsCensus), CfgError> {
+        access.check(Action::Admin, crate::auth::Resource::CLUSTER)?;
+        if reload {
+            self.secrets.reload()?;
+        }
+        let census = self.census(ReadConsistency::Stale, 0).await?;
+        Ok((self.secrets.status(), census))
+    }
+
+    /// This region's keyring, as `secrets_census` reports it.
+    pub fn secrets_keyring(&self) -> crate::secrets::KeyringStatus {
+        self.secrets.status()
+    }
+
+    async fn census(
+        &self,
+        consistency: ReadConsistency,
+        rewrapped: u64,
+    ) -> Result<SecretsCensus, CfgError> {
+        let mut c = SecretsCensus {
+            active_kek: self.secrets.active_kek(),
+            rewrapped,
+            ..SecretsCensus::default()
+        };
+        for info in self.list_namespaces_local("").await? {
+            c.namespaces += 1;
+            for kv in self.secret_versions(&info.name, consistency).await? {
+                c.secret_versions += 1;
+                let v = kv
+                    .value
+                    .as_deref()
+                    .and_then(crate::secrets::Secrets::kek_version_of)
+                    .unwrap_or(0);
+                *c.by_kek.entry(v).or_default() += 1;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Re-wrap every stored secret version not under the active KEK with
+    /// it, online: each version's bytes are replaced in place through its
+    /// home group's log (no new version; writes go on meanwhile, and a
+    /// version changed in between is left alone by the core's compare).
+    /// Every region must hold the active KEK first (`secrets_census` of
+    /// each says so). Returns the census afterwards.
+    pub async fn rewrap_secrets(&self, access: &Access) -> Result<SecretsCensus, CfgError> {
+        access.check(Action::Admin, crate::auth::Resource::CLUSTER)?;
+        let mut rewrapped = 0u64;
+        for info in self.list_namespaces_local("").await? {
+            let ns = info.name;
+            let mut batch: Vec<meridian_core::types::ValuePatch> = Vec::new();
+            for kv in self
+                .secret_versions(&ns, ReadConsistency::Linearizable)
+                .await?
+            {
+                let Some(old) = kv.value.as_deref() else {
+                    continue;
+                };
+                let Some(new) = self.secrets.rewrap(&ns, &kv.key, kv.version, old)? else {
+                    continue;
+                };
+                batch.push(meridian_core::types::ValuePatch {
+                    key: kv.key.clone(),
+                    version: kv.version,
+                    expect: fnv1a(old),
+                    value: new,
+                });
+                if batch.len() == meridian_core::types::REPLACE_ITEMS_MAX {
+                    rewrapped += self.replace(&ns, std::mem::take(&mut batch)).await?;
+                }
+            }
+            if !batch.is_empty() {
+                rewrapped += self.replace(&ns, batch).await?;
+            }
+        }
+        let census = self
+            .census(ReadConsistency::Linearizable, rewrapped)
+            .await?;
+        access.audit_ok(
+            "",
+            &[],
+            &format!(
+                "re-wrapped {rewrapped} secret version(s) under KEK version {}",
+                census.active_kek.unwrap_or(0)
+            ),
+        );
+        Ok(census)
+    }
+
+    async fn replace(
+        &self,
+        ns: &str,
+        items: Vec<meridian_core::types::ValuePatch>,
+    ) -> Result<u64, CfgError> {
+        let n = items.len() as u64;
+        match self
+            .call(ClientRequest::ReplaceValues {
+                ns: ns.to_string(),
+                items,
+            })
+            .await?
+        {
+            ClientResponse::Done => Ok(n),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
 /// The keys a namespace's `$secrets` registry names.
 pub(super) fn registry(layer: &Layer) -> BTreeSet<String> {
     layer

@@ -100,6 +100,8 @@ pub fn router(store: ConfigStore, auth: Authority) -> Router {
         .route("/v1/namespaces/{project}/{env}/move", post(move_namespace))
         .route("/v1/audit", get(audit_query))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/secrets/status", get(secrets_status))
+        .route("/v1/secrets/rewrap", post(secrets_rewrap))
         .route(
             "/v1/config/{project}/{env}",
             get(get_root).patch(patch_root),
@@ -272,6 +274,37 @@ async fn audit_verify(Caller(access): Caller, State(st): State<ConfigStore>) -> 
     }
     let all_ok = groups.iter().all(|g| g.ok);
     ok(json!({ "ok": all_ok, "groups": groups }))
+}
+
+/// This region's keyring (no key material) and its stored secret versions
+/// by KEK version.
+async fn secrets_status(Caller(access): Caller, State(st): State<ConfigStore>, Query(q): Q) -> Res {
+    let (keyring, census) = st.secrets_census(&access, q_bool(&q, "reload")?).await?;
+    ok(secrets_json(keyring, census))
+}
+
+/// Re-wrap every stored secret version under the active KEK.
+async fn secrets_rewrap(Caller(access): Caller, State(st): State<ConfigStore>) -> Res {
+    let census = st.rewrap_secrets(&access).await?;
+    ok(secrets_json(st.secrets_keyring(), census))
+}
+
+fn secrets_json(
+    keyring: crate::secrets::KeyringStatus,
+    census: super::engine::SecretsCensus,
+) -> Value {
+    let file = keyring.file.map(|p| p.display().to_string());
+    let keyring = match keyring.keyring {
+        Ok((active, versions)) => json!({
+            "active": active,
+            "versions": versions
+                .iter()
+                .map(|(v, c)| json!({"version": v, "fingerprint": crate::auth::tokens::hex(c)}))
+                .collect::<Vec<_>>(),
+        }),
+        Err(e) => json!({ "error": e }),
+    };
+    json!({ "keyring_file": file, "keyring": keyring, "census": census })
 }
 
 async fn list_namespaces(
