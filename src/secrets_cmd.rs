@@ -21,6 +21,14 @@ pub enum SecretsCmd {
         #[command(subcommand)]
         cmd: KeyringCmd,
     },
+    /// An environment's secrets: each one's version, age, expiry and
+    /// rotation policy, never its value.
+    List {
+        ns: String,
+        /// Only those due for rotation or expired.
+        #[arg(long)]
+        due: bool,
+    },
     /// Each region's keyring (versions and fingerprints) and its stored
     /// secret versions by KEK version (every --endpoints region).
     Status {
@@ -215,6 +223,84 @@ async fn rotate_kek(target: &Target, wait_s: u64, out: Output) -> Result<()> {
     Ok(())
 }
 
+async fn list(target: &Target, ns: &str, due_only: bool, out: Output) -> Result<()> {
+    let (project, environment) = ns
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("{ns:?}: give an environment as project/environment"))?;
+    let r = ConfigClient::new(target.channel().await?)
+        .list_secrets(meridian_proto::v1::ListSecretsRequest {
+            ns: Some(meridian_proto::v1::NamespaceRef {
+                project: project.into(),
+                environment: environment.into(),
+            }),
+            due_only,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let ms = |t: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(t))
+            .to_string()
+    };
+    let rows: Vec<Value> = r
+        .secrets
+        .iter()
+        .map(|s| {
+            json!({
+                "key": s.key,
+                "version": s.version,
+                "written": ms(s.time_ms),
+                "author": s.author,
+                "expires_at": (s.expires_at_ms != 0).then(|| ms(s.expires_at_ms)),
+                "rotate_every": (s.rotate_every_ms != 0)
+                    .then(|| humantime::format_duration(Duration::from_millis(s.rotate_every_ms)).to_string()),
+                "due": s.due,
+                "expired": s.expired,
+                "deleted": s.deleted,
+            })
+        })
+        .collect();
+    let v = json!({ "secrets": rows });
+    crate::output::emit_list(out, &v, "secrets", |v| {
+        let mut s = String::new();
+        for r in v["secrets"].as_array().into_iter().flatten() {
+            let mut flags = Vec::new();
+            for f in ["due", "expired", "deleted"] {
+                if r[f] == json!(true) {
+                    flags.push(f.to_uppercase());
+                }
+            }
+            s.push_str(&format!(
+                "{}  v{}  written {}{}{}{}\n",
+                r["key"].as_str().unwrap_or(""),
+                r["version"],
+                r["written"].as_str().unwrap_or(""),
+                r["rotate_every"]
+                    .as_str()
+                    .map(|d| format!("  rotate every {d}"))
+                    .unwrap_or_default(),
+                r["expires_at"]
+                    .as_str()
+                    .map(|t| format!("  expires {t}"))
+                    .unwrap_or_default(),
+                if flags.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {}", flags.join(" "))
+                },
+            ));
+        }
+        if s.is_empty() {
+            s.push_str(if due_only {
+                "no secret is due\n"
+            } else {
+                "no secrets\n"
+            });
+        }
+        s
+    })
+}
+
 pub async fn run(cmd: SecretsCmd, target: &Target, out: Output) -> Result<()> {
     let cmd = match cmd {
         SecretsCmd::Keyring { cmd } => cmd,
@@ -225,6 +311,7 @@ pub async fn run(cmd: SecretsCmd, target: &Target, out: Output) -> Result<()> {
             return emit(out, &v, status_text);
         }
         SecretsCmd::RotateKek { wait_s } => return rotate_kek(target, wait_s, out).await,
+        SecretsCmd::List { ns, due } => return list(target, &ns, due, out).await,
     };
     match cmd {
         KeyringCmd::Create { file } => {

@@ -1561,6 +1561,24 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
     let (s, v) = api.call("post", us, rw, rw, &[], Body::None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["census"]["rewrapped"], json!(0), "{v}");
+    let sl = "/v1/secrets/list/{project}/{env}";
+    let (s, v) = api
+        .call("get", us, sl, "/v1/secrets/list/shop/prod", &[], Body::None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["secrets"][0]["key"], json!("vault.pw"), "{v}");
+    assert_eq!(v["secrets"][0]["due"], json!(false), "{v}");
+    let (s, v) = api
+        .call(
+            "get",
+            us,
+            sl,
+            "/v1/secrets/list/shop/prod?due=true",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!((s, v["secrets"].as_array().unwrap().len()), (200, 0), "{v}");
 
     let left = api.unexercised();
     assert!(

@@ -674,6 +674,60 @@ async fn keyring_faults_tampering_and_plaintext_channels_answer_with_their_reaso
         get(&mut eu, "db.password", true).await.unwrap(),
         json!("s3cret")
     );
+    // Lifecycle: an expired version fails to reveal; `secrets list --due`
+    // shows it and one past its rotation period, not the others.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for (key, spec) in [
+        (
+            "old.cert",
+            SecretSpec {
+                expires_at_ms: now - 1,
+                rotate_every_ms: 0,
+            },
+        ),
+        (
+            "stale.token",
+            SecretSpec {
+                expires_at_ms: 0,
+                rotate_every_ms: 1,
+            },
+        ),
+        (
+            "fresh.token",
+            SecretSpec {
+                expires_at_ms: now + 3_600_000,
+                rotate_every_ms: 86_400_000,
+            },
+        ),
+    ] {
+        let op = ConfigOp {
+            op: Some(config_op::Op::Put(PutOp {
+                key: key.into(),
+                value_json: json!("x").to_string(),
+                if_version: None,
+                secret: Some(spec),
+            })),
+        };
+        eu.write(write(vec![op])).await.unwrap();
+    }
+    let e = get(&mut eu, "old.cert", true).await.unwrap_err();
+    assert_eq!(reason(&e), "SECRET_EXPIRED", "{e:?}");
+    assert_eq!(get(&mut eu, "fresh.token", true).await.unwrap(), json!("x"));
+    let due = eu
+        .list_secrets(ListSecretsRequest {
+            ns: ns(),
+            due_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let keys: Vec<&str> = due.secrets.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, ["old.cert", "stale.token"], "{due:?}");
+    assert!(due.secrets[0].expired && due.secrets[1].due, "{due:?}");
+
     // A value that is a redaction cannot be written as a value.
     let e = eu
         .write(write(vec![common::put_op(

@@ -515,6 +515,37 @@ impl Config for ConfigApi {
         Ok(Response::new(secrets_status(keyring, census)))
     }
 
+    async fn list_secrets(
+        &self,
+        r: Request<ListSecretsRequest>,
+    ) -> Result<Response<ListSecretsResponse>, Status> {
+        let access = self.access(&r)?;
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let list = self
+            .store
+            .list_secrets(&access, &ns, r.due_only)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(ListSecretsResponse {
+            secrets: list
+                .into_iter()
+                .map(|s| SecretInfo {
+                    key: s.key,
+                    version: s.version,
+                    revision: s.revision,
+                    time_ms: s.time_ms,
+                    author: s.author,
+                    expires_at_ms: s.expires_at_ms,
+                    rotate_every_ms: s.rotate_every_ms,
+                    due: s.due,
+                    expired: s.expired,
+                    deleted: s.deleted,
+                })
+                .collect(),
+        }))
+    }
+
     type WatchConfigStream = WatchStream;
 
     async fn watch_config(

@@ -192,6 +192,17 @@ impl MeridianCluster {
             .output()
             .with_context(|| format!("running {} certs", bin.display()))?;
         anyhow::ensure!(out.status.success(), "meridian certs failed: {out:?}");
+        // The keyring of secrets' key-encryption keys, made by the CLI as
+        // an operator would (the `secrets` workload seals values with it).
+        let out = Command::new(bin)
+            .args(["secrets", "keyring", "create"])
+            .arg(dir.path().join("keyring.toml"))
+            .output()
+            .with_context(|| format!("running {} secrets keyring create", bin.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "meridian secrets keyring create failed: {out:?}"
+        );
         let mut grpc = Vec::new();
         let mut peer_real = Vec::new();
         let mut peer_front = Vec::new();
@@ -246,7 +257,7 @@ impl MeridianCluster {
                 String::new()
             };
             let text = format!(
-                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n{bind}[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n[api_tls]\nplaintext = true\n{auth_toml}{table}[log]\nlevel = \"warn\"\n"
+                "region = \"{r}\"\ndata_dir = \"data/{r}\"\n{bind}[tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n[api_tls]\nplaintext = true\n[secrets]\nkeyring_file = \"keyring.toml\"\nallow_plaintext = true\n{auth_toml}{table}[log]\nlevel = \"warn\"\n"
             );
             let p = dir.path().join(format!("{r}.toml"));
             std::fs::write(&p, text)?;

@@ -62,7 +62,7 @@ struct Args {
     watchers: Option<Vec<usize>>,
 }
 
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     "read",
     "write",
     "watch",
@@ -70,6 +70,7 @@ const ALL: [&str; 7] = [
     "config-write",
     "failover",
     "auth",
+    "secrets",
 ];
 
 fn machine() -> String {
@@ -177,6 +178,7 @@ async fn main_() -> Result<()> {
             "config-write" => workloads::config_write::run(&ctx).await,
             "failover" => workloads::failover::run(&ctx).await,
             "auth" => workloads::auth::run(&ctx).await,
+            "secrets" => workloads::secrets::run(&ctx).await,
             _ => unreachable!("names were checked against ALL"),
         }
         .with_context(|| format!("workload {name}"))?;

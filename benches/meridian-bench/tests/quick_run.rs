@@ -81,9 +81,22 @@ fn every_workload_runs_against_both_systems_and_writes_table_json_and_plots() {
             "cross-region",
             "config-write",
             "failover",
-            "auth"
+            "auth",
+            "secrets"
         ]
     );
+    // Secrets: plain, reveal, reveal, plain, then redacted, each measured.
+    let sec = workloads.iter().find(|w| w["name"] == "secrets").unwrap();
+    let modes: Vec<&str> = sec["raw"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["Plain", "Reveal", "Reveal", "Plain", "Redacted"]);
+    for r in sec["raw"].as_array().unwrap() {
+        assert!(r["reads_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
     // Auth: four runs measured (off, on, on, off), reads and puts, with the
     // token's role in force.
     let auth = workloads.iter().find(|w| w["name"] == "auth").unwrap();

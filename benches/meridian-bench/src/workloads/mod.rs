@@ -15,6 +15,7 @@ pub mod config_write;
 pub mod cross_region;
 pub mod failover;
 pub mod read;
+pub mod secrets;
 pub mod watch;
 pub mod write;
 

@@ -22,7 +22,7 @@ mod validate;
 mod watch;
 mod writes;
 
-pub use secrets::SecretsCensus;
+pub use secrets::{SecretInfo, SecretsCensus};
 pub use watch::WatchEvent;
 
 use crate::auth::{Access, Action};

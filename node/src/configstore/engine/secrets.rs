@@ -396,6 +396,81 @@ impl ConfigStore {
     }
 }
 
+/// One secret of an environment as `list_secrets` shows it: its current
+/// version's lifecycle, never its value.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub key: String,
+    pub version: u64,
+    pub revision: u64,
+    /// When the current version was written (ms since the epoch).
+    pub time_ms: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub author: String,
+    /// 0: never.
+    pub expires_at_ms: u64,
+    /// 0: no rotation policy.
+    pub rotate_every_ms: u64,
+    /// Older than its rotation period.
+    pub due: bool,
+    /// Past its expiry: reveals fail with SECRET_EXPIRED.
+    pub expired: bool,
+    /// Deleted (its history is kept; it stays a secret if written again).
+    pub deleted: bool,
+}
+
+impl ConfigStore {
+    /// The secrets of `ns` the caller may read (their lifecycle, not their
+    /// values), in key order; with `due_only`, those due for rotation or
+    /// expired.
+    pub async fn list_secrets(
+        &self,
+        access: &Access,
+        ns: &str,
+        due_only: bool,
+    ) -> Result<Vec<SecretInfo>, CfgError> {
+        access.check_namespace_read(ns)?;
+        let layer = self
+            .load_layer(ns, "$", AsOf::Latest, ReadConsistency::Linearizable)
+            .await?;
+        let now = now_ms();
+        let mut out = Vec::new();
+        for key in registry(&layer) {
+            if !access.may_read(ns, &key) {
+                continue;
+            }
+            let q = ReadQuery::Get { key: key.clone() };
+            let kv = match self.read(ns, q, Consistency::Stale, layer.token).await? {
+                ClientResponse::Value { kv, .. } => kv,
+                other => return Err(unexpected(&other)),
+            };
+            let attrs = kv
+                .value
+                .as_deref()
+                .and_then(stored_attrs)
+                .unwrap_or_default();
+            let info = SecretInfo {
+                key,
+                version: kv.version,
+                revision: kv.mod_revision,
+                time_ms: kv.meta.time_ms,
+                author: kv.meta.author.clone(),
+                expires_at_ms: attrs.expires_ms,
+                rotate_every_ms: attrs.rotate_ms,
+                due: kv.value.is_some()
+                    && attrs.rotate_ms != 0
+                    && now > kv.meta.time_ms.saturating_add(attrs.rotate_ms),
+                expired: kv.value.is_some() && attrs.expires_ms != 0 && now > attrs.expires_ms,
+                deleted: kv.value.is_none(),
+            };
+            if !due_only || info.due || info.expired {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// The keys a namespace's `$secrets` registry names.
 pub(super) fn registry(layer: &Layer) -> BTreeSet<String> {
     layer

@@ -102,6 +102,7 @@ pub fn router(store: ConfigStore, auth: Authority) -> Router {
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/secrets/status", get(secrets_status))
         .route("/v1/secrets/rewrap", post(secrets_rewrap))
+        .route("/v1/secrets/list/{project}/{env}", get(secrets_list))
         .route(
             "/v1/config/{project}/{env}",
             get(get_root).patch(patch_root),
@@ -281,6 +282,19 @@ async fn audit_verify(Caller(access): Caller, State(st): State<ConfigStore>) -> 
 async fn secrets_status(Caller(access): Caller, State(st): State<ConfigStore>, Query(q): Q) -> Res {
     let (keyring, census) = st.secrets_census(&access, q_bool(&q, "reload")?).await?;
     ok(secrets_json(keyring, census))
+}
+
+/// An environment's secrets: lifecycle, never values.
+async fn secrets_list(
+    Caller(access): Caller,
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+) -> Res {
+    let list = st
+        .list_secrets(&access, &ns_name(&project, &env), q_bool(&q, "due")?)
+        .await?;
+    ok(json!({ "secrets": list }))
 }
 
 /// Re-wrap every stored secret version under the active KEK.
