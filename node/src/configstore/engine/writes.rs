@@ -6,13 +6,13 @@ use super::*;
 use crate::reason::Reason;
 
 /// A write planned from what it read: the core's operations, what they
-/// change, the compares sealed secrets need, the result as a diff may show
-/// it (secrets as the redaction of their new version), and how many secret
-/// values it seals.
+/// change, the version each sealed secret was sealed for, the result as a
+/// diff may show it (secrets as the redaction of their new version), and
+/// how many secret values it seals.
 pub(super) struct Planned {
     pub ops: Vec<WriteOp>,
     pub changes: Vec<KeyChange>,
-    pub compares: Vec<Compare>,
+    pub sealed_for: BTreeMap<String, u64>,
     pub shown: Layer,
     pub sealed: usize,
 }
@@ -114,7 +114,7 @@ impl ConfigStore {
             let Planned {
                 ops: core_ops,
                 changes,
-                compares,
+                sealed_for,
                 shown,
                 sealed,
             } = planned;
@@ -171,7 +171,7 @@ impl ConfigStore {
                     ns: ns.to_string(),
                     request_id,
                     fingerprint,
-                    compares,
+                    compares: Vec::new(),
                     ns_revision: Some(layer.ns_revision),
                     ops: core_ops,
                     meta: ChangeMeta {
@@ -195,12 +195,32 @@ impl ConfigStore {
                     versions, token, ..
                 } => {
                     self.wait_applied(ns, token).await?;
-                    let changes = changes
+                    let changes: Vec<KeyChange> = changes
                         .into_iter()
                         .zip(versions)
                         .map(|(c, v)| KeyChange { version: v, ..c })
                         .filter(|c| c.key != SECRETS_KEY)
                         .collect();
+                    // The commit's compare on the namespace revision makes
+                    // every version the one the read predicted; a secret
+                    // sealed for another would never open. Say so loudly.
+                    for c in &changes {
+                        if let Some(want) = sealed_for.get(&c.key) {
+                            if *want != c.version {
+                                tracing::error!(
+                                    ns, key = %c.key, sealed_for = want, version = c.version,
+                                    "a secret was sealed for another version than it got"
+                                );
+                                return Err(CfgError::new(
+                                    Reason::Internal,
+                                    format!(
+                                        "{}: sealed for version {want}, stored as {}",
+                                        c.key, c.version
+                                    ),
+                                ));
+                            }
+                        }
+                    }
                     return Ok(WriteResult {
                         revision: token.revision,
                         token: token.to_string(),
@@ -555,8 +575,9 @@ impl ConfigStore {
     }
 
     /// The core operations turning `before` into `after`: secrets sealed
-    /// for the version they will be (each with a compare on the key's
-    /// version, so a version other than the one sealed for cannot apply).
+    /// for the version they will be (the write commits only if nothing in
+    /// the namespace changed since `before` was read, so that version is
+    /// the one the key gets).
     pub(super) fn core_ops(
         &self,
         before: &Layer,
@@ -582,7 +603,7 @@ impl ConfigStore {
         let mut planned = Planned {
             ops: Vec::with_capacity(changes.len()),
             changes: Vec::new(),
-            compares: Vec::new(),
+            sealed_for: BTreeMap::new(),
             shown: after.clone(),
             sealed: 0,
         };
@@ -614,10 +635,7 @@ impl ConfigStore {
                         .or_else(|| tombstones.get(k).copied())
                         .unwrap_or(0);
                     let version = prior + 1;
-                    planned.compares.push(Compare {
-                        key: k.clone(),
-                        version: prior,
-                    });
+                    planned.sealed_for.insert(k.clone(), version);
                     planned
                         .shown
                         .leaves
