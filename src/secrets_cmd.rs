@@ -223,6 +223,17 @@ async fn rotate_kek(target: &Target, wait_s: u64, out: Output) -> Result<()> {
     Ok(())
 }
 
+/// A rotation period as it was likely given: whole days as `90d`, else
+/// humantime's form.
+fn period(ms: u64) -> String {
+    const DAY_MS: u64 = 86_400_000;
+    if ms % DAY_MS == 0 {
+        format!("{}d", ms / DAY_MS)
+    } else {
+        humantime::format_duration(Duration::from_millis(ms)).to_string()
+    }
+}
+
 async fn list(target: &Target, ns: &str, due_only: bool, out: Output) -> Result<()> {
     let (project, environment) = ns
         .split_once('/')
@@ -252,8 +263,7 @@ async fn list(target: &Target, ns: &str, due_only: bool, out: Output) -> Result<
                 "written": ms(s.time_ms),
                 "author": s.author,
                 "expires_at": (s.expires_at_ms != 0).then(|| ms(s.expires_at_ms)),
-                "rotate_every": (s.rotate_every_ms != 0)
-                    .then(|| humantime::format_duration(Duration::from_millis(s.rotate_every_ms)).to_string()),
+                "rotate_every": (s.rotate_every_ms != 0).then(|| period(s.rotate_every_ms)),
                 "due": s.due,
                 "expired": s.expired,
                 "deleted": s.deleted,
