@@ -10,7 +10,7 @@ use meridian_proto::v1::audit_client::AuditClient;
 use meridian_proto::v1::*;
 use serde_json::{json, Value};
 
-use crate::auth_cmd::{channel, Target};
+use crate::auth_cmd::Target;
 use crate::output::{emit, status_err, Failure, Output};
 
 #[derive(Subcommand)]
@@ -263,12 +263,7 @@ async fn verify(target: &Target, out: Output) -> Result<()> {
     // Each region's own verdict.
     let mut regions = Vec::new();
     for e in &target.endpoints {
-        let ch = channel(
-            std::slice::from_ref(e),
-            target.token.as_deref(),
-            target.tls.as_ref(),
-        )
-        .await?;
+        let ch = target.channel_to(e).await?;
         let mut client = AuditClient::new(ch);
         let v = client
             .verify(AuditVerifyRequest {})

@@ -158,6 +158,17 @@ impl Target {
     pub async fn channel(&self) -> Result<AuthChannel> {
         channel(&self.endpoints, self.token.as_deref(), self.tls.as_ref()).await
     }
+
+    /// A channel to the region at `endpoint`, carrying the token (commands
+    /// that ask every region in turn).
+    pub async fn channel_to(&self, endpoint: &str) -> Result<AuthChannel> {
+        channel(
+            &[endpoint.to_string()],
+            self.token.as_deref(),
+            self.tls.as_ref(),
+        )
+        .await
+    }
 }
 
 /// A channel to the first reachable region, carrying `token`, over TLS

@@ -3,7 +3,7 @@
 //! never crosses the network, so a new KEK version is added to one file
 //! and that file copied to every region.
 
-use crate::auth_cmd::{channel, Target};
+use crate::auth_cmd::Target;
 use crate::output::{emit, status_err, Output};
 use anyhow::{bail, Result};
 use clap::Subcommand;
@@ -82,12 +82,7 @@ fn hex(b: &[u8]) -> String {
 async fn statuses(target: &Target, reload: bool) -> Result<Vec<(String, SecretsStatusResponse)>> {
     let mut out = Vec::new();
     for e in &target.endpoints {
-        let ch = channel(
-            std::slice::from_ref(e),
-            target.token.as_deref(),
-            target.tls.as_ref(),
-        )
-        .await?;
+        let ch = target.channel_to(e).await?;
         let s = ConfigClient::new(ch)
             .secrets_status(SecretsStatusRequest { reload })
             .await
@@ -227,7 +222,7 @@ async fn rotate_kek(target: &Target, wait_s: u64, out: Output) -> Result<()> {
 /// humantime's form.
 fn period(ms: u64) -> String {
     const DAY_MS: u64 = 86_400_000;
-    if ms % DAY_MS == 0 {
+    if ms.is_multiple_of(DAY_MS) {
         format!("{}d", ms / DAY_MS)
     } else {
         humantime::format_duration(Duration::from_millis(ms)).to_string()

@@ -188,11 +188,7 @@ impl FileKeyring {
     pub fn add_version(path: &Path) -> Result<u32, SecretError> {
         let ring = FileKeyring::load(path)?;
         let next = ring.keys.keys().max().copied().unwrap_or(0) + 1;
-        let mut keys: BTreeMap<String, String> = ring
-            .keys
-            .iter()
-            .map(|(v, k)| (v.to_string(), b64(k)))
-            .collect();
+        let mut keys = ring.encoded(|_| true);
         keys.insert(next.to_string(), b64(&random::<32>()?));
         write_new(
             path,
@@ -215,11 +211,7 @@ impl FileKeyring {
                 ring.versions()
             )));
         }
-        let keys = ring
-            .keys
-            .iter()
-            .map(|(v, k)| (v.to_string(), b64(k)))
-            .collect();
+        let keys = ring.encoded(|_| true);
         write_new(
             path,
             &KeyringFile {
@@ -240,12 +232,7 @@ impl FileKeyring {
                 ring.active
             )));
         }
-        let keys: BTreeMap<String, String> = ring
-            .keys
-            .iter()
-            .filter(|(v, _)| **v >= min_version)
-            .map(|(v, k)| (v.to_string(), b64(k)))
-            .collect();
+        let keys = ring.encoded(|v| v >= min_version);
         let removed = ring.keys.len() - keys.len();
         write_new(
             path,
@@ -256,6 +243,17 @@ impl FileKeyring {
             true,
         )?;
         Ok(removed)
+    }
+}
+
+impl FileKeyring {
+    /// The versions `keep` keeps, as the file writes them.
+    fn encoded(&self, keep: impl Fn(u32) -> bool) -> BTreeMap<String, String> {
+        self.keys
+            .iter()
+            .filter(|(v, _)| keep(**v))
+            .map(|(v, k)| (v.to_string(), b64(k)))
+            .collect()
     }
 }
 

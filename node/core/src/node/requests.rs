@@ -674,36 +674,11 @@ impl Node {
         ns: String,
         items: Vec<crate::types::ValuePatch>,
     ) {
-        let gr = &self.groups[g];
-        let Some(ls) = gr.role.leading() else {
-            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
-            return;
-        };
-        if ls.transfer.is_some() {
-            self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
-            return;
-        }
         if self.sms[g].frozen(&ns).is_some() {
             self.respond(origin, ClientResponse::Error(ErrorCode::NamespaceMoving));
             return;
         }
-        if gr.log.last_index().saturating_sub(gr.commit) >= self.cfg.uncommitted_entries_max {
-            self.respond(origin, ClientResponse::Error(ErrorCode::Overloaded));
-            return;
-        }
-        let index = self.append_local(g, EntryData::ReplaceValues { ns, items });
-        self.await_entry(
-            g,
-            index,
-            PendingWrite {
-                origins: vec![origin],
-                request_id: 0,
-                fingerprint: 0,
-                resp: ClientResponse::Done,
-                ack_on_durable: false,
-                acked: false,
-            },
-        );
+        self.leader_append_done(g, origin, EntryData::ReplaceValues { ns, items });
     }
 
     /// Leader: append a batch of audit records; answered `Done` once it
@@ -711,6 +686,13 @@ impl Node {
     /// `Indeterminate`: the shell resends it, so records of events other
     /// than writes are kept at least once.)
     fn leader_audit(&mut self, g: usize, origin: Origin, events: Vec<AuditEvent>) {
+        self.leader_append_done(g, origin, EntryData::Audit(events));
+    }
+
+    /// Leader: append `data` (no revision, no idempotency id) and answer
+    /// `Done` once it commits; refused while no longer leading, handing
+    /// over, or with too much uncommitted.
+    fn leader_append_done(&mut self, g: usize, origin: Origin, data: EntryData) {
         let gr = &self.groups[g];
         let Some(ls) = gr.role.leading() else {
             self.respond(origin, ClientResponse::Error(ErrorCode::Unavailable));
@@ -724,7 +706,7 @@ impl Node {
             self.respond(origin, ClientResponse::Error(ErrorCode::Overloaded));
             return;
         }
-        let index = self.append_local(g, EntryData::Audit(events));
+        let index = self.append_local(g, data);
         self.await_entry(
             g,
             index,
