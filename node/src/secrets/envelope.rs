@@ -78,6 +78,21 @@ impl Envelope {
     /// Parse stored bytes; anything that is not a whole format-1 envelope
     /// is SECRET_CORRUPT (never a guess).
     pub fn decode(bytes: &[u8]) -> Result<Envelope, SecretError> {
+        let mut env = Envelope::decode_header(bytes)?;
+        env.sealed = bytes[HEADER_BYTES..].to_vec();
+        Ok(env)
+    }
+
+    /// The KEK version and attributes of stored bytes, checked as `decode`
+    /// checks them but without copying the sealed data (listings and every
+    /// load of a layer look at these).
+    pub fn peek(bytes: &[u8]) -> Result<(u32, Attrs), SecretError> {
+        let env = Envelope::decode_header(bytes)?;
+        Ok((env.kek_version, env.attrs))
+    }
+
+    /// Everything but the sealed data (left empty).
+    fn decode_header(bytes: &[u8]) -> Result<Envelope, SecretError> {
         let corrupt = |what: &str| SecretError::Corrupt(format!("envelope: {what}"));
         if !is_envelope(bytes) {
             return Err(corrupt("no envelope magic"));
@@ -122,7 +137,7 @@ impl Envelope {
                 expires_ms,
                 rotate_ms,
             },
-            sealed: bytes[HEADER_BYTES..].to_vec(),
+            sealed: Vec::new(),
         })
     }
 }

@@ -235,12 +235,7 @@ impl Secrets {
         if env.kek_version == active {
             return Ok(None);
         }
-        Self::check_kek(ring.as_ref(), &env)?;
-        let dek = ring.unwrap(
-            env.kek_version,
-            &env.wrapped,
-            &envelope::wrap_aad(env.kek_version, ns, key, version),
-        )?;
+        let dek = Self::unwrap_dek(ring.as_ref(), &env, ns, key, version)?;
         env.kek_check = ring.check(active).ok_or_else(|| {
             SecretError::Keyring(format!("the active KEK version {active} is missing"))
         })?;
@@ -251,12 +246,29 @@ impl Secrets {
 
     /// The KEK version an envelope is under, if it is one.
     pub fn kek_version_of(stored: &[u8]) -> Option<u32> {
-        Envelope::decode(stored).ok().map(|e| e.kek_version)
+        Envelope::peek(stored).ok().map(|(v, _)| v)
     }
 
     /// The active KEK version, if a keyring is loaded.
     pub fn active_kek(&self) -> Option<u32> {
         self.current().ok().map(|k| k.active())
+    }
+
+    /// The data key of `env` (version `version` of `key` in `ns`), after
+    /// checking that this keyring's KEK is the one that wrapped it.
+    fn unwrap_dek(
+        ring: &dyn KeyWrapper,
+        env: &Envelope,
+        ns: &str,
+        key: &str,
+        version: u64,
+    ) -> Result<Zeroizing<[u8; DEK_BYTES]>, SecretError> {
+        Self::check_kek(ring, env)?;
+        ring.unwrap(
+            env.kek_version,
+            &env.wrapped,
+            &envelope::wrap_aad(env.kek_version, ns, key, version),
+        )
     }
 
     fn check_kek(ring: &dyn KeyWrapper, env: &Envelope) -> Result<(), SecretError> {
@@ -326,17 +338,13 @@ impl Secrets {
     ) -> Result<Opened, SecretError> {
         let env = Envelope::decode(stored)?;
         let ring = self.keyring()?;
-        Self::check_kek(ring.as_ref(), &env)?;
-        let dek = ring.unwrap(
-            env.kek_version,
-            &env.wrapped,
-            &envelope::wrap_aad(env.kek_version, ns, key, version),
-        )?;
-        let mut buf = Zeroizing::new(env.sealed.clone());
+        let dek = Self::unwrap_dek(ring.as_ref(), &env, ns, key, version)?;
+        let (nonce, attrs, kek_version) = (env.nonce, env.attrs, env.kek_version);
+        let mut buf = Zeroizing::new(env.sealed);
         let plain = aead_key(&dek)
             .open_in_place(
-                Nonce::assume_unique_for_key(env.nonce),
-                Aad::from(envelope::data_aad(ns, key, version, &env.attrs)),
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(envelope::data_aad(ns, key, version, &attrs)),
                 &mut buf,
             )
             .map_err(|_| {
@@ -346,8 +354,8 @@ impl Secrets {
             })?;
         Ok(Opened {
             plaintext: Plaintext::new(plain.to_vec()),
-            attrs: env.attrs,
-            kek_version: env.kek_version,
+            attrs,
+            kek_version,
         })
     }
 }

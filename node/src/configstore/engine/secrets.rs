@@ -509,7 +509,7 @@ pub(super) fn keep_registry(work: &mut Layer) {
 /// The lifecycle attributes of a stored secret (in the clear in its
 /// envelope), for listings; None if the bytes are not an envelope.
 pub fn stored_attrs(bytes: &[u8]) -> Option<Attrs> {
-    Envelope::decode(bytes).ok().map(|e| e.attrs)
+    Envelope::peek(bytes).ok().map(|(_, a)| a)
 }
 
 #[cfg(test)]
