@@ -138,6 +138,12 @@ pub struct Config {
     /// p99 waiting behind 8 MB snapshots every 1000 entries). Tying it to the
     /// log's size amortises it to O(1) per byte written. 0: entries only.
     pub compact_log_pct_of_snapshot_min: u64,
+    /// A leader holds compaction back while a live follower is behind its
+    /// applied index (so it catches up from the log, not from yet another
+    /// whole snapshot), until the log holds this many entries...
+    pub compact_hold_entries_max: u64,
+    /// ...or this many bytes. 0: never hold.
+    pub compact_hold_bytes_max: u64,
     pub snapshot_chunk_bytes: usize,
     pub append_entries_max: usize,
     pub append_bytes_max: usize,
@@ -199,6 +205,8 @@ impl Config {
             forward_probe_after_us: 1_000_000,
             compact_after_entries: 1_000,
             compact_log_pct_of_snapshot_min: 100,
+            compact_hold_entries_max: 200_000,
+            compact_hold_bytes_max: 64 << 20,
             snapshot_chunk_bytes: 64 * 1024,
             append_entries_max: 256,
             append_bytes_max: 1 << 20,

@@ -134,6 +134,14 @@ impl Options {
         // Entries only: the simulated state is small, and the size rule would
         // make compaction (and so snapshot installs) rarer than the checkers need.
         cfg.compact_log_pct_of_snapshot_min = 0;
+        // Holding compaction for live followers behind the leader: off (every
+        // compaction cuts them off, the most snapshot installs), or up to a
+        // log of a few compaction periods.
+        cfg.compact_hold_entries_max = if self.swarm {
+            *knobs.pick(&[0, 0, 300, 2_000])
+        } else {
+            0
+        };
         cfg.watch_history_max = 64;
         cfg.snapshot_chunk_bytes = 4 * 1024;
         // A wide drift bound (clocks drift across all of it): leases that ignore

@@ -337,10 +337,20 @@ impl Node {
                     let next = peer.next_index;
                     self.send_append(g, from, next);
                     self.maybe_commit(g);
-                } else if let Some((i, _)) = peer.snap_progress {
-                    if i == index {
-                        peer.snap_progress = Some((i, received));
-                        self.send_append(g, from, index);
+                } else if let Some(mut s) = peer.snap_progress.filter(|s| s.index == index) {
+                    // Answers on a stream come in order and a follower's
+                    // buffer only grows, so less than acknowledged means it
+                    // lost the buffer (it restarted): start again from what
+                    // it holds. Equal moves nothing and sends nothing.
+                    if received != s.acked {
+                        if received < s.acked {
+                            s.sent = received;
+                        }
+                        s.acked = received;
+                        s.sent = s.sent.max(received);
+                        s.progress_us = self.now;
+                        peer.snap_progress = Some(s);
+                        self.send_snapshot_chunks(g, from);
                     }
                 }
                 self.update_lease(g);

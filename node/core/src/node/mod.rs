@@ -142,8 +142,12 @@ pub struct Stats {
     pub requests_rerouted: u64,
     /// Log compactions put off while a snapshot was on its way to a follower.
     pub compactions_deferred: u64,
+    /// Compactions held back for a live follower behind the applied index.
+    pub compactions_held: u64,
     /// Snapshots received from a leader and installed.
     pub snapshots_installed: u64,
+    /// Snapshot chunks a leader sent (resends included).
+    pub snapshot_chunks_sent: u64,
     /// Appends that carried part of what the follower lacks (the limits on
     /// entries or bytes per message cut them short).
     pub partial_appends: u64,
@@ -226,8 +230,23 @@ struct Peer {
     acked_round: u64,
     last_heard_us: u64,
     last_echo_us: u64,
-    /// Snapshot being sent: (snapshot index, bytes acknowledged).
-    snap_progress: Option<(u64, u64)>,
+    /// Snapshot being sent, if any.
+    snap_progress: Option<SnapSend>,
+}
+
+/// A snapshot on its way to one follower: a window of chunks in flight,
+/// like appends, so a transfer does not pay a round trip per chunk.
+#[derive(Clone, Copy, Debug)]
+struct SnapSend {
+    /// The snapshot's index (a newer snapshot restarts the transfer).
+    index: u64,
+    /// Bytes the follower has said it holds.
+    acked: u64,
+    /// Bytes sent (`acked..sent` in flight).
+    sent: u64,
+    /// When `acked` last moved (or the transfer started or restarted from
+    /// `acked`): chunks unanswered for a heartbeat interval are resent.
+    progress_us: u64,
 }
 
 #[derive(Clone, Debug)]

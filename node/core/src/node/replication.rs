@@ -10,6 +10,10 @@ use super::*;
 /// flood to refuse.
 const APPENDS_IN_FLIGHT_MAX: usize = 4;
 
+/// Snapshot chunks in flight to one follower at most (each of
+/// `snapshot_chunk_bytes`).
+const SNAPSHOT_CHUNKS_IN_FLIGHT_MAX: usize = 4;
+
 impl Node {
     /// Leader: append to the local log, persist, and count it once durable.
     pub(super) fn append_local(&mut self, g: usize, data: EntryData) -> u64 {
@@ -116,6 +120,70 @@ impl Node {
         self.serve_reads(g);
     }
 
+    /// Leader: fill the window of snapshot chunks in flight to follower
+    /// `p`, first resending from what it acknowledged when nothing moved
+    /// for a heartbeat interval (chunks or answers lost). Only an answer
+    /// that moves the acknowledged offset opens the window again, so
+    /// duplicate answers and the rounds of a busy leader (a heartbeat per
+    /// forwarded write) send nothing more: each used to resend a chunk, and
+    /// each resend's answer sent another, a storm that made a 5 MB
+    /// transfer take 13 s under load.
+    pub(super) fn send_snapshot_chunks(&mut self, g: usize, p: NodeId) {
+        let now = self.now;
+        let chunk_bytes = self.cfg.snapshot_chunk_bytes as u64;
+        let window_bytes = SNAPSHOT_CHUNKS_IN_FLIGHT_MAX as u64 * chunk_bytes;
+        let resend_after_us = self.cfg.heartbeat_interval_us;
+        let gr = &mut self.groups[g];
+        let term = gr.term;
+        let round = gr.round;
+        let Role::Leader(ls) = &mut gr.role else {
+            return;
+        };
+        let Some(snap) = &gr.snapshot else { return };
+        let total = snap.data.len() as u64;
+        debug_assert!(total > 0, "a snapshot is never empty");
+        let peer = &mut ls.peers[p as usize];
+        let s = match peer.snap_progress {
+            Some(s) if s.index == snap.index => s,
+            _ => SnapSend {
+                index: snap.index,
+                acked: 0,
+                sent: 0,
+                progress_us: now,
+            },
+        };
+        let mut s = s;
+        if s.sent > s.acked && now.saturating_sub(s.progress_us) >= resend_after_us {
+            s.sent = s.acked;
+            s.progress_us = now;
+        }
+        let mut msgs = Vec::new();
+        while s.sent < total && s.sent - s.acked < window_bytes {
+            let end = (s.sent + chunk_bytes).min(total);
+            msgs.push(RaftMsg::Snapshot {
+                index: snap.index,
+                term: snap.term,
+                offset: s.sent,
+                total,
+                data: snap.data[s.sent as usize..end as usize].to_vec(),
+                round,
+            });
+            s.sent = end;
+        }
+        peer.snap_progress = Some(s);
+        for body in msgs {
+            self.stats.snapshot_chunks_sent += 1;
+            self.send(
+                p,
+                Msg::Raft {
+                    group: g as GroupId,
+                    term,
+                    body,
+                },
+            );
+        }
+    }
+
     pub(super) fn send_append(&mut self, g: usize, p: NodeId, from: u64) {
         let lease_ok = self.lease_valid(&self.groups[g]) && self.noop_committed(&self.groups[g]);
         let gr = &mut self.groups[g];
@@ -126,30 +194,7 @@ impl Node {
         };
         let transferring_to = ls.transfer.as_ref().map(|t| t.to);
         if from <= gr.log.snap_index {
-            let Some(snap) = &gr.snapshot else { return };
-            let peer = &mut ls.peers[p as usize];
-            let offset = match peer.snap_progress {
-                Some((i, off)) if i == snap.index => off,
-                _ => 0,
-            };
-            peer.snap_progress = Some((snap.index, offset));
-            let end = (offset as usize + self.cfg.snapshot_chunk_bytes).min(snap.data.len());
-            let msg = RaftMsg::Snapshot {
-                index: snap.index,
-                term: snap.term,
-                offset,
-                total: snap.data.len() as u64,
-                data: snap.data[offset as usize..end].to_vec(),
-                round,
-            };
-            self.send(
-                p,
-                Msg::Raft {
-                    group: g as GroupId,
-                    term,
-                    body: msg,
-                },
-            );
+            self.send_snapshot_chunks(g, p);
             return;
         }
         let entries = gr
@@ -430,7 +475,15 @@ impl Node {
                 buf.extend_from_slice(&data);
                 buf
             }
-            other if offset == 0 => {
+            // A first chunk starts the transfer afresh, unless it is a
+            // resent copy of the one under way (in flight when the leader
+            // resent from what was acknowledged): that one keeps what came.
+            other
+                if offset == 0
+                    && other
+                        .as_ref()
+                        .is_none_or(|(i, t, tot, _)| (*i, *t, *tot) != (index, sterm, total)) =>
+            {
                 drop(other);
                 data
             }
@@ -529,6 +582,28 @@ impl Node {
         }
         let snap_bytes = gr.snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
         let log_bytes = gr.log.bytes() as u64;
+        // A live follower still behind the applied index would be cut off
+        // from the log by this compaction and need a whole snapshot. Under
+        // load a snapshot's transfer takes longer than the entries it stands
+        // for, so a follower that had just installed one was sent another at
+        // once, and another: a region restarted under writes never caught up
+        // (kill -9 test, 30 s). Wait for it, within the hold limits, which
+        // bound the log's memory when a follower cannot keep up at all.
+        let me = self.id as usize;
+        let applied = gr.applied;
+        let behind = gr.role.leading().is_some_and(|ls| {
+            ls.peers.iter().enumerate().any(|(p, peer)| {
+                p != me && peer.match_index < applied && now.saturating_sub(peer.last_heard_us) < et
+            })
+        });
+        let log_entries = gr.log.last_index() - gr.log.snap_index;
+        if behind
+            && log_entries < self.cfg.compact_hold_entries_max
+            && log_bytes < self.cfg.compact_hold_bytes_max
+        {
+            self.stats.compactions_held += 1;
+            return;
+        }
         if log_bytes.saturating_mul(100)
             < snap_bytes.saturating_mul(self.cfg.compact_log_pct_of_snapshot_min)
         {
