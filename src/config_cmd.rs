@@ -300,16 +300,16 @@ impl SecretArgs {
 pub struct Who {
     /// Who makes the change (default: the OS user running the command).
     #[arg(long, default_value = "")]
-    author: String,
+    pub(crate) author: String,
     #[arg(long, short = 'm', default_value = "")]
-    message: String,
+    pub(crate) message: String,
     #[arg(long, default_value = "")]
     idempotency_key: String,
 }
 
 /// `--author`, or until authentication exists the OS user running the CLI:
 /// `$USER`, `$LOGNAME`, else the name /etc/passwd gives this process's uid.
-fn author_or_os_user(given: &str) -> String {
+pub(crate) fn author_or_os_user(given: &str) -> String {
     if !given.is_empty() {
         return given.to_string();
     }
@@ -339,7 +339,7 @@ fn author_or_os_user(given: &str) -> String {
     name.unwrap_or_else(|| format!("uid {uid}"))
 }
 
-fn ns_ref(s: &str) -> Result<NamespaceRef> {
+pub(crate) fn ns_ref(s: &str) -> Result<NamespaceRef> {
     let (p, e) = s
         .split_once('/')
         .with_context(|| format!("{s:?}: name an environment as project/environment"))?;
@@ -400,7 +400,7 @@ fn entry_json(e: &ConfigEntry) -> Value {
     })
 }
 
-fn write_json(w: &ConfigWriteResponse) -> Value {
+pub(crate) fn write_json(w: &ConfigWriteResponse) -> Value {
     json!({
         "revision": w.revision, "token": w.token, "replayed": w.replayed, "dry_run": w.dry_run,
         "changes": w.changes.iter().map(|c| json!({"key": c.key, "op": c.op, "version": c.version})).collect::<Vec<_>>(),
@@ -442,7 +442,7 @@ fn diff_text(changes: &[Value]) -> String {
     diff::to_text(&changes)
 }
 
-fn written(v: &Value) -> String {
+pub(crate) fn written(v: &Value) -> String {
     let mut s = format!("revision {}", v["revision"]);
     if v["replayed"] == json!(true) {
         s.push_str(" (replayed: an earlier write with this idempotency key)");

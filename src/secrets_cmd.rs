@@ -42,6 +42,27 @@ pub enum SecretsCmd {
     /// give them all) holds it, re-wraps every secret version, and waits
     /// until every region holds them all under it. Older versions can then
     /// be pruned from the keyring.
+    /// Destroy versions of a secret for good (Vault KV v2's destroy): their
+    /// ciphertext is replaced in every region; reads show them destroyed,
+    /// reveals fail with SECRET_DESTROYED, and snapshots taken from then on
+    /// hold no trace of them. `config history KEY` lists the versions.
+    Destroy {
+        ns: String,
+        key: String,
+        /// Versions to destroy, e.g. 1,2,5.
+        #[arg(long, value_delimiter = ',', required = true)]
+        versions: Vec<u64>,
+    },
+    /// Undelete a deleted secret: a version (default: the last before the
+    /// deletion) becomes its value again, as a new version.
+    Undelete {
+        ns: String,
+        key: String,
+        #[arg(long)]
+        version: Option<u64>,
+        #[command(flatten)]
+        who: crate::config_cmd::Who,
+    },
     RotateKek {
         /// How long to wait for every region to apply the re-wrap.
         #[arg(long, default_value_t = 60)]
@@ -262,6 +283,7 @@ async fn list(target: &Target, ns: &str, due_only: bool, out: Output) -> Result<
                 "due": s.due,
                 "expired": s.expired,
                 "deleted": s.deleted,
+                "destroyed": s.destroyed,
             })
         })
         .collect();
@@ -270,7 +292,7 @@ async fn list(target: &Target, ns: &str, due_only: bool, out: Output) -> Result<
         let mut s = String::new();
         for r in v["secrets"].as_array().into_iter().flatten() {
             let mut flags = Vec::new();
-            for f in ["due", "expired", "deleted"] {
+            for f in ["due", "expired", "deleted", "destroyed"] {
                 if r[f] == json!(true) {
                     flags.push(f.to_uppercase());
                 }
@@ -317,6 +339,53 @@ pub async fn run(cmd: SecretsCmd, target: &Target, out: Output) -> Result<()> {
         }
         SecretsCmd::RotateKek { wait_s } => return rotate_kek(target, wait_s, out).await,
         SecretsCmd::List { ns, due } => return list(target, &ns, due, out).await,
+        SecretsCmd::Destroy { ns, key, versions } => {
+            let r = ConfigClient::new(target.channel().await?)
+                .destroy_secret_versions(meridian_proto::v1::DestroySecretVersionsRequest {
+                    ns: Some(crate::config_cmd::ns_ref(&ns)?),
+                    key,
+                    versions,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let v = json!({
+                "key": r.key,
+                "destroyed": r.destroyed,
+                "already_destroyed": r.already_destroyed,
+            });
+            return emit(out, &v, |v| {
+                format!(
+                    "{}: destroyed versions {}; destroyed before: {}\n",
+                    v["key"].as_str().unwrap_or(""),
+                    v["destroyed"],
+                    v["already_destroyed"]
+                )
+            });
+        }
+        SecretsCmd::Undelete {
+            ns,
+            key,
+            version,
+            who,
+        } => {
+            let r = ConfigClient::new(target.channel().await?)
+                .undelete_secret(meridian_proto::v1::UndeleteSecretRequest {
+                    ns: Some(crate::config_cmd::ns_ref(&ns)?),
+                    key,
+                    version: version.unwrap_or(0),
+                    author: crate::config_cmd::author_or_os_user(&who.author),
+                    message: who.message,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            return emit(
+                out,
+                &crate::config_cmd::write_json(&r),
+                crate::config_cmd::written,
+            );
+        }
     };
     match cmd {
         KeyringCmd::Create { file } => {

@@ -1579,6 +1579,82 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
         )
         .await;
     assert_eq!((s, v["secrets"].as_array().unwrap().len()), (200, 0), "{v}");
+    // Vault KV v2's lifecycle: delete, undelete (a new version), destroy.
+    let (s, v) = api
+        .call(
+            "delete",
+            us,
+            CFG,
+            "/v1/config/shop/prod/vault.pw",
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let ud = "/v1/secrets/undelete/{project}/{env}/{key}";
+    let undelete = "/v1/secrets/undelete/shop/prod/vault.pw";
+    let (s, v) = api
+        .call("post", us, ud, undelete, &[], Body::Json(json!({})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["changes"][0]["version"], json!(3), "{v}");
+    let (s, v) = api
+        .call(
+            "post",
+            us,
+            ud,
+            undelete,
+            &[],
+            Body::Json(json!({"version": 1})),
+        )
+        .await;
+    assert_eq!(
+        (s, reason(&v)),
+        (400, "INVALID_REQUEST"),
+        "not deleted: {v}"
+    );
+    let ds = "/v1/secrets/destroy/{project}/{env}/{key}";
+    let destroy = "/v1/secrets/destroy/shop/prod/vault.pw";
+    let (s, v) = api
+        .call(
+            "post",
+            us,
+            ds,
+            destroy,
+            &[],
+            Body::Json(json!({"versions": [1]})),
+        )
+        .await;
+    assert_eq!((s, &v["destroyed"]), (200, &json!([1])), "{v}");
+    let (s, v) = api
+        .call(
+            "post",
+            us,
+            ds,
+            destroy,
+            &[],
+            Body::Json(json!({"versions": "1"})),
+        )
+        .await;
+    assert_eq!((s, reason(&v)), (400, "INVALID_REQUEST"), "{v}");
+    let url = "/v1/history/shop/prod/vault.pw?reveal=true";
+    let (s, v) = api
+        .call(
+            "get",
+            us,
+            "/v1/history/{project}/{env}/{key}",
+            url,
+            &[],
+            Body::None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["versions"][0]["value"],
+        json!("<destroyed secret v1>"),
+        "{v}"
+    );
+    assert_eq!(v["versions"][2]["value"], json!("pw"), "{v}");
 
     let left = api.unexercised();
     assert!(

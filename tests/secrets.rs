@@ -819,6 +819,10 @@ async fn reveal_is_a_permission_through_grpc_http_and_templates() {
             "blog-all",
             json!({"rules": [{"effect": "allow", "projects": ["blog"], "actions": ["read", "reveal"]}]}),
         ),
+        (
+            "shop-write",
+            json!({"rules": [{"effect": "allow", "projects": ["shop"], "actions": ["read", "write"]}]}),
+        ),
     ];
     let mut tokens = std::collections::BTreeMap::new();
     for (name, rules) in roles {
@@ -906,6 +910,39 @@ async fn reveal_is_a_permission_through_grpc_http_and_templates() {
     let blog = tokens["blog-all"].clone();
     let e = get_as(blog.clone(), "db.password", true).await.unwrap_err();
     assert_eq!(reason(&e), "PERMISSION_DENIED", "{e:?}");
+
+    // Destroying a version needs delete on the key (write is not enough);
+    // undeleting needs write.
+    let writer = tokens["shop-write"].clone();
+    for token in [&ro, &dbr, &blog, &writer] {
+        let e = as_token(&eu, token)
+            .await
+            .destroy_secret_versions(DestroySecretVersionsRequest {
+                ns: ns(),
+                key: "db.password".into(),
+                versions: vec![1],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "PERMISSION_DENIED", "{token}: {e:?}");
+    }
+    for token in [&ro, &dbr, &blog] {
+        let e = as_token(&eu, token)
+            .await
+            .undelete_secret(UndeleteSecretRequest {
+                ns: ns(),
+                key: "db.password".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "PERMISSION_DENIED", "{token}: {e:?}");
+    }
+    assert_eq!(
+        get_as(dbr.clone(), "db.password", true).await.unwrap(),
+        json!("pw-shop"),
+        "a refused destroy destroyed"
+    );
 
     // HTTP: the same decisions.
     let http = common::http_client();
@@ -1124,5 +1161,263 @@ async fn kek_rotation_under_load_fails_nothing_and_the_old_kek_can_go() {
                 }
             }
         }
+    }
+}
+
+/// A put of a plain value.
+fn plain_put(key: &str, v: &Value) -> ConfigOp {
+    let mut op = secret_put(key, v);
+    if let Some(config_op::Op::Put(p)) = &mut op.op {
+        p.secret = None;
+    }
+    op
+}
+
+fn delete_op(key: &str) -> ConfigOp {
+    ConfigOp {
+        op: Some(config_op::Op::Delete(DeleteOp {
+            key: key.into(),
+            recursive: false,
+            if_version: None,
+        })),
+    }
+}
+
+/// A key's history as (version, value as JSON text), oldest first.
+async fn history(c: &mut ConfigClient, key: &str, reveal: bool) -> Vec<(u64, String)> {
+    let h = c
+        .config_history(ConfigHistoryRequest {
+            ns: ns(),
+            key: key.into(),
+            reveal,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out: Vec<(u64, String)> = h
+        .versions
+        .iter()
+        .map(|v| (v.version, v.value_json.clone()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The wrapped data keys (unique per sealed version) in region `i`'s live
+/// RocksDB records: the state, its snapshots and the log.
+fn wrapped_deks(cl: &Cluster, i: usize) -> std::collections::BTreeSet<Vec<u8>> {
+    // Envelope format 1: magic (6), KEK version (4), KEK check (8), wrapped
+    // length (1), then the wrapped DEK (60).
+    const MAGIC: &[u8] = b"\0MRDS1";
+    let mut out = std::collections::BTreeSet::new();
+    for (_, v) in meridian_node::storage::RocksStorage::raw_records(&cl.data_dir(i)).unwrap() {
+        for at in 0..v.len().saturating_sub(79) {
+            if &v[at..at + 6] == MAGIC {
+                out.insert(v[at + 19..at + 79].to_vec());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn destroy_and_undelete_as_vault_kv_v2_has_them() {
+    // Snapshots every 64 entries (once the log outweighs the last one).
+    let mut cl = Cluster::new("[cluster]\ncompact_after_entries = 64\n");
+    cl.start_all();
+    for i in 0..3 {
+        cl.wait_ready(i, Duration::from_secs(30)).await;
+    }
+    let eu = cl.grpc[0].clone();
+    let mut c = common::config_client(&eu).await;
+    create_shop(&mut c).await;
+    let writer = c.clone();
+    let w = |ops| {
+        let mut c = writer.clone();
+        async move { c.write(write(ops)).await.map(|r| r.into_inner()) }
+    };
+    w(vec![
+        secret_put("old.token", &json!("tok-1")),
+        secret_put("db.password", &json!("pw-1")),
+        plain_put("plain", &json!("x")),
+    ])
+    .await
+    .unwrap();
+    w(vec![secret_put("db.password", &json!("pw-2"))])
+        .await
+        .unwrap();
+    let kv = cl
+        .client()
+        .await
+        .get(
+            "shop/prod",
+            "old.token",
+            meridian_proto::v1::Consistency::Linearizable,
+        )
+        .await
+        .unwrap();
+    let old_dek = kv.kv.unwrap().value[19..79].to_vec();
+
+    // Destroy, through the CLI: version 1 of old.token is gone for good.
+    let (ok, out, err) = common::cli_at(
+        &cl.grpc,
+        &[
+            "secrets",
+            "destroy",
+            "shop/prod",
+            "old.token",
+            "--versions",
+            "1",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(ok, "destroy failed: {out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["destroyed"], json!([1]), "{v}");
+    assert_eq!(
+        get(&mut c, "old.token", false).await.unwrap(),
+        json!("<destroyed secret v1>")
+    );
+    let e = get(&mut c, "old.token", true).await.unwrap_err();
+    assert_eq!(reason(&e), "SECRET_DESTROYED", "{e:?}");
+    // Idempotent, and it names what was destroyed before.
+    let d = c
+        .destroy_secret_versions(DestroySecretVersionsRequest {
+            ns: ns(),
+            key: "old.token".into(),
+            versions: vec![1],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((d.destroyed, d.already_destroyed), (vec![], vec![1]));
+    // Refusals, each with its reason and nothing destroyed.
+    for (key, versions, want) in [
+        ("plain", vec![1], "NOT_A_SECRET"),
+        ("db.password", vec![9], "NOT_FOUND"),
+        ("db.password", vec![], "INVALID_REQUEST"),
+        ("db.password", vec![2, 9], "NOT_FOUND"),
+    ] {
+        let e = c
+            .destroy_secret_versions(DestroySecretVersionsRequest {
+                ns: ns(),
+                key: key.into(),
+                versions: versions.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), want, "{key} {versions:?}: {e:?}");
+    }
+    assert_eq!(
+        get(&mut c, "db.password", true).await.unwrap(),
+        json!("pw-2")
+    );
+
+    // Delete, then undelete through the CLI: the last version comes back
+    // as a new one; with --version, an older one.
+    w(vec![delete_op("db.password")]).await.unwrap();
+    let (ok, out, err) = common::cli_at(
+        &cl.grpc,
+        &[
+            "secrets",
+            "undelete",
+            "shop/prod",
+            "db.password",
+            "-m",
+            "oops",
+        ],
+    );
+    assert!(ok, "undelete failed: {out}{err}");
+    assert_eq!(
+        get(&mut c, "db.password", true).await.unwrap(),
+        json!("pw-2")
+    );
+    assert_eq!(
+        get(&mut c, "db.password", false).await.unwrap(),
+        json!("<redacted secret v4>")
+    );
+    let undelete = |version: u64| {
+        let mut c = writer.clone();
+        async move {
+            c.undelete_secret(UndeleteSecretRequest {
+                ns: ns(),
+                key: "db.password".into(),
+                version,
+                author: "t".into(),
+                message: String::new(),
+            })
+            .await
+        }
+    };
+    let e = undelete(0).await.unwrap_err();
+    assert_eq!(reason(&e), "INVALID_REQUEST", "a live key: {e:?}");
+    w(vec![delete_op("db.password")]).await.unwrap();
+    undelete(1).await.unwrap();
+    assert_eq!(
+        get(&mut c, "db.password", true).await.unwrap(),
+        json!("pw-1")
+    );
+    // A destroyed version cannot come back.
+    w(vec![delete_op("old.token")]).await.unwrap();
+    let e = c
+        .undelete_secret(UndeleteSecretRequest {
+            ns: ns(),
+            key: "old.token".into(),
+            version: 0,
+            author: "t".into(),
+            message: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "SECRET_DESTROYED", "{e:?}");
+    // A revealed history shows every version, the destroyed one as such.
+    let h = history(&mut c, "db.password", true).await;
+    let values: Vec<&str> = h.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(
+        values,
+        ["\"pw-1\"", "\"pw-2\"", "", "\"pw-2\"", "", "\"pw-1\""],
+        "{h:?}"
+    );
+    let h = history(&mut c, "old.token", true).await;
+    assert_eq!(h[0], (1, "\"<destroyed secret v1>\"".to_string()), "{h:?}");
+
+    // Snapshots taken from now on hold no trace of the destroyed version:
+    // enough writes to the group for every region to take one and compact
+    // its log, then every live record of every region.
+    let kvc = cl.client().await;
+    for i in 0..400 {
+        kvc.put("eu", &format!("fill/{i:04}"), &[b'f'; 1024])
+            .await
+            .unwrap();
+    }
+    // The control: a live version's data key, which the scan must find.
+    let live = kvc
+        .get(
+            "shop/prod",
+            "db.password",
+            meridian_proto::v1::Consistency::Linearizable,
+        )
+        .await
+        .unwrap();
+    let live_dek = live.kv.unwrap().value[19..79].to_vec();
+    for i in 0..3 {
+        cl.kill9(i);
+    }
+    for i in 0..3 {
+        let deks = wrapped_deks(&cl, i);
+        assert!(
+            deks.contains(&live_dek),
+            "region {i}: the scan misses a live version"
+        );
+        assert!(
+            deks.len() >= 3,
+            "region {i}: only {} sealed versions seen (the scan sees none?)",
+            deks.len()
+        );
+        assert!(
+            !deks.contains(&old_dek),
+            "region {i} still holds the destroyed version's ciphertext"
+        );
     }
 }

@@ -541,9 +541,53 @@ impl Config for ConfigApi {
                     due: s.due,
                     expired: s.expired,
                     deleted: s.deleted,
+                    destroyed: s.destroyed,
                 })
                 .collect(),
         }))
+    }
+
+    async fn destroy_secret_versions(
+        &self,
+        r: Request<DestroySecretVersionsRequest>,
+    ) -> Result<Response<DestroySecretVersionsResponse>, Status> {
+        let access = self.access(&r)?;
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let d = self
+            .store
+            .destroy_secret(&access, &ns, &r.key, &r.versions)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(DestroySecretVersionsResponse {
+            key: d.key,
+            destroyed: d.destroyed,
+            already_destroyed: d.already_destroyed,
+        }))
+    }
+
+    async fn undelete_secret(
+        &self,
+        r: Request<UndeleteSecretRequest>,
+    ) -> Result<Response<ConfigWriteResponse>, Status> {
+        let access = self.access(&r)?;
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let opts = WriteOpts {
+            secure_channel: access.secure_channel(),
+            access,
+            author: r.author,
+            message: r.message,
+            idempotency_key: None,
+            dry_run: false,
+        };
+        let version = (r.version != 0).then_some(r.version);
+        let w = self
+            .store
+            .undelete_secret(&ns, &r.key, version, &opts)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(write_resp(w)))
     }
 
     type WatchConfigStream = WatchStream;

@@ -101,6 +101,9 @@ reasons! {
     SecretCorrupt => "SECRET_CORRUPT", DataLoss, 500;
     // 410 Gone: the version exists but no longer reveals.
     SecretExpired => "SECRET_EXPIRED", FailedPrecondition, 410;
+    SecretDestroyed => "SECRET_DESTROYED", FailedPrecondition, 410;
+    // A request about secrets names a key or version that is not one.
+    NotASecret => "NOT_A_SECRET", FailedPrecondition, 400;
     SecretNeedsTls => "SECRET_NEEDS_TLS", FailedPrecondition, 403;
     // The HTTP API only.
     UnknownRoute => "UNKNOWN_ROUTE", NotFound, 404;

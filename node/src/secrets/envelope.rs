@@ -55,6 +55,16 @@ pub struct Envelope {
     pub sealed: Vec<u8>,
 }
 
+/// What a destroyed secret version's bytes become (Vault KV v2's destroy):
+/// no ciphertext at all. It shares the magic's first five bytes, so every
+/// path that tells a secret's stored form from a plain value still does.
+pub const DESTROYED: &[u8; 6] = b"\0MRDSX";
+
+/// Whether stored bytes are a destroyed secret version.
+pub fn is_destroyed(bytes: &[u8]) -> bool {
+    bytes == DESTROYED
+}
+
 /// Whether stored bytes are an envelope (a secret), by their magic alone.
 pub fn is_envelope(bytes: &[u8]) -> bool {
     bytes.starts_with(&MAGIC[..5])

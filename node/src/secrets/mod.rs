@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use zeroize::Zeroizing;
 
-pub use envelope::is_envelope;
+pub use envelope::{is_destroyed, is_envelope};
 
 /// A secret's plaintext must fit in this (it is sealed whole, in memory).
 pub const PLAINTEXT_BYTES_MAX: usize = 1 << 20;
@@ -35,6 +35,9 @@ pub enum SecretError {
     /// The version's `expires_at` has passed.
     #[error("the secret expired at {expires_ms} ms since the epoch")]
     Expired { expires_ms: u64 },
+    /// The version was destroyed: its ciphertext is gone for good.
+    #[error("version {version} of the secret was destroyed")]
+    Destroyed { version: u64 },
 }
 
 /// A revealed plaintext. Its `Debug` shows only its length, so a log line
@@ -336,6 +339,9 @@ impl Secrets {
         version: u64,
         stored: &[u8],
     ) -> Result<Opened, SecretError> {
+        if envelope::is_destroyed(stored) {
+            return Err(SecretError::Destroyed { version });
+        }
         let env = Envelope::decode(stored)?;
         let ring = self.keyring()?;
         let dek = Self::unwrap_dek(ring.as_ref(), &env, ns, key, version)?;

@@ -17,11 +17,13 @@
 mod layers;
 mod namespaces;
 mod reads;
+mod secret_lifecycle;
 mod secrets;
 mod validate;
 mod watch;
 mod writes;
 
+pub use secret_lifecycle::DestroyResult;
 pub use secrets::{SecretInfo, SecretsCensus};
 pub use watch::WatchEvent;
 
@@ -438,6 +440,9 @@ fn display_key(k: &str) -> String {
 /// `ConfigStore::open_secret`.
 fn decode(kv: &KeyValue) -> Option<Value> {
     let bytes = kv.value.as_deref()?;
+    if crate::secrets::is_destroyed(bytes) {
+        return Some(secrets::destroyed(kv.version));
+    }
     if crate::secrets::is_envelope(bytes) {
         return Some(secrets::redaction(kv.version));
     }

@@ -18,10 +18,17 @@ pub fn redaction(version: u64) -> Value {
     Value::String(format!("<redacted secret v{version}>"))
 }
 
-/// Whether a value is a secret's redaction (it is never stored as a value).
+/// What a destroyed secret version reads as, to everyone.
+pub fn destroyed(version: u64) -> Value {
+    Value::String(format!("<destroyed secret v{version}>"))
+}
+
+/// Whether a value is a secret's redaction, or a destroyed version's (they
+/// are never stored as values).
 pub fn is_redaction(v: &Value) -> bool {
     v.as_str().is_some_and(|s| {
         s.strip_prefix("<redacted secret v")
+            .or_else(|| s.strip_prefix("<destroyed secret v"))
             .and_then(|r| r.strip_suffix('>'))
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     })
@@ -33,6 +40,7 @@ impl From<SecretError> for CfgError {
             SecretError::Keyring(_) => Reason::KeyringUnavailable,
             SecretError::Corrupt(_) => Reason::SecretCorrupt,
             SecretError::Expired { .. } => Reason::SecretExpired,
+            SecretError::Destroyed { .. } => Reason::SecretDestroyed,
         };
         CfgError::new(reason, e.to_string())
     }
@@ -203,7 +211,12 @@ impl ConfigStore {
     ) -> Result<(), CfgError> {
         let mut any = false;
         for (kv, e) in versions.iter().zip(entries.iter_mut()) {
-            if kv.value.as_deref().is_some_and(crate::secrets::is_envelope) {
+            // A destroyed version stays shown as destroyed: it has nothing to open.
+            let sealed = kv
+                .value
+                .as_deref()
+                .filter(|b| !crate::secrets::is_destroyed(b));
+            if sealed.is_some_and(crate::secrets::is_envelope) {
                 e.value = Some(self.open_secret(ns, kv)?);
                 any = true;
             }
@@ -270,11 +283,13 @@ impl ConfigStore {
         for key in registry(&layer) {
             let q = ReadQuery::History { key };
             match self.read(ns, q, Consistency::Stale, layer.token).await? {
-                ClientResponse::History { versions, .. } => out.extend(
-                    versions
-                        .into_iter()
-                        .filter(|v| v.value.as_deref().is_some_and(crate::secrets::is_envelope)),
-                ),
+                ClientResponse::History { versions, .. } => {
+                    out.extend(versions.into_iter().filter(|v| {
+                        v.value.as_deref().is_some_and(|b| {
+                            crate::secrets::is_envelope(b) && !crate::secrets::is_destroyed(b)
+                        })
+                    }))
+                }
                 other => return Err(unexpected(&other)),
             }
         }
@@ -377,7 +392,7 @@ impl ConfigStore {
         Ok(census)
     }
 
-    async fn replace(
+    pub(super) async fn replace(
         &self,
         ns: &str,
         items: Vec<meridian_core::types::ValuePatch>,
@@ -417,6 +432,8 @@ pub struct SecretInfo {
     pub expired: bool,
     /// Deleted (its history is kept; it stays a secret if written again).
     pub deleted: bool,
+    /// Its current version was destroyed.
+    pub destroyed: bool,
 }
 
 impl ConfigStore {
@@ -462,6 +479,10 @@ impl ConfigStore {
                     && now > kv.meta.time_ms.saturating_add(attrs.rotate_ms),
                 expired: kv.value.is_some() && attrs.expires_ms != 0 && now > attrs.expires_ms,
                 deleted: kv.value.is_none(),
+                destroyed: kv
+                    .value
+                    .as_deref()
+                    .is_some_and(crate::secrets::is_destroyed),
             };
             if !due_only || info.due || info.expired {
                 out.push(info);

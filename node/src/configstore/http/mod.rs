@@ -104,6 +104,14 @@ pub fn router(store: ConfigStore, auth: Authority) -> Router {
         .route("/v1/secrets/rewrap", post(secrets_rewrap))
         .route("/v1/secrets/list/{project}/{env}", get(secrets_list))
         .route(
+            "/v1/secrets/destroy/{project}/{env}/{*key}",
+            post(secrets_destroy),
+        )
+        .route(
+            "/v1/secrets/undelete/{project}/{env}/{*key}",
+            post(secrets_undelete),
+        )
+        .route(
             "/v1/config/{project}/{env}",
             get(get_root).patch(patch_root),
         )
@@ -298,6 +306,59 @@ async fn secrets_list(
 }
 
 /// Re-wrap every stored secret version under the active KEK.
+/// Vault KV v2's destroy: `{"versions": [1, 2]}`.
+async fn secrets_destroy(
+    Caller(access): Caller,
+    State(st): State<ConfigStore>,
+    Path((project, env, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let b = body_json(&headers, body)?;
+    only_fields(&b, "the body", &["versions"])?;
+    let versions = b
+        .get("versions")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+        .ok_or_else(|| {
+            CfgError::invalid("the body needs \"versions\": an array of whole numbers")
+        })?;
+    let r = st
+        .destroy_secret(&access, &ns_name(&project, &env), &key, &versions)
+        .await?;
+    ok(r)
+}
+
+/// Undelete a deleted secret: `{}` (its last version) or `{"version": 3}`.
+async fn secrets_undelete(
+    Caller(access): Caller,
+    State(st): State<ConfigStore>,
+    Path((project, env, key)): Path<(String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let b = body_json(&headers, body)?;
+    only_fields(&b, "the body", &["version"])?;
+    let version = match b.get("version") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| CfgError::invalid("\"version\" must be a whole number from 1"))?,
+        ),
+    };
+    let r = st
+        .undelete_secret(
+            &ns_name(&project, &env),
+            &key,
+            version,
+            &write_opts(&access, &headers, &q)?,
+        )
+        .await?;
+    ok(r)
+}
+
 async fn secrets_rewrap(Caller(access): Caller, State(st): State<ConfigStore>) -> Res {
     let census = st.rewrap_secrets(&access).await?;
     ok(secrets_json(st.secrets_keyring(), census))
