@@ -42,6 +42,18 @@ pub enum SecretsCmd {
     /// give them all) holds it, re-wraps every secret version, and waits
     /// until every region holds them all under it. Older versions can then
     /// be pruned from the keyring.
+    /// The paths an environment marks secret (every key under one is stored
+    /// as a secret, "" : every key), with --add / --remove to change them
+    /// (needs admin). Keys already secret stay so when a mark comes off.
+    Paths {
+        ns: String,
+        #[arg(long)]
+        add: Vec<String>,
+        #[arg(long)]
+        remove: Vec<String>,
+        #[command(flatten)]
+        who: crate::config_cmd::Who,
+    },
     /// Destroy versions of a secret for good (Vault KV v2's destroy): their
     /// ciphertext is replaced in every region; reads show them destroyed,
     /// reveals fail with SECRET_DESTROYED, and snapshots taken from then on
@@ -328,6 +340,62 @@ async fn list(target: &Target, ns: &str, due_only: bool, out: Output) -> Result<
     })
 }
 
+/// `secrets paths`: show an environment's secret paths, or change them.
+async fn paths(
+    target: &Target,
+    ns: &str,
+    add: Vec<String>,
+    remove: Vec<String>,
+    who: crate::config_cmd::Who,
+    out: Output,
+) -> Result<()> {
+    use meridian_proto::v1::{config_op, ConfigOp, ConfigWriteRequest, SecretPathsOp};
+    let mut client = ConfigClient::new(target.channel().await?);
+    if !add.is_empty() || !remove.is_empty() {
+        let r = client
+            .write(ConfigWriteRequest {
+                ns: Some(crate::config_cmd::ns_ref(ns)?),
+                ops: vec![ConfigOp {
+                    op: Some(config_op::Op::SecretPaths(SecretPathsOp { add, remove })),
+                }],
+                author: crate::config_cmd::author_or_os_user(&who.author),
+                message: who.message,
+                idempotency_key: String::new(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        return emit(
+            out,
+            &crate::config_cmd::write_json(&r),
+            crate::config_cmd::written,
+        );
+    }
+    let r = client
+        .list_secrets(meridian_proto::v1::ListSecretsRequest {
+            ns: Some(crate::config_cmd::ns_ref(ns)?),
+            due_only: false,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let v = json!({"paths": r.secret_paths, "inherited_paths": r.inherited_secret_paths});
+    emit(out, &v, |v| {
+        let mut s = String::new();
+        for (field, what) in [("paths", ""), ("inherited_paths", " (inherited)")] {
+            for p in v[field].as_array().into_iter().flatten() {
+                let p = p.as_str().unwrap_or("");
+                let shown = if p.is_empty() { "(every key)" } else { p };
+                s.push_str(&format!("{shown}{what}\n"));
+            }
+        }
+        if s.is_empty() {
+            s.push_str("no paths are marked secret\n");
+        }
+        s
+    })
+}
+
 pub async fn run(cmd: SecretsCmd, target: &Target, out: Output) -> Result<()> {
     let cmd = match cmd {
         SecretsCmd::Keyring { cmd } => cmd,
@@ -339,6 +407,12 @@ pub async fn run(cmd: SecretsCmd, target: &Target, out: Output) -> Result<()> {
         }
         SecretsCmd::RotateKek { wait_s } => return rotate_kek(target, wait_s, out).await,
         SecretsCmd::List { ns, due } => return list(target, &ns, due, out).await,
+        SecretsCmd::Paths {
+            ns,
+            add,
+            remove,
+            who,
+        } => return paths(target, &ns, add, remove, who, out).await,
         SecretsCmd::Destroy { ns, key, versions } => {
             let r = ConfigClient::new(target.channel().await?)
                 .destroy_secret_versions(meridian_proto::v1::DestroySecretVersionsRequest {

@@ -1579,6 +1579,32 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
         )
         .await;
     assert_eq!((s, v["secrets"].as_array().unwrap().len()), (200, 0), "{v}");
+    let sp = "/v1/secrets/paths/{project}/{env}";
+    let body = Body::Json(json!({"add": ["creds"]}));
+    let (s, v) = api
+        .call("post", us, sp, "/v1/secrets/paths/shop/prod", &[], body)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let body = Body::Json(json!({"add": "creds"}));
+    let (s, v) = api
+        .call("post", us, sp, "/v1/secrets/paths/shop/prod", &[], body)
+        .await;
+    assert_eq!((s, reason(&v)), (400, "INVALID_REQUEST"), "{v}");
+    let url = "/v1/config/shop/prod/creds.key";
+    let (s, v) = api
+        .call("put", us, CFG, url, &[], Body::Json(json!("k")))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api.call("get", us, CFG, url, &[], Body::None).await;
+    assert_eq!(
+        (s, &v["value"]),
+        (200, &json!("<redacted secret v1>")),
+        "{v}"
+    );
+    let (s, v) = api
+        .call("get", us, sl, "/v1/secrets/list/shop/prod", &[], Body::None)
+        .await;
+    assert_eq!((s, &v["paths"]), (200, &json!(["creds"])), "{v}");
     // Vault KV v2's lifecycle: delete, undelete (a new version), destroy.
     let (s, v) = api
         .call(

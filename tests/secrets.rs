@@ -943,6 +943,13 @@ async fn reveal_is_a_permission_through_grpc_http_and_templates() {
         json!("pw-shop"),
         "a refused destroy destroyed"
     );
+    // Marking paths secret is an environment setting: admin only.
+    let e = as_token(&eu, &writer)
+        .await
+        .write(write(vec![secret_paths_op(&["app"], &[])]))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "PERMISSION_DENIED", "{e:?}");
 
     // HTTP: the same decisions.
     let http = common::http_client();
@@ -1420,4 +1427,135 @@ async fn destroy_and_undelete_as_vault_kv_v2_has_them() {
             "region {i} still holds the destroyed version's ciphertext"
         );
     }
+}
+
+fn env(e: &str) -> Option<NamespaceRef> {
+    Some(NamespaceRef {
+        project: "shop".into(),
+        environment: e.into(),
+    })
+}
+
+fn secret_paths_op(add: &[&str], remove: &[&str]) -> ConfigOp {
+    ConfigOp {
+        op: Some(config_op::Op::SecretPaths(SecretPathsOp {
+            add: add.iter().map(|s| s.to_string()).collect(),
+            remove: remove.iter().map(|s| s.to_string()).collect(),
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paths_marked_secret_seal_their_keys_here_and_where_inherited() {
+    let cl = Cluster::running().await;
+    let mut c = common::config_client(&cl.grpc[0]).await;
+    for e in ["base", "prod"] {
+        c.create_namespace(CreateNamespaceRequest {
+            project: "shop".into(),
+            environment: e.into(),
+            home_region: "eu".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let w = |e: &'static str, ops: Vec<ConfigOp>| {
+        let mut c = c.clone();
+        async move {
+            let mut req = write(ops);
+            req.ns = env(e);
+            c.write(req).await.map(|r| r.into_inner())
+        }
+    };
+    let get_in = |e: &'static str, path: &'static str, reveal: bool| {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .get_config(GetConfigRequest {
+                    ns: env(e),
+                    path: path.into(),
+                    read: read(reveal, false, false),
+                    default_json: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            serde_json::from_str::<Value>(&r.value_json).unwrap()
+        }
+    };
+    let redacted = |v: &Value| {
+        v.as_str()
+            .is_some_and(|s| s.starts_with("<redacted secret v"))
+    };
+    w(
+        "base",
+        vec![
+            plain_put("db.password", &json!("pw")),
+            plain_put("app.name", &json!("shop")),
+        ],
+    )
+    .await
+    .unwrap();
+    w(
+        "prod",
+        vec![ConfigOp {
+            op: Some(config_op::Op::SetTemplate(SetTemplateOp {
+                inherits: Some("base".into()),
+                clear_inherits: false,
+                vars_json: None,
+            })),
+        }],
+    )
+    .await
+    .unwrap();
+
+    // Marking db (through the CLI) seals the plain value already there in
+    // the same write; keys written under it later are secrets too.
+    let (ok, out, err) = common::cli_at(
+        &cl.grpc,
+        &["secrets", "paths", "shop/base", "--add", "db", "-o", "json"],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(redacted(&get_in("base", "db.password", false).await));
+    assert_eq!(get_in("base", "db.password", true).await, json!("pw"));
+    assert_eq!(get_in("base", "app.name", false).await, json!("shop"));
+    w("base", vec![plain_put("db.user", &json!("u"))])
+        .await
+        .unwrap();
+    assert!(redacted(&get_in("base", "db.user", false).await));
+    // An inheriting environment's own keys under the path, too.
+    w("prod", vec![plain_put("db.password", &json!("prod-pw"))])
+        .await
+        .unwrap();
+    assert!(redacted(&get_in("prod", "db.password", false).await));
+    assert_eq!(get_in("prod", "db.password", true).await, json!("prod-pw"));
+    let (ok, out, err) = common::cli_at(&cl.grpc, &["secrets", "paths", "shop/prod", "-o", "json"]);
+    assert!(ok, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&v["paths"], &v["inherited_paths"]),
+        (&json!([]), &json!(["db"])),
+        "{v}"
+    );
+
+    // Taking the mark off: keys that were secret stay so, new ones are plain.
+    w("base", vec![secret_paths_op(&[], &["db"])])
+        .await
+        .unwrap();
+    w(
+        "base",
+        vec![
+            plain_put("db.password", &json!("pw2")),
+            plain_put("db.port", &json!(5432)),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(redacted(&get_in("base", "db.password", false).await));
+    assert_eq!(get_in("base", "db.port", false).await, json!(5432));
+    // Bad paths are refused, and nothing changes.
+    let e = w("base", vec![secret_paths_op(&["db..x"], &[])])
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "INVALID_KEY", "{e:?}");
 }

@@ -226,6 +226,10 @@ fn op(o: ConfigOp) -> Result<Op, Status> {
             };
             Op::SetTemplate { inherits, vars }
         }
+        P::SecretPaths(s) => Op::SecretPaths {
+            add: s.add,
+            remove: s.remove,
+        },
     })
 }
 
@@ -527,7 +531,10 @@ impl Config for ConfigApi {
             .list_secrets(&access, &ns, r.due_only)
             .await
             .map_err(st)?;
+        let (own, inherited) = self.store.secret_paths(&access, &ns).await.map_err(st)?;
         Ok(Response::new(ListSecretsResponse {
+            secret_paths: own.into_iter().collect(),
+            inherited_secret_paths: inherited.into_iter().collect(),
             secrets: list
                 .into_iter()
                 .map(|s| SecretInfo {

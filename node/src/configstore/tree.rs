@@ -23,6 +23,9 @@ pub const INHERITS_KEY: &str = "$inherits";
 /// Every key of the namespace that ever held a secret (a JSON array, kept by
 /// the engine): once secret, always secret, even after a delete.
 pub const SECRETS_KEY: &str = "$secrets";
+/// The environment's setting of paths whose keys are secrets (a JSON array
+/// of dotted prefixes, "" for every key; `Op::SecretPaths` edits it).
+pub const SECRET_PATHS_KEY: &str = "$secret_paths";
 
 /// Check a user key: dot-separated segments of `[A-Za-z0-9_-]`.
 pub fn check_key(key: &str) -> Result<(), String> {

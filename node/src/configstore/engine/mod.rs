@@ -47,7 +47,7 @@ use tokio::sync::mpsc;
 use super::diff;
 use super::error::CfgError;
 use super::render::{self, RenderError, Renderer};
-use super::tree::{self, INHERITS_KEY, SCHEMA_KEY_PREFIX, SECRETS_KEY, VARS_KEY};
+use super::tree::{self, INHERITS_KEY, SCHEMA_KEY_PREFIX, SECRETS_KEY, SECRET_PATHS_KEY, VARS_KEY};
 
 /// Read-validate-write cycles tried before a write gives up as contended.
 const WRITE_ATTEMPTS_MAX: usize = 8;
@@ -211,6 +211,12 @@ pub enum Op {
     SetTemplate {
         inherits: Option<Option<String>>,
         vars: Option<Map<String, Value>>,
+    },
+    /// Mark paths secret (every key under one, now and later, is stored
+    /// as a secret) or take marks off (keys already secret stay so).
+    SecretPaths {
+        add: Vec<String>,
+        remove: Vec<String>,
     },
     /// Internal (rollback): make a stored key hold this, whatever it holds.
     Restore {

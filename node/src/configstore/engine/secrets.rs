@@ -411,6 +411,32 @@ impl ConfigStore {
     }
 }
 
+impl ConfigStore {
+    /// The paths `ns` itself marks secret, and those it inherits (in force
+    /// too: an environment cannot take a mark off what it inherits).
+    pub async fn secret_paths(
+        &self,
+        access: &Access,
+        ns: &str,
+    ) -> Result<(BTreeSet<String>, BTreeSet<String>), CfgError> {
+        access.check_namespace_read(ns)?;
+        let opts = ReadOpts {
+            access: access.clone(),
+            raw: false,
+            as_of: AsOf::Latest,
+            consistency: ReadConsistency::Linearizable,
+            reveal: false,
+        };
+        let chain = self.load_chain(ns, "$", &opts).await?;
+        let own = chain.first().map(own_secret_paths).unwrap_or_default();
+        let inherited = effective_secret_paths(chain.get(1..).unwrap_or_default())
+            .into_iter()
+            .filter(|p| !own.contains(p))
+            .collect();
+        Ok((own, inherited))
+    }
+}
+
 /// One secret of an environment as `list_secrets` shows it: its current
 /// version's lifecycle, never its value.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -490,6 +516,41 @@ impl ConfigStore {
         }
         Ok(out)
     }
+}
+
+/// Paths one environment marks secret at most.
+pub const SECRET_PATHS_MAX: usize = 256;
+
+/// The paths an environment's own setting marks secret.
+pub fn own_secret_paths(layer: &Layer) -> BTreeSet<String> {
+    layer
+        .meta
+        .get(SECRET_PATHS_KEY)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The paths marked secret in force in a chain: every layer's, since an
+/// environment cannot take a mark off what it inherits.
+pub(super) fn effective_secret_paths(chain: &[Layer]) -> BTreeSet<String> {
+    chain.iter().flat_map(own_secret_paths).collect()
+}
+
+/// The keys of `leaves` under a path marked secret.
+pub(super) fn path_marks(
+    paths: &BTreeSet<String>,
+    leaves: &BTreeMap<String, Value>,
+) -> BTreeSet<String> {
+    leaves
+        .keys()
+        .filter(|k| paths.iter().any(|p| tree::is_under(k, p)))
+        .cloned()
+        .collect()
 }
 
 /// The keys a namespace's `$secrets` registry names.

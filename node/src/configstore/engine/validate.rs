@@ -186,9 +186,14 @@ impl ConfigStore {
             }
             let (leaves, vars) = effective(&chain);
             let schemas = effective_schemas(&chain);
-            let marked = secrets::schema_marks(&schemas, &leaves);
+            // Keys the schemas in force mark `writeOnly`, and keys under
+            // paths the chain's settings mark secret.
+            let paths = secrets::effective_secret_paths(&chain);
+            let mut marked = secrets::schema_marks(&schemas, &leaves);
+            marked.extend(secrets::path_marks(&paths, &leaves));
             if env == ns {
                 marks = secrets::schema_marks(&schemas, &work.leaves);
+                marks.extend(secrets::path_marks(&paths, &work.leaves));
             }
             // A message quotes no value where it could be a secret's or one
             // the caller may not read.

@@ -70,9 +70,10 @@ impl ConfigStore {
                 Op::Merge { path, .. } | Op::Patch { path, .. } => (Action::Write, path.as_str()),
                 Op::Delete { key, .. } => (Action::Delete, key.as_str()),
                 Op::Restore { key, .. } => (Action::Write, key.as_str()),
-                Op::SetSchema { .. } | Op::DeleteSchema { .. } | Op::SetTemplate { .. } => {
-                    (Action::Admin, "")
-                }
+                Op::SetSchema { .. }
+                | Op::DeleteSchema { .. }
+                | Op::SetTemplate { .. }
+                | Op::SecretPaths { .. } => (Action::Admin, ""),
             };
             opts.access.check_key(action, ns, key)?;
         }
@@ -519,6 +520,33 @@ impl ConfigStore {
                         work.meta
                             .insert(INHERITS_KEY.to_string(), Value::String(parent));
                     }
+                }
+            }
+            Op::SecretPaths { add, remove } => {
+                let mut paths = secrets::own_secret_paths(work);
+                for p in add {
+                    tree::check_path(p).map_err(key_err)?;
+                    paths.insert(p.clone());
+                }
+                for p in remove {
+                    paths.remove(p);
+                }
+                if paths.len() > secrets::SECRET_PATHS_MAX {
+                    return Err(CfgError::new(
+                        Reason::TooManyOps,
+                        format!(
+                            "an environment marks at most {} secret paths",
+                            secrets::SECRET_PATHS_MAX
+                        ),
+                    ));
+                }
+                if paths.is_empty() {
+                    work.meta.remove(SECRET_PATHS_KEY);
+                } else {
+                    work.meta.insert(
+                        SECRET_PATHS_KEY.to_string(),
+                        Value::Array(paths.into_iter().map(Value::String).collect()),
+                    );
                 }
             }
             Op::Restore { key, value, secret } => match value {

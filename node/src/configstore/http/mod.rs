@@ -103,6 +103,7 @@ pub fn router(store: ConfigStore, auth: Authority) -> Router {
         .route("/v1/secrets/status", get(secrets_status))
         .route("/v1/secrets/rewrap", post(secrets_rewrap))
         .route("/v1/secrets/list/{project}/{env}", get(secrets_list))
+        .route("/v1/secrets/paths/{project}/{env}", post(secrets_paths))
         .route(
             "/v1/secrets/destroy/{project}/{env}/{*key}",
             post(secrets_destroy),
@@ -299,10 +300,52 @@ async fn secrets_list(
     Path((project, env)): Path<(String, String)>,
     Query(q): Q,
 ) -> Res {
-    let list = st
-        .list_secrets(&access, &ns_name(&project, &env), q_bool(&q, "due")?)
-        .await?;
-    ok(json!({ "secrets": list }))
+    let ns = ns_name(&project, &env);
+    let list = st.list_secrets(&access, &ns, q_bool(&q, "due")?).await?;
+    let (paths, inherited) = st.secret_paths(&access, &ns).await?;
+    ok(json!({ "secrets": list, "paths": paths, "inherited_paths": inherited }))
+}
+
+/// Mark paths secret, or take marks off: `{"add": [..], "remove": [..]}`.
+async fn secrets_paths(
+    Caller(access): Caller,
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let b = body_json(&headers, body)?;
+    only_fields(&b, "the body", &["add", "remove"])?;
+    let list = |field: &str| -> Result<Vec<String>, CfgError> {
+        match b.get(field) {
+            None => Ok(Vec::new()),
+            Some(v) => v
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .map(|x| x.as_str().map(str::to_string))
+                        .collect::<Option<Vec<String>>>()
+                })
+                .ok_or_else(|| CfgError::invalid(format!("\"{field}\" is an array of paths"))),
+        }
+    };
+    let (add, remove) = (list("add")?, list("remove")?);
+    if add.is_empty() && remove.is_empty() {
+        return Err(CfgError::invalid(
+            "give paths to \"add\", to \"remove\" or both",
+        ));
+    }
+    write_one(
+        &access,
+        &st,
+        &project,
+        &env,
+        Op::SecretPaths { add, remove },
+        &headers,
+        &q,
+    )
+    .await
 }
 
 /// Re-wrap every stored secret version under the active KEK.
