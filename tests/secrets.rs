@@ -1559,3 +1559,99 @@ async fn paths_marked_secret_seal_their_keys_here_and_where_inherited() {
         .unwrap_err();
     assert_eq!(reason(&e), "INVALID_KEY", "{e:?}");
 }
+
+fn expiring_put(key: &str, v: &Value, expires_at_ms: u64) -> ConfigOp {
+    let mut op = secret_put(key, v);
+    if let Some(config_op::Op::Put(p)) = &mut op.op {
+        p.secret = Some(SecretSpec {
+            expires_at_ms,
+            rotate_every_ms: 0,
+        });
+    }
+    op
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watchers_are_told_before_a_secret_expires() {
+    // Told 3 s ahead.
+    let mut cl = Cluster::new("[secrets]\nkeyring_file = \"keyring.toml\"\nexpiry_warning_s = 3\n");
+    meridian_node::secrets::keyring::FileKeyring::create(&cl.dir().join("keyring.toml")).unwrap();
+    cl.start_all();
+    for i in 0..3 {
+        cl.wait_ready(i, Duration::from_secs(30)).await;
+    }
+    let mut c = common::config_client(&cl.grpc[0]).await;
+    create_shop(&mut c).await;
+    // Within the warning already when the watch starts: told in its first event.
+    c.write(write(vec![
+        expiring_put("old.token", &json!("o"), now_ms() + 2_000),
+        expiring_put("far.token", &json!("f"), now_ms() + 3_600_000),
+    ]))
+    .await
+    .unwrap();
+    let mut stream = common::config_client(&cl.grpc[1])
+        .await
+        .watch_config(WatchConfigRequest {
+            ns: ns(),
+            path: String::new(),
+            raw: false,
+            resume_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let told = |ev: &WatchConfigEvent| -> Vec<(String, u64)> {
+        ev.expiring
+            .iter()
+            .map(|x| (x.key.clone(), x.version))
+            .collect()
+    };
+    async fn next(s: &mut tonic::Streaming<WatchConfigEvent>) -> WatchConfigEvent {
+        tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("the stream goes on")
+    }
+    let first = next(&mut stream).await;
+    assert!(first.snapshot);
+    assert_eq!(
+        told(&first),
+        vec![("old.token".to_string(), 1)],
+        "{first:?}"
+    );
+    // A new version expiring in 5 s: its change now, its warning 3 s before
+    // the expiry, in an event of its own; the far one is never told.
+    let expires_at_ms = now_ms() + 5_000;
+    c.write(write(vec![expiring_put(
+        "a.token",
+        &json!("a"),
+        expires_at_ms,
+    )]))
+    .await
+    .unwrap();
+    let change = next(&mut stream).await;
+    assert_eq!(change.changes.len(), 1, "{change:?}");
+    assert!(change.expiring.is_empty(), "told too early: {change:?}");
+    let warning = next(&mut stream).await;
+    let at = now_ms();
+    assert_eq!(
+        told(&warning),
+        vec![("a.token".to_string(), 1)],
+        "{warning:?}"
+    );
+    assert!(warning.changes.is_empty(), "{warning:?}");
+    assert_eq!(warning.expiring[0].expires_at_ms, expires_at_ms);
+    assert!(
+        at + 3_000 >= expires_at_ms && at < expires_at_ms,
+        "told {} ms before the expiry, not about 3,000",
+        expires_at_ms as i64 - at as i64
+    );
+}

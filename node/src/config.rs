@@ -62,7 +62,7 @@ pub struct NodeConfig {
 }
 
 /// Secrets (docs/secrets.md).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsConfig {
     /// The keyring: key-encryption keys, the same file in every region
@@ -73,6 +73,22 @@ pub struct SecretsConfig {
     /// Accept secret values written over a client connection without TLS
     /// (default false: such writes fail with SECRET_NEEDS_TLS).
     pub allow_plaintext: bool,
+    /// Configuration watches get an `expiring` event this long before a
+    /// watched secret version's `expires_at` (default a day).
+    pub expiry_warning_s: u64,
+}
+
+/// A year: the longest expiry warning (a typo of a few zeros is an error).
+pub const EXPIRY_WARNING_S_MAX: u64 = 366 * 86_400;
+
+impl Default for SecretsConfig {
+    fn default() -> SecretsConfig {
+        SecretsConfig {
+            keyring_file: None,
+            allow_plaintext: false,
+            expiry_warning_s: 86_400,
+        }
+    }
 }
 
 /// Authentication and access control of the client APIs (docs/auth.md).
@@ -476,6 +492,12 @@ impl NodeConfig {
                     return bad(format!("regions: address {a} used twice"));
                 }
             }
+        }
+        if self.secrets.expiry_warning_s > EXPIRY_WARNING_S_MAX {
+            return bad(format!(
+                "secrets.expiry_warning_s: at most {EXPIRY_WARNING_S_MAX} (a year), got {}",
+                self.secrets.expiry_warning_s
+            ));
         }
         let api = &self.api_tls;
         match (&api.cert, &api.key, api.plaintext) {

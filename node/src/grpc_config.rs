@@ -618,6 +618,15 @@ impl Config for ConfigApi {
                     changes: ev.changes.into_iter().map(entry).collect(),
                     snapshot: ev.snapshot,
                     token: ev.token,
+                    expiring: ev
+                        .expiring
+                        .into_iter()
+                        .map(|x| ExpiringSecret {
+                            key: x.key,
+                            version: x.version,
+                            expires_at_ms: x.expires_at_ms,
+                        })
+                        .collect(),
                 }),
                 Err(e) => Err(st(e)),
             };

@@ -226,7 +226,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     let secrets = crate::secrets::Secrets::load(
         cfg.secrets.keyring_file.as_deref(),
         cfg.secrets.allow_plaintext,
-    );
+    )
+    .with_expiry_warning_ms(cfg.secrets.expiry_warning_s.saturating_mul(1000));
     secrets.spawn_reloader(KEYRING_RELOAD_EVERY);
     let store = ConfigStore::new(
         core_client.clone(),

@@ -79,6 +79,8 @@ pub struct Secrets {
     file: Option<PathBuf>,
     /// Accept secret writes on a client connection without TLS.
     allow_plaintext: bool,
+    /// How long before a version's expiry watches are told.
+    expiry_warning_ms: u64,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -102,6 +104,10 @@ pub struct KeyringStatus {
     /// or why there is no usable keyring.
     pub keyring: Result<(u32, Vec<KekFingerprint>), String>,
 }
+
+/// A day: how long before a version's expiry watches are told, unless
+/// configured (`[secrets] expiry_warning_s`).
+pub const DEFAULT_EXPIRY_WARNING_MS: u64 = 86_400_000;
 
 impl Secrets {
     /// The secrets handle of a region: `keyring_file` loaded if given. A
@@ -133,7 +139,18 @@ impl Secrets {
             keyring: Arc::new(RwLock::new(keyring)),
             file: keyring_file.map(Path::to_path_buf),
             allow_plaintext,
+            expiry_warning_ms: DEFAULT_EXPIRY_WARNING_MS,
         }
+    }
+
+    /// Watches are told of a version's expiry this long before it.
+    pub fn with_expiry_warning_ms(mut self, ms: u64) -> Secrets {
+        self.expiry_warning_ms = ms;
+        self
+    }
+
+    pub fn expiry_warning_ms(&self) -> u64 {
+        self.expiry_warning_ms
     }
 
     /// With a keyring given directly (tests, a KMS).
@@ -142,6 +159,7 @@ impl Secrets {
             keyring: Arc::new(RwLock::new(Ok(keyring))),
             file: None,
             allow_plaintext,
+            expiry_warning_ms: DEFAULT_EXPIRY_WARNING_MS,
         }
     }
 

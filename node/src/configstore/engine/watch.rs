@@ -15,6 +15,58 @@ pub struct WatchEvent {
     pub snapshot: bool,
     /// Pass back as `resume_token` to continue after this event, in any region.
     pub token: String,
+    /// Watched secret versions that expire within the region's expiry
+    /// warning (`[secrets] expiry_warning_s`), or have expired: each told
+    /// once per watch, in the first event or in one of their own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expiring: Vec<ExpiringSecret>,
+}
+
+/// A secret version whose reveals start failing at `expires_at_ms`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ExpiringSecret {
+    pub key: String,
+    pub version: u64,
+    pub expires_at_ms: u64,
+}
+
+/// The secret versions of `state` whose expiry warning is due at `now_ms`
+/// and not yet told (now marked told), and when the next one falls due.
+fn expiring(
+    state: &BTreeMap<String, (Value, Option<KeyValue>)>,
+    told: &mut BTreeSet<(String, u64)>,
+    now_ms: u64,
+    warning_ms: u64,
+) -> (Vec<ExpiringSecret>, Option<u64>) {
+    let mut due = Vec::new();
+    let mut next: Option<u64> = None;
+    // Forget versions no longer watched, so the set stays as small as the state.
+    told.retain(|(k, v)| {
+        state
+            .get(k)
+            .is_some_and(|(_, kv)| kv.as_ref().is_some_and(|kv| kv.version == *v))
+    });
+    for (k, (_, kv)) in state {
+        let Some(kv) = kv else { continue };
+        let Some(attrs) = kv.value.as_deref().and_then(secrets::stored_attrs) else {
+            continue;
+        };
+        if attrs.expires_ms == 0 || told.contains(&(k.clone(), kv.version)) {
+            continue;
+        }
+        let at = attrs.expires_ms.saturating_sub(warning_ms);
+        if now_ms >= at {
+            told.insert((k.clone(), kv.version));
+            due.push(ExpiringSecret {
+                key: k.clone(),
+                version: kv.version,
+                expires_at_ms: attrs.expires_ms,
+            });
+        } else {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+    }
+    (due, next)
 }
 
 /// Effective values waiting for a slow watcher, at most (then it is dropped
@@ -203,6 +255,7 @@ impl ConfigStore {
                 changes: state_changes(&BTreeMap::new(), &state, &chain),
                 snapshot: true,
                 token: encode_watch_token(&chain),
+                expiring: Vec::new(),
             },
             Some(revs) => {
                 let mut old_chain = Vec::new();
@@ -245,21 +298,59 @@ impl ConfigStore {
                             changes: state_changes(&old, &state, &chain),
                             snapshot: false,
                             token: encode_watch_token(&chain),
+                            expiring: Vec::new(),
                         }
                     }
                     _ => WatchEvent {
                         changes: state_changes(&BTreeMap::new(), &state, &chain),
                         snapshot: true,
                         token: encode_watch_token(&chain),
+                        expiring: Vec::new(),
                     },
                 }
             }
         };
+        let warning_ms = self.secrets.expiry_warning_ms();
+        let mut told: BTreeSet<(String, u64)> = BTreeSet::new();
+        let mut first = first;
+        let (due, mut next_warning_ms) = expiring(&state, &mut told, now_ms(), warning_ms);
+        first.expiring = due;
         let (out_tx, out_rx) = mpsc::channel(WATCH_EVENTS_BUFFER_MAX);
         let _ = out_tx.send(Ok(first)).await;
         let path = path.to_string();
         tokio::spawn(async move {
-            while let Some((i, resp)) = core_rx.recv().await {
+            loop {
+                // The next expiry warning falls due while nothing changes:
+                // wake for it (the wall clock, as the expiry itself).
+                let warn_in = next_warning_ms
+                    .map(|at| std::time::Duration::from_millis(at.saturating_sub(now_ms()).max(1)));
+                let step = tokio::select! {
+                    r = core_rx.recv() => r,
+                    _ = async {
+                        match warn_in {
+                            Some(d) => tokio::time::sleep(d).await,
+                            None => std::future::pending::<()>().await,
+                        }
+                    } => {
+                        let (due, next) = expiring(&state, &mut told, now_ms(), warning_ms);
+                        next_warning_ms = next;
+                        if !due.is_empty() {
+                            let ev = WatchEvent {
+                                changes: Vec::new(),
+                                snapshot: false,
+                                token: encode_watch_token(&chain),
+                                expiring: due,
+                            };
+                            if out_tx.send(Ok(ev)).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                };
+                let Some((i, resp)) = step else {
+                    return;
+                };
                 let Some(layer) = chain.get_mut(i) else {
                     return;
                 };
@@ -307,13 +398,17 @@ impl ConfigStore {
                 };
                 let changes = state_changes(&state, &new, &chain);
                 state = new;
-                if changes.is_empty() {
+                // A new version with an expiry may be due for its warning at once.
+                let (due, next) = expiring(&state, &mut told, now_ms(), warning_ms);
+                next_warning_ms = next;
+                if changes.is_empty() && due.is_empty() {
                     continue;
                 }
                 let ev = WatchEvent {
                     changes,
                     snapshot: false,
                     token: encode_watch_token(&chain),
+                    expiring: due,
                 };
                 if out_tx.send(Ok(ev)).await.is_err() {
                     return;
