@@ -589,11 +589,20 @@ impl Node {
         // once, and another: a region restarted under writes never caught up
         // (kill -9 test, 30 s). Wait for it, within the hold limits, which
         // bound the log's memory when a follower cannot keep up at all.
+        // Behind means not even sent entries up to the applied index: a
+        // follower with them in flight (the slower of two, an entry behind
+        // at every apply) needs nothing the compaction removes. And only a
+        // follower that answered this leader: a new leader counts every
+        // peer live for an election timeout, a dead one too, and held the
+        // log for it.
         let me = self.id as usize;
         let applied = gr.applied;
         let behind = gr.role.leading().is_some_and(|ls| {
             ls.peers.iter().enumerate().any(|(p, peer)| {
-                p != me && peer.match_index < applied && now.saturating_sub(peer.last_heard_us) < et
+                p != me
+                    && peer.acked_round > 0
+                    && peer.sent_index.max(peer.match_index) < applied
+                    && now.saturating_sub(peer.last_heard_us) < et
             })
         });
         let log_entries = gr.log.last_index() - gr.log.snap_index;

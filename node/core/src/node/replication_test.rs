@@ -278,15 +278,30 @@ fn compaction_waits_for_a_live_follower_behind_within_the_hold_limits() {
         gr.commit = 40;
         gr.applied = 40;
         let ls = gr.role.leading_mut().expect("leads");
+        for p in [1, 2] {
+            ls.peers[p].acked_round = 1;
+            ls.peers[p].last_heard_us = now;
+        }
         ls.peers[1].match_index = 41;
         ls.peers[2].match_index = 25;
-        ls.peers[2].last_heard_us = now;
+        ls.peers[2].sent_index = 25;
         n
     };
     let mut n = setup(1_000);
     n.maybe_compact(0);
     assert_eq!(n.groups[0].log.snap_index, 0, "compacted past follower 2");
     assert_eq!(n.stats.compactions_held, 1);
+    // A follower with the entries up to the applied index in flight needs
+    // nothing the compaction removes; nor does one that never answered this
+    // leader hold the log (a new leader counts every peer live at first).
+    for (sent, acked_round) in [(41, 1), (25, 0)] {
+        let mut n = setup(1_000);
+        let ls = n.groups[0].role.leading_mut().expect("leads");
+        ls.peers[2].sent_index = sent;
+        ls.peers[2].acked_round = acked_round;
+        n.maybe_compact(0);
+        assert_eq!(n.groups[0].log.snap_index, 40, "held for ({sent}, {acked_round})");
+    }
     // A follower silent for an election timeout does not hold the log.
     n.now += n.cfg.election_timeout_us;
     n.maybe_compact(0);
