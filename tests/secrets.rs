@@ -716,14 +716,25 @@ async fn keyring_faults_tampering_and_plaintext_channels_answer_with_their_reaso
     let e = get(&mut eu, "old.cert", true).await.unwrap_err();
     assert_eq!(reason(&e), "SECRET_EXPIRED", "{e:?}");
     assert_eq!(get(&mut eu, "fresh.token", true).await.unwrap(), json!("x"));
-    let due = eu
-        .list_secrets(ListSecretsRequest {
-            ns: ns(),
-            due_only: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // stale.token is due once 1 ms past its write (its write time is the
+    // writing region's clock when the write began): poll for it.
+    let list_due = || {
+        let mut c = eu.clone();
+        async move {
+            c.list_secrets(ListSecretsRequest {
+                ns: ns(),
+                due_only: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    until(Duration::from_secs(5), "stale.token is due", || async {
+        list_due().await.secrets.len() == 2
+    })
+    .await;
+    let due = list_due().await;
     let keys: Vec<&str> = due.secrets.iter().map(|s| s.key.as_str()).collect();
     assert_eq!(keys, ["old.cert", "stale.token"], "{due:?}");
     assert!(due.secrets[0].expired && due.secrets[1].due, "{due:?}");
@@ -953,6 +964,16 @@ async fn reveal_is_a_permission_through_grpc_http_and_templates() {
 
     // HTTP: the same decisions.
     let http = common::http_client();
+    // The metrics name every environment: a cluster-wide read.
+    let metrics = format!("{}/metrics", cl.http[0]);
+    for (token, status) in [(None, 401), (Some(&ro), 403), (Some(&root), 200)] {
+        let mut rb = http.get(&metrics);
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "/metrics as {token:?}");
+    }
     let url = format!("{}/v1/config/shop/prod/db.password?reveal=true", cl.http[0]);
     for (token, status, want) in [
         (&ro, 403, None),
@@ -1654,4 +1675,60 @@ async fn watchers_are_told_before_a_secret_expires() {
         "told {} ms before the expiry, not about 3,000",
         expires_at_ms as i64 - at as i64
     );
+
+    // The metrics: a secret past its rotation period shows as due, the
+    // expired one as expired, parsed by an OpenMetrics parser.
+    let mut rot = secret_put("rot.token", &json!("r"));
+    if let Some(config_op::Op::Put(p)) = &mut rot.op {
+        p.secret = Some(SecretSpec {
+            expires_at_ms: 0,
+            rotate_every_ms: 1,
+        });
+    }
+    c.write(write(vec![rot])).await.unwrap();
+    let text = common::http_client()
+        .get(format!("{}/metrics", cl.http[0]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let m = openmetrics_parser::openmetrics::parse_openmetrics(&text)
+        .unwrap_or_else(|e| panic!("not OpenMetrics ({e:?}):\n{text}"));
+    let gauge = |family: &str, label: (&str, &str)| -> f64 {
+        let f = m
+            .families
+            .get(family)
+            .unwrap_or_else(|| panic!("no family {family} in:\n{text}"));
+        assert_eq!(f.family_type, openmetrics_parser::OpenMetricsType::Gauge);
+        let sample = f
+            .iter_samples()
+            .find(|s| {
+                s.get_labelset()
+                    .is_ok_and(|l| l.get_label_value(label.0) == Some(label.1))
+            })
+            .unwrap_or_else(|| panic!("no {family}{{{}={}}} in:\n{text}", label.0, label.1));
+        match &sample.value {
+            openmetrics_parser::OpenMetricsValue::Gauge(n) => n.as_f64(),
+            other => panic!("{family}: {other:?}"),
+        }
+    };
+    let ns = ("namespace", "shop/prod");
+    assert_eq!(gauge("meridian_secrets", ns), 4.0, "{text}");
+    assert_eq!(gauge("meridian_secrets_rotation_due", ns), 1.0, "{text}");
+    assert!(gauge("meridian_secrets_expired", ns) >= 1.0, "{text}");
+    assert_eq!(
+        gauge("meridian_secret_versions", ("kek_version", "1")),
+        4.0,
+        "{text}"
+    );
+    let loaded = m.families["meridian_secrets_keyring_loaded"]
+        .iter_samples()
+        .next()
+        .map(|s| match &s.value {
+            openmetrics_parser::OpenMetricsValue::Gauge(n) => n.as_f64(),
+            _ => -1.0,
+        });
+    assert_eq!(loaded, Some(1.0), "{text}");
 }

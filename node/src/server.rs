@@ -239,6 +239,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         },
         secrets.clone(),
     );
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let auth_api = crate::grpc_auth::AuthApi::new(core_client.clone(), auth.clone());
     let audit_api = crate::grpc_audit::AuditApi::new(
         core_client.clone(),
@@ -332,7 +333,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
                 .map_err(|cause| StartError::ListenHttp { addr, cause })?;
             let addr = listener.local_addr().unwrap_or(addr);
             let (tx, rx) = oneshot::channel::<()>();
-            let app = crate::configstore::http::router(store, auth.clone())
+            let app = crate::configstore::http::router(store, auth.clone(), metrics.clone())
                 .into_make_service_with_connect_info::<crate::api_tls::ClientConn>();
             let listener = crate::api_tls::HttpListener::new(listener, api_tls.clone())
                 .map_err(|cause| StartError::ListenHttp { addr, cause })?;

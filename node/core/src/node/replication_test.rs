@@ -300,7 +300,10 @@ fn compaction_waits_for_a_live_follower_behind_within_the_hold_limits() {
         ls.peers[2].sent_index = sent;
         ls.peers[2].acked_round = acked_round;
         n.maybe_compact(0);
-        assert_eq!(n.groups[0].log.snap_index, 40, "held for ({sent}, {acked_round})");
+        assert_eq!(
+            n.groups[0].log.snap_index, 40,
+            "held for ({sent}, {acked_round})"
+        );
     }
     // A follower silent for an election timeout does not hold the log.
     n.now += n.cfg.election_timeout_us;

@@ -24,7 +24,7 @@ mod watch;
 mod writes;
 
 pub use secret_lifecycle::DestroyResult;
-pub use secrets::{SecretInfo, SecretsCensus};
+pub use secrets::{NsSecrets, SecretInfo, SecretsCensus, SecretsOverview};
 pub use watch::WatchEvent;
 
 use crate::auth::{Access, Action};

@@ -437,6 +437,25 @@ impl ConfigStore {
     }
 }
 
+/// A region's secrets, counted for the metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretsOverview {
+    /// Environments holding at least one live secret.
+    pub namespaces: BTreeMap<String, NsSecrets>,
+    /// Stored versions (every retained one) by KEK version.
+    pub by_kek: BTreeMap<u32, u64>,
+}
+
+/// One environment's live secrets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NsSecrets {
+    pub live: usize,
+    pub due: usize,
+    pub expired: usize,
+    /// How long the most overdue one is past its rotation period.
+    pub overdue_ms_max: u64,
+}
+
 /// One secret of an environment as `list_secrets` shows it: its current
 /// version's lifecycle, never its value.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -473,15 +492,26 @@ impl ConfigStore {
         due_only: bool,
     ) -> Result<Vec<SecretInfo>, CfgError> {
         access.check_namespace_read(ns)?;
-        let layer = self
-            .load_layer(ns, "$", AsOf::Latest, ReadConsistency::Linearizable)
-            .await?;
+        let mut out = Vec::new();
+        for info in self.secret_infos(ns, ReadConsistency::Linearizable).await? {
+            if access.may_read(ns, &info.key) && (!due_only || info.due || info.expired) {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every secret of `ns` (its current version's lifecycle), as read at
+    /// `consistency`, in key order.
+    async fn secret_infos(
+        &self,
+        ns: &str,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<SecretInfo>, CfgError> {
+        let layer = self.load_layer(ns, "$", AsOf::Latest, consistency).await?;
         let now = now_ms();
         let mut out = Vec::new();
         for key in registry(&layer) {
-            if !access.may_read(ns, &key) {
-                continue;
-            }
             let q = ReadQuery::Get { key: key.clone() };
             let kv = match self.read(ns, q, Consistency::Stale, layer.token).await? {
                 ClientResponse::Value { kv, .. } => kv,
@@ -492,7 +522,7 @@ impl ConfigStore {
                 .as_deref()
                 .and_then(stored_attrs)
                 .unwrap_or_default();
-            let info = SecretInfo {
+            out.push(SecretInfo {
                 key,
                 version: kv.version,
                 revision: kv.mod_revision,
@@ -509,12 +539,40 @@ impl ConfigStore {
                     .value
                     .as_deref()
                     .is_some_and(crate::secrets::is_destroyed),
-            };
-            if !due_only || info.due || info.expired {
-                out.push(info);
-            }
+            });
         }
         Ok(out)
+    }
+
+    /// This region's secrets by environment and by KEK version, read
+    /// locally (as stale as its replicas; available without a quorum), for
+    /// the metrics. Nothing is decrypted.
+    pub async fn secrets_overview(&self) -> Result<SecretsOverview, CfgError> {
+        let census = self.census(ReadConsistency::Stale, 0).await?;
+        let mut o = SecretsOverview {
+            by_kek: census.by_kek,
+            ..SecretsOverview::default()
+        };
+        let now = now_ms();
+        for ns in self.list_namespaces_local("").await? {
+            let mut n = NsSecrets::default();
+            for s in self.secret_infos(&ns.name, ReadConsistency::Stale).await? {
+                if s.deleted {
+                    continue;
+                }
+                n.live += 1;
+                n.due += usize::from(s.due);
+                n.expired += usize::from(s.expired);
+                if s.due {
+                    let overdue = now.saturating_sub(s.time_ms.saturating_add(s.rotate_every_ms));
+                    n.overdue_ms_max = n.overdue_ms_max.max(overdue);
+                }
+            }
+            if n.live > 0 {
+                o.namespaces.insert(ns.name, n);
+            }
+        }
+        Ok(o)
     }
 }
 

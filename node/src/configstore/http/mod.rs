@@ -5,8 +5,10 @@
 //! stable reasons as gRPC.
 
 use crate::auth::{Access, Authority};
+use crate::metrics::Metrics;
 use crate::reason::Reason;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -86,7 +88,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     }
 }
 
-pub fn router(store: ConfigStore, auth: Authority) -> Router {
+pub fn router(store: ConfigStore, auth: Authority, metrics: Arc<Metrics>) -> Router {
     // Bodies well above the value limit still reach the handler, which
     // answers VALUE_TOO_LARGE; past this, the body is refused unread.
     let body_max = store.limits().value_bytes_max * 4 + (1 << 20);
@@ -141,10 +143,12 @@ pub fn router(store: ConfigStore, auth: Authority) -> Router {
             put(put_template).get(get_template),
         )
         .route("/v1/watch/{project}/{env}", get(watch))
+        .route("/metrics", get(metrics_text))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(body_max))
         .layer(axum::Extension(auth))
+        .layer(axum::Extension(metrics))
         .with_state(store)
 }
 
@@ -202,6 +206,31 @@ async fn write_one(
 }
 
 // ----- handlers -----
+
+/// Prometheus metrics (OpenMetrics text). With authentication on, a
+/// scraper needs `read` on the cluster (a token in `Authorization:
+/// Bearer`, as Prometheus' `authorization` setting sends it).
+async fn metrics_text(
+    Caller(access): Caller,
+    State(st): State<ConfigStore>,
+    axum::Extension(metrics): axum::Extension<Arc<Metrics>>,
+) -> Result<axum::response::Response, CfgError> {
+    access.check(crate::auth::Action::Read, crate::auth::Resource::CLUSTER)?;
+    metrics
+        .refresh_secrets_every(&st, crate::metrics::SECRETS_REFRESH_EVERY)
+        .await;
+    let text = metrics
+        .encode()
+        .map_err(|e| CfgError::new(Reason::Internal, format!("encoding the metrics: {e}")))?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
 
 /// The audit log: records by time, principal, namespace, key, action and
 /// result, merged across groups, a page at a time.

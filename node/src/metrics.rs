@@ -1,0 +1,177 @@
+//! A region's Prometheus metrics: `GET /metrics` on the HTTP API port, in
+//! the OpenMetrics text format (`prometheus-client`), which Prometheus
+//! scrapes natively. Metric names follow Prometheus conventions
+//! (`meridian_` prefix, base units, `_seconds`). Today they cover secrets'
+//! lifecycle (rotation policy, expiry, the keyring); the operators' metrics
+//! of issue 17 join them here.
+
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::configstore::engine::ConfigStore;
+
+/// How often at most a region counts its secrets for the metrics: a count
+/// reads every secret's current version (locally, without decrypting), so
+/// scrapes closer together than this share one. It is counted at a scrape,
+/// never in the background: no work when nobody scrapes.
+pub const SECRETS_REFRESH_EVERY: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NsLabels {
+    namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KekLabels {
+    kek_version: String,
+}
+
+/// The registry and the metrics the node updates.
+pub struct Metrics {
+    registry: Registry,
+    secrets: Family<NsLabels, Gauge>,
+    secrets_rotation_due: Family<NsLabels, Gauge>,
+    secrets_rotation_overdue: Family<NsLabels, Gauge>,
+    secrets_expired: Family<NsLabels, Gauge>,
+    secret_versions: Family<KekLabels, Gauge>,
+    keyring_loaded: Gauge,
+    secrets_refresh_errors: Gauge,
+    /// When the secrets were last counted (concurrent scrapes wait for one count).
+    secrets_counted: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("meridian");
+        let m = Metrics {
+            secrets: Family::default(),
+            secrets_rotation_due: Family::default(),
+            secrets_rotation_overdue: Family::default(),
+            secrets_expired: Family::default(),
+            secret_versions: Family::default(),
+            keyring_loaded: Gauge::default(),
+            secrets_refresh_errors: Gauge::default(),
+            secrets_counted: tokio::sync::Mutex::new(None),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "secrets",
+            "Secrets (live keys) of each environment, as this region holds them",
+            m.secrets.clone(),
+        );
+        registry.register(
+            "secrets_rotation_due",
+            "Secrets older than their rotate_every period (meridian secrets list --due)",
+            m.secrets_rotation_due.clone(),
+        );
+        registry.register(
+            "secrets_rotation_overdue_seconds_max",
+            "How long the most overdue secret of each environment is past its rotation period",
+            m.secrets_rotation_overdue.clone(),
+        );
+        registry.register(
+            "secrets_expired",
+            "Secrets whose current version is past its expires_at (reveals fail)",
+            m.secrets_expired.clone(),
+        );
+        registry.register(
+            "secret_versions",
+            "Stored secret versions by the key-encryption-key version that wraps them",
+            m.secret_versions.clone(),
+        );
+        registry.register(
+            "secrets_keyring_loaded",
+            "1 if this region holds a usable keyring, else 0 (secrets answer KEYRING_UNAVAILABLE)",
+            m.keyring_loaded.clone(),
+        );
+        registry.register(
+            "secrets_refresh_errors",
+            "1 if the last count of secrets for these metrics failed (the figures are stale)",
+            m.secrets_refresh_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// Count this region's secrets into the gauges, unless they were
+    /// counted less than `every` ago.
+    pub async fn refresh_secrets_every(&self, store: &ConfigStore, every: Duration) {
+        let mut counted = self.secrets_counted.lock().await;
+        if counted.is_some_and(|at| at.elapsed() < every) {
+            return;
+        }
+        self.refresh_secrets(store).await;
+        *counted = Some(Instant::now());
+    }
+
+    /// Count this region's secrets into the gauges.
+    async fn refresh_secrets(&self, store: &ConfigStore) {
+        self.keyring_loaded
+            .set(i64::from(store.secrets_keyring().keyring.is_ok()));
+        let overview = match store.secrets_overview().await {
+            Ok(o) => o,
+            Err(e) => {
+                // Not a warning: the gauge below says it, and a region
+                // that is starting or stopping answers so.
+                tracing::info!(error = %e, "counting secrets for the metrics failed");
+                self.secrets_refresh_errors.set(1);
+                return;
+            }
+        };
+        self.secrets_refresh_errors.set(0);
+        // A namespace gone, or one whose secrets are all destroyed, leaves
+        // the families: clear, then set what there is.
+        for f in [
+            &self.secrets,
+            &self.secrets_rotation_due,
+            &self.secrets_rotation_overdue,
+            &self.secrets_expired,
+        ] {
+            f.clear();
+        }
+        self.secret_versions.clear();
+        for (ns, o) in &overview.namespaces {
+            let l = NsLabels {
+                namespace: ns.clone(),
+            };
+            let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            self.secrets.get_or_create(&l).set(count(o.live));
+            self.secrets_rotation_due
+                .get_or_create(&l)
+                .set(count(o.due));
+            self.secrets_expired.get_or_create(&l).set(count(o.expired));
+            self.secrets_rotation_overdue
+                .get_or_create(&l)
+                .set(i64::try_from(o.overdue_ms_max / 1000).unwrap_or(i64::MAX));
+        }
+        for (kek, n) in &overview.by_kek {
+            self.secret_versions
+                .get_or_create(&KekLabels {
+                    kek_version: kek.to_string(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+}
