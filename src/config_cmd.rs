@@ -442,6 +442,11 @@ fn diff_text(changes: &[Value]) -> String {
     diff::to_text(&changes)
 }
 
+/// Print a write's result (`-o` as chosen).
+pub(crate) fn emit_write(out: Output, r: &ConfigWriteResponse) -> Result<()> {
+    emit(out, &write_json(r), written)
+}
+
 pub(crate) fn written(v: &Value) -> String {
     let mut s = format!("revision {}", v["revision"]);
     if v["replayed"] == json!(true) {
@@ -914,7 +919,7 @@ pub async fn run(cmd: ConfigCmd, target: &crate::auth_cmd::Target, out: Output) 
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            emit(out, &write_json(&r), written)
+            emit_write(out, &r)
         }
         ConfigCmd::SchemaSet { ns, prefix, schema } => {
             let op = config_op::Op::SetSchema(SetSchemaOp {

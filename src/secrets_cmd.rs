@@ -365,11 +365,7 @@ async fn paths(
             .await
             .map_err(status_err)?
             .into_inner();
-        return emit(
-            out,
-            &crate::config_cmd::write_json(&r),
-            crate::config_cmd::written,
-        );
+        return crate::config_cmd::emit_write(out, &r);
     }
     let r = client
         .list_secrets(meridian_proto::v1::ListSecretsRequest {
@@ -454,11 +450,7 @@ pub async fn run(cmd: SecretsCmd, target: &Target, out: Output) -> Result<()> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            return emit(
-                out,
-                &crate::config_cmd::write_json(&r),
-                crate::config_cmd::written,
-            );
+            return crate::config_cmd::emit_write(out, &r);
         }
     };
     match cmd {

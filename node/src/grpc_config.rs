@@ -233,6 +233,25 @@ fn op(o: ConfigOp) -> Result<Op, Status> {
     })
 }
 
+/// A write's options: who, why, the idempotency key, and whether the
+/// caller's connection is TLS (secrets need it, unless configured not to).
+fn write_opts(
+    access: Access,
+    author: String,
+    message: String,
+    idempotency_key: Option<String>,
+    dry_run: bool,
+) -> WriteOpts {
+    WriteOpts {
+        secure_channel: access.secure_channel(),
+        access,
+        author,
+        message,
+        idempotency_key,
+        dry_run,
+    }
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchConfigEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -467,14 +486,7 @@ impl Config for ConfigApi {
         let r = r.into_inner();
         let ns = ns_of(r.ns)?;
         let key = (!r.key.is_empty()).then_some(r.key.as_str());
-        let opts = WriteOpts {
-            secure_channel: access.secure_channel(),
-            access,
-            author: r.author,
-            message: r.message,
-            idempotency_key: None,
-            dry_run: false,
-        };
+        let opts = write_opts(access, r.author, r.message, None, false);
         let w = self
             .store
             .rollback(&ns, key, r.revision, r.allow_delete, &opts)
@@ -580,14 +592,7 @@ impl Config for ConfigApi {
         let access = self.access(&r)?;
         let r = r.into_inner();
         let ns = ns_of(r.ns)?;
-        let opts = WriteOpts {
-            secure_channel: access.secure_channel(),
-            access,
-            author: r.author,
-            message: r.message,
-            idempotency_key: None,
-            dry_run: false,
-        };
+        let opts = write_opts(access, r.author, r.message, None, false);
         let version = (r.version != 0).then_some(r.version);
         let w = self
             .store
@@ -645,14 +650,8 @@ impl ConfigApi {
     ) -> Result<Response<ConfigWriteResponse>, Status> {
         let ns = ns_of(r.ns)?;
         let ops = r.ops.into_iter().map(op).collect::<Result<Vec<_>, _>>()?;
-        let opts = WriteOpts {
-            secure_channel: access.secure_channel(),
-            access,
-            author: r.author,
-            message: r.message,
-            idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
-            dry_run,
-        };
+        let idempotency_key = (!r.idempotency_key.is_empty()).then_some(r.idempotency_key);
+        let opts = write_opts(access, r.author, r.message, idempotency_key, dry_run);
         let w = self.store.write(&ns, ops, &opts).await.map_err(st)?;
         Ok(Response::new(write_resp(w)))
     }

@@ -579,11 +579,11 @@ impl ConfigStore {
 /// Paths one environment marks secret at most.
 pub const SECRET_PATHS_MAX: usize = 256;
 
-/// The paths an environment's own setting marks secret.
-pub fn own_secret_paths(layer: &Layer) -> BTreeSet<String> {
+/// The strings of a meta key holding a JSON array of strings.
+fn meta_strings(layer: &Layer, key: &str) -> BTreeSet<String> {
     layer
         .meta
-        .get(SECRET_PATHS_KEY)
+        .get(key)
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -591,6 +591,11 @@ pub fn own_secret_paths(layer: &Layer) -> BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The paths an environment's own setting marks secret.
+pub fn own_secret_paths(layer: &Layer) -> BTreeSet<String> {
+    meta_strings(layer, SECRET_PATHS_KEY)
 }
 
 /// The paths marked secret in force in a chain: every layer's, since an
@@ -613,16 +618,7 @@ pub(super) fn path_marks(
 
 /// The keys a namespace's `$secrets` registry names.
 pub(super) fn registry(layer: &Layer) -> BTreeSet<String> {
-    layer
-        .meta
-        .get(SECRETS_KEY)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+    meta_strings(layer, SECRETS_KEY)
 }
 
 /// Mark the keys the registry names as secrets, and add to it every key

@@ -377,7 +377,6 @@ async fn secrets_paths(
     .await
 }
 
-/// Re-wrap every stored secret version under the active KEK.
 /// Vault KV v2's destroy: `{"versions": [1, 2]}`.
 async fn secrets_destroy(
     Caller(access): Caller,
@@ -431,6 +430,7 @@ async fn secrets_undelete(
     ok(r)
 }
 
+/// Re-wrap every stored secret version under the active KEK.
 async fn secrets_rewrap(Caller(access): Caller, State(st): State<ConfigStore>) -> Res {
     let census = st.rewrap_secrets(&access).await?;
     ok(secrets_json(st.secrets_keyring(), census))
