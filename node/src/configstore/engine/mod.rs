@@ -367,10 +367,24 @@ impl Layer {
 /// A secret's value is left out: the fingerprint is stored (the core's
 /// idempotency table) and a hash of a short secret could be searched. Two
 /// writes that differ only in a secret's value count as the same write.
-fn ops_fingerprint(ns: &str, ops: &[Op]) -> Result<u64, CfgError> {
+/// That is a value the write marks secret, and a value of a key that
+/// `marks` (what the environment already holds secret) says is or may be.
+fn ops_fingerprint(ns: &str, ops: &[Op], marks: &secrets::Marks) -> Result<u64, CfgError> {
     let mut ops = ops.to_vec();
     for op in &mut ops {
         match op {
+            Op::Put { key, value, .. } if marks.key(key) => *value = Value::Null,
+            Op::Merge {
+                path, patch: value, ..
+            }
+            | Op::Patch {
+                path, patch: value, ..
+            } if marks.subtree(path) => *value = Value::Null,
+            Op::Restore {
+                key,
+                value: Some(value),
+                ..
+            } if marks.key(key) => *value = Value::Null,
             Op::Put {
                 value,
                 secret: Some(_),

@@ -616,6 +616,62 @@ pub(super) fn path_marks(
         .collect()
 }
 
+/// What an environment already holds secret, as a write's fingerprint
+/// needs it before the write is evaluated: the registry, the marked paths
+/// and the schemas in force.
+#[derive(Clone, Debug, Default)]
+pub struct Marks {
+    registry: BTreeSet<String>,
+    paths: BTreeSet<String>,
+    schemas: BTreeMap<String, Value>,
+}
+
+impl Marks {
+    /// Whether `key` is a secret, or would be stored as one.
+    pub fn key(&self, key: &str) -> bool {
+        self.registry.contains(key)
+            || self.paths.iter().any(|p| tree::is_under(key, p))
+            || !schema_marks(
+                &self.schemas,
+                &BTreeMap::from([(key.to_string(), Value::Null)]),
+            )
+            .is_empty()
+    }
+
+    /// Whether a value written at `path` may set a secret: conservative (a
+    /// patch's keys are known only once applied).
+    pub fn subtree(&self, path: &str) -> bool {
+        let overlaps = |p: &str| tree::is_under(p, path) || tree::is_under(path, p);
+        self.registry.iter().any(|k| tree::is_under(k, path))
+            || self.paths.iter().any(|p| overlaps(p))
+            || self
+                .schemas
+                .iter()
+                .any(|(p, s)| overlaps(p) && s.to_string().contains("\"writeOnly\""))
+    }
+}
+
+impl ConfigStore {
+    /// `ns`'s marks as this region's replicas hold them (a mark made a
+    /// moment ago elsewhere may be missing: the window in which a retry's
+    /// fingerprint could differ, and a value be hashed, is that short).
+    pub(super) async fn marks(&self, ns: &str, access: &Access) -> Result<Marks, CfgError> {
+        let opts = ReadOpts {
+            access: access.clone(),
+            raw: false,
+            as_of: AsOf::Latest,
+            consistency: ReadConsistency::Stale,
+            reveal: false,
+        };
+        let chain = self.load_chain(ns, "$", &opts).await?;
+        Ok(Marks {
+            registry: chain.first().map(registry).unwrap_or_default(),
+            paths: effective_secret_paths(&chain),
+            schemas: effective_schemas(&chain),
+        })
+    }
+}
+
 /// The keys a namespace's `$secrets` registry names.
 pub(super) fn registry(layer: &Layer) -> BTreeSet<String> {
     meta_strings(layer, SECRETS_KEY)
@@ -652,6 +708,52 @@ pub fn stored_attrs(bytes: &[u8]) -> Option<Attrs> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_fingerprint_holds_no_value_of_a_key_already_secret() {
+        // The fingerprint is stored in the idempotency table: a 64-bit hash
+        // of a short secret's plaintext could be searched.
+        let marks = Marks {
+            registry: BTreeSet::from(["db.password".to_string()]),
+            paths: BTreeSet::from(["creds".to_string()]),
+            schemas: BTreeMap::from([(
+                "tls".to_string(),
+                json!({"properties": {"key": {"writeOnly": true}}}),
+            )]),
+        };
+        let put = |k: &str, v: &str| Op::Put {
+            key: k.into(),
+            value: json!(v),
+            if_version: None,
+            secret: None,
+        };
+        let merge = |p: &str, v: Value| Op::Merge {
+            path: p.into(),
+            patch: v,
+            if_version: None,
+            secret: None,
+        };
+        let fp = |op: Op| ops_fingerprint("shop/prod", &[op], &marks).unwrap();
+        for k in ["db.password", "creds.api", "tls.key"] {
+            assert_eq!(fp(put(k, "hunter2")), fp(put(k, "hunter3")), "{k}");
+        }
+        assert_eq!(
+            fp(merge("creds", json!({"a": "x"}))),
+            fp(merge("creds", json!({"a": "y"})))
+        );
+        assert_eq!(
+            fp(merge("", json!({"db": 1}))),
+            fp(merge("", json!({"db": 2})))
+        );
+        // Plain keys keep their values in it: a reused idempotency key with
+        // another value is still told apart.
+        assert_ne!(fp(put("db.host", "a")), fp(put("db.host", "b")));
+        assert_ne!(fp(put("tls.cert", "a")), fp(put("tls.cert", "b")));
+        assert_ne!(
+            fp(merge("app", json!({"a": "x"}))),
+            fp(merge("app", json!({"a": "y"})))
+        );
+    }
 
     #[test]
     fn redactions_are_recognised_and_plain_strings_are_not() {

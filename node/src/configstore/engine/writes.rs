@@ -84,7 +84,8 @@ impl ConfigStore {
             Some(k) => fnv1a(format!("{ns}\0{k}").as_bytes()) | 1,
             None => rand::random::<u64>() | 1,
         };
-        let fingerprint = ops_fingerprint(ns, &ops)?;
+        let marks = self.marks(ns, &opts.access).await?;
+        let fingerprint = ops_fingerprint(ns, &ops, &marks)?;
         if opts.idempotency_key.is_some() && !opts.dry_run {
             if let Some(first) = self.replay(ns, request_id, fingerprint).await? {
                 return Ok(first);
