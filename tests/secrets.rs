@@ -622,6 +622,37 @@ async fn keyring_faults_tampering_and_plaintext_channels_answer_with_their_reaso
     .unwrap();
     let e = get(&mut eu, "tls.key", true).await.unwrap_err();
     assert_eq!(reason(&e), "SECRET_CORRUPT", "{e:?}");
+    // The raw KV API may not go around the engine: no plain bytes under a
+    // secret's key, no write of the engine's own keys (the registry and the
+    // marks would unmark secrets).
+    let kv_writer = kv.clone();
+    let kv_put = |key: &str, value: &[u8]| {
+        let mut kv = kv_writer.clone();
+        let req = PutRequest {
+            namespace: "shop/prod".into(),
+            key: key.into(),
+            value: value.to_vec(),
+            ..Default::default()
+        };
+        async move { kv.put(req).await }
+    };
+    let e = kv_put("tls.key", b"\"plain\"").await.unwrap_err();
+    assert_eq!(reason(&e), "SECRET_NOT_SEALED", "{e:?}");
+    for key in ["$secrets", "$secret_paths", "$schema:"] {
+        let e = kv_put(key, b"[]").await.unwrap_err();
+        assert_eq!(reason(&e), "RESERVED_KEY", "{key}: {e:?}");
+    }
+    let e = kv
+        .delete(DeleteRequest {
+            namespace: "shop/prod".into(),
+            key: "$secrets".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "RESERVED_KEY", "{e:?}");
+    // A plain key stays writable through it.
+    kv_put("plain.kv", b"1").await.unwrap();
     // Without reveal it reads as a redaction like any secret.
     let v = get(&mut eu, "tls.key", false).await.unwrap();
     assert!(v.as_str().unwrap().starts_with("<redacted secret v"), "{v}");

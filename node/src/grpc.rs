@@ -243,6 +243,65 @@ impl Api {
         self.auth.grpc(r).map_err(auth_status)
     }
 
+    /// The raw KV API writes bytes as they are, past the configuration
+    /// engine. In a configuration environment (a namespace named
+    /// project/environment) it may not write the engine's own `$` keys
+    /// (rewriting the secrets' registry or marks would unmark secrets), nor
+    /// a secret's key with bytes that are not sealed (they would be stored
+    /// and read in plaintext). Sealed bytes stay writable: a copied or
+    /// altered envelope fails its tag (SECRET_CORRUPT), it never opens.
+    async fn guard_config_keys(&self, ns: &str, ops: &[WriteOp]) -> Result<(), Status> {
+        if !ns.contains('/') {
+            return Ok(());
+        }
+        if let Some(op) = ops.iter().find(|op| op.key().starts_with('$')) {
+            return Err(status(
+                Reason::ReservedKey,
+                &format!(
+                    "{:?} is the configuration engine's own key in {ns}; change schemas, \
+                     templates and secret marks through the Config API",
+                    op.key()
+                ),
+            ));
+        }
+        let plain: Vec<&str> = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::Put { key, value } if !crate::secrets::is_envelope(value) => {
+                    Some(key.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        if plain.is_empty() {
+            return Ok(());
+        }
+        let query = ReadQuery::Get {
+            key: crate::configstore::tree::SECRETS_KEY.to_string(),
+        };
+        let registry: Vec<String> = match self.read(ns.to_string(), query, None).await? {
+            ClientResponse::Value { kv, .. } => match kv.value.as_deref() {
+                None => Vec::new(),
+                Some(b) => serde_json::from_slice(b).map_err(|e| {
+                    status(
+                        Reason::Internal,
+                        &format!("the secrets registry of {ns} does not decode: {e}"),
+                    )
+                })?,
+            },
+            other => return Err(unexpected(&other)),
+        };
+        if let Some(k) = plain.iter().find(|k| registry.iter().any(|r| r == *k)) {
+            return Err(status(
+                Reason::SecretNotSealed,
+                &format!(
+                    "{k:?} is a secret in {ns}: write it through the Config API, which seals it"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// A write by `access`: every compared key needs `read` (a compare
     /// reveals a version), every put `write` and every delete `delete`.
     async fn write(
@@ -267,6 +326,7 @@ impl Api {
                 .check_key(action, &ns, op.key())
                 .map_err(auth_status)?;
         }
+        self.guard_config_keys(&ns, &ops).await?;
         let fingerprint = meridian_core::types::write_fingerprint(&ns, &compares, &ops);
         let resp = self
             .call(ClientRequest::Write {

@@ -105,6 +105,10 @@ reasons! {
     // A request about secrets names a key or version that is not one.
     NotASecret => "NOT_A_SECRET", FailedPrecondition, 400;
     SecretNeedsTls => "SECRET_NEEDS_TLS", FailedPrecondition, 403;
+    // The raw KV API in a configuration environment: the engine's own keys,
+    // and a secret's key written with bytes that are not sealed.
+    ReservedKey => "RESERVED_KEY", InvalidArgument, 400;
+    SecretNotSealed => "SECRET_NOT_SEALED", FailedPrecondition, 400;
     // The HTTP API only.
     UnknownRoute => "UNKNOWN_ROUTE", NotFound, 404;
     MethodNotAllowed => "METHOD_NOT_ALLOWED", InvalidArgument, 405;
