@@ -3,6 +3,7 @@
 //! schemas, templates, watch), over gRPC, printed as text, JSON, YAML or a
 //! table.
 
+use crate::config_out::{diff_json, diff_text, emit_write, pretty, write_json, written};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use meridian_proto::client::AuthChannel;
@@ -11,7 +12,6 @@ use meridian_proto::v1::*;
 use serde_json::{json, Value};
 
 use crate::output::{check_stream, emit, emit_event, emit_list, status_err, Output};
-use meridian_node::configstore::diff;
 
 #[derive(Subcommand)]
 pub enum ConfigCmd {
@@ -387,7 +387,7 @@ fn value_text(v: &str) -> Result<String> {
     Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
 }
 
-fn parse(s: &str) -> Value {
+pub(crate) fn parse(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or(Value::Null)
 }
 
@@ -398,68 +398,6 @@ fn entry_json(e: &ConfigEntry) -> Value {
         "time_ms": e.time_ms, "time": crate::output::iso8601_ms(e.time_ms),
         "deleted": e.deleted, "inherited_from": e.inherited_from,
     })
-}
-
-pub(crate) fn write_json(w: &ConfigWriteResponse) -> Value {
-    json!({
-        "revision": w.revision, "token": w.token, "replayed": w.replayed, "dry_run": w.dry_run,
-        "changes": w.changes.iter().map(|c| json!({"key": c.key, "op": c.op, "version": c.version})).collect::<Vec<_>>(),
-        "diff": w.diff.iter().map(diff_json).collect::<Vec<_>>(),
-        "warnings": w.warnings,
-    })
-}
-
-fn diff_json(c: &DiffChange) -> Value {
-    let mut v = json!({"path": c.path, "op": c.op});
-    if !c.from_json.is_empty() {
-        v["from"] = parse(&c.from_json);
-    }
-    if !c.to_json.is_empty() {
-        v["to"] = parse(&c.to_json);
-    }
-    v
-}
-
-fn pretty(v: &Value) -> String {
-    format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default())
-}
-
-/// The CLI's text diff is the engine's (`+`, `-`, `~` lines by JSON pointer).
-fn diff_text(changes: &[Value]) -> String {
-    let changes: Vec<diff::Change> = changes
-        .iter()
-        .map(|c| diff::Change {
-            path: c["path"].as_str().unwrap_or_default().to_string(),
-            op: match c["op"].as_str() {
-                Some("added") => "added",
-                Some("removed") => "removed",
-                _ => "changed",
-            },
-            from: c.get("from").cloned(),
-            to: c.get("to").cloned(),
-        })
-        .collect();
-    diff::to_text(&changes)
-}
-
-/// Print a write's result (`-o` as chosen).
-pub(crate) fn emit_write(out: Output, r: &ConfigWriteResponse) -> Result<()> {
-    emit(out, &write_json(r), written)
-}
-
-pub(crate) fn written(v: &Value) -> String {
-    let mut s = format!("revision {}", v["revision"]);
-    if v["replayed"] == json!(true) {
-        s.push_str(" (replayed: an earlier write with this idempotency key)");
-    }
-    s.push('\n');
-    s.push_str(&diff_text(
-        v["diff"].as_array().map(Vec::as_slice).unwrap_or(&[]),
-    ));
-    for w in v["warnings"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-        s.push_str(&format!("warning: {}\n", w.as_str().unwrap_or_default()));
-    }
-    s
 }
 
 async fn write(

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 mod audit_cmd;
 mod auth_cmd;
 mod config_cmd;
+mod config_out;
 mod output;
 mod secrets_cmd;
 

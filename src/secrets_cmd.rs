@@ -365,7 +365,7 @@ async fn paths(
             .await
             .map_err(status_err)?
             .into_inner();
-        return crate::config_cmd::emit_write(out, &r);
+        return crate::config_out::emit_write(out, &r);
     }
     let r = client
         .list_secrets(meridian_proto::v1::ListSecretsRequest {
@@ -450,7 +450,7 @@ pub async fn run(cmd: SecretsCmd, target: &Target, out: Output) -> Result<()> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            return crate::config_cmd::emit_write(out, &r);
+            return crate::config_out::emit_write(out, &r);
         }
     };
     match cmd {
