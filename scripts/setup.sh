@@ -67,7 +67,17 @@ if command -v python3 >/dev/null 2>&1; then
     python3 -m pip install --quiet grpcio grpcio-tools grpcio-reflection 2>/dev/null \
       || python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools grpcio-reflection
   fi
+  # OpenFeature's Python SDK and its OFREP and flagd providers, which
+  # tests/flags.rs drives against a running cluster (software nobody
+  # here wrote, from PyPI).
+  if python3 -c "import openfeature.contrib.provider.ofrep, openfeature.contrib.provider.flagd" >/dev/null 2>&1; then
+    echo "setup: python openfeature providers already installed"
+  else
+    echo "setup: installing openfeature-sdk, openfeature-provider-ofrep, openfeature-provider-flagd (for tests/flags.rs)"
+    python3 -m pip install --quiet openfeature-sdk openfeature-provider-ofrep openfeature-provider-flagd 2>/dev/null \
+      || python3 -m pip install --quiet --break-system-packages openfeature-sdk openfeature-provider-ofrep openfeature-provider-flagd
+  fi
 else
-  echo "setup: WARNING: no python3; tests/foreign_client.rs will fail until python3 with grpcio is installed" >&2
+  echo "setup: WARNING: no python3; tests/foreign_client.rs and tests/flags.rs will fail until python3 with grpcio and the openfeature providers is installed" >&2
 fi
 echo "setup: done"

@@ -18,6 +18,7 @@ mod audit_cmd;
 mod auth_cmd;
 mod config_cmd;
 mod config_out;
+mod flag_cmd;
 mod output;
 mod secrets_cmd;
 
@@ -225,6 +226,16 @@ enum Cmd {
     Secrets {
         #[command(subcommand)]
         cmd: secrets_cmd::SecretsCmd,
+    },
+    /// Feature flags (docs/flags.md): create, target, roll out, evaluate, kill.
+    Flag {
+        #[command(subcommand)]
+        cmd: flag_cmd::FlagCmd,
+    },
+    /// Segments: rules flags share (`{"$ref": name}`).
+    Segment {
+        #[command(subcommand)]
+        cmd: flag_cmd::SegmentCmd,
     },
     /// Cluster administration.
     Cluster {
@@ -538,6 +549,12 @@ async fn client_command(cli: Cli) -> Result<()> {
     if let Cmd::Secrets { cmd } = cli.cmd {
         return secrets_cmd::run(cmd, &target, cli.output).await;
     }
+    if let Cmd::Flag { cmd } = cli.cmd {
+        return flag_cmd::run(cmd, &target, cli.output).await;
+    }
+    if let Cmd::Segment { cmd } = cli.cmd {
+        return flag_cmd::run_segment(cmd, &target, cli.output).await;
+    }
     if let Cmd::Audit { cmd } = cli.cmd {
         return audit_cmd::run(cmd, &target, cli.output).await;
     }
@@ -842,6 +859,8 @@ async fn client_command(cli: Cli) -> Result<()> {
         | Cmd::Auth { .. }
         | Cmd::Audit { .. }
         | Cmd::Secrets { .. }
+        | Cmd::Flag { .. }
+        | Cmd::Segment { .. }
         | Cmd::Completion { .. } => {}
     }
     Ok(())

@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use crate::configstore::engine::{
-    self, ns_name, ConfigStore, CreateNs, Entry, Op, ReadConsistency, ReadOpts, WriteOpts,
-    WriteResult,
+    self, ns_name, ConfigStore, CreateNs, Entry, FlagEdit, Op, ReadConsistency, ReadOpts,
+    WriteOpts, WriteResult,
 };
 use crate::configstore::{diff, CfgError};
 
@@ -230,6 +230,39 @@ fn op(o: ConfigOp) -> Result<Op, Status> {
             add: s.add,
             remove: s.remove,
         },
+        P::SetFlag(f) => Op::SetFlag {
+            definition: json(
+                &format!("the definition of flag {:?}", f.key),
+                &f.definition_json,
+            )?,
+            key: f.key,
+        },
+        P::DeleteFlag(f) => Op::DeleteFlag { key: f.key },
+        P::EditFlag(f) => {
+            use meridian_proto::v1::edit_flag_op::Edit;
+            let edit = match f.edit {
+                Some(Edit::Enabled(enabled)) => FlagEdit::State { enabled },
+                Some(Edit::Rollout(r)) => FlagEdit::Rollout {
+                    variant: (!r.variant.is_empty()).then_some(r.variant),
+                    percent_milli: r.percent_milli,
+                },
+                Some(Edit::Target(t)) => FlagEdit::Target {
+                    segment: t.segment,
+                    variant: t.variant,
+                },
+                None => {
+                    return Err(st(CfgError::invalid(
+                        "an edit of a flag needs enabled, rollout or target",
+                    )))
+                }
+            };
+            Op::EditFlag { key: f.key, edit }
+        }
+        P::SetSegment(s) => Op::SetSegment {
+            rule: json(&format!("the rule of segment {:?}", s.name), &s.rule_json)?,
+            name: s.name,
+        },
+        P::DeleteSegment(s) => Op::DeleteSegment { name: s.name },
     })
 }
 
@@ -600,6 +633,87 @@ impl Config for ConfigApi {
             .await
             .map_err(st)?;
         Ok(Response::new(write_resp(w)))
+    }
+
+    async fn list_flags(
+        &self,
+        r: Request<ListFlagsRequest>,
+    ) -> Result<Response<ListFlagsResponse>, Status> {
+        let access = self.access(&r)?;
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let view = self
+            .store
+            .flags(&ns, &read_opts(&access, r.options)?)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(ListFlagsResponse {
+            flags: view
+                .flags
+                .into_iter()
+                .map(|f| FlagInfo {
+                    key: f.key,
+                    definition_json: f.definition.to_string(),
+                    inherited_from: f.inherited_from.unwrap_or_default(),
+                    version: f.version,
+                })
+                .collect(),
+            segments: view
+                .segments
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect(),
+            flagd_json: if r.flagd {
+                view.set.to_json().to_string()
+            } else {
+                String::new()
+            },
+            revision: view.revision,
+            token: view.token,
+        }))
+    }
+
+    async fn evaluate_flag(
+        &self,
+        r: Request<EvaluateFlagRequest>,
+    ) -> Result<Response<EvaluateFlagResponse>, Status> {
+        let access = self.access(&r)?;
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let ctx = if r.context_json.trim().is_empty() {
+            meridian_flags::Context::empty()
+        } else {
+            match json("the context", &r.context_json)? {
+                Value::Object(m) => meridian_flags::Context::new(m)
+                    .map_err(|(_, msg)| st(CfgError::invalid(msg)))?,
+                _ => return Err(st(CfgError::invalid("the context is a JSON object"))),
+            }
+        };
+        let compiled = self.store.compiled_flags(&ns, &access).await.map_err(st)?;
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let res = compiled
+            .evaluator
+            .evaluate(&r.key, &ctx, now_s, meridian_flags::Expect::Any);
+        let (error_code, error_message) = res
+            .error
+            .map(|(c, m)| (c.as_str().to_string(), m))
+            .unwrap_or_default();
+        Ok(Response::new(EvaluateFlagResponse {
+            key: r.key,
+            value_json: res.value.map(Value::to_string),
+            variant: res.variant.unwrap_or_default().to_string(),
+            reason: res.reason.as_str().to_string(),
+            error_code,
+            error_message,
+            metadata_json: res.metadata.map_or_else(
+                || "{}".to_string(),
+                |m| Value::Object(m.clone()).to_string(),
+            ),
+            targeting_key_missing: res.targeting_key_missing,
+            revision: compiled.revision(),
+        }))
     }
 
     type WatchConfigStream = WatchStream;

@@ -109,6 +109,9 @@ reasons! {
     // and a secret's key written with bytes that are not sealed.
     ReservedKey => "RESERVED_KEY", InvalidArgument, 400;
     SecretNotSealed => "SECRET_NOT_SEALED", FailedPrecondition, 400;
+    // Feature flags (docs/flags.md): a definition or segment refused; the
+    // details' `code` says why (meridian_flags::FlagErrorKind).
+    InvalidFlag => "INVALID_FLAG", InvalidArgument, 400;
     // The HTTP API only.
     UnknownRoute => "UNKNOWN_ROUTE", NotFound, 404;
     MethodNotAllowed => "METHOD_NOT_ALLOWED", InvalidArgument, 405;

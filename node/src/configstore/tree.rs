@@ -26,6 +26,11 @@ pub const SECRETS_KEY: &str = "$secrets";
 /// The environment's setting of paths whose keys are secrets (a JSON array
 /// of dotted prefixes, "" for every key; `Op::SecretPaths` edits it).
 pub const SECRET_PATHS_KEY: &str = "$secret_paths";
+/// A feature flag's definition (`$flag:<key>`, flagd's format plus
+/// Meridian's prerequisites and schedule) and a segment, a shared rule that
+/// flags refer to with `{"$ref": name}` (`$segment:<name>`).
+pub const FLAG_KEY_PREFIX: &str = "$flag:";
+pub const SEGMENT_KEY_PREFIX: &str = "$segment:";
 
 /// Check a user key: dot-separated segments of `[A-Za-z0-9_-]`.
 pub fn check_key(key: &str) -> Result<(), String> {

@@ -14,6 +14,7 @@
 //! `reads`, `writes`, `namespaces` and `watch` hold the operations of each
 //! kind.
 
+mod flags;
 mod layers;
 mod namespaces;
 mod reads;
@@ -23,6 +24,7 @@ mod validate;
 mod watch;
 mod writes;
 
+pub use flags::{CompiledFlags, FlagEdit, FlagEntry, FlagsView};
 pub use secret_lifecycle::DestroyResult;
 pub use secrets::{NsSecrets, SecretInfo, SecretsCensus, SecretsOverview};
 pub use watch::WatchEvent;
@@ -86,6 +88,8 @@ pub struct ConfigStore {
     /// Seals secret values before they reach the core; opens them for
     /// callers allowed to reveal them.
     secrets: Secrets,
+    /// Environments' flags compiled for evaluation.
+    flag_cache: Arc<flags::FlagCache>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -217,6 +221,27 @@ pub enum Op {
     SecretPaths {
         add: Vec<String>,
         remove: Vec<String>,
+    },
+    /// Define or replace a feature flag (needs `flags`).
+    SetFlag {
+        key: String,
+        definition: Value,
+    },
+    DeleteFlag {
+        key: String,
+    },
+    /// Change the stored definition of a flag (kill switch, roll-out).
+    EditFlag {
+        key: String,
+        edit: FlagEdit,
+    },
+    /// Define or replace a segment, a rule flags share (needs `flags`).
+    SetSegment {
+        name: String,
+        rule: Value,
+    },
+    DeleteSegment {
+        name: String,
     },
     /// Internal (rollback): make a stored key hold this, whatever it holds.
     Restore {
@@ -540,6 +565,7 @@ impl ConfigStore {
             regions: Arc::new(regions),
             limits,
             secrets,
+            flag_cache: Arc::default(),
         }
     }
 

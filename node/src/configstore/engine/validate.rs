@@ -112,6 +112,7 @@ impl ConfigStore {
         &self,
         work: &Layer,
         access: &Access,
+        flags_touched: bool,
     ) -> Result<BTreeSet<String>, CfgError> {
         let ns = work.ns.as_str();
         let project = ns.split_once('/').map(|(p, _)| p);
@@ -183,6 +184,16 @@ impl ConfigStore {
                 };
                 cur = layer.parent();
                 chain.push(layer);
+            }
+            // Flags: the environment's effective set must still compile
+            // (a parent's segment deleted, a prerequisite gone, ...).
+            if flags_touched && flags::has_flags(&chain) {
+                flags::compile_chain(&chain).map_err(|mut e| {
+                    if env != ns {
+                        e.message = format!("in {env} (inherits from {ns}): {}", e.message);
+                    }
+                    e
+                })?;
             }
             let (leaves, vars) = effective(&chain);
             let schemas = effective_schemas(&chain);

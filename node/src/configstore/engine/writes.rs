@@ -3,6 +3,7 @@
 //! revision), idempotent replays, and rollbacks.
 
 use super::*;
+use crate::configstore::tree::{FLAG_KEY_PREFIX, SEGMENT_KEY_PREFIX};
 use crate::reason::Reason;
 
 /// A write planned from what it read: the core's operations, what they
@@ -74,6 +75,12 @@ impl ConfigStore {
                 | Op::DeleteSchema { .. }
                 | Op::SetTemplate { .. }
                 | Op::SecretPaths { .. } => (Action::Admin, ""),
+                Op::SetFlag { key, .. } | Op::DeleteFlag { key } | Op::EditFlag { key, .. } => {
+                    (Action::Flags, key.as_str())
+                }
+                Op::SetSegment { name, .. } | Op::DeleteSegment { name } => {
+                    (Action::Flags, name.as_str())
+                }
             };
             opts.access.check_key(action, ns, key)?;
         }
@@ -267,7 +274,19 @@ impl ConfigStore {
         if differs {
             // Validation also says which keys the schemas in force mark
             // `writeOnly`: they are stored as secrets.
-            for k in self.validate_affected(&work, access).await? {
+            // Flag sets are compiled again only when the write touches a
+            // flag, a segment or what the environment inherits.
+            let flags_touched = layer
+                .meta
+                .keys()
+                .chain(work.meta.keys())
+                .filter(|k| {
+                    k.starts_with(FLAG_KEY_PREFIX)
+                        || k.starts_with(SEGMENT_KEY_PREFIX)
+                        || k.as_str() == INHERITS_KEY
+                })
+                .any(|k| layer.meta.get(k) != work.meta.get(k));
+            for k in self.validate_affected(&work, access, flags_touched).await? {
                 work.secrets.entry(k).or_default();
             }
             secrets::keep_registry(&mut work);
@@ -282,6 +301,15 @@ impl ConfigStore {
             let action = if c.key == SECRETS_KEY {
                 // The engine's own record of which keys are secrets: it
                 // changes with a secret's write, which is judged itself.
+                continue;
+            } else if let Some(name) = c
+                .key
+                .strip_prefix(FLAG_KEY_PREFIX)
+                .or_else(|| c.key.strip_prefix(SEGMENT_KEY_PREFIX))
+            {
+                // A flag or segment is judged by its name, as the
+                // operation was before anything was read.
+                access.check_key(Action::Flags, ns, name)?;
                 continue;
             } else if c.key.starts_with('$') {
                 Action::Admin
@@ -479,6 +507,11 @@ impl ConfigStore {
                 })?;
                 self.replace_subtree(work, path, &doc)?;
             }
+            Op::SetFlag { .. }
+            | Op::DeleteFlag { .. }
+            | Op::EditFlag { .. }
+            | Op::SetSegment { .. }
+            | Op::DeleteSegment { .. } => self.apply_flag_op(work, op)?,
             Op::SetSchema { prefix, schema } => {
                 tree::check_path(prefix).map_err(key_err)?;
                 if let Err(e) = jsonschema::draft202012::new(schema) {

@@ -28,6 +28,7 @@ use super::error::CfgError;
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
+mod flags;
 mod parse;
 mod secrets;
 
@@ -94,7 +95,7 @@ pub fn router(store: ConfigStore, auth: Authority, metrics: Arc<Metrics>) -> Rou
     // Bodies well above the value limit still reach the handler, which
     // answers VALUE_TOO_LARGE; past this, the body is refused unread.
     let body_max = store.limits().value_bytes_max * 4 + (1 << 20);
-    Router::new()
+    flags::routes(Router::new())
         .route("/v1/openapi.json", get(openapi))
         .route(
             "/v1/namespaces",

@@ -1,0 +1,365 @@
+//! Feature flags in an environment (docs/flags.md). A flag is the meta key
+//! `$flag:<key>` holding its definition (flagd's format plus Meridian's
+//! prerequisites, off variant and schedule); a segment is `$segment:<name>`
+//! holding a JsonLogic rule that flags use as `{"$ref": name}` (flagd's
+//! `$evaluators`). Being keys of the namespace, flags are versioned,
+//! diffed, rolled back, audited and pushed to watchers like any
+//! configuration, and inherited: an environment sees its parents' flags and
+//! segments unless it defines the same key itself (a flag is replaced
+//! whole). Every write validates the environments it affects as a set
+//! (`meridian_flags::validate::validate_set`), so what is stored always
+//! compiles.
+
+use super::*;
+use crate::configstore::tree::{FLAG_KEY_PREFIX, SEGMENT_KEY_PREFIX};
+use meridian_flags::validate;
+use meridian_flags::{Definition, FlagError, FlagSet, State};
+
+/// A refused definition as the API says it: INVALID_FLAG with the reason's code.
+pub(crate) fn flag_err(e: FlagError) -> CfgError {
+    CfgError::new(Reason::InvalidFlag, e.message.clone())
+        .with_details(serde_json::json!({"code": e.kind.code()}))
+}
+
+/// One flag as listed: its definition and where it comes from.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlagEntry {
+    pub key: String,
+    pub definition: Value,
+    /// The environment it is inherited from; None for the environment's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inherited_from: Option<String>,
+    pub version: u64,
+}
+
+/// An environment's flags as evaluators and the sync service use them.
+#[derive(Clone, Debug)]
+pub struct FlagsView {
+    /// flagd's form, prerequisites and schedules compiled in.
+    pub set: FlagSet,
+    /// The definitions as stored, with where each comes from.
+    pub flags: Vec<FlagEntry>,
+    pub segments: BTreeMap<String, Value>,
+    /// The environment's revision this view was read at, and its token.
+    pub revision: u64,
+    pub token: String,
+}
+
+/// A change to one flag's definition made on the stored one, inside the
+/// write's read-validate-write cycle (so it composes with other writers).
+#[derive(Clone, Debug, Serialize)]
+pub enum FlagEdit {
+    /// The kill switch: DISABLED answers every evaluation with the caller's default.
+    State { enabled: bool },
+    /// A percentage roll-out of `variant` (None: the variant whose value is
+    /// `true`) against the default variant, as the rule's fallthrough: a
+    /// `fractional` split replaces the final `else` of a top-level `if`,
+    /// or the whole rule when it is a split or absent. Thousandths of a
+    /// percent; a grown roll-out keeps everyone who was in.
+    Rollout {
+        variant: Option<String>,
+        percent_milli: u32,
+    },
+    /// Serve `variant` to the contexts a segment matches, ahead of every
+    /// other rule ("target beta users").
+    Target { segment: String, variant: String },
+}
+
+/// Effective definitions and segments of a chain (child first): a child's
+/// flag or segment replaces its parents' of the same name.
+pub(super) fn effective_flags(
+    chain: &[Layer],
+) -> (BTreeMap<String, (Value, usize)>, BTreeMap<String, Value>) {
+    let mut flags = BTreeMap::new();
+    let mut segments = BTreeMap::new();
+    for (depth, l) in chain.iter().enumerate().rev() {
+        for (k, v) in &l.meta {
+            if let Some(key) = k.strip_prefix(FLAG_KEY_PREFIX) {
+                flags.insert(key.to_string(), (v.clone(), depth));
+            } else if let Some(name) = k.strip_prefix(SEGMENT_KEY_PREFIX) {
+                segments.insert(name.to_string(), v.clone());
+            }
+        }
+    }
+    (flags, segments)
+}
+
+/// Whether a chain holds any flag or segment (no set to validate otherwise).
+pub(super) fn has_flags(chain: &[Layer]) -> bool {
+    chain.iter().any(|l| {
+        l.meta
+            .keys()
+            .any(|k| k.starts_with(FLAG_KEY_PREFIX) || k.starts_with(SEGMENT_KEY_PREFIX))
+    })
+}
+
+/// The flagd form of a chain's effective flags, every cross-flag check run.
+pub(super) fn compile_chain(chain: &[Layer]) -> Result<FlagSet, CfgError> {
+    let (flags, segments) = effective_flags(chain);
+    let defs = flags
+        .iter()
+        .map(|(k, (v, _))| Ok((k.clone(), Definition::from_json(k, v).map_err(flag_err)?)))
+        .collect::<Result<BTreeMap<_, _>, CfgError>>()?;
+    let ns = chain.first().map(|l| l.ns.as_str()).unwrap_or_default();
+    let mut metadata = Map::new();
+    metadata.insert("flagSetId".into(), Value::String(ns.to_string()));
+    validate::validate_set(&defs, &segments, metadata).map_err(|e| {
+        let mut err = flag_err(e);
+        err.message = format!("{ns}: {}", err.message);
+        err
+    })
+}
+
+fn stored_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}{name}")
+}
+
+impl ConfigStore {
+    /// Applies a flag or segment operation to a write's working copy.
+    pub(super) fn apply_flag_op(&self, work: &mut Layer, op: &Op) -> Result<(), CfgError> {
+        match op {
+            Op::SetFlag { key, definition } => {
+                let def = validate::validate_definition(key, definition).map_err(flag_err)?;
+                let stored = def.to_json();
+                let k = stored_key(FLAG_KEY_PREFIX, key);
+                self.check_value(&k, &stored)?;
+                work.meta.insert(k, stored);
+            }
+            Op::DeleteFlag { key } => {
+                if work
+                    .meta
+                    .remove(&stored_key(FLAG_KEY_PREFIX, key))
+                    .is_none()
+                {
+                    return Err(CfgError::new(
+                        Reason::NotFound,
+                        format!("{} defines no flag {key:?} (an inherited flag is deleted where it is defined)", work.ns),
+                    ));
+                }
+            }
+            Op::EditFlag { key, edit } => {
+                let k = stored_key(FLAG_KEY_PREFIX, key);
+                let Some(stored) = work.meta.get(&k) else {
+                    return Err(CfgError::new(
+                        Reason::NotFound,
+                        format!("{} defines no flag {key:?} (to change an inherited flag here, define it here first)", work.ns),
+                    ));
+                };
+                let mut def = Definition::from_json(key, stored).map_err(flag_err)?;
+                edit_definition(&mut def, edit)?;
+                let v = def.to_json();
+                validate::validate_definition(key, &v).map_err(flag_err)?;
+                work.meta.insert(k, v);
+            }
+            Op::SetSegment { name, rule } => {
+                validate::validate_segment(name, rule).map_err(flag_err)?;
+                let k = stored_key(SEGMENT_KEY_PREFIX, name);
+                self.check_value(&k, rule)?;
+                work.meta.insert(k, rule.clone());
+            }
+            Op::DeleteSegment { name } => {
+                if work
+                    .meta
+                    .remove(&stored_key(SEGMENT_KEY_PREFIX, name))
+                    .is_none()
+                {
+                    return Err(CfgError::new(
+                        Reason::NotFound,
+                        format!("{} defines no segment {name:?}", work.ns),
+                    ));
+                }
+            }
+            _ => {
+                return Err(CfgError::new(
+                    Reason::Internal,
+                    "apply_flag_op called with an operation that is not about flags",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// An environment's flags, inherited ones included, compiled.
+    pub async fn flags(&self, ns: &str, opts: &ReadOpts) -> Result<FlagsView, CfgError> {
+        opts.access.check_namespace_read(ns)?;
+        let chain = self.load_chain(ns, "$", opts).await?;
+        let set = compile_chain(&chain)?;
+        let (effective, segments) = effective_flags(&chain);
+        let flags = effective
+            .into_iter()
+            .map(|(key, (definition, depth))| {
+                let layer = &chain[depth];
+                FlagEntry {
+                    version: layer
+                        .kvs
+                        .get(&stored_key(FLAG_KEY_PREFIX, &key))
+                        .map_or(0, |kv| kv.version),
+                    inherited_from: (depth > 0).then(|| layer.ns.clone()),
+                    key,
+                    definition,
+                }
+            })
+            .collect();
+        let first = chain.first();
+        Ok(FlagsView {
+            set,
+            flags,
+            segments,
+            revision: first.map_or(0, |l| l.ns_revision),
+            token: token_str(first.and_then(|l| l.token)),
+        })
+    }
+}
+
+/// Applies an edit to a definition.
+fn edit_definition(def: &mut Definition, edit: &FlagEdit) -> Result<(), CfgError> {
+    match edit {
+        FlagEdit::State { enabled } => {
+            def.flag.state = if *enabled {
+                State::Enabled
+            } else {
+                State::Disabled
+            };
+        }
+        FlagEdit::Rollout {
+            variant,
+            percent_milli,
+        } => {
+            const WHOLE: u32 = 100_000;
+            if *percent_milli > WHOLE {
+                return Err(CfgError::invalid("a roll-out is 0 to 100 %"));
+            }
+            let on = match variant {
+                Some(v) => v.clone(),
+                None => def
+                    .flag
+                    .variants
+                    .iter()
+                    .find(|(_, v)| **v == Value::Bool(true))
+                    .map(|(k, _)| k.clone())
+                    .ok_or_else(|| CfgError::invalid("name the variant to roll out (the flag has no variant whose value is true)"))?,
+            };
+            let off = def.flag.default_variant.clone().ok_or_else(|| {
+                CfgError::invalid("a roll-out splits between a variant and the default variant; the flag has no default")
+            })?;
+            if on == off {
+                return Err(CfgError::invalid(format!(
+                    "{on:?} is the default variant; roll out another variant"
+                )));
+            }
+            let split = serde_json::json!({"fractional": [[on, percent_milli], [off, WHOLE - percent_milli]]});
+            def.flag.targeting = Some(match def.flag.targeting.take() {
+                Some(Value::Object(mut o)) if o.len() == 1 && o.contains_key("if") => {
+                    if let Some(Value::Array(args)) = o.get_mut("if") {
+                        if args.len() % 2 == 1 {
+                            // if/else-if chain with an else: replace the else.
+                            if let Some(last) = args.last_mut() {
+                                *last = split;
+                            }
+                        } else {
+                            args.push(split);
+                        }
+                    }
+                    Value::Object(o)
+                }
+                _ => split,
+            });
+        }
+        FlagEdit::Target { segment, variant } => {
+            if !def.flag.variants.contains_key(variant) {
+                return Err(CfgError::invalid(format!(
+                    "the flag has no variant {variant:?}"
+                )));
+            }
+            let mut args = vec![
+                serde_json::json!({ "$ref": segment }),
+                Value::String(variant.clone()),
+            ];
+            match def.flag.targeting.take() {
+                Some(Value::Object(o)) if o.len() == 1 && o.contains_key("if") => {
+                    if let Some(Value::Array(old)) = o.get("if") {
+                        args.extend(old.iter().cloned());
+                    }
+                }
+                Some(other) => args.push(other),
+                None => args.push(Value::Null),
+            }
+            def.flag.targeting = Some(serde_json::json!({ "if": args }));
+        }
+    }
+    Ok(())
+}
+
+/// An environment's flags compiled for evaluation, and what they were
+/// compiled from.
+pub struct CompiledFlags {
+    pub evaluator: meridian_flags::Evaluator,
+    pub set: FlagSet,
+    /// Each layer of the chain (itself, then what it inherits) and its
+    /// revision: the cache's key to freshness.
+    layers: Vec<(String, u64)>,
+}
+
+impl CompiledFlags {
+    /// The environment's own revision the set was read at.
+    pub fn revision(&self) -> u64 {
+        self.layers.first().map_or(0, |l| l.1)
+    }
+}
+
+/// Compiled flag sets by environment, reused while no layer of the chain
+/// has a new revision. Bounded: cleared when it would hold more.
+#[derive(Default)]
+pub struct FlagCache {
+    map: std::sync::Mutex<BTreeMap<String, Arc<CompiledFlags>>>,
+}
+
+/// Environments whose compiled flags are kept at most.
+const FLAG_CACHE_ENTRIES_MAX: usize = 4096;
+
+impl ConfigStore {
+    /// The environment's flags ready to evaluate, as this region holds them
+    /// (a stale read: evaluation is served by the nearest region). Compiled
+    /// again only when a layer's revision moved.
+    pub async fn compiled_flags(
+        &self,
+        ns: &str,
+        access: &Access,
+    ) -> Result<Arc<CompiledFlags>, CfgError> {
+        access.check_namespace_read(ns)?;
+        let opts = ReadOpts {
+            access: access.clone(),
+            raw: false,
+            as_of: AsOf::Latest,
+            consistency: ReadConsistency::Stale,
+            reveal: false,
+        };
+        let chain = self.load_chain(ns, "$", &opts).await?;
+        let layers: Vec<(String, u64)> = chain
+            .iter()
+            .map(|l| (l.ns.clone(), l.ns_revision))
+            .collect();
+        let cached = self
+            .flag_cache
+            .map
+            .lock()
+            .ok()
+            .and_then(|m| m.get(ns).cloned());
+        if let Some(c) = cached.filter(|c| c.layers == layers) {
+            return Ok(c);
+        }
+        let set = compile_chain(&chain)?;
+        let compiled = Arc::new(CompiledFlags {
+            evaluator: meridian_flags::Evaluator::new(&set),
+            set,
+            layers,
+        });
+        if let Ok(mut m) = self.flag_cache.map.lock() {
+            if m.len() >= FLAG_CACHE_ENTRIES_MAX {
+                m.clear();
+            }
+            m.insert(ns.to_string(), compiled.clone());
+        }
+        Ok(compiled)
+    }
+}
