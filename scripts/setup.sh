@@ -69,13 +69,19 @@ if command -v python3 >/dev/null 2>&1; then
   fi
   # OpenFeature's Python SDK and its OFREP and flagd providers, which
   # tests/flags.rs drives against a running cluster (software nobody
-  # here wrote, from PyPI).
-  if python3 -c "import openfeature.contrib.provider.ofrep, openfeature.contrib.provider.flagd" >/dev/null 2>&1; then
+  # here wrote, from PyPI). The flagd provider is pinned to 0.5.2 (with
+  # openfeature-flagd-core 1.0.0): 0.6 moved `fractional` to hashing the
+  # CBOR encoding of the bucketing key (flagd's "harden hashing" ADR),
+  # while flagd's daemon, its testbed and datalogic-rs, and so Meridian,
+  # still hash the string (docs/flags.md).
+  PY_OF="openfeature-sdk openfeature-provider-ofrep openfeature-provider-flagd==0.5.2 openfeature-flagd-core==1.0.0"
+  if python3 -c "import importlib.metadata as m, openfeature.contrib.provider.ofrep; assert m.version('openfeature-provider-flagd') == '0.5.2'" >/dev/null 2>&1; then
     echo "setup: python openfeature providers already installed"
   else
-    echo "setup: installing openfeature-sdk, openfeature-provider-ofrep, openfeature-provider-flagd (for tests/flags.rs)"
-    python3 -m pip install --quiet openfeature-sdk openfeature-provider-ofrep openfeature-provider-flagd 2>/dev/null \
-      || python3 -m pip install --quiet --break-system-packages openfeature-sdk openfeature-provider-ofrep openfeature-provider-flagd
+    echo "setup: installing $PY_OF (for tests/flags.rs)"
+    # shellcheck disable=SC2086
+    python3 -m pip install --quiet $PY_OF 2>/dev/null \
+      || python3 -m pip install --quiet --break-system-packages $PY_OF
   fi
 else
   echo "setup: WARNING: no python3; tests/foreign_client.rs and tests/flags.rs will fail until python3 with grpcio and the openfeature providers is installed" >&2

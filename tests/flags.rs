@@ -813,6 +813,296 @@ async fn a_product_managers_flags_over_http_ofrep_and_the_cli() {
     // same answers as Meridian's own evaluation, and a change seen on the
     // next evaluation.
     python_ofrep(&cl, us, &svc, &pm, &api, eu).await;
+
+    // flagd's Python provider in-process (flagd.sync.v1: flags downloaded,
+    // evaluated locally, changes pushed), with a token as gRPC call
+    // credentials, against another region than the writes go to.
+    python_flagd(&cl, "in-process", &svc, &pm, eu).await;
+}
+
+/// flagd's Python provider in RPC mode (flagd.evaluation.v1: Resolve* and
+/// EventStream). Its RPC resolver (0.5.2) sends no credentials, so this
+/// runs against a cluster without auth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flagds_rpc_provider_evaluates_through_the_evaluation_service() {
+    let cl = Cluster::running().await;
+    let eu = cl.http[0].as_str();
+    let http = common::http_client();
+    let r = http
+        .post(format!("{eu}/v1/namespaces"))
+        .json(&json!({"project": "shop", "environment": "prod", "home_region": "eu"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    let put = |path: String, body: Value| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .put(format!("{eu}{path}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            assert_eq!(s, 200, "{path}: {}", r.text().await.unwrap());
+        }
+    };
+    put(
+        "/v1/segments/shop/prod/beta".into(),
+        json!({"ends_with": [{"var": "email"}, "@beta.example"]}),
+    )
+    .await;
+    for (key, def) in [
+        (
+            "new-checkout",
+            json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                                "targeting": {"if": [{"$ref": "beta"}, "on", {"fractional": [["on", 25], ["off", 75]]}]}}),
+        ),
+        (
+            "banner",
+            json!({"state": "ENABLED", "variants": {"a": "Welcome", "b": "Hello"}, "defaultVariant": "a",
+                          "targeting": {"if": [{"in": [{"var": "country"}, ["CA", "US"]]}, "b", null]}}),
+        ),
+        (
+            "theme",
+            json!({"state": "ENABLED", "variants": {"dark": {"bg": "#000"}, "light": {"bg": "#fff"}},
+                         "defaultVariant": "light", "targeting": {"if": [{"$ref": "beta"}, "dark", null]}}),
+        ),
+        (
+            "max-items",
+            json!({"state": "ENABLED", "variants": {"low": 10, "high": 100}, "defaultVariant": "low",
+                             "targeting": {"fractional": [["low", 50], ["high", 50]]}}),
+        ),
+        (
+            "dark-mode",
+            json!({"state": "DISABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"}),
+        ),
+    ] {
+        put(format!("/v1/flags/shop/prod/{key}"), def).await;
+    }
+    python_flagd(&cl, "rpc", "-", "-", eu).await;
+
+    // flagd's v1 evaluation and sync services, from their own .proto, and
+    // flagd's error codes.
+    use meridian_proto::flagd::evaluation::v1 as ev;
+    use meridian_proto::flagd::sync::v1 as sync;
+    let with_selector = |m: &mut tonic::metadata::MetadataMap| {
+        m.insert("flagd-selector", "shop/prod".parse().unwrap());
+    };
+    let mut e = ev::service_client::ServiceClient::new(common::channel(&cl.grpc[1]).await);
+    let struct_of = |pairs: &[(&str, &str)]| prost_types::Struct {
+        fields: pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue(v.to_string())),
+                    },
+                )
+            })
+            .collect(),
+    };
+    let mut req = tonic::Request::new(ev::ResolveStringRequest {
+        flag_key: "banner".into(),
+        context: Some(struct_of(&[("country", "CA")])),
+    });
+    with_selector(req.metadata_mut());
+    let r = e.resolve_string(req).await.unwrap().into_inner();
+    assert_eq!(
+        (r.value.as_str(), r.reason.as_str(), r.variant.as_str()),
+        ("Howdy from rpc", "TARGETING_MATCH", "b")
+    );
+    let mut req = tonic::Request::new(ev::ResolveBooleanRequest {
+        flag_key: "banner".into(),
+        context: None,
+    });
+    with_selector(req.metadata_mut());
+    assert_eq!(
+        e.resolve_boolean(req).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument,
+        "type mismatch"
+    );
+    let mut req = tonic::Request::new(ev::ResolveBooleanRequest {
+        flag_key: "nope".into(),
+        context: None,
+    });
+    with_selector(req.metadata_mut());
+    assert_eq!(
+        e.resolve_boolean(req).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    let req = tonic::Request::new(ev::ResolveBooleanRequest {
+        flag_key: "banner".into(),
+        context: None,
+    });
+    assert_eq!(
+        e.resolve_boolean(req).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument,
+        "no selector"
+    );
+    let mut req = tonic::Request::new(ev::ResolveBooleanRequest {
+        flag_key: "dark-mode".into(),
+        context: None,
+    });
+    with_selector(req.metadata_mut());
+    let r = e.resolve_boolean(req).await.unwrap().into_inner();
+    assert_eq!((r.reason.as_str(), r.variant.as_str()), ("DISABLED", ""));
+    let mut req = tonic::Request::new(ev::ResolveAllRequest {
+        context: Some(struct_of(&[("targetingKey", "k1")])),
+    });
+    with_selector(req.metadata_mut());
+    let all = e.resolve_all(req).await.unwrap().into_inner();
+    assert!(
+        all.flags.contains_key("banner") && !all.flags.contains_key("dark-mode"),
+        "{:?}",
+        all.flags.keys()
+    );
+    let mut s = sync::flag_sync_service_client::FlagSyncServiceClient::new(
+        common::channel(&cl.grpc[2]).await,
+    );
+    let mut req = tonic::Request::new(sync::FetchAllFlagsRequest::default());
+    with_selector(req.metadata_mut());
+    let doc: Value = serde_json::from_str(
+        &s.fetch_all_flags(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .flag_configuration,
+    )
+    .unwrap();
+    assert_eq!(
+        doc["flags"]["dark-mode"]["state"],
+        json!("DISABLED"),
+        "{doc}"
+    );
+    assert!(doc["$evaluators"]["beta"].is_object(), "{doc}");
+}
+
+/// The requests both flagd modes evaluate, and Meridian's own answers.
+async fn flagd_requests(eu: &str, svc: &str) -> (Value, Vec<Value>) {
+    let mut requests = vec![
+        json!({"type": "boolean", "key": "new-checkout", "default": false, "targetingKey": "u-1", "attrs": {"email": "a@beta.example"}}),
+        json!({"type": "string", "key": "banner", "default": "?", "attrs": {"country": "US"}}),
+        json!({"type": "object", "key": "theme", "default": {}, "attrs": {"email": "a@beta.example"}}),
+        json!({"type": "boolean", "key": "dark-mode", "default": true, "targetingKey": "z"}),
+    ];
+    for i in 0..30 {
+        requests.push(json!({"type": "integer", "key": "max-items", "default": 0, "targetingKey": format!("k{i}")}));
+        requests.push(json!({"type": "boolean", "key": "new-checkout", "default": false, "targetingKey": format!("k{i}"), "attrs": {"email": "x@example.com"}}));
+    }
+    let http = common::http_client();
+    let mut mine = Vec::new();
+    for r in &requests {
+        let mut ctx = r["attrs"].clone();
+        if ctx.is_null() {
+            ctx = json!({});
+        }
+        if let Some(t) = r["targetingKey"].as_str() {
+            ctx["targetingKey"] = json!(t);
+        }
+        let key = r["key"].as_str().unwrap();
+        let mut rb = http.post(format!("{eu}/v1/flags/shop/prod/{key}/evaluate"));
+        if svc != "-" {
+            rb = rb.header("authorization", svc);
+        }
+        let v: Value = rb
+            .json(&json!({"context": ctx}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        mine.push(v);
+    }
+    (Value::Array(requests), mine)
+}
+
+async fn python_flagd(cl: &Cluster, mode: &str, svc: &str, pm: &str, eu: &str) {
+    use std::io::{BufRead, Write};
+    let (requests, mine) = flagd_requests(eu, svc).await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut child = Command::new("python3")
+        .arg(format!("{root}/tests/python/flagd_check.py"))
+        .args([
+            mode,
+            cl.grpc[2].as_str(),
+            svc.trim_start_matches("Bearer "),
+            "shop/prod",
+        ])
+        .arg(common::ca_path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    writeln!(stdin, "{requests}").unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let py: Vec<Value> = match serde_json::from_str(&line) {
+        Ok(v) => v,
+        Err(e) => {
+            drop(stdin);
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{mode}: {e}: {line}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+    };
+    for ((r, p), m) in requests.as_array().unwrap().iter().zip(&py).zip(&mine) {
+        let want = m
+            .get("value")
+            .cloned()
+            .unwrap_or_else(|| r["default"].clone());
+        assert_eq!(
+            p["value"], want,
+            "{mode}: python {p} vs meridian {m} for {r}"
+        );
+        assert_eq!(
+            p["variant"], m["variant"],
+            "{mode}: python {p} vs meridian {m} for {r}"
+        );
+    }
+    println!(
+        "flagd provider ({mode}): {} evaluations agree with Meridian's",
+        py.len()
+    );
+    // A change, written in eu, reaches the provider on us's... region 2.
+    let banner = |text: &str| {
+        json!({"state": "ENABLED", "variants": {"a": "Welcome", "b": text}, "defaultVariant": "a",
+                                     "targeting": {"if": [{"in": [{"var": "country"}, ["CA", "US"]]}, "b", null]}})
+    };
+    let text = format!("Howdy from {mode}");
+    let mut rb = common::http_client().put(format!("{eu}/v1/flags/shop/prod/banner"));
+    if pm != "-" {
+        rb = rb.header("authorization", pm);
+    }
+    let r = rb.json(&banner(&text)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    writeln!(stdin, "{}", json!({"type": "string", "key": "banner", "default": "?", "attrs": {"country": "US"}, "expect": text})).unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let arrived: Value = serde_json::from_str(&line).unwrap();
+    assert!(
+        arrived["arrived_ms"].is_u64(),
+        "{mode}: the change never arrived: {line}"
+    );
+    println!(
+        "flagd provider ({mode}): the change arrived after {} ms",
+        arrived["arrived_ms"]
+    );
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn python_can_run() -> bool {

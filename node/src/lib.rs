@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod grpc_audit;
 pub mod grpc_auth;
 pub mod grpc_config;
+pub mod grpc_flagd;
 pub mod metrics;
 pub mod reason;
 pub mod secrets;

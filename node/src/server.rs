@@ -256,6 +256,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         core.home_return_delay_us / 1000,
     );
     let config_api = ConfigApi::new(store.clone(), auth.clone());
+    let flagd_api = crate::grpc_flagd::FlagdApi::new(store.clone(), auth.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<KvServer<Api>>().await;
     health_reporter.set_serving::<AdminServer<Api>>().await;
@@ -304,6 +305,22 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         .add_service(
             ConfigServer::new(config_api)
                 .max_decoding_message_size(max_msg * 4)
+                .max_encoding_message_size(64 << 20),
+        )
+        .add_service(
+            meridian_proto::flagd::sync::v1::flag_sync_service_server::FlagSyncServiceServer::new(
+                flagd_api.clone(),
+            )
+            .max_encoding_message_size(64 << 20),
+        )
+        .add_service(
+            meridian_proto::flagd::evaluation::v1::service_server::ServiceServer::new(
+                flagd_api.clone(),
+            )
+            .max_encoding_message_size(64 << 20),
+        )
+        .add_service(
+            meridian_proto::flagd::evaluation::v2::service_server::ServiceServer::new(flagd_api)
                 .max_encoding_message_size(64 << 20),
         )
         .add_service(health)

@@ -10,6 +10,28 @@ pub mod v1 {
     tonic::include_proto!("meridian.v1");
 }
 
+/// flagd's protocols (vendored in `proto/flagd/`): the sync service that
+/// in-process providers download flags from, and the evaluation service
+/// RPC providers call.
+pub mod flagd {
+    pub mod sync {
+        pub mod v1 {
+            #![allow(clippy::all, missing_docs, unused_qualifications)]
+            tonic::include_proto!("flagd.sync.v1");
+        }
+    }
+    pub mod evaluation {
+        pub mod v1 {
+            #![allow(clippy::all, missing_docs, unused_qualifications)]
+            tonic::include_proto!("flagd.evaluation.v1");
+        }
+        pub mod v2 {
+            #![allow(clippy::all, missing_docs, unused_qualifications)]
+            tonic::include_proto!("flagd.evaluation.v2");
+        }
+    }
+}
+
 /// The encoded `FileDescriptorSet` of the API, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/meridian_descriptor.bin"));

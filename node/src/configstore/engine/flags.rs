@@ -363,3 +363,97 @@ impl ConfigStore {
         Ok(compiled)
     }
 }
+
+/// Changes a flags watch may have waiting before the core drops it.
+const FLAG_WATCH_BUFFER_MAX: usize = 64;
+
+impl ConfigStore {
+    /// The environment's compiled flags now, then again after every change
+    /// to a flag, a segment or the inheritance of any environment it
+    /// inherits from (only when the compiled set differs). For flagd's sync
+    /// and event streams and the client library.
+    pub async fn watch_flags(
+        &self,
+        ns: &str,
+        access: &Access,
+    ) -> Result<mpsc::Receiver<Result<Arc<CompiledFlags>, CfgError>>, CfgError> {
+        let first = self.compiled_flags(ns, access).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let _ = tx.send(Ok(first.clone())).await;
+        let (store, ns, access) = (self.clone(), ns.to_string(), access.clone());
+        tokio::spawn(async move {
+            let mut last = first;
+            loop {
+                // Subscribe to the `$` keys of every layer, from the
+                // revision the set was read at, so no change falls between.
+                let (core_tx, mut core_rx) = mpsc::channel::<ClientResponse>(FLAG_WATCH_BUFFER_MAX);
+                for (layer_ns, revision) in &last.layers {
+                    let request = ClientRequest::Watch {
+                        ns: layer_ns.clone(),
+                        prefix: "$".to_string(),
+                        start_revision: Some(*revision),
+                    };
+                    let Ok((_, mut events)) = store
+                        .core
+                        .watch(request, crate::driver::WATCH_BUFFER_MAX)
+                        .await
+                    else {
+                        let _ = tx
+                            .send(Err(CfgError::new(
+                                Reason::ShuttingDown,
+                                "the node is stopping",
+                            )))
+                            .await;
+                        return;
+                    };
+                    let fwd = core_tx.clone();
+                    tokio::spawn(async move {
+                        while let Some(r) = events.recv().await {
+                            if fwd.send(r).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+                drop(core_tx);
+                loop {
+                    let event = tokio::select! {
+                        e = core_rx.recv() => e,
+                        _ = tx.closed() => return,
+                    };
+                    match event {
+                        None => return,
+                        Some(ClientResponse::Error(code)) => {
+                            let _ = tx.send(Err(CfgError::core(code))).await;
+                            return;
+                        }
+                        Some(_) => {}
+                    }
+                    // A burst of changes is read once.
+                    while core_rx.try_recv().is_ok() {}
+                    let next = match store.compiled_flags(&ns, &access).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    let rechain = next
+                        .layers
+                        .iter()
+                        .map(|l| &l.0)
+                        .ne(last.layers.iter().map(|l| &l.0));
+                    if next.set != last.set && tx.send(Ok(next.clone())).await.is_err() {
+                        return;
+                    }
+                    last = next;
+                    if rechain {
+                        // The environment inherits from others now: watch those.
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
