@@ -825,8 +825,9 @@ async fn a_product_managers_flags_over_http_ofrep_and_the_cli() {
 /// runs against a cluster without auth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flagds_rpc_provider_evaluates_through_the_evaluation_service() {
-    let cl = Cluster::running().await;
-    let eu = cl.http[0].as_str();
+    let mut cl = Cluster::running().await;
+    let eu_url = cl.http[0].clone();
+    let eu = eu_url.as_str();
     let http = common::http_client();
     let r = http
         .post(format!("{eu}/v1/namespaces"))
@@ -978,6 +979,124 @@ async fn flagds_rpc_provider_evaluates_through_the_evaluation_service() {
         "{doc}"
     );
     assert!(doc["$evaluators"]["beta"].is_object(), "{doc}");
+
+    rust_client_flags(&mut cl, eu).await;
+}
+
+/// The Rust client library's local copy: the same answers as the regions,
+/// a change pushed, and a restart while the whole cluster is down served
+/// from the cache with its revision.
+async fn rust_client_flags(cl: &mut Cluster, eu: &str) {
+    use meridian_flags::{Context, Expect};
+    use meridian_proto::flags::{FlagsOptions, Source};
+    let cache = tempfile::tempdir().unwrap();
+    let opts = || FlagsOptions {
+        cache_dir: Some(cache.path().to_path_buf()),
+        startup_wait: Duration::from_secs(5),
+    };
+    let client = meridian_proto::client::Client::connect(&cl.grpc, common::fast_opts())
+        .await
+        .unwrap();
+    let mut flags = client.flags("shop/prod", opts()).await.unwrap();
+    assert_eq!(flags.snapshot().source, Source::Live);
+    let http = common::http_client();
+    let ctx_of = |v: Value| Context::new(v.as_object().cloned().unwrap()).unwrap();
+    for i in 0..50 {
+        let c = json!({"targetingKey": format!("k{i}"), "email": if i % 7 == 0 { "a@beta.example" } else { "x@example.com" }});
+        for key in ["new-checkout", "max-items", "theme", "dark-mode", "banner"] {
+            let local = flags.evaluate(key, &ctx_of(c.clone()), Expect::Any);
+            let server: Value = http
+                .post(format!("{eu}/v1/flags/shop/prod/{key}/evaluate"))
+                .json(&json!({"context": c}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                local.value.as_ref(),
+                server.get("value"),
+                "{key} {c}: {local:?} vs {server}"
+            );
+            assert_eq!(
+                local.variant.as_deref(),
+                server["variant"].as_str(),
+                "{key} {c}"
+            );
+            assert_eq!(
+                local.reason.as_str(),
+                server["reason"].as_str().unwrap(),
+                "{key} {c}"
+            );
+        }
+    }
+    // A change is pushed: the kill switch, written in eu.
+    let r = http
+        .post(format!("{eu}/v1/flags/shop/prod/new-checkout/disable"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let started = Instant::now();
+    let rev = tokio::time::timeout(Duration::from_secs(10), flags.changed())
+        .await
+        .expect("pushed")
+        .unwrap();
+    println!(
+        "Rust client: the kill switch arrived after {} ms (revision {rev})",
+        started.elapsed().as_millis()
+    );
+    let c = ctx_of(json!({"targetingKey": "k7", "email": "a@beta.example"}));
+    assert_eq!(
+        flags.evaluate("new-checkout", &c, Expect::Bool).reason,
+        meridian_flags::Reason::Disabled
+    );
+    assert!(rev > 0, "the copy carries its revision");
+    // Every region stops; a service restarting now starts from the cache.
+    for i in 0..3 {
+        cl.kill9(i);
+    }
+    let quick = FlagsOptions {
+        startup_wait: Duration::from_millis(1500),
+        ..opts()
+    };
+    let client2 = meridian_proto::client::Client::connect(&cl.grpc, common::fast_opts())
+        .await
+        .unwrap();
+    let cached = client2.flags("shop/prod", quick).await.unwrap();
+    let snap = cached.snapshot();
+    assert_eq!(
+        (snap.source, snap.revision),
+        (Source::Cache, rev),
+        "the last known good copy, with its revision"
+    );
+    assert_eq!(
+        cached.evaluate("new-checkout", &c, Expect::Bool).reason,
+        meridian_flags::Reason::Disabled
+    );
+    assert!(
+        cached.bool("no-such-flag", &c, true),
+        "an unknown flag gives the default"
+    );
+    // Without a cache there is nothing to serve: a clear error.
+    let none = client2
+        .flags(
+            "shop/prod",
+            FlagsOptions {
+                cache_dir: None,
+                startup_wait: Duration::from_millis(500),
+            },
+        )
+        .await;
+    assert!(
+        matches!(
+            none,
+            Err(meridian_proto::client::ClientError::Unavailable(_))
+        ),
+        "{:?}",
+        none.err()
+    );
 }
 
 /// The requests both flagd modes evaluate, and Meridian's own answers.

@@ -27,6 +27,12 @@ pub enum ClientError {
     BadEndpoint(String, String),
     #[error("{0}")]
     Invalid(String),
+    /// No region answered in time and nothing local could stand in.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The background task behind a local copy ended.
+    #[error("the client's background task ended")]
+    Stopped,
     /// The node's message (without the "[REASON] " prefix it also carries
     /// for plain gRPC clients) and the stable reason, once each.
     #[error("{} ({})", message_of(status, reason.as_deref()), reason.as_deref().unwrap_or("TRANSPORT"))]
@@ -223,7 +229,7 @@ pub struct Client {
 
 /// Is it safe and useful to try this failure again (possibly elsewhere)?
 /// Writes always carry an idempotency id, so even an unknown outcome may be retried.
-fn retryable(status: &Status) -> bool {
+pub(crate) fn retryable(status: &Status) -> bool {
     match crate::reason_of(status).as_deref() {
         Some(
             "UNAVAILABLE"
@@ -343,14 +349,14 @@ impl Client {
         idx
     }
 
-    fn pick(&self, attempt: u32) -> (usize, AuthChannel) {
+    pub(crate) fn pick(&self, attempt: u32) -> (usize, AuthChannel) {
         let regions = lock(&self.inner.regions);
         let order = self.order(&regions);
         let i = order[attempt as usize % order.len()];
         (i, regions[i].channel.clone())
     }
 
-    fn mark(&self, i: usize, ok: bool) {
+    pub(crate) fn mark(&self, i: usize, ok: bool) {
         let mut regions = lock(&self.inner.regions);
         if let Some(r) = regions.get_mut(i) {
             if ok {
@@ -361,7 +367,7 @@ impl Client {
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         let o = &self.inner.opts;
         let exp = o
             .backoff_base

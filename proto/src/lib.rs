@@ -1,8 +1,10 @@
 //! Meridian's gRPC API, generated from `proto/meridian/v1/meridian.proto`, and
-//! the Rust client library (`client`). The generated code is the contract;
+//! the Rust client library (`client`; `flags`: feature flags evaluated from a
+//! watched local copy). The generated code is the contract;
 //! any gRPC stack can talk to a region from the .proto file alone.
 
 pub mod client;
+pub mod flags;
 
 /// Generated messages, clients and servers of package `meridian.v1`.
 pub mod v1 {

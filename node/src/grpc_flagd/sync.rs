@@ -24,9 +24,15 @@ impl sync::flag_sync_service_server::FlagSyncService for FlagdApi {
         let s = async_stream(move |tx| async move {
             while let Some(next) = rx.recv().await {
                 let item = next
-                    .map(|c| sync::SyncFlagsResponse {
-                        flag_configuration: c.set.to_json().to_string(),
-                        sync_context: None,
+                    .map(|c| {
+                        // The environment's revision, for clients that
+                        // keep a copy (a key no evaluation context uses).
+                        let mut m = Map::new();
+                        m.insert("meridianRevision".into(), Value::from(c.revision()));
+                        sync::SyncFlagsResponse {
+                            flag_configuration: c.set.to_json().to_string(),
+                            sync_context: Some(map_to_struct(&m)),
+                        }
                     })
                     .map_err(|e: CfgError| e.to_status());
                 if tx.send(item).await.is_err() {
