@@ -153,6 +153,8 @@ pub struct MeridianCluster {
     bin: PathBuf,
     /// gRPC address per region (`127.0.0.1:port`).
     pub grpc: Vec<String>,
+    /// HTTP API address per region (`127.0.0.1:port`, plaintext).
+    pub http: Vec<String>,
     configs: Vec<PathBuf>,
     procs: Vec<Option<Child>>,
     /// The network lab between regions, when the cluster runs through one.
@@ -204,10 +206,12 @@ impl MeridianCluster {
             "meridian secrets keyring create failed: {out:?}"
         );
         let mut grpc = Vec::new();
+        let mut http = Vec::new();
         let mut peer_real = Vec::new();
         let mut peer_front = Vec::new();
         for _ in 0..regions {
             grpc.push(free_port()?);
+            http.push(free_port()?);
             peer_real.push(free_port()?);
             peer_front.push(if wan.is_some() { free_port()? } else { 0 });
         }
@@ -245,8 +249,8 @@ impl MeridianCluster {
                 peer_real[i]
             };
             table.push_str(&format!(
-                "[[regions]]\nname = \"{}\"\ngrpc = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{peer}\"\n",
-                names[i], grpc[i]
+                "[[regions]]\nname = \"{}\"\ngrpc = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{peer}\"\n",
+                names[i], grpc[i], http[i]
             ));
         }
         let mut configs = Vec::new();
@@ -267,6 +271,7 @@ impl MeridianCluster {
             dir,
             bin: bin.to_path_buf(),
             grpc: grpc.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+            http: http.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
             configs,
             procs: (0..regions).map(|_| None).collect(),
             lab,

@@ -62,7 +62,7 @@ struct Args {
     watchers: Option<Vec<usize>>,
 }
 
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     "read",
     "write",
     "watch",
@@ -71,6 +71,7 @@ const ALL: [&str; 8] = [
     "failover",
     "auth",
     "secrets",
+    "flags",
 ];
 
 fn machine() -> String {
@@ -179,6 +180,7 @@ async fn main_() -> Result<()> {
             "failover" => workloads::failover::run(&ctx).await,
             "auth" => workloads::auth::run(&ctx).await,
             "secrets" => workloads::secrets::run(&ctx).await,
+            "flags" => workloads::flags::run(&ctx).await,
             _ => unreachable!("names were checked against ALL"),
         }
         .with_context(|| format!("workload {name}"))?;

@@ -174,6 +174,9 @@ pub struct Evaluator {
 pub struct Context {
     attrs: Map<String, Value>,
     has_targeting_key: bool,
+    /// The attributes converted once into the engine's form (the hot path
+    /// of a service evaluating many flags for one request).
+    parsed: datalogic_rs::ParsedData,
 }
 
 impl Context {
@@ -190,17 +193,22 @@ impl Context {
                 ))
             }
         };
+        let text = Value::Object(attrs.clone()).to_string();
+        let parsed = datalogic_rs::ParsedData::from_json(&text).map_err(|e| {
+            (
+                ErrorCode::InvalidContext,
+                format!("the context does not convert: {e}"),
+            )
+        })?;
         Ok(Context {
             attrs,
             has_targeting_key,
+            parsed,
         })
     }
 
     pub fn empty() -> Context {
-        Context {
-            attrs: Map::new(),
-            has_targeting_key: false,
-        }
+        Context::new(Map::new()).unwrap_or_else(|_| unreachable!("an empty object always parses"))
     }
 
     pub fn attrs(&self) -> &Map<String, Value> {
@@ -295,21 +303,19 @@ impl Evaluator {
                 needs_targeting_key,
             } => {
                 let missing = *needs_targeting_key && !ctx.has_targeting_key;
-                match run(logic, key, ctx, now_s) {
+                match run(logic, key, ctx, now_s, &c.flag.variants) {
                     Err(msg) => {
                         return Resolution::error(ErrorCode::ParseError, msg, metadata);
                     }
-                    Ok(None) => (c.flag.default_variant.as_deref(), Reason::Default, missing),
-                    Ok(Some(name)) => match c.flag.variants.get_key_value(name.as_str()) {
-                        Some((v, _)) => (Some(v.as_str()), Reason::TargetingMatch, missing),
-                        None => {
-                            return Resolution::error(
-                                ErrorCode::General,
-                                format!("flag {key:?}: targeting chose {name:?}, which is not one of its variants"),
-                                metadata,
-                            )
-                        }
-                    },
+                    Ok(Chosen::Null) => (c.flag.default_variant.as_deref(), Reason::Default, missing),
+                    Ok(Chosen::Variant(v)) => (Some(v), Reason::TargetingMatch, missing),
+                    Ok(Chosen::NotAVariant(name)) => {
+                        return Resolution::error(
+                            ErrorCode::General,
+                            format!("flag {key:?}: targeting chose {name:?}, which is not one of its variants"),
+                            metadata,
+                        )
+                    }
                 }
             }
         };
@@ -372,48 +378,67 @@ pub(crate) fn reads_targeting_key(rule: &Value) -> bool {
     }
 }
 
-/// Runs a compiled rule: the variant name it chose, None for `null`.
-/// flagd takes a boolean or number result as the variant of that name.
-fn run(logic: &Logic, key: &str, ctx: &Context, now_s: u64) -> Result<Option<String>, String> {
+/// What a rule chose.
+enum Chosen<'e> {
+    /// `null`: the default variant.
+    Null,
+    /// One of the flag's variants (borrowed from the flag).
+    Variant(&'e str),
+    /// A name that is no variant.
+    NotAVariant(String),
+}
+
+/// Runs a compiled rule: the variant it chose. flagd takes a boolean or
+/// number result as the variant of that name.
+fn run<'e>(
+    logic: &Logic,
+    key: &str,
+    ctx: &Context,
+    now_s: u64,
+    variants: &'e BTreeMap<String, Value>,
+) -> Result<Chosen<'e>, String> {
     ARENA.with(|cell| {
         let mut arena = cell.borrow_mut();
-        let out = run_in(logic, key, ctx, now_s, &arena);
+        let out = run_in(logic, key, ctx, now_s, &arena).map(|r| {
+            let name: std::borrow::Cow<'_, str> = match r {
+                DataValue::Null => return Chosen::Null,
+                DataValue::String(s) => (*s).into(),
+                DataValue::Bool(b) => b.to_string().into(),
+                other => other.to_string().trim_matches('"').to_string().into(),
+            };
+            match variants.get_key_value(name.as_ref()) {
+                Some((k, _)) => Chosen::Variant(k.as_str()),
+                None => Chosen::NotAVariant(name.into_owned()),
+            }
+        });
         arena.reset();
         out
     })
 }
 
-fn run_in(
-    logic: &Logic,
-    key: &str,
-    ctx: &Context,
+fn run_in<'a>(
+    logic: &'a Logic,
+    key: &'a str,
+    ctx: &'a Context,
     now_s: u64,
-    arena: &Bump,
-) -> Result<Option<String>, String> {
+    arena: &'a Bump,
+) -> Result<&'a DataValue<'a>, String> {
     // The root: the caller's attributes and `$flagd` (flagKey, timestamp),
     // which flagd sets for every evaluation and rules read.
-    let mut pairs = bumpalo::collections::Vec::with_capacity_in(ctx.attrs.len() + 1, arena);
-    for (k, v) in &ctx.attrs {
-        if k != "$flagd" {
-            pairs.push((
-                arena.alloc_str(k) as &str,
-                DataValue::from_serde_value_in(v, arena),
-            ));
+    let attrs = ctx.parsed.value().as_object().unwrap_or(&[]);
+    let mut pairs = bumpalo::collections::Vec::with_capacity_in(attrs.len() + 1, arena);
+    for (k, v) in attrs {
+        if *k != "$flagd" {
+            pairs.push((*k, *v));
         }
     }
     let flagd: &[(&str, DataValue)] = arena.alloc_slice_clone(&[
-        ("flagKey", DataValue::String(arena.alloc_str(key))),
+        ("flagKey", DataValue::String(key)),
         ("timestamp", DataValue::from_i64(now_s as i64)),
     ]);
     pairs.push(("$flagd", DataValue::Object(flagd)));
     let root: &DataValue = arena.alloc(DataValue::Object(pairs.into_bump_slice()));
-    let result = ENGINE
+    ENGINE
         .evaluate(logic, root, arena)
-        .map_err(|e| format!("targeting failed: {e}"))?;
-    Ok(match result {
-        DataValue::Null => None,
-        DataValue::String(s) => Some((*s).to_string()),
-        DataValue::Bool(b) => Some(b.to_string()),
-        other => Some(other.to_string().trim_matches('"').to_string()),
-    })
+        .map_err(|e| format!("targeting failed: {e}"))
 }

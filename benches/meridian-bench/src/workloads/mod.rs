@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config_write;
 pub mod cross_region;
 pub mod failover;
+pub mod flags;
 pub mod read;
 pub mod secrets;
 pub mod watch;
