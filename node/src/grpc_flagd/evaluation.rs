@@ -129,15 +129,11 @@ impl ev::service_server::Service for FlagdApi {
         &self,
         r: Request<ev::EventStreamRequest>,
     ) -> Result<Response<Self::EventStreamStream>, Status> {
-        let mut rx = self.events(&r).await?;
-        Ok(Response::new(async_stream(move |tx| async move {
-            while let Some(e) = rx.recv().await {
-                let item = e.map(|(r#type, data)| ev::EventStreamResponse { r#type, data });
-                if tx.send(item).await.is_err() {
-                    return;
-                }
-            }
-        })))
+        use futures::StreamExt;
+        let s = self.events(&r).await?;
+        Ok(Response::new(Box::pin(s.map(|e| {
+            e.map(|(r#type, data)| ev::EventStreamResponse { r#type, data })
+        }))))
     }
 }
 
@@ -226,14 +222,10 @@ impl ev2::service_server::Service for FlagdApi {
         &self,
         r: Request<ev2::EventStreamRequest>,
     ) -> Result<Response<Self::EventStreamStream>, Status> {
-        let mut rx = self.events(&r).await?;
-        Ok(Response::new(async_stream(move |tx| async move {
-            while let Some(e) = rx.recv().await {
-                let item = e.map(|(r#type, data)| ev2::EventStreamResponse { r#type, data });
-                if tx.send(item).await.is_err() {
-                    return;
-                }
-            }
-        })))
+        use futures::StreamExt;
+        let s = self.events(&r).await?;
+        Ok(Response::new(Box::pin(s.map(|e| {
+            e.map(|(r#type, data)| ev2::EventStreamResponse { r#type, data })
+        }))))
     }
 }

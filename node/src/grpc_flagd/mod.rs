@@ -191,18 +191,6 @@ fn changed_flags(old: &CompiledFlags, new: &CompiledFlags) -> Map<String, Value>
     out
 }
 
-/// A stream fed by a task: `f` gets the sender.
-pub(super) fn async_stream<T, F, Fut>(f: F) -> Stream_<T>
-where
-    T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(f(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
-}
-
 /// One evaluation's answer, as every Resolve* RPC returns it.
 struct Resolved {
     value: Option<Value>,
@@ -245,43 +233,34 @@ impl FlagdApi {
     async fn events<T>(
         &self,
         r: &Request<T>,
-    ) -> Result<
-        tokio::sync::mpsc::Receiver<Result<(String, Option<prost_types::Struct>), Status>>,
-        Status,
-    > {
+    ) -> Result<Stream_<(String, Option<prost_types::Struct>)>, Status> {
         let access = self.access(r)?;
         let ns = selector(r, "")?;
-        let mut rx = self
+        let watch = self
             .store
             .watch_flags(&ns, &access)
             .await
             .map_err(|e| e.to_status())?;
-        let (tx, out) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            let mut last: Option<Arc<CompiledFlags>> = None;
-            while let Some(next) = rx.recv().await {
-                let item = match next {
-                    Err(e) => Err(e.to_status()),
-                    Ok(c) => {
-                        let msg = match &last {
-                            None => ("provider_ready".to_string(), None),
-                            Some(old) => {
-                                let data = serde_json::json!({"flags": changed_flags(old, &c)});
-                                (
-                                    "configuration_change".to_string(),
-                                    data.as_object().map(map_to_struct),
-                                )
-                            }
-                        };
-                        last = Some(c);
-                        Ok(msg)
+        let s = futures::stream::unfold(
+            (watch, None::<Arc<CompiledFlags>>),
+            |(mut w, last)| async move {
+                let item = match w.next().await? {
+                    Err(e) => return Some((Err(e.to_status()), (w, last))),
+                    Ok(c) => c,
+                };
+                let msg = match &last {
+                    None => ("provider_ready".to_string(), None),
+                    Some(old) => {
+                        let data = serde_json::json!({"flags": changed_flags(old, &item)});
+                        (
+                            "configuration_change".to_string(),
+                            data.as_object().map(map_to_struct),
+                        )
                     }
                 };
-                if tx.send(item).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(out)
+                Some((Ok(msg), (w, Some(item))))
+            },
+        );
+        Ok(Box::pin(s))
     }
 }

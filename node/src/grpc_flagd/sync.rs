@@ -16,30 +16,30 @@ impl sync::flag_sync_service_server::FlagSyncService for FlagdApi {
         // Older providers send the selector in this deprecated field.
         #[allow(deprecated)]
         let ns = selector(&r, &r.get_ref().selector)?;
-        let mut rx = self
+        let watch = self
             .store
             .watch_flags(&ns, &access)
             .await
             .map_err(|e| e.to_status())?;
-        let s = async_stream(move |tx| async move {
-            while let Some(next) = rx.recv().await {
-                let item = next
-                    .map(|c| {
-                        // The environment's revision, for clients that
-                        // keep a copy (a key no evaluation context uses).
-                        let mut m = Map::new();
-                        m.insert("meridianRevision".into(), Value::from(c.revision()));
-                        sync::SyncFlagsResponse {
-                            flag_configuration: c.set.to_json().to_string(),
-                            sync_context: Some(map_to_struct(&m)),
-                        }
-                    })
-                    .map_err(|e: CfgError| e.to_status());
-                if tx.send(item).await.is_err() {
-                    return;
-                }
-            }
+        // The stream pulls from the watch: no task per stream.
+        let s = futures::stream::unfold(watch, |mut w| async move {
+            let item = w
+                .next()
+                .await?
+                .map_err(|e: CfgError| e.to_status())
+                .map(|c| {
+                    // The environment's revision, for clients that keep a
+                    // copy (a key no evaluation context uses).
+                    let mut m = Map::new();
+                    m.insert("meridianRevision".into(), Value::from(c.revision()));
+                    sync::SyncFlagsResponse {
+                        flag_configuration: c.flagd_json.clone(),
+                        sync_context: Some(map_to_struct(&m)),
+                    }
+                });
+            Some((item, w))
         });
+        let s: Stream_<sync::SyncFlagsResponse> = Box::pin(s);
         Ok(Response::new(s))
     }
 
@@ -51,7 +51,7 @@ impl sync::flag_sync_service_server::FlagSyncService for FlagdApi {
         let field = r.get_ref().selector.clone();
         let (_, c) = self.compiled(&r, &field).await?;
         Ok(Response::new(sync::FetchAllFlagsResponse {
-            flag_configuration: c.set.to_json().to_string(),
+            flag_configuration: c.flagd_json.clone(),
         }))
     }
 

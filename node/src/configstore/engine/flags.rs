@@ -295,6 +295,8 @@ fn edit_definition(def: &mut Definition, edit: &FlagEdit) -> Result<(), CfgError
 pub struct CompiledFlags {
     pub evaluator: meridian_flags::Evaluator,
     pub set: FlagSet,
+    /// `set` as flagd's JSON, serialized once for every stream that sends it.
+    pub flagd_json: String,
     /// Each layer of the chain (itself, then what it inherits) and its
     /// revision: the cache's key to freshness.
     layers: Vec<(String, u64)>,
@@ -351,6 +353,7 @@ impl ConfigStore {
         let set = compile_chain(&chain)?;
         let compiled = Arc::new(CompiledFlags {
             evaluator: meridian_flags::Evaluator::new(&set),
+            flagd_json: set.to_json().to_string(),
             set,
             layers,
         });
@@ -367,19 +370,86 @@ impl ConfigStore {
 /// Changes a flags watch may have waiting before the core drops it.
 const FLAG_WATCH_BUFFER_MAX: usize = 64;
 
+/// One watcher of an environment's flags: the set now, then every new one.
+pub struct FlagWatch {
+    first: Option<Arc<CompiledFlags>>,
+    last: Arc<CompiledFlags>,
+    hub: tokio::sync::watch::Receiver<HubState>,
+    ended: bool,
+}
+
+impl FlagWatch {
+    /// The next set (the first call: the set now); an error ends the watch;
+    /// None once it ended.
+    pub async fn next(&mut self) -> Option<Result<Arc<CompiledFlags>, CfgError>> {
+        if let Some(f) = self.first.take() {
+            return Some(Ok(f));
+        }
+        loop {
+            if self.ended || self.hub.changed().await.is_err() {
+                return None;
+            }
+            let next = self.hub.borrow_and_update().clone();
+            match next {
+                None => continue,
+                Some(Ok(c)) if c.set == self.last.set => continue,
+                Some(Ok(c)) => {
+                    self.last = c.clone();
+                    return Some(Ok(c));
+                }
+                Some(Err(e)) => {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// What a hub holds: the environment's compiled flags (None until read).
+type HubState = Option<Result<Arc<CompiledFlags>, CfgError>>;
+
+/// One task per watched environment: it follows the core's changes, compiles
+/// the set once per change, and hands it to every watcher (10,000 sync
+/// streams cost one read and one compile per change, not 10,000).
+#[derive(Default)]
+pub struct FlagHubs {
+    map: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::watch::Sender<HubState>>>>,
+}
+
 impl ConfigStore {
     /// The environment's compiled flags now, then again after every change
     /// to a flag, a segment or the inheritance of any environment it
-    /// inherits from (only when the compiled set differs). For flagd's sync
-    /// and event streams and the client library.
-    pub async fn watch_flags(
+    /// inherits from (only when the compiled set differs; under a burst,
+    /// the latest). For flagd's sync and event streams: no task of its
+    /// own, the stream pulls.
+    pub async fn watch_flags(&self, ns: &str, access: &Access) -> Result<FlagWatch, CfgError> {
+        // The caller's own read, checked and served now.
+        let first = self.compiled_flags(ns, access).await?;
+        let hub = self.flag_hub(ns, access, first.clone());
+        Ok(FlagWatch {
+            first: Some(first.clone()),
+            last: first,
+            hub,
+            ended: false,
+        })
+    }
+
+    /// A receiver of `ns`'s hub, started if there is none.
+    fn flag_hub(
         &self,
         ns: &str,
         access: &Access,
-    ) -> Result<mpsc::Receiver<Result<Arc<CompiledFlags>, CfgError>>, CfgError> {
-        let first = self.compiled_flags(ns, access).await?;
-        let (tx, rx) = mpsc::channel(16);
-        let _ = tx.send(Ok(first.clone())).await;
+        first: Arc<CompiledFlags>,
+    ) -> tokio::sync::watch::Receiver<HubState> {
+        let mut map = self.flag_hubs.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = map.get(ns) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(Some(Ok(first.clone())));
+        let tx = Arc::new(tx);
+        map.insert(ns.to_string(), tx.clone());
+        drop(map);
         let (store, ns, access) = (self.clone(), ns.to_string(), access.clone());
         tokio::spawn(async move {
             let mut last = first;
@@ -398,12 +468,11 @@ impl ConfigStore {
                         .watch(request, crate::driver::WATCH_BUFFER_MAX)
                         .await
                     else {
-                        let _ = tx
-                            .send(Err(CfgError::new(
-                                Reason::ShuttingDown,
-                                "the node is stopping",
-                            )))
-                            .await;
+                        store.end_hub(
+                            &ns,
+                            &tx,
+                            Some(CfgError::new(Reason::ShuttingDown, "the node is stopping")),
+                        );
                         return;
                     };
                     let fwd = core_tx.clone();
@@ -419,12 +488,27 @@ impl ConfigStore {
                 loop {
                     let event = tokio::select! {
                         e = core_rx.recv() => e,
-                        _ = tx.closed() => return,
+                        _ = tx.closed() => {
+                            if store.end_hub(&ns, &tx, None) {
+                                return;
+                            }
+                            continue;
+                        }
                     };
                     match event {
-                        None => return,
+                        None => {
+                            store.end_hub(
+                                &ns,
+                                &tx,
+                                Some(CfgError::new(
+                                    Reason::Unavailable,
+                                    "the core ended the watch",
+                                )),
+                            );
+                            return;
+                        }
                         Some(ClientResponse::Error(code)) => {
-                            let _ = tx.send(Err(CfgError::core(code))).await;
+                            store.end_hub(&ns, &tx, Some(CfgError::core(code)));
                             return;
                         }
                         Some(_) => {}
@@ -434,7 +518,7 @@ impl ConfigStore {
                     let next = match store.compiled_flags(&ns, &access).await {
                         Ok(c) => c,
                         Err(e) => {
-                            let _ = tx.send(Err(e)).await;
+                            store.end_hub(&ns, &tx, Some(e));
                             return;
                         }
                     };
@@ -443,8 +527,8 @@ impl ConfigStore {
                         .iter()
                         .map(|l| &l.0)
                         .ne(last.layers.iter().map(|l| &l.0));
-                    if next.set != last.set && tx.send(Ok(next.clone())).await.is_err() {
-                        return;
+                    if next.set != last.set {
+                        tx.send_replace(Some(Ok(next.clone())));
                     }
                     last = next;
                     if rechain {
@@ -454,6 +538,28 @@ impl ConfigStore {
                 }
             }
         });
-        Ok(rx)
+        rx
+    }
+
+    /// Ends `ns`'s hub: tells its watchers `err` if any, and forgets it.
+    /// Without an error, only if no watcher is left (one may have joined
+    /// since it noticed they were gone); whether it ended.
+    fn end_hub(
+        &self,
+        ns: &str,
+        tx: &Arc<tokio::sync::watch::Sender<HubState>>,
+        err: Option<CfgError>,
+    ) -> bool {
+        let mut map = self.flag_hubs.map.lock().unwrap_or_else(|e| e.into_inner());
+        if err.is_none() && tx.receiver_count() > 0 {
+            return false;
+        }
+        if map.get(ns).is_some_and(|t| Arc::ptr_eq(t, tx)) {
+            map.remove(ns);
+        }
+        if let Some(e) = err {
+            tx.send_replace(Some(Err(e)));
+        }
+        true
     }
 }

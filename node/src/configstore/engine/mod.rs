@@ -24,7 +24,7 @@ mod validate;
 mod watch;
 mod writes;
 
-pub use flags::{CompiledFlags, FlagEdit, FlagEntry, FlagsView};
+pub use flags::{CompiledFlags, FlagEdit, FlagEntry, FlagWatch, FlagsView};
 pub use secret_lifecycle::DestroyResult;
 pub use secrets::{NsSecrets, SecretInfo, SecretsCensus, SecretsOverview};
 pub use watch::WatchEvent;
@@ -90,6 +90,8 @@ pub struct ConfigStore {
     secrets: Secrets,
     /// Environments' flags compiled for evaluation.
     flag_cache: Arc<flags::FlagCache>,
+    /// The watched environments' flags, one task each.
+    flag_hubs: Arc<flags::FlagHubs>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -566,6 +568,7 @@ impl ConfigStore {
             limits,
             secrets,
             flag_cache: Arc::default(),
+            flag_hubs: Arc::default(),
         }
     }
 
