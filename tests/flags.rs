@@ -980,7 +980,44 @@ async fn flagds_rpc_provider_evaluates_through_the_evaluation_service() {
     );
     assert!(doc["$evaluators"]["beta"].is_object(), "{doc}");
 
+    rust_client_config(&cl, eu).await;
     rust_client_flags(&mut cl, eu).await;
+}
+
+/// `Client::subscribe`: plain configuration read from a watched local copy.
+async fn rust_client_config(cl: &Cluster, eu: &str) {
+    let http = common::http_client();
+    let put = |key: &str, v: Value| {
+        let http = http.clone();
+        let url = format!("{eu}/v1/config/shop/prod/{key}");
+        async move {
+            let r = http.put(url).json(&v).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+        }
+    };
+    put("svc.timeout_ms", json!(250)).await;
+    let client = meridian_proto::client::Client::connect(&cl.grpc, common::fast_opts())
+        .await
+        .unwrap();
+    let mut local = client.subscribe("shop/prod", "svc").await.unwrap();
+    assert_eq!(local.get("svc.timeout_ms"), Some(json!(250)));
+    put("svc.timeout_ms", json!(500)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while local.get("svc.timeout_ms") != Some(json!(500)) {
+        assert!(
+            Instant::now() < deadline,
+            "the change never reached the local copy"
+        );
+        tokio::time::timeout(Duration::from_secs(10), local.changed())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let e = client.subscribe("shop/nowhere", "").await.err();
+    assert!(
+        e.is_some_and(|e| e.reason().is_some()),
+        "an unknown environment is refused with its reason"
+    );
 }
 
 /// The Rust client library's local copy: the same answers as the regions,

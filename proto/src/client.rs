@@ -55,7 +55,7 @@ fn message_of<'s>(status: &'s Status, reason: Option<&str>) -> &'s str {
 }
 
 impl ClientError {
-    fn from_status(status: Status) -> ClientError {
+    pub(crate) fn from_status(status: Status) -> ClientError {
         let reason = crate::reason_of(&status);
         ClientError::Status { status, reason }
     }

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod flags;
+pub mod local_config;
 
 /// Generated messages, clients and servers of package `meridian.v1`.
 pub mod v1 {
