@@ -58,6 +58,7 @@ fn every_workload_runs_against_both_systems_and_writes_table_json_and_plots() {
         "### Config writes from the home region",
         "### Failover",
         "### Access control: auth on against auth off",
+        "### Feature flags: local evaluation, OFREP, and a change pushed to sync streams",
     ] {
         assert!(md.contains(title), "{title} missing from:\n{md}");
     }
@@ -82,9 +83,18 @@ fn every_workload_runs_against_both_systems_and_writes_table_json_and_plots() {
             "config-write",
             "failover",
             "auth",
-            "secrets"
+            "secrets",
+            "flags"
         ]
     );
+    // Flags: local evaluation, OFREP and a push, each measured.
+    let flags = &workloads.iter().find(|w| w["name"] == "flags").unwrap()["raw"];
+    assert!(
+        flags["local"]["evaluations_per_s"].as_f64().unwrap() > 0.0,
+        "{flags}"
+    );
+    assert!(flags["ofrep_per_s"].as_f64().unwrap() > 0.0, "{flags}");
+    assert!(!flags["push"].as_array().unwrap().is_empty(), "{flags}");
     // Secrets: plain, reveal, reveal, plain, then redacted, each measured.
     let sec = workloads.iter().find(|w| w["name"] == "secrets").unwrap();
     let modes: Vec<&str> = sec["raw"]

@@ -157,6 +157,10 @@ fn local(set: &FlagSet) -> Result<Local> {
 
 /// OFREP single-flag evaluations by `clients` closed-loop clients.
 async fn ofrep(http_addr: &str, clients: usize, duration: Duration) -> Result<(Latency, Duration)> {
+    // The workspace's tests build reqwest with `rustls-no-provider`, which
+    // needs a process-wide provider even for plain HTTP (an error only
+    // means one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()?;
