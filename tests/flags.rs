@@ -1042,15 +1042,7 @@ async fn rust_client_flags(cl: &mut Cluster, eu: &str) {
         let c = json!({"targetingKey": format!("k{i}"), "email": if i % 7 == 0 { "a@beta.example" } else { "x@example.com" }});
         for key in ["new-checkout", "max-items", "theme", "dark-mode", "banner"] {
             let local = flags.evaluate(key, &ctx_of(c.clone()), Expect::Any);
-            let server: Value = http
-                .post(format!("{eu}/v1/flags/shop/prod/{key}/evaluate"))
-                .json(&json!({"context": c}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let server = meridian_eval(eu, "-", key, &c).await;
             assert_eq!(
                 local.value.as_ref(),
                 server.get("value"),
@@ -1148,30 +1140,10 @@ async fn flagd_requests(eu: &str, svc: &str) -> (Value, Vec<Value>) {
         requests.push(json!({"type": "integer", "key": "max-items", "default": 0, "targetingKey": format!("k{i}")}));
         requests.push(json!({"type": "boolean", "key": "new-checkout", "default": false, "targetingKey": format!("k{i}"), "attrs": {"email": "x@example.com"}}));
     }
-    let http = common::http_client();
     let mut mine = Vec::new();
     for r in &requests {
-        let mut ctx = r["attrs"].clone();
-        if ctx.is_null() {
-            ctx = json!({});
-        }
-        if let Some(t) = r["targetingKey"].as_str() {
-            ctx["targetingKey"] = json!(t);
-        }
         let key = r["key"].as_str().unwrap();
-        let mut rb = http.post(format!("{eu}/v1/flags/shop/prod/{key}/evaluate"));
-        if svc != "-" {
-            rb = rb.header("authorization", svc);
-        }
-        let v: Value = rb
-            .json(&json!({"context": ctx}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        mine.push(v);
+        mine.push(meridian_eval(eu, svc, key, &request_context(r)).await);
     }
     (Value::Array(requests), mine)
 }
@@ -1261,6 +1233,34 @@ async fn python_flagd(cl: &Cluster, mode: &str, svc: &str, pm: &str, eu: &str) {
     );
 }
 
+/// A Python request's evaluation context: its attributes and targeting key.
+fn request_context(r: &Value) -> Value {
+    let mut ctx = r["attrs"].clone();
+    if ctx.is_null() {
+        ctx = json!({});
+    }
+    if let Some(t) = r["targetingKey"].as_str() {
+        ctx["targetingKey"] = json!(t);
+    }
+    ctx
+}
+
+/// Meridian's own evaluation of flag `key` of shop/prod at `eu` (HTTP),
+/// with `auth` as the Authorization header ("-": none).
+async fn meridian_eval(eu: &str, auth: &str, key: &str, ctx: &Value) -> Value {
+    let mut rb = common::http_client().post(format!("{eu}/v1/flags/shop/prod/{key}/evaluate"));
+    if auth != "-" {
+        rb = rb.header("authorization", auth);
+    }
+    rb.json(&json!({"context": ctx}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn python_can_run() -> bool {
     let probe = Command::new("python3")
         .args(["-c", "import openfeature.contrib.provider.ofrep"])
@@ -1323,26 +1323,9 @@ async fn python_ofrep(cl: &Cluster, us: &str, svc: &str, pm: &str, api: &Api, eu
     let py_ns = run_python(&format!("{us}/ns/shop/prod"), token, "", &requests);
     assert_eq!(py, py_ns, "both base URL forms answer alike");
     // Meridian's own evaluation of each request.
-    let http = common::http_client();
     for (r, p) in requests.as_array().unwrap().iter().zip(&py) {
-        let mut ctx = r["attrs"].clone();
-        if ctx.is_null() {
-            ctx = json!({});
-        }
-        if let Some(t) = r["targetingKey"].as_str() {
-            ctx["targetingKey"] = json!(t);
-        }
         let key = r["key"].as_str().unwrap();
-        let mine: Value = http
-            .post(format!("{eu}/v1/flags/shop/prod/{key}/evaluate"))
-            .header("authorization", svc)
-            .json(&json!({"context": ctx}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let mine = meridian_eval(eu, svc, key, &request_context(r)).await;
         if key == "nope" {
             assert_eq!(
                 (&p["value"], &p["error_code"]),
