@@ -59,6 +59,32 @@ pub struct NodeConfig {
     pub rate_limit: crate::auth::limits::RateLimitConfig,
     #[serde(default)]
     pub secrets: SecretsConfig,
+    #[serde(default)]
+    pub flags: FlagsConfig,
+}
+
+/// Feature flags (docs/flags.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlagsConfig {
+    /// Impressions are counted per window of this many seconds (default an
+    /// hour; 1 to 86,400).
+    pub impressions_window_s: u64,
+    /// How often a region writes the impressions it counted (default 10 s;
+    /// 100 ms to 10 minutes): the most a count can be behind.
+    pub impressions_flush_ms: u64,
+    /// Windows older than this are deleted (default 30; 1 to 3,650).
+    pub impressions_retention_days: u64,
+}
+
+impl Default for FlagsConfig {
+    fn default() -> FlagsConfig {
+        FlagsConfig {
+            impressions_window_s: 3600,
+            impressions_flush_ms: 10_000,
+            impressions_retention_days: 30,
+        }
+    }
 }
 
 /// Secrets (docs/secrets.md).
@@ -497,6 +523,17 @@ impl NodeConfig {
             return bad(format!(
                 "secrets.expiry_warning_s: at most {EXPIRY_WARNING_S_MAX} (a year), got {}",
                 self.secrets.expiry_warning_s
+            ));
+        }
+        let f = &self.flags;
+        if !(1..=86_400).contains(&f.impressions_window_s)
+            || !(100..=600_000).contains(&f.impressions_flush_ms)
+            || !(1..=3650).contains(&f.impressions_retention_days)
+        {
+            return bad(format!(
+                "flags: impressions_window_s is 1 to 86400 (got {}), impressions_flush_ms \
+                 100 to 600000 (got {}), impressions_retention_days 1 to 3650 (got {})",
+                f.impressions_window_s, f.impressions_flush_ms, f.impressions_retention_days
             ));
         }
         let api = &self.api_tls;

@@ -251,6 +251,13 @@ impl Api {
     /// and read in plaintext). Sealed bytes stay writable: a copied or
     /// altered envelope fails its tag (SECRET_CORRUPT), it never opens.
     async fn guard_config_keys(&self, ns: &str, ops: &[WriteOp]) -> Result<(), Status> {
+        if meridian_core::node::is_system_ns(ns) {
+            // The nodes' own bookkeeping, unaudited: no client writes it.
+            return Err(status(
+                Reason::ReservedKey,
+                &format!("{ns} is the region nodes' own namespace; no client writes it"),
+            ));
+        }
         if !ns.contains('/') {
             return Ok(());
         }

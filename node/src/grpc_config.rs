@@ -673,6 +673,80 @@ impl Config for ConfigApi {
         }))
     }
 
+    async fn report_impressions(
+        &self,
+        r: Request<ReportImpressionsRequest>,
+    ) -> Result<Response<ReportImpressionsResponse>, Status> {
+        let access = self.access(&r)?;
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let cells: Vec<meridian_flags::Impression> = r
+            .cells
+            .into_iter()
+            .map(|c| meridian_flags::Impression {
+                window_start_s: c.window_start_s,
+                flag: c.flag,
+                variant: c.variant,
+                count: c.count,
+            })
+            .collect();
+        let counted = self
+            .store
+            .report_impressions(&access, &ns, &cells)
+            .map_err(st)?;
+        Ok(Response::new(ReportImpressionsResponse { counted }))
+    }
+
+    async fn list_impressions(
+        &self,
+        r: Request<ListImpressionsRequest>,
+    ) -> Result<Response<ListImpressionsResponse>, Status> {
+        let access = self.access(&r)?;
+        let r = r.into_inner();
+        let ns = ns_of(r.ns)?;
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let since = if r.since_s == 0 {
+            now_s.saturating_sub(86_400)
+        } else {
+            r.since_s
+        };
+        let until = if r.until_s == 0 { u64::MAX } else { r.until_s };
+        let flag = (!r.flag.is_empty()).then_some(r.flag.as_str());
+        let view = self
+            .store
+            .impressions(&access, &ns, flag, since, until)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(ListImpressionsResponse {
+            flags: view
+                .flags
+                .into_iter()
+                .map(|f| FlagImpressions {
+                    windows: f
+                        .windows
+                        .iter()
+                        .flat_map(|w| {
+                            w.variants.iter().map(|(v, n)| ImpressionCell {
+                                flag: f.flag.clone(),
+                                variant: v.clone(),
+                                count: *n,
+                                window_start_s: w.start_s,
+                                window_s: w.window_s,
+                            })
+                        })
+                        .collect(),
+                    flag: f.flag,
+                    total: f.total,
+                    variants: f.variants.into_iter().collect(),
+                })
+                .collect(),
+            truncated: view.truncated,
+            flush_ms: view.flush_ms,
+        }))
+    }
+
     async fn evaluate_flag(
         &self,
         r: Request<EvaluateFlagRequest>,
@@ -693,9 +767,11 @@ impl Config for ConfigApi {
         let now_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let res = compiled
-            .evaluator
-            .evaluate(&r.key, &ctx, now_s, meridian_flags::Expect::Any);
+        // An operator's question, not a user served: no impression.
+        let res =
+            compiled
+                .evaluator
+                .evaluate_uncounted(&r.key, &ctx, now_s, meridian_flags::Expect::Any);
         let (error_code, error_message) = res
             .error
             .map(|(c, m)| (c.as_str().to_string(), m))

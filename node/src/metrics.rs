@@ -108,6 +108,25 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Registers the region's flag impression counters.
+    pub fn register_impressions(&mut self, c: &crate::configstore::engine::ImpressionCounters) {
+        self.registry.register(
+            "flag_impressions_flushed",
+            "Flag impressions (variants served) this region wrote to its impressions namespace",
+            c.flushed.clone(),
+        );
+        self.registry.register(
+            "flag_impressions_dropped",
+            "Flag impressions dropped because too many were waiting to be flushed",
+            c.dropped.clone(),
+        );
+        self.registry.register(
+            "flag_impressions_flush_errors",
+            "Impression flush writes that failed (their counts wait for the next flush)",
+            c.flush_errors.clone(),
+        );
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();

@@ -238,8 +238,17 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
             txn_ops_max: core.txn_ops_max,
         },
         secrets.clone(),
+        me as usize,
+        crate::configstore::ImpressionsConfig {
+            window_s: cfg.flags.impressions_window_s,
+            flush_ms: cfg.flags.impressions_flush_ms,
+            retention_s: cfg.flags.impressions_retention_days * 86_400,
+        },
     );
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    store.spawn_impressions_flusher();
+    let mut metrics = crate::metrics::Metrics::new();
+    metrics.register_impressions(&store.impression_counters());
+    let metrics = Arc::new(metrics);
     let auth_api = crate::grpc_auth::AuthApi::new(core_client.clone(), auth.clone());
     let audit_api = crate::grpc_audit::AuditApi::new(
         core_client.clone(),

@@ -17,6 +17,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::LazyLock;
 
 use bumpalo::Bump;
@@ -162,6 +163,9 @@ struct Compiled {
     flag: Flag,
     rule: Rule,
     metadata: Map<String, Value>,
+    /// Impressions: times each variant was served (in the order of
+    /// `flag.variants`), drained by `Evaluator::drain_counts`.
+    served: Box<[AtomicU64]>,
 }
 
 /// A flag set ready to evaluate.
@@ -237,6 +241,7 @@ impl Evaluator {
                 (
                     key.clone(),
                     Compiled {
+                        served: flag.variants.keys().map(|_| AtomicU64::new(0)).collect(),
                         flag: flag.clone(),
                         rule,
                         metadata,
@@ -265,7 +270,46 @@ impl Evaluator {
 
     /// Evaluates flag `key` for `ctx` at `now_s` (Unix seconds, which rules
     /// read as `$flagd.timestamp`), asking for a value of type `expect`.
+    /// A served variant counts as an impression (`drain_counts`).
     pub fn evaluate(&self, key: &str, ctx: &Context, now_s: u64, expect: Expect) -> Resolution<'_> {
+        self.evaluate_inner(key, ctx, now_s, expect, true)
+    }
+
+    /// As `evaluate`, counting no impression: for answers nobody is served
+    /// (an operator's `flag eval`, a comparison in a test).
+    pub fn evaluate_uncounted(
+        &self,
+        key: &str,
+        ctx: &Context,
+        now_s: u64,
+        expect: Expect,
+    ) -> Resolution<'_> {
+        self.evaluate_inner(key, ctx, now_s, expect, false)
+    }
+
+    /// Hands every impression counted since the last drain to `f` (flag,
+    /// variant, count; cells with no count are skipped) and zeroes them.
+    /// An evaluation racing the drain is counted in this drain or the next,
+    /// never in both or neither.
+    pub fn drain_counts(&self, mut f: impl FnMut(&str, &str, u64)) {
+        for (key, c) in &self.flags {
+            for (variant, n) in c.flag.variants.keys().zip(c.served.iter()) {
+                let n = n.swap(0, AtomicOrdering::Relaxed);
+                if n > 0 {
+                    f(key, variant, n);
+                }
+            }
+        }
+    }
+
+    fn evaluate_inner(
+        &self,
+        key: &str,
+        ctx: &Context,
+        now_s: u64,
+        expect: Expect,
+        count: bool,
+    ) -> Resolution<'_> {
         let Some(c) = self.flags.get(key) else {
             return Resolution::error(
                 ErrorCode::FlagNotFound,
@@ -329,11 +373,18 @@ impl Evaluator {
                 );
             }
         }
+        let variant = value.and(variant);
+        if let (true, Some(v)) = (count, variant) {
+            // Two to a few variants: a scan beats a map.
+            if let Some(slot) = c.flag.variants.keys().position(|k| k == v) {
+                c.served[slot].fetch_add(1, AtomicOrdering::Relaxed);
+            }
+        }
         Resolution {
             value,
             // No value without a default variant: the reason stays, and
             // the caller's default applies.
-            variant: value.and(variant),
+            variant,
             reason,
             error: None,
             metadata,

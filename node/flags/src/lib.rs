@@ -11,6 +11,7 @@
 pub mod compile;
 pub mod error;
 pub mod eval;
+pub mod impressions;
 pub mod model;
 mod ops;
 pub mod refs;
@@ -19,4 +20,5 @@ pub mod validate;
 
 pub use error::{FlagError, FlagErrorKind};
 pub use eval::{Context, ErrorCode, Evaluator, Expect, Reason, Resolution};
+pub use impressions::{Impression, Tally};
 pub use model::{Definition, Flag, FlagSet, Prerequisite, Scheduled, State};

@@ -390,3 +390,54 @@ fn a_rule_that_reads_the_targeting_key_reports_its_absence() {
     let r = ev.evaluate("f", &ctx(json!({"targetingKey": "u"})), NOW_S, Expect::Bool);
     assert!(!r.targeting_key_missing);
 }
+
+#[test]
+fn served_variants_count_as_impressions_and_nothing_else_does() {
+    let ev = set(
+        &[
+            ("split", rollout(30, 70)),
+            (
+                "killed",
+                json!({"state": "DISABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "a"}),
+            ),
+        ],
+        &[],
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+    let mut served: BTreeMap<String, u64> = BTreeMap::new();
+    for _ in 0..1000 {
+        let c = ctx(json!({"targetingKey": format!("user-{}", rng.random::<u64>())}));
+        let r = ev.evaluate("split", &c, NOW_S, Expect::Bool);
+        *served
+            .entry(r.variant.expect("served").to_string())
+            .or_default() += 1;
+        // Not served: a disabled flag, an unknown flag, a type mismatch,
+        // and an evaluation asked not to count.
+        assert_eq!(ev.evaluate("killed", &c, NOW_S, Expect::Int).variant, None);
+        assert!(ev
+            .evaluate("missing", &c, NOW_S, Expect::Bool)
+            .error
+            .is_some());
+        assert!(ev
+            .evaluate("split", &c, NOW_S, Expect::String)
+            .error
+            .is_some());
+        ev.evaluate_uncounted("split", &c, NOW_S, Expect::Bool);
+    }
+    let mut tally = meridian_flags::Tally::new(60, 100);
+    tally.drain_from(&ev, NOW_S + 59);
+    let cells = tally.take();
+    let counted: BTreeMap<String, u64> = cells
+        .iter()
+        .map(|c| {
+            assert_eq!(
+                (c.flag.as_str(), c.window_start_s),
+                ("split", NOW_S - NOW_S % 60)
+            );
+            (c.variant.clone(), c.count)
+        })
+        .collect();
+    assert_eq!(counted, served, "exactly the variants served, once each");
+    tally.drain_from(&ev, NOW_S);
+    assert!(tally.is_empty(), "a drain zeroes the counters");
+}

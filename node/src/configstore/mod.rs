@@ -12,5 +12,5 @@ pub mod http;
 pub mod render;
 pub mod tree;
 
-pub use engine::ConfigStore;
+pub use engine::{ConfigStore, ImpressionsConfig};
 pub use error::CfgError;

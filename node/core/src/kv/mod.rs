@@ -454,9 +454,11 @@ impl GroupSm {
                 }
             }
         }
-        self.state
-            .audit
-            .append(w.revision, write_record(w), self.audit_keep);
+        if !crate::node::is_system_ns(&w.ns) {
+            self.state
+                .audit
+                .append(w.revision, write_record(w), self.audit_keep);
+        }
         for c in &out {
             self.changes.push_back(c.clone());
         }

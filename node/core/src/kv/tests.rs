@@ -352,3 +352,19 @@ fn replace_values_swaps_bytes_in_place_only_where_they_are_as_expected() {
     assert_eq!(sm.apply_replace("n", &items), 0);
     assert_eq!(sm.apply_replace("absent", &items), 0);
 }
+
+#[test]
+fn writes_to_the_nodes_own_namespaces_leave_no_audit_record() {
+    let sys = format!("{}impressions-a", crate::node::SYSTEM_NS_PREFIX);
+    let mut sm = GroupSm::new(["n".to_string(), sys.clone()], 2, 10, 10);
+    sm.apply(&put(1, "a", "1", 1)).unwrap();
+    let mut own = put(2, "f/0", "1", 1);
+    own.ns = sys.clone();
+    sm.apply(&own).unwrap();
+    assert_eq!(sm.get(&sys, "f/0").version, 1, "the write applied");
+    assert_eq!(
+        sm.audit().last_seq(),
+        1,
+        "only the client namespace's write is audited"
+    );
+}

@@ -512,6 +512,19 @@ struct Move {
 pub const CATALOG_NS: &str = "__catalog";
 /// Namespaces whose names start with this are reserved for the system.
 pub const RESERVED_NS_PREFIX: &str = "__";
+/// Namespaces the region nodes write for themselves (feature flags'
+/// impressions): created like any namespace, written by no client (the
+/// shells refuse client writes to them), and their writes leave no audit
+/// record, since they are the nodes' own bookkeeping (counters flushed every
+/// few seconds) and would crowd people's changes out of the retained chain.
+/// No configured or configuration namespace can have such a name: those
+/// start with a letter or digit.
+pub const SYSTEM_NS_PREFIX: &str = "_system/";
+
+/// Whether `ns` is one of the nodes' own namespaces (`SYSTEM_NS_PREFIX`).
+pub fn is_system_ns(ns: &str) -> bool {
+    ns.starts_with(SYSTEM_NS_PREFIX)
+}
 /// Bytes of a change's author plus message at most.
 pub const CHANGE_META_BYTES_MAX: usize = 4096;
 /// Bytes of a namespace name at most.

@@ -314,10 +314,61 @@ impl CompiledFlags {
 #[derive(Default)]
 pub struct FlagCache {
     map: std::sync::Mutex<BTreeMap<String, Arc<CompiledFlags>>>,
+    /// Sets replaced in `map` whose evaluators may still hold impressions
+    /// (a request may be evaluating with one): drained until nobody else
+    /// holds them (`drain_list`).
+    retired: std::sync::Mutex<Vec<(String, Arc<CompiledFlags>)>>,
 }
 
 /// Environments whose compiled flags are kept at most.
 const FLAG_CACHE_ENTRIES_MAX: usize = 4096;
+/// Replaced sets awaiting their last drain at most (beyond, the oldest is
+/// forgotten with whatever it counted since the last drain).
+const FLAG_CACHE_RETIRED_MAX: usize = 2 * FLAG_CACHE_ENTRIES_MAX;
+
+impl FlagCache {
+    fn insert(&self, ns: &str, compiled: Arc<CompiledFlags>) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gone: Vec<(String, Arc<CompiledFlags>)> = Vec::new();
+        if m.len() >= FLAG_CACHE_ENTRIES_MAX && !m.contains_key(ns) {
+            gone.extend(std::mem::take(&mut *m));
+        }
+        if let Some(old) = m.insert(ns.to_string(), compiled) {
+            gone.push((ns.to_string(), old));
+        }
+        drop(m);
+        if !gone.is_empty() {
+            let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            r.extend(gone);
+            let excess = r.len().saturating_sub(FLAG_CACHE_RETIRED_MAX);
+            r.drain(..excess);
+        }
+    }
+
+    /// Every set whose evaluator may hold impressions, to drain now: the
+    /// current ones, and the replaced ones (each replaced set is listed
+    /// for the last time once nobody else holds it, so nothing can count
+    /// into it after this drain).
+    pub(super) fn drain_list(&self) -> Vec<(String, Arc<CompiledFlags>)> {
+        let mut out: Vec<(String, Arc<CompiledFlags>)> = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = Vec::new();
+        for (ns, c) in r.drain(..) {
+            if Arc::strong_count(&c) > 1 {
+                kept.push((ns.clone(), c.clone()));
+            }
+            out.push((ns, c));
+        }
+        *r = kept;
+        out
+    }
+}
 
 impl ConfigStore {
     /// The environment's flags ready to evaluate, as this region holds them
@@ -357,12 +408,7 @@ impl ConfigStore {
             set,
             layers,
         });
-        if let Ok(mut m) = self.flag_cache.map.lock() {
-            if m.len() >= FLAG_CACHE_ENTRIES_MAX {
-                m.clear();
-            }
-            m.insert(ns.to_string(), compiled.clone());
-        }
+        self.flag_cache.insert(ns, compiled.clone());
         Ok(compiled)
     }
 }

@@ -15,6 +15,7 @@
 //! kind.
 
 mod flags;
+mod impressions;
 mod layers;
 mod namespaces;
 mod reads;
@@ -25,6 +26,10 @@ mod watch;
 mod writes;
 
 pub use flags::{CompiledFlags, FlagEdit, FlagEntry, FlagWatch, FlagsView};
+pub use impressions::{
+    impressions_ns, FlagImpressions, ImpressionCounters, ImpressionsConfig, ImpressionsView,
+    WindowImpressions, REPORT_CELLS_MAX,
+};
 pub use secret_lifecycle::DestroyResult;
 pub use secrets::{NsSecrets, SecretInfo, SecretsCensus, SecretsOverview};
 pub use watch::WatchEvent;
@@ -92,6 +97,8 @@ pub struct ConfigStore {
     flag_cache: Arc<flags::FlagCache>,
     /// The watched environments' flags, one task each.
     flag_hubs: Arc<flags::FlagHubs>,
+    /// Flags' impressions counted here and not yet flushed.
+    impressions: Arc<impressions::Impressions>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -561,6 +568,8 @@ impl ConfigStore {
         regions: Vec<String>,
         limits: Limits,
         secrets: Secrets,
+        me: usize,
+        impressions: ImpressionsConfig,
     ) -> ConfigStore {
         ConfigStore {
             core,
@@ -569,6 +578,7 @@ impl ConfigStore {
             secrets,
             flag_cache: Arc::default(),
             flag_hubs: Arc::default(),
+            impressions: Arc::new(impressions::Impressions::new(me, impressions)),
         }
     }
 

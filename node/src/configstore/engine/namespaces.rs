@@ -363,6 +363,10 @@ impl ConfigStore {
             ClientResponse::List { kvs, .. } => Ok(kvs
                 .iter()
                 .filter_map(|kv| {
+                    // The nodes' own namespaces are nobody's environments.
+                    if meridian_core::node::is_system_ns(&kv.key) {
+                        return None;
+                    }
                     let s = kv.value.as_deref().and_then(NsSettings::decode)?;
                     Some(self.info(&kv.key, &s))
                 })

@@ -23,6 +23,10 @@ pub(super) fn routes(r: Router<ConfigStore>) -> Router<ConfigStore> {
             "/v1/segments/{project}/{env}/{name}",
             put(put_segment).delete(delete_segment),
         )
+        .route(
+            "/v1/impressions/{project}/{env}",
+            get(get_impressions).post(report_impressions),
+        )
         .route("/ofrep/v1/evaluate/flags", post(ofrep_bulk))
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep_one))
         .route(
@@ -39,6 +43,90 @@ fn now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// An environment's impressions, summed over every region:
+/// `?flag=&since=&until=` (since: an RFC 3339 time, Unix seconds or how
+/// long ago, default 24h; until: default now).
+async fn get_impressions(
+    Caller(access): Caller,
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    Query(q): Q,
+) -> Res {
+    for k in q.keys() {
+        if !["flag", "since", "until"].contains(&k.as_str()) {
+            return Err(CfgError::invalid(format!(
+                "unknown parameter {k:?} (flag, since, until)"
+            )));
+        }
+    }
+    let now = now_s();
+    let at = |name: &str, default: u64| -> Result<u64, CfgError> {
+        q.get(name).map_or(Ok(default), |v| {
+            meridian_flags::time::parse_instant(v, now)
+                .map_err(|e| CfgError::invalid(format!("{name}: {e}")))
+        })
+    };
+    let since = at("since", now.saturating_sub(86_400))?;
+    // Until the end of the window now open.
+    let until = at("until", now + 86_400)?;
+    let view = st
+        .impressions(
+            &access,
+            &ns_name(&project, &env),
+            q.get("flag").map(String::as_str),
+            since,
+            until,
+        )
+        .await?;
+    ok(view)
+}
+
+/// An SDK's impressions: `{"cells": [{"flag", "variant", "count",
+/// "window_start_s"}]}` (at most `REPORT_CELLS_MAX`); needs `read`.
+async fn report_impressions(
+    Caller(access): Caller,
+    State(st): State<ConfigStore>,
+    Path((project, env)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Res {
+    let b = body_json(&headers, body)?;
+    only_fields(&b, "the body", &["cells"])?;
+    let Some(Value::Array(items)) = b.get("cells") else {
+        return Err(CfgError::invalid("\"cells\" is an array of impressions"));
+    };
+    if items.len() > crate::configstore::engine::REPORT_CELLS_MAX {
+        return Err(CfgError::invalid(format!(
+            "a report carries at most {} cells",
+            crate::configstore::engine::REPORT_CELLS_MAX
+        )));
+    }
+    let mut cells = Vec::with_capacity(items.len());
+    for (i, it) in items.iter().enumerate() {
+        let what = format!("cells[{i}]");
+        only_fields(it, &what, &["flag", "variant", "count", "window_start_s"])?;
+        let text = |f: &str| {
+            it.get(f)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| CfgError::invalid(format!("{what}.{f} is a string")))
+        };
+        let int = |f: &str| {
+            it.get(f)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| CfgError::invalid(format!("{what}.{f} is a whole number")))
+        };
+        cells.push(meridian_flags::Impression {
+            flag: text("flag")?,
+            variant: text("variant")?,
+            count: int("count")?,
+            window_start_s: int("window_start_s")?,
+        });
+    }
+    let counted = st.report_impressions(&access, &ns_name(&project, &env), &cells)?;
+    ok(json!({ "counted": counted }))
 }
 
 /// An environment's flags: definitions as stored (with where inherited
@@ -178,9 +266,10 @@ async fn flag_action(
                 Some(_) => return Err(CfgError::invalid("\"context\" is a JSON object")),
             };
             let compiled = st.compiled_flags(&ns_name(&project, &env), &access).await?;
+            // An operator's question, not a user served: no impression.
             let r = compiled
                 .evaluator
-                .evaluate(&key, &ctx, now_s(), Expect::Any);
+                .evaluate_uncounted(&key, &ctx, now_s(), Expect::Any);
             let mut out = resolution_json(&key, &r);
             if let Some(o) = out.as_object_mut() {
                 o.insert("revision".into(), json!(compiled.revision()));
