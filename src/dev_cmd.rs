@@ -53,7 +53,9 @@ pub fn dev_configs(dir: &Path, base_port: u16) -> Result<Vec<PathBuf>> {
              cert = \"certs/{r}.pem\"\nkey = \"certs/{r}-key.pem\"\n\n\
              [api_tls]\ncert = \"certs/{r}-api.pem\"\nkey = \"certs/{r}-api-key.pem\"\n\
              client_ca = \"certs/ca.pem\"\n\n[auth]\nroot_token_sha256 = \"{root_hash}\"\n\n\
-             [secrets]\nkeyring_file = \"keyring.toml\"\n\n{regions}"
+             [secrets]\nkeyring_file = \"keyring.toml\"\n\n\
+             # Impressions show within 2 s (production default: 10 s).\n\
+             [flags]\nimpressions_flush_ms = 2000\n\n{regions}"
         );
         let path = dir.join(format!("{r}.toml"));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;

@@ -10,8 +10,8 @@ use clap::Subcommand;
 use meridian_proto::v1::config_client::ConfigClient;
 use meridian_proto::v1::{
     config_op, edit_flag_op, ConfigOp, ConfigWriteRequest, DeleteFlagOp, DeleteSegmentOp,
-    EditFlagOp, EvaluateFlagRequest, FlagRollout, FlagTarget, ListFlagsRequest, SetFlagOp,
-    SetSegmentOp,
+    EditFlagOp, EvaluateFlagRequest, FlagRollout, FlagTarget, ListFlagsRequest,
+    ListImpressionsRequest, SetFlagOp, SetSegmentOp,
 };
 use serde_json::{json, Value};
 
@@ -107,6 +107,24 @@ pub enum FlagCmd {
         key: String,
         #[command(flatten)]
         who: Who,
+    },
+    /// Impressions for experiments: how often each variant was served, by
+    /// the regions (OFREP, flagd) and by SDKs evaluating locally, summed
+    /// over every region. Counts are up to the regions' flush interval
+    /// behind (10 s by default).
+    Impressions {
+        ns: String,
+        /// One flag (default: every flag).
+        key: Option<String>,
+        /// From: an RFC 3339 time, Unix seconds, or how long ago (24h, 7d).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Until (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Window by window rather than totals.
+        #[arg(long)]
+        windows: bool,
     },
 }
 
@@ -339,6 +357,13 @@ pub async fn run(cmd: FlagCmd, target: &Target, out: Output) -> Result<()> {
             )
             .await
         }
+        FlagCmd::Impressions {
+            ns,
+            key,
+            since,
+            until,
+            windows,
+        } => impressions(target, &ns, key, &since, until.as_deref(), windows, out).await,
         FlagCmd::Eval { ns, key, context } => {
             let r = ConfigClient::new(target.channel().await?)
                 .evaluate_flag(EvaluateFlagRequest {
@@ -444,4 +469,100 @@ async fn list(
         .await
         .map_err(status_err)?
         .into_inner())
+}
+
+/// `meridian flag impressions`: totals per flag and variant (with their
+/// share), or window by window.
+async fn impressions(
+    target: &Target,
+    ns: &str,
+    key: Option<String>,
+    since: &str,
+    until: Option<&str>,
+    windows: bool,
+    out: Output,
+) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let at = |s: &str| meridian_flags::time::parse_instant(s, now).map_err(anyhow::Error::msg);
+    let r = ConfigClient::new(target.channel().await?)
+        .list_impressions(ListImpressionsRequest {
+            ns: Some(ns_ref(ns)?),
+            flag: key.unwrap_or_default(),
+            since_s: at(since)?.max(1),
+            until_s: until.map(at).transpose()?.unwrap_or(0),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let mut items = Vec::new();
+    for f in &r.flags {
+        if windows {
+            for c in &f.windows {
+                items.push(json!({
+                    "flag": f.flag,
+                    "window_start": meridian_flags::time::format_rfc3339_utc(c.window_start_s),
+                    "window_s": c.window_s,
+                    "variant": c.variant,
+                    "count": c.count,
+                }));
+            }
+        } else {
+            for (variant, n) in f
+                .variants
+                .iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
+            {
+                let share = if f.total == 0 {
+                    0.0
+                } else {
+                    *n as f64 * 100.0 / f.total as f64
+                };
+                items.push(json!({
+                    "flag": f.flag,
+                    "variant": variant,
+                    "count": n,
+                    "share_percent": (share * 100.0).round() / 100.0,
+                }));
+            }
+        }
+    }
+    let v = json!({
+        "namespace": ns,
+        "items": items,
+        "truncated": r.truncated,
+        "flush_ms": r.flush_ms,
+    });
+    emit_list(out, &v, "items", |v| {
+        let rows = v["items"].as_array().cloned().unwrap_or_default();
+        if rows.is_empty() {
+            return format!(
+                "no impressions in {ns} in that span (regions flush every {} ms)\n",
+                r.flush_ms
+            );
+        }
+        let mut s = String::new();
+        for row in rows {
+            let what = match row.get("window_start") {
+                Some(w) => format!(
+                    "{}  {}",
+                    w.as_str().unwrap_or(""),
+                    row["flag"].as_str().unwrap_or("")
+                ),
+                None => row["flag"].as_str().unwrap_or("").to_string(),
+            };
+            s += &format!(
+                "{what}  {}  {}{}\n",
+                row["variant"].as_str().unwrap_or(""),
+                row["count"],
+                row.get("share_percent")
+                    .map_or(String::new(), |p| format!("  ({p} %)")),
+            );
+        }
+        if r.truncated {
+            s += "(truncated: narrow the span or name a flag)\n";
+        }
+        s
+    })
 }

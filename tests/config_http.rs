@@ -1569,11 +1569,17 @@ async fn http_api_covers_configuration_management_and_matches_openapi() {
     );
     assert_eq!(v["versions"][2]["value"], json!("pw"), "{v}");
 
-    // Feature flags' routes are exercised by tests/flags.rs.
+    // Feature flags' routes are exercised by tests/flags.rs and
+    // tests/flag_impressions.rs.
     let left: Vec<String> = api
         .unexercised()
         .into_iter()
-        .filter(|op| !common::openapi::FLAG_ROUTES.iter().any(|p| op.contains(p)))
+        .filter(|op| {
+            !common::openapi::FLAG_ROUTES
+                .iter()
+                .chain(common::openapi::IMPRESSION_ROUTES.iter())
+                .any(|p| op.contains(p))
+        })
         .collect();
     assert!(
         left.is_empty(),

@@ -1030,6 +1030,7 @@ async fn rust_client_flags(cl: &mut Cluster, eu: &str) {
     let opts = || FlagsOptions {
         cache_dir: Some(cache.path().to_path_buf()),
         startup_wait: Duration::from_secs(5),
+        ..FlagsOptions::default()
     };
     let client = meridian_proto::client::Client::connect(&cl.grpc, common::fast_opts())
         .await
@@ -1115,6 +1116,7 @@ async fn rust_client_flags(cl: &mut Cluster, eu: &str) {
             FlagsOptions {
                 cache_dir: None,
                 startup_wait: Duration::from_millis(500),
+                ..FlagsOptions::default()
             },
         )
         .await;

@@ -379,7 +379,7 @@ impl Client {
     }
 
     /// Run `f` against the preferred region, failing over and backing off.
-    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
+    pub(crate) async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
     where
         F: FnMut(AuthChannel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,

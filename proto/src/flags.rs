@@ -16,6 +16,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::client::{Client, ClientError};
+pub use crate::flag_impressions::ImpressionOptions;
+use crate::flag_impressions::Impressions;
 use crate::flagd::sync::v1::flag_sync_service_client::FlagSyncServiceClient;
 use crate::flagd::sync::v1::SyncFlagsRequest;
 
@@ -28,6 +30,9 @@ pub struct FlagsOptions {
     /// How long `flags` waits for the cluster before it serves the cached
     /// copy (or, with none, fails).
     pub startup_wait: Duration,
+    /// Count the variants served and report them to the cluster, for
+    /// experiments (docs/flags.md, "Impressions"). None: count nothing.
+    pub impressions: Option<ImpressionOptions>,
 }
 
 impl Default for FlagsOptions {
@@ -35,6 +40,7 @@ impl Default for FlagsOptions {
         FlagsOptions {
             cache_dir: None,
             startup_wait: Duration::from_secs(5),
+            impressions: Some(ImpressionOptions::default()),
         }
     }
 }
@@ -70,8 +76,13 @@ pub struct Details {
 #[derive(Clone)]
 pub struct LocalFlags {
     ns: String,
+    client: Client,
     current: Arc<RwLock<Arc<Snapshot>>>,
     changes: watch::Receiver<u64>,
+    impressions: Option<Arc<Impressions>>,
+    /// The reporter's sign that a handle is left (it reports once more and
+    /// ends when the last one is dropped).
+    _alive: Arc<()>,
 }
 
 fn now_s() -> u64 {
@@ -120,6 +131,21 @@ impl LocalFlags {
             .and_then(Value::as_str)
             .unwrap_or(default)
             .to_string()
+    }
+
+    /// Reports the impressions counted so far now (they are otherwise
+    /// reported every `ImpressionOptions::flush`); how many were reported.
+    /// A failed report keeps them for the next one.
+    pub async fn flush_impressions(&self) -> Result<u64, ClientError> {
+        match &self.impressions {
+            None => Ok(0),
+            Some(i) => i.flush(&self.client, &self.ns, &self.snapshot()).await,
+        }
+    }
+
+    /// Impressions dropped because too many waited to be reported.
+    pub fn impressions_dropped(&self) -> u64 {
+        self.impressions.as_ref().map_or(0, |i| i.dropped())
     }
 
     /// Waits until the copy changes (a push arrived); its new revision.
@@ -171,6 +197,19 @@ impl Client {
         });
         let current = Arc::new(RwLock::new(empty));
         let first = Arc::new(tokio::sync::Notify::new());
+        let alive = Arc::new(());
+        let impressions = opts.impressions.map(|o| {
+            let state = Arc::new(Impressions::new(o.window_s));
+            tokio::spawn(crate::flag_impressions::reporter(
+                self.clone(),
+                ns.to_string(),
+                state.clone(),
+                Arc::downgrade(&current),
+                Arc::downgrade(&alive),
+                o,
+            ));
+            state
+        });
         tokio::spawn(sync_loop(
             self.clone(),
             ns.to_string(),
@@ -178,6 +217,7 @@ impl Client {
             tx,
             cache.clone(),
             first.clone(),
+            impressions.clone(),
         ));
         let live = tokio::time::timeout(opts.startup_wait, first.notified())
             .await
@@ -207,8 +247,11 @@ impl Client {
         rx.mark_unchanged();
         Ok(LocalFlags {
             ns: ns.to_string(),
+            client: self.clone(),
             current,
             changes: rx,
+            impressions,
+            _alive: alive,
         })
     }
 }
@@ -221,6 +264,7 @@ async fn sync_loop(
     tx: watch::Sender<u64>,
     cache: Option<PathBuf>,
     first: Arc<tokio::sync::Notify>,
+    impressions: Option<Arc<Impressions>>,
 ) {
     let mut failures = 0u32;
     loop {
@@ -269,7 +313,13 @@ async fn sync_loop(
                                 revision,
                                 source: Source::Live,
                             });
-                            *current.write().unwrap_or_else(|e| e.into_inner()) = snap;
+                            let old = std::mem::replace(
+                                &mut *current.write().unwrap_or_else(|e| e.into_inner()),
+                                snap,
+                            );
+                            if let Some(i) = &impressions {
+                                i.retire(old);
+                            }
                             if let Some(p) = &cache {
                                 write_cache(p, &ns, &doc, revision);
                             }

@@ -4,6 +4,7 @@
 //! any gRPC stack can talk to a region from the .proto file alone.
 
 pub mod client;
+mod flag_impressions;
 pub mod flags;
 pub mod local_config;
 

@@ -13,6 +13,9 @@ use serde_json::Value;
 /// Path fragments of the feature-flag routes (exercised by tests/flags.rs;
 /// tests/config_http.rs covers the rest).
 pub const FLAG_ROUTES: [&str; 4] = [" /v1/flags/", " /v1/segments/", " /ofrep/", " /ns/"];
+/// Impressions' routes, exercised by tests/flag_impressions.rs.
+#[allow(dead_code)]
+pub const IMPRESSION_ROUTES: [&str; 1] = [" /v1/impressions/"];
 
 pub struct Api {
     pub http: reqwest::Client,
