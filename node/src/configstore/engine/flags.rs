@@ -297,6 +297,8 @@ pub struct CompiledFlags {
     pub set: FlagSet,
     /// `set` as flagd's JSON, serialized once for every stream that sends it.
     pub flagd_json: String,
+    /// FNV-1a of `flagd_json`: equal digests, the same set to a watcher.
+    digest: u64,
     /// Each layer of the chain (itself, then what it inherits) and its
     /// revision: the cache's key to freshness.
     layers: Vec<(String, u64)>,
@@ -380,6 +382,21 @@ impl ConfigStore {
         access: &Access,
     ) -> Result<Arc<CompiledFlags>, CfgError> {
         access.check_namespace_read(ns)?;
+        let cached = self
+            .flag_cache
+            .map
+            .lock()
+            .ok()
+            .and_then(|m| m.get(ns).cloned());
+        // The hot path (every OFREP and flagd request): the cached set is
+        // fresh if no layer of its chain has a new revision, which a read
+        // of one key per layer tells without loading and decoding every
+        // definition.
+        if let Some(c) = &cached {
+            if self.layers_unchanged(&c.layers).await? {
+                return Ok(c.clone());
+            }
+        }
         let opts = ReadOpts {
             access: access.clone(),
             raw: false,
@@ -392,24 +409,34 @@ impl ConfigStore {
             .iter()
             .map(|l| (l.ns.clone(), l.ns_revision))
             .collect();
-        let cached = self
-            .flag_cache
-            .map
-            .lock()
-            .ok()
-            .and_then(|m| m.get(ns).cloned());
         if let Some(c) = cached.filter(|c| c.layers == layers) {
             return Ok(c);
         }
         let set = compile_chain(&chain)?;
+        let flagd_json = set.to_json().to_string();
         let compiled = Arc::new(CompiledFlags {
             evaluator: meridian_flags::Evaluator::new(&set),
-            flagd_json: set.to_json().to_string(),
+            digest: fnv1a(flagd_json.as_bytes()),
+            flagd_json,
             set,
             layers,
         });
         self.flag_cache.insert(ns, compiled.clone());
         Ok(compiled)
+    }
+}
+
+impl ConfigStore {
+    /// Whether every layer still has the revision it had (this region's
+    /// replica, as the cached set was read).
+    async fn layers_unchanged(&self, layers: &[(String, u64)]) -> Result<bool, CfgError> {
+        for (ns, revision) in layers {
+            let (_, now, _) = self.scan(ns, INHERITS_KEY, AsOf::Latest, None).await?;
+            if now != *revision {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -438,7 +465,9 @@ impl FlagWatch {
             let next = self.hub.borrow_and_update().clone();
             match next {
                 None => continue,
-                Some(Ok(c)) if c.set == self.last.set => continue,
+                // By digest, not a deep comparison: a change wakes every
+                // watcher of the environment at once.
+                Some(Ok(c)) if c.digest == self.last.digest => continue,
                 Some(Ok(c)) => {
                     self.last = c.clone();
                     return Some(Ok(c));
