@@ -196,6 +196,13 @@ async fn main_() -> Result<()> {
     Ok(())
 }
 
+/// The load generator allocates per request and per message like the node
+/// does (which runs mimalloc): under glibc's malloc, its locks and frees
+/// were a visible share of the bench client's CPU in the flags push (perf),
+/// and the client shares the 2 cores with the system measured.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
