@@ -227,6 +227,52 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// A long-lived server stream's reconnects (watches, flag sync, config
+/// subscriptions): which region to open it on, that a region delivered, and
+/// the back-off after a failure. The caller keeps its own resume position.
+pub(crate) struct Reconnect {
+    client: Client,
+    /// Failures in a row since the last delivered message.
+    failures: u32,
+    /// The region the stream was last opened on.
+    region: usize,
+}
+
+impl Reconnect {
+    /// The channel to open the stream on: the preferred region, or the next
+    /// one after each failure in a row.
+    pub(crate) fn channel(&mut self) -> AuthChannel {
+        let (i, ch) = self.client.pick(self.failures);
+        self.region = i;
+        ch
+    }
+
+    /// A message arrived: the region is healthy and the back-off resets.
+    pub(crate) fn delivered(&mut self) {
+        self.failures = 0;
+        self.client.mark(self.region, true);
+    }
+
+    /// The stream failed or ended with `status`: mark the region and wait
+    /// out the back-off before the caller opens it again.
+    pub(crate) async fn failed(&mut self, what: &str, status: &Status) {
+        self.client.mark(self.region, false);
+        tracing::debug!(error = %status, "{what} reconnecting");
+        tokio::time::sleep(self.client.backoff(self.failures)).await;
+        self.failures = self.failures.saturating_add(1);
+    }
+}
+
+/// The next message of a server stream; its end is an error (the stream
+/// is expected to last, so an end means reconnect).
+pub(crate) async fn next_message<M>(stream: &mut tonic::Streaming<M>) -> Result<M, Status> {
+    match stream.message().await {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(Status::unavailable("the stream ended")),
+        Err(s) => Err(s),
+    }
+}
+
 /// Is it safe and useful to try this failure again (possibly elsewhere)?
 /// Writes always carry an idempotency id, so even an unknown outcome may be retried.
 pub(crate) fn retryable(status: &Status) -> bool {
@@ -364,6 +410,15 @@ impl Client {
             } else {
                 r.failures = r.failures.saturating_add(1);
             }
+        }
+    }
+
+    /// The bookkeeping of a stream kept open across reconnects and regions.
+    pub(crate) fn reconnect(&self) -> Reconnect {
+        Reconnect {
+            client: self.clone(),
+            failures: 0,
+            region: 0,
         }
     }
 
@@ -645,22 +700,20 @@ impl Client {
         let prefix = prefix.to_string();
         tokio::spawn(async move {
             let mut last = start_revision;
-            let mut failures = 0u32;
+            let mut rc = client.reconnect();
             loop {
-                let (i, ch) = client.pick(failures);
                 let req = WatchRequest {
                     namespace: ns.clone(),
                     prefix: prefix.clone(),
                     start_revision: last,
                 };
-                let status = match KvClient::new(ch).watch(req).await {
+                let status = match KvClient::new(rc.channel()).watch(req).await {
                     Ok(resp) => {
                         let mut stream = resp.into_inner();
                         loop {
-                            match stream.message().await {
-                                Ok(Some(ev)) => {
-                                    failures = 0;
-                                    client.mark(i, true);
+                            match next_message(&mut stream).await {
+                                Ok(ev) => {
+                                    rc.delivered();
                                     last = Some(ev.revision);
                                     client.note_token(
                                         &ns,
@@ -673,7 +726,6 @@ impl Client {
                                         return;
                                     }
                                 }
-                                Ok(None) => break Status::unavailable("watch stream ended"),
                                 Err(s) => break s,
                             }
                         }
@@ -685,10 +737,7 @@ impl Client {
                     let _ = tx.send(Err(ClientError::from_status(status))).await;
                     return;
                 }
-                client.mark(i, false);
-                tracing::debug!(error = %status, ?last, "watch reconnecting");
-                tokio::time::sleep(client.backoff(failures)).await;
-                failures = failures.saturating_add(1);
+                rc.failed("watch", &status).await;
                 if tx.is_closed() {
                     return;
                 }

@@ -266,21 +266,22 @@ async fn sync_loop(
     first: Arc<tokio::sync::Notify>,
     impressions: Option<Arc<Impressions>>,
 ) {
-    let mut failures = 0u32;
+    let mut rc = client.reconnect();
     loop {
-        let (i, ch) = client.pick(failures);
         let mut req = tonic::Request::new(SyncFlagsRequest::default());
         if let Ok(v) = ns.parse() {
             req.metadata_mut().insert("flagd-selector", v);
         }
-        let status = match FlagSyncServiceClient::new(ch).sync_flags(req).await {
+        let status = match FlagSyncServiceClient::new(rc.channel())
+            .sync_flags(req)
+            .await
+        {
             Ok(resp) => {
                 let mut stream = resp.into_inner();
                 loop {
-                    match stream.message().await {
-                        Ok(Some(msg)) => {
-                            failures = 0;
-                            client.mark(i, true);
+                    match crate::client::next_message(&mut stream).await {
+                        Ok(msg) => {
+                            rc.delivered();
                             let revision = msg
                                 .sync_context
                                 .as_ref()
@@ -326,7 +327,6 @@ async fn sync_loop(
                             tx.send_replace(revision);
                             first.notify_one();
                         }
-                        Ok(None) => break tonic::Status::unavailable("the sync stream ended"),
                         Err(s) => break s,
                     }
                 }
@@ -339,9 +339,6 @@ async fn sync_loop(
         if !crate::client::retryable(&status) && status.code() != tonic::Code::DataLoss {
             tracing::error!(ns, error = %status, "flags sync refused; retrying later");
         }
-        client.mark(i, false);
-        tracing::debug!(ns, error = %status, "flags sync reconnecting");
-        tokio::time::sleep(client.backoff(failures)).await;
-        failures = failures.saturating_add(1);
+        rc.failed("flags sync", &status).await;
     }
 }

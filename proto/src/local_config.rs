@@ -71,24 +71,22 @@ impl Client {
         let (client, path, st) = (self.clone(), path.to_string(), state.clone());
         tokio::spawn(async move {
             let mut token = String::new();
-            let mut failures = 0u32;
+            let mut rc = client.reconnect();
             let mut applied = 0u64;
             loop {
-                let (i, ch) = client.pick(failures);
                 let req = WatchConfigRequest {
                     ns: Some(ns_ref.clone()),
                     path: path.clone(),
                     raw: false,
                     resume_token: token.clone(),
                 };
-                let status = match ConfigClient::new(ch).watch_config(req).await {
+                let status = match ConfigClient::new(rc.channel()).watch_config(req).await {
                     Ok(resp) => {
                         let mut stream = resp.into_inner();
                         loop {
-                            match stream.message().await {
-                                Ok(Some(ev)) => {
-                                    failures = 0;
-                                    client.mark(i, true);
+                            match crate::client::next_message(&mut stream).await {
+                                Ok(ev) => {
+                                    rc.delivered();
                                     {
                                         let mut s = st.write().unwrap_or_else(|e| e.into_inner());
                                         if ev.snapshot {
@@ -112,7 +110,6 @@ impl Client {
                                         let _ = f.send(Ok(()));
                                     }
                                 }
-                                Ok(None) => break tonic::Status::unavailable("the watch ended"),
                                 Err(s) => break s,
                             }
                         }
@@ -130,10 +127,7 @@ impl Client {
                     }
                     return;
                 }
-                client.mark(i, false);
-                tracing::debug!(error = %status, "config subscription reconnecting");
-                tokio::time::sleep(client.backoff(failures)).await;
-                failures = failures.saturating_add(1);
+                rc.failed("config subscription", &status).await;
             }
         });
         first_rx.await.map_err(|_| ClientError::Stopped)??;
