@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::openapi::{Api, Body, IMPRESSION_ROUTES};
 use common::Cluster;
 use meridian_flags::{Context, Expect};
-use meridian_proto::client::{AuthChannel, Bearer};
+use meridian_proto::client::AuthChannel;
 use meridian_proto::flags::{FlagsOptions, ImpressionOptions};
 use meridian_proto::v1::auth_client::AuthClient;
 use meridian_proto::v1::config_client::ConfigClient;
@@ -29,36 +29,12 @@ const IMPRESSIONS: &str = "/v1/impressions/{project}/{env}";
 const OFREP_ONE: &str = "/ofrep/v1/evaluate/flags/{key}";
 
 async fn chan(addr: &str, token: &str) -> AuthChannel {
-    let ch = meridian_proto::client::endpoint(addr, Some(&common::client_tls()))
-        .unwrap()
-        .connect_lazy();
-    AuthChannel::new(ch, Bearer::new(Some(token)).unwrap())
+    common::auth_chan(addr, token)
 }
 
 /// A 3-region cluster with auth on, flushing impressions every 200 ms.
 async fn cluster() -> (Cluster, String) {
-    let root = meridian_node::auth::tokens::generate("root");
-    let mut cl = Cluster::new(&format!(
-        "[auth]\nroot_token_sha256 = \"{}\"\n[flags]\nimpressions_flush_ms = 200\nimpressions_window_s = 60\n",
-        meridian_node::auth::tokens::sha256_hex(&root)
-    ));
-    cl.start_all();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut a =
-            meridian_proto::v1::admin_client::AdminClient::new(chan(&cl.grpc[0], &root).await);
-        if let Ok(s) = a
-            .cluster_status(meridian_proto::v1::ClusterStatusRequest {})
-            .await
-        {
-            if s.get_ref().groups.iter().all(|g| g.leader.is_some()) {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "not ready:\n{}", cl.log(0));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    (cl, root)
+    common::auth_cluster("[flags]\nimpressions_flush_ms = 200\nimpressions_window_s = 60\n").await
 }
 
 /// A token with `actions` on project `project`.

@@ -17,43 +17,19 @@ use std::time::{Duration, Instant};
 
 use common::openapi::{Api, Body, FLAG_ROUTES};
 use common::Cluster;
-use meridian_proto::client::{AuthChannel, Bearer};
+use meridian_proto::client::AuthChannel;
 use meridian_proto::v1::auth_client::AuthClient;
 use meridian_proto::v1::config_client::ConfigClient;
 use meridian_proto::v1::{CreateNamespaceRequest, CreateTokenRequest, PutRoleRequest};
 use serde_json::{json, Value};
 
 async fn chan(addr: &str, token: &str) -> AuthChannel {
-    let ch = meridian_proto::client::endpoint(addr, Some(&common::client_tls()))
-        .unwrap()
-        .connect_lazy();
-    AuthChannel::new(ch, Bearer::new(Some(token)).unwrap())
+    common::auth_chan(addr, token)
 }
 
 /// A cluster with auth on; the root token.
 async fn auth_cluster() -> (Cluster, String) {
-    let root = meridian_node::auth::tokens::generate("root");
-    let mut cl = Cluster::new(&format!(
-        "[auth]\nroot_token_sha256 = \"{}\"\n",
-        meridian_node::auth::tokens::sha256_hex(&root)
-    ));
-    cl.start_all();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut a =
-            meridian_proto::v1::admin_client::AdminClient::new(chan(&cl.grpc[0], &root).await);
-        if let Ok(s) = a
-            .cluster_status(meridian_proto::v1::ClusterStatusRequest {})
-            .await
-        {
-            if s.get_ref().groups.iter().all(|g| g.leader.is_some()) {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "not ready:\n{}", cl.log(0));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    (cl, root)
+    common::auth_cluster("").await
 }
 
 fn bearer(t: &str) -> String {

@@ -385,6 +385,46 @@ impl Cluster {
     }
 }
 
+/// A channel to `addr` that sends `token` as its bearer credential.
+pub fn auth_chan(addr: &str, token: &str) -> meridian_proto::client::AuthChannel {
+    let ch = meridian_proto::client::endpoint(addr, Some(&client_tls()))
+        .expect("endpoint")
+        .connect_lazy();
+    meridian_proto::client::AuthChannel::new(
+        ch,
+        meridian_proto::client::Bearer::new(Some(token)).expect("bearer"),
+    )
+}
+
+/// A started 3-region cluster with auth on (a fresh root token) and `more`
+/// appended to its configuration after the `[auth]` table, ready: region eu
+/// sees a leader for every group (asked as root, as status needs). Its
+/// root token.
+pub async fn auth_cluster(more: &str) -> (Cluster, String) {
+    let root = meridian_node::auth::tokens::generate("root");
+    let mut cl = Cluster::new(&format!(
+        "[auth]\nroot_token_sha256 = \"{}\"\n{more}",
+        meridian_node::auth::tokens::sha256_hex(&root)
+    ));
+    cl.start_all();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut a =
+            meridian_proto::v1::admin_client::AdminClient::new(auth_chan(&cl.grpc[0], &root));
+        if let Ok(s) = a
+            .cluster_status(meridian_proto::v1::ClusterStatusRequest {})
+            .await
+        {
+            if s.get_ref().groups.iter().all(|g| g.leader.is_some()) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "not ready:\n{}", cl.log(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (cl, root)
+}
+
 pub fn fast_opts() -> ClientOptions {
     ClientOptions {
         connect_timeout: Duration::from_millis(500),
