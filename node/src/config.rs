@@ -61,6 +61,25 @@ pub struct NodeConfig {
     pub secrets: SecretsConfig,
     #[serde(default)]
     pub flags: FlagsConfig,
+    #[serde(default)]
+    pub probes: ProbesConfig,
+}
+
+/// Kubernetes probes on the HTTP port (`/livez`, `/readyz`; docs/operations.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    /// `/readyz` fails while this region's replica of any group is further
+    /// behind its leader than this (default 5 s; 100 ms to 10 minutes).
+    pub ready_staleness_ms_max: u64,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> ProbesConfig {
+        ProbesConfig {
+            ready_staleness_ms_max: 5_000,
+        }
+    }
 }
 
 /// Feature flags (docs/flags.md).
@@ -523,6 +542,12 @@ impl NodeConfig {
             return bad(format!(
                 "secrets.expiry_warning_s: at most {EXPIRY_WARNING_S_MAX} (a year), got {}",
                 self.secrets.expiry_warning_s
+            ));
+        }
+        if !(100..=600_000).contains(&self.probes.ready_staleness_ms_max) {
+            return bad(format!(
+                "probes.ready_staleness_ms_max: 100 to 600000, got {}",
+                self.probes.ready_staleness_ms_max
             ));
         }
         let f = &self.flags;

@@ -16,6 +16,7 @@ pub mod grpc_auth;
 pub mod grpc_config;
 pub mod grpc_flagd;
 pub mod metrics;
+pub mod probes;
 pub mod reason;
 pub mod secrets;
 pub mod server;

@@ -26,6 +26,41 @@ struct NsLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    /// The group's home region.
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FollowerLabels {
+    group: String,
+    follower: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabels {
+    region: String,
+}
+
+/// The replication groups as this region sees them (read from the driver
+/// at each scrape), modelled on etcd's `etcd_server_*` gauges.
+#[derive(Default)]
+struct GroupMetrics {
+    has_leader: Family<GroupLabels, Gauge>,
+    is_leader: Family<GroupLabels, Gauge>,
+    term: Family<GroupLabels, Gauge>,
+    commit_index: Family<GroupLabels, Gauge>,
+    applied_index: Family<GroupLabels, Gauge>,
+    last_index: Family<GroupLabels, Gauge>,
+    lease_remaining: Family<GroupLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    staleness: Family<GroupLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    follower_lag: Family<FollowerLabels, Gauge>,
+    peer_connected: Family<RegionLabels, Gauge>,
+    peer_rejected: Gauge,
+    halted: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KekLabels {
     kek_version: String,
 }
@@ -42,6 +77,7 @@ pub struct Metrics {
     secrets_refresh_errors: Gauge,
     /// When the secrets were last counted (concurrent scrapes wait for one count).
     secrets_counted: tokio::sync::Mutex<Option<Instant>>,
+    groups: GroupMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -68,8 +104,68 @@ impl Metrics {
             keyring_loaded: Gauge::default(),
             secrets_refresh_errors: Gauge::default(),
             secrets_counted: tokio::sync::Mutex::new(None),
+            groups: GroupMetrics::default(),
             registry: Registry::default(),
         };
+        let g = &m.groups;
+        registry.register(
+            "group_has_leader",
+            "1 if this region knows a leader of the group (etcd_server_has_leader)",
+            g.has_leader.clone(),
+        );
+        registry.register(
+            "group_is_leader",
+            "1 if this region leads the group (etcd_server_is_leader)",
+            g.is_leader.clone(),
+        );
+        registry.register("group_term", "The group's Raft term here", g.term.clone());
+        registry.register(
+            "group_commit_index",
+            "The group's commit index known here",
+            g.commit_index.clone(),
+        );
+        registry.register(
+            "group_applied_index",
+            "The group's log index applied here",
+            g.applied_index.clone(),
+        );
+        registry.register(
+            "group_last_index",
+            "The group's last log index here",
+            g.last_index.clone(),
+        );
+        registry.register_with_unit(
+            "group_lease_remaining",
+            "Time left of this region's lease on the group it leads (absent when it holds none)",
+            prometheus_client::registry::Unit::Seconds,
+            g.lease_remaining.clone(),
+        );
+        registry.register_with_unit(
+            "group_staleness",
+            "How far behind its leader this replica may be (0 for a leader with its lease; absent until known); /readyz fails past probes.ready_staleness_ms_max",
+            prometheus_client::registry::Unit::Seconds,
+            g.staleness.clone(),
+        );
+        registry.register(
+            "group_follower_lag_entries",
+            "Leaders only: log entries a follower lacks (last index minus what it is known to hold)",
+            g.follower_lag.clone(),
+        );
+        registry.register(
+            "peer_connected",
+            "1 if the QUIC link to the region is up",
+            g.peer_connected.clone(),
+        );
+        registry.register(
+            "peer_rejected_messages",
+            "Peer messages rejected since start (malformed, oversized, out of protocol)",
+            g.peer_rejected.clone(),
+        );
+        registry.register(
+            "halted",
+            "1 if the node halted after a storage failure",
+            g.halted.clone(),
+        );
         registry.register(
             "secrets",
             "Secrets (live keys) of each environment, as this region holds them",
@@ -132,6 +228,51 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+
+    /// Sets the group and peer gauges from the driver's status.
+    pub fn refresh_node(&self, s: &crate::driver::NodeStatus, regions: &[String]) {
+        let g = &self.groups;
+        let name = |i: usize| regions.get(i).cloned().unwrap_or_else(|| i.to_string());
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        // A lease lost or a follower no longer ours leaves the families.
+        g.lease_remaining.clear();
+        g.staleness.clear();
+        g.follower_lag.clear();
+        for (i, st) in s.groups.iter().enumerate() {
+            let l = GroupLabels { group: name(i) };
+            g.has_leader
+                .get_or_create(&l)
+                .set(i64::from(st.leader.is_some()));
+            g.is_leader
+                .get_or_create(&l)
+                .set(i64::from(st.role == "leader"));
+            g.term.get_or_create(&l).set(int(st.term));
+            g.commit_index.get_or_create(&l).set(int(st.commit_index));
+            g.applied_index.get_or_create(&l).set(int(st.applied_index));
+            g.last_index.get_or_create(&l).set(int(st.last_index));
+            if let Some(us) = st.lease_remaining_us {
+                g.lease_remaining.get_or_create(&l).set(us as f64 / 1e6);
+            }
+            if let Some(us) = st.staleness_us {
+                g.staleness.get_or_create(&l).set(us as f64 / 1e6);
+            }
+            for (f, matched) in &st.followers {
+                g.follower_lag
+                    .get_or_create(&FollowerLabels {
+                        group: name(i),
+                        follower: name(*f as usize),
+                    })
+                    .set(int(st.last_index.saturating_sub(*matched)));
+            }
+        }
+        for (i, up) in s.connected.iter().enumerate() {
+            g.peer_connected
+                .get_or_create(&RegionLabels { region: name(i) })
+                .set(i64::from(*up));
+        }
+        g.peer_rejected.set(int(s.peer_rejected));
+        g.halted.set(i64::from(s.halted));
     }
 
     /// Count this region's secrets into the gauges, unless they were

@@ -359,8 +359,12 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
                 .map_err(|cause| StartError::ListenHttp { addr, cause })?;
             let addr = listener.local_addr().unwrap_or(addr);
             let (tx, rx) = oneshot::channel::<()>();
-            let app = crate::configstore::http::router(store, auth.clone(), metrics.clone())
-                .into_make_service_with_connect_info::<crate::api_tls::ClientConn>();
+            let probes = crate::probes::ProbeConfig {
+                ready_staleness_us_max: cfg.probes.ready_staleness_ms_max.saturating_mul(1000),
+            };
+            let app =
+                crate::configstore::http::router(store, auth.clone(), metrics.clone(), probes)
+                    .into_make_service_with_connect_info::<crate::api_tls::ClientConn>();
             let listener = crate::api_tls::HttpListener::new(listener, api_tls.clone())
                 .map_err(|cause| StartError::ListenHttp { addr, cause })?;
             let task = tokio::spawn(async move {

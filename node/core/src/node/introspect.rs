@@ -121,6 +121,12 @@ impl Node {
                     .map(|(p, peer)| (p as NodeId, peer.match_index))
                     .collect()
             }),
+            staleness_us: if gr.role.is_leader() {
+                (self.lease_valid(gr) && self.noop_committed(gr)).then_some(0)
+            } else {
+                gr.fresh_as_of_us
+                    .map(|f| self.cfg.true_upper_us(self.now.saturating_sub(f)))
+            },
         })
     }
 

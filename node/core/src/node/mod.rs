@@ -120,6 +120,12 @@ pub struct GroupStatus {
     pub lease_remaining_us: Option<u64>,
     /// (follower, highest index known replicated there); leaders only.
     pub followers: Vec<(NodeId, u64)>,
+    /// How far behind this replica may be, in true time at most: 0 for a
+    /// leader holding its lease with its no-op committed; for a follower,
+    /// the time since it last knew it had applied everything committed (as
+    /// bounded reads judge it). None: it never knew (just started, no
+    /// leader heard, or a leader without a lease).
+    pub staleness_us: Option<u64>,
 }
 
 /// Counters of rejected input; never reset.

@@ -91,11 +91,16 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     }
 }
 
-pub fn router(store: ConfigStore, auth: Authority, metrics: Arc<Metrics>) -> Router {
+pub fn router(
+    store: ConfigStore,
+    auth: Authority,
+    metrics: Arc<Metrics>,
+    probes: crate::probes::ProbeConfig,
+) -> Router {
     // Bodies well above the value limit still reach the handler, which
     // answers VALUE_TOO_LARGE; past this, the body is refused unread.
     let body_max = store.limits().value_bytes_max * 4 + (1 << 20);
-    flags::routes(Router::new())
+    crate::probes::routes(flags::routes(Router::new()))
         .route("/v1/openapi.json", get(openapi))
         .route(
             "/v1/namespaces",
@@ -152,6 +157,7 @@ pub fn router(store: ConfigStore, auth: Authority, metrics: Arc<Metrics>) -> Rou
         .layer(DefaultBodyLimit::max(body_max))
         .layer(axum::Extension(auth))
         .layer(axum::Extension(metrics))
+        .layer(axum::Extension(probes))
         .with_state(store)
 }
 
@@ -222,6 +228,9 @@ async fn metrics_text(
     metrics
         .refresh_secrets_every(&st, crate::metrics::SECRETS_REFRESH_EVERY)
         .await;
+    if let Some(status) = crate::probes::node_status(&st).await {
+        metrics.refresh_node(&status, st.regions());
+    }
     let text = metrics
         .encode()
         .map_err(|e| CfgError::new(Reason::Internal, format!("encoding the metrics: {e}")))?;
