@@ -52,10 +52,12 @@ fi
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+# tests/deploy.rs verifies deploy/systemd/meridian.service with it.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "setup: protoc and etcd already installed"
+  echo "setup: protoc, etcd and systemd-analyze already installed"
 else
-  apt_install "for the benchmark against etcd" "${missing[@]}"
+  apt_install "for the benchmark against etcd and tests/deploy.rs" "${missing[@]}"
 fi
 # The test that proves a foreign gRPC client works (tests/foreign_client.rs)
 # uses Python's grpcio with stubs generated from proto/ at run time.
@@ -82,6 +84,14 @@ if command -v python3 >/dev/null 2>&1; then
     # shellcheck disable=SC2086
     python3 -m pip install --quiet $PY_OF 2>/dev/null \
       || python3 -m pip install --quiet --break-system-packages $PY_OF
+  fi
+  # Kubernetes' own schemas, shipped in the package, for tests/deploy.rs.
+  if python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
+    echo "setup: python kubernetes-validate already installed"
+  else
+    echo "setup: installing kubernetes-validate (for tests/deploy.rs)"
+    python3 -m pip install --quiet kubernetes-validate 2>/dev/null \
+      || python3 -m pip install --quiet --break-system-packages kubernetes-validate
   fi
 else
   echo "setup: WARNING: no python3; tests/foreign_client.rs and tests/flags.rs will fail until python3 with grpcio and the openfeature providers is installed" >&2

@@ -37,6 +37,15 @@ pub struct NodeConfig {
     /// (the other regions dial `peer`, the lab's front, which relays here).
     #[serde(default)]
     pub peer_bind: Option<std::net::SocketAddr>,
+    /// Where this node's gRPC server binds; default: its region's `grpc`
+    /// address. Differs when clients reach it through another address
+    /// (a Kubernetes Service's IP, a load balancer, NAT).
+    #[serde(default)]
+    pub grpc_bind: Option<std::net::SocketAddr>,
+    /// Where this node's HTTP API binds; default: its region's `http`
+    /// address (as `grpc_bind`).
+    #[serde(default)]
+    pub http_bind: Option<std::net::SocketAddr>,
     pub tls: TlsConfig,
     /// TLS on the client APIs (gRPC and HTTP). Required, unless
     /// `plaintext = true` says otherwise.

@@ -280,7 +280,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
-    let grpc_addr = cfg.regions[me as usize].grpc;
+    let grpc_addr = cfg.grpc_bind.unwrap_or(cfg.regions[me as usize].grpc);
     let listener = tokio::net::TcpListener::bind(grpc_addr)
         .await
         .map_err(|cause| StartError::Listen {
@@ -351,7 +351,10 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
             tracing::error!(error = %e, "gRPC server failed");
         }
     });
-    let (http_shutdown, http, http_addr) = match cfg.regions[me as usize].http {
+    let http_bind = cfg.regions[me as usize]
+        .http
+        .map(|a| cfg.http_bind.unwrap_or(a));
+    let (http_shutdown, http, http_addr) = match http_bind {
         None => (None, None, None),
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
