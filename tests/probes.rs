@@ -199,4 +199,88 @@ async fn a_region_cut_off_is_not_ready_and_its_lag_shows_until_it_catches_up() {
         &[("group", "eu")],
     );
     assert!(stale.is_some_and(|s| s < 1.0), "caught up: {stale:?}");
+    // Requests by method and outcome: the 60 puts above, a failed read, and
+    // ap's failed readiness probes.
+    let _ = client
+        .get(
+            "no-such-namespace",
+            "k",
+            meridian_proto::v1::Consistency::Stale,
+        )
+        .await
+        .unwrap_err();
+    let text = scrape(&http, &eu).await;
+    let kv = ("grpc_service", "meridian.v1.Kv");
+    let puts = counter(
+        &text,
+        "meridian_grpc_server_handled",
+        &[kv, ("grpc_method", "Put"), ("grpc_code", "Ok")],
+    );
+    assert!(
+        puts.is_some_and(|n| n >= f64::from(written)),
+        "{puts:?}\n{text}"
+    );
+    let failed_gets = counter_sum(
+        &text,
+        "meridian_grpc_server_handled",
+        &[kv, ("grpc_method", "Get")],
+        |l| l != "Ok",
+    );
+    assert!(failed_gets >= 1.0, "the failed read is counted:\n{text}");
+    assert!(
+        text.contains("meridian_grpc_server_handling_seconds_bucket{"),
+        "{text}"
+    );
+    let ap_text = scrape(&http, &ap).await;
+    let not_ready = counter(
+        &ap_text,
+        "meridian_http_server_requests",
+        &[("method", "GET"), ("route", "/readyz"), ("code", "503")],
+    );
+    assert!(
+        not_ready.is_some_and(|n| n >= 1.0),
+        "{not_ready:?}\n{ap_text}"
+    );
+}
+
+/// A counter's value: the sample of `family` with every label of `labels`.
+fn counter(text: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    counter_each(text, family, labels, |_, v| found = Some(v));
+    found
+}
+
+/// The sum of `family`'s samples with `labels` whose `grpc_code` passes `keep`.
+fn counter_sum(
+    text: &str,
+    family: &str,
+    labels: &[(&str, &str)],
+    keep: impl Fn(&str) -> bool,
+) -> f64 {
+    let mut sum = 0.0;
+    counter_each(text, family, labels, |code, v| {
+        if keep(code) {
+            sum += v;
+        }
+    });
+    sum
+}
+
+fn counter_each(text: &str, family: &str, labels: &[(&str, &str)], mut f: impl FnMut(&str, f64)) {
+    let m = openmetrics_parser::openmetrics::parse_openmetrics(text)
+        .unwrap_or_else(|e| panic!("not OpenMetrics ({e:?}):\n{text}"));
+    let Some(fam) = m.families.get(family) else {
+        return;
+    };
+    for s in fam.iter_samples() {
+        let Ok(l) = s.get_labelset() else { continue };
+        if !labels.iter().all(|(k, v)| l.get_label_value(k) == Some(*v)) {
+            continue;
+        }
+        let code = l.get_label_value("grpc_code").unwrap_or("").to_string();
+        match &s.value {
+            openmetrics_parser::OpenMetricsValue::Counter(c) => f(&code, c.value.as_f64()),
+            other => panic!("{family}: not a counter: {other:?}"),
+        }
+    }
 }

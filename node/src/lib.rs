@@ -18,6 +18,7 @@ pub mod grpc_flagd;
 pub mod metrics;
 pub mod probes;
 pub mod reason;
+pub mod request_metrics;
 pub mod secrets;
 pub mod server;
 pub mod storage;

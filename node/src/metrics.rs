@@ -78,6 +78,8 @@ pub struct Metrics {
     /// When the secrets were last counted (concurrent scrapes wait for one count).
     secrets_counted: tokio::sync::Mutex<Option<Instant>>,
     groups: GroupMetrics,
+    /// Requests by method and outcome (the gRPC layer and HTTP middleware).
+    pub requests: std::sync::Arc<crate::request_metrics::RequestMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,6 +107,7 @@ impl Metrics {
             secrets_refresh_errors: Gauge::default(),
             secrets_counted: tokio::sync::Mutex::new(None),
             groups: GroupMetrics::default(),
+            requests: crate::request_metrics::RequestMetrics::register(&mut registry),
             registry: Registry::default(),
         };
         let g = &m.groups;

@@ -292,6 +292,10 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Calls by method and status code, with durations (`/metrics`).
+        .layer(crate::request_metrics::GrpcMetricsLayer(
+            metrics.requests.clone(),
+        ))
         // The RPC's path, for audit records (`RequestInfo::grpc`).
         .layer(tower::util::MapRequestLayer::new(
             |mut req: http::Request<tonic::body::Body>| {

@@ -156,6 +156,10 @@ pub fn router(
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(body_max))
         .layer(axum::Extension(auth))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics.requests.clone(),
+            crate::request_metrics::http_layer,
+        ))
         .layer(axum::Extension(metrics))
         .layer(axum::Extension(probes))
         .with_state(store)
