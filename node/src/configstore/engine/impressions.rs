@@ -63,8 +63,16 @@ pub struct Impressions {
     cfg: ImpressionsConfig,
     /// This region's node id (its namespace's home).
     me: usize,
-    tallies: std::sync::Mutex<BTreeMap<String, Tally>>,
+    tallies: std::sync::Mutex<Tallies>,
     counters: ImpressionCounters,
+}
+
+/// The unflushed tallies by environment, and their cells in all (kept as
+/// they change, so the region-wide bound costs nothing per call).
+#[derive(Default)]
+struct Tallies {
+    by_ns: BTreeMap<String, Tally>,
+    cells: usize,
 }
 
 /// What the region's impressions did since start, for `/metrics`.
@@ -90,21 +98,22 @@ impl Impressions {
 
     /// Runs `f` on `ns`'s tally (made if missing).
     fn with_tally<R>(&self, ns: &str, f: impl FnOnce(&mut Tally) -> R) -> R {
-        let mut map = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
-        let cells: usize = map.values().map(Tally::len).sum();
-        let t = map
-            .entry(ns.to_string())
-            .or_insert_with(|| Tally::new(self.cfg.window_s, CELLS_MAX));
-        let before = t.dropped();
+        let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
         // The bound is on the region's cells, not each environment's.
-        if cells >= CELLS_MAX {
+        if tallies.cells >= CELLS_MAX {
             let mut full = Tally::new(self.cfg.window_s, 0);
             let r = f(&mut full);
             self.counters.dropped.inc_by(full.dropped());
             return r;
         }
+        let Tallies { by_ns, cells } = &mut *tallies;
+        let t = by_ns
+            .entry(ns.to_string())
+            .or_insert_with(|| Tally::new(self.cfg.window_s, CELLS_MAX));
+        let (len, dropped) = (t.len(), t.dropped());
         let r = f(t);
-        self.counters.dropped.inc_by(t.dropped() - before);
+        *cells += t.len() - len;
+        self.counters.dropped.inc_by(t.dropped() - dropped);
         r
     }
 }
@@ -311,17 +320,17 @@ impl ConfigStore {
     /// written goes back into the tally for the next flush.
     async fn flush_impressions(&self) {
         let taken: Vec<(String, Vec<Impression>)> = {
-            let mut map = self
+            let mut tallies = self
                 .impressions
                 .tallies
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let out = map
-                .iter_mut()
-                .map(|(ns, t)| (ns.clone(), t.take()))
-                .collect();
-            map.retain(|_, t| !t.is_empty());
-            out
+            tallies.cells = 0;
+            std::mem::take(&mut tallies.by_ns)
+                .into_iter()
+                .map(|(ns, mut t)| (ns, t.take()))
+                .filter(|(_, cells)| !cells.is_empty())
+                .collect()
         };
         // Cells by key.
         let mut by_key: BTreeMap<String, (u64, Vec<Impression>)> = BTreeMap::new();
