@@ -357,25 +357,15 @@ async fn impressions_are_counted_where_served_and_summed_over_regions() {
 
     // The nodes' own namespaces: not environments anyone lists, not in the
     // audit chain (flushes are bookkeeping), not writable through the KV API.
-    let r = http
-        .get(format!("{eu}/v1/namespaces"))
-        .header("authorization", auth(&root))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let root_get = |path: &'static str| {
+        let req = http
+            .get(format!("{eu}{path}"))
+            .header("authorization", auth(&root));
+        async move { req.send().await.unwrap().text().await.unwrap() }
+    };
+    let r = root_get("/v1/namespaces").await;
     assert!(r.contains("shop/prod") && !r.contains("_system"), "{r}");
-    let r = http
-        .get(format!("{eu}/v1/audit?limit=1000"))
-        .header("authorization", auth(&root))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let r = root_get("/v1/audit?limit=1000").await;
     // The namespaces' creation is in the catalog's chain; no flush is.
     let records: Value = serde_json::from_str(&r).unwrap();
     let records = records["records"].as_array().unwrap();
