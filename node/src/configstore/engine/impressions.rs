@@ -62,7 +62,7 @@ impl Default for ImpressionsConfig {
 pub struct Impressions {
     cfg: ImpressionsConfig,
     /// This region's node id (its namespace's home).
-    me: usize,
+    pub(super) me: usize,
     tallies: std::sync::Mutex<Tallies>,
     counters: ImpressionCounters,
 }
@@ -421,7 +421,8 @@ impl ConfigStore {
                         format!("{sys} was created but is not known yet"),
                     ));
                 }
-                self.create_impressions_ns(&sys).await?;
+                self.create_system_ns(&sys, self.impressions.me as u8, 1)
+                    .await?;
                 created = true;
                 continue;
             }
@@ -467,45 +468,6 @@ impl ConfigStore {
         Err(CfgError::new(
             Reason::Contended,
             "impressions: the flush's compares kept failing",
-        ))
-    }
-
-    /// Creates this region's impressions namespace (homed here, one
-    /// version per key); one that exists already is fine.
-    async fn create_impressions_ns(&self, sys: &str) -> Result<(), CfgError> {
-        let settings = NsSettings {
-            home: self.impressions.me as u8,
-            mode: ReplicationMode::Quorum,
-            history_versions_max: 1,
-            history_age_ms_max: 0,
-            moving_to: None,
-            adopt_revision: 0,
-        };
-        let resp = self
-            .call(ClientRequest::CreateNamespace {
-                ns: sys.to_string(),
-                settings,
-                request_id: rand::random::<u64>() | 1,
-                time_ms: now_ms(),
-            })
-            .await?;
-        let token = match resp {
-            ClientResponse::Written { token, .. } | ClientResponse::Conflict { token } => token,
-            other => return Err(unexpected(&other)),
-        };
-        self.wait_applied(CATALOG_NS, token).await?;
-        // The home applies the catalog entry a moment after this region.
-        for _ in 0..CATALOG_WAIT_TRIES_MAX {
-            match self.probe(sys).await {
-                Err(e) if e.reason == Reason::UnknownNamespace => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                other => return other.map(|_| ()),
-            }
-        }
-        Err(CfgError::new(
-            Reason::Unavailable,
-            format!("{sys}: its home does not know it yet"),
         ))
     }
 

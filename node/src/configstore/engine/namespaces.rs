@@ -405,6 +405,52 @@ impl ConfigStore {
         Err(last)
     }
 
+    /// Create one of the node's own `_system/` namespaces, homed at `home`
+    /// (quorum, `versions_max` versions per key); one that exists already
+    /// is fine. Returns once its home knows it.
+    pub(super) async fn create_system_ns(
+        &self,
+        sys: &str,
+        home: u8,
+        versions_max: u32,
+    ) -> Result<(), CfgError> {
+        debug_assert!(meridian_core::node::is_system_ns(sys));
+        let settings = NsSettings {
+            home,
+            mode: ReplicationMode::Quorum,
+            history_versions_max: versions_max,
+            history_age_ms_max: 0,
+            moving_to: None,
+            adopt_revision: 0,
+        };
+        let resp = self
+            .call(ClientRequest::CreateNamespace {
+                ns: sys.to_string(),
+                settings,
+                request_id: rand::random::<u64>() | 1,
+                time_ms: now_ms(),
+            })
+            .await?;
+        let token = match resp {
+            ClientResponse::Written { token, .. } | ClientResponse::Conflict { token } => token,
+            other => return Err(unexpected(&other)),
+        };
+        self.wait_applied(CATALOG_NS, token).await?;
+        // The home applies the catalog entry a moment after this region.
+        for _ in 0..CATALOG_WAIT_TRIES_MAX {
+            match self.probe(sys).await {
+                Err(e) if e.reason == Reason::UnknownNamespace => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+        Err(CfgError::new(
+            Reason::Unavailable,
+            format!("{sys}: its home does not know it yet"),
+        ))
+    }
+
     /// Wait until this region applied every catalog change made before now.
     pub(super) async fn sync_catalog(&self) -> Result<(), CfgError> {
         if let Some(t) = self.probe(CATALOG_NS).await? {
