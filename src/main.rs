@@ -19,6 +19,7 @@ mod auth_cmd;
 mod config_cmd;
 mod config_out;
 mod dev_cmd;
+mod drill;
 mod flag_cmd;
 mod output;
 mod secrets_cmd;
@@ -238,6 +239,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: flag_cmd::SegmentCmd,
     },
+    /// Failover drills: planned, region-loss and partition, with measured
+    /// RTO and RPO judged against bounds; and their history.
+    Drill {
+        #[command(subcommand)]
+        cmd: drill::DrillCmd,
+    },
     /// Cluster administration.
     Cluster {
         #[command(subcommand)]
@@ -425,6 +432,9 @@ async fn client_command(cli: Cli) -> Result<()> {
     }
     if let Cmd::Auth { cmd } = cli.cmd {
         return auth_cmd::run(cmd, &target, cli.output).await;
+    }
+    if let Cmd::Drill { cmd } = cli.cmd {
+        return drill::run(cmd, &target, cli.output).await;
     }
     let opts = ClientOptions {
         token,
@@ -722,6 +732,7 @@ async fn client_command(cli: Cli) -> Result<()> {
         | Cmd::Certs { .. }
         | Cmd::Config { .. }
         | Cmd::Auth { .. }
+        | Cmd::Drill { .. }
         | Cmd::Audit { .. }
         | Cmd::Secrets { .. }
         | Cmd::Flag { .. }

@@ -14,12 +14,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use meridian_core::node::{Action, Node};
-use meridian_core::storage::{Storage, StorageOp};
-use meridian_core::types::{ClientRequest, ClientResponse, GroupId, Observation, RequestId};
+use meridian_core::storage::{Durable, Storage, StorageOp};
+use meridian_core::types::{
+    ClientRequest, ClientResponse, ErrorCode, GroupId, Observation, RequestId,
+};
 use meridian_core::GroupStatus;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::AuthState;
+use crate::drill_fault::{FaultInfo, FaultKind, FaultRefusal, FaultSlot};
 use crate::storage::RocksStorage;
 use crate::transport::{PeerEvent, Transport};
 
@@ -55,7 +58,26 @@ pub enum Input {
 pub enum StorageDone {
     Persisted(u64),
     Failed(String),
+    /// What the database holds, read for a restart after a stop fault.
+    Loaded(Box<Result<Durable, String>>),
 }
+
+/// Drill faults, on their own channel: a paused driver takes no other input.
+pub enum FaultCmd {
+    Inject {
+        drill_id: String,
+        kind: FaultKind,
+        duration_ms: u64,
+        reply: oneshot::Sender<Result<FaultInfo, FaultRefusal>>,
+    },
+    Clear {
+        drill_id: String,
+        reply: oneshot::Sender<Result<Option<FaultInfo>, FaultRefusal>>,
+    },
+}
+
+/// Fault commands queued before the caller waits.
+pub const FAULT_QUEUE_MAX: usize = 16;
 
 /// The node's view of the cluster, for the admin API.
 #[derive(Clone, Debug)]
@@ -67,6 +89,8 @@ pub struct NodeStatus {
     pub halted: bool,
     pub namespaces: Vec<String>,
     pub peer_rejected: u64,
+    /// The drill fault in force, if any.
+    pub fault: Option<FaultInfo>,
 }
 
 struct PersistJob {
@@ -75,24 +99,53 @@ struct PersistJob {
     ops: Vec<StorageOp>,
 }
 
+enum Job {
+    Persist(PersistJob),
+    /// Read the whole database back (after every job queued before it).
+    Load,
+}
+
 /// Run the storage thread: group commit over `jobs`, completions to `done`.
 fn storage_thread(
     mut store: RocksStorage,
-    jobs: std::sync::mpsc::Receiver<PersistJob>,
+    jobs: std::sync::mpsc::Receiver<Job>,
     done: mpsc::UnboundedSender<StorageDone>,
 ) {
-    while let Ok(first) = jobs.recv() {
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(j) => j,
+            None => match jobs.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+        };
+        let first = match first {
+            Job::Persist(p) => p,
+            Job::Load => {
+                let loaded = store.load().map_err(|e| e.to_string());
+                if done.send(StorageDone::Loaded(Box::new(loaded))).is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         let mut last_id = first.id;
         let mut sync = first.sync;
         let mut ops = first.ops;
         let mut merged = 1;
         while merged < GROUP_COMMIT_BATCHES_MAX {
             match jobs.try_recv() {
-                Ok(j) => {
+                Ok(Job::Persist(j)) => {
                     last_id = j.id;
                     sync |= j.sync;
                     ops.extend(j.ops);
                     merged += 1;
+                }
+                Ok(load @ Job::Load) => {
+                    // After this batch, in order.
+                    next = Some(load);
+                    break;
                 }
                 Err(_) => break,
             }
@@ -115,7 +168,7 @@ pub struct Driver {
     node: Node,
     start: Instant,
     transport: Arc<Transport>,
-    persist: std::sync::mpsc::Sender<PersistJob>,
+    persist: std::sync::mpsc::Sender<Job>,
     pending: BTreeMap<RequestId, oneshot::Sender<ClientResponse>>,
     watches: BTreeMap<RequestId, mpsc::Sender<ClientResponse>>,
     timer_at_us: Option<u64>,
@@ -124,6 +177,12 @@ pub struct Driver {
     /// The auth records of the metadata document, republished whenever it
     /// changes (read by every request's authentication).
     auth: watch::Sender<Arc<AuthState>>,
+    /// What a restart after a stop fault rebuilds the core with.
+    core_config: meridian_core::Config,
+    me: u8,
+    fault: FaultSlot,
+    /// A stop fault ended: waiting for the database to be read back.
+    restarting: bool,
 }
 
 /// Parse the metadata document's auth records, logging any that grant
@@ -165,15 +224,19 @@ impl Driver {
         Ok((
             Driver {
                 auth,
-                node,
                 start,
                 transport,
                 persist: jobs_tx,
                 pending: BTreeMap::new(),
                 watches: BTreeMap::new(),
                 timer_at_us: None,
+                core_config: node.config().clone(),
+                me: node.id(),
+                node,
                 names,
                 actions: Vec::new(),
+                fault: FaultSlot::default(),
+                restarting: false,
             },
             done_rx,
             storage,
@@ -195,8 +258,10 @@ impl Driver {
         mut inputs: mpsc::Receiver<Input>,
         mut peers: mpsc::Receiver<PeerEvent>,
         mut storage: mpsc::UnboundedReceiver<StorageDone>,
+        mut faults: mpsc::Receiver<FaultCmd>,
     ) {
         self.dispatch();
+        let mut faults_open = true;
         loop {
             let timer = self
                 .timer_at_us
@@ -207,9 +272,33 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            let deadline = self.fault.deadline();
+            let fault_ends = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // A paused region takes nothing; a stopped one (or one reading
+            // its database back) answers clients and drops the rest.
+            let paused = self.fault.kind() == Some(FaultKind::Pause);
+            let down = self.fault.kind() == Some(FaultKind::Stop) || self.restarting;
             tokio::select! {
                 biased;
-                d = storage.recv() => match d {
+                c = faults.recv(), if faults_open => match c {
+                    Some(cmd) => self.on_fault(cmd),
+                    None => faults_open = false,
+                },
+                _ = fault_ends => {
+                    if let Some(f) = self.fault.expire(Instant::now()) {
+                        tracing::warn!(drill = %f.drill_id, fault = f.kind.as_str(), "drill fault reverted by its deadline");
+                        self.end_fault(f.kind);
+                    }
+                },
+                d = storage.recv(), if !paused => match d {
+                    Some(StorageDone::Loaded(loaded)) => self.restart(*loaded),
+                    // The stopped core's completions die with it.
+                    Some(StorageDone::Persisted(_)) if down => {}
                     Some(StorageDone::Persisted(id)) => {
                         let now = self.now();
                         self.node.handle_persisted(now, id);
@@ -224,7 +313,8 @@ impl Driver {
                         self.node.handle_storage_failed(now);
                     }
                 },
-                p = peers.recv() => match p {
+                p = peers.recv(), if !paused => match p {
+                    Some(_) if down => {}
                     Some(PeerEvent::Message { from, bytes }) => {
                         let now = self.now();
                         if let Err(e) = self.node.handle_message(now, from, &bytes) {
@@ -237,18 +327,113 @@ impl Driver {
                     }
                     None => return,
                 },
-                i = inputs.recv() => match i {
+                i = inputs.recv(), if !paused => match i {
+                    Some(Input::Client { reply, .. }) if down => refuse(reply, ErrorCode::Unavailable),
                     Some(input) => self.on_input(input),
                     None => return,
                 },
-                _ = sleep => {
+                _ = sleep, if !paused && !down => {
                     self.timer_at_us = None;
                     let now = self.now();
                     self.node.handle_timeout(now);
                 }
             }
-            self.dispatch();
+            if !down {
+                self.dispatch();
+            }
         }
+    }
+
+    fn on_fault(&mut self, cmd: FaultCmd) {
+        let now = Instant::now();
+        match cmd {
+            FaultCmd::Inject {
+                drill_id,
+                kind,
+                duration_ms,
+                reply,
+            } => {
+                let r = if self.restarting {
+                    Err(FaultRefusal::Restarting)
+                } else {
+                    self.fault
+                        .inject(now, &drill_id, kind, duration_ms)
+                        .map(|f| f.info(now))
+                };
+                if r.is_ok() {
+                    tracing::warn!(drill = %drill_id, fault = kind.as_str(), duration_ms, "drill fault injected");
+                    self.begin_fault(kind);
+                }
+                let _ = reply.send(r);
+            }
+            FaultCmd::Clear { drill_id, reply } => {
+                let r = self.fault.clear(&drill_id);
+                if let Ok(Some(f)) = &r {
+                    tracing::warn!(drill = %f.drill_id, fault = f.kind.as_str(), "drill fault cleared");
+                    self.end_fault(f.kind);
+                }
+                let _ = reply.send(r.map(|f| f.map(|f| f.info(now))));
+            }
+        }
+    }
+
+    fn begin_fault(&mut self, kind: FaultKind) {
+        match kind {
+            FaultKind::Pause => {}
+            FaultKind::Isolate => self.transport.set_isolated(true),
+            FaultKind::Stop => {
+                self.transport.set_isolated(true);
+                // Whatever a crash leaves unanswered: the outcome is unknown.
+                for (_, tx) in std::mem::take(&mut self.pending) {
+                    let _ = tx.send(ClientResponse::Error(ErrorCode::Indeterminate));
+                }
+                for (_, tx) in std::mem::take(&mut self.watches) {
+                    let _ = tx.try_send(ClientResponse::Error(ErrorCode::Unavailable));
+                }
+                self.timer_at_us = None;
+                self.actions.clear();
+            }
+        }
+    }
+
+    fn end_fault(&mut self, kind: FaultKind) {
+        match kind {
+            FaultKind::Pause => {}
+            FaultKind::Isolate => self.transport.set_isolated(false),
+            FaultKind::Stop => {
+                // Restart from disk once every batch queued before is written;
+                // the transport stays cut until the core is back.
+                self.restarting = true;
+                if self.persist.send(Job::Load).is_err() {
+                    tracing::error!("storage thread is gone");
+                }
+            }
+        }
+    }
+
+    /// The second half of a stop fault: a core rebuilt from the database,
+    /// as a restarted process would have it.
+    fn restart(&mut self, loaded: Result<Durable, String>) {
+        self.restarting = false;
+        let now = self.now();
+        let node = loaded.and_then(|d| {
+            Node::new(self.core_config.clone(), self.me, d, now, rand::random())
+                .map_err(|e| e.to_string())
+        });
+        match node {
+            Ok(node) => {
+                self.node = node;
+                self.timer_at_us = None;
+                self.auth.send_replace(auth_state(&self.node));
+                tracing::warn!("restarted from disk after a stop fault");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot restart from disk after a stop fault: the node halts");
+                self.node.handle_storage_failed(now);
+            }
+        }
+        self.transport.set_isolated(false);
+        self.dispatch();
     }
 
     fn on_input(&mut self, input: Input) {
@@ -297,6 +482,7 @@ impl Driver {
                     peer_rejected: stats.peer_malformed
                         + stats.peer_oversized
                         + stats.peer_out_of_protocol,
+                    fault: self.fault.active().map(|f| f.info(Instant::now())),
                 });
             }
         }
@@ -320,7 +506,11 @@ impl Driver {
             match a {
                 Action::Send { to, channel, bytes } => self.transport.send(to, channel, bytes),
                 Action::Persist { id, sync, ops } => {
-                    if self.persist.send(PersistJob { id, sync, ops }).is_err() {
+                    if self
+                        .persist
+                        .send(Job::Persist(PersistJob { id, sync, ops }))
+                        .is_err()
+                    {
                         tracing::error!("storage thread is gone");
                     }
                 }
@@ -408,6 +598,18 @@ impl Driver {
                 self.cancel_watch(now, req);
             }
             self.dispatch();
+        }
+    }
+}
+
+/// Answer a request the core will never see.
+fn refuse(reply: ReplyTo, code: ErrorCode) {
+    match reply {
+        ReplyTo::Once(tx) => {
+            let _ = tx.send(ClientResponse::Error(code));
+        }
+        ReplyTo::Stream(tx) => {
+            let _ = tx.try_send(ClientResponse::Error(code));
         }
     }
 }

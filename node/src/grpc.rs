@@ -727,6 +727,9 @@ impl Admin for Api {
             groups,
             namespaces: s.namespaces,
             home_return_delay_ms: self.home_return_delay_ms,
+            fault: s
+                .fault
+                .map(|f| crate::grpc_drill::fault_message(f, &name(self.me as usize))),
         }))
     }
 

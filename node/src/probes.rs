@@ -56,6 +56,19 @@ pub fn readiness(status: &NodeStatus, regions: &[String], cfg: ProbeConfig) -> V
             .halted
             .then(|| "the node halted after a storage failure".to_string()),
     }];
+    // A region under a drill fault is down on purpose: take it out of
+    // rotation as a real failure would.
+    out.push(Check {
+        name: "drill".into(),
+        failure: status.fault.as_ref().map(|f| {
+            format!(
+                "under drill {}'s {} fault for {} ms more",
+                f.drill_id,
+                f.kind.as_str(),
+                f.remaining_ms
+            )
+        }),
+    });
     for (g, st) in status.groups.iter().enumerate() {
         let name = format!("group {}", regions.get(g).map_or("?", String::as_str));
         let failure = match (st.leader, st.staleness_us) {
@@ -181,6 +194,7 @@ mod tests {
             halted: false,
             namespaces: Vec::new(),
             peer_rejected: 0,
+            fault: None,
         };
         let failed = |st: &NodeStatus| -> Vec<String> {
             readiness(st, &regions, cfg)
@@ -198,5 +212,12 @@ mod tests {
         assert_eq!(failed(&st), ["group eu", "group us"], "no leader");
         st.halted = true;
         assert_eq!(failed(&st)[0], "storage");
+        st.fault = Some(crate::drill_fault::FaultInfo {
+            drill_id: "d".into(),
+            kind: crate::drill_fault::FaultKind::Isolate,
+            elapsed_ms: 1,
+            remaining_ms: 9,
+        });
+        assert_eq!(failed(&st)[1], "drill", "a region under a drill fault");
     }
 }

@@ -112,6 +112,9 @@ reasons! {
     // Feature flags (docs/flags.md): a definition or segment refused; the
     // details' `code` says why (meridian_flags::FlagErrorKind).
     InvalidFlag => "INVALID_FLAG", InvalidArgument, 400;
+    // Failover drills: a fault of another drill is in force (or the
+    // region is restarting after one).
+    DrillFaultActive => "DRILL_FAULT_ACTIVE", FailedPrecondition, 409;
     // The HTTP API only.
     UnknownRoute => "UNKNOWN_ROUTE", NotFound, 404;
     MethodNotAllowed => "METHOD_NOT_ALLOWED", InvalidArgument, 405;

@@ -18,7 +18,7 @@ use crate::auth::Authority;
 use crate::config::NodeConfig;
 use crate::configstore::engine::Limits;
 use crate::configstore::ConfigStore;
-use crate::driver::{Driver, INPUT_QUEUE_MAX};
+use crate::driver::{Driver, FAULT_QUEUE_MAX, INPUT_QUEUE_MAX};
 use crate::grpc::Api;
 use crate::grpc_config::ConfigApi;
 use crate::storage::RocksStorage;
@@ -209,7 +209,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         );
     }
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE_MAX);
-    let driver = tokio::spawn(driver.run(input_rx, peer_rx, storage_rx));
+    let (fault_tx, fault_rx) = mpsc::channel(FAULT_QUEUE_MAX);
+    let driver = tokio::spawn(driver.run(input_rx, peer_rx, storage_rx, fault_rx));
 
     let ns_home = core
         .namespaces
@@ -265,6 +266,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         core.home_return_delay_us / 1000,
     );
     let config_api = ConfigApi::new(store.clone(), auth.clone());
+    let drill_api =
+        crate::grpc_drill::DrillApi::new(store.clone(), auth.clone(), fault_tx, cfg.region.clone());
     let flagd_api = crate::grpc_flagd::FlagdApi::new(store.clone(), auth.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<KvServer<Api>>().await;
@@ -310,6 +313,9 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
                 .max_encoding_message_size(64 << 20),
         )
         .add_service(AdminServer::new(api))
+        .add_service(meridian_proto::v1::drill_server::DrillServer::new(
+            drill_api,
+        ))
         .add_service(AuthServer::new(auth_api))
         .add_service(
             meridian_proto::v1::audit_server::AuditServer::new(audit_api)

@@ -78,6 +78,10 @@ const CLOSE_BAD_FRAME: u32 = 2;
 const CLOSE_RESET: u32 = 3;
 const CLOSE_SILENT: u32 = 4;
 const CLOSE_REPLACED: u32 = 5;
+/// Closed by a drill fault that isolates this region.
+const CLOSE_ISOLATED: u32 = 6;
+/// How often a dialer waiting out an isolation looks again.
+const ISOLATION_POLL_MS: u64 = 50;
 
 /// Hello at the start of every stream.
 #[derive(Clone, PartialEq, Message)]
@@ -225,11 +229,33 @@ struct Shared {
     /// This node is shutting down: connections ending are expected, not
     /// worth a warning.
     closing: std::sync::atomic::AtomicBool,
+    /// A drill fault cuts this region off: nothing is sent, dialled or
+    /// accepted, and connections are closed, as a real network cut would
+    /// leave them (peers see the link down, not a silent one).
+    isolated: std::sync::atomic::AtomicBool,
+    /// Wakes dialers waiting out an isolation.
+    unisolated: Notify,
 }
 
 impl Shared {
     fn closing(&self) -> bool {
         self.closing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn isolated(&self) -> bool {
+        self.isolated.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Returns once no isolation holds. The poll bounds a wake-up missed
+    /// between the check and the wait.
+    async fn wait_unisolated(&self) {
+        while self.isolated() {
+            let _ = tokio::time::timeout(
+                Duration::from_millis(ISOLATION_POLL_MS),
+                self.unisolated.notified(),
+            )
+            .await;
+        }
     }
 }
 
@@ -312,6 +338,8 @@ impl Transport {
             links,
             events,
             closing: std::sync::atomic::AtomicBool::new(false),
+            isolated: std::sync::atomic::AtomicBool::new(false),
+            unisolated: Notify::new(),
         });
         for (i, rxs) in receivers.into_iter().enumerate() {
             if i != me as usize {
@@ -332,6 +360,9 @@ impl Transport {
 
     /// Queue a core message for `to`. Never blocks: a full queue drops it.
     pub fn send(&self, to: u8, channel: Channel, bytes: Vec<u8>) {
+        if self.shared.isolated() {
+            return;
+        }
         let Some(link) = self.link(to) else {
             return;
         };
@@ -358,6 +389,37 @@ impl Transport {
             conn.close(quinn::VarInt::from_u32(CLOSE_RESET), why.as_bytes());
         }
         link.request_reset(why.to_string());
+    }
+
+    /// Cut this region off from every peer (a drill fault), or end the cut.
+    /// While cut off, connections are closed, nothing is dialled, inbound
+    /// handshakes are refused and sends are dropped; the core sees what it
+    /// would see in a real partition.
+    pub fn set_isolated(&self, on: bool) {
+        let was = self
+            .shared
+            .isolated
+            .swap(on, std::sync::atomic::Ordering::AcqRel);
+        if was == on {
+            return;
+        }
+        for link in self.shared.links.iter().flatten() {
+            if on {
+                if let Some((_, conn)) = lock(&link.inbound).take() {
+                    conn.close(
+                        quinn::VarInt::from_u32(CLOSE_ISOLATED),
+                        b"drill fault: isolated",
+                    );
+                }
+                link.request_reset("drill fault: isolated".into());
+            } else {
+                // Cut any backoff short: the peers are reachable again.
+                link.reset.notify_one();
+            }
+        }
+        if !on {
+            self.shared.unisolated.notify_waiters();
+        }
     }
 
     /// What works on the link to `peer` (this node: connected).
@@ -501,6 +563,7 @@ async fn dial_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, peer: u8, que
         if shared.events.is_closed() || shared.closing() {
             return;
         }
+        shared.wait_unisolated().await;
         let connecting = match endpoint.connect(info.addr, &region_dns_name(&info.name)) {
             Ok(c) => c,
             Err(e) => {
@@ -539,6 +602,14 @@ async fn dial_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, peer: u8, que
                 continue;
             }
         };
+        if shared.isolated() {
+            conn.close(
+                quinn::VarInt::from_u32(CLOSE_ISOLATED),
+                b"drill fault: isolated",
+            );
+            drain(&queues);
+            continue;
+        }
         let sends = match open_streams(&conn, &shared).await {
             Ok(s) => s,
             Err(why) => {
@@ -612,6 +683,10 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 /// stream, and close it if a stream falls silent.
 async fn inbound(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = incoming.remote_address();
+    if shared.isolated() {
+        incoming.refuse();
+        return;
+    }
     let conn = match incoming.await {
         Ok(c) => c,
         // This node is closing its endpoint (shutting down): a handshake
@@ -652,6 +727,13 @@ async fn inbound(incoming: quinn::Incoming, shared: Arc<Shared>) {
         );
         return;
     };
+    if shared.isolated() {
+        conn.close(
+            quinn::VarInt::from_u32(CLOSE_ISOLATED),
+            b"drill fault: isolated",
+        );
+        return;
+    }
     let opened = link.health().inbound_opened(Instant::now());
     let generation = opened.generation;
     let old = lock(&link.inbound).replace((generation, conn.clone()));
@@ -812,6 +894,9 @@ async fn read_stream(
         let f = PeerFrame::decode(buf.as_slice()).map_err(|e| format!("bad frame: {e}"))?;
         if f.msg.is_empty() {
             continue; // keep-alive
+        }
+        if shared.isolated() {
+            continue; // arrived as the cut began: lost, as on a cut network
         }
         if shared
             .events

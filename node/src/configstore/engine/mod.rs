@@ -14,6 +14,7 @@
 //! `reads`, `writes`, `namespaces` and `watch` hold the operations of each
 //! kind.
 
+mod drills;
 mod flags;
 mod impressions;
 mod layers;
@@ -25,6 +26,7 @@ mod validate;
 mod watch;
 mod writes;
 
+pub use drills::{drills_ns, DRILLS_LIST_MAX, DRILL_REPORT_BYTES_MAX};
 pub use flags::{CompiledFlags, FlagEdit, FlagEntry, FlagWatch, FlagsView};
 pub use impressions::{
     impressions_ns, FlagImpressions, ImpressionCounters, ImpressionsConfig, ImpressionsView,
