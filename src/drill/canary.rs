@@ -25,6 +25,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Writes in flight per writer at most: beyond, a scheduled write is
 /// skipped (and counted), so a dead region cannot pile up tasks.
 const IN_FLIGHT_MAX: usize = 64;
+/// How long a new canary namespace may take to reach every region.
+const KNOWN_WAIT: Duration = Duration::from_secs(10);
 /// The canary namespaces' project.
 pub const CANARY_PROJECT: &str = "drill-canary";
 
@@ -135,6 +137,7 @@ pub async fn namespaces(ctx: &Ctx, homes: &[usize]) -> Result<Vec<CanaryNs>> {
                     region.name
                 );
             }
+            known_everywhere(ctx, &name).await?;
             out.push(CanaryNs {
                 name,
                 home,
@@ -146,6 +149,35 @@ pub async fn namespaces(ctx: &Ctx, homes: &[usize]) -> Result<Vec<CanaryNs>> {
         }
     }
     Ok(out)
+}
+
+/// Wait until every region knows `ns` (a new namespace reaches the others
+/// a moment after its creation), so no canary write fails for that.
+async fn known_everywhere(ctx: &Ctx, ns: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + KNOWN_WAIT;
+    for region in &ctx.regions {
+        loop {
+            let r = KvClient::new(region.ch.clone())
+                .get(meridian_proto::v1::GetRequest {
+                    namespace: ns.to_string(),
+                    key: "-".into(),
+                    read: Some(ReadOptions {
+                        consistency: Consistency::Stale as i32,
+                        max_staleness_ms: 0,
+                        token: None,
+                    }),
+                })
+                .await;
+            match r {
+                Ok(_) => break,
+                Err(s) if std::time::Instant::now() >= deadline => {
+                    anyhow::bail!("{} does not know {ns} yet: {}", region.name, status_err(s))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Canary {

@@ -319,6 +319,7 @@ pub async fn run(cmd: DrillCmd, target: &Target, out: Output) -> Result<()> {
     ctx.progress.finish_and_clear();
     let mut report = result?;
     report.finished_ms = unix_ms();
+    report.events.sort_by_key(|e| e.at_ms);
     if let Some(path) = &ctx.common.svg {
         std::fs::write(path, report::svg(&report))
             .with_context(|| format!("cannot write {}", path.display()))?;

@@ -320,21 +320,36 @@ async fn verify(
             .filter_map(|n| n.rpo_budget_ms)
             .min();
         match t_fault {
-            // A loss may only reach back as far as the budget before the fault.
+            // The old leader acknowledges alone until its unreplicated tail
+            // is older than the budget: what it loses spans at most that.
             Some(t) => {
-                let window = lost_async
-                    .iter()
-                    .map(|w| t.saturating_sub(w.done_ms))
-                    .max()
-                    .unwrap_or(0);
+                let first = lost_async.iter().map(|w| w.done_ms).min();
+                let last = lost_async.iter().map(|w| w.done_ms).max();
+                let window = first.zip(last).map_or(0, |(a, b)| b - a);
+                if let (Some(a), Some(b)) = (first, last) {
+                    report.event(a, "first lost async write acknowledged");
+                    report.event(b, "last lost async write acknowledged");
+                }
                 report.figure(
                     "rpo_lost_async_writes",
                     Some(lost_async.len() as u64),
                     "writes",
                     None,
-                    "acknowledged async writes missing afterwards",
+                    &format!(
+                        "acknowledged async writes missing afterwards{}",
+                        first.map_or(String::new(), |a| format!(
+                            ", acknowledged from {:+.1} s around the fault",
+                            (a as f64 - t as f64) / 1000.0
+                        ))
+                    ),
                 );
-                report.figure("rpo_async_window_ms", Some(window), "ms", budget, "how long before the fault the oldest lost async write was acknowledged (its RPO budget)");
+                report.figure(
+                    "rpo_async_window_ms",
+                    Some(window),
+                    "ms",
+                    budget,
+                    "span of the lost async writes' acknowledgements, bounded by the namespace's RPO budget",
+                );
             }
             None => report.figure(
                 "rpo_lost_async_writes",
@@ -641,7 +656,10 @@ pub async fn planned(ctx: &Ctx) -> Result<Report> {
             let end = ctx.now_ms();
             report.event(
                 start,
-                &format!("group {} to {}", ctx.regions[g].name, ctx.regions[to].name),
+                &format!(
+                    "group {}: {} -> {}",
+                    ctx.regions[g].name, ctx.regions[from].name, ctx.regions[to].name
+                ),
             );
             if let Err(e) = &moved {
                 report.check(
