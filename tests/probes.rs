@@ -241,6 +241,35 @@ async fn a_region_cut_off_is_not_ready_and_its_lag_shows_until_it_catches_up() {
         not_ready.is_some_and(|n| n >= 1.0),
         "{not_ready:?}\n{ap_text}"
     );
+    // The storage thread's commits: every acknowledged put was fsynced
+    // through at least one synced commit, timed in the histogram.
+    let synced = histogram_count(&text, "meridian_storage_commit_seconds", ("sync", "true"));
+    assert!(synced >= 1, "{text}");
+    for gauge in ["meridian_pending_requests", "meridian_watchers"] {
+        assert!(sample(&text, gauge, &[]).is_some(), "{gauge}:\n{text}");
+    }
+    assert_eq!(sample(&text, "meridian_drill_fault_active", &[]), Some(0.0));
+}
+
+/// The count of the histogram sample of `family` with label `label`.
+fn histogram_count(text: &str, family: &str, label: (&str, &str)) -> u64 {
+    let m = openmetrics_parser::openmetrics::parse_openmetrics(text)
+        .unwrap_or_else(|e| panic!("not OpenMetrics ({e:?}):\n{text}"));
+    let Some(fam) = m.families.get(family) else {
+        panic!("no {family}:\n{text}");
+    };
+    let mut total = 0;
+    for s in fam.iter_samples() {
+        let Ok(l) = s.get_labelset() else { continue };
+        if l.get_label_value(label.0) != Some(label.1) {
+            continue;
+        }
+        match &s.value {
+            openmetrics_parser::OpenMetricsValue::Histogram(h) => total += h.count.unwrap_or(0),
+            other => panic!("{family}: not a histogram: {other:?}"),
+        }
+    }
+    total
 }
 
 /// A counter's value: the sample of `family` with every label of `labels`.

@@ -91,6 +91,9 @@ pub struct NodeStatus {
     pub peer_rejected: u64,
     /// The drill fault in force, if any.
     pub fault: Option<FaultInfo>,
+    /// Client requests waiting for an answer, and open watches.
+    pub pending_requests: usize,
+    pub watchers: usize,
 }
 
 struct PersistJob {
@@ -110,6 +113,7 @@ fn storage_thread(
     mut store: RocksStorage,
     jobs: std::sync::mpsc::Receiver<Job>,
     done: mpsc::UnboundedSender<StorageDone>,
+    metrics: crate::metrics::StorageMetrics,
 ) {
     let mut next = None;
     loop {
@@ -150,7 +154,10 @@ fn storage_thread(
                 Err(_) => break,
             }
         }
-        match store.write(&ops, sync) {
+        let began = Instant::now();
+        let written = store.write(&ops, sync);
+        metrics.observe_commit(sync, began.elapsed().as_secs_f64());
+        match written {
             Ok(()) => {
                 if done.send(StorageDone::Persisted(last_id)).is_err() {
                     return;
@@ -207,6 +214,7 @@ impl Driver {
         store: RocksStorage,
         transport: Arc<Transport>,
         names: Vec<String>,
+        metrics: crate::metrics::StorageMetrics,
     ) -> Result<
         (
             Driver,
@@ -219,7 +227,7 @@ impl Driver {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let storage = std::thread::Builder::new()
             .name("meridian-storage".into())
-            .spawn(move || storage_thread(store, jobs_rx, done_tx))?;
+            .spawn(move || storage_thread(store, jobs_rx, done_tx, metrics))?;
         let (auth, _) = watch::channel(auth_state(&node));
         Ok((
             Driver {
@@ -483,6 +491,8 @@ impl Driver {
                         + stats.peer_oversized
                         + stats.peer_out_of_protocol,
                     fault: self.fault.active().map(|f| f.info(Instant::now())),
+                    pending_requests: self.pending.len(),
+                    watchers: self.watches.len(),
                 });
             }
         }

@@ -195,6 +195,8 @@ mod tests {
             namespaces: Vec::new(),
             peer_rejected: 0,
             fault: None,
+            pending_requests: 0,
+            watchers: 0,
         };
         let failed = |st: &NodeStatus| -> Vec<String> {
             readiness(st, &regions, cfg)

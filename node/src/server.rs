@@ -177,9 +177,16 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     )?);
     let names: Vec<String> = cfg.regions.iter().map(|r| r.name.clone()).collect();
     let names_for_store = names.clone();
-    let (driver, storage_rx, storage_thread) =
-        Driver::new(node, start, store, transport.clone(), names)
-            .map_err(StartError::StorageThread)?;
+    let mut metrics = crate::metrics::Metrics::new();
+    let (driver, storage_rx, storage_thread) = Driver::new(
+        node,
+        start,
+        store,
+        transport.clone(),
+        names,
+        metrics.storage.clone(),
+    )
+    .map_err(StartError::StorageThread)?;
     let auth = Authority::new(
         cfg.auth.enabled,
         cfg.auth.root_token_sha256.clone(),
@@ -247,7 +254,6 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
         },
     );
     store.spawn_impressions_flusher();
-    let mut metrics = crate::metrics::Metrics::new();
     metrics.register_impressions(&store.impression_counters());
     let metrics = Arc::new(metrics);
     let auth_api = crate::grpc_auth::AuthApi::new(core_client.clone(), auth.clone());
