@@ -54,8 +54,11 @@ command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 # tests/deploy.rs verifies deploy/systemd/meridian.service with it.
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# tests/deploy.rs checks and unit-tests deploy/prometheus with its promtool
+# (the package's own server is not started: see apt_install).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "setup: protoc, etcd and systemd-analyze already installed"
+  echo "setup: protoc, etcd, systemd-analyze and promtool already installed"
 else
   apt_install "for the benchmark against etcd and tests/deploy.rs" "${missing[@]}"
 fi

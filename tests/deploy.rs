@@ -164,3 +164,110 @@ fn the_systemd_unit_verifies_without_a_word() {
         "a misspelt directive passed silently:\n{text}"
     );
 }
+
+/// (success, output) of `promtool args` run in `dir`; promtool missing is
+/// a loud failure (scripts/setup.sh installs Debian's prometheus package).
+fn promtool(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("promtool cannot run ({e}): run scripts/setup.sh (cargo xtask test does)")
+        });
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_alert_rules_check_and_pass_their_unit_tests_with_promtool() {
+    let dir = repo().join("deploy/prometheus");
+    let (ok, out) = promtool(&dir, &["check", "rules", "meridian-alerts.yml"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("SUCCESS: 13 rules found"), "{out}");
+    let (ok, out) = promtool(&dir, &["test", "rules", "meridian-alerts.test.yml"]);
+    assert!(ok, "{out}");
+    // A rule whose threshold drifted from its tests fails them.
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = std::fs::read_to_string(dir.join("meridian-alerts.yml")).unwrap();
+    let drifted = rules.replace(
+        "meridian_group_follower_lag_entries > 1000",
+        "meridian_group_follower_lag_entries > 10000",
+    );
+    assert_ne!(drifted, rules);
+    std::fs::write(tmp.path().join("meridian-alerts.yml"), drifted).unwrap();
+    std::fs::copy(
+        dir.join("meridian-alerts.test.yml"),
+        tmp.path().join("meridian-alerts.test.yml"),
+    )
+    .unwrap();
+    let (ok, out) = promtool(tmp.path(), &["test", "rules", "meridian-alerts.test.yml"]);
+    assert!(!ok, "a drifted threshold passed the unit tests:\n{out}");
+    // A rule that is not PromQL is refused.
+    std::fs::write(
+        tmp.path().join("bad.yml"),
+        rules.replace(
+            "increase(meridian_group_term[15m])",
+            "increase(meridian_group_term[15m)",
+        ),
+    )
+    .unwrap();
+    let (ok, out) = promtool(tmp.path(), &["check", "rules", "bad.yml"]);
+    assert!(!ok, "{out}");
+}
+
+/// Every expression of the dashboard's panels, its variables filled in.
+fn dashboard_exprs(dash: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        if p["type"] == "row" {
+            continue;
+        }
+        let targets = p["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("panel without targets: {p}"));
+        assert!(!targets.is_empty(), "{p}");
+        for t in targets {
+            out.push(t["expr"].as_str().unwrap().replace("$instance", ".*"));
+        }
+    }
+    out
+}
+
+/// Each expression as a recording rule, for promtool's PromQL parser.
+fn as_rules(exprs: &[String]) -> String {
+    let mut s = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        s += &format!(
+            "      - record: dashboard:panel_{i}\n        expr: {}\n",
+            serde_json::to_string(e).unwrap()
+        );
+    }
+    s
+}
+
+#[test]
+fn the_dashboard_queries_parse_as_promql() {
+    let text =
+        std::fs::read_to_string(repo().join("deploy/grafana/meridian-dashboard.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    assert_eq!(dash["uid"], "meridian-overview");
+    let exprs = dashboard_exprs(&dash);
+    assert!(exprs.len() >= 14, "{exprs:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("panels.yml"), as_rules(&exprs)).unwrap();
+    let (ok, out) = promtool(tmp.path(), &["check", "rules", "panels.yml"]);
+    assert!(ok, "{out}");
+    // A broken query is caught.
+    let mut broken = exprs.clone();
+    broken[0] = broken[0].replace(')', "");
+    std::fs::write(tmp.path().join("broken.yml"), as_rules(&broken)).unwrap();
+    let (ok, out) = promtool(tmp.path(), &["check", "rules", "broken.yml"]);
+    assert!(!ok, "{out}");
+}

@@ -249,6 +249,65 @@ async fn a_region_cut_off_is_not_ready_and_its_lag_shows_until_it_catches_up() {
         assert!(sample(&text, gauge, &[]).is_some(), "{gauge}:\n{text}");
     }
     assert_eq!(sample(&text, "meridian_drill_fault_active", &[]), Some(0.0));
+    // deploy/'s alert rules and dashboard name only metrics a live region
+    // exports (families show once they have a sample: eu leads, ap follows).
+    let exported: std::collections::BTreeSet<String> = [&text, &ap_text]
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "deploy/prometheus/meridian-alerts.yml",
+        "deploy/grafana/meridian-dashboard.json",
+    ] {
+        let used = metric_names(&std::fs::read_to_string(repo.join(file)).unwrap());
+        assert!(used.len() >= 8, "{file}: {used:?}");
+        let unknown: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} names metrics no region exported: {unknown:?}\nexported: {exported:?}"
+        );
+    }
+    assert!(!exported.contains("meridian_group_has_leaders"));
+}
+
+/// The `meridian_*` metric names a text mentions, without the suffixes a
+/// counter's or histogram's samples add.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("meridian_") {
+        let start = i + at;
+        let mut end = start;
+        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+            end += 1;
+        }
+        let preceded = start > 0
+            && (b[start - 1].is_ascii_alphanumeric()
+                || b[start - 1] == b'_'
+                || b[start - 1] == b'-');
+        if !preceded {
+            let mut name = &text[start..end];
+            for suffix in ["_total", "_bucket", "_count", "_sum"] {
+                name = name.strip_suffix(suffix).unwrap_or(name);
+            }
+            out.insert(name.to_string());
+        }
+        i = end.max(start + 1);
+    }
+    out
+}
+
+#[test]
+fn metric_names_strip_sample_suffixes() {
+    assert_eq!(
+        metric_names("x meridian_group_has_leaders_total{a} y-meridian_no"),
+        ["meridian_group_has_leaders".to_string()].into()
+    );
 }
 
 /// The count of the histogram sample of `family` with label `label`.
