@@ -328,6 +328,33 @@ async fn faults_are_admin_only_checked_and_revert_by_their_deadline() {
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "UNAUTHENTICATED", "{e:?}");
+    // The refusals are counted by reason on us's /metrics.
+    let text = http_client()
+        .get(format!("{}/metrics", cl.http[1]))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let denied = |reason: &str| {
+        let m = openmetrics_parser::openmetrics::parse_openmetrics(&text)
+            .unwrap_or_else(|e| panic!("not OpenMetrics ({e:?}):\n{text}"));
+        let fam = m.families.get("meridian_auth_denials").expect("the family");
+        fam.iter_samples()
+            .filter(|s| {
+                s.get_labelset()
+                    .is_ok_and(|l| l.get_label_value("reason") == Some(reason))
+            })
+            .map(|s| match &s.value {
+                openmetrics_parser::OpenMetricsValue::Counter(c) => c.value.as_f64(),
+                other => panic!("not a counter: {other:?}"),
+            })
+            .sum::<f64>()
+    };
+    assert!(denied("PERMISSION_DENIED") >= 4.0, "{text}");
+    assert!(denied("UNAUTHENTICATED") >= 1.0, "{text}");
 
     // Bad requests: a clear error each, and no fault.
     let mut admin = DrillClient::new(auth_chan(&cl.grpc[1], &root));

@@ -249,6 +249,20 @@ async fn a_region_cut_off_is_not_ready_and_its_lag_shows_until_it_catches_up() {
         assert!(sample(&text, gauge, &[]).is_some(), "{gauge}:\n{text}");
     }
     assert_eq!(sample(&text, "meridian_drill_fault_active", &[]), Some(0.0));
+    // Links: a measured round trip to each peer (loopback: under 100 ms),
+    // and a reconnect count for each.
+    for peer in ["us", "ap"] {
+        let rtt = sample(&text, "meridian_peer_rtt_seconds", &[("region", peer)]);
+        assert!(
+            rtt.is_some_and(|r| r > 0.0 && r < 0.1),
+            "{peer}: {rtt:?}\n{text}"
+        );
+        assert!(
+            counter(&text, "meridian_peer_reconnects", &[("region", peer)]).is_some(),
+            "{peer}:\n{text}"
+        );
+    }
+    assert!(sample(&text, "meridian_peer_rtt_seconds", &[("region", "eu")]).is_none());
     // deploy/'s alert rules and dashboard name only metrics a live region
     // exports (families show once they have a sample: eu leads, ap follows).
     let exported: std::collections::BTreeSet<String> = [&text, &ap_text]

@@ -45,6 +45,17 @@ pub struct Auditor {
     region: NodeId,
     tx: mpsc::Sender<AuditEvent>,
     dropped: Arc<AtomicU64>,
+    /// Refusals by stable reason, for `/metrics` (counted as they happen,
+    /// before the batch coalesces them).
+    denials: prometheus_client::metrics::family::Family<
+        DenialLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct DenialLabels {
+    reason: String,
 }
 
 impl Auditor {
@@ -59,6 +70,7 @@ impl Auditor {
                 region,
                 tx,
                 dropped,
+                denials: Default::default(),
             },
             task,
         )
@@ -68,10 +80,28 @@ impl Auditor {
         self.region
     }
 
+    /// Refusals by reason (`meridian_auth_denials_total`).
+    pub fn denials(
+        &self,
+    ) -> prometheus_client::metrics::family::Family<
+        DenialLabels,
+        prometheus_client::metrics::counter::Counter,
+    > {
+        self.denials.clone()
+    }
+
     /// Queue `event` (its fields clipped to the record's bounds). Never
     /// waits: a full queue counts the event as dropped.
     pub fn record(&self, mut event: AuditEvent) {
         bound(&mut event);
+        if event.result != RESULT_OK {
+            // The result of a refusal is a stable reason: a bounded label.
+            self.denials
+                .get_or_create(&DenialLabels {
+                    reason: event.result.clone(),
+                })
+                .inc();
+        }
         if self.tx.try_send(event).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

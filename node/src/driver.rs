@@ -94,6 +94,10 @@ pub struct NodeStatus {
     /// Client requests waiting for an answer, and open watches.
     pub pending_requests: usize,
     pub watchers: usize,
+    /// Per region: QUIC's round-trip estimate to it (None: no link, or this
+    /// region), and how many times its link was made again.
+    pub peer_rtt: Vec<Option<std::time::Duration>>,
+    pub peer_reconnects: Vec<Option<u64>>,
 }
 
 struct PersistJob {
@@ -493,6 +497,10 @@ impl Driver {
                     fault: self.fault.active().map(|f| f.info(Instant::now())),
                     pending_requests: self.pending.len(),
                     watchers: self.watches.len(),
+                    peer_rtt: (0..regions).map(|p| self.transport.peer_rtt(p)).collect(),
+                    peer_reconnects: (0..regions)
+                        .map(|p| (p != self.me).then(|| self.transport.peer_reconnects(p)))
+                        .collect(),
                 });
             }
         }

@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -62,6 +63,8 @@ struct GroupMetrics {
     pending_requests: Gauge,
     watchers: Gauge,
     drill_fault_active: Gauge,
+    peer_rtt: Family<RegionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    peer_reconnects: Family<RegionLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -225,6 +228,17 @@ impl Metrics {
             g.pending_requests.clone(),
         );
         registry.register("watchers", "Open watch streams here", g.watchers.clone());
+        registry.register_with_unit(
+            "peer_rtt",
+            "QUIC's smoothed round-trip time to the region (absent without a link)",
+            prometheus_client::registry::Unit::Seconds,
+            g.peer_rtt.clone(),
+        );
+        registry.register(
+            "peer_reconnects",
+            "Times the QUIC link to the region was lost and made again",
+            g.peer_reconnects.clone(),
+        );
         registry.register(
             "drill_fault_active",
             "1 while this region suffers a drill fault (meridian drill)",
@@ -266,6 +280,15 @@ impl Metrics {
             m.secrets_refresh_errors.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Registers the auditor's count of refusals.
+    pub fn register_denials(&mut self, auditor: &crate::audit::Auditor) {
+        self.registry.register(
+            "auth_denials",
+            "Requests refused by authentication, authorization or rate limits, by stable reason",
+            auditor.denials(),
+        );
     }
 
     /// Registers the region's flag impression counters.
@@ -337,6 +360,22 @@ impl Metrics {
         }
         g.peer_rejected.set(int(s.peer_rejected));
         g.halted.set(i64::from(s.halted));
+        g.peer_rtt.clear();
+        for (i, rtt) in s.peer_rtt.iter().enumerate() {
+            if let Some(rtt) = rtt {
+                g.peer_rtt
+                    .get_or_create(&RegionLabels { region: name(i) })
+                    .set(rtt.as_secs_f64());
+            }
+        }
+        for (i, n) in s.peer_reconnects.iter().enumerate() {
+            let Some(n) = n else { continue };
+            let c = g
+                .peer_reconnects
+                .get_or_create(&RegionLabels { region: name(i) });
+            // A counter only rises: add what the transport counted since.
+            c.inc_by(n.saturating_sub(c.get()));
+        }
         g.pending_requests.set(int(s.pending_requests as u64));
         g.watchers.set(int(s.watchers as u64));
         g.drill_fault_active.set(i64::from(s.fault.is_some()));

@@ -197,6 +197,8 @@ mod tests {
             fault: None,
             pending_requests: 0,
             watchers: 0,
+            peer_rtt: Vec::new(),
+            peer_reconnects: Vec::new(),
         };
         let failed = |st: &NodeStatus| -> Vec<String> {
             readiness(st, &regions, cfg)

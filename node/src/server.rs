@@ -230,6 +230,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, StartError> {
     // Records of refusals and of auth and namespace operations go through
     // this region's home group (a write's record rides in its own entry).
     let (auditor, _audit_task) = crate::audit::Auditor::start(core_client.clone(), me);
+    metrics.register_denials(&auditor);
     let auth = auth.with_auditor(auditor);
     let secrets = crate::secrets::Secrets::load(
         cfg.secrets.keyring_file.as_deref(),

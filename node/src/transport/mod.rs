@@ -176,6 +176,10 @@ struct Link {
     reset_why: Mutex<Option<(String, Instant)>>,
     /// The inbound connection now in use, to close on a reset.
     inbound: Mutex<Option<(u64, quinn::Connection)>>,
+    /// The outbound connection while it is up (its round-trip estimate).
+    outbound: Mutex<Option<quinn::Connection>>,
+    /// Outbound connections established, the first included.
+    connects: std::sync::atomic::AtomicU64,
 }
 
 /// A lock that survives a panicked holder (the data stays consistent: every
@@ -327,6 +331,8 @@ impl Transport {
                 reset: Notify::new(),
                 reset_why: Mutex::new(None),
                 inbound: Mutex::new(None),
+                outbound: Mutex::new(None),
+                connects: std::sync::atomic::AtomicU64::new(0),
             })));
             receivers.push(rxs);
         }
@@ -431,6 +437,24 @@ impl Transport {
             Some(l) => l.health().state(Instant::now()),
             None => LinkState::Disconnected,
         }
+    }
+
+    /// QUIC's smoothed round-trip estimate on the outbound connection to
+    /// `peer`, while one is up.
+    pub fn peer_rtt(&self, peer: u8) -> Option<Duration> {
+        let link = self.link(peer)?;
+        let conn = lock(&link.outbound);
+        conn.as_ref().map(quinn::Connection::rtt)
+    }
+
+    /// Outbound connections to `peer` established after the first: the
+    /// times the link was lost and made again.
+    pub fn peer_reconnects(&self, peer: u8) -> u64 {
+        self.link(peer).map_or(0, |l| {
+            l.connects
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_sub(1)
+        })
     }
 
     pub fn is_connected(&self, peer: u8) -> bool {
@@ -628,6 +652,9 @@ async fn dial_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, peer: u8, que
         peer_shut_down = false;
         let since = Instant::now();
         let generation = link.health().outbound_up();
+        *lock(&link.outbound) = Some(conn.clone());
+        link.connects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut writers = tokio::task::JoinSet::new();
         for (send, q) in sends.into_iter().zip(queues.iter()) {
             writers.spawn(stream_writer(send, q.clone()));
@@ -657,6 +684,7 @@ async fn dial_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, peer: u8, que
             why = link.reset_requested(since) => why,
         };
         link.health().outbound_down(generation);
+        *lock(&link.outbound) = None;
         conn.close(quinn::VarInt::from_u32(CLOSE_RESET), b"reconnecting");
         writers.abort_all();
         while writers.join_next().await.is_some() {}
