@@ -12,7 +12,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use meridian_proto::v1::auth_client::AuthClient;
 use meridian_proto::v1::drill_client::DrillClient;
 use meridian_proto::v1::kv_client::KvClient;
 use meridian_proto::v1::*;
@@ -57,27 +56,6 @@ fn outage_bars(r: &Value) {
     );
     assert!(r["writes"]["acknowledged"].as_u64().unwrap() > 50, "{r:#}");
     all_checks_ok(r);
-}
-
-async fn token(cl: &Cluster, root: &str, name: &str) -> String {
-    let mut auth = AuthClient::new(auth_chan(&cl.grpc[0], root));
-    auth.put_role(PutRoleRequest {
-        name: format!("{name}-role"),
-        rules_json:
-            json!({"rules": [{"effect": "allow", "projects": ["*"], "actions": ["read", "write"]}]})
-                .to_string(),
-    })
-    .await
-    .unwrap();
-    auth.create_token(CreateTokenRequest {
-        principal: name.into(),
-        roles: vec![format!("{name}-role")],
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .token
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -285,7 +263,7 @@ async fn every_scenario_reports_judges_and_is_kept() {
 #[tokio::test(flavor = "multi_thread")]
 async fn faults_are_admin_only_checked_and_revert_by_their_deadline() {
     let (cl, root) = auth_cluster("").await;
-    let writer = token(&cl, &root, "writer").await;
+    let writer = role_token(&cl, &root, "writer", "*", json!(["read", "write"])).await;
 
     // Every call of the service needs admin.
     let mut as_writer = DrillClient::new(auth_chan(&cl.grpc[1], &writer));

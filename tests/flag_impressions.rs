@@ -15,14 +15,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::openapi::{Api, Body, IMPRESSION_ROUTES};
-use common::Cluster;
+use common::{role_token, Cluster};
 use meridian_flags::{Context, Expect};
 use meridian_proto::client::AuthChannel;
 use meridian_proto::flags::{FlagsOptions, ImpressionOptions};
-use meridian_proto::v1::auth_client::AuthClient;
 use meridian_proto::v1::config_client::ConfigClient;
 use meridian_proto::v1::kv_client::KvClient;
-use meridian_proto::v1::{CreateNamespaceRequest, CreateTokenRequest, PutRequest, PutRoleRequest};
+use meridian_proto::v1::{CreateNamespaceRequest, PutRequest};
 use serde_json::{json, Value};
 
 const IMPRESSIONS: &str = "/v1/impressions/{project}/{env}";
@@ -35,28 +34,6 @@ async fn chan(addr: &str, token: &str) -> AuthChannel {
 /// A 3-region cluster with auth on, flushing impressions every 200 ms.
 async fn cluster() -> (Cluster, String) {
     common::auth_cluster("[flags]\nimpressions_flush_ms = 200\nimpressions_window_s = 60\n").await
-}
-
-/// A token with `actions` on project `project`.
-async fn token(cl: &Cluster, root: &str, name: &str, project: &str, actions: Value) -> String {
-    let mut auth = AuthClient::new(chan(&cl.grpc[0], root).await);
-    auth.put_role(PutRoleRequest {
-        name: format!("{name}-role"),
-        rules_json:
-            json!({"rules": [{"effect": "allow", "projects": [project], "actions": actions}]})
-                .to_string(),
-    })
-    .await
-    .unwrap();
-    auth.create_token(CreateTokenRequest {
-        principal: name.into(),
-        roles: vec![format!("{name}-role")],
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .token
 }
 
 fn count(into: &mut BTreeMap<String, u64>, variant: &str) {
@@ -77,9 +54,9 @@ async fn impressions_are_counted_where_served_and_summed_over_regions() {
         .await
         .unwrap();
     }
-    let pm = token(&cl, &root, "pm", "shop", json!(["read", "flags"])).await;
-    let svc = token(&cl, &root, "svc", "shop", json!(["read"])).await;
-    let outsider = token(&cl, &root, "outsider", "other", json!(["read"])).await;
+    let pm = role_token(&cl, &root, "pm", "shop", json!(["read", "flags"])).await;
+    let svc = role_token(&cl, &root, "svc", "shop", json!(["read"])).await;
+    let outsider = role_token(&cl, &root, "outsider", "other", json!(["read"])).await;
     let (eu, us, ap) = (
         cl.http[0].as_str(),
         cl.http[1].as_str(),

@@ -85,6 +85,12 @@ async fn hold(ctx: &Ctx, canary: &Canary, what: &str, until_ms: u64) {
     }
 }
 
+/// The canary load alone for `--warmup` (`when`: before or after a step).
+async fn warm_up(ctx: &Ctx, canary: &Canary, when: &str) {
+    let until = ctx.now_ms() + ctx.common.warmup.as_millis() as u64;
+    hold(ctx, canary, &format!("canary load {when}"), until).await;
+}
+
 /// The first acknowledgement, through a region other than the one under
 /// test, of a write to `ns` started at or after `t_fault`.
 fn first_ack_elsewhere(ctx: &Ctx, log: &[Write], ns: usize, t_fault: u64) -> Option<u64> {
@@ -374,13 +380,7 @@ pub async fn region_loss(ctx: &Ctx, fault: FaultArg) -> Result<Report> {
     ctx.say("creating the canary namespaces");
     let namespaces = canary::namespaces(ctx, &[ctx.target]).await?;
     let canary = Canary::start(ctx, namespaces);
-    hold(
-        ctx,
-        &canary,
-        "canary load before the fault",
-        ctx.now_ms() + ctx.common.warmup.as_millis() as u64,
-    )
-    .await;
+    warm_up(ctx, &canary, "before the fault").await;
     let t_fault = inject(ctx, fault).await?;
     report.event(
         t_fault,
@@ -471,13 +471,7 @@ pub async fn partition(ctx: &Ctx) -> Result<Report> {
         );
     }
     let canary = Canary::start(ctx, namespaces);
-    hold(
-        ctx,
-        &canary,
-        "canary load before the cut",
-        ctx.now_ms() + ctx.common.warmup.as_millis() as u64,
-    )
-    .await;
+    warm_up(ctx, &canary, "before the cut").await;
     let t_fault = inject(ctx, FaultArg::Isolate).await?;
     report.event(t_fault, &format!("cut off: {}", ctx.target().name));
     let fault_ms = ctx.common.fault_for.as_millis() as u64;
@@ -632,13 +626,7 @@ pub async fn planned(ctx: &Ctx) -> Result<Report> {
     ctx.say("creating the canary namespaces");
     let namespaces = canary::namespaces(ctx, &led).await?;
     let canary = Canary::start(ctx, namespaces);
-    hold(
-        ctx,
-        &canary,
-        "canary load before the hand-over",
-        ctx.now_ms() + ctx.common.warmup.as_millis() as u64,
-    )
-    .await;
+    warm_up(ctx, &canary, "before the hand-over").await;
     let mut windows = Vec::new();
     for &g in &led {
         let to = ctx.survivors().next().map_or(ctx.target, |r| r.id);
@@ -673,13 +661,7 @@ pub async fn planned(ctx: &Ctx) -> Result<Report> {
                 );
             }
             windows.push((g, name, start, end));
-            hold(
-                ctx,
-                &canary,
-                "canary load after the hand-over",
-                ctx.now_ms() + ctx.common.warmup.as_millis() as u64,
-            )
-            .await;
+            warm_up(ctx, &canary, "after the hand-over").await;
         }
     }
     let (namespaces, log) = canary.stop().await;

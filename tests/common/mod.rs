@@ -425,6 +425,35 @@ pub async fn auth_cluster(more: &str) -> (Cluster, String) {
     (cl, root)
 }
 
+/// A token of principal `name` whose role (`<name>-role`, created here)
+/// allows `actions` on `project` ("*": every project), made as root.
+pub async fn role_token(
+    cl: &Cluster,
+    root: &str,
+    name: &str,
+    project: &str,
+    actions: serde_json::Value,
+) -> String {
+    use meridian_proto::v1::{CreateTokenRequest, PutRoleRequest};
+    let mut auth = meridian_proto::v1::auth_client::AuthClient::new(auth_chan(&cl.grpc[0], root));
+    let rules = serde_json::json!({"rules": [{"effect": "allow", "projects": [project], "actions": actions}]});
+    auth.put_role(PutRoleRequest {
+        name: format!("{name}-role"),
+        rules_json: rules.to_string(),
+    })
+    .await
+    .expect("put the role");
+    auth.create_token(CreateTokenRequest {
+        principal: name.into(),
+        roles: vec![format!("{name}-role")],
+        ..Default::default()
+    })
+    .await
+    .expect("create the token")
+    .into_inner()
+    .token
+}
+
 pub fn fast_opts() -> ClientOptions {
     ClientOptions {
         connect_timeout: Duration::from_millis(500),
