@@ -19,6 +19,15 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A command's stdout then stderr, as text.
+fn all_output(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -30,11 +39,7 @@ fn kubernetes_validate(files: &[PathBuf]) -> (bool, String) {
         .args(files)
         .output()
         .expect("python3 runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = all_output(&out);
     assert!(
         !text.contains("No module named kubernetes_validate"),
         "kubernetes-validate is not installed: run scripts/setup.sh (cargo xtask test does)\n{text}"
@@ -139,14 +144,7 @@ fn the_systemd_unit_verifies_without_a_word() {
             .unwrap_or_else(|e| {
                 panic!("systemd-analyze is needed (Debian's systemd package; scripts/setup.sh installs it): {e}")
             });
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.success(), all_output(&out))
     };
     let here = unit.replace(
         "/usr/local/bin/meridian serve",
@@ -175,14 +173,7 @@ fn promtool(dir: &Path, args: &[&str]) -> (bool, String) {
         .unwrap_or_else(|e| {
             panic!("promtool cannot run ({e}): run scripts/setup.sh (cargo xtask test does)")
         });
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    (out.status.success(), all_output(&out))
 }
 
 #[test]

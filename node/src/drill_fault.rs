@@ -100,7 +100,9 @@ pub enum FaultRefusal {
     Restarting,
 }
 
-fn valid_id(id: &str) -> bool {
+/// A drill id: 1 to `DRILL_ID_BYTES_MAX` bytes of letters, digits, '-', '_'
+/// or '.' (faults and kept reports share the rule).
+pub fn valid_drill_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= DRILL_ID_BYTES_MAX
         && id
@@ -135,7 +137,7 @@ impl FaultSlot {
         kind: FaultKind,
         duration_ms: u64,
     ) -> Result<&ActiveFault, FaultRefusal> {
-        if !valid_id(drill_id) {
+        if !valid_drill_id(drill_id) {
             return Err(FaultRefusal::DrillId);
         }
         if duration_ms == 0 || duration_ms > FAULT_MS_MAX {

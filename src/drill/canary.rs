@@ -273,9 +273,7 @@ async fn writer(
             let r = tokio::time::timeout(WRITE_TIMEOUT, KvClient::new(ch).put(req)).await;
             let outcome = match r {
                 Ok(Ok(resp)) => Outcome::Acked(resp.into_inner().token),
-                Ok(Err(s)) => Outcome::Failed(
-                    meridian_proto::reason_of(&s).unwrap_or_else(|| format!("{:?}", s.code())),
-                ),
+                Ok(Err(s)) => Outcome::Failed(super::reason(&s)),
                 Err(_) => Outcome::Failed("TIMEOUT (client)".into()),
             };
             lock(&log).push(Write {

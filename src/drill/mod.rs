@@ -190,6 +190,30 @@ impl Ctx {
     }
 }
 
+/// A failed call as the report shows it: its stable reason, or the gRPC
+/// code when no node answered.
+pub fn reason(s: &tonic::Status) -> String {
+    meridian_proto::reason_of(s).unwrap_or_else(|| format!("{:?}", s.code()))
+}
+
+/// What keeps a region's view of the cluster from being healthy: a drill
+/// fault, a peer disconnected, a group without a leader.
+pub fn unhealthy(r: &Region, s: &ClusterStatusResponse) -> Option<String> {
+    if let Some(f) = &s.fault {
+        return Some(format!(
+            "{} is under drill {}'s {} fault ({} ms left)",
+            r.name, f.drill_id, f.kind, f.remaining_ms
+        ));
+    }
+    if let Some(x) = s.regions.iter().find(|x| !x.connected) {
+        return Some(format!("{} sees {} disconnected", r.name, x.name));
+    }
+    s.groups
+        .iter()
+        .find(|g| g.leader.is_none())
+        .map(|g| format!("{} knows no leader of group {}", r.name, g.home_region))
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -231,28 +255,8 @@ async fn regions(target: &Target) -> Result<Vec<Region>> {
 /// connected, no fault in force, every group led.
 async fn check_healthy(ctx: &Ctx) -> Result<()> {
     for r in &ctx.regions {
-        let s = ctx.status(r).await?;
-        if let Some(f) = &s.fault {
-            bail!(
-                "{} is under drill {}'s {} fault ({} ms left): wait for it or clear it",
-                r.name,
-                f.drill_id,
-                f.kind,
-                f.remaining_ms
-            );
-        }
-        if let Some(x) = s.regions.iter().find(|x| !x.connected) {
-            bail!(
-                "the cluster is not healthy: {} sees {} disconnected",
-                r.name,
-                x.name
-            );
-        }
-        if let Some(g) = s.groups.iter().find(|g| g.leader.is_none()) {
-            bail!(
-                "the cluster is not healthy: group {} has no leader",
-                g.home_region
-            );
+        if let Some(why) = unhealthy(r, &ctx.status(r).await?) {
+            bail!("the cluster is not healthy: {why}");
         }
     }
     Ok(())

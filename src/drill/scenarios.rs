@@ -200,9 +200,7 @@ async fn read(
     };
     match tokio::time::timeout(CALL_TIMEOUT, KvClient::new(via.ch.clone()).get(req)).await {
         Err(_) => Err("no answer in 3 s".into()),
-        Ok(Err(s)) => {
-            Err(meridian_proto::reason_of(&s).unwrap_or_else(|| format!("{:?}", s.code())))
-        }
+        Ok(Err(s)) => Err(super::reason(&s)),
         Ok(Ok(r)) => {
             let r = r.into_inner();
             Ok(r.found
@@ -225,9 +223,7 @@ async fn write(
     };
     match tokio::time::timeout(CALL_TIMEOUT, KvClient::new(via.ch.clone()).put(req)).await {
         Err(_) => Err("no answer in 3 s".into()),
-        Ok(Err(s)) => {
-            Err(meridian_proto::reason_of(&s).unwrap_or_else(|| format!("{:?}", s.code())))
-        }
+        Ok(Err(s)) => Err(super::reason(&s)),
         Ok(Ok(r)) => Ok(r.into_inner().token),
     }
 }
@@ -262,14 +258,7 @@ async fn healthy_again(ctx: &Ctx, report: &mut Report) {
         for r in &ctx.regions {
             match ctx.status(r).await {
                 Err(e) => why = format!("{} does not answer: {e:#}", r.name),
-                Ok(s) if s.fault.is_some() => why = format!("{} is still under a fault", r.name),
-                Ok(s) => {
-                    if let Some(x) = s.regions.iter().find(|x| !x.connected) {
-                        why = format!("{} sees {} disconnected", r.name, x.name);
-                    } else if let Some(g) = s.groups.iter().find(|g| g.leader.is_none()) {
-                        why = format!("{} knows no leader of group {}", r.name, g.home_region);
-                    }
-                }
+                Ok(s) => why = super::unhealthy(r, &s).unwrap_or_default(),
             }
             if !why.is_empty() {
                 break;

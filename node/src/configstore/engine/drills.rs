@@ -43,12 +43,7 @@ fn report_head(report: &Value) -> Result<ReportHead, String> {
         .get("drill_id")
         .and_then(Value::as_str)
         .ok_or("the report has no string \"drill_id\"")?;
-    if drill_id.is_empty()
-        || drill_id.len() > crate::drill_fault::DRILL_ID_BYTES_MAX
-        || !drill_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
+    if !crate::drill_fault::valid_drill_id(drill_id) {
         return Err(format!(
             "drill_id {drill_id:?} is not 1 to 128 of [A-Za-z0-9._-]"
         ));
